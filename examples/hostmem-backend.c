@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: MIT
+/*
+ * hostmem-backend: the smallest GPU backend that lends its own memory to a
+ * Xen guest through gpu-hostmem.  Copy it as a starting point.
+ *
+ * A real backend (virglrenderer, a native-context server, ...) owns GPU
+ * buffers mapped into its address space.  Here the "GPU memory" is shared
+ * anonymous memory filled with a pattern the guest can check.
+ *
+ *   hostmem-backend -d DOMID -r OFFSET:SIZE [-r OFFSET:SIZE]... [-t SECONDS]
+ *
+ * OFFSET and SIZE take k/M/G suffixes and must be page aligned.  The backend
+ *   1. opens /dev/xen/privcmd and restricts it to DOMID, so this fd can never
+ *      act on another domain;
+ *   2. maps each region, fills word i of BAR offset o with pattern(o + 8 * i),
+ *      and registers it at its BAR offset (the kernel watches the range with
+ *      an MMU notifier; nothing is pinned);
+ *   3. prints "READY" and waits.  On SIGUSR1 it reports how many pages the
+ *      guest has stamped (first word == ~pattern(offset)); on SIGTERM, SIGINT
+ *      or after SECONDS it unregisters everything and exits.  Unregistering,
+ *      closing the fd or simply exiting revokes every page lent to the guest.
+ *
+ * Output lines start with "backend:" or "RESULT" so tests can parse them.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "privcmd-hostmem.h"
+
+#define MAX_REGIONS 16
+#define PAGE_SIZE_4K 4096ULL
+
+struct region {
+    uint64_t offset;
+    uint64_t size;
+    uint32_t id;
+    uint64_t *mem;
+    int registered;
+};
+
+static volatile sig_atomic_t report_requested;
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    if (sig == SIGUSR1)
+        report_requested = 1;
+    else
+        stop_requested = 1;
+}
+
+/* The value the backend stores at BAR offset @off (a multiple of 8). */
+static uint64_t pattern(uint64_t off)
+{
+    return (off * 0x9e3779b97f4a7c15ULL) ^ 0x6770752d686f7374ULL; /* "gpu-host" */
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    v = strtoull(s, &end, 0);
+    if (errno || end == s)
+        return -1;
+    switch (*end) {
+    case 'k': case 'K': v <<= 10; end++; break;
+    case 'm': case 'M': v <<= 20; end++; break;
+    case 'g': case 'G': v <<= 30; end++; break;
+    default: break;
+    }
+    if (*end != '\0' && *end != ':')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_region(const char *arg, struct region *r)
+{
+    const char *colon = strchr(arg, ':');
+
+    if (!colon || parse_size(arg, &r->offset) || parse_size(colon + 1, &r->size))
+        return -1;
+    if (!r->size || (r->offset | r->size) & (PAGE_SIZE_4K - 1))
+        return -1;
+    return 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: hostmem-backend -d DOMID -r OFFSET:SIZE [-r ...] [-t SECONDS]\n");
+    exit(2);
+}
+
+static unsigned long stamped_pages(const struct region *r)
+{
+    unsigned long n = 0;
+    uint64_t page;
+
+    for (page = 0; page < r->size; page += PAGE_SIZE_4K) {
+        uint64_t off = r->offset + page;
+
+        if (r->mem[page / 8] == ~pattern(off))
+            n++;
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    struct region regions[MAX_REGIONS];
+    unsigned int nr = 0, i;
+    long domid = -1, seconds = 0;
+    struct sigaction sa;
+    time_t deadline;
+    uint16_t dom;
+    int fd, opt, rc = 0;
+
+    memset(regions, 0, sizeof(regions));
+    while ((opt = getopt(argc, argv, "d:r:t:")) != -1) {
+        switch (opt) {
+        case 'd':
+            domid = strtol(optarg, NULL, 0);
+            break;
+        case 'r':
+            if (nr == MAX_REGIONS || parse_region(optarg, &regions[nr])) {
+                fprintf(stderr, "backend: bad region '%s' (OFFSET:SIZE, page aligned, at most %d)\n",
+                        optarg, MAX_REGIONS);
+                return 2;
+            }
+            regions[nr].id = nr + 1;
+            nr++;
+            break;
+        case 't':
+            seconds = strtol(optarg, NULL, 0);
+            break;
+        default:
+            usage();
+        }
+    }
+    if (domid <= 0 || domid >= 0x7ff0 || nr == 0)
+        usage();
+    dom = (uint16_t)domid;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    fd = open("/dev/xen/privcmd", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        perror("backend: open /dev/xen/privcmd");
+        return 1;
+    }
+    /* From here on this fd can only name @dom. */
+    if (ioctl(fd, IOCTL_PRIVCMD_RESTRICT, &dom)) {
+        perror("backend: IOCTL_PRIVCMD_RESTRICT");
+        return 1;
+    }
+
+    for (i = 0; i < nr; i++) {
+        struct region *r = &regions[i];
+        struct privcmd_hostmem_register reg;
+        uint64_t w;
+
+        r->mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (r->mem == MAP_FAILED) {
+            perror("backend: mmap");
+            rc = 1;
+            goto out;
+        }
+        for (w = 0; w < r->size / 8; w++)
+            r->mem[w] = pattern(r->offset + w * 8);
+
+        memset(&reg, 0, sizeof(reg));
+        reg.addr = (uintptr_t)r->mem;
+        reg.size = r->size;
+        reg.offset = r->offset;
+        reg.id = r->id;
+        reg.dom = dom;
+        if (ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &reg)) {
+            fprintf(stderr, "backend: register id=%u offset=0x%" PRIx64 " size=0x%" PRIx64
+                    " for dom%u: %s\n", r->id, r->offset, r->size, dom, strerror(errno));
+            rc = 1;
+            goto out;
+        }
+        r->registered = 1;
+        printf("backend: registered id=%u offset=0x%" PRIx64 " size=0x%" PRIx64 " dom=%u\n",
+               r->id, r->offset, r->size, dom);
+    }
+    printf("READY\n");
+    fflush(stdout);
+
+    deadline = seconds > 0 ? time(NULL) + seconds : 0;
+    while (!stop_requested && (!deadline || time(NULL) < deadline)) {
+        if (report_requested) {
+            report_requested = 0;
+            for (i = 0; i < nr; i++)
+                printf("RESULT name=backend-sees-guest-writes id=%u offset=0x%" PRIx64
+                       " ok=%d value=%lu\n", regions[i].id, regions[i].offset,
+                       stamped_pages(&regions[i]) > 0, stamped_pages(&regions[i]));
+            fflush(stdout);
+        }
+        usleep(100 * 1000);
+    }
+
+out:
+    for (i = 0; i < nr; i++) {
+        struct region *r = &regions[i];
+
+        if (r->registered) {
+            struct privcmd_hostmem_unregister unreg = { .id = r->id, .dom = dom };
+
+            if (ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &unreg))
+                fprintf(stderr, "backend: unregister id=%u: %s\n", r->id, strerror(errno));
+        }
+        if (r->mem && r->mem != MAP_FAILED)
+            munmap(r->mem, r->size);
+    }
+    close(fd);
+    printf("backend: exiting rc=%d\n", rc);
+    return rc;
+}
