@@ -1,0 +1,334 @@
+//! The platform traits: what the logic needs from Xen and from the patched
+//! privcmd, and nothing more.
+//!
+//! Two implementations exist: `gpu-hostmem-xen` (the real thing, through
+//! libloading and privcmd ioctls) and `gpu-hostmem-sim` (a simulator with
+//! real state, used by the tests). The logic in [`crate::server`] is generic
+//! over them.
+//!
+//! Rules every implementation keeps:
+//! - Every operation that names a guest takes its [`DomainIdentity`] and
+//!   refuses (with `ESRCH`) to act when the domid now belongs to another
+//!   domain (invariant I5). A domain that is gone answers `ESRCH`.
+//! - Errors carry the operation and the errno ([`PlatformError`]); nothing
+//!   panics.
+//! - No `&mut` to memory shared with Xen is handed out: ioreq slots are read
+//!   as copies and written through [`IoreqChannel::complete`].
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::ioreq::{Ioreq, Sbdf};
+
+/// A guest domain: its domid plus an id that is never reused.
+///
+/// On stock Xen 4.20 `uid` is the domain handle (UUID) from
+/// `xc_domain_getinfolist`; with `XEN_DOMCTL_get_domain_state` it is the
+/// 64-bit `unique_id` in the first 8 bytes (little endian), rest zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainIdentity {
+    /// The domain id (may be reused after the domain is destroyed).
+    pub domid: u16,
+    /// The unique id (never reused).
+    pub uid: [u8; 16],
+}
+
+impl DomainIdentity {
+    /// Build an identity.
+    pub fn new(domid: u16, uid: [u8; 16]) -> Self {
+        DomainIdentity { domid, uid }
+    }
+
+    /// The uid as a canonical UUID string.
+    pub fn uid_string(&self) -> String {
+        let u = &self.uid;
+        format!(
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+            u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]
+        )
+    }
+}
+
+impl fmt::Debug for DomainIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "dom{}/{}", self.domid, self.uid_string())
+    }
+}
+
+impl fmt::Display for DomainIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A Linux errno value (positive), as the C libraries and ioctls report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// Operation not permitted.
+    pub const EPERM: Errno = Errno(1);
+    /// No such file or directory (unknown registration id).
+    pub const ENOENT: Errno = Errno(2);
+    /// No such process (domain gone).
+    pub const ESRCH: Errno = Errno(3);
+    /// Interrupted system call.
+    pub const EINTR: Errno = Errno(4);
+    /// I/O error.
+    pub const EIO: Errno = Errno(5);
+    /// Try again.
+    pub const EAGAIN: Errno = Errno(11);
+    /// Out of memory.
+    pub const ENOMEM: Errno = Errno(12);
+    /// Permission denied.
+    pub const EACCES: Errno = Errno(13);
+    /// Bad address.
+    pub const EFAULT: Errno = Errno(14);
+    /// Device or resource busy.
+    pub const EBUSY: Errno = Errno(16);
+    /// Already exists (target GFN not empty, frame already lent, overlap).
+    pub const EEXIST: Errno = Errno(17);
+    /// No such device.
+    pub const ENODEV: Errno = Errno(19);
+    /// Invalid argument.
+    pub const EINVAL: Errno = Errno(22);
+    /// No space left (a limit was hit).
+    pub const ENOSPC: Errno = Errno(28);
+    /// Function not implemented (missing library, symbol or DMOP).
+    pub const ENOSYS: Errno = Errno(38);
+    /// Operation not supported.
+    pub const EOPNOTSUPP: Errno = Errno(95);
+    /// Timed out.
+    pub const ETIMEDOUT: Errno = Errno(110);
+
+    /// Short symbolic name, for messages.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            1 => "EPERM",
+            2 => "ENOENT",
+            3 => "ESRCH",
+            4 => "EINTR",
+            5 => "EIO",
+            11 => "EAGAIN",
+            12 => "ENOMEM",
+            13 => "EACCES",
+            14 => "EFAULT",
+            16 => "EBUSY",
+            17 => "EEXIST",
+            19 => "ENODEV",
+            22 => "EINVAL",
+            28 => "ENOSPC",
+            38 => "ENOSYS",
+            95 => "EOPNOTSUPP",
+            110 => "ETIMEDOUT",
+            _ => "errno",
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.0)
+    }
+}
+
+/// A failed platform operation: which operation, and the errno it gave.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{op} failed: {errno}")]
+pub struct PlatformError {
+    /// The operation, e.g. `"xendevicemodel_map_io_range_to_ioreq_server"`
+    /// or `"IOCTL_PRIVCMD_HOSTMEM_LEND"`.
+    pub op: &'static str,
+    /// The errno.
+    pub errno: Errno,
+}
+
+impl PlatformError {
+    /// Build an error.
+    pub fn new(op: &'static str, errno: Errno) -> Self {
+        PlatformError { op, errno }
+    }
+
+    /// The domain is gone (or the domid now names another domain).
+    pub fn is_gone(&self) -> bool {
+        self.errno == Errno::ESRCH
+    }
+}
+
+/// Result of platform operations.
+pub type PlatformResult<T> = Result<T, PlatformError>;
+
+/// Id of an ioreq server within its domain (`ioservid_t`).
+pub type IoServId = u16;
+
+/// Why [`IoreqChannel::wait`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// At least one vCPU event channel fired (and was unmasked again); the
+    /// caller should drain every slot.
+    Event,
+    /// The timeout passed, or the wait was interrupted (EINTR): the caller
+    /// checks its stop flag and may drain anyway.
+    Timeout,
+}
+
+/// The ioreq page of one server plus its per-vCPU event channels.
+///
+/// Memory ordering: [`state`](Self::state) is an Acquire load of the state
+/// byte; [`read`](Self::read) copies the slot and is only meaningful after
+/// a `state()` that returned `STATE_IOREQ_READY`; [`set_state`](Self::set_state)
+/// and [`complete`](Self::complete) publish with Release, `complete` writing
+/// `data` before the state.
+pub trait IoreqChannel {
+    /// Number of vCPU slots.
+    fn nr_vcpus(&self) -> u32;
+
+    /// Block until an event arrives on any vCPU port or `timeout` passes.
+    /// Implementations consume the pending port(s) and unmask them before
+    /// returning, and map EINTR to [`Wake::Timeout`].
+    fn wait(&mut self, timeout: Option<Duration>) -> PlatformResult<Wake>;
+
+    /// Acquire-load the state of a vCPU's slot.
+    fn state(&self, vcpu: u32) -> PlatformResult<u8>;
+
+    /// Copy a vCPU's slot out (after `state()` saw READY).
+    fn read(&self, vcpu: u32) -> PlatformResult<Ioreq>;
+
+    /// Release-store a new state (used for READY -> INPROCESS).
+    fn set_state(&self, vcpu: u32, state: u8) -> PlatformResult<()>;
+
+    /// Store `data`, then Release-store `state` (`STATE_IORESP_READY` or
+    /// `STATE_IORESP_RETRY`).
+    fn complete(&self, vcpu: u32, data: u64, state: u8) -> PlatformResult<()>;
+
+    /// Notify Xen on the vCPU's event channel.
+    fn notify(&self, vcpu: u32) -> PlatformResult<()>;
+}
+
+/// What the IOREQ server needs from Xen's device-model interface
+/// (libxendevicemodel, libxenforeignmemory, libxenevtchn, libxenctrl).
+///
+/// Every method checks `dom` (domid and uid) and answers `ESRCH` if the
+/// domain is gone or the domid names a different domain now.
+pub trait DeviceModel {
+    /// The ioreq page + event channels of a server.
+    type Channel: IoreqChannel;
+
+    /// Identity of the domain that currently has `domid`, or `None`.
+    fn lookup(&self, domid: u16) -> PlatformResult<Option<DomainIdentity>>;
+
+    /// True if `dom` exists with this uid and is not dying.
+    fn is_alive(&self, dom: &DomainIdentity) -> PlatformResult<bool>;
+
+    /// Create an ioreq server with no buffered ring. `retry` opts in to
+    /// `STATE_IORESP_RETRY` (`XEN_DMOP_IOREQ_SERVER_RETRY`); a hypervisor
+    /// without the flag answers `EINVAL`.
+    fn create_server(&mut self, dom: &DomainIdentity, retry: bool) -> PlatformResult<IoServId>;
+
+    /// Map the server's ioreq page and bind one event channel per vCPU.
+    fn open_channel(&mut self, dom: &DomainIdentity, id: IoServId)
+        -> PlatformResult<Self::Channel>;
+
+    /// Enable or disable the server (requests flow only while enabled).
+    fn set_server_state(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        enabled: bool,
+    ) -> PlatformResult<()>;
+
+    /// Claim a PCI function: config cycles for `sbdf` come to this server.
+    fn map_pcidev(&mut self, dom: &DomainIdentity, id: IoServId, sbdf: Sbdf) -> PlatformResult<()>;
+
+    /// Release a PCI function.
+    fn unmap_pcidev(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        sbdf: Sbdf,
+    ) -> PlatformResult<()>;
+
+    /// Route guest-physical MMIO `[start, end]` (inclusive, as Xen takes
+    /// it) to this server.
+    fn map_mmio(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        start: u64,
+        end: u64,
+    ) -> PlatformResult<()>;
+
+    /// Stop routing guest-physical MMIO `[start, end]` (inclusive).
+    fn unmap_mmio(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        start: u64,
+        end: u64,
+    ) -> PlatformResult<()>;
+
+    /// Destroy the server. `ESRCH` (domain gone) counts as done for callers.
+    fn destroy_server(&mut self, dom: &DomainIdentity, id: IoServId) -> PlatformResult<()>;
+}
+
+/// Which pages to revoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevokeRange {
+    /// `nr_pages` GFNs from `first_gfn`.
+    Gfns {
+        /// First GFN.
+        first_gfn: u64,
+        /// Number of pages.
+        nr_pages: u64,
+    },
+    /// Every page lent to the domain (`PRIVCMD_HOSTMEM_REVOKE_ALL`).
+    All,
+}
+
+/// One backend registration as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// Caller-chosen id.
+    pub id: u32,
+    /// BAR offset in bytes.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Pages of it lent now.
+    pub lent_pages: u64,
+    /// Process that registered it.
+    pub owner_pid: u32,
+}
+
+/// The kernel's view of a guest (`IOCTL_PRIVCMD_HOSTMEM_QUERY`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostMemQuery {
+    /// Registrations, by offset.
+    pub regions: Vec<RegionInfo>,
+    /// Pages lent to the domain in total.
+    pub lent_pages: u64,
+}
+
+/// The kernel side (patched privcmd): lending registered backend pages to
+/// the guest, and revoking them.
+pub trait HostMem {
+    /// Lend the registered pages at BAR offset `bar_offset..+nr_pages*4K`
+    /// to GFNs `gfn..+nr_pages` (`IOCTL_PRIVCMD_HOSTMEM_LEND`).
+    /// Returns how many pages of the range are lent now; unregistered pages
+    /// are skipped. Errors: `ESRCH` domain gone, `ENOSPC` limit, `EEXIST`
+    /// target occupied, `EBUSY` an invalidation is in progress (try later).
+    fn lend(
+        &mut self,
+        dom: &DomainIdentity,
+        bar_offset: u64,
+        gfn: u64,
+        nr_pages: u32,
+    ) -> PlatformResult<u32>;
+
+    /// Revoke lent pages (`IOCTL_PRIVCMD_HOSTMEM_REVOKE`). Pages not lent
+    /// are skipped; a domain that is gone is success (returns `Ok`).
+    fn revoke(&mut self, dom: &DomainIdentity, range: RevokeRange) -> PlatformResult<()>;
+
+    /// The kernel's registrations and lent-page count for the domain.
+    fn query(&self, dom: &DomainIdentity) -> PlatformResult<HostMemQuery>;
+}

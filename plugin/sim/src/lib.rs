@@ -1,0 +1,2 @@
+//! Simulated Xen + privcmd platform (work in progress).
+#![forbid(unsafe_code)]
