@@ -1,0 +1,311 @@
+//! libxendevicemodel.so.1: ioreq servers and their ranges.
+
+use crate::error::{Result, XenError};
+use crate::loader::{self, library};
+use gpu_hostmem_core::ioreq::Sbdf;
+use std::ffi::{c_int, c_uint, c_void};
+use std::ptr::{self, NonNull};
+
+/// Opaque `xendevicemodel_handle`.
+#[repr(C)]
+pub struct XdmHandle {
+    _opaque: [u8; 0],
+}
+
+/// `XEN_DMOP_IOREQ_SERVER_RETRY` (docs/interfaces.md): opt in to
+/// `STATE_IORESP_RETRY`.
+pub const XEN_DMOP_IOREQ_SERVER_RETRY: c_uint = 1 << 0;
+/// `HVM_IOREQSRV_BUFIOREQ_OFF`: we need no buffered ioreq ring.
+pub const HVM_IOREQSRV_BUFIOREQ_OFF: c_int = 0;
+
+library! {
+    /// libxendevicemodel.so.1 and every symbol we use from it.
+    pub struct DeviceModelLib {
+        xendevicemodel_open: fn(*mut c_void, c_uint) -> *mut XdmHandle;
+        xendevicemodel_close: fn(*mut XdmHandle) -> c_int;
+        xendevicemodel_create_ioreq_server: fn(*mut XdmHandle, u16, c_int, *mut u16) -> c_int;
+        xendevicemodel_get_ioreq_server_info:
+            fn(*mut XdmHandle, u16, u16, *mut u64, *mut u64, *mut u32) -> c_int;
+        xendevicemodel_map_io_range_to_ioreq_server:
+            fn(*mut XdmHandle, u16, u16, c_int, u64, u64) -> c_int;
+        xendevicemodel_unmap_io_range_from_ioreq_server:
+            fn(*mut XdmHandle, u16, u16, c_int, u64, u64) -> c_int;
+        xendevicemodel_map_pcidev_to_ioreq_server:
+            fn(*mut XdmHandle, u16, u16, u16, u8, u8, u8) -> c_int;
+        xendevicemodel_unmap_pcidev_from_ioreq_server:
+            fn(*mut XdmHandle, u16, u16, u16, u8, u8, u8) -> c_int;
+        xendevicemodel_set_ioreq_server_state: fn(*mut XdmHandle, u16, u16, c_int) -> c_int;
+        xendevicemodel_destroy_ioreq_server: fn(*mut XdmHandle, u16, u16) -> c_int;
+        xendevicemodel_restrict: fn(*mut XdmHandle, u16) -> c_int;
+        // Added by the gpu-hostmem Xen series (new version node): absent
+        // from stock libraries, in which case RETRY is not available.
+        ?xendevicemodel_create_ioreq_server_flags:
+            fn(*mut XdmHandle, u16, c_int, c_uint, *mut u16) -> c_int;
+    }
+}
+
+impl DeviceModelLib {
+    /// The soname loaded by [`DeviceModelLib::load`].
+    pub const SONAME: &'static str = "libxendevicemodel.so.1";
+
+    /// Loads libxendevicemodel.so.1.
+    pub fn load() -> Result<Self> {
+        Self::load_from(Self::SONAME)
+    }
+
+    /// Loads the library from `name` (a soname or a path).
+    pub fn load_from(name: &str) -> Result<Self> {
+        Self::from_library(loader::open(name)?, name.to_owned())
+    }
+
+    /// Whether the library offers `xendevicemodel_create_ioreq_server_flags`.
+    pub fn has_create_with_flags(&self) -> bool {
+        self.xendevicemodel_create_ioreq_server_flags.is_some()
+    }
+
+    /// Opens a device model handle.
+    pub fn open(&self) -> Result<DeviceModel<'_>> {
+        // SAFETY: a NULL logger selects the library's default logger; the
+        // flags are 0. The returned handle is owned by `DeviceModel`.
+        let h = unsafe { (self.xendevicemodel_open)(ptr::null_mut(), 0) };
+        let h = NonNull::new(h).ok_or_else(|| XenError::last_os("xendevicemodel_open"))?;
+        Ok(DeviceModel { lib: self, h })
+    }
+}
+
+/// An open `xendevicemodel_handle`, closed on drop.
+#[derive(Debug)]
+pub struct DeviceModel<'l> {
+    lib: &'l DeviceModelLib,
+    h: NonNull<XdmHandle>,
+}
+
+/// Converts a C status (0 or -1 with errno) into a `Result`.
+fn check(op: &'static str, rc: c_int) -> Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(XenError::last_os(op))
+    }
+}
+
+impl<'l> DeviceModel<'l> {
+    /// Restricts this handle to `domid` (deprivileging; cannot be undone).
+    pub fn restrict(&self, domid: u16) -> Result<()> {
+        // SAFETY: `h` is a live handle owned by `self`.
+        check("xendevicemodel_restrict", unsafe {
+            (self.lib.xendevicemodel_restrict)(self.h.as_ptr(), domid)
+        })
+    }
+
+    /// Creates an ioreq server for `domid` without a buffered ring. With
+    /// `retry`, opts in to `STATE_IORESP_RETRY` through the create-with-flags
+    /// call of the gpu-hostmem Xen series: a library without it gives
+    /// ENOSYS, an unpatched hypervisor EINVAL (it requires the old pad byte
+    /// to be zero). Falling back is the caller's decision.
+    pub fn create_ioreq_server(&self, domid: u16, retry: bool) -> Result<IoreqServer<'_>> {
+        let mut id: u16 = 0;
+        if retry {
+            let create_flags = self
+                .lib
+                .xendevicemodel_create_ioreq_server_flags
+                .ok_or_else(|| {
+                    XenError::from_errno("xendevicemodel_create_ioreq_server_flags", libc::ENOSYS)
+                })?;
+            // SAFETY: live handle; `id` is a valid out pointer.
+            check("xendevicemodel_create_ioreq_server_flags", unsafe {
+                create_flags(
+                    self.h.as_ptr(),
+                    domid,
+                    HVM_IOREQSRV_BUFIOREQ_OFF,
+                    XEN_DMOP_IOREQ_SERVER_RETRY,
+                    &mut id,
+                )
+            })?;
+        } else {
+            // SAFETY: live handle; `id` is a valid out pointer.
+            check("xendevicemodel_create_ioreq_server", unsafe {
+                (self.lib.xendevicemodel_create_ioreq_server)(
+                    self.h.as_ptr(),
+                    domid,
+                    HVM_IOREQSRV_BUFIOREQ_OFF,
+                    &mut id,
+                )
+            })?;
+        }
+        Ok(IoreqServer {
+            dm: self,
+            domid,
+            id,
+            retry,
+        })
+    }
+}
+
+impl Drop for DeviceModel<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `h` came from xendevicemodel_open and is closed once here;
+        // every borrower (`IoreqServer`) has been dropped before us.
+        unsafe { (self.lib.xendevicemodel_close)(self.h.as_ptr()) };
+    }
+}
+
+/// An ioreq server of one domain, destroyed on drop.
+#[derive(Debug)]
+pub struct IoreqServer<'d> {
+    dm: &'d DeviceModel<'d>,
+    domid: u16,
+    id: u16,
+    retry: bool,
+}
+
+impl IoreqServer<'_> {
+    /// The server id (`ioservid_t`).
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The guest this server serves.
+    pub fn domid(&self) -> u16 {
+        self.domid
+    }
+
+    /// Whether Xen accepted the RETRY opt-in at creation.
+    pub fn retry_enabled(&self) -> bool {
+        self.retry
+    }
+
+    /// Queries the server. We never use the legacy GFN pages, so no GFN is
+    /// requested (libxendevicemodel then sets `XEN_DMOP_no_gfns`).
+    pub fn check_info(&self) -> Result<()> {
+        // SAFETY: live handle; NULL out pointers are allowed and select
+        // XEN_DMOP_no_gfns.
+        check("xendevicemodel_get_ioreq_server_info", unsafe {
+            (self.dm.lib.xendevicemodel_get_ioreq_server_info)(
+                self.dm.h.as_ptr(),
+                self.domid,
+                self.id,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        })
+    }
+
+    /// Routes accesses to `[start, end]` (inclusive) to this server.
+    pub fn map_io_range(&self, is_mmio: bool, start: u64, end: u64) -> Result<()> {
+        if end < start {
+            return Err(XenError::invalid(
+                "xendevicemodel_map_io_range_to_ioreq_server",
+                format!("empty range {start:#x}..={end:#x}"),
+            ));
+        }
+        // SAFETY: live handle, plain integer arguments.
+        check("xendevicemodel_map_io_range_to_ioreq_server", unsafe {
+            (self.dm.lib.xendevicemodel_map_io_range_to_ioreq_server)(
+                self.dm.h.as_ptr(),
+                self.domid,
+                self.id,
+                c_int::from(is_mmio),
+                start,
+                end,
+            )
+        })
+    }
+
+    /// Stops routing `[start, end]` to this server.
+    pub fn unmap_io_range(&self, is_mmio: bool, start: u64, end: u64) -> Result<()> {
+        // SAFETY: live handle, plain integer arguments.
+        check("xendevicemodel_unmap_io_range_from_ioreq_server", unsafe {
+            (self.dm.lib.xendevicemodel_unmap_io_range_from_ioreq_server)(
+                self.dm.h.as_ptr(),
+                self.domid,
+                self.id,
+                c_int::from(is_mmio),
+                start,
+                end,
+            )
+        })
+    }
+
+    /// Claims the config space of one PCI function.
+    pub fn map_pcidev(&self, sbdf: Sbdf) -> Result<()> {
+        // SAFETY: live handle, plain integer arguments.
+        check("xendevicemodel_map_pcidev_to_ioreq_server", unsafe {
+            (self.dm.lib.xendevicemodel_map_pcidev_to_ioreq_server)(
+                self.dm.h.as_ptr(),
+                self.domid,
+                self.id,
+                sbdf.seg,
+                sbdf.bus,
+                sbdf.dev,
+                sbdf.func,
+            )
+        })
+    }
+
+    /// Releases the config space of one PCI function.
+    pub fn unmap_pcidev(&self, sbdf: Sbdf) -> Result<()> {
+        // SAFETY: live handle, plain integer arguments.
+        check("xendevicemodel_unmap_pcidev_from_ioreq_server", unsafe {
+            (self.dm.lib.xendevicemodel_unmap_pcidev_from_ioreq_server)(
+                self.dm.h.as_ptr(),
+                self.domid,
+                self.id,
+                sbdf.seg,
+                sbdf.bus,
+                sbdf.dev,
+                sbdf.func,
+            )
+        })
+    }
+
+    /// Enables or disables the server. Xen writes each vCPU's event channel
+    /// port into the ioreq page when the server is enabled.
+    pub fn set_enabled(&self, enabled: bool) -> Result<()> {
+        // SAFETY: live handle, plain integer arguments.
+        check("xendevicemodel_set_ioreq_server_state", unsafe {
+            (self.dm.lib.xendevicemodel_set_ioreq_server_state)(
+                self.dm.h.as_ptr(),
+                self.domid,
+                self.id,
+                c_int::from(enabled),
+            )
+        })
+    }
+
+    /// Destroys the server now and reports the result (drop does the same
+    /// silently).
+    pub fn destroy(self) -> Result<()> {
+        let rc = self.destroy_raw();
+        std::mem::forget(self);
+        check("xendevicemodel_destroy_ioreq_server", rc)
+    }
+
+    /// Forgets the server without destroying it: for a domid that now names
+    /// another domain, where destroying "our" id would act on a stranger
+    /// (Xen destroyed the real server with its domain).
+    pub fn abandon(self) {
+        std::mem::forget(self);
+    }
+
+    fn destroy_raw(&self) -> c_int {
+        // SAFETY: live handle; the id is ours and destroyed at most once
+        // (either here from `destroy`, which forgets `self`, or in Drop).
+        unsafe {
+            (self.dm.lib.xendevicemodel_destroy_ioreq_server)(
+                self.dm.h.as_ptr(),
+                self.domid,
+                self.id,
+            )
+        }
+    }
+}
+
+impl Drop for IoreqServer<'_> {
+    fn drop(&mut self) {
+        // Destroying also disables the server and drops every range and
+        // PCI device it claimed. Failure (domain already gone) is fine.
+        let _ = self.destroy_raw();
+    }
+}

@@ -1,0 +1,422 @@
+//! The `gpu_hostmem_core::platform` traits on real Xen.
+//!
+//! [`XenDeviceModel`] and [`XenHostMem`] borrow handles that the caller
+//! opened (and later restricts and closes), so the caller's stack decides the
+//! order of teardown. Every operation naming a guest first checks the
+//! domain's identity with `xc_domain_getinfolist` (domid plus domain handle,
+//! our unique id on Xen 4.20) and answers `ESRCH` when the domid is gone or
+//! now names another domain (invariant I5).
+
+use crate::devicemodel::{DeviceModel as XdmHandle, IoreqServer};
+use crate::error::XenError;
+use crate::evtchn::{BoundPort, EventChannels};
+use crate::foreignmemory::{ForeignMemory, IoreqPage};
+use crate::ioreq::MAX_SLOTS;
+use crate::privcmd::Privcmd;
+use crate::xenctrl::{DomainInfo, Xenctrl};
+use gpu_hostmem_core::ioreq::{Ioreq, Sbdf};
+use gpu_hostmem_core::platform::{
+    DeviceModel, DomainIdentity, Errno, HostMem, HostMemQuery, IoServId, IoreqChannel,
+    PlatformError, PlatformResult, RegionInfo, RevokeRange, Wake,
+};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+impl From<XenError> for PlatformError {
+    fn from(e: XenError) -> Self {
+        let errno = match &e {
+            XenError::Os { .. } => e.errno().unwrap_or(libc::EIO),
+            XenError::Load { .. } | XenError::Symbol { .. } | XenError::NoVersion { .. } => {
+                libc::ENOSYS
+            }
+            XenError::Invalid { .. } => libc::EINVAL,
+        };
+        PlatformError::new(e.op(), Errno(errno))
+    }
+}
+
+/// The identity of the domain that has `domid` now, with its info.
+fn current(xc: &Xenctrl<'_>, domid: u16) -> PlatformResult<Option<(DomainIdentity, DomainInfo)>> {
+    Ok(xc
+        .domain_info(domid)?
+        .map(|i| (DomainIdentity::new(i.domid, i.handle), i)))
+}
+
+/// Checks that `dom` still is the domain with its domid and is not dying.
+fn check(xc: &Xenctrl<'_>, dom: &DomainIdentity, op: &'static str) -> PlatformResult<DomainInfo> {
+    match current(xc, dom.domid)? {
+        Some((id, info)) if id == *dom && !info.dying => Ok(info),
+        _ => Err(PlatformError::new(op, Errno::ESRCH)),
+    }
+}
+
+/// Xen's device-model interface for one IOREQ server process.
+#[derive(Debug)]
+pub struct XenDeviceModel<'a> {
+    // Servers are destroyed (Drop) before anything else goes.
+    servers: Vec<IoreqServer<'a>>,
+    dm: &'a XdmHandle<'a>,
+    fm: &'a ForeignMemory<'a>,
+    xce: &'a EventChannels<'a>,
+    xc: &'a Xenctrl<'a>,
+}
+
+impl<'a> XenDeviceModel<'a> {
+    /// Uses the given open handles.
+    pub fn new(
+        dm: &'a XdmHandle<'a>,
+        fm: &'a ForeignMemory<'a>,
+        xce: &'a EventChannels<'a>,
+        xc: &'a Xenctrl<'a>,
+    ) -> Self {
+        Self {
+            servers: Vec::new(),
+            dm,
+            fm,
+            xce,
+            xc,
+        }
+    }
+
+    fn server(
+        &self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        op: &'static str,
+    ) -> PlatformResult<&IoreqServer<'a>> {
+        self.servers
+            .iter()
+            .find(|s| s.domid() == dom.domid && s.id() == id)
+            .ok_or(PlatformError::new(op, Errno::ENOENT))
+    }
+
+    /// Whether the server was created with RETRY.
+    pub fn retry_enabled(&self, dom: &DomainIdentity, id: IoServId) -> bool {
+        self.server(dom, id, "retry_enabled")
+            .is_ok_and(|s| s.retry_enabled())
+    }
+}
+
+impl<'a> DeviceModel for XenDeviceModel<'a> {
+    type Channel = XenChannel<'a>;
+
+    fn lookup(&self, domid: u16) -> PlatformResult<Option<DomainIdentity>> {
+        Ok(current(self.xc, domid)?.map(|(id, _)| id))
+    }
+
+    fn is_alive(&self, dom: &DomainIdentity) -> PlatformResult<bool> {
+        Ok(matches!(current(self.xc, dom.domid)?, Some((id, info)) if id == *dom && !info.dying))
+    }
+
+    fn create_server(&mut self, dom: &DomainIdentity, retry: bool) -> PlatformResult<IoServId> {
+        let op = "xendevicemodel_create_ioreq_server";
+        check(self.xc, dom, op)?;
+        let server = self.dm.create_ioreq_server(dom.domid, retry)?;
+        let id = server.id();
+        self.servers.push(server);
+        Ok(id)
+    }
+
+    fn open_channel(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+    ) -> PlatformResult<XenChannel<'a>> {
+        let op = "xenforeignmemory_map_resource";
+        let info = check(self.xc, dom, op)?;
+        self.server(dom, id, op)?;
+        if info.nr_vcpus == 0 || info.nr_vcpus > MAX_SLOTS {
+            return Err(PlatformError::new(op, Errno::EINVAL));
+        }
+        let page = self.fm.map_ioreq_page(dom.domid, id, info.nr_vcpus)?;
+        let mut ch = XenChannel {
+            ports: (0..info.nr_vcpus).map(|_| None).collect(),
+            unbound: info.nr_vcpus,
+            page,
+            xce: self.xce,
+            domid: dom.domid,
+            wake_fds: Vec::new(),
+        };
+        // Xen writes each vCPU's port into the page when the server is
+        // enabled: bind now what is there, the rest on first wait.
+        ch.bind_ready_ports()?;
+        Ok(ch)
+    }
+
+    fn set_server_state(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        enabled: bool,
+    ) -> PlatformResult<()> {
+        let op = "xendevicemodel_set_ioreq_server_state";
+        check(self.xc, dom, op)?;
+        Ok(self.server(dom, id, op)?.set_enabled(enabled)?)
+    }
+
+    fn map_pcidev(&mut self, dom: &DomainIdentity, id: IoServId, sbdf: Sbdf) -> PlatformResult<()> {
+        let op = "xendevicemodel_map_pcidev_to_ioreq_server";
+        check(self.xc, dom, op)?;
+        Ok(self.server(dom, id, op)?.map_pcidev(sbdf)?)
+    }
+
+    fn unmap_pcidev(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        sbdf: Sbdf,
+    ) -> PlatformResult<()> {
+        let op = "xendevicemodel_unmap_pcidev_from_ioreq_server";
+        check(self.xc, dom, op)?;
+        Ok(self.server(dom, id, op)?.unmap_pcidev(sbdf)?)
+    }
+
+    fn map_mmio(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        start: u64,
+        end: u64,
+    ) -> PlatformResult<()> {
+        let op = "xendevicemodel_map_io_range_to_ioreq_server";
+        check(self.xc, dom, op)?;
+        Ok(self.server(dom, id, op)?.map_io_range(true, start, end)?)
+    }
+
+    fn unmap_mmio(
+        &mut self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        start: u64,
+        end: u64,
+    ) -> PlatformResult<()> {
+        let op = "xendevicemodel_unmap_io_range_from_ioreq_server";
+        check(self.xc, dom, op)?;
+        Ok(self.server(dom, id, op)?.unmap_io_range(true, start, end)?)
+    }
+
+    fn destroy_server(&mut self, dom: &DomainIdentity, id: IoServId) -> PlatformResult<()> {
+        let op = "xendevicemodel_destroy_ioreq_server";
+        let Some(pos) = self
+            .servers
+            .iter()
+            .position(|s| s.domid() == dom.domid && s.id() == id)
+        else {
+            return Err(PlatformError::new(op, Errno::ENOENT));
+        };
+        let server = self.servers.swap_remove(pos);
+        match current(self.xc, dom.domid)? {
+            // Still our domain (maybe dying): destroy for real.
+            Some((cur, _)) if cur == *dom => Ok(server.destroy()?),
+            // Gone, or the domid names another domain: Xen destroyed our
+            // server with the domain; never touch the stranger.
+            _ => {
+                server.abandon();
+                Err(PlatformError::new(op, Errno::ESRCH))
+            }
+        }
+    }
+}
+
+/// The ioreq page of one server and its per-vCPU event channels.
+#[derive(Debug)]
+pub struct XenChannel<'a> {
+    // Field order is drop order: unbind the ports, then unmap the page.
+    ports: Vec<Option<BoundPort<'a>>>,
+    unbound: u32,
+    page: IoreqPage<'a>,
+    xce: &'a EventChannels<'a>,
+    domid: u16,
+    wake_fds: Vec<BorrowedFd<'a>>,
+}
+
+fn bad_vcpu(op: &'static str) -> PlatformError {
+    PlatformError::new(op, Errno::EINVAL)
+}
+
+impl<'a> XenChannel<'a> {
+    /// Also wakes [`IoreqChannel::wait`] (as [`Wake::Timeout`]) when `fd`
+    /// becomes readable: the xenstore watch fd, a signal pipe. The caller
+    /// drains it.
+    pub fn add_wake_fd(&mut self, fd: BorrowedFd<'a>) {
+        self.wake_fds.push(fd);
+    }
+
+    /// The local event channel port of `vcpu`, once bound.
+    pub fn local_port(&self, vcpu: u32) -> Option<u32> {
+        self.ports.get(vcpu as usize)?.as_ref().map(|p| p.port())
+    }
+
+    fn bind_ready_ports(&mut self) -> PlatformResult<()> {
+        if self.unbound == 0 {
+            return Ok(());
+        }
+        for (vcpu, slot) in self.ports.iter_mut().enumerate() {
+            if slot.is_some() {
+                continue;
+            }
+            let remote = self.page.slots().vp_eport(vcpu as u32).unwrap_or(0);
+            // Port 0 is never a valid event channel: not assigned yet.
+            if remote != 0 {
+                *slot = Some(self.xce.bind_interdomain(self.domid, remote)?);
+                self.unbound -= 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl IoreqChannel for XenChannel<'_> {
+    fn nr_vcpus(&self) -> u32 {
+        self.page.slots().len()
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> PlatformResult<Wake> {
+        self.bind_ready_ports()?;
+        let evtchn_fd = self.xce.fd()?;
+        let mut fds: Vec<libc::pollfd> = std::iter::once(evtchn_fd.as_raw_fd())
+            .chain(self.wake_fds.iter().map(|f| f.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ms = match timeout {
+            None => -1,
+            Some(d) => libc::c_int::try_from(d.as_millis()).unwrap_or(libc::c_int::MAX),
+        };
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs, and
+        // every fd in it is borrowed for at least the duration of the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::EINTR) => Ok(Wake::Timeout),
+                e => Err(PlatformError::new("poll", Errno(e.unwrap_or(libc::EIO)))),
+            };
+        }
+        if fds[0].revents == 0 {
+            return Ok(Wake::Timeout);
+        }
+        let mut any = false;
+        while let Some(port) = self.xce.pending()? {
+            self.xce.unmask(port)?;
+            any = true;
+        }
+        Ok(if any { Wake::Event } else { Wake::Timeout })
+    }
+
+    fn state(&self, vcpu: u32) -> PlatformResult<u8> {
+        self.page.slots().state(vcpu).ok_or(bad_vcpu("ioreq state"))
+    }
+
+    fn read(&self, vcpu: u32) -> PlatformResult<Ioreq> {
+        self.page.slots().read(vcpu).ok_or(bad_vcpu("ioreq read"))
+    }
+
+    fn set_state(&self, vcpu: u32, state: u8) -> PlatformResult<()> {
+        if self.page.slots().set_state(vcpu, state) {
+            Ok(())
+        } else {
+            Err(bad_vcpu("ioreq set_state"))
+        }
+    }
+
+    fn complete(&self, vcpu: u32, data: u64, state: u8) -> PlatformResult<()> {
+        if self.page.slots().complete(vcpu, data, state) {
+            Ok(())
+        } else {
+            Err(bad_vcpu("ioreq complete"))
+        }
+    }
+
+    fn notify(&self, vcpu: u32) -> PlatformResult<()> {
+        match self.ports.get(vcpu as usize) {
+            Some(Some(port)) => Ok(port.notify()?),
+            Some(None) => Err(PlatformError::new("xenevtchn_notify", Errno::ENOENT)),
+            None => Err(bad_vcpu("xenevtchn_notify")),
+        }
+    }
+}
+
+/// The patched privcmd, for one guest.
+#[derive(Debug)]
+pub struct XenHostMem<'a> {
+    privcmd: Privcmd,
+    xc: &'a Xenctrl<'a>,
+}
+
+impl<'a> XenHostMem<'a> {
+    /// Uses an open privcmd fd (restricted to the guest by the caller).
+    pub fn new(privcmd: Privcmd, xc: &'a Xenctrl<'a>) -> Self {
+        Self { privcmd, xc }
+    }
+
+    /// The privcmd fd.
+    pub fn privcmd(&self) -> &Privcmd {
+        &self.privcmd
+    }
+}
+
+impl HostMem for XenHostMem<'_> {
+    fn lend(
+        &mut self,
+        dom: &DomainIdentity,
+        bar_offset: u64,
+        gfn: u64,
+        nr_pages: u32,
+    ) -> PlatformResult<u32> {
+        check(self.xc, dom, "IOCTL_PRIVCMD_HOSTMEM_LEND")?;
+        Ok(self
+            .privcmd
+            .hostmem_lend(dom.domid, bar_offset, gfn, nr_pages)?)
+    }
+
+    fn revoke(&mut self, dom: &DomainIdentity, range: RevokeRange) -> PlatformResult<()> {
+        match current(self.xc, dom.domid)? {
+            // Our domain (even dying): revoke; ESRCH is success.
+            Some((cur, _)) if cur == *dom => {}
+            // Gone: Xen's teardown dropped every reference. Another domain
+            // with the same domid: not ours to touch.
+            _ => return Ok(()),
+        }
+        match range {
+            RevokeRange::All => self.privcmd.hostmem_revoke_all(dom.domid)?,
+            RevokeRange::Gfns {
+                first_gfn,
+                nr_pages,
+            } => self
+                .privcmd
+                .hostmem_revoke(dom.domid, first_gfn, nr_pages)?,
+        }
+        Ok(())
+    }
+
+    fn query(&self, dom: &DomainIdentity) -> PlatformResult<HostMemQuery> {
+        match current(self.xc, dom.domid)? {
+            Some((cur, _)) if cur == *dom => {}
+            _ => {
+                return Err(PlatformError::new(
+                    "IOCTL_PRIVCMD_HOSTMEM_QUERY",
+                    Errno::ESRCH,
+                ))
+            }
+        }
+        let st = self.privcmd.hostmem_query(dom.domid)?;
+        Ok(HostMemQuery {
+            lent_pages: st.lent_pages,
+            regions: st
+                .regions
+                .iter()
+                .map(|r| RegionInfo {
+                    id: r.id,
+                    offset: r.offset,
+                    size: r.size,
+                    lent_pages: r.lent_pages,
+                    owner_pid: r.owner_pid,
+                })
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,153 @@
+/* A fake of the five Xen tool libraries for tests on machines without Xen:
+ * open calls return a dummy handle, every other call fails with EBADF (or
+ * the "nothing there" answer the real library gives), so the Rust wrappers
+ * can be checked to fail cleanly, name the operation and keep the errno. */
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+static int dummy;
+static int closes;
+#define H ((void *)&dummy)
+#define FAIL(e) do { errno = (e); return -1; } while (0)
+
+int fake_closes(void) { return closes; }
+
+/* One fake guest, set by the tests: domid, handle, vCPUs, dying. */
+static int fake_domid = -1;
+static uint8_t fake_handle[16];
+static uint32_t fake_max_vcpu_id;
+static uint32_t fake_flags;
+void fake_set_domain(int domid, const uint8_t handle[16], uint32_t nr_vcpus, int dying)
+{
+    fake_domid = domid;
+    memcpy(fake_handle, handle, 16);
+    fake_max_vcpu_id = nr_vcpus - 1;
+    fake_flags = (dying ? 1u : 0u) | 2u; /* dying, hvm_guest */
+}
+static int is_fake(uint16_t d) { return fake_domid >= 0 && d == fake_domid; }
+
+/* libxendevicemodel */
+void *xendevicemodel_open(void *l, unsigned f) { (void)l; (void)f; return H; }
+int xendevicemodel_close(void *h) { (void)h; closes++; return 0; }
+int xendevicemodel_create_ioreq_server(void *h, uint16_t d, int b, uint16_t *id)
+{
+    if (!is_fake(d) || b != 0)
+        FAIL(EBADF);
+    *id = 3;
+    return 0;
+}
+/* An unpatched hypervisor refuses the flag with EINVAL. */
+int xendevicemodel_create_ioreq_server_flags(void *h, uint16_t d, int b, unsigned fl, uint16_t *id) { FAIL(EINVAL); }
+int xendevicemodel_get_ioreq_server_info(void *h, uint16_t d, uint16_t id, uint64_t *a, uint64_t *b, uint32_t *p) { FAIL(EBADF); }
+int xendevicemodel_map_io_range_to_ioreq_server(void *h, uint16_t d, uint16_t id, int m, uint64_t s, uint64_t e) { FAIL(EBADF); }
+int xendevicemodel_unmap_io_range_from_ioreq_server(void *h, uint16_t d, uint16_t id, int m, uint64_t s, uint64_t e) { FAIL(EBADF); }
+int xendevicemodel_map_pcidev_to_ioreq_server(void *h, uint16_t d, uint16_t id, uint16_t s, uint8_t b, uint8_t dv, uint8_t f) { FAIL(EBADF); }
+int xendevicemodel_unmap_pcidev_from_ioreq_server(void *h, uint16_t d, uint16_t id, uint16_t s, uint8_t b, uint8_t dv, uint8_t f) { FAIL(EBADF); }
+int xendevicemodel_set_ioreq_server_state(void *h, uint16_t d, uint16_t id, int en)
+{
+    if (!is_fake(d) || id != 3)
+        FAIL(ENOENT);
+    return 0;
+}
+static int destroyed;
+int fake_destroyed(void) { return destroyed; }
+int xendevicemodel_destroy_ioreq_server(void *h, uint16_t d, uint16_t id)
+{
+    if (!is_fake(d) || id != 3)
+        FAIL(ENOENT);
+    destroyed++;
+    return 0;
+}
+int xendevicemodel_restrict(void *h, uint16_t d) { FAIL(EBADF); }
+
+/* libxenforeignmemory */
+void *xenforeignmemory_open(void *l, unsigned f) { return H; }
+int xenforeignmemory_close(void *h) { closes++; return 0; }
+/* The ioreq page of the fake server: vCPU i gets remote port 10 + i. */
+static _Alignas(4096) uint8_t ioreq_page[4096];
+static int mapped;
+int fake_mapped(void) { return mapped; }
+void *xenforeignmemory_map_resource(void *h, uint16_t d, unsigned t, unsigned id, unsigned long fr,
+                                    unsigned long n, void **addr, int prot, int fl)
+{
+    uint32_t i;
+    if (!is_fake(d) || t != 0 || id != 3 || fr != 1 || n != 1 || *addr != NULL) {
+        errno = EBADF;
+        return NULL;
+    }
+    memset(ioreq_page, 0, sizeof(ioreq_page));
+    for (i = 0; i <= fake_max_vcpu_id; i++) {
+        uint32_t port = 10 + i;
+        memcpy(ioreq_page + 32 * i + 24, &port, 4);
+    }
+    *addr = ioreq_page;
+    mapped++;
+    return H;
+}
+int xenforeignmemory_unmap_resource(void *h, void *r) { mapped--; return 0; }
+int xenforeignmemory_restrict(void *h, uint16_t d) { FAIL(EBADF); }
+
+/* libxenevtchn: the fd is /dev/null, only used for fcntl. */
+static int evtchn_fd = -1;
+void *xenevtchn_open(void *l, unsigned f)
+{
+    evtchn_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    return evtchn_fd < 0 ? NULL : H;
+}
+int xenevtchn_close(void *h) { closes++; close(evtchn_fd); evtchn_fd = -1; return 0; }
+int xenevtchn_fd(void *h) { return evtchn_fd; }
+int xenevtchn_notify(void *h, uint32_t p) { FAIL(EBADF); }
+static int bound;
+int fake_bound(void) { return bound; }
+int xenevtchn_bind_interdomain(void *h, uint32_t d, uint32_t p)
+{
+    if (!is_fake(d) || p == 0)
+        FAIL(EBADF);
+    bound++;
+    return (int)p + 100;
+}
+int xenevtchn_unbind(void *h, uint32_t p) { bound--; return 0; }
+int xenevtchn_pending(void *h) { FAIL(EAGAIN); }
+int xenevtchn_unmask(void *h, uint32_t p) { FAIL(EBADF); }
+int xenevtchn_restrict(void *h, uint16_t d) { FAIL(EBADF); }
+
+/* libxenstore */
+void *xs_open(unsigned long f) { return H; }
+void xs_close(void *h) { closes++; }
+void *xs_read(void *h, uint32_t t, const char *p, unsigned *len) { errno = ENOENT; return NULL; }
+bool xs_write(void *h, uint32_t t, const char *p, const void *d, unsigned len) { errno = EACCES; return false; }
+bool xs_rm(void *h, uint32_t t, const char *p) { errno = ENOENT; return false; }
+char **xs_directory(void *h, uint32_t t, const char *p, unsigned *n) { errno = ENOENT; return NULL; }
+bool xs_watch(void *h, const char *p, const char *tok) { errno = EBADF; return false; }
+bool xs_unwatch(void *h, const char *p, const char *tok) { errno = EBADF; return false; }
+int xs_fileno(void *h) { FAIL(EBADF); }
+char **xs_check_watch(void *h) { errno = EAGAIN; return NULL; }
+uint32_t xs_transaction_start(void *h) { errno = EBADF; return 0; }
+bool xs_transaction_end(void *h, uint32_t t, bool a) { errno = EBADF; return false; }
+
+/* libxenctrl: getinfolist answers with the next domain, as Xen does when
+ * the asked one does not exist. */
+void *xc_interface_open(void *l, void *d, unsigned f) { return H; }
+int xc_interface_close(void *h) { closes++; return 0; }
+int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
+{
+    uint16_t next = (uint16_t)(first + 1);
+    if (first == 0xffff)
+        FAIL(EPERM);
+    memset(info, 0, 112);
+    if (fake_domid >= 0 && first == (uint32_t)fake_domid) {
+        uint16_t d = (uint16_t)fake_domid;
+        memcpy(info, &d, 2);
+        memcpy((uint8_t *)info + 4, &fake_flags, 4);
+        memcpy((uint8_t *)info + 68, &fake_max_vcpu_id, 4);
+        memcpy((uint8_t *)info + 76, fake_handle, 16);
+        return 1;
+    }
+    memcpy(info, &next, sizeof(next));
+    return 1;
+}
