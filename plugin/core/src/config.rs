@@ -1,0 +1,407 @@
+//! `/etc/xen/gpu-hostmem.yaml`: defaults for every guest with
+//! `gpu_hostmem = 1`.
+//!
+//! ```yaml
+//! bar_size_mib: 1024          # power of two, 1 .. 65536
+//! pci_slot: 5                 # 0 .. 31, on bus 0, function 0
+//! vendor_id: 0x1af4
+//! device_id: 0x10f0
+//! subsystem_vendor_id: 0x1af4
+//! subsystem_id: 0x0001
+//! fault_around_kib: 2048      # power of two, 4 .. 1048576
+//! limits:
+//!   max_registrations: 1024   # 1 .. 65536
+//!   max_lent_pages: 4194304   # 1 .. 2^36 / 4096 * 16
+//!   fault_rate: 100000        # faults per second, >= 1
+//!   fault_burst: 10000        # >= 1
+//!   max_retries: 8            # 1 .. 8 (Xen's bound)
+//! log:
+//!   target: stderr            # stderr | journald
+//!   level: info               # error | warn | info | debug | trace
+//! ```
+//!
+//! Every key is optional; unknown keys are errors; every bad value is an
+//! error naming the key and its allowed range.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits::{Limits, XEN_IOREQ_MAX_RETRIES};
+use crate::pci::{PciIds, MAX_BAR_SIZE, MIN_BAR_SIZE};
+
+/// Default path of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/xen/gpu-hostmem.yaml";
+
+/// Where logs go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogTarget {
+    /// Standard error.
+    Stderr,
+    /// The systemd journal.
+    Journald,
+}
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Lifecycle steps (default).
+    Info,
+    /// Every request.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// `log:` section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Target.
+    pub target: LogTarget,
+    /// Level.
+    pub level: LogLevel,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            target: LogTarget::Stderr,
+            level: LogLevel::Info,
+        }
+    }
+}
+
+/// `limits:` section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Registrations per guest.
+    pub max_registrations: u64,
+    /// Pages lent per guest.
+    pub max_lent_pages: u64,
+    /// Faults per second.
+    pub fault_rate: u64,
+    /// Fault burst.
+    pub fault_burst: u64,
+    /// Consecutive retries per vCPU.
+    pub max_retries: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_registrations: u64::from(l.max_registrations),
+            max_lent_pages: l.max_lent_pages,
+            fault_rate: l.fault_rate,
+            fault_burst: l.fault_burst,
+            max_retries: u64::from(l.max_retries),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Default BAR size in MiB (xl.cfg `gpu_hostmem_size` overrides).
+    pub bar_size_mib: u64,
+    /// PCI slot (device number) on bus 0.
+    pub pci_slot: u64,
+    /// Vendor id.
+    pub vendor_id: u64,
+    /// Device id.
+    pub device_id: u64,
+    /// Subsystem vendor id.
+    pub subsystem_vendor_id: u64,
+    /// Subsystem id.
+    pub subsystem_id: u64,
+    /// Fault-around chunk in KiB.
+    pub fault_around_kib: u64,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bar_size_mib: 1024,
+            pci_slot: 5,
+            vendor_id: 0x1af4,
+            device_id: 0x10f0,
+            subsystem_vendor_id: 0x1af4,
+            subsystem_id: 0x0001,
+            fault_around_kib: 2048,
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A configuration error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Not valid YAML for this schema (unknown key, wrong type...).
+    #[error("{path}: {message}")]
+    Parse {
+        /// File (or `<string>`).
+        path: PathBuf,
+        /// Parser message, naming the key.
+        message: String,
+    },
+    /// A value out of its range.
+    #[error("{path}: {key} = {value}: must be {allowed}")]
+    Range {
+        /// File (or `<string>`).
+        path: PathBuf,
+        /// Dotted key, e.g. `limits.max_lent_pages`.
+        key: &'static str,
+        /// The value given.
+        value: u64,
+        /// The allowed range, in words.
+        allowed: &'static str,
+    },
+}
+
+impl Config {
+    /// Read and validate a file. A missing file at the default path gives
+    /// the defaults; a missing file named explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => Config::parse(&s, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Parse and validate YAML text; `path` is used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |key, value, allowed| ConfigError::Range {
+            path: path.to_path_buf(),
+            key,
+            value,
+            allowed,
+        };
+        let pow2_in = |v: u64, lo: u64, hi: u64| v.is_power_of_two() && (lo..=hi).contains(&v);
+        if !pow2_in(self.bar_size_mib, MIN_BAR_SIZE >> 20, MAX_BAR_SIZE >> 20) {
+            return Err(err(
+                "bar_size_mib",
+                self.bar_size_mib,
+                "a power of two from 1 to 65536 (1 MiB .. 64 GiB)",
+            ));
+        }
+        if self.pci_slot > 31 {
+            return Err(err("pci_slot", self.pci_slot, "0 .. 31"));
+        }
+        for (key, v) in [
+            ("vendor_id", self.vendor_id),
+            ("device_id", self.device_id),
+            ("subsystem_vendor_id", self.subsystem_vendor_id),
+        ] {
+            if v == 0 || v >= 0xffff {
+                return Err(err(key, v, "0x0001 .. 0xfffe"));
+            }
+        }
+        if self.subsystem_id > 0xffff {
+            return Err(err("subsystem_id", self.subsystem_id, "0x0000 .. 0xffff"));
+        }
+        if !pow2_in(self.fault_around_kib, 4, 1 << 20) {
+            return Err(err(
+                "fault_around_kib",
+                self.fault_around_kib,
+                "a power of two from 4 to 1048576 (4 KiB .. 1 GiB)",
+            ));
+        }
+        let l = &self.limits;
+        if !(1..=65536).contains(&l.max_registrations) {
+            return Err(err(
+                "limits.max_registrations",
+                l.max_registrations,
+                "1 .. 65536",
+            ));
+        }
+        if !(1..=1 << 28).contains(&l.max_lent_pages) {
+            return Err(err(
+                "limits.max_lent_pages",
+                l.max_lent_pages,
+                "1 .. 268435456 (1 TiB of 4 KiB pages)",
+            ));
+        }
+        if l.fault_rate == 0 || l.fault_rate > 100_000_000 {
+            return Err(err("limits.fault_rate", l.fault_rate, "1 .. 100000000"));
+        }
+        if l.fault_burst == 0 || l.fault_burst > 100_000_000 {
+            return Err(err("limits.fault_burst", l.fault_burst, "1 .. 100000000"));
+        }
+        if !(1..=u64::from(XEN_IOREQ_MAX_RETRIES)).contains(&l.max_retries) {
+            return Err(err("limits.max_retries", l.max_retries, "1 .. 8"));
+        }
+        Ok(())
+    }
+
+    /// BAR size in bytes.
+    pub fn bar_size(&self) -> u64 {
+        self.bar_size_mib << 20
+    }
+
+    /// Fault-around chunk in bytes.
+    pub fn fault_around(&self) -> u64 {
+        self.fault_around_kib << 10
+    }
+
+    /// The PCI ids (validated to fit).
+    pub fn pci_ids(&self) -> PciIds {
+        PciIds {
+            vendor: self.vendor_id as u16,
+            device: self.device_id as u16,
+            subsystem_vendor: self.subsystem_vendor_id as u16,
+            subsystem: self.subsystem_id as u16,
+            revision: 1,
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_registrations: self.limits.max_registrations as u32,
+            max_lent_pages: self.limits.max_lent_pages,
+            fault_rate: self.limits.fault_rate,
+            fault_burst: self.limits.fault_burst,
+            max_retries: self.limits.max_retries as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::parse(s, Path::new("test.yaml"))
+    }
+
+    fn range_key(s: &str) -> &'static str {
+        match parse(s) {
+            Err(ConfigError::Range { key, .. }) => key,
+            other => panic!("expected a range error for {s:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").expect("defaults"), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            "bar_size_mib: 4096\npci_slot: 7\nvendor_id: 0x1234\ndevice_id: 0x5678\n\
+             subsystem_vendor_id: 0x1234\nsubsystem_id: 2\nfault_around_kib: 64\n\
+             limits:\n  max_registrations: 10\n  max_lent_pages: 1000\n  fault_rate: 50\n\
+             \x20 fault_burst: 5\n  max_retries: 3\nlog:\n  target: journald\n  level: debug\n",
+        )
+        .expect("valid");
+        assert_eq!(c.bar_size(), 4 << 30);
+        assert_eq!(c.pci_slot, 7);
+        assert_eq!(c.pci_ids().vendor, 0x1234);
+        assert_eq!(c.fault_around(), 64 << 10);
+        assert_eq!(c.limits().max_retries, 3);
+        assert_eq!(c.log.target, LogTarget::Journald);
+        assert_eq!(c.log.level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_naming_the_key() {
+        for s in [
+            "bar_sise_mib: 4\n",
+            "limits:\n  max_pages: 3\n",
+            "log:\n  file: x\n",
+        ] {
+            match parse(s) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains("unknown field"), "{message}")
+                }
+                other => panic!("{s:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_values_name_key_and_range() {
+        assert_eq!(range_key("bar_size_mib: 3\n"), "bar_size_mib");
+        assert_eq!(range_key("bar_size_mib: 131072\n"), "bar_size_mib");
+        assert_eq!(range_key("bar_size_mib: 0\n"), "bar_size_mib");
+        assert_eq!(range_key("pci_slot: 32\n"), "pci_slot");
+        assert_eq!(range_key("vendor_id: 0xffff\n"), "vendor_id");
+        assert_eq!(range_key("device_id: 0\n"), "device_id");
+        assert_eq!(range_key("fault_around_kib: 2\n"), "fault_around_kib");
+        assert_eq!(
+            range_key("limits:\n  max_lent_pages: 0\n"),
+            "limits.max_lent_pages"
+        );
+        assert_eq!(range_key("limits:\n  fault_rate: 0\n"), "limits.fault_rate");
+        assert_eq!(
+            range_key("limits:\n  max_retries: 9\n"),
+            "limits.max_retries"
+        );
+        assert_eq!(
+            range_key("limits:\n  max_registrations: 0\n"),
+            "limits.max_registrations"
+        );
+        let msg = parse("pci_slot: 40\n").map_err(|e| e.to_string());
+        assert_eq!(
+            msg.err().as_deref(),
+            Some("test.yaml: pci_slot = 40: must be 0 .. 31")
+        );
+    }
+
+    #[test]
+    fn bad_log_target_is_rejected() {
+        assert!(matches!(
+            parse("log:\n  target: syslog\n"),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_default_file_gives_defaults_but_missing_explicit_file_fails() {
+        let p = Path::new("/nonexistent/gpu-hostmem.yaml");
+        assert!(Config::load(p, false).is_ok());
+        assert!(matches!(Config::load(p, true), Err(ConfigError::Io { .. })));
+    }
+}

@@ -1,0 +1,172 @@
+//! The mapping ledger: per domain (keyed by identity), which GFN runs were
+//! lent from which BAR offsets. It serves status and revoke-by-range on BAR
+//! moves; total teardown never trusts it alone and revokes everything of
+//! the domain (`RevokeRange::All`), so a stale ledger can only make a
+//! revoke do vacuous work, never leave a page lent.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::platform::DomainIdentity;
+
+/// A run of lent GFNs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LentRun {
+    /// First GFN.
+    pub first_gfn: u64,
+    /// Pages requested (the run covers `first_gfn..first_gfn + nr_pages`).
+    pub nr_pages: u64,
+    /// BAR offset of the first page.
+    pub bar_offset: u64,
+    /// Pages the kernel reported lent in the run (unregistered ones skipped).
+    pub lent: u64,
+}
+
+/// What was lent to one domain.
+#[derive(Clone, Debug, Default)]
+pub struct DomainLedger {
+    runs: BTreeMap<u64, LentRun>,
+    lent_pages: u64,
+}
+
+impl DomainLedger {
+    /// Record a successful lend. Any recorded run overlapping it is
+    /// replaced (the kernel re-lent or skipped those pages).
+    pub fn record(&mut self, first_gfn: u64, nr_pages: u64, bar_offset: u64, lent: u64) {
+        if nr_pages == 0 {
+            return;
+        }
+        self.forget(first_gfn, nr_pages);
+        self.runs.insert(
+            first_gfn,
+            LentRun {
+                first_gfn,
+                nr_pages,
+                bar_offset,
+                lent,
+            },
+        );
+        self.lent_pages += lent;
+    }
+
+    /// Forget every run overlapping `[first_gfn, first_gfn + nr_pages)`
+    /// (after revoking them). Returns the removed runs.
+    pub fn forget(&mut self, first_gfn: u64, nr_pages: u64) -> Vec<LentRun> {
+        let end = first_gfn.saturating_add(nr_pages);
+        let mut keys: Vec<u64> = Vec::new();
+        if let Some((k, r)) = self.runs.range(..first_gfn).next_back() {
+            if r.first_gfn + r.nr_pages > first_gfn {
+                keys.push(*k);
+            }
+        }
+        keys.extend(self.runs.range(first_gfn..end).map(|(k, _)| *k));
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(r) = self.runs.remove(&k) {
+                self.lent_pages -= r.lent;
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// Forget everything; returns the runs.
+    pub fn forget_all(&mut self) -> Vec<LentRun> {
+        self.lent_pages = 0;
+        std::mem::take(&mut self.runs).into_values().collect()
+    }
+
+    /// True if `gfn` is inside a recorded run.
+    pub fn covers(&self, gfn: u64) -> bool {
+        self.runs
+            .range(..=gfn)
+            .next_back()
+            .is_some_and(|(_, r)| gfn < r.first_gfn + r.nr_pages)
+    }
+
+    /// Pages recorded lent (an upper bound: the kernel may have revoked
+    /// some on invalidation since).
+    pub fn lent_pages(&self) -> u64 {
+        self.lent_pages
+    }
+
+    /// Number of runs.
+    pub fn nr_runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Runs by GFN.
+    pub fn runs(&self) -> impl Iterator<Item = &LentRun> {
+        self.runs.values()
+    }
+}
+
+/// Ledgers of several domains, keyed by full identity so a reused domid
+/// never sees the records of its predecessor.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    domains: HashMap<DomainIdentity, DomainLedger>,
+}
+
+impl Ledger {
+    /// Empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The ledger of `dom`, created empty if needed.
+    pub fn domain_mut(&mut self, dom: &DomainIdentity) -> &mut DomainLedger {
+        self.domains.entry(*dom).or_default()
+    }
+
+    /// The ledger of `dom`, if any.
+    pub fn domain(&self, dom: &DomainIdentity) -> Option<&DomainLedger> {
+        self.domains.get(dom)
+    }
+
+    /// Drop the records of `dom` (after its total teardown).
+    pub fn remove(&mut self, dom: &DomainIdentity) -> Option<DomainLedger> {
+        self.domains.remove(dom)
+    }
+
+    /// Identities with records.
+    pub fn identities(&self) -> impl Iterator<Item = &DomainIdentity> {
+        self.domains.keys()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_forget_and_cover() {
+        let mut l = DomainLedger::default();
+        l.record(0x100, 512, 0, 512);
+        l.record(0x400, 16, 0x30_0000, 10);
+        assert_eq!(l.lent_pages(), 522);
+        assert!(l.covers(0x100) && l.covers(0x2ff) && !l.covers(0x300));
+        let gone = l.forget(0x2ff, 0x102);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(l.lent_pages(), 0);
+        assert!(!l.covers(0x100));
+    }
+
+    #[test]
+    fn rerecording_an_overlapping_run_does_not_double_count() {
+        let mut l = DomainLedger::default();
+        l.record(0x100, 512, 0, 512);
+        l.record(0x100, 512, 0, 512);
+        assert_eq!(l.lent_pages(), 512);
+        assert_eq!(l.nr_runs(), 1);
+    }
+
+    #[test]
+    fn identities_with_same_domid_are_separate() {
+        let a = DomainIdentity::new(5, [1; 16]);
+        let b = DomainIdentity::new(5, [2; 16]);
+        let mut l = Ledger::new();
+        l.domain_mut(&a).record(0, 1, 0, 1);
+        assert!(l.domain(&b).is_none());
+        assert_eq!(l.remove(&a).map(|d| d.lent_pages()), Some(1));
+    }
+}

@@ -1,0 +1,168 @@
+//! Limits that keep a guest from making the host do unbounded work (I3,
+//! I4): consecutive retries per vCPU, a fault rate limit, and a cap on
+//! pages lent per domain.
+
+use std::time::{Duration, Instant};
+
+/// Xen's bound on consecutive RETRY completions per vCPU
+/// (`XEN_IOREQ_MAX_RETRIES` in the contract).
+pub const XEN_IOREQ_MAX_RETRIES: u32 = 8;
+
+/// Counts consecutive RETRY answers per vCPU for the same GFN.
+#[derive(Clone, Debug)]
+pub struct RetryAccounting {
+    max: u32,
+    last: Vec<Option<(u64, u32)>>,
+}
+
+impl RetryAccounting {
+    /// `max` consecutive retries per vCPU (capped at Xen's bound).
+    pub fn new(nr_vcpus: u32, max: u32) -> Self {
+        RetryAccounting {
+            max: max.min(XEN_IOREQ_MAX_RETRIES),
+            last: vec![None; nr_vcpus as usize],
+        }
+    }
+
+    /// May `vcpu` be answered RETRY for `gfn` once more? Records it if so.
+    pub fn try_retry(&mut self, vcpu: u32, gfn: u64) -> bool {
+        let Some(slot) = self.last.get_mut(vcpu as usize) else {
+            return false;
+        };
+        let n = match *slot {
+            Some((g, n)) if g == gfn => n,
+            _ => 0,
+        };
+        if n >= self.max {
+            *slot = None;
+            return false;
+        }
+        *slot = Some((gfn, n + 1));
+        true
+    }
+
+    /// The vCPU made progress (a request answered without RETRY).
+    pub fn reset(&mut self, vcpu: u32) {
+        if let Some(s) = self.last.get_mut(vcpu as usize) {
+            *s = None;
+        }
+    }
+
+    /// Consecutive retries recorded for `vcpu`.
+    pub fn consecutive(&self, vcpu: u32) -> u32 {
+        self.last
+            .get(vcpu as usize)
+            .and_then(|s| s.map(|(_, n)| n))
+            .unwrap_or(0)
+    }
+}
+
+/// Token bucket: `rate` faults per second, bursts of up to `burst`.
+#[derive(Clone, Debug)]
+pub struct RateLimiter {
+    rate: u64,
+    burst: u64,
+    tokens_milli: u64,
+    last: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// `rate` per second (> 0), `burst` (> 0).
+    pub fn new(rate: u64, burst: u64) -> Self {
+        let burst = burst.max(1);
+        RateLimiter {
+            rate: rate.max(1),
+            burst,
+            tokens_milli: burst * 1000,
+            last: None,
+        }
+    }
+
+    /// Take one token at time `now`; false if the rate is exceeded.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let dt = now.saturating_duration_since(last);
+            let add = refill_milli(dt, self.rate);
+            self.tokens_milli = (self.tokens_milli.saturating_add(add)).min(self.burst * 1000);
+        }
+        self.last = Some(now);
+        if self.tokens_milli >= 1000 {
+            self.tokens_milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn refill_milli(dt: Duration, rate: u64) -> u64 {
+    let ms = u64::try_from(dt.as_millis()).unwrap_or(u64::MAX);
+    ms.saturating_mul(rate)
+}
+
+/// The limits in force for one domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Registrations the kernel may hold for the guest (checked there; kept
+    /// for status).
+    pub max_registrations: u32,
+    /// Pages lent to the domain at most.
+    pub max_lent_pages: u64,
+    /// Faults handled per second.
+    pub fault_rate: u64,
+    /// Fault burst.
+    pub fault_burst: u64,
+    /// Consecutive RETRY answers per vCPU.
+    pub max_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_registrations: 1024,
+            max_lent_pages: 1 << 22,
+            fault_rate: 100_000,
+            fault_burst: 10_000,
+            max_retries: XEN_IOREQ_MAX_RETRIES,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_bounded_per_vcpu_and_gfn() {
+        let mut r = RetryAccounting::new(2, 3);
+        assert!(r.try_retry(0, 7));
+        assert!(r.try_retry(0, 7));
+        assert!(r.try_retry(0, 7));
+        assert!(!r.try_retry(0, 7));
+        assert!(r.try_retry(1, 7), "other vCPUs are independent");
+        assert!(r.try_retry(0, 7), "counter restarts after a refusal");
+        assert!(r.try_retry(0, 8));
+        assert_eq!(r.consecutive(0), 1);
+        assert!(!r.try_retry(9, 1), "unknown vCPU never retries");
+    }
+
+    #[test]
+    fn retry_bound_never_exceeds_xen_bound() {
+        let mut r = RetryAccounting::new(1, 1000);
+        let n = (0..100).take_while(|_| r.try_retry(0, 1)).count();
+        assert_eq!(n as u32, XEN_IOREQ_MAX_RETRIES);
+    }
+
+    #[test]
+    fn rate_limiter_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(10, 3);
+        assert!(l.allow(t0) && l.allow(t0) && l.allow(t0));
+        assert!(!l.allow(t0));
+        assert!(l.allow(t0 + Duration::from_millis(100)));
+        assert!(!l.allow(t0 + Duration::from_millis(100)));
+        let later = t0 + Duration::from_secs(10);
+        assert!(l.allow(later) && l.allow(later) && l.allow(later));
+        assert!(!l.allow(later));
+    }
+}

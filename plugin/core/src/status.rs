@@ -1,0 +1,140 @@
+//! A serializable snapshot of one guest's gpu-hostmem state, for
+//! `gpu-hostmem status DOMID [--json]`.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// Event counters of a server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// ioreqs handled.
+    pub requests: u64,
+    /// PCI config accesses.
+    pub pci_config: u64,
+    /// BAR accesses that reached the server (faults).
+    pub bar_faults: u64,
+    /// Successful lend calls.
+    pub lends: u64,
+    /// Pages reported lent by those calls.
+    pub pages_lent: u64,
+    /// RETRY answers.
+    pub retries: u64,
+    /// Reads completed as unbacked (all-ones).
+    pub unbacked_reads: u64,
+    /// Writes dropped as unbacked.
+    pub unbacked_writes: u64,
+    /// Faults refused by the rate limit.
+    pub rate_limited: u64,
+    /// Faults refused because the vCPU used up its retries.
+    pub retry_exhausted: u64,
+    /// Faults refused by the lent-page limit.
+    pub limit_refused: u64,
+    /// Lend calls that failed.
+    pub lend_errors: u64,
+    /// BAR moves (mapping removed or added).
+    pub bar_moves: u64,
+    /// Revoke calls made.
+    pub revokes: u64,
+    /// Requests of a type we do not handle.
+    pub unsupported: u64,
+}
+
+/// One registration as shown to the operator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationStatus {
+    /// Id.
+    pub id: u32,
+    /// BAR offset.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Pages lent (kernel view), if known.
+    pub lent_pages: Option<u64>,
+    /// Owning process, if known.
+    pub owner_pid: Option<u32>,
+}
+
+/// Status of one guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Domain id.
+    pub domid: u16,
+    /// Unique id (UUID form).
+    pub uuid: String,
+    /// `starting` | `running` | `stopping` | `stopped` | `failed: ...`.
+    pub state: String,
+    /// PCI address `ssss:bb:dd.f`.
+    pub bdf: String,
+    /// Guest-physical BAR base while decoded.
+    pub bar_base: Option<u64>,
+    /// BAR size in bytes.
+    pub bar_size: u64,
+    /// ioreq server id.
+    pub ioservid: Option<u16>,
+    /// Registrations.
+    pub registrations: Vec<RegistrationStatus>,
+    /// Pages lent according to the server's ledger (upper bound).
+    pub ledger_lent_pages: u64,
+    /// Pages lent according to the kernel, if asked.
+    pub kernel_lent_pages: Option<u64>,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl Status {
+    /// Human-readable form.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "domain      {} ({})", self.domid, self.uuid);
+        let _ = writeln!(s, "state       {}", self.state);
+        let _ = writeln!(s, "device      {}", self.bdf);
+        match self.bar_base {
+            Some(b) => {
+                let _ = writeln!(
+                    s,
+                    "BAR         {:#x}-{:#x} ({} MiB)",
+                    b,
+                    b + self.bar_size - 1,
+                    self.bar_size >> 20
+                );
+            }
+            None => {
+                let _ = writeln!(s, "BAR         unmapped ({} MiB)", self.bar_size >> 20);
+            }
+        }
+        if let Some(id) = self.ioservid {
+            let _ = writeln!(s, "ioservid    {id}");
+        }
+        let _ = writeln!(
+            s,
+            "lent pages  {} (ledger){}",
+            self.ledger_lent_pages,
+            self.kernel_lent_pages
+                .map(|k| format!(", {k} (kernel)"))
+                .unwrap_or_default()
+        );
+        let c = &self.counters;
+        let _ = writeln!(
+            s,
+            "faults      {} (lends {}, retries {}, unbacked reads {}, unbacked writes {}, rate-limited {}, retries exhausted {}, limit {}, lend errors {})",
+            c.bar_faults, c.lends, c.retries, c.unbacked_reads, c.unbacked_writes,
+            c.rate_limited, c.retry_exhausted, c.limit_refused, c.lend_errors
+        );
+        let _ = writeln!(s, "registrations {}", self.registrations.len());
+        for r in &self.registrations {
+            let _ = writeln!(
+                s,
+                "  id {:<8} offset {:#012x} size {:#x}{}{}",
+                r.id,
+                r.offset,
+                r.size,
+                r.lent_pages
+                    .map(|l| format!(" lent {l}"))
+                    .unwrap_or_default(),
+                r.owner_pid.map(|p| format!(" pid {p}")).unwrap_or_default()
+            );
+        }
+        s
+    }
+}
