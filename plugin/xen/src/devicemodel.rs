@@ -140,6 +140,19 @@ impl<'l> DeviceModel<'l> {
             retry,
         })
     }
+
+    /// Takes charge of an existing server `id` of `domid` (created by a
+    /// process that is gone), so that it can be destroyed. The caller must
+    /// have checked that `domid` still names the domain the server was
+    /// created for.
+    pub fn adopt_ioreq_server(&self, domid: u16, id: u16) -> IoreqServer<'_> {
+        IoreqServer {
+            dm: self,
+            domid,
+            id,
+            retry: false,
+        }
+    }
 }
 
 impl Drop for DeviceModel<'_> {

@@ -55,6 +55,7 @@ fn check(xc: &Xenctrl<'_>, dom: &DomainIdentity, op: &'static str) -> PlatformRe
 pub struct XenDeviceModel<'a> {
     // Servers are destroyed (Drop) before anything else goes.
     servers: Vec<IoreqServer<'a>>,
+    wake_fds: Vec<BorrowedFd<'a>>,
     dm: &'a XdmHandle<'a>,
     fm: &'a ForeignMemory<'a>,
     xce: &'a EventChannels<'a>,
@@ -71,6 +72,7 @@ impl<'a> XenDeviceModel<'a> {
     ) -> Self {
         Self {
             servers: Vec::new(),
+            wake_fds: Vec::new(),
             dm,
             fm,
             xce,
@@ -88,6 +90,27 @@ impl<'a> XenDeviceModel<'a> {
             .iter()
             .find(|s| s.domid() == dom.domid && s.id() == id)
             .ok_or(PlatformError::new(op, Errno::ENOENT))
+    }
+
+    /// Channels opened from now on also wake [`IoreqChannel::wait`] (as
+    /// [`Wake::Timeout`]) when `fd` becomes readable: the xenstore watch fd,
+    /// a signal pipe, a control socket. The caller drains them.
+    pub fn add_wake_fd(&mut self, fd: BorrowedFd<'a>) {
+        self.wake_fds.push(fd);
+    }
+
+    /// Takes charge of server `id` that a process now gone created for
+    /// `dom`, so that [`DeviceModel::destroy_server`] can destroy it.
+    /// Refused (`ESRCH`) unless `dom` is the current domain with its domid.
+    pub fn adopt(&mut self, dom: &DomainIdentity, id: IoServId) -> PlatformResult<()> {
+        match current(self.xc, dom.domid)? {
+            Some((cur, _)) if cur == *dom => {}
+            _ => return Err(PlatformError::new("adopt ioreq server", Errno::ESRCH)),
+        }
+        if self.server(dom, id, "adopt ioreq server").is_err() {
+            self.servers.push(self.dm.adopt_ioreq_server(dom.domid, id));
+        }
+        Ok(())
     }
 
     /// Whether the server was created with RETRY.
@@ -135,7 +158,7 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
             page,
             xce: self.xce,
             domid: dom.domid,
-            wake_fds: Vec::new(),
+            wake_fds: self.wake_fds.clone(),
         };
         // Xen writes each vCPU's port into the page when the server is
         // enabled: bind now what is there, the rest on first wait.

@@ -150,6 +150,12 @@ fn platform_on_fake_xen() {
         Errno::ESRCH
     );
     assert!(!p.is_alive(&dom).expect("alive"));
+    // A server left by a killed process is adopted and destroyed, but only
+    // for the identity it was recorded with.
+    assert_eq!(p.adopt(&stranger, 3).unwrap_err().errno, Errno::ESRCH);
+    p.adopt(&dom, 3).expect("adopt");
+    p.destroy_server(&dom, 3).expect("destroy adopted");
+    assert_eq!(fake.counter(b"fake_destroyed\0"), 2);
 
     // Host memory: identity first, then the (here absent) ioctl.
     fake.set_domain(7, UUID, 1, false);
