@@ -1,0 +1,85 @@
+#!/bin/sh
+# Scenario: the patched xen-privcmd module (kernel-patches/) in dom0.
+#
+# Runs in dom0 of the test bed. Prints "RESULT name=... ok=0|1 value=..."
+# lines and exits non-zero if any check failed.
+#
+#  1. privcmd-hostmem-module: the loaded xen-privcmd is ours (it has the
+#     hostmem_* parameters) and was loaded from updates/.
+#  2. the selftest (tests/kernel/hostmem-selftest.c): argument checks and
+#     registration bookkeeping always; lending, revocation by munmap /
+#     MADV_DONTNEED / owner exit / fd close and the concurrent stress when
+#     HOSTMEM_GUEST_DOMID names a running HVM guest and Xen lends pages.
+#
+# Environment:
+#   HOSTMEM_SELFTEST      the selftest binary (default: searched in PATH,
+#                         /usr/local/bin, /opt/gpu-hostmem/bin, /root)
+#   HOSTMEM_GUEST_DOMID   optional: HVM guest to lend pages to
+#   HOSTMEM_GUEST_GFN     optional: first guest frame to lend at (default
+#                         0x100000, 4 GiB, above a small guest's RAM)
+#   HOSTMEM_REQUIRE_LEND  1: fail, rather than skip, when lending cannot run
+#   HOSTMEM_SECONDS       duration of the concurrent stress (default 5)
+set -u
+
+fail=0
+
+find_selftest() {
+    if [ -n "${HOSTMEM_SELFTEST:-}" ]; then
+        echo "$HOSTMEM_SELFTEST"
+        return
+    fi
+    for p in "$(command -v hostmem-selftest 2>/dev/null)" \
+        /usr/local/bin/hostmem-selftest /opt/gpu-hostmem/bin/hostmem-selftest \
+        /root/hostmem-selftest; do
+        if [ -n "$p" ] && [ -x "$p" ]; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# 1. The module.
+[ -e /dev/xen/privcmd ] || modprobe xen-privcmd 2>/dev/null
+params=/sys/module/xen_privcmd/parameters
+where=$(modinfo -n xen-privcmd 2>/dev/null)
+if [ -e "$params/hostmem_max_regions" ]; then
+    case "$where" in
+    */updates/*) echo "RESULT name=privcmd-hostmem-module ok=1 value=$where" ;;
+    *) echo "RESULT name=privcmd-hostmem-module ok=0 value=loaded-but-not-from-updates:$where"; fail=1 ;;
+    esac
+else
+    echo "RESULT name=privcmd-hostmem-module ok=0 value=stock-module:${where:-none}"
+    fail=1
+fi
+
+# 2. The selftest.
+bin=$(find_selftest)
+if [ -z "$bin" ]; then
+    echo "RESULT name=privcmd-hostmem-selftest ok=0 value=selftest-not-installed"
+    exit 1
+fi
+set -- --seconds "${HOSTMEM_SECONDS:-5}"
+[ -n "${HOSTMEM_GUEST_DOMID:-}" ] && set -- "$@" --dom "$HOSTMEM_GUEST_DOMID"
+[ -n "${HOSTMEM_GUEST_GFN:-}" ] && set -- "$@" --gfn "$HOSTMEM_GUEST_GFN"
+[ "${HOSTMEM_REQUIRE_LEND:-0}" = 1 ] && set -- "$@" --require-lend
+
+dmesg_before=$(dmesg 2>/dev/null | wc -l)
+"$bin" "$@"
+rc=$?
+echo "RESULT name=privcmd-hostmem-selftest ok=$([ $rc = 0 ] && echo 1 || echo 0) value=exit:$rc"
+[ $rc = 0 ] || fail=1
+
+# The kernel must not have complained while the selftest ran.
+tmp=/tmp/privcmd-dmesg.$$
+dmesg 2>/dev/null | tail -n +"$((dmesg_before + 1))" |
+    grep -E 'BUG:|WARNING:|Oops|circular locking|cannot revoke' >"$tmp"
+if [ -s "$tmp" ]; then
+    echo "RESULT name=privcmd-hostmem-dmesg-clean ok=0 value=$(head -n1 "$tmp" | tr ' ' '_')"
+    cat "$tmp"
+    fail=1
+else
+    echo "RESULT name=privcmd-hostmem-dmesg-clean ok=1 value=-"
+fi
+rm -f "$tmp"
+
+exit $fail

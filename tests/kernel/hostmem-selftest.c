@@ -1,0 +1,928 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * hostmem-selftest: exercises the privcmd host memory lending ioctls
+ * (IOCTL_PRIVCMD_HOSTMEM_*, docs/interfaces.md section 2) of the patched
+ * xen-privcmd module, in dom0.
+ *
+ *   hostmem-selftest [--dom N] [--gfn G] [--seconds S] [--require-lend]
+ *
+ * Without --dom only the argument checks and the registration bookkeeping
+ * are tested (registrations name a domid that need not exist, 0x7fe0 by
+ * default). With --dom N (a running HVM guest) and a Xen that implements
+ * XEN_DMOP_lend_pages, pages are lent at guest frames G... (default
+ * 0x100000, i.e. 4 GiB: above the RAM of a small guest) and revocation by
+ * munmap, MADV_DONTNEED, owner exit, fd close and concurrent invalidations
+ * is checked. When Xen cannot lend, those tests are reported as SKIP, or
+ * as failures with --require-lend.
+ *
+ * Output: TAP ("ok N - name", "not ok N - name # why") plus one line
+ * "RESULT name=<name> ok=0|1 value=<detail>" per test that ran. Exit
+ * status 0 if every test that ran passed.
+ *
+ * The structures are declared here, as userspace has no copy of the
+ * patched uAPI header; their sizes are checked against the contract.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef uint16_t domid_t;
+
+struct privcmd_hostmem_register {
+	uint64_t addr;
+	uint64_t size;
+	uint64_t offset;
+	uint32_t id;
+	domid_t dom;
+	uint16_t flags;
+};
+
+struct privcmd_hostmem_unregister {
+	uint32_t id;
+	domid_t dom;
+	uint16_t flags;
+};
+
+struct privcmd_hostmem_lend {
+	uint64_t offset;
+	uint64_t gfn;
+	uint32_t nr_pages;
+	domid_t dom;
+	uint16_t flags;
+	uint32_t nr_lent;
+	uint32_t pad;
+};
+
+#define PRIVCMD_HOSTMEM_REVOKE_ALL (1 << 0)
+
+struct privcmd_hostmem_revoke {
+	uint64_t gfn;
+	uint64_t nr_pages;
+	domid_t dom;
+	uint16_t flags;
+	uint32_t pad;
+};
+
+struct privcmd_hostmem_region {
+	uint64_t offset;
+	uint64_t size;
+	uint64_t lent_pages;
+	uint32_t id;
+	uint32_t owner_pid;
+};
+
+struct privcmd_hostmem_query {
+	domid_t dom;
+	uint16_t flags;
+	uint32_t nr_regions;
+	uint64_t regions;
+	uint64_t lent_pages;
+};
+
+_Static_assert(sizeof(struct privcmd_hostmem_register) == 32, "register");
+_Static_assert(sizeof(struct privcmd_hostmem_unregister) == 8, "unregister");
+_Static_assert(sizeof(struct privcmd_hostmem_lend) == 32, "lend");
+_Static_assert(sizeof(struct privcmd_hostmem_revoke) == 24, "revoke");
+_Static_assert(sizeof(struct privcmd_hostmem_region) == 32, "region");
+_Static_assert(sizeof(struct privcmd_hostmem_query) == 24, "query");
+
+#define IOCTL_PRIVCMD_RESTRICT _IOC(_IOC_NONE, 'P', 6, sizeof(domid_t))
+#define IOCTL_PRIVCMD_HOSTMEM_REGISTER \
+	_IOW('P', 11, struct privcmd_hostmem_register)
+#define IOCTL_PRIVCMD_HOSTMEM_UNREGISTER \
+	_IOW('P', 12, struct privcmd_hostmem_unregister)
+#define IOCTL_PRIVCMD_HOSTMEM_LEND _IOWR('P', 13, struct privcmd_hostmem_lend)
+#define IOCTL_PRIVCMD_HOSTMEM_REVOKE \
+	_IOW('P', 14, struct privcmd_hostmem_revoke)
+#define IOCTL_PRIVCMD_HOSTMEM_QUERY \
+	_IOWR('P', 15, struct privcmd_hostmem_query)
+
+#define PRIVCMD "/dev/xen/privcmd"
+#define PARAMS "/sys/module/xen_privcmd/parameters/"
+#define MAX_REGIONS 1024
+
+static long pg;
+static domid_t dom = 0x7fe0;	/* registrations only: need not exist */
+static bool have_guest;
+static uint64_t gfn_base = 0x100000;
+static unsigned int seconds = 5;
+static bool require_lend;
+static int fd = -1;
+static int tests, failures;
+
+/* --- reporting ---------------------------------------------------------- */
+
+static void result(const char *name, bool ok, const char *fmt, ...)
+{
+	char detail[256] = "";
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(detail, sizeof(detail), fmt, ap);
+	va_end(ap);
+
+	tests++;
+	if (!ok)
+		failures++;
+	printf("%sok %d - %s%s%s\n", ok ? "" : "not ", tests, name,
+	       ok ? "" : " # ", ok ? "" : detail);
+	printf("RESULT name=%s ok=%d value=%s\n", name, ok, detail[0] ? detail : "-");
+	fflush(stdout);
+}
+
+static void skip(const char *name, const char *why)
+{
+	if (require_lend) {
+		result(name, false, "not run: %s", why);
+		return;
+	}
+	tests++;
+	printf("ok %d - %s # SKIP %s\n", tests, name, why);
+	fflush(stdout);
+}
+
+static const char *ename(int e)
+{
+	static char buf[32];
+
+	switch (e) {
+	case 0: return "0";
+	case EINVAL: return "EINVAL";
+	case EEXIST: return "EEXIST";
+	case EFAULT: return "EFAULT";
+	case EACCES: return "EACCES";
+	case ENOSPC: return "ENOSPC";
+	case EPERM: return "EPERM";
+	case ENOENT: return "ENOENT";
+	case ESRCH: return "ESRCH";
+	case ENOTTY: return "ENOTTY";
+	case EOPNOTSUPP: return "EOPNOTSUPP";
+	case ENOSYS: return "ENOSYS";
+	default:
+		snprintf(buf, sizeof(buf), "errno%d", e);
+		return buf;
+	}
+}
+
+/* Check that an ioctl result (0 or an errno) is the one expected. */
+static void expect(const char *name, int got, int want)
+{
+	result(name, got == want, "got=%s want=%s", ename(got), ename(want));
+}
+
+/* --- ioctl wrappers: return 0 or errno ------------------------------------ */
+
+static int xioctl(int f, unsigned long cmd, void *arg)
+{
+	return ioctl(f, cmd, arg) ? errno : 0;
+}
+
+static int reg_on(int f, void *addr, uint64_t size, uint64_t offset,
+		  uint32_t id, domid_t d)
+{
+	struct privcmd_hostmem_register r = {
+		.addr = (uintptr_t)addr, .size = size, .offset = offset,
+		.id = id, .dom = d,
+	};
+
+	return xioctl(f, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r);
+}
+
+static int reg(void *addr, uint64_t size, uint64_t offset, uint32_t id)
+{
+	return reg_on(fd, addr, size, offset, id, dom);
+}
+
+static int unreg_on(int f, uint32_t id, domid_t d)
+{
+	struct privcmd_hostmem_unregister u = { .id = id, .dom = d };
+
+	return xioctl(f, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &u);
+}
+
+static int unreg(uint32_t id)
+{
+	return unreg_on(fd, id, dom);
+}
+
+static int lend_on(int f, uint64_t offset, uint64_t gfn, uint32_t n,
+		   domid_t d, uint32_t *nr_lent)
+{
+	struct privcmd_hostmem_lend l = {
+		.offset = offset, .gfn = gfn, .nr_pages = n, .dom = d,
+		.nr_lent = 0xdeadbeef,
+	};
+	int rc = xioctl(f, IOCTL_PRIVCMD_HOSTMEM_LEND, &l);
+
+	if (nr_lent)
+		*nr_lent = l.nr_lent;
+	return rc;
+}
+
+static int lend(uint64_t offset, uint64_t gfn, uint32_t n, uint32_t *nr_lent)
+{
+	return lend_on(fd, offset, gfn, n, dom, nr_lent);
+}
+
+static int revoke_on(int f, uint64_t gfn, uint64_t n, uint16_t flags, domid_t d)
+{
+	struct privcmd_hostmem_revoke r = {
+		.gfn = gfn, .nr_pages = n, .dom = d, .flags = flags,
+	};
+
+	return xioctl(f, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &r);
+}
+
+static int revoke_all(void)
+{
+	return revoke_on(fd, 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom);
+}
+
+struct snapshot {
+	int rc;
+	uint32_t nr;
+	uint64_t lent;
+	struct privcmd_hostmem_region r[MAX_REGIONS];
+};
+
+static struct snapshot q;
+
+static int query_on(int f, domid_t d, struct snapshot *s)
+{
+	struct privcmd_hostmem_query k = {
+		.dom = d, .nr_regions = MAX_REGIONS,
+		.regions = (uintptr_t)s->r,
+	};
+
+	memset(s->r, 0, sizeof(s->r));
+	s->rc = xioctl(f, IOCTL_PRIVCMD_HOSTMEM_QUERY, &k);
+	s->nr = k.nr_regions;
+	s->lent = k.lent_pages;
+	return s->rc;
+}
+
+static int query(void)
+{
+	return query_on(fd, dom, &q);
+}
+
+static const struct privcmd_hostmem_region *region(uint32_t id)
+{
+	for (uint32_t i = 0; i < q.nr && i < MAX_REGIONS; i++)
+		if (q.r[i].id == id)
+			return &q.r[i];
+	return NULL;
+}
+
+static void *map_anon(size_t pages, int prot)
+{
+	void *p = mmap(NULL, pages * pg, prot, MAP_PRIVATE | MAP_ANONYMOUS,
+		       -1, 0);
+
+	if (p == MAP_FAILED) {
+		perror("mmap");
+		exit(2);
+	}
+	return p;
+}
+
+static unsigned long param(const char *name, unsigned long dflt)
+{
+	char path[256];
+	unsigned long v;
+	FILE *f;
+
+	snprintf(path, sizeof(path), PARAMS "%s", name);
+	f = fopen(path, "r");
+	if (!f)
+		return dflt;
+	if (fscanf(f, "%lu", &v) != 1)
+		v = dflt;
+	fclose(f);
+	return v;
+}
+
+/* --- registration and argument checks ------------------------------------ */
+
+static void test_register_query_unregister(void)
+{
+	char *m = map_anon(16, PROT_READ | PROT_WRITE);
+	const struct privcmd_hostmem_region *r;
+
+	expect("register-basic", reg(m, 16 * pg, 0, 1), 0);
+	query();
+	r = region(1);
+	result("query-lists-registration",
+	       q.rc == 0 && q.nr == 1 && r && r->offset == 0 &&
+	       r->size == (uint64_t)16 * pg && r->lent_pages == 0 &&
+	       r->owner_pid == (uint32_t)getpid() && q.lent == 0,
+	       "rc=%s nr=%u lent=%" PRIu64 " pid=%u", ename(q.rc), q.nr,
+	       q.lent, r ? r->owner_pid : 0);
+
+	{
+		struct privcmd_hostmem_query k = { .dom = dom };
+
+		result("query-zero-capacity-counts",
+		       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &k) == 0 &&
+		       k.nr_regions == 1, "nr=%u", k.nr_regions);
+	}
+
+	expect("register-same-id", reg(m, pg, 64 * pg, 1), EEXIST);
+	expect("register-overlapping-offset", reg(m, pg, 15 * pg, 2), EEXIST);
+	expect("register-overlap-inside", reg(m, 4 * pg, 4 * pg, 2), EEXIST);
+	expect("register-overlap-around", reg(m, 16 * pg, 0, 2), EEXIST);
+	expect("register-adjacent-offset", reg(m, 4 * pg, 16 * pg, 3), 0);
+
+	query();
+	result("query-ordered-by-offset",
+	       q.nr == 2 && q.r[0].id == 1 && q.r[1].id == 3, "nr=%u", q.nr);
+
+	expect("unregister-basic", unreg(1), 0);
+	expect("unregister-unknown", unreg(1), ENOENT);
+	expect("unregister-other", unreg(3), 0);
+	query();
+	result("query-empty-after-unregister", q.rc == 0 && q.nr == 0 &&
+	       q.lent == 0, "nr=%u", q.nr);
+	munmap(m, 16 * pg);
+}
+
+static void test_bad_inputs(void)
+{
+	char *m = map_anon(4, PROT_READ | PROT_WRITE);
+	struct privcmd_hostmem_register r = {
+		.addr = (uintptr_t)m, .size = pg, .id = 10, .dom = dom,
+		.flags = 1,
+	};
+	unsigned long max_pages = param("hostmem_max_pages", 1UL << 20);
+
+	expect("register-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r),
+	       EINVAL);
+	expect("register-unaligned-addr", reg(m + 8, pg, 0, 10), EINVAL);
+	expect("register-unaligned-size", reg(m, pg + 8, 0, 10), EINVAL);
+	expect("register-unaligned-offset", reg(m, pg, 8, 10), EINVAL);
+	expect("register-size-zero", reg(m, 0, 0, 10), EINVAL);
+	expect("register-addr-wraps", reg((void *)(uintptr_t)-pg, 2 * pg, 0, 10),
+	       EINVAL);
+	expect("register-offset-wraps", reg(m, 2 * pg, (uint64_t)-pg, 10),
+	       EINVAL);
+	expect("register-kernel-address",
+	       reg((void *)0xffff888000000000UL, pg, 0, 10), EFAULT);
+	expect("register-reserved-domid",
+	       reg_on(fd, m, pg, 0, 10, 0x7ff2 /* DOMID_IO */), EINVAL);
+	expect("register-too-large",
+	       reg(m, (uint64_t)(max_pages + 1) * pg, 0, 10), ENOSPC);
+
+	/* A hole in the middle. */
+	munmap(m + pg, pg);
+	expect("register-hole", reg(m, 3 * pg, 0, 10), EFAULT);
+	munmap(m, 4 * pg);
+	expect("register-unmapped", reg(m, pg, 0, 10), EFAULT);
+
+	m = map_anon(2, PROT_NONE);
+	expect("register-prot-none", reg(m, 2 * pg, 0, 10), EACCES);
+	munmap(m, 2 * pg);
+	m = map_anon(2, PROT_READ);
+	expect("register-read-only", reg(m, 2 * pg, 0, 10), EACCES);
+	munmap(m, 2 * pg);
+
+	/* Half good, half PROT_NONE. */
+	m = map_anon(2, PROT_READ | PROT_WRITE);
+	mprotect(m + pg, pg, PROT_NONE);
+	expect("register-partly-prot-none", reg(m, 2 * pg, 0, 10), EACCES);
+	munmap(m, 2 * pg);
+
+	query();
+	result("bad-inputs-leave-nothing", q.rc == 0 && q.nr == 0,
+	       "nr=%u", q.nr);
+}
+
+static void test_memory_kinds(void)
+{
+	char dir[] = "/tmp/hostmem-selftest.XXXXXX";
+	char path[64];
+	void *m;
+	int f;
+
+	/* VM_IO | VM_PFNMAP: a privcmd mapping. */
+	m = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED) {
+		result("register-privcmd-mapping", false, "mmap:%s",
+		       strerror(errno));
+	} else {
+		expect("register-privcmd-mapping", reg(m, 2 * pg, 0, 20),
+		       EACCES);
+		munmap(m, 2 * pg);
+	}
+
+	/* VM_IO | VM_PFNMAP: /dev/mem (the first MiB is always allowed). */
+	f = open("/dev/mem", O_RDWR | O_SYNC);
+	m = f < 0 ? MAP_FAILED :
+	    mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+	if (m == MAP_FAILED) {
+		skip("register-dev-mem", "cannot map /dev/mem");
+	} else {
+		expect("register-dev-mem", reg(m, pg, 0, 21), EACCES);
+		munmap(m, pg);
+	}
+	if (f >= 0)
+		close(f);
+
+	/* A regular file that is not shmem: on ramfs. */
+	if (!mkdtemp(dir)) {
+		result("register-file-mapping", false, "mkdtemp:%s",
+		       strerror(errno));
+		goto shmem;
+	}
+	if (mount("none", dir, "ramfs", 0, NULL)) {
+		result("register-file-mapping", false, "mount ramfs:%s",
+		       strerror(errno));
+		rmdir(dir);
+		goto shmem;
+	}
+	snprintf(path, sizeof(path), "%s/f", dir);
+	f = open(path, O_RDWR | O_CREAT, 0600);
+	if (f < 0 || ftruncate(f, 2 * pg)) {
+		result("register-file-mapping", false, "file:%s",
+		       strerror(errno));
+	} else {
+		m = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		if (m == MAP_FAILED) {
+			result("register-file-mapping", false, "mmap:%s",
+			       strerror(errno));
+		} else {
+			expect("register-file-mapping", reg(m, 2 * pg, 0, 22),
+			       EACCES);
+			munmap(m, 2 * pg);
+		}
+	}
+	if (f >= 0)
+		close(f);
+	umount(dir);
+	rmdir(dir);
+
+shmem:
+	/* Accepted: memfd, shared anonymous, private anonymous. */
+	f = memfd_create("hostmem-selftest", 0);
+	if (f < 0 || ftruncate(f, 4 * pg)) {
+		result("register-memfd", false, "memfd:%s", strerror(errno));
+	} else {
+		m = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		expect("register-memfd", m == MAP_FAILED ? errno :
+		       reg(m, 4 * pg, 0, 23), 0);
+		unreg(23);
+		if (m != MAP_FAILED)
+			munmap(m, 4 * pg);
+	}
+	if (f >= 0)
+		close(f);
+
+	m = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	expect("register-shared-anonymous", reg(m, 4 * pg, 0, 24), 0);
+	unreg(24);
+	munmap(m, 4 * pg);
+}
+
+static void test_restricted_fd(void)
+{
+	int rfd = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	domid_t other = dom + 1, d = dom;
+	char *m = map_anon(2, PROT_READ | PROT_WRITE);
+	struct snapshot *s = malloc(sizeof(*s));
+	uint32_t n;
+
+	if (rfd < 0 || xioctl(rfd, IOCTL_PRIVCMD_RESTRICT, &d)) {
+		result("restricted-fd", false, "open/restrict:%s",
+		       strerror(errno));
+		return;
+	}
+	expect("restricted-register-other-dom",
+	       reg_on(rfd, m, 2 * pg, 0, 30, other), EPERM);
+	expect("restricted-unregister-other-dom", unreg_on(rfd, 30, other),
+	       EPERM);
+	expect("restricted-lend-other-dom",
+	       lend_on(rfd, 0, gfn_base, 1, other, &n), EPERM);
+	expect("restricted-revoke-other-dom",
+	       revoke_on(rfd, 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, other), EPERM);
+	expect("restricted-query-other-dom", query_on(rfd, other, s), EPERM);
+	expect("restricted-register-own-dom",
+	       reg_on(rfd, m, 2 * pg, 0, 31, dom), 0);
+	expect("restricted-query-own-dom", query_on(rfd, dom, s), 0);
+	result("restricted-query-sees-registration", s->nr == 1 &&
+	       s->r[0].id == 31, "nr=%u", s->nr);
+
+	/* Closing the file that registered drops its registrations. */
+	close(rfd);
+	query();
+	result("close-drops-registrations", q.rc == 0 && q.nr == 0,
+	       "nr=%u", q.nr);
+	munmap(m, 2 * pg);
+	free(s);
+}
+
+static void test_lend_revoke_args(void)
+{
+	unsigned long lend_max = param("hostmem_lend_max_pages", 4096);
+	struct privcmd_hostmem_lend l = { .nr_pages = 1, .dom = dom };
+	struct privcmd_hostmem_revoke rv = { .nr_pages = 1, .dom = dom };
+	struct privcmd_hostmem_query qq = { .dom = dom, .flags = 1 };
+	uint32_t n = 0;
+
+	l.flags = 1;
+	expect("lend-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_LEND, &l), EINVAL);
+	l.flags = 0;
+	l.pad = 1;
+	expect("lend-pad", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_LEND, &l), EINVAL);
+	expect("lend-zero-pages", lend(0, gfn_base, 0, &n), EINVAL);
+	expect("lend-unaligned-offset", lend(8, gfn_base, 1, &n), EINVAL);
+	expect("lend-too-many-pages", lend(0, gfn_base, lend_max + 1, &n),
+	       EINVAL);
+	expect("lend-gfn-wraps", lend(0, (uint64_t)-1, 2, &n), EINVAL);
+	n = 7;
+	result("lend-unregistered-lends-nothing",
+	       lend(0x40000000, gfn_base, 4, &n) == 0 && n == 0,
+	       "nr_lent=%u", n);
+
+	rv.flags = 2;
+	expect("revoke-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
+	       EINVAL);
+	rv.flags = 0;
+	rv.pad = 1;
+	expect("revoke-pad", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
+	       EINVAL);
+	expect("revoke-zero-pages", revoke_on(fd, gfn_base, 0, 0, dom), EINVAL);
+	expect("revoke-wraps", revoke_on(fd, (uint64_t)-1, 2, 0, dom), EINVAL);
+	expect("revoke-nothing-lent", revoke_on(fd, gfn_base, 16, 0, dom), 0);
+	expect("revoke-all-nothing-lent", revoke_all(), 0);
+	expect("query-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &qq),
+	       EINVAL);
+}
+
+static void test_limits(void)
+{
+	unsigned long max = param("hostmem_max_regions", 64);
+	char *m = map_anon(1, PROT_READ | PROT_WRITE);
+	unsigned long i;
+	int rc = 0;
+
+	if (max > 4096) {
+		skip("register-count-limit", "hostmem_max_regions too large");
+		munmap(m, pg);
+		return;
+	}
+	for (i = 0; i < max && !rc; i++)
+		rc = reg(m, pg, i * pg, 100 + i);
+	result("register-up-to-limit", rc == 0, "at=%lu rc=%s", i, ename(rc));
+	expect("register-over-limit", reg(m, pg, i * pg, 100 + i), ENOSPC);
+	for (i = 0; i < max; i++)
+		unreg(100 + i);
+	query();
+	result("limit-cleanup", q.nr == 0, "nr=%u", q.nr);
+	munmap(m, pg);
+}
+
+/* Owner exit without lending: the registration stays (the file is open) */
+static void test_owner_exit_bookkeeping(void)
+{
+	pid_t pid = fork();
+	int status;
+	uint32_t n = 9;
+
+	if (pid == 0) {
+		char *m = map_anon(4, PROT_READ | PROT_WRITE);
+
+		_exit(reg(m, 4 * pg, 0, 40) ? 1 : 0);
+	}
+	waitpid(pid, &status, 0);
+	query();
+	result("owner-exit-registration-stays",
+	       WIFEXITED(status) && WEXITSTATUS(status) == 0 && q.nr == 1 &&
+	       region(40), "nr=%u", q.nr);
+	result("owner-exit-lends-nothing",
+	       lend(0, gfn_base, 4, &n) == 0 && n == 0, "nr_lent=%u", n);
+	expect("owner-exit-unregister", unreg(40), 0);
+}
+
+/* --- lending -------------------------------------------------------------- */
+
+static uint64_t lent_now(void)
+{
+	query();
+	return q.lent;
+}
+
+static void fill(char *m, size_t pages, uint32_t gen)
+{
+	for (size_t i = 0; i < pages; i++)
+		for (size_t j = 0; j < (size_t)pg; j += sizeof(uint64_t))
+			*(uint64_t *)(m + i * pg + j) =
+				((uint64_t)gen << 32) | (i << 12) | j;
+}
+
+static void test_lend_basic(void)
+{
+	char *m = map_anon(32, PROT_READ | PROT_WRITE);
+	uint32_t n = 0;
+	int rc;
+
+	fill(m, 32, 1);
+	expect("lend-register", reg(m, 32 * pg, 0, 50), 0);
+	rc = lend(0, gfn_base, 32, &n);
+	result("lend-all", rc == 0 && n == 32, "rc=%s nr_lent=%u", ename(rc), n);
+	result("query-counts-lent", lent_now() == 32 && region(50) &&
+	       region(50)->lent_pages == 32, "lent=%" PRIu64, q.lent);
+	rc = lend(0, gfn_base, 32, &n);
+	result("lend-again-is-idempotent", rc == 0 && n == 32 &&
+	       lent_now() == 32, "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc),
+	       n, q.lent);
+	rc = lend(0, gfn_base + 1000, 1, &n);
+	expect("lend-same-page-elsewhere", rc, EEXIST);
+	rc = lend(31 * pg, gfn_base + 31, 8, &n);
+	result("lend-past-registration-end", rc == 0 && n == 1,
+	       "rc=%s nr_lent=%u", ename(rc), n);
+
+	expect("revoke-range", revoke_on(fd, gfn_base, 8, 0, dom), 0);
+	result("revoke-range-counts", lent_now() == 24, "lent=%" PRIu64, q.lent);
+	expect("revoke-all", revoke_all(), 0);
+	result("revoke-all-counts", lent_now() == 0, "lent=%" PRIu64, q.lent);
+
+	/* munmap of part of a lent range revokes those pages. */
+	lend(0, gfn_base, 32, &n);
+	munmap(m + 16 * pg, 16 * pg);
+	result("munmap-revokes", lent_now() == 16, "lent=%" PRIu64, q.lent);
+	rc = lend(0, gfn_base, 32, &n);
+	result("lend-unmapped-fails", rc == EFAULT && n == 16,
+	       "rc=%s nr_lent=%u", ename(rc), n);
+
+	/* MADV_DONTNEED revokes; the next lend gives the new pages. */
+	madvise(m, 4 * pg, MADV_DONTNEED);
+	result("dontneed-revokes", lent_now() == 12, "lent=%" PRIu64, q.lent);
+	rc = lend(0, gfn_base, 16, &n);
+	result("relend-after-dontneed", rc == 0 && n == 16 && lent_now() == 16,
+	       "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc), n, q.lent);
+
+	/* mprotect to read-only revokes: the guest may not write any more. */
+	mprotect(m, pg, PROT_READ);
+	result("mprotect-revokes", lent_now() == 15, "lent=%" PRIu64, q.lent);
+	rc = lend(0, gfn_base, 1, &n);
+	expect("lend-read-only-refused", rc, EACCES);
+
+	expect("unregister-lent", unreg(50), 0);
+	result("unregister-revokes", lent_now() == 0 && q.nr == 0,
+	       "lent=%" PRIu64 " nr=%u", q.lent, q.nr);
+	munmap(m, 16 * pg);
+}
+
+static void test_lend_owner_exit(void)
+{
+	int ready[2], done[2];
+	uint64_t before;
+	pid_t pid;
+	char c;
+
+	if (pipe(ready) || pipe(done)) {
+		result("owner-exit-revokes", false, "pipe");
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		char *m = map_anon(8, PROT_READ | PROT_WRITE);
+		uint32_t n = 0;
+
+		fill(m, 8, 2);
+		c = reg(m, 8 * pg, 0, 60) || lend(0, gfn_base, 8, &n) ||
+		    n != 8 ? 'n' : 'y';
+		if (write(ready[1], &c, 1) != 1 || read(done[0], &c, 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	if (read(ready[0], &c, 1) != 1)
+		c = 'n';
+	before = lent_now();
+	if (write(done[1], "x", 1) != 1)
+		c = 'n';
+	waitpid(pid, NULL, 0);
+	result("owner-exit-revokes", c == 'y' && before == 8 &&
+	       lent_now() == 0 && region(60),
+	       "child=%c before=%" PRIu64 " after=%" PRIu64, c, before, q.lent);
+	unreg(60);
+	close(ready[0]);
+	close(ready[1]);
+	close(done[0]);
+	close(done[1]);
+}
+
+static void test_lend_fd_close(void)
+{
+	int f = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	char *m = map_anon(8, PROT_READ | PROT_WRITE);
+	uint32_t n = 0;
+	uint64_t before;
+
+	reg_on(f, m, 8 * pg, 0, 70, dom);
+	lend(0, gfn_base, 8, &n);
+	before = lent_now();
+	close(f);
+	result("fd-close-revokes", before == 8 && lent_now() == 0 && q.nr == 0,
+	       "before=%" PRIu64 " after=%" PRIu64 " nr=%u", before, q.lent,
+	       q.nr);
+	munmap(m, 8 * pg);
+}
+
+/* Concurrent lends and invalidations for a bounded time. */
+#define STRESS_PAGES 512
+
+static char *stress_mem;
+static volatile bool stress_stop;
+static unsigned long stress_lends, stress_invals, stress_errors;
+
+static unsigned int rnd(unsigned int *seed, unsigned int n)
+{
+	*seed = *seed * 1103515245 + 12345;
+	return (*seed >> 8) % n;
+}
+
+static void *stress_lender(void *arg)
+{
+	unsigned int seed = (uintptr_t)arg;
+
+	while (!stress_stop) {
+		unsigned int first = rnd(&seed, STRESS_PAGES);
+		unsigned int n = 1 + rnd(&seed, STRESS_PAGES - first);
+		uint32_t lent;
+		int rc = lend((uint64_t)first * pg, gfn_base + first, n, &lent);
+
+		if (rc && rc != EFAULT) /* EFAULT: raced with an unmap */
+			__atomic_add_fetch(&stress_errors, 1, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&stress_lends, 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+static void *stress_invalidator(void *arg)
+{
+	unsigned int seed = (uintptr_t)arg;
+
+	while (!stress_stop) {
+		unsigned int first = rnd(&seed, STRESS_PAGES);
+		unsigned int n = 1 + rnd(&seed, 16 < STRESS_PAGES - first ?
+					     16 : STRESS_PAGES - first);
+		char *p = stress_mem + (size_t)first * pg;
+
+		switch (rnd(&seed, 3)) {
+		case 0:
+			madvise(p, n * pg, MADV_DONTNEED);
+			break;
+		case 1:	/* replace the pages: unmap and map again */
+			mmap(p, n * pg, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+			break;
+		default: /* new data: a fresh generation */
+			fill(p, n, rnd(&seed, 1000));
+			break;
+		}
+		__atomic_add_fetch(&stress_invals, 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+static void test_lend_stress(void)
+{
+	pthread_t t[4];
+	uint64_t after;
+	int i;
+
+	stress_mem = map_anon(STRESS_PAGES, PROT_READ | PROT_WRITE);
+	if (reg(stress_mem, (uint64_t)STRESS_PAGES * pg, 0, 80)) {
+		result("stress", false, "register");
+		return;
+	}
+	for (i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, i & 1 ? stress_invalidator :
+			       stress_lender, (void *)(uintptr_t)(i + 1));
+	sleep(seconds);
+	stress_stop = true;
+	for (i = 0; i < 4; i++)
+		pthread_join(t[i], NULL);
+
+	query();
+	result("stress-no-errors", stress_errors == 0 && q.lent <= STRESS_PAGES,
+	       "lends=%lu invalidations=%lu errors=%lu lent=%" PRIu64,
+	       stress_lends, stress_invals, stress_errors, q.lent);
+	/* Every page still lent must be revoked by discarding them all. */
+	madvise(stress_mem, (size_t)STRESS_PAGES * pg, MADV_DONTNEED);
+	after = lent_now();
+	result("stress-no-leak", after == 0 && region(80) &&
+	       region(80)->lent_pages == 0, "lent=%" PRIu64, after);
+	unreg(80);
+	munmap(stress_mem, (size_t)STRESS_PAGES * pg);
+}
+
+static void test_lending(void)
+{
+	static const char *const names[] = {
+		"lend-all", "owner-exit-revokes", "fd-close-revokes",
+		"stress-no-leak",
+	};
+	const char *why = NULL;
+	char *m;
+	uint32_t n = 0;
+	int rc;
+
+	if (!have_guest) {
+		why = "no guest given (--dom)";
+	} else {
+		m = map_anon(1, PROT_READ | PROT_WRITE);
+		reg(m, pg, 0, 49);
+		rc = lend(0, gfn_base, 1, &n);
+		revoke_all();
+		unreg(49);
+		munmap(m, pg);
+		if (rc == EOPNOTSUPP || rc == ENOSYS)
+			why = "Xen cannot lend pages (EOPNOTSUPP/ENOSYS)";
+		else if (rc)
+			why = ename(rc);
+		if (rc && rc != EOPNOTSUPP && rc != ENOSYS) {
+			result("lend-probe", false, "rc=%s", ename(rc));
+			return;
+		}
+	}
+	if (why) {
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			skip(names[i], why);
+		return;
+	}
+	test_lend_basic();
+	test_lend_owner_exit();
+	test_lend_fd_close();
+	test_lend_stress();
+}
+
+int main(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--dom") && i + 1 < argc) {
+			dom = strtoul(argv[++i], NULL, 0);
+			have_guest = true;
+		} else if (!strcmp(argv[i], "--gfn") && i + 1 < argc) {
+			gfn_base = strtoull(argv[++i], NULL, 0);
+		} else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
+			seconds = strtoul(argv[++i], NULL, 0);
+		} else if (!strcmp(argv[i], "--require-lend")) {
+			require_lend = true;
+		} else {
+			fprintf(stderr, "usage: %s [--dom N] [--gfn G] "
+				"[--seconds S] [--require-lend]\n", argv[0]);
+			return 2;
+		}
+	}
+	pg = sysconf(_SC_PAGESIZE);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	printf("TAP version 13\n");
+
+	fd = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		result("open-privcmd", false, "%s", strerror(errno));
+		return 1;
+	}
+	if (query() == ENOTTY || q.rc == EOPNOTSUPP) {
+		result("hostmem-ioctls-present", false, "query:%s",
+		       ename(q.rc));
+		return 1;
+	}
+	if (q.nr) {
+		result("domain-starts-empty", false, "dom %u has %u regions",
+		       dom, q.nr);
+		return 1;
+	}
+
+	test_register_query_unregister();
+	test_bad_inputs();
+	test_memory_kinds();
+	test_restricted_fd();
+	test_lend_revoke_args();
+	test_limits();
+	test_owner_exit_bookkeeping();
+	test_lending();
+
+	printf("1..%d\n", tests);
+	printf("# %d tests, %d failed\n", tests, failures);
+	return failures ? 1 : 0;
+}
