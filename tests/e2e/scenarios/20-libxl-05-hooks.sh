@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# libxl calls the plugin's hooks at the right points with the right domain,
+# checked with the fake plugin of tests/libxl/ (which logs every call):
+#   - xl create: create hook with the domain's domid, uuid, BAR size (given,
+#     or the 256 MiB default) and vCPU count, before xl create returns;
+#   - xl save and xl migrate of such a domain are refused, with the domain
+#     left running (both xl's early check and libxl's own check);
+#   - xl destroy: destroy hook for the same domid and uuid, nothing left;
+#   - a domain that dies without xl destroy (the guest crashes; xl's monitor
+#     restarts it, then destroys it) gets the destroy hook, and its restart
+#     gets a fresh create hook.
+# shellcheck source=20-libxl.lib
+. "$(dirname "$0")/20-libxl.lib"
+
+gh_use_fake_plugin create=ok destroy=ok
+name=gh-libxl-hooks
+cfg=$(gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 64")
+
+# ------------------------------------------------------------ create, destroy
+gh_xl_ok xl create -p "$cfg"
+domid=$(gh_domid "$name") || fail "domain not created"
+uuid=$(gh_uuid "$name")
+gh_show_fake_log
+gh_fake_log_has "^create domid=$domid uuid=$uuid size=64 vcpus=2 abi=1 flags=0\$" ||
+    fail "no create hook call for domid=$domid uuid=$uuid size=64 vcpus=2"
+[ "$(grep -c . "$GH_FAKE_LOG")" = 1 ] || fail "expected exactly one plugin call after xl create"
+[ "$(xenstore-read "/libxl/$domid/gpu-hostmem" 2>/dev/null)" = 64 ] ||
+    fail "/libxl/$domid/gpu-hostmem does not record the BAR size"
+ok "xl create: create hook for domain $domid ($uuid), 64 MiB, 2 vCPUs"
+
+# ------------------------------------------------------------ save, migrate
+gh_xl_fails "domain $domid uses gpu_hostmem: it cannot be saved, migrated or replicated" \
+    xl save "$name" "$GH_WORK/$name.save"
+[ -e "$GH_WORK/$name.save" ] && fail "xl save created a save file before refusing"
+[ "$(gh_domid "$name")" = "$domid" ] || fail "domain $domid gone after the refused xl save"
+ok "xl save refused by xl, domain kept"
+
+# With an overriding config file xl does not check: libxl must refuse itself.
+plain=$GH_WORK/plain.cfg
+grep -v gpu_hostmem "$cfg" >"$plain"
+gh_xl_fails "a domain with gpu_hostmem enabled cannot be saved or migrated" \
+    xl save "$name" "$GH_WORK/$name.save2" "$plain"
+[ "$(gh_domid "$name")" = "$domid" ] || fail "domain $domid gone after the refused libxl save"
+xl list "$name" | awk 'NR == 2 { print $5 }' | grep -q p || fail "domain $domid no longer paused after the refused save"
+ok "libxl_domain_suspend refused by libxl itself, domain kept paused"
+
+# Migration to this host through a local "ssh" (env): refused before sending.
+gh_xl_fails "uses gpu_hostmem: it cannot be saved, migrated or replicated" \
+    xl migrate -s env "$name" ""
+[ "$(gh_domid "$name")" = "$domid" ] || fail "domain $domid gone after the refused migration"
+[ "$(xl list | awk -v n="$name" '$1 ~ n' | wc -l)" = 1 ] || fail "a second copy of $name appeared"
+ok "xl migrate refused, domain kept"
+
+[ "$(grep -c . "$GH_FAKE_LOG")" = 1 ] || { gh_show_fake_log; fail "plugin called during refused save/migrate"; }
+
+gh_xl_ok xl destroy "$name"
+gh_wait_gone "$name" 30 || fail "domain still there after xl destroy"
+gh_show_fake_log
+gh_fake_log_has "^destroy domid=$domid uuid=$uuid size=64 vcpus=2 abi=1 flags=0\$" ||
+    fail "no destroy hook call for domid=$domid uuid=$uuid"
+gh_assert_only_dom0
+ok "xl destroy: destroy hook for domain $domid ($uuid), nothing left"
+
+# ------------------------------------------------------------ default size
+: >"$GH_FAKE_LOG"
+cfg=$(gh_hvm_cfg gh-libxl-default "gpu_hostmem = 1")
+gh_xl_ok xl create -p "$cfg"
+d2=$(gh_domid gh-libxl-default) || fail "domain not created"
+gh_fake_log_has "^create domid=$d2 .* size=256 " || { gh_show_fake_log; fail "default BAR size is not 256 MiB"; }
+gh_xl_ok xl destroy gh-libxl-default
+gh_wait_gone gh-libxl-default 30 || fail "gh-libxl-default still there"
+ok "default gpu_hostmem_size is 256 MiB"
+
+# ------------------------------------------------------------ death without xl destroy
+kernel=
+for c in "${GH_GUEST_KERNEL:-}" /var/lib/xen/images/vmlinuz /root/guest/vmlinuz /e2e/guest/vmlinuz; do
+    [ -n "$c" ] && [ -f "$c" ] && { kernel=$c; break; }
+done
+[ -n "$kernel" ] || kernel=$(find /var/lib/xen /root /e2e /srv /boot -name 'vmlinuz*' -type f 2>/dev/null | head -n1)
+[ -n "$kernel" ] || fail "no guest kernel found for the crash/restart check (set GH_GUEST_KERNEL)"
+
+# The kernel panics (no root file system) and, with panic=1, reports a crash
+# (or a reboot) to Xen; xl's monitor then destroys and restarts the domain.
+: >"$GH_FAKE_LOG"
+name=gh-libxl-crash
+cfg=$(gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 32" \
+    "kernel = \"$kernel\"" 'extra = "console=hvc0 panic=1 root=/dev/gh-none"' \
+    'on_crash = "restart"' 'on_reboot = "restart"')
+gh_xl_ok xl create "$cfg"
+first=$(gh_domid "$name") || fail "domain not created"
+log "waiting for domain $first to crash and be restarted by xl's monitor"
+for _ in $(seq 240); do
+    [ "$(grep -c '^create ' "$GH_FAKE_LOG")" -ge 2 ] && break
+    sleep 1
+done
+gh_show_fake_log
+gh_fake_log_has "^destroy domid=$first .* size=32 " || fail "no destroy hook after the crash of domain $first"
+second=$(awk -v f="$first" '/^create / { split($2, a, "="); if (a[2] != f) { print a[2]; exit } }' "$GH_FAKE_LOG")
+[ -n "$second" ] || fail "no create hook for the restarted domain"
+# Order: create(first), destroy(first), create(second).
+awk -v f="$first" -v s="$second" '
+    $0 ~ "^create domid=" f " "  { c1 = NR }
+    $0 ~ "^destroy domid=" f " " { d1 = NR }
+    $0 ~ "^create domid=" s " "  { c2 = NR }
+    END { exit !(c1 && d1 && c2 && c1 < d1 && d1 < c2) }' "$GH_FAKE_LOG" ||
+    fail "hooks not in the order create($first), destroy($first), create($second)"
+ok "crash: destroy hook for $first, restart: create hook for $second"
+
+# Stop the crash/restart loop; xl destroy may race with a restart, so retry.
+for _ in $(seq 30); do
+    xl destroy "$name" >/dev/null 2>&1 || true
+    sleep 2
+    gh_domid "$name" >/dev/null || { sleep 3; gh_domid "$name" >/dev/null || break; }
+done
+gh_domid "$name" >/dev/null && fail "could not stop $name"
+gh_assert_only_dom0
+creates=$(grep -c '^create ' "$GH_FAKE_LOG")
+destroys=$(grep -c '^destroy ' "$GH_FAKE_LOG")
+[ "$creates" = "$destroys" ] || { gh_show_fake_log; fail "$creates create hooks but $destroys destroy hooks"; }
+ok "every create hook ($creates) matched by a destroy hook"
