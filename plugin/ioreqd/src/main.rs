@@ -1,3 +1,103 @@
-//! Placeholder: filled in by the Xen bindings work.
+//! gpu-hostmem-ioreqd: the IOREQ server of one guest.
+//!
+//! `gpu-hostmem-ioreqd --domid N --uuid U [--config PATH] [--bar-size-mib M]`
+//!
+//! Started by the libxl plugin (detached, stdio to
+//! `/var/log/xen/gpu-hostmem-<domid>.log`) before the guest is unpaused. It
+//! sets up in explicit stages, reports `state = running` in xenstore, serves
+//! ioreqs until SIGTERM or the domain's death, then revokes everything,
+//! destroys the ioreq server and removes its xenstore record.
 
-fn main() {}
+mod control;
+mod daemon;
+mod logging;
+
+use clap::Parser;
+use gpu_hostmem_core::config::{Config, DEFAULT_PATH};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The IOREQ server of one gpu-hostmem guest.
+#[derive(Debug, Parser)]
+#[command(name = "gpu-hostmem-ioreqd", version, about)]
+pub struct Args {
+    /// Guest domain id.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
+    pub domid: u16,
+    /// Guest domain handle (UUID): the server refuses any other domain.
+    #[arg(long, value_parser = parse_uuid_arg)]
+    pub uuid: [u8; 16],
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// BAR size in MiB (xl.cfg gpu_hostmem_size), overriding the
+    /// configuration's bar_size_mib.
+    #[arg(long)]
+    pub bar_size_mib: Option<u64>,
+}
+
+fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {
+    gpu_hostmem_xen::record::parse_uuid(s)
+        .ok_or_else(|| format!("{s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let explicit = args.config.as_os_str() != DEFAULT_PATH;
+    let cfg = match Config::load(&args.config, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gpu-hostmem-ioreqd: {e}");
+            daemon::report_failure(args.domid, &format!("configuration: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(&cfg.log);
+    match daemon::run(&args, &cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(domid = args.domid, error = %e, "gpu-hostmem-ioreqd failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_are_validated() {
+        let ok = Args::try_parse_from([
+            "x",
+            "--domid",
+            "3",
+            "--uuid",
+            "00112233-4455-6677-8899-aabbccddeeff",
+        ])
+        .expect("parse");
+        assert_eq!(ok.domid, 3);
+        assert_eq!(ok.uuid[15], 0xff);
+        assert_eq!(ok.config, PathBuf::from(DEFAULT_PATH));
+        for bad in [
+            vec![
+                "x",
+                "--domid",
+                "0",
+                "--uuid",
+                "00112233-4455-6677-8899-aabbccddeeff",
+            ],
+            vec![
+                "x",
+                "--domid",
+                "32752",
+                "--uuid",
+                "00112233-4455-6677-8899-aabbccddeeff",
+            ],
+            vec!["x", "--domid", "3", "--uuid", "not-a-uuid"],
+            vec!["x", "--domid", "3"],
+        ] {
+            assert!(Args::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! not `Clone`, released in reverse order of creation by `Drop`, which never
 //! panics. Errors carry the operation and the errno.
 
+pub mod control;
 pub mod devicemodel;
 pub mod error;
 pub mod evtchn;
@@ -17,6 +18,7 @@ pub mod platform;
 pub mod privcmd;
 pub mod process;
 pub mod record;
+pub mod teardown;
 pub mod xenctrl;
 pub mod xenstore;
 

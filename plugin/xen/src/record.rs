@@ -120,3 +120,48 @@ mod tests {
         assert_eq!(r.pid(), None);
     }
 }
+
+/// Parses a canonical UUID (`8-4-4-4-12` hex digits) into 16 bytes.
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let s = s.trim();
+    let groups: Vec<&str> = s.split('-').collect();
+    if groups.iter().map(|g| g.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let hex: String = groups.concat();
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod uuid_tests {
+    use super::parse_uuid;
+    use gpu_hostmem_core::platform::DomainIdentity;
+
+    #[test]
+    fn uuid_round_trips_with_the_core_format() {
+        let uid: [u8; 16] = core::array::from_fn(|i| (i as u8) * 17);
+        let s = DomainIdentity::new(1, uid).uid_string();
+        assert_eq!(parse_uuid(&s), Some(uid));
+        assert_eq!(parse_uuid(&s.to_uppercase()), Some(uid));
+    }
+
+    #[test]
+    fn malformed_uuids_are_refused() {
+        for bad in [
+            "",
+            "00112233445566778899aabbccddeeff",
+            "00112233-4455-6677-8899-aabbccddeefg",
+            "00112233-4455-6677-8899-aabbccddee",
+            "+0112233-4455-6677-8899-aabbccddeeff",
+        ] {
+            assert_eq!(parse_uuid(bad), None, "{bad}");
+        }
+    }
+}

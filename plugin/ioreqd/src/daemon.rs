@@ -1,0 +1,390 @@
+//! Setup stages, the event loop and the teardown of one guest's server.
+//!
+//! Every resource is a local whose drop undoes it, declared in setup order,
+//! so an early return (a failed stage) unwinds exactly what was done, in
+//! reverse. The ioreq server itself is set up by the core's
+//! `Server::start` (create with RETRY, map the ioreq page and bind the
+//! per-vCPU event channels, claim the PCI function, enable), which undoes
+//! its own stages on failure, and is stopped by `Server::shutdown` (revoke
+//! every lent page, unmap, destroy).
+
+use crate::control::ControlSocket;
+use crate::Args;
+use gpu_hostmem_core::config::Config;
+use gpu_hostmem_core::ioreq::Sbdf;
+use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
+use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
+use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
+use gpu_hostmem_xen::platform::{XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::record::{self, key, state};
+use gpu_hostmem_xen::{Privcmd, XenError, XenLibs, Xenstore};
+use std::fmt;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, info_span, warn};
+
+/// Token of the `@releaseDomain` watch.
+const RELEASE_TOKEN: &str = "gpu-hostmem-release";
+/// Longest sleep of the loop without any event (signals and watches wake
+/// it at once through their fds; this only bounds a missed wake-up).
+const LOOP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A failed stage, with its reason.
+#[derive(Debug)]
+pub struct Failure {
+    stage: &'static str,
+    reason: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.stage, self.reason)
+    }
+}
+
+fn at<E: fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> Failure {
+    move |e| Failure {
+        stage,
+        reason: e.to_string(),
+    }
+}
+
+/// Best effort, for failures before the xenstore connection of `run`
+/// exists: record `failed: <reason>` so that the plugin can report it.
+pub fn report_failure(domid: u16, reason: &str) {
+    if let Ok(libs) = gpu_hostmem_xen::XenstoreLib::load() {
+        if let Ok(xs) = libs.open() {
+            let _ = xs.write(
+                &record::path(domid, key::STATE),
+                &format!("{}{reason}", state::FAILED_PREFIX),
+            );
+        }
+    }
+}
+
+/// Runs the server for `args.domid` until SIGTERM or the domain's death.
+pub fn run(args: &Args, cfg: &Config) -> Result<(), Failure> {
+    let span = info_span!("domain", domid = args.domid);
+    let _enter = span.enter();
+    // Stage: open the Xen libraries (all five, or a clear error).
+    let libs = match XenLibs::load() {
+        Ok(l) => l,
+        Err(e) => {
+            let f = at("open Xen libraries")(e);
+            report_failure(args.domid, &f.to_string());
+            return Err(f);
+        }
+    };
+    info!(
+        devicemodel = libs.devicemodel.soname(),
+        xenctrl = libs.xenctrl.soname(),
+        retry_call = libs.devicemodel.has_create_with_flags(),
+        "Xen libraries loaded"
+    );
+    let xs = match libs.xenstore.open() {
+        Ok(x) => x,
+        Err(e) => return Err(at("connect to xenstore")(e)),
+    };
+    let r = serve(args, cfg, &libs, &xs);
+    if let Err(f) = &r {
+        warn!(reason = %f, "setup or service failed");
+        let _ = xs.write(
+            &record::path(args.domid, key::STATE),
+            &format!("{}{f}", state::FAILED_PREFIX),
+        );
+    }
+    r
+}
+
+fn server_config(args: &Args, cfg: &Config) -> Result<ServerConfig, Failure> {
+    let bar_size = match args.bar_size_mib {
+        None | Some(0) => cfg.bar_size(),
+        Some(mib) => {
+            let b = mib.checked_shl(20).filter(|b| b >> 20 == mib).unwrap_or(0);
+            if !b.is_power_of_two() || !(MIN_BAR_SIZE..=MAX_BAR_SIZE).contains(&b) {
+                return Err(Failure {
+                    stage: "configuration",
+                    reason: format!(
+                        "--bar-size-mib {mib}: must be a power of two from {} to {}",
+                        MIN_BAR_SIZE >> 20,
+                        MAX_BAR_SIZE >> 20
+                    ),
+                });
+            }
+            b
+        }
+    };
+    Ok(ServerConfig {
+        sbdf: Sbdf {
+            seg: 0,
+            bus: 0,
+            dev: cfg.pci_slot as u8,
+            func: 0,
+        },
+        ids: cfg.pci_ids(),
+        bar_size,
+        fault_around: cfg.fault_around(),
+        limits: cfg.limits(),
+    })
+}
+
+fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result<(), Failure> {
+    let domid = args.domid;
+    let scfg = server_config(args, cfg)?;
+
+    // Stage: check the domain's identity (domid + handle) before anything.
+    let xc = libs.xenctrl.open().map_err(at("open xenctrl"))?;
+    let info = xc
+        .domain_info(domid)
+        .map_err(at("domain identity"))?
+        .ok_or_else(|| at("domain identity")(format!("domain {domid} does not exist")))?;
+    let dom = DomainIdentity::new(domid, info.handle);
+    if info.handle != args.uuid {
+        return Err(at("domain identity")(format!(
+            "domain {domid} is {}, not {}: refusing to serve another domain",
+            dom.uid_string(),
+            DomainIdentity::new(domid, args.uuid).uid_string()
+        )));
+    }
+    if info.dying || !info.hvm {
+        return Err(at("domain identity")(format!(
+            "domain {dom} is {}",
+            if info.dying {
+                "dying"
+            } else {
+                "not an HVM guest"
+            }
+        )));
+    }
+    info!(%dom, vcpus = info.nr_vcpus, "serving domain");
+
+    // Stage: open the handles the server uses; privcmd restricted at once.
+    let dm = libs.devicemodel.open().map_err(at("open devicemodel"))?;
+    let fm = libs
+        .foreignmemory
+        .open()
+        .map_err(at("open foreignmemory"))?;
+    let xce = libs.evtchn.open().map_err(at("open evtchn"))?;
+    let privcmd = Privcmd::open().map_err(at("open privcmd"))?;
+    privcmd.restrict(domid).map_err(at("restrict privcmd"))?;
+
+    // Stage: wake-ups: signals (flag + pipe), domain death, control socket.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sig_r, sig_w) = UnixStream::pair().map_err(at("signal pipe"))?;
+    sig_r.set_nonblocking(true).map_err(at("signal pipe"))?;
+    sig_w.set_nonblocking(true).map_err(at("signal pipe"))?;
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).map_err(at("signal handler"))?;
+        let w = sig_w.try_clone().map_err(at("signal pipe"))?;
+        signal_hook::low_level::pipe::register(sig, w).map_err(at("signal handler"))?;
+    }
+    let _release = xs
+        .watch("@releaseDomain", RELEASE_TOKEN)
+        .map_err(at("watch @releaseDomain"))?;
+    let ctl = ControlSocket::bind(domid).map_err(at("control socket"))?;
+
+    // Stage: the ioreq server (create with RETRY, ioreq page + event
+    // channels, PCI function, enable), undone by itself on failure.
+    let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
+    pdm.add_wake_fd(xs.fd().map_err(at("xenstore fd"))?);
+    pdm.add_wake_fd(sig_r.as_fd());
+    pdm.add_wake_fd(ctl.as_fd());
+    let hm = XenHostMem::new(privcmd, &xc);
+    let mut server =
+        Server::start(pdm, hm, dom, scfg).map_err(|(e, _, _)| at("ioreq server")(e))?;
+
+    // Stage: deprivilege the handles that touch the guest.
+    let restricted = dm
+        .restrict(domid)
+        .and_then(|()| fm.restrict(domid))
+        .and_then(|()| xce.restrict(domid));
+    if let Err(e) = restricted {
+        let _ = server.shutdown();
+        return Err(at("restrict handles")(e));
+    }
+
+    // Stage: tell the plugin we are running.
+    let bar_size = scfg.bar_size.to_string();
+    let ioservid = server.ioservid().to_string();
+    let pid = std::process::id().to_string();
+    let bdf = scfg.sbdf.to_string();
+    let ctl_path = ctl.path().display().to_string();
+    let published = record::write(
+        xs,
+        domid,
+        &[
+            (key::UUID, &dom.uid_string()),
+            (key::PID, &pid),
+            (key::BDF, &bdf),
+            (key::BAR_SIZE, &bar_size),
+            (key::BAR_BASE, "unmapped"),
+            (key::IOSERVID, &ioservid),
+            (key::CONTROL, &ctl_path),
+            (key::STATE, state::RUNNING),
+        ],
+    );
+    if let Err(e) = published {
+        let _ = server.shutdown();
+        return Err(at("publish state")(e));
+    }
+    info!(%dom, ioservid = server.ioservid(), %bdf, bar_size = scfg.bar_size, "running");
+
+    let outcome = event_loop(&mut server, xs, &sig_r, &ctl, &stop);
+    match &outcome {
+        Ok(why) => info!(%dom, reason = %why, "stopping"),
+        Err(e) => warn!(%dom, error = %e, "stopping after an error"),
+    }
+    let _ = xs.write(&record::path(domid, key::STATE), state::STOPPING);
+    let (pdm, hm, report) = server.shutdown();
+    drop(hm);
+    drop(pdm);
+    for e in &report.errors {
+        warn!(%dom, error = %e, "teardown step failed");
+    }
+    match outcome {
+        Ok(_) if report.is_clean() => {
+            record::remove(xs, domid).map_err(at("remove xenstore record"))?;
+            info!(%dom, "stopped cleanly");
+            Ok(())
+        }
+        Ok(_) => Err(at("teardown")(format!(
+            "{} step(s) failed",
+            report.errors.len()
+        ))),
+        Err(e) => Err(at("event loop")(e)),
+    }
+}
+
+/// Why the loop ended.
+#[derive(Debug)]
+enum Stop {
+    Signal,
+    DomainGone,
+}
+
+impl fmt::Display for Stop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stop::Signal => "SIGTERM",
+            Stop::DomainGone => "domain gone",
+        })
+    }
+}
+
+/// A loop error: the server or one of our fds failed.
+#[derive(Debug)]
+enum LoopError {
+    Server(ServerError),
+    Xen(XenError),
+}
+
+impl fmt::Display for LoopError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoopError::Server(e) => e.fmt(f),
+            LoopError::Xen(e) => e.fmt(f),
+        }
+    }
+}
+
+fn drain_pipe(mut r: &UnixStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        match r.read(&mut buf) {
+            Ok(n) if n > 0 => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            _ => return,
+        }
+    }
+}
+
+fn event_loop(
+    server: &mut Server<XenDeviceModel<'_>, XenHostMem<'_>>,
+    xs: &Xenstore<'_>,
+    sig_r: &UnixStream,
+    ctl: &ControlSocket,
+    stop: &AtomicBool,
+) -> Result<Stop, LoopError> {
+    let domid = server.domain().domid;
+    let mut bar_base: Option<u64> = None;
+    loop {
+        match server.run_once(Some(LOOP_TIMEOUT)) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::DomainGone) => return Ok(Stop::DomainGone),
+            Err(ServerError::Platform(e)) if e.errno == Errno::ESRCH => {
+                return Ok(Stop::DomainGone)
+            }
+            Err(e) => return Err(LoopError::Server(e)),
+        }
+        drain_pipe(sig_r);
+        if stop.load(Ordering::Acquire) {
+            return Ok(Stop::Signal);
+        }
+        while let Some((_path, token)) = xs.check_watch().map_err(LoopError::Xen)? {
+            if token == RELEASE_TOKEN {
+                let dom = *server.domain();
+                match server.device_model().is_alive(&dom) {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(Stop::DomainGone),
+                    Err(e) => {
+                        warn!(%dom, error = %e, "cannot check the domain after @releaseDomain")
+                    }
+                }
+            }
+        }
+        ctl.serve(|| server.status(true));
+        let now = server.pci().active_bar().map(|r| r.start);
+        if now != bar_base {
+            bar_base = now;
+            let v = now.map_or_else(|| "unmapped".to_owned(), |b| format!("{b:#x}"));
+            info!(domid, bar_base = %v, "BAR moved");
+            if let Err(e) = xs.write(&record::path(domid, key::BAR_BASE), &v) {
+                warn!(domid, error = %e, "cannot record bar-base");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec![
+            "x",
+            "--domid",
+            "3",
+            "--uuid",
+            "00112233-4455-6677-8899-aabbccddeeff",
+        ];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).expect("args")
+    }
+
+    #[test]
+    fn bar_size_override_is_validated() {
+        let cfg = Config::default();
+        assert_eq!(
+            server_config(&args(&[]), &cfg).expect("cfg").bar_size,
+            cfg.bar_size()
+        );
+        let s = server_config(&args(&["--bar-size-mib", "256"]), &cfg).expect("cfg");
+        assert_eq!(s.bar_size, 256 << 20);
+        assert_eq!(s.sbdf.dev as u64, cfg.pci_slot);
+        for bad in ["3", "131072", "18446744073709551615"] {
+            let e = server_config(&args(&["--bar-size-mib", bad]), &cfg).unwrap_err();
+            assert!(e.to_string().contains("--bar-size-mib"), "{e}");
+        }
+    }
+
+    #[test]
+    fn stop_reasons_read_well() {
+        assert_eq!(Stop::Signal.to_string(), "SIGTERM");
+        assert_eq!(Stop::DomainGone.to_string(), "domain gone");
+    }
+}
