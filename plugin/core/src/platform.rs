@@ -76,6 +76,8 @@ impl Errno {
     pub const EINTR: Errno = Errno(4);
     /// I/O error.
     pub const EIO: Errno = Errno(5);
+    /// Bad file descriptor (handle closed).
+    pub const EBADF: Errno = Errno(9);
     /// Try again.
     pub const EAGAIN: Errno = Errno(11);
     /// Out of memory.
@@ -109,6 +111,7 @@ impl Errno {
             3 => "ESRCH",
             4 => "EINTR",
             5 => "EIO",
+            9 => "EBADF",
             11 => "EAGAIN",
             12 => "ENOMEM",
             13 => "EACCES",

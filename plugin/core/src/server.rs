@@ -312,8 +312,19 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         }
     }
 
-    /// Handle every READY slot once.
+    /// Handle every READY slot once. A domain that goes away meanwhile
+    /// gives [`Flow::DomainGone`], not an error.
     pub fn drain(&mut self, now: Instant) -> Result<Flow, ServerError> {
+        match self.drain_slots(now) {
+            Err(ServerError::Platform(e)) if e.is_gone() => {
+                self.gone = true;
+                Ok(Flow::DomainGone)
+            }
+            other => other,
+        }
+    }
+
+    fn drain_slots(&mut self, now: Instant) -> Result<Flow, ServerError> {
         let nr = match self.chan.as_ref() {
             Some(c) => c.nr_vcpus(),
             None => return Ok(Flow::DomainGone),

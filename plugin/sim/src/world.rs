@@ -1,0 +1,237 @@
+//! The simulated state: Xen's domains (identity, vCPUs, ioreq servers with
+//! their 32-byte slots, event channels, a p2m of lent pages) and privcmd's
+//! per-guest registrations of host frames with page reference counts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gpu_hostmem_core::ioreq::{Sbdf, IOREQ_SIZE};
+use gpu_hostmem_core::platform::{DomainIdentity, Errno, IoServId, PlatformError};
+
+use crate::faults::FaultPlan;
+
+/// A host frame id (the simulator's MFN).
+pub type FrameId = u64;
+
+/// A host page owned by a backend process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// What a read of this page returns (unique per frame).
+    pub content: u64,
+    /// References: one for the backend's mapping, one per p2m entry.
+    pub refs: u32,
+    /// The backend still maps it.
+    pub backend_mapped: bool,
+    /// Where it is lent, if it is: (domain uid, gfn).
+    pub lent_at: Option<([u8; 16], u64)>,
+}
+
+/// One privcmd registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimRegistration {
+    /// Id.
+    pub id: u32,
+    /// BAR offset.
+    pub offset: u64,
+    /// Frame of each page.
+    pub frames: Vec<FrameId>,
+    /// Backend pid.
+    pub owner_pid: u32,
+}
+
+impl SimRegistration {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.frames.len() as u64 * 4096
+    }
+}
+
+/// One ioreq server inside Xen.
+#[derive(Clone, Debug)]
+pub struct IoServer {
+    /// Opted in to RETRY.
+    pub retry: bool,
+    /// Enabled.
+    pub enabled: bool,
+    /// The shared ioreq page: one 32-byte `ioreq_t` per vCPU.
+    pub slots: Vec<[u8; IOREQ_SIZE]>,
+    /// A process has the page mapped and the event channels bound.
+    pub channel_open: bool,
+    /// Events Xen sent to the server not yet consumed.
+    pub pending_events: u32,
+    /// Events the server sent to Xen.
+    pub notifications: u64,
+    /// Claimed PCI functions.
+    pub pcidevs: BTreeSet<Sbdf>,
+    /// Claimed MMIO ranges, inclusive.
+    pub mmio: Vec<(u64, u64)>,
+}
+
+/// A domain.
+#[derive(Clone, Debug)]
+pub struct Domain {
+    /// Identity.
+    pub ident: DomainIdentity,
+    /// vCPUs.
+    pub nr_vcpus: u32,
+    /// Dying: every operation answers ESRCH, the p2m stays until destroy.
+    pub dying: bool,
+    /// Ioreq servers.
+    pub servers: BTreeMap<IoServId, IoServer>,
+    /// Next server id.
+    pub next_servid: IoServId,
+    /// Lent pages: gfn -> frame.
+    pub p2m: BTreeMap<u64, FrameId>,
+    /// privcmd registrations for this guest, by id.
+    pub registrations: BTreeMap<u32, SimRegistration>,
+    /// Xen's per-domain counter of accesses completed as unbacked.
+    pub unbacked: u64,
+    /// Consecutive retries per vCPU (Xen's side of I3).
+    pub vcpu_retries: Vec<u32>,
+}
+
+/// An operation the platform applied to a domain, for I5 checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Operation name.
+    pub op: &'static str,
+    /// Identity the caller named.
+    pub asked: DomainIdentity,
+    /// Uid of the domain that was changed.
+    pub target_uid: [u8; 16],
+}
+
+/// Options that change the simulated platform's behaviour; the `broken_*`
+/// ones exist to show that the property tests catch a platform bug.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimOptions {
+    /// Per-domain lent-page limit of Xen/privcmd (0: none).
+    pub kernel_lent_limit: u64,
+    /// BREAK I5 on purpose: act on the domid without checking the uid.
+    pub broken_skip_identity_check: bool,
+}
+
+/// The whole simulated machine.
+#[derive(Debug, Default)]
+pub struct World {
+    /// Live (or dying) domains by domid.
+    pub domains: BTreeMap<u16, Domain>,
+    /// Host frames.
+    pub frames: HashMap<FrameId, Frame>,
+    /// Next frame id.
+    pub next_frame: FrameId,
+    /// Next uid counter.
+    pub next_uid: u64,
+    /// Injectable faults.
+    pub faults: FaultPlan,
+    /// Operations applied, for I5.
+    pub applied: Vec<Applied>,
+    /// Options.
+    pub opts: SimOptions,
+    /// Frames released by their backend while still referenced (leaks or
+    /// use-after-free candidates).
+    pub orphaned: BTreeSet<FrameId>,
+}
+
+impl World {
+    /// The domain `dom` names, checking its uid; ESRCH if it is gone, dying
+    /// or the domid now names another domain.
+    pub fn domain_mut(
+        &mut self,
+        dom: &DomainIdentity,
+        op: &'static str,
+    ) -> Result<&mut Domain, PlatformError> {
+        let skip = self.opts.broken_skip_identity_check;
+        match self.domains.get_mut(&dom.domid) {
+            Some(d) if (skip || d.ident.uid == dom.uid) && !d.dying => {
+                self.applied.push(Applied {
+                    op,
+                    asked: *dom,
+                    target_uid: d.ident.uid,
+                });
+                Ok(d)
+            }
+            _ => Err(PlatformError::new(op, Errno::ESRCH)),
+        }
+    }
+
+    /// Read-only variant of [`World::domain_mut`].
+    pub fn domain(&self, dom: &DomainIdentity, op: &'static str) -> Result<&Domain, PlatformError> {
+        let skip = self.opts.broken_skip_identity_check;
+        match self.domains.get(&dom.domid) {
+            Some(d) if (skip || d.ident.uid == dom.uid) && !d.dying => Ok(d),
+            _ => Err(PlatformError::new(op, Errno::ESRCH)),
+        }
+    }
+
+    /// Drop the p2m entry at `gfn` of `domid` (if any), releasing the
+    /// frame's reference. Returns true if something was removed.
+    pub fn unmap_gfn(&mut self, domid: u16, gfn: u64) -> bool {
+        let Some(d) = self.domains.get_mut(&domid) else {
+            return false;
+        };
+        let Some(f) = d.p2m.remove(&gfn) else {
+            return false;
+        };
+        self.release_ref(f);
+        true
+    }
+
+    /// Drop one reference of a lent frame.
+    pub fn release_ref(&mut self, f: FrameId) {
+        if let Some(fr) = self.frames.get_mut(&f) {
+            fr.refs = fr.refs.saturating_sub(1);
+            fr.lent_at = None;
+            if fr.refs == 0 && !fr.backend_mapped {
+                self.frames.remove(&f);
+                self.orphaned.remove(&f);
+            }
+        }
+    }
+
+    /// A fresh frame held by a backend.
+    pub fn new_frame(&mut self) -> FrameId {
+        let id = self.next_frame;
+        self.next_frame += 1;
+        self.frames.insert(
+            id,
+            Frame {
+                content: 0xc0de_0000_0000_0000 | id,
+                refs: 1,
+                backend_mapped: true,
+                lent_at: None,
+            },
+        );
+        id
+    }
+
+    /// The backend unmaps a frame (after the notifier ran).
+    pub fn backend_release(&mut self, f: FrameId) {
+        let Some(fr) = self.frames.get_mut(&f) else {
+            return;
+        };
+        fr.backend_mapped = false;
+        fr.refs = fr.refs.saturating_sub(1);
+        if fr.refs == 0 {
+            self.frames.remove(&f);
+        } else {
+            self.orphaned.insert(f);
+        }
+    }
+
+    /// MMU notifier: revoke every p2m entry of `f`, wherever it is lent.
+    pub fn notifier_revoke(&mut self, f: FrameId) {
+        let Some(fr) = self.frames.get(&f) else {
+            return;
+        };
+        if let Some((uid, gfn)) = fr.lent_at {
+            let domid = self
+                .domains
+                .iter()
+                .find(|(_, d)| d.ident.uid == uid)
+                .map(|(id, _)| *id);
+            if let Some(domid) = domid {
+                self.unmap_gfn(domid, gfn);
+            }
+        }
+    }
+}
