@@ -1,3 +1,347 @@
-//! Placeholder: filled in by the Xen bindings work.
+//! `gpu-hostmem`: the operator's view of one guest.
+//!
+//! - `gpu-hostmem status DOMID [--json]`: the xenstore record, the IOREQ
+//!   server's own status (control socket: BAR address and size,
+//!   registrations, lent pages, faults, retries) and the kernel's view
+//!   (`IOCTL_PRIVCMD_HOSTMEM_QUERY`). Each source is optional: what cannot
+//!   be reached is reported, not fatal.
+//! - `gpu-hostmem teardown DOMID`: what the plugin's destroy hook does,
+//!   forced and idempotent: stop the server, revoke every lent page, destroy
+//!   a leftover ioreq server, remove the record. Prints each step.
 
-fn main() {}
+use clap::{Parser, Subcommand};
+use gpu_hostmem_core::status::Status;
+use gpu_hostmem_xen::control::{self, REQUEST_STATUS};
+use gpu_hostmem_xen::privcmd::HostmemState;
+use gpu_hostmem_xen::record::Record;
+use gpu_hostmem_xen::teardown::{self, Timeouts};
+use gpu_hostmem_xen::{Privcmd, XenstoreLib};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// gpu-hostmem operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "gpu-hostmem", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show a guest's gpu-hostmem state.
+    Status {
+        /// Guest domain id.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
+        domid: u16,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Force the cleanup of a guest's gpu-hostmem state (idempotent).
+    Teardown {
+        /// Guest domain id.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
+        domid: u16,
+    },
+}
+
+/// The xenstore record, as shown.
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+struct RecordView {
+    uuid: Option<String>,
+    pid: Option<String>,
+    state: Option<String>,
+    bdf: Option<String>,
+    bar_size: Option<String>,
+    bar_base: Option<String>,
+    ioservid: Option<String>,
+    control: Option<String>,
+}
+
+impl From<Record> for RecordView {
+    fn from(r: Record) -> Self {
+        RecordView {
+            uuid: r.uuid,
+            pid: r.pid,
+            state: r.state,
+            bdf: r.bdf,
+            bar_size: r.bar_size,
+            bar_base: r.bar_base,
+            ioservid: r.ioservid,
+            control: r.control,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct RegionView {
+    id: u32,
+    offset: u64,
+    size: u64,
+    lent_pages: u64,
+    owner_pid: u32,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct KernelView {
+    lent_pages: u64,
+    regions: Vec<RegionView>,
+}
+
+impl From<HostmemState> for KernelView {
+    fn from(s: HostmemState) -> Self {
+        KernelView {
+            lent_pages: s.lent_pages,
+            regions: s
+                .regions
+                .iter()
+                .map(|r| RegionView {
+                    id: r.id,
+                    offset: r.offset,
+                    size: r.size,
+                    lent_pages: r.lent_pages,
+                    owner_pid: r.owner_pid,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Everything `status` found; each part or the reason it is missing.
+#[derive(Debug, Serialize)]
+struct Report {
+    domid: u16,
+    xenstore: Option<RecordView>,
+    xenstore_error: Option<String>,
+    server: Option<Status>,
+    server_error: Option<String>,
+    kernel: Option<KernelView>,
+    kernel_error: Option<String>,
+}
+
+impl Report {
+    fn found_anything(&self) -> bool {
+        self.xenstore.is_some()
+            || self.server.is_some()
+            || self
+                .kernel
+                .as_ref()
+                .is_some_and(|k| k.lent_pages > 0 || !k.regions.is_empty())
+    }
+
+    fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "gpu-hostmem state of domain {}", self.domid);
+        let _ = writeln!(s, "\nxenstore /local/domain/0/gpu-hostmem/{}:", self.domid);
+        match (&self.xenstore, &self.xenstore_error) {
+            (Some(r), _) => {
+                for (k, v) in [
+                    ("uuid", &r.uuid),
+                    ("pid", &r.pid),
+                    ("state", &r.state),
+                    ("bdf", &r.bdf),
+                    ("bar-size", &r.bar_size),
+                    ("bar-base", &r.bar_base),
+                    ("ioservid", &r.ioservid),
+                    ("control", &r.control),
+                ] {
+                    let _ = writeln!(s, "  {k:<10} {}", v.as_deref().unwrap_or("-"));
+                }
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(s, "  unavailable: {e}");
+            }
+            (None, None) => {
+                let _ = writeln!(s, "  no record");
+            }
+        }
+        let _ = writeln!(s, "\nIOREQ server:");
+        match (&self.server, &self.server_error) {
+            (Some(st), _) => {
+                for line in st.to_text().lines() {
+                    let _ = writeln!(s, "  {line}");
+                }
+            }
+            (None, e) => {
+                let _ = writeln!(s, "  not reachable: {}", e.as_deref().unwrap_or("-"));
+            }
+        }
+        let _ = writeln!(s, "\nkernel (privcmd):");
+        match (&self.kernel, &self.kernel_error) {
+            (Some(k), _) => {
+                let _ = writeln!(s, "  lent pages  {}", k.lent_pages);
+                let _ = writeln!(s, "  registrations {}", k.regions.len());
+                for r in &k.regions {
+                    let _ = writeln!(
+                        s,
+                        "    id {:<6} offset {:#x} size {:#x} lent {} owner pid {}",
+                        r.id, r.offset, r.size, r.lent_pages, r.owner_pid
+                    );
+                }
+            }
+            (None, e) => {
+                let _ = writeln!(s, "  unavailable: {}", e.as_deref().unwrap_or("-"));
+            }
+        }
+        s
+    }
+}
+
+fn gather(domid: u16) -> Report {
+    let (xenstore, xenstore_error) = match XenstoreLib::load()
+        .and_then(|lib| lib.open().and_then(|xs| Record::read(&xs, domid)))
+    {
+        Ok(r) => (r.map(RecordView::from), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let sock = xenstore
+        .as_ref()
+        .and_then(|r| r.control.clone())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| control::socket_path(domid));
+    let (server, server_error) =
+        match control::request(&sock, REQUEST_STATUS, Duration::from_secs(5)) {
+            Ok(line) => match serde_json::from_str::<Status>(&line) {
+                Ok(st) => (Some(st), None),
+                Err(e) => (
+                    None,
+                    Some(format!("{}: bad reply: {e}: {line}", sock.display())),
+                ),
+            },
+            Err(e) => (None, Some(format!("{}: {e}", sock.display()))),
+        };
+    let (kernel, kernel_error) = match Privcmd::open().and_then(|p| p.hostmem_query(domid)) {
+        Ok(q) => (Some(KernelView::from(q)), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Report {
+        domid,
+        xenstore,
+        xenstore_error,
+        server,
+        server_error,
+        kernel,
+        kernel_error,
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().cmd {
+        Cmd::Status { domid, json } => {
+            let r = gather(domid);
+            if json {
+                match serde_json::to_string_pretty(&r) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("gpu-hostmem: cannot encode the report: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", r.to_text());
+            }
+            if r.found_anything() {
+                ExitCode::SUCCESS
+            } else {
+                if !json {
+                    eprintln!("gpu-hostmem: no gpu-hostmem state found for domain {domid}");
+                }
+                ExitCode::FAILURE
+            }
+        }
+        Cmd::Teardown { domid } => match teardown::teardown(domid, None, Timeouts::default()) {
+            Ok(out) => {
+                for a in &out.actions {
+                    println!("{a}");
+                }
+                println!("domain {domid}: gpu-hostmem state torn down");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gpu-hostmem teardown {domid}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpu_hostmem_core::status::Counters;
+
+    #[test]
+    fn arguments_are_checked() {
+        assert!(Cli::try_parse_from(["gpu-hostmem", "status", "3", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["gpu-hostmem", "teardown", "3"]).is_ok());
+        assert!(Cli::try_parse_from(["gpu-hostmem", "status", "0"]).is_err());
+        assert!(Cli::try_parse_from(["gpu-hostmem", "teardown", "32752"]).is_err());
+        assert!(Cli::try_parse_from(["gpu-hostmem", "status"]).is_err());
+    }
+
+    fn report() -> Report {
+        Report {
+            domid: 4,
+            xenstore: Some(RecordView {
+                state: Some("running".into()),
+                bar_base: Some("0xe0000000".into()),
+                ..RecordView::default()
+            }),
+            xenstore_error: None,
+            server: Some(Status {
+                domid: 4,
+                uuid: "00000000-0000-0000-0000-000000000004".into(),
+                state: "running".into(),
+                bdf: "0000:00:05.0".into(),
+                bar_base: Some(0xe000_0000),
+                bar_size: 64 << 20,
+                ioservid: Some(1),
+                registrations: vec![],
+                ledger_lent_pages: 512,
+                kernel_lent_pages: Some(512),
+                counters: Counters {
+                    bar_faults: 3,
+                    retries: 3,
+                    ..Counters::default()
+                },
+            }),
+            server_error: None,
+            kernel: None,
+            kernel_error: Some("open /dev/xen/privcmd failed".into()),
+        }
+    }
+
+    #[test]
+    fn text_shows_every_source_or_why_it_is_missing() {
+        let t = report().to_text();
+        assert!(t.contains("state      running"), "{t}");
+        assert!(t.contains("0xe0000000"), "{t}");
+        assert!(
+            t.contains("unavailable: open /dev/xen/privcmd failed"),
+            "{t}"
+        );
+        assert!(report().found_anything());
+    }
+
+    #[test]
+    fn json_carries_the_server_status() {
+        let v: serde_json::Value = serde_json::to_value(report()).expect("json");
+        assert_eq!(v["server"]["bar_base"], 0xe000_0000u64);
+        assert_eq!(v["server"]["counters"]["retries"], 3);
+        assert_eq!(v["xenstore"]["state"], "running");
+        assert!(v["kernel"].is_null());
+    }
+
+    #[test]
+    fn nothing_found_on_a_machine_without_xen() {
+        // No Xen here: no record, no socket for an unused domid, no privcmd.
+        let r = gather(0x7fe0);
+        assert!(!r.found_anything(), "{r:?}");
+        assert!(r.server_error.is_some());
+        assert!(r.kernel_error.is_some() || r.kernel.is_some());
+    }
+}
