@@ -174,33 +174,37 @@ pub fn teardown(
     }
 
     let mut errors = Vec::new();
-    if let Some(uid) = uid {
-        let dom = DomainIdentity::new(domid, uid);
-        let dm = libs.devicemodel.open()?;
-        let fm = libs.foreignmemory.open()?;
-        let xce = libs.evtchn.open()?;
-        let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
-        let privcmd = Privcmd::open()?;
-        privcmd.restrict(domid)?;
-        let mut hm = XenHostMem::new(privcmd, &xc);
-        // A server the process destroyed itself needs nothing; one a killed
-        // process left is adopted (only for the recorded identity).
-        let servid = rec
-            .as_ref()
-            .filter(|_| killed)
-            .and_then(|r| r.ioservid.as_deref())
-            .and_then(|s| s.trim().parse().ok())
-            .filter(|id| pdm.adopt(&dom, *id).is_ok());
-        let report = server::teardown(&mut pdm, &mut hm, &dom, servid);
-        out.actions
-            .push(format!("revoked every page lent to {dom}"));
-        if let Some(id) = servid {
-            out.actions.push(format!("destroyed ioreq server {id}"));
+    match uid {
+        Some(uid) if xc.domain_info(domid)?.is_some_and(|i| i.handle == uid) => {
+            let dom = DomainIdentity::new(domid, uid);
+            let dm = libs.devicemodel.open()?;
+            let fm = libs.foreignmemory.open()?;
+            let xce = libs.evtchn.open()?;
+            let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
+            let privcmd = Privcmd::open()?;
+            privcmd.restrict(domid)?;
+            let mut hm = XenHostMem::new(privcmd, &xc);
+            // A server the process destroyed itself needs nothing; one a
+            // killed process left is adopted (only for this identity).
+            let servid = rec
+                .as_ref()
+                .filter(|_| killed)
+                .and_then(|r| r.ioservid.as_deref())
+                .and_then(|s| s.trim().parse().ok())
+                .filter(|id| pdm.adopt(&dom, *id).is_ok());
+            let report = server::teardown(&mut pdm, &mut hm, &dom, servid);
+            out.actions
+                .push(format!("revoked every page lent to {dom}"));
+            if let Some(id) = servid {
+                out.actions.push(format!("destroyed ioreq server {id}"));
+            }
+            errors.extend(report.errors.iter().map(|e| e.to_string()));
         }
-        errors.extend(report.errors.iter().map(|e| e.to_string()));
-    } else {
-        out.actions
-            .push(format!("domain {domid} is gone: nothing lent can remain"));
+        // Gone (or replaced by another domain): Xen's teardown of the
+        // recorded domain dropped every lent page and its ioreq server.
+        _ => out.actions.push(format!(
+            "domain {domid} (recorded identity) is gone: nothing lent can remain"
+        )),
     }
 
     if rec.is_some() {
@@ -216,7 +220,7 @@ pub fn teardown(
             Err(e) => errors.push(format!("remove {}: {e}", sock.display())),
         }
     }
-    if rec.is_none() && uid.is_some() && errors.is_empty() {
+    if rec.is_none() {
         out.actions.push(format!("no record for domain {domid}"));
     }
     if errors.is_empty() {

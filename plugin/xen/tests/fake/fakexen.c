@@ -1,9 +1,21 @@
 /* A fake of the five Xen tool libraries for tests on machines without Xen:
  * open calls return a dummy handle, every other call fails with EBADF (or
  * the "nothing there" answer the real library gives), so the Rust wrappers
- * can be checked to fail cleanly, name the operation and keep the errno. */
+ * can be checked to fail cleanly, name the operation and keep the errno.
+ *
+ * With FAKEXS_ROOT set, xenstore is a directory tree instead (node = dir,
+ * value = its ".value" file), shared by every process of a test; with
+ * FAKE_DOMID (and FAKE_UUID, 32 hex digits) set, xc_domain_getinfolist
+ * reports that domain. */
+#define _XOPEN_SOURCE 700
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -117,18 +129,77 @@ int xenevtchn_unmask(void *h, uint32_t p) { FAIL(EBADF); }
 int xenevtchn_restrict(void *h, uint16_t d) { FAIL(EBADF); }
 
 /* libxenstore */
+static const char *xs_root(void) { return getenv("FAKEXS_ROOT"); }
+static int xs_node(const char *p, char *out, size_t n)
+{
+    const char *r = xs_root();
+    if (!r || !p || p[0] != '/' || strstr(p, ".."))
+        return -1;
+    return snprintf(out, n, "%s%s", r, p) >= (int)n ? -1 : 0;
+}
+static int mkdirs(char *path)
+{
+    char *q;
+    for (q = path + 1; *q; q++) {
+        if (*q == '/') {
+            *q = 0;
+            if (mkdir(path, 0755) && errno != EEXIST) { *q = '/'; return -1; }
+            *q = '/';
+        }
+    }
+    return (mkdir(path, 0755) && errno != EEXIST) ? -1 : 0;
+}
+static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f) { return remove(p); }
+
 void *xs_open(unsigned long f) { return H; }
 void xs_close(void *h) { closes++; }
-void *xs_read(void *h, uint32_t t, const char *p, unsigned *len) { errno = ENOENT; return NULL; }
-bool xs_write(void *h, uint32_t t, const char *p, const void *d, unsigned len) { errno = EACCES; return false; }
-bool xs_rm(void *h, uint32_t t, const char *p) { errno = ENOENT; return false; }
+void *xs_read(void *h, uint32_t t, const char *p, unsigned *len)
+{
+    char node[PATH_MAX], val[PATH_MAX + 8];
+    struct stat st;
+    char *buf;
+    FILE *fp;
+    size_t n = 0;
+    if (xs_node(p, node, sizeof(node)) || stat(node, &st) || !S_ISDIR(st.st_mode)) {
+        errno = ENOENT;
+        return NULL;
+    }
+    buf = calloc(1, 4097);
+    snprintf(val, sizeof(val), "%s/.value", node);
+    if ((fp = fopen(val, "r"))) {
+        n = fread(buf, 1, 4096, fp);
+        fclose(fp);
+    }
+    if (len)
+        *len = (unsigned)n;
+    return buf;
+}
+bool xs_write(void *h, uint32_t t, const char *p, const void *d, unsigned len)
+{
+    char node[PATH_MAX], val[PATH_MAX + 8];
+    FILE *fp;
+    if (xs_node(p, node, sizeof(node)) || mkdirs(node)) { errno = EACCES; return false; }
+    snprintf(val, sizeof(val), "%s/.value", node);
+    if (!(fp = fopen(val, "w"))) { errno = EACCES; return false; }
+    fwrite(d, 1, len, fp);
+    fclose(fp);
+    return true;
+}
+bool xs_rm(void *h, uint32_t t, const char *p)
+{
+    char node[PATH_MAX];
+    struct stat st;
+    if (xs_node(p, node, sizeof(node)) || stat(node, &st)) { errno = ENOENT; return false; }
+    nftw(node, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    return true;
+}
 char **xs_directory(void *h, uint32_t t, const char *p, unsigned *n) { errno = ENOENT; return NULL; }
-bool xs_watch(void *h, const char *p, const char *tok) { errno = EBADF; return false; }
-bool xs_unwatch(void *h, const char *p, const char *tok) { errno = EBADF; return false; }
+bool xs_watch(void *h, const char *p, const char *tok) { if (xs_root()) return true; errno = EBADF; return false; }
+bool xs_unwatch(void *h, const char *p, const char *tok) { return true; }
 int xs_fileno(void *h) { FAIL(EBADF); }
 char **xs_check_watch(void *h) { errno = EAGAIN; return NULL; }
-uint32_t xs_transaction_start(void *h) { errno = EBADF; return 0; }
-bool xs_transaction_end(void *h, uint32_t t, bool a) { errno = EBADF; return false; }
+uint32_t xs_transaction_start(void *h) { if (xs_root()) return 1; errno = EBADF; return 0; }
+bool xs_transaction_end(void *h, uint32_t t, bool a) { if (xs_root()) return true; errno = EBADF; return false; }
 
 /* libxenctrl: getinfolist answers with the next domain, as Xen does when
  * the asked one does not exist. */
@@ -137,8 +208,19 @@ int xc_interface_close(void *h) { closes++; return 0; }
 int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
 {
     uint16_t next = (uint16_t)(first + 1);
+    const char *envd = getenv("FAKE_DOMID"), *envu = getenv("FAKE_UUID");
     if (first == 0xffff)
         FAIL(EPERM);
+    if (envd && envu && strlen(envu) == 32 && fake_domid < 0) {
+        uint8_t hd[16];
+        int i;
+        for (i = 0; i < 16; i++) {
+            unsigned b;
+            sscanf(envu + 2 * i, "%2x", &b);
+            hd[i] = (uint8_t)b;
+        }
+        fake_set_domain(atoi(envd), hd, 1, 0);
+    }
     memset(info, 0, 112);
     if (fake_domid >= 0 && first == (uint32_t)fake_domid) {
         uint16_t d = (uint16_t)fake_domid;

@@ -1,0 +1,230 @@
+//! The create and destroy hooks end to end, without Xen: the Xen libraries
+//! are the fake of plugin/xen/tests/fake (its xenstore a directory tree
+//! shared between processes), and gpu-hostmem-ioreqd is a fake that writes
+//! its state like the real one. The hooks run in a child copy of this test
+//! binary started with LD_LIBRARY_PATH pointing at the fake libraries.
+
+use gpu_hostmem_plugin::abi::{
+    gpu_hostmem_plugin_create, gpu_hostmem_plugin_destroy, GpuHostmemDomain,
+    GPU_HOSTMEM_PLUGIN_ABI_VERSION,
+};
+use std::ffi::{c_char, c_int};
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CHILD_ENV: &str = "GH_PLUGIN_FLOW_CHILD";
+const UUID_A: [u8; 16] = [0xaa; 16];
+const UUID_B: [u8; 16] = [0xbb; 16];
+
+fn cc(args: &[&str], out: &Path, src: &Path) {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let st = Command::new(cc)
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .status()
+        .expect("a C compiler (cc) is needed for the plugin flow test");
+    assert!(st.success(), "compiling {} failed", src.display());
+}
+
+#[test]
+fn create_and_destroy_against_fake_xen() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return; // The child runs `child_flow` only.
+    }
+    let fake = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../xen/tests/fake");
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("plugin-flow-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let (lib, bin, xs, logs) = (
+        tmp.join("lib"),
+        tmp.join("bin"),
+        tmp.join("xs"),
+        tmp.join("log"),
+    );
+    for d in [&lib, &bin, &xs, &logs] {
+        fs::create_dir_all(d).expect("mkdir");
+    }
+    let so = lib.join("libfakexen.so");
+    cc(&["-shared", "-fPIC", "-w"], &so, &fake.join("fakexen.c"));
+    for soname in [
+        "libxenstore.so.4",
+        "libxendevicemodel.so.1",
+        "libxenforeignmemory.so.1",
+        "libxenevtchn.so.1",
+        "libxenctrl.so.4.20",
+    ] {
+        symlink(&so, lib.join(soname)).expect("symlink");
+    }
+    let ioreqd = bin.join("gpu-hostmem-ioreqd");
+    cc(&["-w"], &ioreqd, &fake.join("fake_ioreqd.c"));
+
+    let out = Command::new(std::env::current_exe().expect("exe"))
+        .args(["--exact", "child_flow", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, "1")
+        .env("LD_LIBRARY_PATH", &lib)
+        .env("FAKEXS_ROOT", &xs)
+        .env("GPU_HOSTMEM_IOREQD", &ioreqd)
+        .env("GPU_HOSTMEM_LOG_DIR", &logs)
+        .output()
+        .expect("run child");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child flow failed:\n{text}");
+    assert!(text.contains("1 passed"), "child flow did not run:\n{text}");
+    let _ = fs::remove_dir_all(&tmp);
+}
+
+fn call(
+    f: unsafe extern "C" fn(*const GpuHostmemDomain, *mut c_char, usize) -> c_int,
+    domid: u32,
+    uuid: [u8; 16],
+) -> (c_int, String) {
+    let d = GpuHostmemDomain {
+        abi_version: GPU_HOSTMEM_PLUGIN_ABI_VERSION,
+        domid,
+        uuid,
+        bar_size_mib: 64,
+        max_vcpus: 1,
+        flags: 0,
+    };
+    let mut err = [0 as c_char; 512];
+    // SAFETY: a live struct and a 512-byte buffer.
+    let rc = unsafe { f(&d, err.as_mut_ptr(), err.len()) };
+    let bytes: Vec<u8> = err
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    (rc, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn node(domid: u32, key: &str) -> PathBuf {
+    let root = PathBuf::from(std::env::var_os("FAKEXS_ROOT").expect("FAKEXS_ROOT"));
+    let mut p = root.join(format!("local/domain/0/gpu-hostmem/{domid}"));
+    if !key.is_empty() {
+        p = p.join(key);
+    }
+    p
+}
+
+fn read(domid: u32, key: &str) -> Option<String> {
+    fs::read_to_string(node(domid, key).join(".value")).ok()
+}
+
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_owned()))
+        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
+}
+
+fn wait_dead(pid: u32) -> bool {
+    let t = Instant::now();
+    while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+#[test]
+fn child_flow() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return; // Only meaningful inside the prepared child.
+    }
+    // The domain does not exist for the fake xenctrl (no FAKE_DOMID): the
+    // teardown has nothing lent to revoke and needs no privcmd.
+
+    // 1. create starts the server and waits for "running"; destroy stops it
+    //    and leaves nothing; destroy again is fine.
+    std::env::set_var("FAKE_IOREQD_MODE", "ok");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 5, UUID_A);
+    assert_eq!(rc, 0, "create: {msg}");
+    assert_eq!(read(5, "state").as_deref(), Some("running"));
+    assert_eq!(
+        read(5, "uuid").as_deref(),
+        Some("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa")
+    );
+    let pid: u32 = read(5, "pid").expect("pid").parse().expect("pid number");
+    assert!(alive(pid));
+    // A second create for the same running domain is refused.
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 5, UUID_A);
+    assert_eq!(rc, -libc::EEXIST, "{msg}");
+    // destroy with another domain's uuid: refused, nothing touched.
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 5, UUID_B);
+    assert_eq!(rc, -libc::EEXIST, "{msg}");
+    assert!(msg.contains("refusing"), "{msg}");
+    assert!(
+        alive(pid),
+        "the server of the recorded domain was left alone"
+    );
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 5, UUID_A);
+    assert_eq!(rc, 0, "destroy: {msg}");
+    assert!(wait_dead(pid), "server stopped");
+    assert!(!node(5, "").exists(), "record removed");
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 5, UUID_A);
+    assert_eq!(rc, 0, "destroy is idempotent: {msg}");
+
+    // 2. A server that reports a failure: create fails with its reason and
+    //    leaves nothing behind.
+    std::env::set_var("FAKE_IOREQD_MODE", "fail");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 6, UUID_A);
+    assert_eq!(rc, -libc::EIO, "{msg}");
+    assert!(msg.contains("setup stage CreateServer"), "{msg}");
+    assert!(msg.contains("gpu-hostmem-6.log"), "{msg}");
+    assert!(
+        !node(6, "").exists(),
+        "no record left after a failed create"
+    );
+
+    // 3. A server that exits without running.
+    std::env::set_var("FAKE_IOREQD_MODE", "exit");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 7, UUID_A);
+    assert_eq!(rc, -libc::EIO, "{msg}");
+    assert!(msg.contains("exited"), "{msg}");
+    assert!(!node(7, "").exists());
+
+    // 4. Stale state of an earlier domain with the same domid (dead pid)
+    //    is cleaned before a new server starts.
+    std::env::set_var("FAKE_IOREQD_MODE", "ok");
+    fs::create_dir_all(node(8, "uuid")).expect("mkdir");
+    fs::write(
+        node(8, "uuid").join(".value"),
+        "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb",
+    )
+    .expect("w");
+    fs::create_dir_all(node(8, "pid")).expect("mkdir");
+    fs::write(node(8, "pid").join(".value"), "999999999").expect("w");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 8, UUID_A);
+    assert_eq!(rc, 0, "create over stale state: {msg}");
+    assert_eq!(
+        read(8, "uuid").as_deref(),
+        Some("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa")
+    );
+    let pid: u32 = read(8, "pid").expect("pid").parse().expect("pid number");
+
+    // 5. A server that ignores SIGTERM is killed by destroy.
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 8, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert!(wait_dead(pid));
+    std::env::set_var("FAKE_IOREQD_MODE", "stubborn");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 9, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    let pid: u32 = read(9, "pid").expect("pid").parse().expect("pid number");
+    let t = Instant::now();
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 9, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert!(
+        t.elapsed() >= Duration::from_secs(5),
+        "SIGKILL only after the SIGTERM grace period"
+    );
+    assert!(wait_dead(pid), "stubborn server killed");
+    assert!(!node(9, "").exists(), "record removed after a kill");
+}
