@@ -1,0 +1,111 @@
+#!/bin/sh
+# Scenario: the Xen series (xen-patches/) seen from dom0.
+#
+# Runs in dom0 of the test bed (PV dom0, Xen built with xen-patches/).
+# Prints "RESULT name=... ok=0|1|skip value=..." lines and exits non-zero
+# if any check failed.
+#
+# It boots a tiny PVH guest written by the test program (a 4 KiB ELF that
+# loops reading guest-physical 512 MiB and stores what it read in its RAM),
+# then runs tests/xen/xen-lend-test.c against it: lending dom0's own pages,
+# double lending, lending frames dom0 does not own, a restricted handle,
+# foreign-mapping a lent frame through the guest, revocation (verified,
+# vacuous, wrong frame), IOREQ RETRY (lend-on-fault, and a server that
+# answers RETRY without mapping: the guest must still progress), the owner
+# freeing lent pages, and the guest's destruction freeing them.
+#
+# Environment:
+#   XEN_LEND_TEST   the test binary (default: searched in PATH,
+#                   /usr/local/bin, /opt/gpu-hostmem/bin, /root)
+set -u
+
+name=xlt-$$
+work=$(mktemp -d /tmp/xen-lend.XXXXXX)
+fail=0
+
+result() { printf 'RESULT name=%s ok=%s value=%s\n' "$1" "$2" "$3"; }
+log() { printf '[40-xen-lend] %s\n' "$*" >&2; }
+
+find_bin() {
+    if [ -n "${XEN_LEND_TEST:-}" ]; then
+        echo "$XEN_LEND_TEST"
+        return
+    fi
+    for p in "$(command -v xen-lend-test 2>/dev/null)" \
+        /usr/local/bin/xen-lend-test /opt/gpu-hostmem/bin/xen-lend-test \
+        /root/xen-lend-test; do
+        if [ -n "$p" ] && [ -x "$p" ]; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+dom0_max_saved=
+cleanup() {
+    xl destroy "$name" >/dev/null 2>&1
+    [ -n "$dom0_max_saved" ] && xl mem-max 0 "${dom0_max_saved}m" >/dev/null 2>&1
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+bin=$(find_bin)
+if [ -z "$bin" ]; then
+    result xen-lend 0 test-binary-not-installed
+    exit 1
+fi
+
+# The patched hypervisor must be running (the test bed's build of it).
+log "$(xl info 2>/dev/null | grep -E '^(xen_version|xen_extra|xen_changeset)' | tr '\n' ' ')"
+
+"$bin" --write-guest "$work/guest.elf" || { result xen-lend 0 cannot-write-guest; exit 1; }
+cat >"$work/guest.cfg" <<EOF
+name = "$name"
+type = "pvh"
+kernel = "$work/guest.elf"
+memory = 128
+vcpus = 1
+on_crash = "destroy"
+EOF
+
+# dom0 allocates a few MiB of fresh pages to lend: raise its maximum.
+cur=$(xl list 0 | awk 'NR == 2 { print $3 }')
+if [ -n "$cur" ]; then
+    dom0_max_saved=$cur
+    xl mem-max 0 "$((cur + 16))m" || log "xl mem-max failed"
+fi
+
+if ! timeout 120 xl create "$work/guest.cfg" >"$work/create.log" 2>&1; then
+    sed 's/^/    | /' "$work/create.log" >&2
+    result xen-lend 0 "guest-create-failed"
+    exit 1
+fi
+domid=$(xl domid "$name")
+sleep 1
+
+dmesg_before=$(xl dmesg | wc -l)
+"$bin" --dom "$domid"
+rc=$?
+[ $rc = 0 ] || fail=1
+
+# Xen counts and logs the RETRY answers it refused (the unmapped case).
+n=$(xl dmesg | tail -n +"$((dmesg_before + 1))" | grep -c 'ioreq RETRY refused')
+if [ "$n" -gt 0 ]; then
+    result xen-retry-refused-logged 1 "messages=$n"
+else
+    result xen-retry-refused-logged 0 "messages=0"
+    fail=1
+fi
+
+# Xen must not have crashed a domain or complained about p2m entries.
+bad=$(xl dmesg | tail -n +"$((dmesg_before + 1))" |
+    grep -E 'domain_crash|Weird HVM|not permitted|Assertion|FATAL' | head -n 1)
+if [ -n "$bad" ]; then
+    result xen-lend-dmesg-clean 0 "$(echo "$bad" | tr ' ' '_')"
+    fail=1
+else
+    result xen-lend-dmesg-clean 1 clean
+fi
+
+xl dmesg | tail -n +"$((dmesg_before + 1))" | tail -n 20 | sed 's/^/    xen| /' >&2
+exit $fail
