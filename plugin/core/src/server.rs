@@ -517,11 +517,16 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 }
             }
         };
-        let remaining = self
-            .cfg
-            .limits
-            .max_lent_pages
-            .saturating_sub(self.ledger.lent_pages());
+        let max = self.cfg.limits.max_lent_pages;
+        let mut remaining = max.saturating_sub(self.ledger.lent_pages());
+        if remaining < self.cfg.fault_around >> PAGE_SHIFT {
+            // The ledger is an upper bound (the kernel revokes on
+            // invalidation without telling us): ask for the real count.
+            match self.hm.query(&self.dom) {
+                Ok(q) => remaining = max.saturating_sub(q.lent_pages),
+                Err(e) => self.note_gone(&e),
+            }
+        }
         let Some(plan) = fault_around::plan(
             off,
             self.cfg.fault_around,

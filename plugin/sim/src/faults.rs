@@ -37,6 +37,10 @@ pub enum Fault {
     /// The next `n` re-executions after RETRY find their page revoked by
     /// a racing invalidation, so the vCPU faults again.
     RacingRevoke(u32),
+    /// The next `n` RETRY answers race with an invalidation that revokes
+    /// the page before Xen checks it, so Xen completes the access as
+    /// unbacked.
+    RevokeBeforeRetryCheck(u32),
 }
 
 /// Faults armed and not yet consumed.

@@ -419,6 +419,12 @@ impl Sim {
                     // RETRY (roundtrip filtered everything else).
                     retries += 1;
                     let mut w = self.world.borrow_mut();
+                    if w.faults.take_counted(|f| match f {
+                        Fault::RevokeBeforeRetryCheck(n) => Some(n),
+                        _ => None,
+                    }) {
+                        w.notifier_revoke_gfn(dom, gfn);
+                    }
                     let Some(d) = live(&mut w.domains, dom) else {
                         return report(Access::Gone, retries);
                     };

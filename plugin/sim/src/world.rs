@@ -218,6 +218,18 @@ impl World {
         }
     }
 
+    /// MMU notifier on the frame lent at `gfn` of `dom`: revoke it.
+    pub fn notifier_revoke_gfn(&mut self, dom: &DomainIdentity, gfn: u64) {
+        let f = self
+            .domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)
+            .and_then(|d| d.p2m.get(&gfn).copied());
+        if let Some(f) = f {
+            self.notifier_revoke(f);
+        }
+    }
+
     /// MMU notifier: revoke every p2m entry of `f`, wherever it is lent.
     pub fn notifier_revoke(&mut self, f: FrameId) {
         let Some(fr) = self.frames.get(&f) else {

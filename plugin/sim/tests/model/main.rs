@@ -1,0 +1,313 @@
+//! Model-based property tests of the IOREQ server logic on the simulator.
+//!
+//! Random sequences of create / register / unregister / migrate / guest
+//! read and write / BAR move, decode toggle and size probe / kill server /
+//! destroy / stale teardown after domid reuse / injected faults. After
+//! every transition the SUT's observation is checked against the
+//! reference model, and the invariants are checked on the whole state:
+//!
+//! - I1: every lent page is registered, mapped by its backend, lent at the
+//!   GFN of its BAR offset under the BAR as it is now; a guest never reads
+//!   a page that is not the one currently registered (no stale page).
+//! - I2: after the destroy hook, nothing is lent; the hook is idempotent
+//!   and vacuous for a gone domain.
+//! - I3: RETRY answers per access are bounded.
+//! - I4: lent pages per domain stay under the limit.
+//! - I5: no operation reaches a domain other than the one named, and a
+//!   teardown by an old identity changes nothing of a reused domid.
+//! - no page reference leaks (reference counts match holders; after all
+//!   domains are gone no frame is left).
+
+mod reference;
+mod strategies;
+mod sut;
+
+use gpu_hostmem_core::ioreq::size_mask;
+use gpu_hostmem_sim::{Access, SimOptions};
+use proptest::prelude::*;
+use proptest::test_runner::Config;
+
+use reference::{Reference, ServerState};
+use strategies::{op, Op, BAR_PAGES, BASES};
+use sut::{op_slot, Sut, MAX_RETRIES};
+
+/// Guest-physical base the model says a slot's accesses should use.
+fn gpa_base(model: &Reference, op: &Op) -> u64 {
+    op_slot(op)
+        .and_then(|s| model.slots.get(&s))
+        .map(|d| {
+            if d.bar_base != 0 {
+                d.bar_base
+            } else {
+                BASES[0]
+            }
+        })
+        .unwrap_or(BASES[0])
+}
+
+/// Check what a guest access returned against the model.
+fn check_access(
+    model: &Reference,
+    sut: &Sut,
+    op: &Op,
+    gpa: u64,
+    r: &gpu_hostmem_sim::AccessReport,
+    near_limit: bool,
+) -> Result<(), String> {
+    let Some(slot) = op_slot(op) else {
+        return Ok(());
+    };
+    let Some(d) = model.slots.get(&slot) else {
+        return Ok(());
+    };
+    let Some(g) = sut.guests.get(&slot) else {
+        return Ok(());
+    };
+    let size = match *op {
+        Op::Read { size, .. } => size,
+        Op::FaultyRead { .. } => 8,
+        _ => 4,
+    };
+    let is_read = matches!(op, Op::Read { .. } | Op::FaultyRead { .. });
+    let faulty = matches!(op, Op::FaultyRead { .. });
+    let ones = if is_read { size_mask(size) } else { 0 };
+    let degraded = sut.degraded.get(&slot).copied().unwrap_or(false);
+    if r.retries > MAX_RETRIES {
+        return Err(format!(
+            "I3: {} RETRY answers for one access (max {MAX_RETRIES})",
+            r.retries
+        ));
+    }
+    let active = d.active_bar();
+    let page = active.map(|b| (gpa - b) / 4096);
+    match r.access {
+        Access::Ram { frame, value } => {
+            let Some(b) = active else {
+                return Err(format!(
+                    "I1: RAM at {gpa:#x} while the BAR is not decoded (stale mapping)"
+                ));
+            };
+            let cur = sut.sim.registered_frame(&g.ident, (gpa - b) & !0xfff);
+            if cur.map(|c| c.0) != Some(frame) {
+                return Err(format!(
+                    "I1: guest read frame {frame} (value {value:#x}) at {gpa:#x}, registered now: {cur:?} (stale page)"
+                ));
+            }
+        }
+        Access::Emulated { value } | Access::Unbacked { value } | Access::NoDevice { value } => {
+            if value != ones {
+                return Err(format!(
+                    "access at {gpa:#x} returned {value:#x}, expected all-ones {ones:#x}"
+                ));
+            }
+        }
+        Access::Blocked | Access::Gone | Access::Crashed => {}
+    }
+    if d.dying || sut.is_dying(slot) {
+        return Ok(());
+    }
+    // Exact predictions where nothing nondeterministic happened.
+    let expect = match (active, d.server) {
+        (None, _) => Some("nodevice"),
+        (Some(_), ServerState::Killed) => None, // Blocked, or RAM if lent before
+        (Some(_), ServerState::Gone) => None,
+        (Some(_), ServerState::Running)
+            if degraded || faulty || near_limit || model.faults_armed =>
+        {
+            None
+        }
+        (Some(_), ServerState::Running) => {
+            let p = page.unwrap_or(BAR_PAGES);
+            Some(if d.registered(p) { "ram" } else { "emulated" })
+        }
+    };
+    let got = match r.access {
+        Access::Ram { .. } => "ram",
+        Access::Emulated { .. } => "emulated",
+        Access::NoDevice { .. } => "nodevice",
+        Access::Unbacked { .. } => "unbacked",
+        Access::Blocked => "blocked",
+        Access::Gone => "gone",
+        Access::Crashed => "crashed",
+    };
+    if got == "crashed" {
+        return Err("the domain was crashed by a bad ioreq answer".into());
+    }
+    if d.server == ServerState::Killed
+        && active.is_some()
+        && !degraded
+        && !faulty
+        && !matches!(got, "ram" | "blocked")
+    {
+        return Err(format!("killed server: access at {gpa:#x} gave {got}"));
+    }
+    if let Some(e) = expect {
+        TALLY.with(|t| *t.borrow_mut().entry(format!("expect/{e}")).or_default() += 1);
+    }
+    match expect {
+        Some(e) if e != got => Err(format!(
+            "access at {gpa:#x}: expected {e}, got {got} ({r:?})"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Invariants over the whole state, after every transition.
+fn check_invariants(model: &Reference, sut: &Sut, max_lent: u64) -> Result<(), String> {
+    sut.sim.check_consistency()?;
+    let bad = sut.sim.with_world(|w| {
+        w.applied
+            .iter()
+            .find(|a| a.asked.uid != a.target_uid)
+            .cloned()
+    });
+    if let Some(a) = bad {
+        return Err(format!(
+            "I5: {} asked for {} but changed uid {:02x?}",
+            a.op, a.asked, a.target_uid
+        ));
+    }
+    for (slot, g) in &sut.guests {
+        let Some(d) = model.slots.get(slot) else {
+            return Err(format!("slot {slot}: SUT has a guest the model does not"));
+        };
+        let p2m = sut.sim.p2m(&g.ident);
+        if p2m.len() as u64 > max_lent {
+            return Err(format!(
+                "I4: {} pages lent to {}, limit {max_lent}",
+                p2m.len(),
+                g.ident
+            ));
+        }
+        if p2m.is_empty() {
+            continue;
+        }
+        let Some(base) = d.active_bar() else {
+            return Err(format!(
+                "I1: {} pages lent to {} while its BAR is not decoded",
+                p2m.len(),
+                g.ident
+            ));
+        };
+        for (gfn, frame) in p2m {
+            let gpa = gfn * 4096;
+            if gpa < base || gpa >= base + BAR_PAGES * 4096 {
+                return Err(format!(
+                    "I1: gfn {gfn:#x} lent outside the BAR at {base:#x} (stale after move)"
+                ));
+            }
+            let cur = sut.sim.registered_frame(&g.ident, gpa - base).map(|c| c.0);
+            if cur != Some(frame) {
+                return Err(format!(
+                    "I1: gfn {gfn:#x} maps frame {frame}, registered there now: {cur:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run(ops: &[Op], max_lent: u64, opts: SimOptions) -> Result<(), TestCaseError> {
+    let mut model = Reference::default();
+    let mut sut = Sut::new(max_lent, opts);
+    for (i, op) in ops.iter().enumerate() {
+        model.faults_armed = sut.faults_armed();
+        let obs = sut.apply(op, gpa_base(&model, op));
+        if let Some(v) = obs.violations.first() {
+            return Err(TestCaseError::fail(format!("step {i} {op:?}: {v}")));
+        }
+        if let Some((_, r)) = &obs.access {
+            tally(r);
+        }
+        if let Some((gpa, r)) = &obs.access {
+            let near_limit = obs.lent_before + (sut::FAULT_AROUND >> 12) > max_lent;
+            check_access(&model, &sut, op, *gpa, r, near_limit)
+                .map_err(|e| TestCaseError::fail(format!("step {i} {op:?}: {e}")))?;
+        }
+        model.apply(op, obs.created);
+        // Nondeterministic outcomes of faults, as the SUT saw them.
+        for (slot, d) in model.slots.iter_mut() {
+            if sut.is_dying(*slot) {
+                d.dying = true;
+            }
+            if let Some(g) = sut.guests.get(slot) {
+                if g.server.is_none() && d.server == ServerState::Running {
+                    d.server = ServerState::Gone;
+                }
+            }
+        }
+        check_invariants(&model, &sut, max_lent)
+            .map_err(|e| TestCaseError::fail(format!("after step {i} {op:?}: {e}")))?;
+    }
+    if let Some(v) = sut.finish().first() {
+        return Err(TestCaseError::fail(format!("at the end: {v}")));
+    }
+    Ok(())
+}
+
+thread_local! {
+    static TALLY: std::cell::RefCell<std::collections::BTreeMap<String, u64>> = Default::default();
+}
+
+/// Count access outcomes by kind (and RETRY count for BAR accesses).
+fn tally(r: &gpu_hostmem_sim::AccessReport) {
+    let k = match r.access {
+        Access::Ram { .. } => format!("ram/{}", r.retries.min(2)),
+        Access::Emulated { .. } => "emulated".to_string(),
+        Access::Unbacked { .. } => "unbacked".into(),
+        Access::NoDevice { .. } => "nodevice".into(),
+        Access::Blocked => "blocked".into(),
+        Access::Gone => "gone".into(),
+        Access::Crashed => "crashed".into(),
+    };
+    TALLY.with(|t| *t.borrow_mut().entry(k).or_default() += 1);
+}
+
+/// The strategies must reach every kind of outcome, or the properties
+/// above could pass vacuously.
+#[test]
+fn strategies_reach_every_outcome() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strat = proptest::collection::vec(op(), 40..80);
+    for _ in 0..150 {
+        let ops = strat
+            .new_tree(&mut runner)
+            .map(|t| t.current())
+            .unwrap_or_default();
+        let _ = run(&ops, 1 << 20, SimOptions::default());
+    }
+    let seen = TALLY.with(|t| t.borrow().clone());
+    eprintln!("outcomes: {seen:?}");
+    for k in [
+        "ram/0", "ram/1", "emulated", "nodevice", "blocked", "unbacked", "gone",
+    ] {
+        assert!(
+            seen.get(k).copied().unwrap_or(0) > 0,
+            "no {k} access in {seen:?}"
+        );
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+proptest! {
+    #![proptest_config(Config { cases: cases(), max_shrink_iters: 2000, ..Config::default() })]
+
+    /// I1-I5 with no limit pressure: exact predictions where no fault ran.
+    #[test]
+    fn invariants_hold_over_random_lifecycles(ops in proptest::collection::vec(op(), 1..80)) {
+        run(&ops, 1 << 20, SimOptions::default())?;
+    }
+
+    /// The same with a small lent-page limit (I4) and many faults.
+    #[test]
+    fn invariants_hold_under_lent_page_limit(ops in proptest::collection::vec(op(), 1..80)) {
+        run(&ops, 40, SimOptions::default())?;
+    }
+}

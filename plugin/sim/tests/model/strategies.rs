@@ -1,0 +1,129 @@
+//! Strategies: random transitions over a few domid slots, so creation,
+//! destruction and domid reuse collide often.
+
+use proptest::prelude::*;
+
+/// Domid slots (domid = slot + 1).
+pub const SLOTS: u8 = 3;
+/// BAR pages (4 MiB BAR).
+pub const BAR_PAGES: u64 = 1024;
+/// Candidate BAR bases (guest-physical), including one below 4 GiB.
+pub const BASES: [u64; 3] = [0x1_0000_0000, 0x2_0040_0000, 0xe000_0000];
+
+/// An armed fault, mapped to `gpu_hostmem_sim::Fault` by the SUT.
+#[derive(Clone, Copy, Debug)]
+pub enum FaultKind {
+    LendBusy(u32),
+    LendPartial(u32),
+    DomainDiesDuringLend(u32),
+    RevokeFails,
+    MapMmioFails,
+    RacingRevoke(u32),
+    RevokeBeforeRetryCheck(u32),
+}
+
+/// One transition.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Create {
+        slot: u8,
+        vcpus: u32,
+    },
+    Register {
+        slot: u8,
+        id: u8,
+        page: u64,
+        nr: u64,
+    },
+    Unregister {
+        slot: u8,
+        id: u8,
+    },
+    Migrate {
+        slot: u8,
+        id: u8,
+        page: u64,
+    },
+    Read {
+        slot: u8,
+        vcpu: u32,
+        page: u64,
+        size: u32,
+    },
+    Write {
+        slot: u8,
+        vcpu: u32,
+        page: u64,
+    },
+    MoveBar {
+        slot: u8,
+        base: usize,
+    },
+    ToggleDecode {
+        slot: u8,
+    },
+    ProbeBar {
+        slot: u8,
+    },
+    KillServer {
+        slot: u8,
+    },
+    Destroy {
+        slot: u8,
+    },
+    StaleTeardown {
+        slot: u8,
+    },
+    Fault(FaultKind),
+    /// A fault armed right before a read (so faults meet the lend path).
+    FaultyRead {
+        fault: FaultKind,
+        slot: u8,
+        vcpu: u32,
+        page: u64,
+    },
+}
+
+fn slot() -> impl Strategy<Value = u8> {
+    0..SLOTS
+}
+
+/// BAR pages, mostly in the low part where registrations cluster.
+fn page() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => 0u64..64, 1 => 0..BAR_PAGES]
+}
+
+fn fault() -> impl Strategy<Value = FaultKind> {
+    prop_oneof![
+        (1u32..5).prop_map(FaultKind::LendBusy),
+        (0u32..16).prop_map(FaultKind::LendPartial),
+        (0u32..16).prop_map(FaultKind::DomainDiesDuringLend),
+        Just(FaultKind::RevokeFails),
+        Just(FaultKind::MapMmioFails),
+        (1u32..12).prop_map(FaultKind::RacingRevoke),
+        (1u32..3).prop_map(FaultKind::RevokeBeforeRetryCheck),
+    ]
+}
+
+/// Any transition, weighted towards guest accesses.
+pub fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (slot(), 1u32..4).prop_map(|(slot, vcpus)| Op::Create { slot, vcpus }),
+        6 => (slot(), 0u8..4, page(), 1u64..96)
+            .prop_map(|(slot, id, page, nr)| Op::Register { slot, id, page, nr }),
+        1 => (slot(), 0u8..4).prop_map(|(slot, id)| Op::Unregister { slot, id }),
+        1 => (slot(), 0u8..4, 0u64..80).prop_map(|(slot, id, page)| Op::Migrate { slot, id, page }),
+        10 => (slot(), 0u32..3, page(), prop_oneof![Just(1u32), Just(4), Just(8)])
+            .prop_map(|(slot, vcpu, page, size)| Op::Read { slot, vcpu, page, size }),
+        2 => (slot(), 0u32..3, page()).prop_map(|(slot, vcpu, page)| Op::Write { slot, vcpu, page }),
+        1 => (slot(), 0..BASES.len()).prop_map(|(slot, base)| Op::MoveBar { slot, base }),
+        1 => slot().prop_map(|slot| Op::ToggleDecode { slot }),
+        1 => slot().prop_map(|slot| Op::ProbeBar { slot }),
+        1 => slot().prop_map(|slot| Op::KillServer { slot }),
+        2 => slot().prop_map(|slot| Op::Destroy { slot }),
+        1 => slot().prop_map(|slot| Op::StaleTeardown { slot }),
+        1 => fault().prop_map(Op::Fault),
+        2 => (fault(), slot(), 0u32..3, page())
+            .prop_map(|(fault, slot, vcpu, page)| Op::FaultyRead { fault, slot, vcpu, page }),
+    ]
+}
