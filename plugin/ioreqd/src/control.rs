@@ -3,7 +3,7 @@
 //! status snapshot. Served from the event loop, never blocking it for long.
 
 use gpu_hostmem_core::status::Status;
-use gpu_hostmem_xen::control::{socket_path, CONTROL_DIR, REQUEST_STATUS};
+use gpu_hostmem_xen::control::{control_dir, socket_path, REQUEST_STATUS};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -28,8 +28,9 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Binds `/run/gpu-hostmem/<domid>.sock` (the directory is 0700).
     pub fn bind(domid: u16) -> io::Result<Self> {
-        fs::create_dir_all(CONTROL_DIR)?;
-        fs::set_permissions(CONTROL_DIR, fs::Permissions::from_mode(0o700))?;
+        let dir = control_dir();
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         Self::bind_at(&socket_path(domid))
     }
 

@@ -185,6 +185,14 @@ pub fn create(d: &Domain) -> Result<(), HookError> {
 
 fn spawn_and_wait(xs: &Xenstore<'_>, d: &Domain) -> Result<(), HookError> {
     let log = log_path(d.domid);
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            HookError::new(
+                e.raw_os_error().unwrap_or(libc::EIO),
+                format!("create {}: {e}", dir.display()),
+            )
+        })?;
+    }
     let out = OpenOptions::new()
         .create(true)
         .append(true)

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// Directory of the control sockets.
 pub const CONTROL_DIR: &str = "/run/gpu-hostmem";
+/// Test-only override of [`CONTROL_DIR`].
+pub const CONTROL_DIR_ENV: &str = "GPU_HOSTMEM_RUN_DIR";
 
 /// The status request line.
 pub const REQUEST_STATUS: &str = "status";
@@ -16,9 +18,17 @@ pub const REQUEST_STATUS: &str = "status";
 /// Longest reply accepted (a status with 64k registrations fits).
 pub const MAX_REPLY: usize = 16 << 20;
 
+/// The directory of the control sockets ([`CONTROL_DIR`], or
+/// `$GPU_HOSTMEM_RUN_DIR` for tests).
+pub fn control_dir() -> PathBuf {
+    std::env::var_os(CONTROL_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CONTROL_DIR))
+}
+
 /// The control socket path of `domid`.
 pub fn socket_path(domid: u16) -> PathBuf {
-    Path::new(CONTROL_DIR).join(format!("{domid}.sock"))
+    control_dir().join(format!("{domid}.sock"))
 }
 
 /// Sends one request line and returns the reply line (without newline).
@@ -63,7 +73,9 @@ mod tests {
         let r = request(&path, REQUEST_STATUS, Duration::from_secs(5)).expect("request");
         assert_eq!(r, "{\"ok\":1}");
         t.join().expect("server thread");
-        assert_eq!(socket_path(7), PathBuf::from("/run/gpu-hostmem/7.sock"));
+        if std::env::var_os(CONTROL_DIR_ENV).is_none() {
+            assert_eq!(socket_path(7), PathBuf::from("/run/gpu-hostmem/7.sock"));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

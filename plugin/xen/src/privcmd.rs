@@ -8,6 +8,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Default device path.
 pub const PRIVCMD_PATH: &str = "/dev/xen/privcmd";
+/// Test-only override of [`PRIVCMD_PATH`] (the fake Xen of the tests).
+pub const PRIVCMD_ENV: &str = "GPU_HOSTMEM_PRIVCMD";
 
 /// `PRIVCMD_HOSTMEM_REVOKE_ALL`: revoke every lent page of the domain.
 pub const PRIVCMD_HOSTMEM_REVOKE_ALL: u16 = 1;
@@ -119,9 +121,12 @@ pub struct Privcmd {
 }
 
 impl Privcmd {
-    /// Opens [`PRIVCMD_PATH`].
+    /// Opens [`PRIVCMD_PATH`] (or `$GPU_HOSTMEM_PRIVCMD`, for tests).
     pub fn open() -> Result<Self> {
-        Self::open_path(PRIVCMD_PATH)
+        match std::env::var(PRIVCMD_ENV) {
+            Ok(p) => Self::open_path(&p),
+            Err(_) => Self::open_path(PRIVCMD_PATH),
+        }
     }
 
     /// Opens a privcmd device at `path`.

@@ -6,8 +6,13 @@
  * With FAKEXS_ROOT set, xenstore is a directory tree instead (node = dir,
  * value = its ".value" file), shared by every process of a test; with
  * FAKE_DOMID (and FAKE_UUID, 32 hex digits) set, xc_domain_getinfolist
- * reports that domain. */
-#define _XOPEN_SOURCE 700
+ * reports that domain (until a file FAKEXS_ROOT/.gone exists), and a file
+ * FAKEXS_ROOT/.release fires the @releaseDomain watch once. FAKE_RETRY=1
+ * makes the hypervisor accept the RETRY flag. Preloaded (LD_PRELOAD), it
+ * also answers the privcmd ioctls on the file named by FAKE_PRIVCMD. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdarg.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -54,12 +59,39 @@ int xendevicemodel_create_ioreq_server(void *h, uint16_t d, int b, uint16_t *id)
     return 0;
 }
 /* An unpatched hypervisor refuses the flag with EINVAL. */
-int xendevicemodel_create_ioreq_server_flags(void *h, uint16_t d, int b, unsigned fl, uint16_t *id) { FAIL(EINVAL); }
+int xendevicemodel_create_ioreq_server_flags(void *h, uint16_t d, int b, unsigned fl, uint16_t *id)
+{
+    const char *r = getenv("FAKE_RETRY");
+    if (!r || strcmp(r, "1") || !is_fake(d) || fl != 1 || b != 0)
+        FAIL(EINVAL);
+    *id = 3;
+    return 0;
+}
 int xendevicemodel_get_ioreq_server_info(void *h, uint16_t d, uint16_t id, uint64_t *a, uint64_t *b, uint32_t *p) { FAIL(EBADF); }
-int xendevicemodel_map_io_range_to_ioreq_server(void *h, uint16_t d, uint16_t id, int m, uint64_t s, uint64_t e) { FAIL(EBADF); }
-int xendevicemodel_unmap_io_range_from_ioreq_server(void *h, uint16_t d, uint16_t id, int m, uint64_t s, uint64_t e) { FAIL(EBADF); }
-int xendevicemodel_map_pcidev_to_ioreq_server(void *h, uint16_t d, uint16_t id, uint16_t s, uint8_t b, uint8_t dv, uint8_t f) { FAIL(EBADF); }
-int xendevicemodel_unmap_pcidev_from_ioreq_server(void *h, uint16_t d, uint16_t id, uint16_t s, uint8_t b, uint8_t dv, uint8_t f) { FAIL(EBADF); }
+int xendevicemodel_map_io_range_to_ioreq_server(void *h, uint16_t d, uint16_t id, int m, uint64_t s, uint64_t e)
+{
+    if (!is_fake(d) || id != 3)
+        FAIL(EBADF);
+    return 0;
+}
+int xendevicemodel_unmap_io_range_from_ioreq_server(void *h, uint16_t d, uint16_t id, int m, uint64_t s, uint64_t e)
+{
+    if (!is_fake(d) || id != 3)
+        FAIL(EBADF);
+    return 0;
+}
+int xendevicemodel_map_pcidev_to_ioreq_server(void *h, uint16_t d, uint16_t id, uint16_t s, uint8_t b, uint8_t dv, uint8_t f)
+{
+    if (!is_fake(d) || id != 3)
+        FAIL(EBADF);
+    return 0;
+}
+int xendevicemodel_unmap_pcidev_from_ioreq_server(void *h, uint16_t d, uint16_t id, uint16_t s, uint8_t b, uint8_t dv, uint8_t f)
+{
+    if (!is_fake(d) || id != 3)
+        FAIL(EBADF);
+    return 0;
+}
 int xendevicemodel_set_ioreq_server_state(void *h, uint16_t d, uint16_t id, int en)
 {
     if (!is_fake(d) || id != 3)
@@ -75,7 +107,7 @@ int xendevicemodel_destroy_ioreq_server(void *h, uint16_t d, uint16_t id)
     destroyed++;
     return 0;
 }
-int xendevicemodel_restrict(void *h, uint16_t d) { FAIL(EBADF); }
+int xendevicemodel_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
 
 /* libxenforeignmemory */
 void *xenforeignmemory_open(void *l, unsigned f) { return H; }
@@ -102,17 +134,23 @@ void *xenforeignmemory_map_resource(void *h, uint16_t d, unsigned t, unsigned id
     return H;
 }
 int xenforeignmemory_unmap_resource(void *h, void *r) { mapped--; return 0; }
-int xenforeignmemory_restrict(void *h, uint16_t d) { FAIL(EBADF); }
+int xenforeignmemory_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
 
-/* libxenevtchn: the fd is /dev/null, only used for fcntl. */
-static int evtchn_fd = -1;
+/* libxenevtchn: the fd is the read end of a pipe nobody writes to. */
+static int evtchn_pipe[2] = { -1, -1 };
 void *xenevtchn_open(void *l, unsigned f)
 {
-    evtchn_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-    return evtchn_fd < 0 ? NULL : H;
+    return pipe(evtchn_pipe) ? NULL : H;
 }
-int xenevtchn_close(void *h) { closes++; close(evtchn_fd); evtchn_fd = -1; return 0; }
-int xenevtchn_fd(void *h) { return evtchn_fd; }
+int xenevtchn_close(void *h)
+{
+    closes++;
+    close(evtchn_pipe[0]);
+    close(evtchn_pipe[1]);
+    evtchn_pipe[0] = evtchn_pipe[1] = -1;
+    return 0;
+}
+int xenevtchn_fd(void *h) { return evtchn_pipe[0]; }
 int xenevtchn_notify(void *h, uint32_t p) { FAIL(EBADF); }
 static int bound;
 int fake_bound(void) { return bound; }
@@ -126,7 +164,7 @@ int xenevtchn_bind_interdomain(void *h, uint32_t d, uint32_t p)
 int xenevtchn_unbind(void *h, uint32_t p) { bound--; return 0; }
 int xenevtchn_pending(void *h) { FAIL(EAGAIN); }
 int xenevtchn_unmask(void *h, uint32_t p) { FAIL(EBADF); }
-int xenevtchn_restrict(void *h, uint16_t d) { FAIL(EBADF); }
+int xenevtchn_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
 
 /* libxenstore */
 static const char *xs_root(void) { return getenv("FAKEXS_ROOT"); }
@@ -196,8 +234,31 @@ bool xs_rm(void *h, uint32_t t, const char *p)
 char **xs_directory(void *h, uint32_t t, const char *p, unsigned *n) { errno = ENOENT; return NULL; }
 bool xs_watch(void *h, const char *p, const char *tok) { if (xs_root()) return true; errno = EBADF; return false; }
 bool xs_unwatch(void *h, const char *p, const char *tok) { return true; }
-int xs_fileno(void *h) { FAIL(EBADF); }
-char **xs_check_watch(void *h) { errno = EAGAIN; return NULL; }
+static int xs_pipe[2] = { -1, -1 };
+int xs_fileno(void *h)
+{
+    if (!xs_root())
+        FAIL(EBADF);
+    if (xs_pipe[0] < 0 && pipe(xs_pipe))
+        return -1;
+    return xs_pipe[0];
+}
+char **xs_check_watch(void *h)
+{
+    char p[PATH_MAX];
+    char **w;
+    if (!xs_root() || snprintf(p, sizeof(p), "%s/.release", xs_root()) >= (int)sizeof(p) || unlink(p)) {
+        errno = EAGAIN;
+        return NULL;
+    }
+    /* One block: two pointers, then the strings, as libxenstore does. */
+    w = malloc(2 * sizeof(char *) + 64);
+    w[0] = (char *)(w + 2);
+    strcpy(w[0], "@releaseDomain");
+    w[1] = w[0] + strlen(w[0]) + 1;
+    strcpy(w[1], "gpu-hostmem-release");
+    return w;
+}
 uint32_t xs_transaction_start(void *h) { if (xs_root()) return 1; errno = EBADF; return 0; }
 bool xs_transaction_end(void *h, uint32_t t, bool a) { if (xs_root()) return true; errno = EBADF; return false; }
 
@@ -211,7 +272,7 @@ int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
     const char *envd = getenv("FAKE_DOMID"), *envu = getenv("FAKE_UUID");
     if (first == 0xffff)
         FAIL(EPERM);
-    if (envd && envu && strlen(envu) == 32 && fake_domid < 0) {
+    if (envd && envu && strlen(envu) == 32 && fake_domid == -1) {
         uint8_t hd[16];
         int i;
         for (i = 0; i < 16; i++) {
@@ -222,6 +283,12 @@ int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
         fake_set_domain(atoi(envd), hd, 1, 0);
     }
     memset(info, 0, 112);
+    if (xs_root()) {
+        char g[PATH_MAX];
+        snprintf(g, sizeof(g), "%s/.gone", xs_root());
+        if (!access(g, F_OK))
+            fake_domid = -2;
+    }
     if (fake_domid >= 0 && first == (uint32_t)fake_domid) {
         uint16_t d = (uint16_t)fake_domid;
         memcpy(info, &d, 2);
@@ -232,4 +299,68 @@ int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
     }
     memcpy(info, &next, sizeof(next));
     return 1;
+}
+
+/* privcmd, when preloaded: the ioctls of docs/interfaces.md on the file
+ * named by FAKE_PRIVCMD succeed (nothing registered, nothing lent); any
+ * other fd goes to the real ioctl. */
+static int revokes;
+int fake_revokes(void) { return revokes; }
+static int is_fake_privcmd(int fd)
+{
+    const char *want = getenv("FAKE_PRIVCMD");
+    char link[64], path[PATH_MAX];
+    ssize_t n;
+    if (!want)
+        return 0;
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    n = readlink(link, path, sizeof(path) - 1);
+    if (n < 0)
+        return 0;
+    path[n] = 0;
+    return !strcmp(path, want);
+}
+int ioctl(int fd, unsigned long req, ...)
+{
+    static int (*real)(int, unsigned long, void *);
+    va_list ap;
+    void *arg;
+    va_start(ap, req);
+    arg = va_arg(ap, void *);
+    va_end(ap);
+    if (is_fake_privcmd(fd) && ((req >> 8) & 0xff) == 'P') {
+        switch (req & 0xff) {
+        case 6: { /* RESTRICT */
+            const char *log = getenv("FAKE_PRIVCMD_LOG");
+            FILE *f;
+            if (log && (f = fopen(log, "a"))) {
+                fprintf(f, "restrict dom=%u\n", *(uint16_t *)arg);
+                fclose(f);
+            }
+            return 0;
+        }
+        case 13: /* HOSTMEM_LEND: nothing registered */
+            ((uint32_t *)arg)[6] = 0;
+            return 0;
+        case 14: { /* HOSTMEM_REVOKE: logged to FAKE_PRIVCMD_LOG */
+            const char *log = getenv("FAKE_PRIVCMD_LOG");
+            FILE *f;
+            revokes++;
+            if (log && (f = fopen(log, "a"))) {
+                fprintf(f, "revoke dom=%u flags=%u\n", ((uint16_t *)arg)[8], ((uint16_t *)arg)[9]);
+                fclose(f);
+            }
+            return 0;
+        }
+        case 15: /* HOSTMEM_QUERY */
+            ((uint32_t *)arg)[1] = 0;
+            ((uint64_t *)arg)[2] = 0;
+            return 0;
+        }
+        errno = ENOTTY;
+        return -1;
+    }
+    if (!real)
+        real = (int (*)(int, unsigned long, void *))dlsym(RTLD_NEXT, "ioctl");
+    return real(fd, req, arg);
 }
