@@ -11,9 +11,11 @@ gh_use_fake_plugin create=ok destroy=ok
 for v in unset 0; do
     name=gh-libxl-off-$v
     if [ "$v" = unset ]; then
-        cfg=$(gh_hvm_cfg "$name")
+        gh_hvm_cfg "$name"
+        cfg=$GH_CFG
     else
-        cfg=$(gh_hvm_cfg "$name" "gpu_hostmem = 0" "gpu_hostmem_size = 3")
+        gh_hvm_cfg "$name" "gpu_hostmem = 0" "gpu_hostmem_size = 3"
+        cfg=$GH_CFG
     fi
     log "gpu_hostmem $v: xl create"
     gh_xl_ok xl create "$cfg"

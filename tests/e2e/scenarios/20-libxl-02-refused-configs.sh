@@ -7,25 +7,29 @@
 
 gh_use_fake_plugin create=ok destroy=ok
 
-cfg=$(gh_cfg gh-libxl-pv 'type = "pv"' 'memory = 128' 'kernel = "/nonexistent/vmlinuz"' 'gpu_hostmem = 1')
+gh_cfg gh-libxl-pv 'type = "pv"' 'memory = 128' 'kernel = "/nonexistent/vmlinuz"' 'gpu_hostmem = 1'
+cfg=$GH_CFG
 gh_xl_fails 'gpu_hostmem is only supported for HVM guests' xl create "$cfg"
 gh_assert_only_dom0
 ok "PV guest with gpu_hostmem refused"
 
-cfg=$(gh_cfg gh-libxl-pvh 'type = "pvh"' 'memory = 128' 'kernel = "/nonexistent/vmlinuz"' 'gpu_hostmem = 1')
+gh_cfg gh-libxl-pvh 'type = "pvh"' 'memory = 128' 'kernel = "/nonexistent/vmlinuz"' 'gpu_hostmem = 1'
+cfg=$GH_CFG
 gh_xl_fails 'gpu_hostmem is only supported for HVM guests' xl create "$cfg"
 gh_assert_only_dom0
 ok "PVH guest with gpu_hostmem refused"
 
 for size in 3 768 131072; do
-    cfg=$(gh_hvm_cfg "gh-libxl-size-$size" "gpu_hostmem = 1" "gpu_hostmem_size = $size")
+    gh_hvm_cfg "gh-libxl-size-$size" "gpu_hostmem = 1" "gpu_hostmem_size = $size"
+    cfg=$GH_CFG
     gh_xl_fails "gpu_hostmem_size=$size MiB is invalid: it must be a power of two between 1 and 65536 MiB" \
         xl create "$cfg"
     gh_assert_only_dom0
     ok "gpu_hostmem_size = $size refused"
 done
 
-cfg=$(gh_hvm_cfg gh-libxl-size-neg "gpu_hostmem = 1" "gpu_hostmem_size = -1")
+gh_hvm_cfg gh-libxl-size-neg "gpu_hostmem = 1" "gpu_hostmem_size = -1"
+cfg=$GH_CFG
 gh_xl_fails 'invalid value -1 for "gpu_hostmem_size"' xl create "$cfg"
 gh_assert_only_dom0
 ok "gpu_hostmem_size = -1 refused"

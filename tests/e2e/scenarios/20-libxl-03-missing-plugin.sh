@@ -6,7 +6,8 @@
 . "$(dirname "$0")/20-libxl.lib"
 
 gh_use_plugin none
-cfg=$(gh_hvm_cfg gh-libxl-noplugin "gpu_hostmem = 1")
+gh_hvm_cfg gh-libxl-noplugin "gpu_hostmem = 1"
+cfg=$GH_CFG
 gh_xl_fails "gpu_hostmem: cannot load the plugin: $GH_PLUGIN: cannot open shared object file" \
     xl create "$cfg"
 gh_assert_only_dom0

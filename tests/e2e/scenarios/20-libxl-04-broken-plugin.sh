@@ -12,7 +12,8 @@
 # shellcheck source=20-libxl.lib
 . "$(dirname "$0")/20-libxl.lib"
 
-cfg=$(gh_hvm_cfg gh-libxl-broken "gpu_hostmem = 1" "gpu_hostmem_size = 64")
+gh_hvm_cfg gh-libxl-broken "gpu_hostmem = 1" "gpu_hostmem_size = 64"
+cfg=$GH_CFG
 
 log "a file that is not a shared object"
 printf 'this is not an ELF file\n' >"$GH_WORK/garbage.so"

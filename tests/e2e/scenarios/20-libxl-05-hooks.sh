@@ -14,7 +14,8 @@
 
 gh_use_fake_plugin create=ok destroy=ok
 name=gh-libxl-hooks
-cfg=$(gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 64")
+gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 64"
+cfg=$GH_CFG
 
 # ------------------------------------------------------------ create, destroy
 gh_xl_ok xl create -p "$cfg"
@@ -63,7 +64,8 @@ ok "xl destroy: destroy hook for domain $domid ($uuid), nothing left"
 
 # ------------------------------------------------------------ default size
 : >"$GH_FAKE_LOG"
-cfg=$(gh_hvm_cfg gh-libxl-default "gpu_hostmem = 1")
+gh_hvm_cfg gh-libxl-default "gpu_hostmem = 1"
+cfg=$GH_CFG
 gh_xl_ok xl create -p "$cfg"
 d2=$(gh_domid gh-libxl-default) || fail "domain not created"
 gh_fake_log_has "^create domid=$d2 .* size=256 " || { gh_show_fake_log; fail "default BAR size is not 256 MiB"; }
@@ -83,9 +85,10 @@ done
 # (or a reboot) to Xen; xl's monitor then destroys and restarts the domain.
 : >"$GH_FAKE_LOG"
 name=gh-libxl-crash
-cfg=$(gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 32" \
+gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 32" \
     "kernel = \"$kernel\"" 'extra = "console=hvc0 panic=1 root=/dev/gh-none"' \
-    'on_crash = "restart"' 'on_reboot = "restart"')
+    'on_crash = "restart"' 'on_reboot = "restart"'
+cfg=$GH_CFG
 gh_xl_ok xl create "$cfg"
 first=$(gh_domid "$name") || fail "domain not created"
 log "waiting for domain $first to crash and be restarted by xl's monitor"

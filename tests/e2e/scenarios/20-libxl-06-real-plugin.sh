@@ -14,7 +14,8 @@
 grep -aq 'fake plugin' "$GH_PLUGIN" && skip "$GH_PLUGIN is the fake plugin, not the real one"
 
 name=gh-libxl-real
-cfg=$(gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 64")
+gh_hvm_cfg "$name" "gpu_hostmem = 1" "gpu_hostmem_size = 64"
+cfg=$GH_CFG
 gh_xl_ok xl create "$cfg"
 domid=$(gh_domid "$name") || fail "domain not created"
 uuid=$(gh_uuid "$name")
