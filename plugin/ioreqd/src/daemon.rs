@@ -182,6 +182,9 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         let w = sig_w.try_clone().map_err(at("signal pipe"))?;
         signal_hook::low_level::pipe::register(sig, w).map_err(at("signal handler"))?;
     }
+    // The watch fd first: libxenstore signals it only for watches that
+    // fire once it exists.
+    let xs_fd = xs.fd().map_err(at("xenstore fd"))?;
     let _release = xs
         .watch("@releaseDomain", RELEASE_TOKEN)
         .map_err(at("watch @releaseDomain"))?;
@@ -190,7 +193,7 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     // Stage: the ioreq server (create with RETRY, ioreq page + event
     // channels, PCI function, enable), undone by itself on failure.
     let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
-    pdm.add_wake_fd(xs.fd().map_err(at("xenstore fd"))?);
+    pdm.add_wake_fd(xs_fd);
     pdm.add_wake_fd(sig_r.as_fd());
     pdm.add_wake_fd(ctl.as_fd());
     let hm = XenHostMem::new(privcmd, &xc);
