@@ -42,14 +42,7 @@ impl HookError {
     }
 
     fn xen(e: XenError) -> Self {
-        let errno = match &e {
-            XenError::Load { .. } | XenError::Symbol { .. } | XenError::NoVersion { .. } => {
-                libc::ENOSYS
-            }
-            XenError::Invalid { .. } => libc::EINVAL,
-            XenError::Os { .. } => e.errno().unwrap_or(libc::EIO),
-        };
-        Self::new(errno, e.to_string())
+        Self::new(e.as_errno(), e.to_string())
     }
 }
 

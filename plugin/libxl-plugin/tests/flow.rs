@@ -8,6 +8,7 @@ use gpu_hostmem_plugin::abi::{
     gpu_hostmem_plugin_create, gpu_hostmem_plugin_destroy, GpuHostmemDomain,
     GPU_HOSTMEM_PLUGIN_ABI_VERSION,
 };
+use gpu_hostmem_xen::process::is_running;
 use std::ffi::{c_char, c_int};
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -119,19 +120,12 @@ fn read(domid: u32, key: &str) -> Option<String> {
     fs::read_to_string(node(domid, key).join(".value")).ok()
 }
 
-fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().to_owned()))
-        .is_some_and(|r| !r.starts_with('Z') && !r.starts_with('X'))
-}
-
 fn wait_dead(pid: u32) -> bool {
     let t = Instant::now();
-    while alive(pid) && t.elapsed() < Duration::from_secs(5) {
+    while is_running(pid) && t.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    !alive(pid)
+    !is_running(pid)
 }
 
 #[test]
@@ -153,7 +147,7 @@ fn child_flow() {
         Some("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa")
     );
     let pid: u32 = read(5, "pid").expect("pid").parse().expect("pid number");
-    assert!(alive(pid));
+    assert!(is_running(pid));
     // A second create for the same running domain is refused.
     let (rc, msg) = call(gpu_hostmem_plugin_create, 5, UUID_A);
     assert_eq!(rc, -libc::EEXIST, "{msg}");
@@ -162,7 +156,7 @@ fn child_flow() {
     assert_eq!(rc, -libc::EEXIST, "{msg}");
     assert!(msg.contains("refusing"), "{msg}");
     assert!(
-        alive(pid),
+        is_running(pid),
         "the server of the recorded domain was left alone"
     );
     let (rc, msg) = call(gpu_hostmem_plugin_destroy, 5, UUID_A);

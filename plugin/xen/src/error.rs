@@ -69,6 +69,19 @@ impl XenError {
         }
     }
 
+    /// An errno for callers that report one (C hooks, the platform traits):
+    /// the OS errno, ENOSYS for a missing library or symbol, EINVAL for a
+    /// refused argument.
+    pub fn as_errno(&self) -> i32 {
+        match self {
+            XenError::Os { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            XenError::Load { .. } | XenError::Symbol { .. } | XenError::NoVersion { .. } => {
+                libc::ENOSYS
+            }
+            XenError::Invalid { .. } => libc::EINVAL,
+        }
+    }
+
     /// The operation that failed, for logs and status.
     pub fn op(&self) -> &'static str {
         match self {

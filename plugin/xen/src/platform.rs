@@ -24,14 +24,7 @@ use std::time::Duration;
 
 impl From<XenError> for PlatformError {
     fn from(e: XenError) -> Self {
-        let errno = match &e {
-            XenError::Os { .. } => e.errno().unwrap_or(libc::EIO),
-            XenError::Load { .. } | XenError::Symbol { .. } | XenError::NoVersion { .. } => {
-                libc::ENOSYS
-            }
-            XenError::Invalid { .. } => libc::EINVAL,
-        };
-        PlatformError::new(e.op(), Errno(errno))
+        PlatformError::new(e.op(), Errno(e.as_errno()))
     }
 }
 
