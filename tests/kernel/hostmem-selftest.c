@@ -4,7 +4,8 @@
  * (IOCTL_PRIVCMD_HOSTMEM_*, docs/interfaces.md section 2) of the patched
  * xen-privcmd module, in dom0.
  *
- *   hostmem-selftest [--dom N] [--gfn G] [--seconds S] [--require-lend]
+ *   hostmem-selftest [--dom N | --make-domain] [--gfn G] [--seconds S]
+ *                    [--require-lend]
  *
  * Without --dom only the argument checks and the registration bookkeeping
  * are tested (registrations name a domid that need not exist, 0x7fe0 by
@@ -12,8 +13,11 @@
  * XEN_DMOP_lend_pages, pages are lent at guest frames G... (default
  * 0x100000, i.e. 4 GiB: above the RAM of a small guest) and revocation by
  * munmap, MADV_DONTNEED, owner exit, fd close and concurrent invalidations
- * is checked. When Xen cannot lend, those tests are reported as SKIP, or
- * as failures with --require-lend.
+ * is checked. --make-domain creates a bare HVM domain (never run) with raw
+ * Xen 4.20 domctls, lends to it, and at the end destroys it while pages
+ * are lent, to check that revoking from a dead domain succeeds. When Xen
+ * cannot lend, those tests are reported as SKIP, or as failures with
+ * --require-lend.
  *
  * Output: TAP ("ok N - name", "not ok N - name # why") plus one line
  * "RESULT name=<name> ok=0|1 value=<detail>" per test that ran. Exit
@@ -114,6 +118,58 @@ _Static_assert(sizeof(struct privcmd_hostmem_query) == 24, "query");
 #define IOCTL_PRIVCMD_HOSTMEM_QUERY \
 	_IOWR('P', 15, struct privcmd_hostmem_query)
 
+/*
+ * --make-domain: a bare HVM domain to lend to, made with raw domctls of
+ * Xen 4.20 (interface version 0x17). Test use only: the domain never runs.
+ */
+struct privcmd_hypercall {
+	uint64_t op;
+	uint64_t arg[5];
+};
+
+#define IOCTL_PRIVCMD_HYPERCALL \
+	_IOC(_IOC_NONE, 'P', 0, sizeof(struct privcmd_hypercall))
+#define HYPERVISOR_domctl 36
+#define XEN_DOMCTL_INTERFACE_VERSION 0x17
+#define XEN_DOMCTL_createdomain 1
+#define XEN_DOMCTL_destroydomain 2
+#define XEN_DOMCTL_set_paging_mempool_size 86
+#define XEN_DOMCTL_CDF_hvm (1u << 0)
+#define XEN_DOMCTL_CDF_hap (1u << 1)
+#define XEN_X86_EMU_LAPIC (1u << 0)
+
+struct xen_domctl_createdomain {
+	uint32_t ssidref;
+	uint8_t handle[16];
+	uint32_t flags;
+	uint32_t iommu_opts;
+	uint32_t max_vcpus;
+	uint32_t max_evtchn_port;
+	int32_t max_grant_frames;
+	int32_t max_maptrack_frames;
+	uint32_t grant_opts;
+	uint32_t altp2m_opts;
+	uint32_t vmtrace_size;
+	uint32_t cpupool_id;
+	uint32_t emulation_flags;
+	uint32_t misc_flags;
+};
+
+struct xen_domctl {
+	uint32_t cmd;
+	uint32_t interface_version;
+	domid_t domain;
+	uint16_t pad[3];
+	union {
+		struct xen_domctl_createdomain createdomain;
+		uint64_t paging_mempool_size;
+		uint8_t pad[128];
+	} u;
+};
+
+_Static_assert(sizeof(struct xen_domctl_createdomain) == 68, "createdomain");
+_Static_assert(sizeof(struct xen_domctl) == 144, "domctl");
+
 #define PRIVCMD "/dev/xen/privcmd"
 #define PARAMS "/sys/module/xen_privcmd/parameters/"
 #define MAX_REGIONS 1024
@@ -124,6 +180,7 @@ static bool have_guest;
 static uint64_t gfn_base = 0x100000;
 static unsigned int seconds = 5;
 static bool require_lend;
+static bool make_domain;
 static int fd = -1;
 static int tests, failures;
 
@@ -622,6 +679,8 @@ static void test_owner_exit_bookkeeping(void)
 
 /* --- lending -------------------------------------------------------------- */
 
+
+
 static uint64_t lent_now(void)
 {
 	query();
@@ -636,6 +695,34 @@ static void fill(char *m, size_t pages, uint32_t gen)
 				((uint64_t)gen << 32) | (i << 12) | j;
 }
 
+/*
+ * The same page lent, revoked and lent again, at the same and at another
+ * GFN: what every BAR move and every revoke-then-refault does. Run first,
+ * since a Xen that fails this makes the later tests fail for the same
+ * reason.
+ */
+static void test_relend_after_revoke(void)
+{
+	char *m = map_anon(1, PROT_READ | PROT_WRITE);
+	uint32_t n = 0;
+	int rc1, rc2, rc3;
+
+	fill(m, 1, 4);
+	reg(m, pg, 0, 45);
+	rc1 = lend(0, gfn_base, 1, &n);
+	revoke_on(fd, gfn_base, 1, 0, dom);
+	rc2 = lend(0, gfn_base, 1, &n);
+	revoke_all();
+	rc3 = lend(0, gfn_base + 7, 1, &n);
+	revoke_all();
+	query();
+	result("relend-after-revoke", !rc1 && !rc2 && !rc3 && q.lent == 0,
+	       "first=%s same-gfn=%s other-gfn=%s lent=%" PRIu64, ename(rc1),
+	       ename(rc2), ename(rc3), q.lent);
+	unreg(45);
+	munmap(m, pg);
+}
+
 static void test_lend_basic(void)
 {
 	char *m = map_anon(32, PROT_READ | PROT_WRITE);
@@ -646,11 +733,13 @@ static void test_lend_basic(void)
 	expect("lend-register", reg(m, 32 * pg, 0, 50), 0);
 	rc = lend(0, gfn_base, 32, &n);
 	result("lend-all", rc == 0 && n == 32, "rc=%s nr_lent=%u", ename(rc), n);
-	result("query-counts-lent", lent_now() == 32 && region(50) &&
+	query();
+	result("query-counts-lent", q.lent == 32 && region(50) &&
 	       region(50)->lent_pages == 32, "lent=%" PRIu64, q.lent);
 	rc = lend(0, gfn_base, 32, &n);
+	query();
 	result("lend-again-is-idempotent", rc == 0 && n == 32 &&
-	       lent_now() == 32, "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc),
+	       q.lent == 32, "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc),
 	       n, q.lent);
 	rc = lend(0, gfn_base + 1000, 1, &n);
 	expect("lend-same-page-elsewhere", rc, EEXIST);
@@ -659,33 +748,40 @@ static void test_lend_basic(void)
 	       "rc=%s nr_lent=%u", ename(rc), n);
 
 	expect("revoke-range", revoke_on(fd, gfn_base, 8, 0, dom), 0);
-	result("revoke-range-counts", lent_now() == 24, "lent=%" PRIu64, q.lent);
+	query();
+	result("revoke-range-counts", q.lent == 24, "lent=%" PRIu64, q.lent);
 	expect("revoke-all", revoke_all(), 0);
-	result("revoke-all-counts", lent_now() == 0, "lent=%" PRIu64, q.lent);
+	query();
+	result("revoke-all-counts", q.lent == 0, "lent=%" PRIu64, q.lent);
 
 	/* munmap of part of a lent range revokes those pages. */
 	lend(0, gfn_base, 32, &n);
 	munmap(m + 16 * pg, 16 * pg);
-	result("munmap-revokes", lent_now() == 16, "lent=%" PRIu64, q.lent);
+	query();
+	result("munmap-revokes", q.lent == 16, "lent=%" PRIu64, q.lent);
 	rc = lend(0, gfn_base, 32, &n);
 	result("lend-unmapped-fails", rc == EFAULT && n == 16,
 	       "rc=%s nr_lent=%u", ename(rc), n);
 
 	/* MADV_DONTNEED revokes; the next lend gives the new pages. */
 	madvise(m, 4 * pg, MADV_DONTNEED);
-	result("dontneed-revokes", lent_now() == 12, "lent=%" PRIu64, q.lent);
+	query();
+	result("dontneed-revokes", q.lent == 12, "lent=%" PRIu64, q.lent);
 	rc = lend(0, gfn_base, 16, &n);
-	result("relend-after-dontneed", rc == 0 && n == 16 && lent_now() == 16,
+	query();
+	result("relend-after-dontneed", rc == 0 && n == 16 && q.lent == 16,
 	       "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc), n, q.lent);
 
 	/* mprotect to read-only revokes: the guest may not write any more. */
 	mprotect(m, pg, PROT_READ);
-	result("mprotect-revokes", lent_now() == 15, "lent=%" PRIu64, q.lent);
+	query();
+	result("mprotect-revokes", q.lent == 15, "lent=%" PRIu64, q.lent);
 	rc = lend(0, gfn_base, 1, &n);
 	expect("lend-read-only-refused", rc, EACCES);
 
 	expect("unregister-lent", unreg(50), 0);
-	result("unregister-revokes", lent_now() == 0 && q.nr == 0,
+	query();
+	result("unregister-revokes", q.lent == 0 && q.nr == 0,
 	       "lent=%" PRIu64 " nr=%u", q.lent, q.nr);
 	munmap(m, 16 * pg);
 }
@@ -719,8 +815,9 @@ static void test_lend_owner_exit(void)
 	if (write(done[1], "x", 1) != 1)
 		c = 'n';
 	waitpid(pid, NULL, 0);
+	query();
 	result("owner-exit-revokes", c == 'y' && before == 8 &&
-	       lent_now() == 0 && region(60),
+	       q.lent == 0 && region(60),
 	       "child=%c before=%" PRIu64 " after=%" PRIu64, c, before, q.lent);
 	unreg(60);
 	close(ready[0]);
@@ -736,13 +833,17 @@ static void test_lend_fd_close(void)
 	uint32_t n = 0;
 	uint64_t before;
 
-	reg_on(f, m, 8 * pg, 0, 70, dom);
-	lend(0, gfn_base, 8, &n);
+	int rc1 = reg_on(f, m, 8 * pg, 0, 70, dom);
+	int rc2 = lend(0, gfn_base, 8, &n);
+
 	before = lent_now();
 	close(f);
-	result("fd-close-revokes", before == 8 && lent_now() == 0 && q.nr == 0,
-	       "before=%" PRIu64 " after=%" PRIu64 " nr=%u", before, q.lent,
-	       q.nr);
+	query();
+	result("fd-close-revokes", !rc1 && !rc2 && before == 8 &&
+	       q.lent == 0 && q.nr == 0,
+	       "register=%s lend=%s before=%" PRIu64 " after=%" PRIu64
+	       " nr=%u first-id=%u", ename(rc1), ename(rc2), before, q.lent,
+	       q.nr, q.nr ? q.r[0].id : 0);
 	munmap(m, 8 * pg);
 }
 
@@ -835,6 +936,101 @@ static void test_lend_stress(void)
 	munmap(stress_mem, (size_t)STRESS_PAGES * pg);
 }
 
+/* --- a bare HVM domain (--make-domain) ---------------------------------- */
+
+static void *hbuf;
+
+static int domctl(struct xen_domctl *d)
+{
+	struct privcmd_hypercall h = { .op = HYPERVISOR_domctl };
+	int rc;
+
+	if (!hbuf) {
+		int hfd = open("/dev/xen/hypercall", O_RDWR | O_CLOEXEC);
+
+		hbuf = hfd < 0 ? MAP_FAILED :
+		       mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, hfd, 0);
+		if (hfd >= 0)
+			close(hfd);
+		if (hbuf == MAP_FAILED) {
+			hbuf = NULL;
+			return errno;
+		}
+	}
+	d->interface_version = XEN_DOMCTL_INTERFACE_VERSION;
+	memcpy(hbuf, d, sizeof(*d));
+	h.arg[0] = (uintptr_t)hbuf;
+	rc = ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &h) < 0 ? errno : 0;
+	memcpy(d, hbuf, sizeof(*d));
+	return rc;
+}
+
+static int create_domain(domid_t *out)
+{
+	struct xen_domctl d = { .cmd = XEN_DOMCTL_createdomain };
+	int rc;
+
+	d.u.createdomain.flags = XEN_DOMCTL_CDF_hvm | XEN_DOMCTL_CDF_hap;
+	d.u.createdomain.max_vcpus = 1;
+	d.u.createdomain.max_evtchn_port = 1023;
+	d.u.createdomain.max_grant_frames = -1;
+	d.u.createdomain.max_maptrack_frames = -1;
+	d.u.createdomain.grant_opts = 1;
+	d.u.createdomain.emulation_flags = XEN_X86_EMU_LAPIC;
+	rc = domctl(&d);
+	if (rc)
+		return rc;
+	*out = d.domain;
+
+	/* Room for the p2m pages that lending at 4 GiB needs. */
+	memset(&d, 0, sizeof(d));
+	d.cmd = XEN_DOMCTL_set_paging_mempool_size;
+	d.domain = *out;
+	d.u.paging_mempool_size = 4 << 20;
+	return domctl(&d);
+}
+
+static int destroy_domain(domid_t id)
+{
+	struct xen_domctl d;
+	int rc, tries = 0;
+
+	do {
+		memset(&d, 0, sizeof(d));
+		d.cmd = XEN_DOMCTL_destroydomain;
+		d.domain = id;
+		rc = domctl(&d);
+	} while ((rc == EAGAIN || rc == EINTR) && ++tries < 1000);
+	return rc;
+}
+
+/* Lent pages of a domain that is destroyed: revoking succeeds. */
+static void test_lend_domain_gone(void)
+{
+	char *m = map_anon(8, PROT_READ | PROT_WRITE);
+	uint32_t n = 0;
+	int rc;
+
+	fill(m, 8, 3);
+	reg(m, 8 * pg, 0, 90);
+	rc = lend(0, gfn_base, 4, &n);
+	result("gone-lend", rc == 0 && n == 4, "rc=%s nr_lent=%u", ename(rc), n);
+	rc = destroy_domain(dom);
+	result("gone-destroy-domain", rc == 0, "rc=%s", ename(rc));
+	/* Pages 0-3 are still recorded as lent; page 4 meets the dead domain. */
+	rc = lend(0, gfn_base, 8, &n);
+	result("gone-lend-fails", rc == ESRCH && n == 4, "rc=%s nr_lent=%u",
+	       ename(rc), n);
+	madvise(m, 2 * pg, MADV_DONTNEED);
+	query();
+	result("gone-invalidate-revokes", q.lent == 2, "lent=%" PRIu64, q.lent);
+	expect("gone-revoke-all", revoke_all(), 0);
+	query();
+	result("gone-revoke-all-counts", q.lent == 0, "lent=%" PRIu64, q.lent);
+	expect("gone-unregister", unreg(90), 0);
+	munmap(m, 8 * pg);
+}
+
 static void test_lending(void)
 {
 	static const char *const names[] = {
@@ -849,12 +1045,15 @@ static void test_lending(void)
 	if (!have_guest) {
 		why = "no guest given (--dom)";
 	} else {
+		/*
+		 * The probe's page stays mapped until the end, so that a Xen
+		 * that fails to release it cannot hand it to the next test.
+		 */
 		m = map_anon(1, PROT_READ | PROT_WRITE);
 		reg(m, pg, 0, 49);
 		rc = lend(0, gfn_base, 1, &n);
 		revoke_all();
 		unreg(49);
-		munmap(m, pg);
 		if (rc == EOPNOTSUPP || rc == ENOSYS)
 			why = "Xen cannot lend pages (EOPNOTSUPP/ENOSYS)";
 		else if (rc)
@@ -869,10 +1068,13 @@ static void test_lending(void)
 			skip(names[i], why);
 		return;
 	}
+	test_relend_after_revoke();
 	test_lend_basic();
 	test_lend_owner_exit();
 	test_lend_fd_close();
 	test_lend_stress();
+	if (make_domain)
+		test_lend_domain_gone();
 }
 
 int main(int argc, char **argv)
@@ -885,11 +1087,13 @@ int main(int argc, char **argv)
 			gfn_base = strtoull(argv[++i], NULL, 0);
 		} else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) {
 			seconds = strtoul(argv[++i], NULL, 0);
+		} else if (!strcmp(argv[i], "--make-domain")) {
+			make_domain = true;
 		} else if (!strcmp(argv[i], "--require-lend")) {
 			require_lend = true;
 		} else {
 			fprintf(stderr, "usage: %s [--dom N] [--gfn G] "
-				"[--seconds S] [--require-lend]\n", argv[0]);
+				"[--seconds S] [--make-domain] [--require-lend]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -913,6 +1117,16 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
+	if (make_domain) {
+		int rc = have_guest ? EINVAL : create_domain(&dom);
+
+		result("make-domain", rc == 0, "rc=%s dom=%u", ename(rc), dom);
+		if (rc)
+			return 1;
+		have_guest = true;
+		printf("# made HVM domain %u\n", dom);
+	}
+
 	test_register_query_unregister();
 	test_bad_inputs();
 	test_memory_kinds();
@@ -921,6 +1135,9 @@ int main(int argc, char **argv)
 	test_limits();
 	test_owner_exit_bookkeeping();
 	test_lending();
+
+	if (make_domain && dom != 0x7fe0)
+		destroy_domain(dom);	/* idempotent: ESRCH if already gone */
 
 	printf("1..%d\n", tests);
 	printf("# %d tests, %d failed\n", tests, failures);

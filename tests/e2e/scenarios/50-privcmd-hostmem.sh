@@ -7,16 +7,21 @@
 #  1. privcmd-hostmem-module: the loaded xen-privcmd is ours (it has the
 #     hostmem_* parameters) and was loaded from updates/.
 #  2. the selftest (tests/kernel/hostmem-selftest.c): argument checks and
-#     registration bookkeeping always; lending, revocation by munmap /
-#     MADV_DONTNEED / owner exit / fd close and the concurrent stress when
-#     HOSTMEM_GUEST_DOMID names a running HVM guest and Xen lends pages.
+#     registration bookkeeping; then lending, relending after a revoke,
+#     revocation by munmap / MADV_DONTNEED / mprotect / owner exit / fd
+#     close / domain destruction and the concurrent stress, against a bare
+#     HVM domain the selftest creates itself (--make-domain) or against
+#     HOSTMEM_GUEST_DOMID. Lending needs the Xen of xen-patches/; on a Xen
+#     without XEN_DMOP_lend_pages those tests are skipped (TAP SKIP) unless
+#     HOSTMEM_REQUIRE_LEND=1.
 #
 # Environment:
 #   HOSTMEM_SELFTEST      the selftest binary (default: searched in PATH,
 #                         /usr/local/bin, /opt/gpu-hostmem/bin, /root)
-#   HOSTMEM_GUEST_DOMID   optional: HVM guest to lend pages to
-#   HOSTMEM_GUEST_GFN     optional: first guest frame to lend at (default
-#                         0x100000, 4 GiB, above a small guest's RAM)
+#   HOSTMEM_GUEST_DOMID   lend to this running HVM guest instead of a bare
+#                         domain made by the selftest
+#   HOSTMEM_GUEST_GFN     first guest frame to lend at (default 0x100000,
+#                         4 GiB, above a small guest's RAM)
 #   HOSTMEM_REQUIRE_LEND  1: fail, rather than skip, when lending cannot run
 #   HOSTMEM_SECONDS       duration of the concurrent stress (default 5)
 set -u
@@ -59,13 +64,32 @@ if [ -z "$bin" ]; then
     exit 1
 fi
 set -- --seconds "${HOSTMEM_SECONDS:-5}"
-[ -n "${HOSTMEM_GUEST_DOMID:-}" ] && set -- "$@" --dom "$HOSTMEM_GUEST_DOMID"
+if [ -n "${HOSTMEM_GUEST_DOMID:-}" ]; then
+    set -- "$@" --dom "$HOSTMEM_GUEST_DOMID"
+else
+    set -- "$@" --make-domain
+fi
 [ -n "${HOSTMEM_GUEST_GFN:-}" ] && set -- "$@" --gfn "$HOSTMEM_GUEST_GFN"
 [ "${HOSTMEM_REQUIRE_LEND:-0}" = 1 ] && set -- "$@" --require-lend
 
 dmesg_before=$(dmesg 2>/dev/null | wc -l)
-"$bin" "$@"
+out=/tmp/privcmd-selftest.$$
+"$bin" "$@" >"$out" 2>&1
 rc=$?
+cat "$out"
+
+# A domain made by the selftest must be gone, even if the selftest died.
+made=$(sed -n 's/^# made HVM domain \([0-9]*\)$/\1/p' "$out")
+rm -f "$out"
+if [ -n "$made" ] && command -v xl >/dev/null 2>&1; then
+    if xl list "$made" >/dev/null 2>&1; then
+        xl destroy "$made" >/dev/null 2>&1
+        echo "RESULT name=privcmd-hostmem-domain-cleaned ok=0 value=dom$made-left-behind"
+        fail=1
+    else
+        echo "RESULT name=privcmd-hostmem-domain-cleaned ok=1 value=dom$made"
+    fi
+fi
 echo "RESULT name=privcmd-hostmem-selftest ok=$([ $rc = 0 ] && echo 1 || echo 0) value=exit:$rc"
 [ $rc = 0 ] || fail=1
 
