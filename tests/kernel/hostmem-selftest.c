@@ -26,7 +26,9 @@
  * The structures are declared here, as userspace has no copy of the
  * patched uAPI header; their sizes are checked against the contract.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
