@@ -135,6 +135,7 @@ struct privcmd_hypercall {
 #define XEN_DOMCTL_INTERFACE_VERSION 0x17
 #define XEN_DOMCTL_createdomain 1
 #define XEN_DOMCTL_destroydomain 2
+#define XEN_DOMCTL_max_vcpus 15
 #define XEN_DOMCTL_set_paging_mempool_size 86
 #define XEN_DOMCTL_CDF_hvm (1u << 0)
 #define XEN_DOMCTL_CDF_hap (1u << 1)
@@ -165,6 +166,7 @@ struct xen_domctl {
 	union {
 		struct xen_domctl_createdomain createdomain;
 		uint64_t paging_mempool_size;
+		uint32_t max_vcpus;
 		uint8_t pad[128];
 	} u;
 };
@@ -983,6 +985,18 @@ static int create_domain(domid_t *out)
 	if (rc)
 		return rc;
 	*out = d.domain;
+
+	/*
+	 * A vCPU, as the toolstack makes: until a domain has one, Xen writes
+	 * its p2m without the reference counting of p2m_entry_modify().
+	 */
+	memset(&d, 0, sizeof(d));
+	d.cmd = XEN_DOMCTL_max_vcpus;
+	d.domain = *out;
+	d.u.max_vcpus = 1;
+	rc = domctl(&d);
+	if (rc)
+		return rc;
 
 	/* Room for the p2m pages that lending at 4 GiB needs. */
 	memset(&d, 0, sizeof(d));
