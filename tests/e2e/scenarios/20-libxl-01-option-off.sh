@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Without gpu_hostmem, xl create behaves exactly as before: the domain is
-# built, libxl never loads the plugin (the fake plugin, installed at libxl's
+# built (paused: the diskless guest's firmware would reboot it after a while),
+# libxl never loads the plugin (the fake plugin, installed at libxl's
 # path, records no call), nothing of gpu-hostmem appears in xenstore, and
 # xl save / xl restore still work; with gpu_hostmem = 0 the same holds.
 # shellcheck source=20-libxl.lib
@@ -18,7 +19,7 @@ for v in unset 0; do
         cfg=$GH_CFG
     fi
     log "gpu_hostmem $v: xl create"
-    gh_xl_ok xl create "$cfg"
+    gh_xl_ok xl create -p "$cfg"
     domid=$(gh_domid "$name") || fail "domain $name not running after xl create"
     xenstore-read "/libxl/$domid/gpu-hostmem" >/dev/null 2>&1 &&
         fail "/libxl/$domid/gpu-hostmem exists for a domain without gpu_hostmem"

@@ -28,7 +28,7 @@ for size in 3 768 131072; do
     ok "gpu_hostmem_size = $size refused"
 done
 
-gh_hvm_cfg gh-libxl-size-neg "gpu_hostmem = 1" "gpu_hostmem_size = -1"
+gh_hvm_cfg gh-libxl-size-neg "gpu_hostmem = 1" 'gpu_hostmem_size = "-1"'  # the lexer has no negative numbers
 cfg=$GH_CFG
 gh_xl_fails 'invalid value -1 for "gpu_hostmem_size"' xl create "$cfg"
 gh_assert_only_dom0
