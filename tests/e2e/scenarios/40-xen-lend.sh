@@ -41,10 +41,8 @@ find_bin() {
     done
 }
 
-dom0_max_saved=
 cleanup() {
     xl destroy "$name" >/dev/null 2>&1
-    [ -n "$dom0_max_saved" ] && xl mem-max 0 "${dom0_max_saved}m" >/dev/null 2>&1
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -67,13 +65,6 @@ memory = 128
 vcpus = 1
 on_crash = "destroy"
 EOF
-
-# dom0 allocates a few MiB of fresh pages to lend: raise its maximum.
-cur=$(xl list 0 | awk 'NR == 2 { print $3 }')
-if [ -n "$cur" ]; then
-    dom0_max_saved=$cur
-    xl mem-max 0 "$((cur + 16))m" || log "xl mem-max failed"
-fi
 
 if ! timeout 120 xl create "$work/guest.cfg" >"$work/create.log" 2>&1; then
     sed 's/^/    | /' "$work/create.log" >&2
