@@ -51,7 +51,11 @@ fn create_and_destroy_against_fake_xen() {
         fs::create_dir_all(d).expect("mkdir");
     }
     let so = lib.join("libfakexen.so");
-    cc(&["-shared", "-fPIC", "-w"], &so, &fake.join("fakexen.c"));
+    cc(
+        &["-shared", "-fPIC", "-w", "-ldl"],
+        &so,
+        &fake.join("fakexen.c"),
+    );
     for soname in [
         "libxenstore.so.4",
         "libxendevicemodel.so.1",
@@ -64,10 +68,17 @@ fn create_and_destroy_against_fake_xen() {
     let ioreqd = bin.join("gpu-hostmem-ioreqd");
     cc(&["-w"], &ioreqd, &fake.join("fake_ioreqd.c"));
 
+    let privcmd = tmp.join("privcmd");
+    fs::write(&privcmd, b"").expect("privcmd marker");
+    let privcmd = privcmd.canonicalize().expect("canonical");
     let out = Command::new(std::env::current_exe().expect("exe"))
         .args(["--exact", "child_flow", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, "1")
         .env("LD_LIBRARY_PATH", &lib)
+        .env("LD_PRELOAD", &so)
+        .env("GPU_HOSTMEM_PRIVCMD", &privcmd)
+        .env("FAKE_PRIVCMD", &privcmd)
+        .env("FAKE_PRIVCMD_LOG", tmp.join("privcmd.log"))
         .env("FAKEXS_ROOT", &xs)
         .env("GPU_HOSTMEM_IOREQD", &ioreqd)
         .env("GPU_HOSTMEM_LOG_DIR", &logs)
@@ -221,4 +232,26 @@ fn child_flow() {
     );
     assert!(wait_dead(pid), "stubborn server killed");
     assert!(!node(9, "").exists(), "record removed after a kill");
+
+    // 6. The domain exists (the destroy hook runs before libxl destroys
+    //    it) and its server ignores SIGTERM: after the kill, every lent page
+    //    is revoked and the ioreq server the killed process left is
+    //    destroyed, for that domain only.
+    std::env::set_var("FAKE_DOMID", "10");
+    std::env::set_var("FAKE_UUID", "aa".repeat(16));
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    let pid: u32 = read(10, "pid").expect("pid").parse().expect("pid number");
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 10, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert!(wait_dead(pid));
+    let log_path = std::env::var_os("FAKE_PRIVCMD_LOG").expect("log env");
+    let log = fs::read_to_string(log_path).unwrap_or_default();
+    assert!(log.contains("restrict dom=10"), "{log}");
+    assert!(log.contains("revoke dom=10 flags=1"), "{log}");
+    assert!(log.contains("destroy dom=10 id=3"), "{log}");
+    assert!(
+        !log.contains("dom=5") && !log.contains("dom=9"),
+        "gone domains untouched: {log}"
+    );
 }

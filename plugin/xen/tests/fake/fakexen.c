@@ -102,9 +102,15 @@ static int destroyed;
 int fake_destroyed(void) { return destroyed; }
 int xendevicemodel_destroy_ioreq_server(void *h, uint16_t d, uint16_t id)
 {
+    const char *log = getenv("FAKE_PRIVCMD_LOG");
+    FILE *f;
     if (!is_fake(d) || id != 3)
         FAIL(ENOENT);
     destroyed++;
+    if (log && (f = fopen(log, "a"))) {
+        fprintf(f, "destroy dom=%u id=%u\n", d, id);
+        fclose(f);
+    }
     return 0;
 }
 int xendevicemodel_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
