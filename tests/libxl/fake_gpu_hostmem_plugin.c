@@ -21,6 +21,10 @@
  *
  *   create domid=5 uuid=<36 chars> size=256 vcpus=2 abi=1 flags=0
  *   destroy domid=5 uuid=<36 chars> size=256 vcpus=2 abi=1 flags=0
+ *
+ * The test bed (tests/e2e/build, progs) builds it into dom0's
+ * /usr/local/bin/fake_gpu_hostmem_plugin with these extra flags:
+ * e2e-build-flags: -shared -fPIC
  */
 #include <errno.h>
 #include <fcntl.h>

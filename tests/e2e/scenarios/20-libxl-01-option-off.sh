@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
+# timeout: 600
 # Without gpu_hostmem, xl create behaves exactly as before: the domain is
 # built (paused: the diskless guest's firmware would reboot it after a while),
 # libxl never loads the plugin (the fake plugin, installed at libxl's
 # path, records no call), nothing of gpu-hostmem appears in xenstore, and
 # xl save / xl restore still work; with gpu_hostmem = 0 the same holds.
-# shellcheck source=20-libxl.lib
-. "$(dirname "$0")/20-libxl.lib"
+# shellcheck source=lib-20-libxl.sh
+. "$(dirname "$0")/lib-20-libxl.sh"
 
 gh_use_fake_plugin create=ok destroy=ok
 

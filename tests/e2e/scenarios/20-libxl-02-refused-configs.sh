@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
+# timeout: 300
 # Configurations libxl must refuse up front, with a clear message, leaving no
 # domain behind and without calling the plugin: gpu_hostmem on a PV or PVH
 # guest, and BAR sizes that are not a power of two in [1 MiB, 64 GiB].
-# shellcheck source=20-libxl.lib
-. "$(dirname "$0")/20-libxl.lib"
+# shellcheck source=lib-20-libxl.sh
+. "$(dirname "$0")/lib-20-libxl.sh"
 
 gh_use_fake_plugin create=ok destroy=ok
 

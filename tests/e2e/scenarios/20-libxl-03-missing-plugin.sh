@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
+# timeout: 300
 # No plugin at libxl's fixed path: xl create of a gpu_hostmem guest fails,
 # says which file it could not load, and leaves no domain and no xenstore
 # state behind (the half-built domain is destroyed).
-# shellcheck source=20-libxl.lib
-. "$(dirname "$0")/20-libxl.lib"
+# shellcheck source=lib-20-libxl.sh
+. "$(dirname "$0")/lib-20-libxl.sh"
 
 gh_use_plugin none
 gh_hvm_cfg gh-libxl-noplugin "gpu_hostmem = 1"

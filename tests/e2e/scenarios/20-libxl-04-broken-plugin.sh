@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# timeout: 900
 # A plugin libxl must refuse or survive: xl create of a gpu_hostmem guest
 # fails with a message saying what is wrong, the half-built domain is
 # destroyed (and the plugin's destroy hook called for it when the plugin can
@@ -9,8 +10,8 @@
 #   - the fake plugin's create hook failing, then crashing
 # and, the other way round, a failing or crashing destroy hook never stops a
 # domain from being destroyed.
-# shellcheck source=20-libxl.lib
-. "$(dirname "$0")/20-libxl.lib"
+# shellcheck source=lib-20-libxl.sh
+. "$(dirname "$0")/lib-20-libxl.sh"
 
 gh_hvm_cfg gh-libxl-broken "gpu_hostmem = 1" "gpu_hostmem_size = 64"
 cfg=$GH_CFG

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# timeout: 1200
 # libxl calls the plugin's hooks at the right points with the right domain,
 # checked with the fake plugin of tests/libxl/ (which logs every call):
 #   - xl create: create hook with the domain's domid, uuid, BAR size (given,
@@ -9,8 +10,8 @@
 #   - a domain that dies without xl destroy (the guest crashes; xl's monitor
 #     restarts it, then destroys it) gets the destroy hook, and its restart
 #     gets a fresh create hook.
-# shellcheck source=20-libxl.lib
-. "$(dirname "$0")/20-libxl.lib"
+# shellcheck source=lib-20-libxl.sh
+. "$(dirname "$0")/lib-20-libxl.sh"
 
 gh_use_fake_plugin create=ok destroy=ok
 name=gh-libxl-hooks
@@ -75,10 +76,10 @@ ok "default gpu_hostmem_size is 256 MiB"
 
 # ------------------------------------------------------------ death without xl destroy
 kernel=
-for c in "${GH_GUEST_KERNEL:-}" /var/lib/xen/images/vmlinuz /root/guest/vmlinuz /e2e/guest/vmlinuz; do
+for c in "${GH_GUEST_KERNEL:-}" /usr/lib/gpu-hostmem/guest/vmlinuz /var/lib/xen/images/vmlinuz; do
     [ -n "$c" ] && [ -f "$c" ] && { kernel=$c; break; }
 done
-[ -n "$kernel" ] || kernel=$(find /var/lib/xen /root /e2e /srv /boot -name 'vmlinuz*' -type f 2>/dev/null | head -n1)
+[ -n "$kernel" ] || kernel=$(find /usr/lib/gpu-hostmem /var/lib/xen /boot -name 'vmlinuz*' -type f 2>/dev/null | head -n1)
 [ -n "$kernel" ] || fail "no guest kernel found for the crash/restart check (set GH_GUEST_KERNEL)"
 
 # The kernel panics (no root file system) and, with panic=1, reports a crash

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# timeout: 600
 # With the real plugin (plugin/libxl-plugin, installed at libxl's fixed path):
 #   - xl create of a gpu_hostmem guest starts gpu-hostmem-ioreqd for it and
 #     records it in xenstore (/local/domain/0/gpu-hostmem/<domid>/: uuid,
@@ -7,8 +8,8 @@
 #     changes from "unmapped" to an address);
 #   - xl destroy stops the server: no process, no xenstore keys left.
 # Skipped (exit 77) when the real plugin is not installed in dom0.
-# shellcheck source=20-libxl.lib
-. "$(dirname "$0")/20-libxl.lib"
+# shellcheck source=lib-20-libxl.sh
+. "$(dirname "$0")/lib-20-libxl.sh"
 
 [ -f "$GH_PLUGIN" ] || skip "real plugin not installed at $GH_PLUGIN"
 grep -aq 'fake plugin' "$GH_PLUGIN" && skip "$GH_PLUGIN is the fake plugin, not the real one"

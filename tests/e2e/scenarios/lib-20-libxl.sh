@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Helpers shared by the 20-libxl-*.sh scenarios (sourced, not a scenario).
+# Helpers shared by the 20-libxl-*.sh scenarios (sourced, not a scenario: the
+# runner only runs scenarios/[0-9]*.sh, but copies every *.sh into dom0).
 # They run in dom0 of the test bed, as root, with the patched xl/libxenlight.
 #
 # libxl loads the gpu-hostmem plugin only from one fixed path, so the
@@ -14,7 +15,7 @@ GH_FAKE_DIR=/run/fake-gpu-hostmem
 GH_FAKE_LOG=$GH_FAKE_DIR/log
 GH_FAKE_CONF=$GH_FAKE_DIR/conf
 GH_WORK=$(mktemp -d /tmp/gh-libxl.XXXXXX)
-GH_SCENARIO=$(basename "$0" .sh)
+GH_SCENARIO=${GH_SCENARIO:-$(basename "$0" .sh)}
 GH_CFG=  # set by gh_hvm_cfg and gh_cfg
 export GH_CFG
 
@@ -47,13 +48,14 @@ ok() {
 gh_find_fake_plugin() {
     local c
     for c in "${GH_FAKE_PLUGIN:-}" \
+        /usr/local/bin/fake_gpu_hostmem_plugin \
         /usr/local/lib/gpu-hostmem-tests/libfake_gpu_hostmem_plugin.so \
         /opt/gpu-hostmem/tests/libfake_gpu_hostmem_plugin.so \
         /usr/local/lib/libfake_gpu_hostmem_plugin.so \
         /usr/local/bin/libfake_gpu_hostmem_plugin.so; do
         [ -n "$c" ] && [ -f "$c" ] && { echo "$c"; return 0; }
     done
-    c=$(find /usr/local /opt /root /e2e /srv -name libfake_gpu_hostmem_plugin.so -type f 2>/dev/null | head -n1)
+    c=$(find /usr/local /usr/lib/gpu-hostmem /opt /root -name '*fake_gpu_hostmem_plugin*' -type f 2>/dev/null | head -n1)
     [ -n "$c" ] && { echo "$c"; return 0; }
     return 1
 }
@@ -92,7 +94,7 @@ gh_use_plugin() {
 # gh_use_fake_plugin [key=value...]: the fake plugin, configured, empty log.
 gh_use_fake_plugin() {
     local so
-    so=$(gh_find_fake_plugin) || fail "fake plugin libfake_gpu_hostmem_plugin.so (tests/libxl/) not found in dom0"
+    so=$(gh_find_fake_plugin) || fail "fake plugin (tests/libxl/fake_gpu_hostmem_plugin.c) not found in dom0"
     gh_use_plugin "$so"
     mkdir -p "$GH_FAKE_DIR"
     : >"$GH_FAKE_LOG"
