@@ -1,5 +1,6 @@
 #!/bin/sh
 # Scenario: the patched xen-privcmd module (kernel-patches/) in dom0.
+# timeout: 240
 #
 # Runs in dom0 of the test bed. Prints "RESULT name=... ok=0|1 value=..."
 # lines and exits non-zero if any check failed.
