@@ -17,6 +17,7 @@
 # Environment:
 #   XEN_LEND_TEST   the test binary (default: searched in PATH,
 #                   /usr/local/bin, /opt/gpu-hostmem/bin, /root)
+# timeout: 240
 set -u
 
 name=xlt-$$
