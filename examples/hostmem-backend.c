@@ -16,13 +16,16 @@
  *      and registers it at its BAR offset (the kernel watches the range with
  *      an MMU notifier; nothing is pinned);
  *   3. prints "READY" and waits.  On SIGUSR1 it reports how many pages the
- *      guest has stamped (first word == ~pattern(offset)); on SIGTERM, SIGINT
+ *      guest has stamped (first word == ~pattern(offset)); on SIGUSR2 it
+ *      replaces the memory of every region (see replace_region); on SIGTERM, SIGINT
  *      or after SECONDS it unregisters everything and exits.  Unregistering,
  *      closing the fd or simply exiting revokes every page lent to the guest.
  *
  * Output lines start with "backend:" or "RESULT" so tests can parse them.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -50,12 +53,15 @@ struct region {
 };
 
 static volatile sig_atomic_t report_requested;
+static volatile sig_atomic_t replace_requested;
 static volatile sig_atomic_t stop_requested;
 
 static void on_signal(int sig)
 {
     if (sig == SIGUSR1)
         report_requested = 1;
+    else if (sig == SIGUSR2)
+        replace_requested = 1;
     else
         stop_requested = 1;
 }
@@ -119,6 +125,30 @@ static unsigned long stamped_pages(const struct region *r)
     return n;
 }
 
+/*
+ * Replaces a region's memory, as a backend does when it moves or frees a
+ * buffer: new memory is filled with pattern ^ REPLACED, then moved over the
+ * old mapping in one mremap().  The kernel's MMU notifier sees the old pages
+ * go and revokes them from the guest; the registration (an address range)
+ * stays, so the guest's next access faults and gets the new pages.
+ */
+#define REPLACED 0x5a5a5a5a00000000ULL
+static int replace_region(struct region *r)
+{
+    uint64_t *mem, w;
+
+    mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return -1;
+    for (w = 0; w < r->size / 8; w++)
+        mem[w] = pattern(r->offset + w * 8) ^ REPLACED;
+    if (mremap(mem, r->size, r->size, MREMAP_MAYMOVE | MREMAP_FIXED, r->mem) == MAP_FAILED) {
+        munmap(mem, r->size);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct region regions[MAX_REGIONS];
@@ -158,6 +188,7 @@ int main(int argc, char **argv)
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGUSR2, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
@@ -208,12 +239,32 @@ int main(int argc, char **argv)
 
     deadline = seconds > 0 ? time(NULL) + seconds : 0;
     while (!stop_requested && (!deadline || time(NULL) < deadline)) {
+        if (replace_requested) {
+            replace_requested = 0;
+            for (i = 0; i < nr; i++) {
+                int err = replace_region(&regions[i]) ? errno : 0;
+
+                printf("backend: replaced id=%u offset=0x%" PRIx64 ": %s\n", regions[i].id,
+                       regions[i].offset, err ? strerror(err) : "ok");
+                printf("RESULT name=backend-replace ok=%d value=%u\n", !err, regions[i].id);
+            }
+            fflush(stdout);
+        }
         if (report_requested) {
             report_requested = 0;
-            for (i = 0; i < nr; i++)
-                printf("RESULT name=backend-sees-guest-writes id=%u offset=0x%" PRIx64
-                       " ok=%d value=%lu\n", regions[i].id, regions[i].offset,
-                       stamped_pages(&regions[i]) > 0, stamped_pages(&regions[i]));
+            for (i = 0; i < nr; i++) {
+                const struct region *r = &regions[i];
+                unsigned long n = stamped_pages(r);
+
+                printf("backend: id=%u offset=0x%" PRIx64 ": first word 0x%016" PRIx64
+                       " (%s), %lu of %" PRIu64 " page(s) stamped by the guest\n",
+                       r->id, r->offset, r->mem[0],
+                       r->mem[0] == ~pattern(r->offset) ? "guest stamp" :
+                       r->mem[0] == pattern(r->offset) ? "still our pattern" : "unexpected",
+                       n, (uint64_t)(r->size / PAGE_SIZE_4K));
+                printf("RESULT name=backend-sees-guest-writes ok=%d value=%lu id=%u offset=0x%"
+                       PRIx64 "\n", n > 0, n, r->id, r->offset);
+            }
             fflush(stdout);
         }
         usleep(100 * 1000);

@@ -6,18 +6,26 @@
  * through sysfs and prints machine-readable "RESULT" lines.
  *
  *   hostmem-guest info    VENDOR DEVICE
- *   hostmem-guest check   VENDOR DEVICE OFFSET SIZE   read the backend's
- *                         pattern, then stamp each page with ~pattern
+ *   hostmem-guest check   VENDOR DEVICE OFFSET SIZE [OFFSET SIZE]...  read
+ *                         the backend's pattern, then stamp each page with
+ *                         ~pattern, region by region
  *   hostmem-guest touch   VENDOR DEVICE OFFSET SIZE STRIDE   one read per
  *                         STRIDE bytes (fault-around tests)
  *   hostmem-guest unbacked VENDOR DEVICE OFFSET       reads give all-ones,
  *                         writes are dropped
+ *   hostmem-guest hammer  VENDOR DEVICE OFFSET SIZE COUNT   COUNT accesses to
+ *                         unregistered pages: all reads must be all-ones
+ *   hostmem-guest revoke  VENDOR DEVICE OFFSET SIZE SECONDS   read, then wait
+ *                         for the backend to replace the region's memory
+ *   hostmem-guest loop    VENDOR DEVICE OFFSET SIZE   read the region forever
  *   hostmem-guest bench   VENDOR DEVICE OFFSET SIZE ROUNDS   read/write
  *                         bandwidth through the BAR against guest RAM
  *
  * The pattern must match examples/hostmem-backend.c.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -108,10 +116,13 @@ static volatile uint64_t *map_bar(const char *res, uint64_t *bar_size)
     return p;
 }
 
+/* Checks one region: the backend's pattern on every page, then stamps the
+ * first word of each page with ~pattern so the backend can see the write. */
 static int check(volatile uint64_t *bar, uint64_t off, uint64_t size)
 {
-    uint64_t page, good = 0, bad = 0, stamped = 0;
+    uint64_t page, good = 0, bad = 0, stamped = 0, first;
 
+    first = bar[off / 8];
     for (page = off; page < off + size; page += PAGE) {
         uint64_t w, ok = 1;
 
@@ -123,15 +134,22 @@ static int check(volatile uint64_t *bar, uint64_t off, uint64_t size)
         else
             bad++;
     }
-    printf("RESULT name=guest-reads-pattern ok=%d value=%" PRIu64 " bad=%" PRIu64 "\n",
-           bad == 0 && good > 0, good, bad);
+    printf("guest: region 0x%" PRIx64 "+0x%" PRIx64 ": read 0x%016" PRIx64
+           " at 0x%" PRIx64 " (backend pattern 0x%016" PRIx64 "), %" PRIu64
+           " page(s) match, %" PRIu64 " do not\n", off, size, first, off, pattern(off),
+           good, bad);
+    printf("RESULT name=guest-reads-pattern ok=%d value=%" PRIu64 " offset=0x%" PRIx64
+           " bad=%" PRIu64 "\n", bad == 0 && good > 0, good, off, bad);
     for (page = off; page < off + size; page += PAGE) {
         bar[page / 8] = ~pattern(page);
         if (bar[page / 8] == ~pattern(page))
             stamped++;
     }
-    printf("RESULT name=guest-stamps-pages ok=%d value=%" PRIu64 "\n",
-           stamped == size / PAGE, stamped);
+    printf("guest: region 0x%" PRIx64 "+0x%" PRIx64 ": wrote 0x%016" PRIx64
+           " at 0x%" PRIx64 " and the first word of each of its %" PRIu64 " page(s)\n",
+           off, size, ~pattern(off), off, (uint64_t)(size / PAGE));
+    printf("RESULT name=guest-stamps-pages ok=%d value=%" PRIu64 " offset=0x%" PRIx64 "\n",
+           stamped == size / PAGE, stamped, off);
     return bad == 0 && good > 0 && stamped == size / PAGE ? 0 : 1;
 }
 
@@ -158,6 +176,91 @@ static int unbacked(volatile uint64_t *bar, uint64_t off)
     printf("RESULT name=guest-unbacked-drops-writes ok=%d value=0x%" PRIx64 "\n",
            after == ~0ULL, after);
     return before == ~0ULL && after == ~0ULL ? 0 : 1;
+}
+
+/* Misbehaviour: COUNT accesses spread over the unregistered range
+ * [OFFSET, OFFSET+SIZE), one per page, alternately read and write. Every read
+ * must give all-ones (a guest never reaches memory not registered for it). */
+static int hammer(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t count)
+{
+    uint64_t i, leaked = 0, pages = size / PAGE;
+    double t0 = now(), dt;
+
+    for (i = 0; i < count; i++) {
+        uint64_t a = off + (i % pages) * PAGE + (i / pages % 512) * 8;
+
+        if (i & 1)
+            bar[a / 8] = i;
+        else if (bar[a / 8] != ~0ULL)
+            leaked++;
+    }
+    dt = now() - t0;
+    printf("RESULT name=guest-hammer-all-ones ok=%d value=%" PRIu64 " accesses=%" PRIu64
+           " seconds=%.3f per_access_us=%.1f\n", leaked == 0, leaked, count, dt,
+           dt * 1e6 / (double)count);
+    return leaked != 0;
+}
+
+/* Revocation: read the region (generation 0 pattern), say so, then watch the
+ * first word of every page until each shows the backend's replacement
+ * (pattern ^ REPLACED, see examples/hostmem-backend.c), failing on anything
+ * else, or on a page that shows the old data again after the new. */
+#define REPLACED 0x5a5a5a5a00000000ULL
+static int revoke_watch(volatile uint64_t *bar, uint64_t off, uint64_t size, int seconds)
+{
+    uint64_t pages = size / PAGE, i, seen_new = 0, other = 0, back_to_old = 0, polls = 0;
+    unsigned char *isnew = calloc(pages, 1);
+    double t0, deadline;
+
+    for (i = 0; i < pages; i++)
+        if (bar[(off + i * PAGE) / 8] != pattern(off + i * PAGE))
+            other++;
+    printf("RESULT name=guest-revoke-before ok=%d value=%" PRIu64 "\n", other == 0, other);
+    printf("GH-GUEST-REVOKE-READY\n");
+    fflush(stdout);
+    t0 = now();
+    deadline = t0 + seconds;
+    while (seen_new < pages && now() < deadline) {
+        for (i = 0; i < pages; i++) {
+            uint64_t a = off + i * PAGE, v = bar[a / 8];
+
+            if (v == (pattern(a) ^ REPLACED)) {
+                if (!isnew[i])
+                    seen_new++;
+                isnew[i] = 1;
+            } else if (v == pattern(a)) {
+                if (isnew[i])
+                    back_to_old++;
+            } else {
+                other++;
+            }
+        }
+        polls++;
+    }
+    printf("RESULT name=guest-revoke-sees-new ok=%d value=%" PRIu64 "/%" PRIu64
+           " seconds=%.3f polls=%" PRIu64 "\n", seen_new == pages, seen_new, pages,
+           now() - t0, polls);
+    printf("RESULT name=guest-revoke-never-old ok=%d value=%" PRIu64 "\n", back_to_old == 0,
+           back_to_old);
+    printf("RESULT name=guest-revoke-no-other ok=%d value=%" PRIu64 "\n", other == 0, other);
+    free(isnew);
+    return seen_new == pages && back_to_old == 0 && other == 0 ? 0 : 1;
+}
+
+/* Keeps reading the region until killed (for faults while it is in use). */
+static int loop_reads(volatile uint64_t *bar, uint64_t off, uint64_t size)
+{
+    uint64_t a, rounds = 0, sum = 0;
+
+    for (;;) {
+        for (a = off; a < off + size; a += PAGE)
+            sum += bar[a / 8];
+        if (++rounds % 64 == 1) {
+            printf("guest: loop round %" PRIu64 " sum %" PRIx64 "\n", rounds, sum);
+            fflush(stdout);
+        }
+    }
+    return 0;
 }
 
 static double bandwidth(volatile uint64_t *p, uint64_t size, int rounds, int write)
@@ -232,12 +335,31 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "info"))
         return 0;
-    if (!strcmp(argv[1], "check"))
-        return check(bar, off, size);
+    if (!strcmp(argv[1], "check")) {
+        int i, rc = check(bar, off, size);
+
+        /* More OFFSET SIZE pairs: more regions. */
+        for (i = 6; i + 1 < argc; i += 2) {
+            off = strtoull(argv[i], NULL, 0);
+            size = strtoull(argv[i + 1], NULL, 0);
+            if (off >= bar_size || size > bar_size - off) {
+                printf("RESULT name=guest-args ok=0 value=outside-bar\n");
+                return 2;
+            }
+            rc |= check(bar, off, size);
+        }
+        return rc;
+    }
     if (!strcmp(argv[1], "touch") && argc > 6)
         return touch(bar, off, size, strtoull(argv[6], NULL, 0));
     if (!strcmp(argv[1], "unbacked"))
         return unbacked(bar, off);
+    if (!strcmp(argv[1], "hammer") && argc > 6)
+        return hammer(bar, off, size, strtoull(argv[6], NULL, 0));
+    if (!strcmp(argv[1], "revoke") && argc > 6)
+        return revoke_watch(bar, off, size, atoi(argv[6]));
+    if (!strcmp(argv[1], "loop"))
+        return loop_reads(bar, off, size);
     if (!strcmp(argv[1], "bench") && argc > 6)
         return bench(bar, off, size, atoi(argv[6]));
     fprintf(stderr, "hostmem-guest: unknown command %s\n", argv[1]);
