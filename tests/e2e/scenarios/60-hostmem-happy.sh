@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Scenario (issue 7, 1): the whole feature, happy path.
+#   - xl create -p of an HVM guest with gpu_hostmem = 1: the plugin starts
+#     gpu-hostmem-ioreqd for it;
+#   - examples/hostmem-backend in dom0 registers four regions of its own
+#     memory for that domid, filled with a per-offset pattern;
+#   - xl unpause: the guest (tests/guest/hostmem-guest check) maps the BAR
+#     through sysfs, reads the pattern of every region and stamps each page;
+#   - the backend sees the guest's writes in its own memory (SIGUSR1 report);
+#   - gpu-hostmem status shows the registrations, lent pages, faults, retries;
+#   - xl destroy: no page lent (kernel's count through the CLI), no ioreqd, no
+#     xenstore keys; then the backend exits cleanly and nothing is registered.
+# timeout: 420
+set -u
+source "$(dirname "$0")/hostmem-common.sh"
+
+name=hm-happy
+regions=(0:2M 0x400000:1M 0x1000000:4M 0x3000000:64k)
+gargs="0,0x200000,0x400000,0x100000,0x1000000,0x400000,0x3000000,0x10000"
+
+hm_install || exit 1
+t=$(gh_now)
+if ! dom=$(hm_guest_create "$name" "hostmem-guest,check,$HM_VENDOR,$HM_DEVICE,$gargs"); then
+    result hm-create 0 "xl-create-failed"
+    exit 1
+fi
+result hm-create 1 "domid=$dom,$(gh_since "$t")s"
+xsdir=/local/domain/0/gpu-hostmem/$dom
+ipid=$(xenstore-read "$xsdir/pid" 2>/dev/null || true)
+check hm-ioreqd-running "pid=$ipid,state=$(xenstore-read "$xsdir/state" 2>/dev/null)" \
+    test -n "$ipid" -a -d "/proc/$ipid" -a "$(xenstore-read "$xsdir/state" 2>/dev/null)" = running
+
+bout=/tmp/$name.backend
+if hm_backend "$dom" "$bout" "${regions[@]}"; then
+    result hm-backend-ready 1 "pid=$HM_BPID,regions=${#regions[@]}"
+else
+    result hm-backend-ready 0 "backend-not-ready"
+    exit 1
+fi
+bpid=$HM_BPID
+sed 's/^/[backend] /' "$bout"
+
+xl unpause "$name"
+t=$(gh_now)
+if gh_guest_wait "$name" 300; then
+    result hm-guest-run 1 "$(gh_since "$t")s"
+else
+    result hm-guest-run 0 "$(gh_since "$t")s"
+    hm_ioreqd_log "$dom" 60
+fi
+grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "/tmp/$name.out" | tail -n1)
+check hm-guest-rc "rc=${grc:-none}" [ "${grc:-1}" = 0 ]
+nread=$(grep -c '^RESULT name=guest-reads-pattern ok=1' "/tmp/$name.out" || true)
+nstamp=$(grep -c '^RESULT name=guest-stamps-pages ok=1' "/tmp/$name.out" || true)
+check hm-guest-read-all-regions "$nread/${#regions[@]}" [ "$nread" = "${#regions[@]}" ]
+check hm-guest-stamped-all-regions "$nstamp/${#regions[@]}" [ "$nstamp" = "${#regions[@]}" ]
+
+# The backend's side: the guest's stamps are in the backend's own memory.
+hm_backend_report "$bpid" "$bout"
+echo "---- what the backend saw"
+grep '^backend: id=' "$bout" | tail -n "${#regions[@]}" | sed 's/^/[backend] /'
+nseen=$(grep '^RESULT name=backend-sees-guest-writes' "$bout" | tail -n "${#regions[@]}" | grep -c ' ok=1 ' || true)
+check hm-backend-sees-guest-writes "$nseen/${#regions[@]}" [ "$nseen" = "${#regions[@]}" ]
+# Every page of every region was stamped (not just one).
+want_pages=$((512 + 256 + 1024 + 16))
+got_pages=$(grep '^RESULT name=backend-sees-guest-writes' "$bout" | tail -n "${#regions[@]}" |
+    sed -n 's/.* value=\([0-9]*\).*/\1/p' | awk '{ s += $1 } END { print s + 0 }')
+check hm-backend-stamped-pages "$got_pages/$want_pages" [ "$got_pages" = "$want_pages" ]
+
+# The operator's view.
+echo "---- gpu-hostmem status $dom"
+gpu-hostmem status "$dom" 2>&1 | sed 's/^/[status] /'
+j=$(hm_status_json "$dom")
+faults=$(hm_field "$j" bar_faults)
+retries=$(hm_field "$j" retries)
+lends=$(hm_field "$j" lends)
+ledger=$(hm_field "$j" ledger_lent_pages)
+klent=$(printf '%s' "$j" | tr -d '\n' | sed -n 's/.*"kernel": *{ *"lent_pages": *\([0-9]*\).*/\1/p')
+nreg_srv=$(gpu-hostmem status "$dom" 2>/dev/null | awk '/^IOREQ server:/ { s = 1 } s && /^  registrations/ { print $2; exit }')
+nreg_k=$(gpu-hostmem status "$dom" 2>/dev/null | awk '/^kernel/ { s = 1 } s && /^  registrations/ { print $2; exit }')
+check hm-status-registrations "server=$nreg_srv,kernel=$nreg_k" \
+    [ "${nreg_srv:-0}" = "${#regions[@]}" -a "${nreg_k:-0}" = "${#regions[@]}" ]
+check hm-status-faults "faults=$faults,lends=$lends,retries=$retries" \
+    [ "${faults:-0}" -gt 0 -a "${retries:-0}" -gt 0 -a "${lends:-0}" -gt 0 ]
+# All 1808 registered pages are lent (fault-around lends whole 2 MiB chunks of
+# registered pages, so every region is fully lent after the guest's pass).
+check hm-status-lent-pages "kernel=$klent,ledger=$ledger" [ "${klent:-0}" = "$want_pages" ]
+
+# Teardown.
+t=$(gh_now)
+if gh_guest_destroy "$name" && gh_wait_gone "$name" 30; then
+    result hm-destroy 1 "$(gh_since "$t")s"
+else
+    result hm-destroy 0 "$(gh_since "$t")s"
+fi
+for _ in $(seq 1 20); do [ -d "/proc/$ipid" ] || break; sleep 0.5; done
+check hm-destroy-clean "domid=$dom" hm_gone "$dom" "$ipid"
+kill -0 "$bpid" 2>/dev/null
+result hm-backend-survives-destroy $([ $? = 0 ] && echo 1 || echo 0) "pid=$bpid"
+kill -TERM "$bpid"
+for _ in $(seq 1 50); do kill -0 "$bpid" 2>/dev/null || break; sleep 0.1; done
+wait "$bpid" 2>/dev/null
+brc=$?
+check hm-backend-exit "rc=$brc" [ "$brc" = 0 ]
+tail -n 1 "$bout" | sed 's/^/[backend] /'
+nreg_after=$(gpu-hostmem status "$dom" 2>/dev/null | awk '/^kernel/ { s = 1 } s && /^  registrations/ { print $2; exit }')
+check hm-no-registrations-left "kernel=${nreg_after:-?}" [ "${nreg_after:-0}" = 0 ]
+[ "$GH_FAILED" = 0 ] || hm_ioreqd_log "$dom" 40
+exit "$GH_FAILED"

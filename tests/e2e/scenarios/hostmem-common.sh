@@ -1,0 +1,199 @@
+# shellcheck shell=bash
+# Helpers of the 60-hostmem-* and 80-bench-* scenarios (sourced, not a
+# scenario: tests/e2e/run only runs files named NN-*.sh). They run in the test
+# bed's dom0 with the whole feature installed: patched Xen, patched privcmd,
+# patched xl/libxl, the real plugin, gpu-hostmem-ioreqd and the CLI.
+#
+# Conventions: RESULT lines (tests/e2e/dom0/lib.sh); everything a scenario
+# starts is stopped on exit whatever happened.
+
+# shellcheck source=/dev/null
+source /usr/lib/gpu-hostmem/e2e/lib.sh
+
+HM_VENDOR=0x1af4
+HM_DEVICE=0x10f0
+HM_PLUGIN=/usr/lib/xen/gpu-hostmem/libgpu_hostmem_plugin.so
+HM_IOREQD=/usr/lib/xen/gpu-hostmem/gpu-hostmem-ioreqd
+HM_BACKEND_PIDS=()
+HM_GUESTS=()
+
+hm_cleanup() {
+    local p g
+    for p in "${HM_BACKEND_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    for g in "${HM_GUESTS[@]}"; do timeout 60 xl destroy "$g" >/dev/null 2>&1 || true; done
+}
+trap hm_cleanup EXIT
+
+# hm_install: the IOREQ server at the path the plugin runs it from (the test
+# bed's overlay puts the Rust binaries in /usr/lib/gpu-hostmem/bin).
+hm_install() {
+    local src
+    if [ ! -x "$HM_IOREQD" ]; then
+        src=$(command -v gpu-hostmem-ioreqd || true)
+        [ -n "$src" ] && { mkdir -p "$(dirname "$HM_IOREQD")"; cp "$(readlink -f "$src")" "$HM_IOREQD"; }
+    fi
+    check hm-installed "plugin+ioreqd+cli" \
+        test -f "$HM_PLUGIN" -a -x "$HM_IOREQD" -a -n "$(command -v gpu-hostmem)" -a -n "$(command -v hostmem-backend)"
+    [ -e /sys/module/xen_privcmd/parameters/hostmem_max_regions ] ||
+        result hm-patched-privcmd 0 "stock-privcmd"
+    return "$GH_FAILED"
+}
+
+# hm_guest_create NAME RUN [XL.CFG LINE...]: xl create -p an HVM guest with
+# gpu_hostmem = 1 running RUN (gh.run syntax); prints its domid.
+hm_guest_create() {
+    local name=$1 run=$2
+    shift 2
+    gh_guest_cfg "$name" hvm "$run" "gpu_hostmem = 1" "gpu_hostmem_size = ${HM_BAR_MIB:-64}" "$@" >/dev/null
+    rm -f "$GH_CONSOLE_DIR/guest-$name.log"
+    HM_GUESTS+=("$name")
+    if ! timeout 120 xl create -p "/tmp/$name.cfg" >"/tmp/$name.create" 2>&1; then
+        sed "s/^/[xl create $name] /" "/tmp/$name.create" >&2
+        return 1
+    fi
+    xl domid "$name"
+}
+
+# hm_backend DOMID OUT REGION...: start examples/hostmem-backend for DOMID
+# with regions OFFSET:SIZE, output to OUT; waits for READY. Sets HM_BPID.
+hm_backend() {
+    local dom=$1 out=$2 i
+    shift 2
+    local args=()
+    for r in "$@"; do args+=(-r "$r"); done
+    hostmem-backend -d "$dom" "${args[@]}" >"$out" 2>&1 &
+    HM_BPID=$!
+    HM_BACKEND_PIDS+=("$HM_BPID")
+    for i in $(seq 1 100); do
+        grep -q '^READY' "$out" && return 0
+        kill -0 "$HM_BPID" 2>/dev/null || break
+        sleep 0.1
+    done
+    sed 's/^/[backend] /' "$out"
+    return 1
+}
+
+# hm_backend_report PID OUT: SIGUSR1, wait for the report, print it.
+hm_backend_report() {
+    local pid=$1 out=$2 n
+    n=$(grep -c 'RESULT name=backend-sees' "$out" || true)
+    kill -USR1 "$pid"
+    for _ in $(seq 1 50); do
+        [ "$(grep -c 'RESULT name=backend-sees' "$out" || true)" -gt "$n" ] && break
+        sleep 0.1
+    done
+    sleep 0.3
+}
+
+# hm_status_json DOMID: `gpu-hostmem status DOMID --json` (read with hm_field:
+# dom0 has no JSON tool, the keys we read are unique in the document).
+hm_status_json() { gpu-hostmem status "$1" --json 2>/dev/null; }
+
+# hm_field JSON KEY: first value of "KEY": in a JSON document.
+hm_field() {
+    printf '%s' "$1" | tr -d '\n' | grep -o "\"$2\": *[^,}]*" | head -n1 | sed 's/^[^:]*: *//; s/"//g; s/ *$//'
+}
+
+# hm_ioreqd_log DOMID: show the IOREQ server's log.
+hm_ioreqd_log() {
+    local f=/var/log/xen/gpu-hostmem-$1.log
+    [ -f "$f" ] && tail -n "${2:-40}" "$f" | sed "s/^/[ioreqd $1] /"
+}
+
+# hm_gone DOMID PID: after destroy: no domain, no ioreqd, no xenstore keys,
+# no pages lent (kernel's query through the CLI).
+hm_gone() {
+    local dom=$1 pid=$2 j lent bad=0
+    gh_clean "$dom" || bad=1
+    if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then
+        echo "ioreqd $pid still running"; bad=1
+    fi
+    if pgrep -f "gpu-hostmem-ioreqd.*--domid $dom( |$)" >/dev/null; then
+        echo "a gpu-hostmem-ioreqd is still running:"; pgrep -a -f gpu-hostmem-ioreqd; bad=1
+    fi
+    if xenstore-exists "/local/domain/0/gpu-hostmem/$dom" 2>/dev/null; then
+        echo "xenstore still has /local/domain/0/gpu-hostmem/$dom"; bad=1
+    fi
+    j=$(hm_status_json "$dom")
+    lent=$(printf '%s' "$j" | tr -d '\n' | sed -n 's/.*"kernel": *{ *"lent_pages": *\([0-9]*\).*/\1/p')
+    if [ "${lent:-0}" != 0 ]; then
+        echo "the kernel still counts $lent page(s) lent to domain $dom"; bad=1
+    fi
+    return "$bad"
+}
+
+# hm_wait_marker NAME REGEX TIMEOUT: wait until the guest's console (the
+# xenconsoled log) has a line matching REGEX; relays new lines as it goes.
+hm_wait_marker() {
+    local name=$1 re=$2 tmo=$3 log=$GH_CONSOLE_DIR/guest-$1.log end
+    end=$(($(date +%s) + tmo))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        [ -f "$log" ] && tr -d '\r' <"$log" | grep -q -- "$re" && return 0
+        xl domid "$name" >/dev/null 2>&1 || return 1
+        sleep 0.5
+    done
+    return 1
+}
+
+# hm_console NAME: the guest's console so far, prefixed.
+hm_console() {
+    local log=$GH_CONSOLE_DIR/guest-$1.log
+    [ -f "$log" ] && tr -d '\r' <"$log" | sed "s/^/[$1] /"
+}
+
+# hm_counter DOMID KEY: one counter of the IOREQ server (0 if unreachable).
+hm_counter() {
+    local v
+    v=$(hm_field "$(hm_status_json "$1")" "$2")
+    case "$v" in '' | *[!0-9]*) echo 0 ;; *) echo "$v" ;; esac
+}
+
+# hm_kernel_lent DOMID: pages lent to DOMID according to the kernel (via the
+# CLI's privcmd query); empty if the query failed.
+hm_kernel_lent() {
+    hm_status_json "$1" | tr -d '\n' | sed -n 's/.*"kernel": *{ *"lent_pages": *\([0-9]*\).*/\1/p'
+}
+
+# hm_kernel_regions DOMID: registrations the kernel holds for DOMID.
+hm_kernel_regions() {
+    gpu-hostmem status "$1" 2>/dev/null | awk '/^kernel/ { s = 1 } s && /^  registrations/ { print $2; exit }'
+}
+
+# hm_start NAME RUN REGION...: the common start: install check, xl create -p,
+# ioreqd running, backend registered, xl unpause. Sets HM_DOM, HM_IPID,
+# HM_BPID, HM_BOUT. Returns non-zero (with RESULT lines) on failure.
+hm_start() {
+    local name=$1 run=$2 t
+    shift 2
+    hm_install || return 1
+    t=$(gh_now)
+    if ! HM_DOM=$(hm_guest_create "$name" "$run"); then
+        result "$name-create" 0 "xl-create-failed"
+        return 1
+    fi
+    result "$name-create" 1 "domid=$HM_DOM,$(gh_since "$t")s"
+    HM_IPID=$(xenstore-read "/local/domain/0/gpu-hostmem/$HM_DOM/pid" 2>/dev/null || true)
+    check "$name-ioreqd-running" "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
+    HM_BOUT=/tmp/$name.backend
+    if [ $# -gt 0 ]; then
+        if ! hm_backend "$HM_DOM" "$HM_BOUT" "$@"; then
+            result "$name-backend-ready" 0 "backend-not-ready"
+            return 1
+        fi
+        result "$name-backend-ready" 1 "pid=$HM_BPID"
+    fi
+    xl unpause "$name"
+}
+
+# hm_destroy_clean NAME: xl destroy, then everything gone (RESULT lines).
+hm_destroy_clean() {
+    local name=$1 t
+    t=$(gh_now)
+    if gh_guest_destroy "$name" && gh_wait_gone "$name" 60; then
+        result "$name-destroy" 1 "$(gh_since "$t")s"
+    else
+        result "$name-destroy" 0 "$(gh_since "$t")s"
+    fi
+    for _ in $(seq 1 20); do [ -n "$HM_IPID" ] && [ -d "/proc/$HM_IPID" ] || break; sleep 0.5; done
+    check "$name-clean" "domid=$HM_DOM" hm_gone "$HM_DOM" "$HM_IPID"
+}
