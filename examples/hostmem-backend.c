@@ -133,8 +133,18 @@ static unsigned long stamped_pages(const struct region *r)
  * stays, so the guest's next access faults and gets the new pages.
  */
 #define REPLACED 0x5a5a5a5a00000000ULL
-static int replace_region(struct region *r)
+static double ms_since(const struct timespec *t0)
 {
+    struct timespec t1;
+
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    return (t1.tv_sec - t0->tv_sec) * 1e3 + (t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* @move_ms: how long the mremap took (the revocation happens inside it). */
+static int replace_region(struct region *r, double *move_ms)
+{
+    struct timespec t0;
     uint64_t *mem, w;
 
     mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -142,10 +152,12 @@ static int replace_region(struct region *r)
         return -1;
     for (w = 0; w < r->size / 8; w++)
         mem[w] = pattern(r->offset + w * 8) ^ REPLACED;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (mremap(mem, r->size, r->size, MREMAP_MAYMOVE | MREMAP_FIXED, r->mem) == MAP_FAILED) {
         munmap(mem, r->size);
         return -1;
     }
+    *move_ms = ms_since(&t0);
     return 0;
 }
 
@@ -242,10 +254,13 @@ int main(int argc, char **argv)
         if (replace_requested) {
             replace_requested = 0;
             for (i = 0; i < nr; i++) {
-                int err = replace_region(&regions[i]) ? errno : 0;
+                double ms = 0;
+                int err = replace_region(&regions[i], &ms) ? errno : 0;
 
-                printf("backend: replaced id=%u offset=0x%" PRIx64 ": %s\n", regions[i].id,
-                       regions[i].offset, err ? strerror(err) : "ok");
+                printf("backend: replaced id=%u offset=0x%" PRIx64 " size=0x%" PRIx64
+                       ": %s, move over the old mapping (revokes) took %.3f ms\n",
+                       regions[i].id, regions[i].offset, regions[i].size,
+                       err ? strerror(err) : "ok", ms);
                 printf("RESULT name=backend-replace ok=%d value=%u\n", !err, regions[i].id);
             }
             fflush(stdout);

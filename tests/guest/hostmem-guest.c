@@ -9,8 +9,8 @@
  *   hostmem-guest check   VENDOR DEVICE OFFSET SIZE [OFFSET SIZE]...  read
  *                         the backend's pattern, then stamp each page with
  *                         ~pattern, region by region
- *   hostmem-guest touch   VENDOR DEVICE OFFSET SIZE STRIDE   one read per
- *                         STRIDE bytes (fault-around tests)
+ *   hostmem-guest touch   VENDOR DEVICE OFFSET SIZE STRIDE [STRIDE]...  one
+ *                         read per STRIDE bytes, a pass per STRIDE (fault-around)
  *   hostmem-guest unbacked VENDOR DEVICE OFFSET       reads give all-ones,
  *                         writes are dropped
  *   hostmem-guest hammer  VENDOR DEVICE OFFSET SIZE COUNT   COUNT accesses to
@@ -18,6 +18,8 @@
  *   hostmem-guest revoke  VENDOR DEVICE OFFSET SIZE SECONDS   read, then wait
  *                         for the backend to replace the region's memory
  *   hostmem-guest loop    VENDOR DEVICE OFFSET SIZE   read the region forever
+ *   hostmem-guest suite   VENDOR DEVICE OFFSET SIZE BENCH ROUNDS UNREG COUNT
+ *                         the in-guest benchmarks in one run (see main)
  *   hostmem-guest bench   VENDOR DEVICE OFFSET SIZE ROUNDS   read/write
  *                         bandwidth through the BAR against guest RAM
  *
@@ -160,8 +162,8 @@ static int touch(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t s
 
     for (a = off; a < off + size; a += stride, n++)
         sum += bar[a / 8];
-    printf("RESULT name=guest-touch ok=1 value=%" PRIu64 " seconds=%.6f sum=%" PRIx64 "\n",
-           n, now() - t0, sum);
+    printf("RESULT name=guest-touch ok=1 value=%" PRIu64 " stride=%" PRIu64
+           " seconds=%.6f sum=%" PRIx64 "\n", n, stride, now() - t0, sum);
     return 0;
 }
 
@@ -247,17 +249,21 @@ static int revoke_watch(volatile uint64_t *bar, uint64_t off, uint64_t size, int
     return seen_new == pages && back_to_old == 0 && other == 0 ? 0 : 1;
 }
 
-/* Keeps reading the region until killed (for faults while it is in use). */
+/* Keeps reading the region until killed (for faults while it is in use);
+ * prints a progress line about once a second. */
 static int loop_reads(volatile uint64_t *bar, uint64_t off, uint64_t size)
 {
     uint64_t a, rounds = 0, sum = 0;
+    double next = now() + 1;
 
     for (;;) {
         for (a = off; a < off + size; a += PAGE)
             sum += bar[a / 8];
-        if (++rounds % 64 == 1) {
+        rounds++;
+        if (now() >= next) {
             printf("guest: loop round %" PRIu64 " sum %" PRIx64 "\n", rounds, sum);
             fflush(stdout);
+            next = now() + 1;
         }
     }
     return 0;
@@ -350,8 +356,14 @@ int main(int argc, char **argv)
         }
         return rc;
     }
-    if (!strcmp(argv[1], "touch") && argc > 6)
-        return touch(bar, off, size, strtoull(argv[6], NULL, 0));
+    if (!strcmp(argv[1], "touch") && argc > 6) {
+        int i;
+
+        /* One pass per STRIDE given. */
+        for (i = 6; i < argc; i++)
+            touch(bar, off, size, strtoull(argv[i], NULL, 0));
+        return 0;
+    }
     if (!strcmp(argv[1], "unbacked"))
         return unbacked(bar, off);
     if (!strcmp(argv[1], "hammer") && argc > 6)
@@ -360,6 +372,26 @@ int main(int argc, char **argv)
         return revoke_watch(bar, off, size, atoi(argv[6]));
     if (!strcmp(argv[1], "loop"))
         return loop_reads(bar, off, size);
+    if (!strcmp(argv[1], "suite") && argc > 9) {
+        /* The in-guest benchmarks in one run (tests/e2e/scenarios/80-bench-*):
+         * first touch of OFFSET..+SIZE (one read per 4 KiB page), bandwidth
+         * over the first BENCH bytes against guest RAM, then COUNT accesses
+         * to unregistered pages at UNREG (every one an ioreq round trip: an
+         * emulated BAR). */
+        uint64_t bsz = strtoull(argv[6], NULL, 0), unreg = strtoull(argv[8], NULL, 0);
+        int rc;
+
+        if (bsz > size || unreg >= bar_size || bar_size - unreg < (1 << 20)) {
+            printf("RESULT name=guest-args ok=0 value=outside-bar\n");
+            return 2;
+        }
+        touch(bar, off, size, PAGE);
+        printf("GH-GUEST-TOUCHED\n");
+        fflush(stdout);
+        rc = bench(bar, off, bsz, atoi(argv[7]));
+        rc |= hammer(bar, unreg, 1 << 20, strtoull(argv[9], NULL, 0));
+        return rc;
+    }
     if (!strcmp(argv[1], "bench") && argc > 6)
         return bench(bar, off, size, atoi(argv[6]));
     fprintf(stderr, "hostmem-guest: unknown command %s\n", argv[1]);
