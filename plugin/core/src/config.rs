@@ -1,24 +1,7 @@
 //! `/etc/xen/gpu-hostmem.yaml`: defaults for every guest with
 //! `gpu_hostmem = 1`.
 //!
-//! ```yaml
-//! bar_size_mib: 1024          # power of two, 1 .. 65536
-//! pci_slot: 5                 # 0 .. 31, on bus 0, function 0
-//! vendor_id: 0x1af4
-//! device_id: 0x10f0
-//! subsystem_vendor_id: 0x1af4
-//! subsystem_id: 0x0001
-//! fault_around_kib: 2048      # power of two, 4 .. 1048576
-//! limits:
-//!   max_registrations: 1024   # 1 .. 65536
-//!   max_lent_pages: 4194304   # 1 .. 2^36 / 4096 * 16
-//!   fault_rate: 100000        # faults per second, >= 1
-//!   fault_burst: 10000        # >= 1
-//!   max_retries: 8            # 1 .. 8 (Xen's bound)
-//! log:
-//!   target: stderr            # stderr | journald
-//!   level: info               # error | warn | info | debug | trace
-//! ```
+//! [`EXAMPLE_YAML`] lists every key with its default and allowed range.
 //!
 //! Every key is optional; unknown keys are errors; every bad value is an
 //! error naming the key and its allowed range.
@@ -29,6 +12,29 @@ use serde::Deserialize;
 
 use crate::limits::{Limits, XEN_IOREQ_MAX_RETRIES};
 use crate::pci::{PciIds, MAX_BAR_SIZE, MIN_BAR_SIZE};
+
+/// A complete file with every key at its default value (what
+/// `examples/gpu-hostmem.yaml` ships).
+pub const EXAMPLE_YAML: &str = "\
+# /etc/xen/gpu-hostmem.yaml: defaults for guests with gpu_hostmem = 1.
+# Every key is optional; unknown keys are rejected.
+bar_size_mib: 1024          # BAR size: power of two, 1 .. 65536 (xl.cfg gpu_hostmem_size overrides)
+pci_slot: 5                 # device number on bus 0: 0 .. 31
+vendor_id: 0x1af4           # 0x0001 .. 0xfffe
+device_id: 0x10f0           # 0x0001 .. 0xfffe
+subsystem_vendor_id: 0x1af4 # 0x0001 .. 0xfffe
+subsystem_id: 0x0001        # 0x0000 .. 0xffff
+fault_around_kib: 2048      # pages lent per fault: power of two, 4 .. 1048576
+limits:
+  max_registrations: 1024   # per guest: 1 .. 65536
+  max_lent_pages: 4194304   # per guest, 4 KiB pages: 1 .. 268435456
+  fault_rate: 100000        # faults handled per second: 1 .. 100000000
+  fault_burst: 10000        # 1 .. 100000000
+  max_retries: 8            # consecutive RETRY answers per vCPU: 1 .. 8
+log:
+  target: stderr            # stderr | journald
+  level: info               # error | warn | info | debug | trace
+";
 
 /// Default path of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/xen/gpu-hostmem.yaml";
@@ -319,6 +325,20 @@ mod tests {
         match parse(s) {
             Err(ConfigError::Range { key, .. }) => key,
             other => panic!("expected a range error for {s:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn example_is_valid_and_equals_defaults() {
+        assert_eq!(parse(EXAMPLE_YAML).expect("example"), Config::default());
+    }
+
+    /// The shipped example, when present, stays valid.
+    #[test]
+    fn shipped_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gpu-hostmem.yaml");
+        if p.exists() {
+            Config::load(&p, true).expect("examples/gpu-hostmem.yaml is valid");
         }
     }
 
