@@ -138,3 +138,59 @@ impl Status {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            domid: 7,
+            uuid: "01020304-0506-0708-090a-0b0c0d0e0f10".into(),
+            state: "running".into(),
+            bdf: "0000:00:05.0".into(),
+            bar_base: Some(0x1_0000_0000),
+            bar_size: 1 << 30,
+            ioservid: Some(1),
+            registrations: vec![RegistrationStatus {
+                id: 3,
+                offset: 0x20_0000,
+                size: 0x10_0000,
+                lent_pages: Some(256),
+                owner_pid: Some(4242),
+            }],
+            ledger_lent_pages: 256,
+            kernel_lent_pages: Some(256),
+            counters: Counters {
+                bar_faults: 2,
+                retries: 1,
+                ..Counters::default()
+            },
+        }
+    }
+
+    #[test]
+    fn text_shows_bar_registrations_and_counters() {
+        let t = sample().to_text();
+        assert!(t.contains("domain      7 (01020304-"), "{t}");
+        assert!(
+            t.contains("BAR         0x100000000-0x13fffffff (1024 MiB)"),
+            "{t}"
+        );
+        assert!(t.contains("lent pages  256 (ledger), 256 (kernel)"), "{t}");
+        assert!(t.contains("faults      2 (lends 0, retries 1"), "{t}");
+        assert!(t.contains("id 3") && t.contains("lent 256 pid 4242"), "{t}");
+        let mut s = sample();
+        s.bar_base = None;
+        assert!(s.to_text().contains("BAR         unmapped (1024 MiB)"));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let s = sample();
+        let j = serde_json::to_string(&s).expect("serialize");
+        assert!(j.contains("\"bar_base\":4294967296"));
+        let back: Status = serde_json::from_str(&j).expect("deserialize");
+        assert_eq!(back, s);
+    }
+}
