@@ -13,6 +13,10 @@
  *   xen-lend-test --dom D [--gfn G] [--no-destroy]
  *       run every check against guest D; by default the last check
  *       destroys D (xl destroy) and checks that the lent pages are freed
+ *   xen-lend-test --dom D --no-opt-in
+ *       retry-not-opted-in: a server created without
+ *       XEN_DMOP_IOREQ_SERVER_RETRY answers RETRY: Xen treats it as any
+ *       unknown state, as before the series (the guest is crashed)
  *
  * Checks (one "RESULT name=... ok=0|1 value=..." line each):
  *   lend             dom0 lends its own pages at free guest frames
@@ -397,7 +401,7 @@ struct server {
     unsigned int requests, retries_answered, lends;
 };
 
-static int server_start(struct server *s, uint16_t dom)
+static int server_start(struct server *s, uint16_t dom, unsigned int flags)
 {
     void *addr = NULL;
 
@@ -406,7 +410,7 @@ static int server_start(struct server *s, uint16_t dom)
     s->port = -1;
     s->lent_gfn = ~0ULL;
 
-    if ( X.dm_create(dm, dom, 0, XEN_DMOP_IOREQ_SERVER_RETRY, &s->id) )
+    if ( X.dm_create(dm, dom, 0, flags, &s->id) )
         return -errno;
 
     s->res = X.fm_map_resource(fm, dom, XENMEM_resource_ioreq_server, s->id,
@@ -496,13 +500,55 @@ static void server_run(struct server *s, double seconds)
 
 /* ------------------------------------------------------------------ main */
 
+/*
+ * A server that did not opt in answers RETRY: the old code path for an
+ * unknown state crashes the guest.  Domain info flags: shutdown is bit 2,
+ * the reason (3 = crash) in bits 16-23; a destroyed domain is gone.
+ */
+static int not_opted_in(uint16_t dom)
+{
+    struct server s;
+    uint64_t info[512];
+    uint32_t flags = 0;
+    bool gone = false, crashed = false;
+    int i, rc;
+
+    rc = server_start(&s, dom, 0);
+    if ( rc )
+    {
+        result("retry-not-opted-in", false, "server:%s", strerror(-rc));
+        return 1;
+    }
+    s.mode = SERVE_RETRY_ONLY;
+    server_run(&s, 1.0);
+    for ( i = 0; i < 50 && !gone && !crashed; i++ )
+    {
+        memset(info, 0, sizeof(info));
+        if ( X.xc_getinfo_single(xch, dom, info) ||
+             (uint16_t)info[0] != dom )
+            gone = true;
+        else
+        {
+            flags = info[0] >> 32;
+            crashed = (flags & (1U << 2)) && ((flags >> 16) & 0xff) == 3;
+        }
+        usleep(100000);
+    }
+    result("retry-not-opted-in", s.requests >= 1 && (gone || crashed),
+           "requests=%u,domain=%s,flags=%#x", s.requests,
+           gone ? "gone" : crashed ? "crashed" : "running", flags);
+    if ( !gone )
+        server_stop(&s);
+    return failures ? 1 : 0;
+}
+
 #define NR_PAGES 1024U
 
 int main(int argc, char **argv)
 {
     uint16_t dom = 0;
     uint64_t gfn = 0x30000;
-    bool have_dom = false, destroy = true;
+    bool have_dom = false, destroy = true, opt_in_test = false;
     unsigned long frames_ul[NR_PAGES + 1];
     uint64_t frames[NR_PAGES + 1], bogus[2];
     uint32_t done;
@@ -524,6 +570,8 @@ int main(int argc, char **argv)
             gfn = strtoull(argv[++i], NULL, 0);
         else if ( !strcmp(argv[i], "--no-destroy") )
             destroy = false;
+        else if ( !strcmp(argv[i], "--no-opt-in") )
+            opt_in_test = true;
         else
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --dom D "
@@ -549,6 +597,9 @@ int main(int argc, char **argv)
         fclose(f);
 
     load_libs();
+
+    if ( opt_in_test )
+        return not_opted_in(dom);
 
     /*
      * Pages owned by dom0 whose MFNs we know: a fresh reservation (the
@@ -690,7 +741,7 @@ int main(int argc, char **argv)
         struct server s;
         uint32_t c0, c1, c2, c3, r;
 
-        rc = server_start(&s, dom);
+        rc = server_start(&s, dom, XEN_DMOP_IOREQ_SERVER_RETRY);
         if ( rc )
         {
             result("retry-lend", false, "server:%s", strerror(-rc));

@@ -44,6 +44,7 @@ find_bin() {
 
 cleanup() {
     xl destroy "$name" >/dev/null 2>&1
+    xl destroy "$name-b" >/dev/null 2>&1
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -100,4 +101,17 @@ else
 fi
 
 xl dmesg | tail -n +"$((dmesg_before + 1))" | tail -n 20 | sed 's/^/    xen| /' >&2
+
+# A server that did not opt in and answers RETRY: unchanged behaviour (an
+# unknown state crashes the guest), on a second guest.
+sed "s/^name = .*/name = \"$name-b\"/" "$work/guest.cfg" >"$work/guest-b.cfg"
+if timeout 120 xl create "$work/guest-b.cfg" >"$work/create-b.log" 2>&1; then
+    sleep 1
+    "$bin" --dom "$(xl domid "$name-b")" --no-opt-in || fail=1
+    xl destroy "$name-b" >/dev/null 2>&1
+else
+    sed 's/^/    | /' "$work/create-b.log" >&2
+    result xen-retry-not-opted-in 0 guest-create-failed
+    fail=1
+fi
 exit $fail
