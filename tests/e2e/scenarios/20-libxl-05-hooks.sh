@@ -98,7 +98,11 @@ for _ in $(seq 240); do
     sleep 1
 done
 gh_show_fake_log
-gh_fake_log_has "^destroy domid=$first .* size=32 " || fail "no destroy hook after the crash of domain $first"
+if ! gh_fake_log_has "^destroy domid=$first .* size=32 "; then
+    log "guest console:"
+    tail -n 30 "/var/log/xen/console/guest-$name.log" 2>/dev/null | sed 's/^/    | /' >&2
+    fail "no destroy hook after the crash of domain $first"
+fi
 second=$(awk -v f="$first" '/^create / { split($2, a, "="); if (a[2] != f) { print a[2]; exit } }' "$GH_FAKE_LOG")
 [ -n "$second" ] || fail "no create hook for the restarted domain"
 # Order: create(first), destroy(first), create(second).
@@ -112,7 +116,7 @@ ok "crash: destroy hook for $first, restart: create hook for $second"
 
 # Stop the crash/restart loop; xl destroy may race with a restart, so retry.
 for _ in $(seq 30); do
-    xl destroy "$name" >/dev/null 2>&1 || true
+    timeout 60 xl destroy "$name" >/dev/null 2>&1 || true
     sleep 2
     gh_domid "$name" >/dev/null || { sleep 3; gh_domid "$name" >/dev/null || break; }
 done

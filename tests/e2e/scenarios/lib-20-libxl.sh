@@ -114,7 +114,7 @@ GH_DOMAINS=()
 gh_cleanup() {
     local d
     for d in "${GH_DOMAINS[@]}"; do
-        xl destroy "$d" >/dev/null 2>&1 || true
+        timeout 60 xl destroy "$d" >/dev/null 2>&1 || true
     done
     gh_restore_plugin
     rm -rf "$GH_WORK" "$GH_FAKE_DIR"
