@@ -6,7 +6,7 @@
 # path, records no call), nothing of gpu-hostmem appears in xenstore, and
 # xl save / xl restore still work; with gpu_hostmem = 0 the same holds.
 # shellcheck source=lib-20-libxl.sh
-. "$(dirname "$0")/lib-20-libxl.sh"
+. "$(dirname "$0")/lib-20-libxl.sh" || exit 1
 
 gh_use_fake_plugin create=ok destroy=ok
 

@@ -4,7 +4,7 @@
 # domain behind and without calling the plugin: gpu_hostmem on a PV or PVH
 # guest, and BAR sizes that are not a power of two in [1 MiB, 64 GiB].
 # shellcheck source=lib-20-libxl.sh
-. "$(dirname "$0")/lib-20-libxl.sh"
+. "$(dirname "$0")/lib-20-libxl.sh" || exit 1
 
 gh_use_fake_plugin create=ok destroy=ok
 

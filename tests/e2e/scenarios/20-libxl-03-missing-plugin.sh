@@ -4,7 +4,7 @@
 # says which file it could not load, and leaves no domain and no xenstore
 # state behind (the half-built domain is destroyed).
 # shellcheck source=lib-20-libxl.sh
-. "$(dirname "$0")/lib-20-libxl.sh"
+. "$(dirname "$0")/lib-20-libxl.sh" || exit 1
 
 gh_use_plugin none
 gh_hvm_cfg gh-libxl-noplugin "gpu_hostmem = 1"

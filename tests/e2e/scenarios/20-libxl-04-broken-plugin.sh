@@ -11,7 +11,7 @@
 # and, the other way round, a failing or crashing destroy hook never stops a
 # domain from being destroyed.
 # shellcheck source=lib-20-libxl.sh
-. "$(dirname "$0")/lib-20-libxl.sh"
+. "$(dirname "$0")/lib-20-libxl.sh" || exit 1
 
 gh_hvm_cfg gh-libxl-broken "gpu_hostmem = 1" "gpu_hostmem_size = 64"
 cfg=$GH_CFG

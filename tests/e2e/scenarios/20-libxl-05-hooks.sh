@@ -11,7 +11,7 @@
 #     restarts it, then destroys it) gets the destroy hook, and its restart
 #     gets a fresh create hook.
 # shellcheck source=lib-20-libxl.sh
-. "$(dirname "$0")/lib-20-libxl.sh"
+. "$(dirname "$0")/lib-20-libxl.sh" || exit 1
 
 gh_use_fake_plugin create=ok destroy=ok
 name=gh-libxl-hooks

@@ -9,7 +9,7 @@
 #   - xl destroy stops the server: no process, no xenstore keys left.
 # Skipped (exit 77) when the real plugin is not installed in dom0.
 # shellcheck source=lib-20-libxl.sh
-. "$(dirname "$0")/lib-20-libxl.sh"
+. "$(dirname "$0")/lib-20-libxl.sh" || exit 1
 
 [ -f "$GH_PLUGIN" ] || skip "real plugin not installed at $GH_PLUGIN"
 grep -aq 'fake plugin' "$GH_PLUGIN" && skip "$GH_PLUGIN is the fake plugin, not the real one"
