@@ -50,13 +50,24 @@ prepare() {
     cp "$src"/drivers/xen/{privcmd.c,privcmd-buf.c,privcmd.h} "$out/"
     cp "$src/include/xen/interface/hvm/dm_op.h" "$out/include/xen/interface/hvm/"
     cp "$src/include/uapi/xen/privcmd.h" "$out/include/uapi/xen/"
+    # The distribution's xenfs imports xen_privcmd_fops with the modversions
+    # CRC of the stock privcmd.c. genksyms computes it from every struct
+    # definition the unit can see, so the header the series adds
+    # (linux/shmem_fs.h) changes it although the symbol's type does not,
+    # and xenfs would refuse to load. Hide that header from genksyms only
+    # (it preprocesses with -D__GENKSYMS__); 'make' checks the CRCs.
+    cat >"$out/genksyms-compat.h" <<'EOF'
+#ifdef __GENKSYMS__
+#define __SHMEM_FS_H
+#endif
+EOF
     cat >"$out/Kbuild" <<'EOF'
 # drivers/xen/Makefile's privcmd part, with CONFIG_XEN_PRIVCMD_HOSTMEM=y;
 # the patched headers come before those of the installed linux-headers.
 obj-m := xen-privcmd.o
 xen-privcmd-y := privcmd.o privcmd-buf.o
 LINUXINCLUDE := -I$(src)/include -I$(src)/include/uapi $(LINUXINCLUDE)
-ccflags-y += -DCONFIG_XEN_PRIVCMD_HOSTMEM=1
+ccflags-y += -DCONFIG_XEN_PRIVCMD_HOSTMEM=1 -include $(src)/genksyms-compat.h
 EOF
     rm -rf "$tmp"
     echo "build-module: prepared $out"
@@ -76,6 +87,13 @@ build() {
     fi
     rm -f "$log"
     [ -f "$out/xen-privcmd.ko" ] || die "no xen-privcmd.ko"
+    # Exported symbols keep the distribution's CRCs (xenfs uses them).
+    local crc sym rest want
+    while read -r crc sym rest; do
+        want=$(awk -v s="$sym" '$2 == s { print $1 }' "$headers/Module.symvers")
+        [ -z "$want" ] || [ "$want" = "$crc" ] ||
+            die "$sym: CRC $crc is not the distribution's $want: xenfs would not load"
+    done <"$out/Module.symvers"
     echo "build-module: built $out/xen-privcmd.ko"
 }
 
