@@ -5,6 +5,7 @@
 # /var/cache/gpu-hostmem), outside the repository, keyed by the sha256 of the
 # inputs of each product, so that a second run rebuilds only what changed.
 
+shopt -s inherit_errexit
 GH_E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 GH_TOP=$(cd "$GH_E2E_DIR/../.." && pwd)
 GH_SHARED=${GH_SHARED:-$(cd "$GH_TOP/.." && pwd)/shared}
@@ -23,18 +24,30 @@ export GH_T0
 gh_log() { printf '[e2e %s +%4ss] %s\n' "$(date -u +%H:%M:%S)" "$(($(date +%s) - GH_T0))" "$*" >&2; }
 gh_die() { printf '[e2e] ERROR: %s\n' "$*" >&2; exit 1; }
 
-# gh_step NAME CMD...: run a step, log its duration, append it to the timing log.
+# gh_step NAME CMD...: run a step, log its duration, append it to the timing
+# log.  A failing command inside the step stops the whole script (errexit
+# stays in force: the step is not run in a condition), and the EXIT trap
+# names the step that failed.
+GH_CUR_STEP=
+gh_on_exit() {
+    local rc=$?
+    if [ "$rc" != 0 ] && [ -n "$GH_CUR_STEP" ]; then
+        printf '[e2e] FAILED in step "%s" (exit %s)\n' "$GH_CUR_STEP" "$rc" >&2
+    fi
+}
+trap gh_on_exit EXIT
 gh_step() {
-    local _step_name=$1 _step_t0 _step_rc=0
+    local _step_name=$1 _step_t0
     shift
     _step_t0=$(date +%s)
+    GH_CUR_STEP=$_step_name
     gh_log "begin: $_step_name"
-    "$@" || _step_rc=$?
-    gh_log "end:   $_step_name (rc=$_step_rc, $(($(date +%s) - _step_t0)) s)"
+    "$@"
+    GH_CUR_STEP=
+    gh_log "end:   $_step_name ($(($(date +%s) - _step_t0)) s)"
     if [ -n "${GH_TIMINGS:-}" ]; then
-        printf '%s\t%s\t%s\n' "$_step_name" "$(($(date +%s) - _step_t0))" "$_step_rc" >>"$GH_TIMINGS"
+        printf '%s\t%s\n' "$_step_name" "$(($(date +%s) - _step_t0))" >>"$GH_TIMINGS"
     fi
-    return "$_step_rc"
 }
 
 # gh_hash ARGS...: sha256 over strings and file contents. "f:PATH" hashes a

@@ -1,6 +1,10 @@
 # Runs inside the build root: build drivers/xen/privcmd.c (+ privcmd-buf.c)
 # of a (patched) linux-source-6.12 subset as the out-of-tree module
-# xen-privcmd.ko against the matching trixie linux-headers.
+# xen-privcmd.ko against the matching trixie linux-headers, and xenfs.ko
+# with it: xenfs imports xen_privcmd_fops, whose modversions CRC changes
+# as soon as privcmd.c includes more headers (genksyms expands every type
+# that is complete in the unit), so the distribution's xenfs would refuse
+# our privcmd ("disagrees about version of symbol", EINVAL).
 # Arguments: patched source subset, module dir, kernel version, jobs.
 #
 # The patched uapi and Xen interface headers (include/uapi/xen,
@@ -16,6 +20,10 @@ kdir=/usr/src/linux-headers-$kver
 rm -rf "$mod"
 mkdir -p "$mod/include/uapi"
 cp "$src"/drivers/xen/privcmd.c "$src"/drivers/xen/privcmd-buf.c "$src"/drivers/xen/privcmd.h "$mod/"
+mkdir -p "$mod/xenfs"
+cp "$src"/drivers/xen/xenfs/*.[ch] "$mod/xenfs/"
+cp "$src"/drivers/xen/xenfs/Makefile "$mod/xenfs/Kbuild"
+sed -i "1i NOSTDINC_FLAGS := -I$mod/include/uapi -I$mod/include \\\$(NOSTDINC_FLAGS)" "$mod/xenfs/Kbuild"
 cp -a "$src/include/xen" "$mod/include/xen"
 cp -a "$src/include/uapi/xen" "$mod/include/uapi/xen"
 
@@ -34,7 +42,7 @@ cat >"$mod/Kbuild" <<KBUILD
 # Patched headers before the kernel's own (NOSTDINC_FLAGS precedes LINUXINCLUDE).
 NOSTDINC_FLAGS := -I$mod/include/uapi -I$mod/include \$(NOSTDINC_FLAGS)
 ccflags-y += $defs
-obj-m := xen-privcmd.o
+obj-m := xen-privcmd.o xenfs/
 xen-privcmd-y := privcmd.o privcmd-buf.o
 KBUILD
 make -C "$kdir" M="$mod" -j"$jobs" modules 2>&1 | tee "$mod/make.log"
@@ -51,5 +59,7 @@ grep -q "$mod/include/xen/interface/hvm/dm_op.h" "$mod/.privcmd.o.cmd" || {
     echo "privcmd.o was not compiled against $mod/include/xen/interface/hvm/dm_op.h" >&2
     exit 1
 }
+cat "$mod/xenfs/Kbuild"
+/sbin/modprobe --dump-modversions "$mod/xenfs/xenfs.ko" | grep privcmd
 /sbin/modinfo -F srcversion "$mod/xen-privcmd.ko" >"$mod/srcversion"
 /sbin/modinfo "$mod/xen-privcmd.ko"

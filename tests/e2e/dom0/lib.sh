@@ -1,0 +1,178 @@
+# shellcheck shell=bash
+# Helpers for scenario scripts, run in the test bed's dom0.  A scenario
+# sources this file (source /usr/lib/gpu-hostmem/e2e/lib.sh), prints RESULT
+# lines and exits non-zero on failure.  A scenario passes when it exits 0 and
+# no RESULT line in its output (its own or a guest's) says ok=0.
+
+GH_GUEST_DIR=/usr/lib/gpu-hostmem/guest
+GH_CONSOLE_DIR=/var/log/xen/console
+GH_FAILED=0
+
+# result NAME OK VALUE: one machine-readable result (OK is 1 or 0).
+result() {
+    echo "RESULT name=$1 ok=$2 value=${3:-}"
+    [ "$2" = 1 ] || GH_FAILED=1
+}
+
+# check NAME VALUE CMD...: run CMD, record ok=1 if it succeeds.
+check() {
+    local n=$1 v=$2
+    shift 2
+    if "$@"; then result "$n" 1 "$v"; else result "$n" 0 "$v"; fi
+}
+
+# gh_now: seconds since boot, with a fraction.
+gh_now() { cut -d' ' -f1 /proc/uptime; }
+gh_since() { awk -v a="$1" -v b="$(gh_now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# gh_guest_cfg NAME TYPE RUN [XL.CFG LINE...]: write /tmp/NAME.cfg for a
+# test guest of TYPE hvm or pvh, booting the test kernel and initramfs and
+# running RUN (gh.run syntax: PROG[,ARG...]). The guest stays up after RUN
+# (gh.hold=1) until destroyed. Extra lines are appended to the config.
+gh_guest_cfg() {
+    local name=$1 type=$2 run=$3 cfg=/tmp/$1.cfg
+    shift 3
+    {
+        echo "name = \"$name\""
+        echo "memory = ${GH_GUEST_MEMORY:-256}"
+        echo "vcpus = ${GH_GUEST_VCPUS:-1}"
+        echo "kernel = \"$GH_GUEST_DIR/vmlinuz\""
+        echo "ramdisk = \"$GH_GUEST_DIR/initrd.gz\""
+        echo 'on_poweroff = "destroy"'
+        echo 'on_reboot = "destroy"'
+        echo 'on_crash = "destroy"'
+        case "$type" in
+        hvm)
+            echo 'type = "hvm"'
+            echo 'device_model_version = "qemu-xen"'
+            echo 'vga = "none"'
+            echo 'serial = "none"'
+            echo "cmdline = \"console=hvc0 iomem=relaxed xen_emul_unplug=never quiet loglevel=4 gh.hold=1 gh.run=$run\""
+            ;;
+        pvh)
+            echo 'type = "pvh"'
+            echo "cmdline = \"console=hvc0 quiet loglevel=4 gh.hold=1 gh.run=$run\""
+            ;;
+        *) echo "gh_guest_cfg: unknown type $type" >&2; return 1 ;;
+        esac
+        local l
+        for l in "$@"; do echo "$l"; done
+    } >"$cfg"
+    echo "$cfg"
+}
+
+# gh_guest_create NAME: xl create /tmp/NAME.cfg (bounded), prints the domid.
+gh_guest_create() {
+    local name=$1
+    rm -f "$GH_CONSOLE_DIR/guest-$name.log"
+    if ! timeout 120 xl create "/tmp/$name.cfg" >"/tmp/$name.create" 2>&1; then
+        sed "s/^/[xl create $name] /" "/tmp/$name.create" >&2
+        return 1
+    fi
+    sed "s/^/[xl create $name] /" "/tmp/$name.create" >&2
+    xl domid "$name"
+}
+
+# gh_guest_wait NAME TIMEOUT: relay the guest's console (xenconsoled log)
+# prefixed with [NAME] until it prints GH-GUEST-DONE; the whole console is
+# kept in /tmp/NAME.out. Fails on timeout or if the domain disappears.
+gh_guest_wait() {
+    local name=$1 tmo=$2 log=$GH_CONSOLE_DIR/guest-$1.log n=0 end
+    end=$(($(date +%s) + tmo))
+    : >"/tmp/$name.out"
+    while :; do
+        if [ -f "$log" ]; then
+            local total
+            total=$(wc -l <"$log")
+            if [ "$total" -gt "$n" ]; then
+                sed -n "$((n + 1)),${total}p" "$log" | tr -d '\r' | tee -a "/tmp/$name.out" | sed "s/^/[$name] /"
+                n=$total
+            fi
+        fi
+        grep -q '^GH-GUEST-DONE' "/tmp/$name.out" && return 0
+        if ! xl domid "$name" >/dev/null 2>&1; then
+            echo "guest $name is gone before it finished"
+            return 1
+        fi
+        if [ "$(date +%s)" -ge "$end" ]; then
+            echo "guest $name did not finish within $tmo s"
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
+# gh_guest_result NAME RESULTNAME: the value of a guest's RESULT line if it
+# says ok=1 (fails otherwise).
+gh_guest_result() {
+    local l
+    l=$(grep "^RESULT name=$2 " "/tmp/$1.out" 2>/dev/null | tail -n1)
+    [ -n "$l" ] || return 1
+    case "$l" in *" ok=1 "* | *" ok=1") ;; *) return 1 ;; esac
+    echo "${l#* value=}"
+}
+
+# gh_guest_destroy NAME: xl destroy (bounded).
+gh_guest_destroy() {
+    timeout 60 xl destroy "$1"
+}
+
+# gh_clean DOMID: no trace of the domain left: xl list, xenstore (domain,
+# libxl, backends, device model) and no device model process.
+gh_clean() {
+    local domid=$1 bad=0 p
+    if xl list | awk 'NR > 1 && $1 != "Domain-0"' | grep -q .; then
+        echo "xl list still shows guests:"; xl list; bad=1
+    fi
+    for p in "/local/domain/$domid" "/libxl/$domid" "/local/domain/0/device-model/$domid" \
+        "/local/domain/0/backend/vbd/$domid" "/local/domain/0/backend/vif/$domid" \
+        "/local/domain/0/backend/console/$domid" "/local/domain/0/backend/vkbd/$domid" \
+        "/local/domain/0/backend/qdisk/$domid" "/local/domain/0/gpu-hostmem/$domid"; do
+        if xenstore-exists "$p" 2>/dev/null; then
+            echo "xenstore still has $p"; bad=1
+        fi
+    done
+    if pgrep -f "xen-qemu-system-i386.*-xen-domid $domid( |$)" >/dev/null; then
+        echo "device model of domain $domid still running"; bad=1
+    fi
+    return "$bad"
+}
+
+# gh_wait_gone NAME SECONDS: wait until the domain is gone from xl list.
+gh_wait_gone() {
+    local i
+    for i in $(seq 1 $(($2 * 2))); do
+        xl domid "$1" >/dev/null 2>&1 || return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+# gh_guest_cycle NAME TYPE RUN TIMEOUT [XL.CFG LINE...]: create a guest, wait
+# for its program, destroy it and check everything is clean, with a RESULT
+# line (and timing) for each step. Returns non-zero on any failure.
+gh_guest_cycle() {
+    local name=$1 type=$2 run=$3 tmo=$4 t domid
+    shift 4
+    gh_guest_cfg "$name" "$type" "$run" "$@" >/dev/null || return 1
+    t=$(gh_now)
+    if ! domid=$(gh_guest_create "$name"); then
+        result "$name-create" 0 "$(gh_since "$t")s"
+        return 1
+    fi
+    result "$name-create" 1 "domid=$domid,$(gh_since "$t")s"
+    if gh_guest_wait "$name" "$tmo"; then
+        result "$name-run" 1 "$(gh_since "$t")s"
+    else
+        result "$name-run" 0 "$(gh_since "$t")s"
+    fi
+    t=$(gh_now)
+    if gh_guest_destroy "$name" && gh_wait_gone "$name" 30; then
+        result "$name-destroy" 1 "$(gh_since "$t")s"
+    else
+        result "$name-destroy" 0 "$(gh_since "$t")s"
+    fi
+    sleep 1
+    check "$name-clean" "domid=$domid" gh_clean "$domid"
+    return "$GH_FAILED"
+}
