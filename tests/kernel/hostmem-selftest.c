@@ -399,10 +399,11 @@ static void test_register_query_unregister(void)
 
 	{
 		struct privcmd_hostmem_query k = { .dom = dom };
+		int rc = xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &k);
 
 		result("query-zero-capacity-counts",
-		       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &k) == 0 &&
-		       k.nr_regions == 1, "nr=%u", k.nr_regions);
+		       rc == 0 && k.nr_regions == 1, "rc=%s nr=%u", ename(rc),
+		       k.nr_regions);
 	}
 
 	expect("register-same-id", reg(m, pg, 64 * pg, 1), EEXIST);
@@ -605,6 +606,7 @@ static void test_lend_revoke_args(void)
 	struct privcmd_hostmem_revoke rv = { .nr_pages = 1, .dom = dom };
 	struct privcmd_hostmem_query qq = { .dom = dom, .flags = 1 };
 	uint32_t n = 0;
+	int rc;
 
 	l.flags = 1;
 	expect("lend-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_LEND, &l), EINVAL);
@@ -617,9 +619,9 @@ static void test_lend_revoke_args(void)
 	       EINVAL);
 	expect("lend-gfn-wraps", lend(0, (uint64_t)-1, 2, &n), EINVAL);
 	n = 7;
-	result("lend-unregistered-lends-nothing",
-	       lend(0x40000000, gfn_base, 4, &n) == 0 && n == 0,
-	       "nr_lent=%u", n);
+	rc = lend(0x40000000, gfn_base, 4, &n);
+	result("lend-unregistered-lends-nothing", rc == 0 && n == 0,
+	       "rc=%s nr_lent=%u", ename(rc), n);
 
 	rv.flags = 2;
 	expect("revoke-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
@@ -663,7 +665,7 @@ static void test_limits(void)
 static void test_owner_exit_bookkeeping(void)
 {
 	pid_t pid = fork();
-	int status;
+	int status, rc;
 	uint32_t n = 9;
 
 	if (pid == 0) {
@@ -676,8 +678,9 @@ static void test_owner_exit_bookkeeping(void)
 	result("owner-exit-registration-stays",
 	       WIFEXITED(status) && WEXITSTATUS(status) == 0 && q.nr == 1 &&
 	       region(40), "nr=%u", q.nr);
-	result("owner-exit-lends-nothing",
-	       lend(0, gfn_base, 4, &n) == 0 && n == 0, "nr_lent=%u", n);
+	rc = lend(0, gfn_base, 4, &n);
+	result("owner-exit-lends-nothing", rc == 0 && n == 0,
+	       "rc=%s nr_lent=%u", ename(rc), n);
 	expect("owner-exit-unregister", unreg(40), 0);
 }
 
