@@ -1,7 +1,10 @@
 # Runs inside the build root: configure Xen's tools with Debian trixie's
 # paths (so the result drops in over xen-utils-4.20) and build the subset
 # dom0 needs from us: tools/libs (libxl, libxenctrl, libxendevicemodel, ...),
-# tools/xl and hvmloader; install into a DESTDIR.
+# tools/xl, hvmloader and the daemons that link the unstable libraries
+# (xenstored, xenconsoled, xen-init-dom0: Debian's binaries are built from
+# a different 4.20 tree and crash against our libxenctrl); install into a
+# DESTDIR.
 # Arguments: tree name, DESTDIR, jobs.
 set -euo pipefail
 cd "/build/$1"
@@ -19,8 +22,11 @@ make -C tools/include -j"$jobs"
 make -C tools/libs -j"$jobs"
 make -C tools/xl -j"$jobs"
 make -C tools/firmware -j"$jobs"
+make -C tools/helpers -j"$jobs"
+make -C tools/console -j"$jobs"
+make -C tools/xenstored -j"$jobs"
 rm -rf "$dest"
-for d in tools/libs tools/xl tools/firmware; do
+for d in tools/libs tools/xl tools/firmware tools/helpers tools/console tools/xenstored; do
     make -C "$d" install DESTDIR="$dest"
 done
 find "$dest" -type f | sort | head -n 100

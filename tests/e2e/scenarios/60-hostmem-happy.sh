@@ -46,7 +46,7 @@ if gh_guest_wait "$name" 300; then
     result hm-guest-run 1 "$(gh_since "$t")s"
 else
     result hm-guest-run 0 "$(gh_since "$t")s"
-    hm_ioreqd_log "$dom" 60
+    hm_diag "$name" "$dom"
 fi
 grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "/tmp/$name.out" | tail -n1)
 check hm-guest-rc "rc=${grc:-none}" [ "${grc:-1}" = 0 ]
