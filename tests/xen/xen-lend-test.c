@@ -13,6 +13,9 @@
  *   xen-lend-test --dom D [--gfn G] [--no-destroy]
  *       run every check against guest D; by default the last check
  *       destroys D (xl destroy) and checks that the lent pages are freed
+ *   xen-lend-test --dom D --limit N
+ *       lend-limit: with Xen booted with max-lent-pages=N, lending N + 8
+ *       pages stops with -ENOSPC after exactly N (reported in @done)
  *   xen-lend-test --dom D --no-opt-in
  *       retry-not-opted-in: a server created without
  *       XEN_DMOP_IOREQ_SERVER_RETRY answers RETRY: Xen treats it as any
@@ -544,11 +547,41 @@ static int not_opted_in(uint16_t dom)
 
 #define NR_PAGES 1024U
 
+static int limit_test(uint16_t dom, uint64_t gfn, unsigned long limit)
+{
+    unsigned long n = limit + 8, i;
+    unsigned long *ul = calloc(n, sizeof(*ul));
+    uint64_t *fr = calloc(n, sizeof(*fr));
+    long max0 = dom_pages(0, true);
+    uint32_t done = 0, rdone = 0;
+    int rc, rrc;
+
+    if ( !ul || !fr || max0 <= 0 ||
+         X.xc_setmaxmem(xch, 0, (max0 + n + 64) * (PAGE_SIZE / 1024)) ||
+         X.xc_increase(xch, DOMID_SELF, n, 0, 0, ul) )
+    {
+        result("lend-limit", false, "setup:%s", strerror(errno));
+        return 1;
+    }
+    for ( i = 0; i < n; i++ )
+        fr[i] = ul[i];
+
+    rc = do_lend(dom, gfn, n, fr, &done);
+    rrc = do_revoke(dom, gfn, n, fr, &rdone);
+    result("lend-limit", rc == -ENOSPC && done == limit && rrc == 0,
+           "limit=%lu,lend:rc=%d,done=%u,revoke:rc=%d", limit, rc, done, rrc);
+
+    X.xc_decrease(xch, DOMID_SELF, n, 0, ul);
+    X.xc_setmaxmem(xch, 0, max0 * (PAGE_SIZE / 1024));
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     uint16_t dom = 0;
     uint64_t gfn = 0x30000;
     bool have_dom = false, destroy = true, opt_in_test = false;
+    unsigned long limit = 0;
     unsigned long frames_ul[NR_PAGES + 1];
     uint64_t frames[NR_PAGES + 1], bogus[2];
     uint32_t done;
@@ -572,6 +605,8 @@ int main(int argc, char **argv)
             destroy = false;
         else if ( !strcmp(argv[i], "--no-opt-in") )
             opt_in_test = true;
+        else if ( !strcmp(argv[i], "--limit") && i + 1 < argc )
+            limit = strtoul(argv[++i], NULL, 0);
         else
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --dom D "
@@ -600,6 +635,8 @@ int main(int argc, char **argv)
 
     if ( opt_in_test )
         return not_opted_in(dom);
+    if ( limit )
+        return limit_test(dom, gfn, limit);
 
     /*
      * Pages owned by dom0 whose MFNs we know: a fresh reservation (the

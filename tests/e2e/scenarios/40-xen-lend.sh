@@ -76,6 +76,14 @@ fi
 domid=$(xl domid "$name")
 sleep 1
 
+# Xen booted with a small max-lent-pages=N: check the limit (the other
+# checks lend 1024 pages and need more).
+limit=$(xl info | sed -n 's/^xen_commandline.*max-lent-pages=\([0-9]*\).*/\1/p')
+if [ -n "$limit" ] && [ "$limit" -lt 1100 ]; then
+    "$bin" --dom "$domid" --limit "$limit" || fail=1
+    exit $fail
+fi
+
 dmesg_before=$(xl dmesg | wc -l)
 "$bin" --dom "$domid"
 rc=$?
