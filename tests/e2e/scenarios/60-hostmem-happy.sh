@@ -10,7 +10,7 @@
 #   - gpu-hostmem status shows the registrations, lent pages, faults, retries;
 #   - xl destroy: no page lent (kernel's count through the CLI), no ioreqd, no
 #     xenstore keys; then the backend exits cleanly and nothing is registered.
-# timeout: 420
+# timeout: 1500
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
 
@@ -42,7 +42,7 @@ sed 's/^/[backend] /' "$bout"
 
 xl unpause "$name"
 t=$(gh_now)
-if gh_guest_wait "$name" 300; then
+if gh_guest_wait "$name" "${HM_GUEST_WAIT:-1200}"; then
     result hm-guest-run 1 "$(gh_since "$t")s"
 else
     result hm-guest-run 0 "$(gh_since "$t")s"
