@@ -47,7 +47,7 @@ gh_guest_cfg() {
             echo 'device_model_version = "qemu-xen"'
             echo 'vga = "none"'
             echo 'serial = "none"'
-            echo "cmdline = \"console=hvc0 iomem=relaxed xen_emul_unplug=never quiet loglevel=4 gh.hold=1 gh.run=$run\""
+            echo "cmdline = \"console=hvc0 earlyprintk=xen iomem=relaxed xen_emul_unplug=never quiet loglevel=4 gh.hold=1 gh.run=$run\""
             ;;
         pvh)
             echo 'type = "pvh"'
@@ -77,8 +77,9 @@ gh_guest_create() {
 # prefixed with [NAME] until it prints GH-GUEST-DONE; the whole console is
 # kept in /tmp/NAME.out. Fails on timeout or if the domain disappears.
 gh_guest_wait() {
-    local name=$1 tmo=$2 log=$GH_CONSOLE_DIR/guest-$1.log n=0 end
+    local name=$1 tmo=$2 log=$GH_CONSOLE_DIR/guest-$1.log n=0 end next
     end=$(($(date +%s) + tmo))
+    next=$(($(date +%s) + 60))
     : >"/tmp/$name.out"
     while :; do
         if [ -f "$log" ]; then
@@ -93,6 +94,10 @@ gh_guest_wait() {
         if ! xl domid "$name" >/dev/null 2>&1; then
             echo "guest $name is gone before it finished"
             return 1
+        fi
+        if [ "$(date +%s)" -ge "$next" ]; then
+            echo "still waiting for $name: $(xl list "$name" 2>&1 | tail -n1)"
+            next=$(($(date +%s) + 60))
         fi
         if [ "$(date +%s)" -ge "$end" ]; then
             echo "guest $name did not finish within $tmo s"
