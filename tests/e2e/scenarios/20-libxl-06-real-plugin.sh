@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# timeout: 600
+# timeout: 900
 # With the real plugin (plugin/libxl-plugin, installed at libxl's fixed path):
 #   - xl create of a gpu_hostmem guest starts gpu-hostmem-ioreqd for it and
 #     records it in xenstore (/local/domain/0/gpu-hostmem/<domid>/: uuid,
@@ -56,10 +56,12 @@ slot=${slot%.*}
 fn=${bdf##*.}
 pat="\\(d$domid\\) pci dev $slot:$fn bar [0-9a-f]+ size 0*$(printf '%x' "$bar_size"):"
 seen=
-for _ in $(seq 60); do
+deadline=$(($(date +%s) + 180))
+while [ "$(date +%s)" -lt "$deadline" ]; do
     seen=$(xl dmesg 2>/dev/null | grep -E "$pat" | tail -n1)
     [ -n "$seen" ] && break
-    [ "$(gh_domid "$name")" = "$domid" ] || fail "domain $domid went away while its firmware ran"
+    xenstore-read "/local/domain/$domid/name" >/dev/null 2>&1 ||
+        fail "domain $domid went away while its firmware ran"
     sleep 2
 done
 [ -n "$seen" ] || fail "the guest firmware never sized a $bar_size-byte BAR at $bdf (xl dmesg)"
@@ -67,9 +69,10 @@ ok "guest firmware found the device at $bdf: ${seen#*pci dev }"
 
 if [ "$in_guest" = 1 ]; then
     clog=/var/log/xen/console/guest-$name.log
-    for _ in $(seq 150); do
+    deadline=$(($(date +%s) + 300))
+    while [ "$(date +%s)" -lt "$deadline" ]; do
         grep -q '^GH-GUEST-DONE' "$clog" 2>/dev/null && break
-        [ "$(gh_domid "$name")" = "$domid" ] || break
+        xenstore-read "/local/domain/$domid/name" >/dev/null 2>&1 || break
         sleep 2
     done
     tr -d '\r' <"$clog" 2>/dev/null | grep -E '^(RESULT|GH-GUEST)' | sed 's/^/    | /' >&2
