@@ -4,7 +4,8 @@
 //! Writes go through per-register writable masks, so sizing by writing
 //! all-ones and reading back needs no special case: the BAR's mask is
 //! `!(size - 1)`. A 64-bit BAR move takes effect when its upper dword is
-//! written, and the BAR is decoded only while COMMAND.memory is set. A
+//! written (its first placement also on the lower dword alone, as hvmloader
+//! does below 4 GiB), and the BAR is decoded only while COMMAND.memory is set. A
 //! config write returns the MMIO diff ([`BarChange`]); the caller applies
 //! it to Xen and the ledger.
 
@@ -182,7 +183,10 @@ impl PciFunction {
         let lane = all_ones(size) << shift;
         let mask = self.writable[i] & lane;
         self.regs[i] = (self.regs[i] & !mask) | ((value << shift) & mask);
-        if reg & !3 == REG_BAR1 {
+        // A move takes effect on the upper dword, except the first placement:
+        // firmware that puts a 64-bit BAR below 4 GiB (hvmloader) writes only
+        // the lower dword and leaves the upper one at its reset value 0.
+        if reg & !3 == REG_BAR1 || (reg & !3 == REG_BAR0 && self.bar_base == 0) {
             self.commit_bar();
         }
         diff(before, self.active_bar())
@@ -354,9 +358,25 @@ mod tests {
     }
 
     #[test]
+    fn first_placement_by_the_lower_dword_alone_takes_effect() {
+        // hvmloader below 4 GiB: lower dword, then COMMAND.memory; the
+        // upper dword is never written.
+        let mut f = func(64 << 20);
+        f.write(REG_BAR0, 4, 0xf000_000c);
+        let c = f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        assert_eq!(c.mmio_add, Some(0xf000_0000..0xf400_0000));
+        assert_eq!(f.active_bar(), Some(0xf000_0000..0xf400_0000));
+        // A size probe of the lower dword still leaves the BAR in place.
+        let c = f.write(REG_BAR0, 4, 0xffff_ffff);
+        assert!(c.is_empty());
+        assert_eq!(f.active_bar(), Some(0xf000_0000..0xf400_0000));
+    }
+
+    #[test]
     fn byte_writes_to_upper_dword_commit_immediately() {
         let mut f = func(MIN_BAR_SIZE);
         f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        program(&mut f, 0x1_0000_0000);
         f.write(REG_BAR0, 4, 0xe000_0000);
         let c = f.write(REG_BAR1, 1, 0);
         assert_eq!(c.mmio_add, Some(0xe000_0000..0xe010_0000));
