@@ -4,12 +4,12 @@
 # page (4096 reads). With the default fault-around of 2 MiB the first pass
 # makes exactly one fault per 2 MiB chunk and lends the whole chunk, the
 # second pass makes none: 0.5 faults per MiB, 4096 pages lent.
-# timeout: 360
+# timeout: 1100
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
 name=hm-fa
 hm_start "$name" "hostmem-guest,touch,$HM_VENDOR,$HM_DEVICE,0,0x1000000,0x200000,0x1000" 0:16M || exit 1
-gh_guest_wait "$name" 300 || result "$name-guest-run" 0 "did-not-finish"
+gh_guest_wait "$name" "${HM_GUEST_WAIT:-900}" || result "$name-guest-run" 0 "did-not-finish"
 passes=$(grep -c '^RESULT name=guest-touch ok=1' "/tmp/$name.out" || true)
 check "$name-guest-passes" "$passes" [ "$passes" = 2 ]
 faults=$(hm_counter "$HM_DOM" bar_faults)

@@ -3,12 +3,12 @@
 # writes, and nothing is lent. The backend registers 1 MiB at offset 0 that
 # the guest never touches; the guest reads and writes at 8 MiB (unregistered)
 # and then hammers 1000 accesses over 8..16 MiB.
-# timeout: 360
+# timeout: 1100
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
 name=hm-unb
 hm_start "$name" "hostmem-guest,unbacked,$HM_VENDOR,$HM_DEVICE,0x800000" 0:1M || exit 1
-gh_guest_wait "$name" 300 || result "$name-guest-run" 0 "did-not-finish"
+gh_guest_wait "$name" "${HM_GUEST_WAIT:-900}" || result "$name-guest-run" 0 "did-not-finish"
 check "$name-guest-reads-ones" "$(gh_guest_result "$name" guest-unbacked-reads-ones)" \
     gh_guest_result "$name" guest-unbacked-reads-ones
 check "$name-guest-writes-dropped" "$(gh_guest_result "$name" guest-unbacked-drops-writes)" \

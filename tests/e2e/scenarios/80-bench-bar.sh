@@ -11,7 +11,7 @@
 #      2 MiB; 81-bench-fault-around-off has the 4 KiB case);
 #   4. time to revoke 240 MiB (the backend moves new memory over it) and to
 #      destroy the guest with 240 MiB lent.
-# timeout: 600
+# timeout: 1200
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
 name=bench
@@ -20,7 +20,7 @@ HM_BAR_MIB=256
 bench() { echo "BENCH $*"; }
 hm_start "$name" "hostmem-guest,suite,$HM_VENDOR,$HM_DEVICE,0,$((reg_mib << 20)),0x2000000,4,0xf800000,${GH_BENCH_EMUL:-3000}" \
     "0:${reg_mib}M" || exit 1
-if ! hm_wait_marker "$name" '^GH-GUEST-TOUCHED' 400; then
+if ! hm_wait_marker "$name" "^GH-GUEST-TOUCHED" 900; then
     result "$name-first-touch" 0 "no-marker"; hm_console "$name"; exit 1
 fi
 ft_faults=$(hm_counter "$HM_DOM" bar_faults); ft_lends=$(hm_counter "$HM_DOM" lends)
