@@ -28,9 +28,9 @@ ft_pages=$(hm_counter "$HM_DOM" pages_lent); ft_retries=$(hm_counter "$HM_DOM" r
 gh_guest_wait "$name" 400 || result "$name-guest-run" 0 "did-not-finish"
 o=/tmp/$name.out
 touch_s=$(sed -n 's/^RESULT name=guest-touch ok=1 .* seconds=\([0-9.]*\).*/\1/p' "$o" | head -n1)
-read -r r_ratio r_bar r_ram < <(sed -n 's/^RESULT name=bench-read ok=1 value=\([0-9.]*\) bar_mbps=\([0-9.]*\) ram_mbps=\([0-9.]*\).*/\1 \2 \3/p' "$o")
-read -r w_ratio w_bar w_ram < <(sed -n 's/^RESULT name=bench-write ok=1 value=\([0-9.]*\) bar_mbps=\([0-9.]*\) ram_mbps=\([0-9.]*\).*/\1 \2 \3/p' "$o")
-read -r e_n e_s e_us < <(sed -n 's/^RESULT name=guest-hammer-all-ones ok=1 value=0 accesses=\([0-9]*\) seconds=\([0-9.]*\) per_access_us=\([0-9.]*\).*/\1 \2 \3/p' "$o")
+read -r r_ratio r_bar r_ram <<<"$(sed -n 's/^RESULT name=bench-read ok=1 value=\([0-9.]*\) bar_mbps=\([0-9.]*\) ram_mbps=\([0-9.]*\).*/\1 \2 \3/p' "$o")"
+read -r w_ratio w_bar w_ram <<<"$(sed -n 's/^RESULT name=bench-write ok=1 value=\([0-9.]*\) bar_mbps=\([0-9.]*\) ram_mbps=\([0-9.]*\).*/\1 \2 \3/p' "$o")"
+read -r e_n e_s e_us <<<"$(sed -n 's/^RESULT name=guest-hammer-all-ones ok=1 value=0 accesses=\([0-9]*\) seconds=\([0-9.]*\) per_access_us=\([0-9.]*\).*/\1 \2 \3/p' "$o")"
 check "$name-measured" "touch=$touch_s,read=$r_ratio,write=$w_ratio,emul_us=$e_us" \
     [ -n "$touch_s" -a -n "$r_ratio" -a -n "$w_ratio" -a -n "$e_us" ]
 bench "lent_read_mbps=$r_bar ram_read_mbps=$r_ram read_ratio=$r_ratio"
