@@ -22,6 +22,11 @@
  *                         the in-guest benchmarks in one run (see main)
  *   hostmem-guest bench   VENDOR DEVICE OFFSET SIZE ROUNDS   read/write
  *                         bandwidth through the BAR against guest RAM
+ *   hostmem-guest bwsuite VENDOR DEVICE OFFSET SIZE BENCH ROUNDS PASSES UNREG COUNT
+ *                         like suite, with the bandwidth measured in ROUNDS
+ *                         interleaved rounds (median, min, max per side) and
+ *                         the memory types the guest gives the BAR ("MEMTYPE"
+ *                         lines, information, see memtype_probe)
  *
  * The pattern must match examples/hostmem-backend.c.
  */
@@ -37,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -309,6 +315,314 @@ static int bench(volatile uint64_t *bar, uint64_t off, uint64_t size, int rounds
     return 0;
 }
 
+/*
+ * Interleaved bandwidth rounds (bwsuite). Every side runs the same loop
+ * (8-byte volatile loads or stores, sequential, over BYTES bytes, PASSES
+ * times per sample) over a buffer of the same size, warmed up the same way
+ * (one write pass and one read pass before the first sample, so no sample
+ * includes a first-touch fault, a copy-on-write, or the first write to a
+ * page whose dirty bit is still clear). The sides take turns within each
+ * round and the order rotates from round to round, so slow phases of the
+ * (shared, emulated) machine hit every side alike.
+ */
+struct bw_side {
+    const char *name;
+    volatile uint64_t *p;
+    double rd[64], wr[64];
+};
+
+static double bw_pass(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
+{
+    uint64_t i, sum = 0, n = bytes / 8;
+    double t0 = now(), dt;
+    int r;
+
+    for (r = 0; r < passes; r++)
+        for (i = 0; i < n; i++) {
+            if (write)
+                p[i] = i ^ seed;
+            else
+                sum += p[i];
+        }
+    dt = now() - t0;
+    if (sum == 42)
+        printf("#\n");
+    return (double)bytes * passes / dt / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static double median_of(const double *v, int n, double *mn, double *mx)
+{
+    double s[64];
+
+    memcpy(s, v, n * sizeof(*v));
+    qsort(s, n, sizeof(*s), cmp_double);
+    *mn = s[0];
+    *mx = s[n - 1];
+    return n & 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/* Anonymous guest RAM of BYTES, populated by writing it; huge != 0 lets the
+ * kernel back it with 2 MiB pages (THP), huge == 0 forbids it so the guest
+ * maps it with 4 KiB entries like the BAR. */
+static volatile uint64_t *bw_ram(uint64_t bytes, int huge)
+{
+    uint64_t len = bytes + (2ULL << 20), i;
+    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        return NULL;
+    p = (uint8_t *)(((uintptr_t)p + (2ULL << 20) - 1) & ~((2ULL << 20) - 1));
+    madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    for (i = 0; i < bytes; i += PAGE)
+        p[i] = 1;
+    return (volatile uint64_t *)p;
+}
+
+/* AnonHugePages of this process (kB), to report whether THP took. */
+static long anon_huge_kb(void)
+{
+    char line[256];
+    long kb = -1;
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+/* TAG names the RESULT lines (TAG-setup, TAG-sample, TAG-read, ...), BAR_SIDE
+ * the BAR side in them. */
+static int bw_rounds(const char *tag, const char *bar_side, volatile uint64_t *bar, uint64_t off,
+                     uint64_t bytes, int rounds, int passes)
+{
+    struct bw_side side[3] = {
+        { bar_side, bar + off / 8, { 0 }, { 0 } },
+        { "ram4k", bw_ram(bytes, 0), { 0 }, { 0 } },
+        { "ramthp", bw_ram(bytes, 1), { 0 }, { 0 } },
+    };
+    int ns = 3, r, k, op;
+    double first_w, second_w;
+
+    if (!side[1].p || !side[2].p || rounds < 1 || rounds > 64 || passes < 1) {
+        printf("RESULT name=%s-setup ok=0 value=args-or-mmap\n", tag);
+        return 1;
+    }
+    printf("RESULT name=%s-setup ok=1 value=%" PRIu64 " rounds=%d passes=%d anon_huge_kb=%ld\n",
+           tag, bytes, rounds, passes, anon_huge_kb());
+    /* The BAR pages were first-touched by reads only: the first write pass
+     * also sets the dirty bit of every 4 KiB guest PTE (and of the p2m
+     * entries), one page walk per page. Timed on its own, then the second
+     * pass, to show what a write measurement without a write warm-up costs. */
+    first_w = bw_pass(side[0].p, bytes, 1, 1, 0);
+    second_w = bw_pass(side[0].p, bytes, 1, 1, 1);
+    printf("RESULT name=%s-bar-first-write ok=1 value=%.3f first_mbps=%.1f second_mbps=%.1f\n",
+           tag, first_w / second_w, first_w, second_w);
+    fflush(stdout);
+    for (k = 0; k < ns; k++) {
+        bw_pass(side[k].p, bytes, 1, 1, 2);
+        bw_pass(side[k].p, bytes, 1, 0, 0);
+    }
+    for (r = 0; r < rounds; r++) {
+        for (k = 0; k < ns; k++) {
+            struct bw_side *s = &side[(k + r) % ns];
+
+            s->rd[r] = bw_pass(s->p, bytes, passes, 0, 0);
+            s->wr[r] = bw_pass(s->p, bytes, passes, 1, r);
+            printf("RESULT name=%s-sample ok=1 value=%d side=%s read_mbps=%.1f write_mbps=%.1f\n",
+                   tag, r, s->name, s->rd[r], s->wr[r]);
+        }
+        fflush(stdout);
+    }
+    for (op = 0; op < 2; op++) {
+        double med[3], mn, mx[3];
+
+        for (k = 0; k < ns; k++) {
+            med[k] = median_of(op ? side[k].wr : side[k].rd, rounds, &mn, &mx[k]);
+            printf("RESULT name=%s-%s ok=1 value=%.1f side=%s min=%.1f max=%.1f n=%d\n",
+                   tag, op ? "write" : "read", med[k], side[k].name, mn, mx[k], rounds);
+        }
+        /* Ratio of medians (the figure), and of the best samples (under
+         * additive noise, preemption of the emulator by other jobs, the best
+         * sample is the least disturbed one). */
+        printf("RESULT name=%s-%s-ratio ok=1 value=%.3f bar_over_ram4k=%.3f bar_over_ramthp=%.3f"
+               " best_bar_over_ram4k=%.3f best_bar_over_ramthp=%.3f\n",
+               tag, op ? "write" : "read", med[0] / med[1], med[0] / med[1], med[0] / med[2],
+               mx[0] / mx[1], mx[0] / mx[2]);
+    }
+    munmap((void *)side[1].p, bytes);
+    munmap((void *)side[2].p, bytes);
+    return 0;
+}
+
+/* The memory type the guest kernel gives BAR mappings: PAT entries of the
+ * BAR's range (debugfs) and the guest's MTRRs (hvmloader marks the PCI hole
+ * UC, and Linux turns a write-back request into UC- where the MTRR is not
+ * WB). Maps the first BYTES of the BAR through resource0_wc and through
+ * /dev/mem without O_SYNC (a write-back request) in turn, with no other
+ * mapping of the BAR alive (a second mapping inherits the first one's type). */
+static void memtype_show(const char *what, uint64_t base, uint64_t bytes)
+{
+    char line[256];
+    FILE *f = fopen("/sys/kernel/debug/x86/pat_memtype_list", "r");
+    int n = 0;
+
+    if (!f) {
+        printf("MEMTYPE what=%s type=unknown reason=no-pat_memtype_list\n", what);
+        return;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long long a, b;
+        char *m = strstr(line, "[mem 0x");
+
+        if (!m || sscanf(m, "[mem 0x%llx-0x%llx]", &a, &b) != 2 || b <= base || a >= base + bytes)
+            continue;
+        line[strcspn(line, "\n")] = 0;
+        printf("guest: %s: %s\n", what, line);
+        printf("MEMTYPE what=%s type=%s\n", what,
+               strstr(line, "write-back") ? "WB" : strstr(line, "write-combining") ? "WC" :
+               strstr(line, "uncached-minus") ? "UC-" : strstr(line, "uncached") ? "UC" : "other");
+        n++;
+    }
+    fclose(f);
+    if (!n)
+        printf("MEMTYPE what=%s type=untracked\n", what);
+}
+
+/* Lifts the guest's own UC MTRR from the BAR: hvmloader marks the whole PCI
+ * hole UC with variable MTRRs, and Linux then turns every write-back request
+ * there into UC-. Disables (through /proc/mtrr) each uncachable variable range
+ * that lies wholly inside the BAR [BASE, BASE+SIZE), so no other device's
+ * range changes type. Returns how many it disabled. */
+static int mtrr_lift(uint64_t base, uint64_t size)
+{
+    char line[256], unit[4], type[64];
+    int reg, n = 0, regs[16], nr = 0, i;
+    unsigned long long rb, rs;
+    FILE *f = fopen("/proc/mtrr", "r");
+
+    while (f && fgets(line, sizeof(line), f)) {
+        if (sscanf(line, "reg%d: base=0x%llx (%*[^)]), size=%llu%3s count=%*d: %63s", &reg, &rb,
+                   &rs, unit, type) != 5)
+            continue;
+        rs <<= unit[0] == 'G' ? 30 : unit[0] == 'M' ? 20 : unit[0] == 'K' ? 10 : 0;
+        if (!strcmp(type, "uncachable") && rb >= base && rb + rs <= base + size && nr < 16)
+            regs[nr++] = reg;
+    }
+    if (f)
+        fclose(f);
+    for (i = 0; i < nr; i++) {
+        f = fopen("/proc/mtrr", "w");
+        if (f && fprintf(f, "disable=%d\n", regs[i]) > 0 && fclose(f) == 0) {
+            n++;
+            printf("guest: disabled MTRR reg%02d (uncachable, inside the BAR)\n", regs[i]);
+        } else {
+            printf("guest: could not disable MTRR reg%02d: %s\n", regs[i], strerror(errno));
+            if (f)
+                fclose(f);
+        }
+    }
+    return n;
+}
+
+/* Returns a write-back-requested /dev/mem mapping of the first BYTES of the
+ * BAR made after lifting the MTRR (NULL if there is none), for a bandwidth
+ * run through a mapping the guest kernel made WB. */
+static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes)
+{
+    char dir[512], path[600], line[256];
+    unsigned long long base = 0, end = 0;
+    FILE *f;
+    int fd;
+    void *p;
+
+    mkdir("/sys/kernel/debug", 0755);
+    mount("debugfs", "/sys/kernel/debug", "debugfs", 0, NULL);
+    snprintf(dir, sizeof(dir), "%s", res);
+    *strrchr(dir, '/') = 0;
+    snprintf(path, sizeof(path), "%s/resource", dir);
+    f = fopen(path, "r");
+    if (!f || fscanf(f, "%llx %llx", &base, &end) != 2) {
+        printf("MEMTYPE what=resource type=unknown reason=no-resource-file\n");
+        if (f)
+            fclose(f);
+        return NULL;
+    }
+    fclose(f);
+    printf("guest: BAR0 at 0x%llx-0x%llx\n", base, end);
+    f = fopen("/proc/mtrr", "r");
+    while (f && fgets(line, sizeof(line), f))
+        printf("guest: mtrr: %s", line);
+    if (f)
+        fclose(f);
+    f = fopen("/sys/kernel/debug/x86/pat_memtype_list", "r");
+    if (f && fgets(line, sizeof(line), f))
+        printf("guest: pat: %s", line);
+    if (f)
+        fclose(f);
+    /* resource0 (what every other command maps): pgprot_device, UC-. */
+    fd = open(res, O_RDWR | O_SYNC);
+    p = fd < 0 ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) {
+        memtype_show("resource0", base, bytes);
+        munmap(p, bytes);
+    }
+    if (fd >= 0)
+        close(fd);
+    /* resource0_wc (prefetchable BARs only): write-combining. */
+    snprintf(path, sizeof(path), "%s_wc", res);
+    fd = open(path, O_RDWR);
+    p = fd < 0 ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) {
+        memtype_show("resource0_wc", base, bytes);
+        munmap(p, bytes);
+    } else {
+        printf("MEMTYPE what=resource0_wc type=unmappable reason=%s\n", strerror(errno));
+    }
+    if (fd >= 0)
+        close(fd);
+    /* /dev/mem without O_SYNC: the kernel's write-back request. */
+    fd = open("/dev/mem", O_RDWR);
+    p = fd < 0 ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, base);
+    if (p != MAP_FAILED) {
+        memtype_show("devmem-wb-request", base, bytes);
+        munmap(p, bytes);
+        p = MAP_FAILED;
+    } else {
+        printf("MEMTYPE what=devmem-wb-request type=unmappable reason=%s\n", strerror(errno));
+    }
+    if (fd >= 0)
+        close(fd);
+    if (fd < 0)
+        return NULL;
+    /* The guest's MTRR lifted from the BAR: the same request again. */
+    if (mtrr_lift(base, end - base + 1) > 0) {
+        fd = open("/dev/mem", O_RDWR);
+        p = fd < 0 ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, base);
+        if (fd >= 0)
+            close(fd);
+        if (p != MAP_FAILED) {
+            memtype_show("devmem-wb-request-mtrr-lifted", base, bytes);
+            return p;
+        }
+        printf("MEMTYPE what=devmem-wb-request-mtrr-lifted type=unmappable reason=%s\n",
+               strerror(errno));
+    } else {
+        printf("MEMTYPE what=devmem-wb-request-mtrr-lifted type=not-tried reason=no-uc-mtrr-inside-bar\n");
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     unsigned long vendor, device;
@@ -390,6 +704,33 @@ int main(int argc, char **argv)
         fflush(stdout);
         rc = bench(bar, off, bsz, atoi(argv[7]));
         rc |= hammer(bar, unreg, 1 << 20, strtoull(argv[9], NULL, 0));
+        return rc;
+    }
+    if (!strcmp(argv[1], "bwsuite") && argc > 10) {
+        /* Like suite: first touch of OFFSET..+SIZE, then the bandwidth of
+         * the first BENCH bytes against guest RAM in ROUNDS interleaved
+         * rounds of PASSES passes each, COUNT accesses to unregistered pages
+         * at UNREG (the emulated BAR), and last the memory types (after
+         * unmapping the BAR: a mapping alive would impose its type). */
+        uint64_t bsz = strtoull(argv[6], NULL, 0), unreg = strtoull(argv[9], NULL, 0);
+        volatile uint64_t *wb;
+        int rc;
+
+        if (bsz > size || off != 0 || unreg >= bar_size || bar_size - unreg < (1 << 20)) {
+            printf("RESULT name=guest-args ok=0 value=outside-bar\n");
+            return 2;
+        }
+        touch(bar, off, size, PAGE);
+        printf("GH-GUEST-TOUCHED\n");
+        fflush(stdout);
+        rc = bw_rounds("bw", "bar", bar, off, bsz, atoi(argv[7]), atoi(argv[8]));
+        rc |= hammer(bar, unreg, 1 << 20, strtoull(argv[10], NULL, 0));
+        fflush(stdout);
+        munmap((void *)bar, bar_size);
+        wb = memtype_probe(res, bsz);
+        /* The same rounds through the mapping the guest made write-back. */
+        if (wb)
+            rc |= bw_rounds("bwwb", "barwb", wb, 0, bsz, atoi(argv[7]), atoi(argv[8]));
         return rc;
     }
     if (!strcmp(argv[1], "bench") && argc > 6)
