@@ -16,6 +16,15 @@
  *   xen-lend-test --dom D --limit N
  *       lend-limit: with Xen booted with max-lent-pages=N, lending N + 8
  *       pages stops with -ENOSPC after exactly N (reported in @done)
+ *   xen-lend-test --write-agent FILE
+ *       write the "agent" guest kernel: a PVH guest that issues
+ *       XEN_DMOP_lend_pages / revoke_pages itself when dom0 asks it to
+ *       (through its own memory), acting as a driver domain
+ *   xen-lend-test --dom P --driver D --third C
+ *       lend-not-dm, lend-driver-domain, lend-not-dm-other,
+ *       lend-driver-not-owned: agent D lends its own page to probe guest
+ *       P, refused by Xen until dom0 makes D the device model of P
+ *       (XEN_DOMCTL_set_target); C is a third domain D never serves
  *   xen-lend-test --dom D --no-opt-in
  *       retry-not-opted-in: a server created without
  *       XEN_DMOP_IOREQ_SERVER_RETRY answers RETRY: Xen treats it as any
@@ -28,6 +37,10 @@
  *   lend-not-owned   frames dom0 does not own: -EPERM
  *   lend-restricted  a handle restricted to another domain: refused
  *   foreign-map      dom0 cannot map the lent guest frame via the guest
+ *   grant-own        positive control: a grant (written by dom0 into the
+ *                    guest's grant table) of guest RAM maps and copies
+ *   grant-lent-map   the same grant of a lent frame: map refused
+ *   grant-lent-copy  and GNTTABOP_copy from it refused
  *   revoke           revocation removes the mappings
  *   revoke-vacuous   revoking again, or a frame that is not there: 0
  *   revoke-wrong     revocation naming another frame leaves the entry
@@ -36,6 +49,10 @@
  *                    a page and answers RETRY, the guest then reads RAM
  *   retry-unmapped   RETRY without mapping anything: Xen completes the
  *                    read as unbacked (~0) and the guest makes progress
+ *   retry-bound      a RETRY server that keeps the instruction faulting
+ *                    (access straddling two pages, lend one and revoke the
+ *                    other on each fault): Xen honours 8 in a row, then
+ *                    completes the access as unbacked; the guest moves on
  *   owner-free       the owner frees lent pages: they stay allocated
  *   destroy-frees    guest destroyed with pages lent: they are freed
  *
@@ -44,6 +61,7 @@
  * Build: cc -O2 -Wall -o xen-lend-test xen-lend-test.c -ldl
  */
 
+#include <cpuid.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -66,8 +84,31 @@
 #define GUEST_CODE        0x100U
 #define GUEST_RESULT      0x800U
 #define GUEST_COUNTER     0x804U
+#define GUEST_PROBE_PTR   0x808U  /* address the probe loop reads */
+#define GUEST_ONES        0x80cU  /* reads which returned all ones */
 #define GUEST_PROBE_ADDR  0x20000000U /* 512 MiB: a hole in a small guest */
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
+
+/*
+ * The agent guest: dom0 fills in a DMOP (op buffer and frame) and the
+ * target domid, then bumps AGENT_CMD_SEQ; the agent issues the hypercall
+ * and stores its return value in AGENT_RC, then AGENT_CMD_SEQ in
+ * AGENT_ACK_SEQ.
+ */
+#define AGENT_CMD_SEQ     0x900U
+#define AGENT_CMD_DOMID   0x904U
+#define AGENT_ACK_SEQ     0x908U
+#define AGENT_RC          0x90cU
+#define AGENT_BUFS        0xa00U  /* 2 x compat xen_dm_op_buf (32-bit) */
+#define AGENT_OP          0xa40U  /* struct xen_dm_op */
+#define AGENT_OP_SIZE     0x40U
+#define AGENT_FRAMES      0xa80U  /* uint64_t frame */
+/* A page of the agent's RAM which it lends (its pattern set by dom0). */
+#define AGENT_LEND_GFN    ((GUEST_BASE >> 12) + 0x10)
+#define AGENT_PATTERN     0xd0d0beefU
+#define __HYPERVISOR_dm_op 41
+#define XEN_DMOP_lend_pages   21
+#define XEN_DMOP_revoke_pages 22
 
 /* public/hvm/ioreq.h */
 #define STATE_IOREQ_NONE      0
@@ -133,7 +174,38 @@ static struct {
                        unsigned long *);
     int (*xc_getinfo_single)(void *, uint32_t, void *);
     int (*xc_setmaxmem)(void *, uint32_t, uint64_t);
+    int (*xc_set_target)(void *, uint32_t, uint32_t);
+    void *(*gt_open)(void *, unsigned int);
+    void *(*gt_map)(void *, uint32_t, uint32_t, int);
+    int (*gt_unmap)(void *, void *, uint32_t);
+    int (*gt_copy)(void *, uint32_t, void *);
 } X;
+
+/* tools/include/xengnttab.h */
+typedef struct {
+    union {
+        void *virt;
+        struct {
+            uint32_t ref;
+            uint16_t offset;
+            uint16_t domid;
+        } foreign;
+    } source, dest;
+    uint16_t len;
+    uint16_t flags;
+    int16_t status;
+} gnt_copy_seg_t;
+#define GNTCOPY_source_gref (1U << 0)
+
+/* public/grant_table.h, version 1 entries (the default) */
+typedef struct {
+    uint16_t flags;
+    uint16_t domid;
+    uint32_t frame;
+} grant_entry_v1_t;
+#define GTF_permit_access 1U
+#define XENMEM_resource_grant_table 1
+#define XENMEM_resource_grant_table_id_shared 0
 
 static void *dm, *fm, *xce, *xch;
 static int failures;
@@ -169,6 +241,7 @@ static void load_libs(void)
     static const char *const dml[] = { "libxendevicemodel.so.1", NULL };
     static const char *const fml[] = { "libxenforeignmemory.so.1", NULL };
     static const char *const evl[] = { "libxenevtchn.so.1", NULL };
+    static const char *const gtl[] = { "libxengnttab.so.1", NULL };
     static const char *const xcl[] = { "libxenctrl.so.4.20", "libxenctrl.so",
                                        NULL };
     void *l;
@@ -207,6 +280,13 @@ static void load_libs(void)
     *(void **)&X.xc_decrease = sym(l, "xc_domain_decrease_reservation_exact");
     *(void **)&X.xc_getinfo_single = sym(l, "xc_domain_getinfo_single");
     *(void **)&X.xc_setmaxmem = sym(l, "xc_domain_setmaxmem");
+    *(void **)&X.xc_set_target = sym(l, "xc_domain_set_target");
+
+    l = must_dlopen(gtl);
+    *(void **)&X.gt_open = sym(l, "xengnttab_open");
+    *(void **)&X.gt_map = sym(l, "xengnttab_map_grant_ref");
+    *(void **)&X.gt_unmap = sym(l, "xengnttab_unmap");
+    *(void **)&X.gt_copy = sym(l, "xengnttab_grant_copy");
 
     dm = X.dm_open(NULL, 0);
     fm = X.fm_open(NULL, 0);
@@ -297,11 +377,112 @@ static void put16(uint8_t *p, uint16_t v)
     memcpy(p, &v, 2);
 }
 
-static int write_guest(const char *path)
+/* A tiny x86 assembler: bytes, 32-bit immediates, rel8 jumps to labels. */
+struct code {
+    uint8_t *p;
+};
+
+static void op1(struct code *c, uint8_t b)
+{
+    *c->p++ = b;
+}
+
+static void imm32(struct code *c, uint32_t v)
+{
+    put32(c->p, v);
+    c->p += 4;
+}
+
+static void jrel8(struct code *c, uint8_t opcode, const uint8_t *target)
+{
+    op1(c, opcode);
+    op1(c, (uint8_t)(target - (c->p + 1)));
+}
+
+/*
+ * 32-bit protected mode, paging off, ring 0.  The probe guest:
+ *        cli
+ * loop:  mov ebx, [PROBE_PTR]        (GUEST_PROBE_ADDR unless dom0 sets it)
+ *        mov eax, [ebx]
+ *        mov [RESULT], eax
+ *        inc dword [COUNTER]
+ *        cmp eax, -1
+ *        jne loop
+ *        inc dword [ONES]
+ *        jmp loop
+ */
+static void probe_code(struct code *c)
+{
+    const uint8_t *loop;
+
+    op1(c, 0xfa);
+    loop = c->p;
+    op1(c, 0x8b); op1(c, 0x1d); imm32(c, GUEST_BASE + GUEST_PROBE_PTR);
+    op1(c, 0x8b); op1(c, 0x03);
+    op1(c, 0xa3); imm32(c, GUEST_BASE + GUEST_RESULT);
+    op1(c, 0xff); op1(c, 0x05); imm32(c, GUEST_BASE + GUEST_COUNTER);
+    op1(c, 0x83); op1(c, 0xf8); op1(c, 0xff);
+    jrel8(c, 0x75, loop);
+    op1(c, 0xff); op1(c, 0x05); imm32(c, GUEST_BASE + GUEST_ONES);
+    jrel8(c, 0xeb, loop);
+}
+
+/*
+ * The agent guest: an HVM hypercall from ring 0 is VMMCALL on AMD and
+ * VMCALL on Intel; in 32-bit mode Xen takes the 32-bit (compat) ABI:
+ * eax = hypercall, ebx, ecx, edx = domid, nr_bufs, bufs.
+ *        cli
+ * loop:  pause
+ *        mov eax, [CMD_SEQ]
+ *        cmp eax, [ACK_SEQ]
+ *        je loop
+ *        mov eax, __HYPERVISOR_dm_op
+ *        mov ebx, [CMD_DOMID]
+ *        mov ecx, 2
+ *        mov edx, BUFS
+ *        vmmcall / vmcall
+ *        mov [RC], eax
+ *        mov eax, [CMD_SEQ]
+ *        mov [ACK_SEQ], eax
+ *        jmp loop
+ */
+static void agent_code(struct code *c, bool amd)
+{
+    const uint8_t *loop;
+
+    op1(c, 0xfa);
+    loop = c->p;
+    op1(c, 0xf3); op1(c, 0x90);
+    op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
+    op1(c, 0x3b); op1(c, 0x05); imm32(c, GUEST_BASE + AGENT_ACK_SEQ);
+    jrel8(c, 0x74, loop);
+    op1(c, 0xb8); imm32(c, __HYPERVISOR_dm_op);
+    op1(c, 0x8b); op1(c, 0x1d); imm32(c, GUEST_BASE + AGENT_CMD_DOMID);
+    op1(c, 0xb9); imm32(c, 2);
+    op1(c, 0xba); imm32(c, GUEST_BASE + AGENT_BUFS);
+    op1(c, 0x0f); op1(c, 0x01); op1(c, amd ? 0xd9 : 0xc1);
+    op1(c, 0xa3); imm32(c, GUEST_BASE + AGENT_RC);
+    op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
+    op1(c, 0xa3); imm32(c, GUEST_BASE + AGENT_ACK_SEQ);
+    jrel8(c, 0xeb, loop);
+}
+
+static bool cpu_is_amd(void)
+{
+    uint32_t a, b, c, d;
+
+    __cpuid(0, a, b, c, d);
+    (void)a; (void)c; (void)d;
+    return b == 0x68747541U /* "Auth"enticAMD */ ||
+           b == 0x6f677948U /* "Hygo"nGenuine */;
+}
+
+static int write_guest(const char *path, bool agent)
 {
     static uint8_t img[PAGE_SIZE];
-    uint8_t *e = img, *ph, *n, *c;
+    uint8_t *e = img, *ph, *n;
     const uint32_t entry = GUEST_BASE + GUEST_CODE;
+    struct code c = { img + GUEST_CODE };
     FILE *f;
 
     /* ELF32 header */
@@ -344,20 +525,25 @@ static int write_guest(const char *path)
     memcpy(n + 12, "Xen", 4);
     put32(n + 16, entry);
 
-    /*
-     * 32-bit protected mode, paging off:
-     *        cli
-     * loop:  mov eax, [GUEST_PROBE_ADDR]
-     *        mov [RESULT], eax
-     *        inc dword [COUNTER]
-     *        jmp loop
-     */
-    c = img + GUEST_CODE;
-    *c++ = 0xfa;
-    *c++ = 0xa1; put32(c, GUEST_PROBE_ADDR); c += 4;
-    *c++ = 0xa3; put32(c, GUEST_BASE + GUEST_RESULT); c += 4;
-    *c++ = 0xff; *c++ = 0x05; put32(c, GUEST_BASE + GUEST_COUNTER); c += 4;
-    *c++ = 0xeb; *c++ = (uint8_t)-18;
+    if ( agent )
+    {
+        agent_code(&c, cpu_is_amd());
+        /* The op buffer and the frame buffer, as compat handles. */
+        put32(img + AGENT_BUFS + 0, GUEST_BASE + AGENT_OP);
+        put32(img + AGENT_BUFS + 4, AGENT_OP_SIZE);
+        put32(img + AGENT_BUFS + 8, GUEST_BASE + AGENT_FRAMES);
+        put32(img + AGENT_BUFS + 12, 8);
+    }
+    else
+    {
+        probe_code(&c);
+        put32(img + GUEST_PROBE_PTR, GUEST_PROBE_ADDR);
+    }
+    if ( c.p > img + GUEST_RESULT )
+    {
+        fprintf(stderr, "guest code too large\n");
+        return 1;
+    }
 
     f = fopen(path, "wb");
     if ( !f || fwrite(img, sizeof(img), 1, f) != 1 || fclose(f) )
@@ -368,26 +554,44 @@ static int write_guest(const char *path)
     return 0;
 }
 
-/* The guest's result page, mapped read-only through the foreign interface. */
+/* A page of a guest, mapped through the foreign interface. */
+static volatile uint32_t *map_page_of(uint16_t dom, unsigned long gfn,
+                                      int prot)
+{
+    int err = 0;
+    volatile uint32_t *m = X.fm_map(fm, dom, prot, 1, &gfn, &err);
+
+    if ( !m || err )
+    {
+        fprintf(stderr, "cannot map page %#lx of d%u: %s\n", gfn, dom,
+                strerror(err ? -err : errno));
+        if ( m )
+            X.fm_unmap(fm, (void *)m, 1);
+        return NULL;
+    }
+    return m;
+}
+
+/* The guest's result page (also holds the probe pointer dom0 may set). */
 static volatile uint32_t *guest_page;
 
 static void map_guest_page(uint16_t dom)
 {
-    unsigned long gfn = GUEST_BASE >> 12;
-    int err = 0;
-
-    guest_page = X.fm_map(fm, dom, PROT_READ, 1, &gfn, &err);
-    if ( !guest_page || err )
-    {
-        fprintf(stderr, "cannot map the guest's result page: %s\n",
-                strerror(err ? -err : errno));
-        guest_page = NULL;
-    }
+    guest_page = map_page_of(dom, GUEST_BASE >> 12, PROT_READ | PROT_WRITE);
 }
 
 static uint32_t guest_word(unsigned int off)
 {
     return guest_page ? guest_page[off / 4] : 0;
+}
+
+static void set_guest_word(unsigned int off, uint32_t v)
+{
+    if ( guest_page )
+    {
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+        guest_page[off / 4] = v;
+    }
 }
 
 /* ---------------------------------------------------------- RETRY server */
@@ -398,9 +602,20 @@ struct server {
     ioreq_t *page;
     int port;
     /* What the server does on a read fault. */
-    enum { SERVE_LEND, SERVE_RETRY_ONLY } mode;
+    enum { SERVE_LEND, SERVE_RETRY_ONLY, SERVE_PINGPONG } mode;
     uint64_t frame;          /* page lent in SERVE_LEND mode */
     uint64_t lent_gfn;
+    /*
+     * SERVE_PINGPONG: on a fault on pp_gfn + i (i = 0, 1) lend
+     * pp_frame[i] there and revoke pp_frame[1 - i] from pp_gfn + 1 - i,
+     * then answer RETRY: the faulting page is mapped but the instruction
+     * faults again on the other one.
+     */
+    uint64_t pp_gfn, pp_frame[2];
+    /* Per request: the guest's loop counter (stable while it waits) and
+     * the GFN, for SERVE_PINGPONG. */
+    struct { uint32_t counter; uint64_t gfn; } *log;
+    unsigned int log_max, log_len;
     unsigned int requests, retries_answered, lends;
 };
 
@@ -476,7 +691,25 @@ static void server_run(struct server *s, double seconds)
         {
             uint64_t gfn = p->addr >> 12;
 
-            if ( s->mode == SERVE_LEND && s->lent_gfn == ~0ULL )
+            if ( s->log && s->log_len < s->log_max )
+            {
+                s->log[s->log_len].counter = guest_word(GUEST_COUNTER);
+                s->log[s->log_len].gfn = gfn;
+                s->log_len++;
+            }
+
+            if ( s->mode == SERVE_PINGPONG &&
+                 gfn - s->pp_gfn < 2 )
+            {
+                unsigned int i = gfn - s->pp_gfn;
+                uint32_t done = 0;
+
+                if ( do_lend(s->dom, gfn, 1, &s->pp_frame[i], &done) == 0 )
+                    s->lends++;
+                do_revoke(s->dom, s->pp_gfn + 1 - i, 1,
+                          &s->pp_frame[1 - i], &done);
+            }
+            else if ( s->mode == SERVE_LEND && s->lent_gfn == ~0ULL )
             {
                 uint32_t done = 0;
 
@@ -545,6 +778,311 @@ static int not_opted_in(uint16_t dom)
     return failures ? 1 : 0;
 }
 
+/* ------------------------------------------------------------- grants */
+
+/*
+ * grant-own, grant-lent-map, grant-lent-copy: dom0 writes two grant
+ * entries into the guest's grant table (as libxl seeds it), one for a page
+ * of the guest's own RAM (its image, starting with the ELF magic) and one
+ * for a lent GFN, both permitting access by dom0.  The first must map and
+ * copy (else a refusal of the second proves nothing), the second must not:
+ * Xen's get_paged_frame() refuses foreign entries.
+ */
+#define GREF_OWN  8U
+#define GREF_LENT 9U
+
+static void grant_copy_one(void *gt, uint16_t dom, uint32_t ref, void *buf,
+                           unsigned int len, int *rc, int16_t *status)
+{
+    gnt_copy_seg_t seg;
+
+    memset(&seg, 0, sizeof(seg));
+    seg.source.foreign.ref = ref;
+    seg.source.foreign.offset = 0;
+    seg.source.foreign.domid = dom;
+    seg.dest.virt = buf;
+    seg.len = len;
+    seg.flags = GNTCOPY_source_gref;
+    seg.status = 1;                      /* not a GNTST_* value */
+    *rc = X.gt_copy(gt, 1, &seg) ? -errno : 0;
+    *status = seg.status;
+}
+
+static void grant_test(uint16_t dom, uint64_t lent_gfn)
+{
+    void *gt = X.gt_open(NULL, 0), *res = NULL, *addr = NULL, *m;
+    volatile grant_entry_v1_t *e;
+    uint8_t buf[16];
+    bool own_map = false, own_copy;
+    int rc, map_errno;
+    int16_t st;
+
+    if ( gt )
+        res = X.fm_map_resource(fm, dom, XENMEM_resource_grant_table,
+                                XENMEM_resource_grant_table_id_shared, 0, 1,
+                                &addr, PROT_READ | PROT_WRITE, 0);
+    if ( !gt || !res )
+    {
+        result("grant-own", false, "setup:%s:%s", gt ? "grant-table" :
+               "gntdev", strerror(errno));
+        result("grant-lent-map", false, "no-setup");
+        result("grant-lent-copy", false, "no-setup");
+        return;
+    }
+    e = addr;
+
+    e[GREF_OWN].domid = 0;
+    e[GREF_OWN].frame = GUEST_BASE >> 12;
+    e[GREF_LENT].domid = 0;
+    e[GREF_LENT].frame = lent_gfn;
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    e[GREF_OWN].flags = GTF_permit_access;
+    e[GREF_LENT].flags = GTF_permit_access;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+
+    /* Positive control: the guest's own page. */
+    m = X.gt_map(gt, dom, GREF_OWN, PROT_READ);
+    map_errno = m ? 0 : errno;
+    if ( m )
+    {
+        own_map = !memcmp(m, "\x7f" "ELF", 4);
+        X.gt_unmap(gt, m, 1);
+    }
+    memset(buf, 0, sizeof(buf));
+    grant_copy_one(gt, dom, GREF_OWN, buf, sizeof(buf), &rc, &st);
+    own_copy = rc == 0 && st == 0 && !memcmp(buf, "\x7f" "ELF", 4);
+    result("grant-own", own_map && own_copy,
+           "map=%s,errno=%d,copy:rc=%d,status=%d",
+           m ? (own_map ? "ok" : "wrong-content") : "failed", map_errno, rc,
+           st);
+
+    /* The lent frame. */
+    m = X.gt_map(gt, dom, GREF_LENT, PROT_READ);
+    map_errno = m ? 0 : errno;
+    if ( m )
+        X.gt_unmap(gt, m, 1);
+    result("grant-lent-map", !m, "map=%s,errno=%d", m ? "ok" : "refused",
+           map_errno);
+
+    grant_copy_one(gt, dom, GREF_LENT, buf, sizeof(buf), &rc, &st);
+    result("grant-lent-copy", rc == 0 && st < 0, "rc=%d,status=%d", rc, st);
+
+    e[GREF_OWN].flags = 0;
+    e[GREF_LENT].flags = 0;
+    X.fm_unmap_resource(fm, res);
+}
+
+/* --------------------------------------------------------- retry bound */
+
+/*
+ * retry-bound: the probe loop reads 4 bytes at the end of GFN X, straddling
+ * X and X + 1, both in the server's range and unmapped.  Xen's emulator
+ * splits the read at the page boundary (linear_read()): the first half
+ * faults if X is not mapped, else the second half if X + 1 is not.  The
+ * ping-pong server maps the page of each fault and unmaps the other one
+ * before answering RETRY, so every honoured retry faults again.
+ *
+ * Expected, per instruction, from ioreq_retry_permitted(): requests 1-8
+ * (X, X+1, X, ...) are honoured, each at the same PC for a GFN whose
+ * predecessor was taken away again, counting 1..8; request 9 (X) finds
+ * the count at XEN_IOREQ_MAX_RETRIES and is refused: the first half
+ * completes as all ones.  The emulator then goes on with the second half
+ * (X + 1, unmapped again by request 9's answer): request 10.  Its RETRY
+ * must be refused too, since re-executing would repeat the first half that
+ * already went to the server (arch_ioreq_retry_safe()); it completes as
+ * all ones and the instruction retires with 0xffffffff.  The next
+ * iteration starts the same way (X unmapped, X + 1 mapped): 10 requests
+ * for every instruction, the guest's counter moving on after each.
+ */
+#define RETRY_BOUND_REQUESTS 10U
+#define PP_GFN ((GUEST_PROBE_ADDR >> 12) + 0x10)
+
+static void __attribute__((unused)) retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
+{
+    static typeof(*s->log) log[8192];
+    unsigned int i, start, groups = 0, min = ~0U, max = 0, bad = 0;
+    uint32_t ones0, ones1, r, done;
+    char first[64] = "";
+
+    s->mode = SERVE_PINGPONG;
+    s->pp_gfn = PP_GFN;
+    s->pp_frame[0] = frame_a;
+    s->pp_frame[1] = frame_b;
+    s->log = log;
+    s->log_max = sizeof(log) / sizeof(log[0]);
+    s->log_len = 0;
+    s->requests = 0;
+    ones0 = guest_word(GUEST_ONES);
+    set_guest_word(GUEST_PROBE_PTR, (PP_GFN << 12) + PAGE_SIZE - 2);
+    server_run(s, 3.0);
+    ones1 = guest_word(GUEST_ONES);
+    r = guest_word(GUEST_RESULT);
+    set_guest_word(GUEST_PROBE_PTR, GUEST_PROBE_ADDR);
+    s->log = NULL;
+    s->mode = SERVE_RETRY_ONLY;
+
+    /*
+     * Requests grouped by the guest's counter (the vCPU waits while a
+     * request is pending, so the counter names the loop iteration).  The
+     * first group may have started before the probe address changed, the
+     * last one is unfinished: count the others.
+     */
+    for ( start = 0, i = 1; i <= s->log_len; i++ )
+    {
+        unsigned int n = i - start, j;
+
+        if ( i < s->log_len && log[i].counter == log[start].counter )
+            continue;
+        if ( start > 0 && i < s->log_len )
+        {
+            groups++;
+            min = n < min ? n : min;
+            max = n > max ? n : max;
+            for ( j = 0; j < n; j++ )
+                if ( log[start + j].gfn != PP_GFN + (j & 1) )
+                    bad++;
+            if ( groups == 1 )
+                for ( j = 0; j < n && j < 12; j++ )
+                    snprintf(first + strlen(first),
+                             sizeof(first) - strlen(first), "%s",
+                             log[start + j].gfn == PP_GFN ? "a" :
+                             log[start + j].gfn == PP_GFN + 1 ? "b" : "?");
+        }
+        start = i;
+    }
+
+    result("retry-bound",
+           groups >= 3 && min == RETRY_BOUND_REQUESTS &&
+           max == RETRY_BOUND_REQUESTS && !bad && r == 0xffffffffU &&
+           ones1 - ones0 >= groups,
+           "requests=%u,instructions=%u,per-instruction:min=%u,max=%u,"
+           "first=%s,bad=%u,result=%#x,all-ones-reads=%u", s->requests,
+           groups, groups ? min : 0, max, first, bad, r, ones1 - ones0);
+
+    do_revoke(s->dom, PP_GFN, 1, &frame_a, &done);
+    do_revoke(s->dom, PP_GFN + 1, 1, &frame_b, &done);
+}
+
+/* ------------------------------------------------------- driver domain */
+
+static volatile uint32_t *agent;
+
+/*
+ * Have the agent guest issue XEN_DMOP_lend_pages or revoke_pages for one
+ * of its own frames (a GFN: it is a translated domain).  Returns the
+ * hypercall's return value, or 1000 if the agent did not answer.
+ */
+static int agent_call(uint16_t target, uint32_t op, uint64_t gfn,
+                      uint64_t frame, uint32_t *done)
+{
+    volatile uint32_t *o = agent + AGENT_OP / 4;
+    uint32_t seq = agent[AGENT_CMD_SEQ / 4] + 1;
+    double end = now() + 5;
+    unsigned int i;
+
+    for ( i = 0; i < AGENT_OP_SIZE / 4; i++ )
+        o[i] = 0;
+    o[0] = op;                           /* xen_dm_op.op */
+    o[2] = 1;                            /* .u.lend_pages.nr */
+    o[3] = 0;                            /* .done */
+    o[4] = (uint32_t)gfn;                /* .first_gfn */
+    o[5] = gfn >> 32;
+    agent[AGENT_FRAMES / 4] = (uint32_t)frame;
+    agent[AGENT_FRAMES / 4 + 1] = frame >> 32;
+    agent[AGENT_CMD_DOMID / 4] = target;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    agent[AGENT_CMD_SEQ / 4] = seq;
+
+    while ( agent[AGENT_ACK_SEQ / 4] != seq )
+    {
+        if ( now() > end )
+            return 1000;
+        usleep(1000);
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    *done = o[3];
+    return (int32_t)agent[AGENT_RC / 4];
+}
+
+/* Wait up to 2 s for the probe guest to read want (its loop restarts). */
+static uint32_t probe_read(volatile uint32_t *probe, uint32_t want)
+{
+    double end = now() + 2;
+    uint32_t r;
+
+    do {
+        usleep(20000);
+        r = probe[GUEST_RESULT / 4];
+    } while ( r != want && now() < end );
+    return r;
+}
+
+/*
+ * lend-not-dm, lend-driver-domain, lend-not-dm-other,
+ * lend-driver-not-owned: agent guest D lends a page of its own RAM to probe
+ * guest P at the GFN P reads.  Xen itself must refuse it (dom0's privcmd
+ * plays no part: D makes the hypercall) while D is not P's device model;
+ * once dom0 makes it P's device model (XEN_DOMCTL_set_target, as for a
+ * stub domain), the same call succeeds and P reads D's page: the
+ * driver-domain case works, and the refusal before was not a broken agent.
+ * D remains refused for another domain C, and for a frame it does not own.
+ */
+static int driver_test(uint16_t p, uint16_t d, uint16_t c)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    volatile uint32_t *probe, *m;
+    uint32_t done, c0, c1, r1, r2, r3;
+    int rc1, rct, rc2, rc2r, rc3, rc4;
+
+    agent = map_page_of(d, GUEST_BASE >> 12, PROT_READ | PROT_WRITE);
+    probe = map_page_of(p, GUEST_BASE >> 12, PROT_READ);
+    m = map_page_of(d, AGENT_LEND_GFN, PROT_READ | PROT_WRITE);
+    if ( !agent || !probe || !m )
+    {
+        result("lend-not-dm", false, "cannot-map-guests");
+        return 1;
+    }
+    m[0] = AGENT_PATTERN;
+    X.fm_unmap(fm, (void *)m, 1);
+
+    /* Not P's device model: refused by Xen; P still reads the hole. */
+    c0 = probe[GUEST_COUNTER / 4];
+    rc1 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
+                     &done);
+    r1 = probe_read(probe, AGENT_PATTERN);
+    c1 = probe[GUEST_COUNTER / 4];
+    result("lend-not-dm", rc1 == -EPERM && done == 0 && r1 == 0xffffffffU &&
+           c1 != c0, "rc=%d,done=%u,probe-read=%#x,probe-loops=%u", rc1,
+           done, r1, c1 - c0);
+
+    /* Device model of P: the same call succeeds, P reads D's page. */
+    rct = X.xc_set_target(xch, d, p) ? -errno : 0;
+    rc2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
+                     &done);
+    r2 = probe_read(probe, AGENT_PATTERN);
+    rc2r = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, AGENT_LEND_GFN,
+                      &done);
+    r3 = probe_read(probe, 0xffffffffU);
+    result("lend-driver-domain",
+           rct == 0 && rc2 == 0 && r2 == AGENT_PATTERN && rc2r == 0 &&
+           r3 == 0xffffffffU,
+           "set-target=%d,lend:rc=%d,probe-read=%#x,revoke:rc=%d,"
+           "probe-read=%#x", rct, rc2, r2, rc2r, r3);
+
+    /* Still not the device model of C. */
+    rc3 = agent_call(c, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
+                     &done);
+    result("lend-not-dm-other", rc3 == -EPERM && done == 0,
+           "rc=%d,done=%u", rc3, done);
+
+    /* A frame D does not own (nothing at 2 GiB in a 32 MiB guest). */
+    rc4 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, 0x80000, &done);
+    result("lend-driver-not-owned", rc4 == -EPERM && done == 0,
+           "rc=%d,done=%u", rc4, done);
+
+    return failures ? 1 : 0;
+}
+
 #define NR_PAGES 1024U
 
 static int limit_test(uint16_t dom, uint64_t gfn, unsigned long limit)
@@ -582,6 +1120,7 @@ int main(int argc, char **argv)
     uint64_t gfn = 0x30000;
     bool have_dom = false, destroy = true, opt_in_test = false;
     unsigned long limit = 0;
+    long driver = -1, third = -1;
     unsigned long frames_ul[NR_PAGES + 1];
     uint64_t frames[NR_PAGES + 1], bogus[2];
     uint32_t done;
@@ -593,7 +1132,9 @@ int main(int argc, char **argv)
     for ( i = 1; i < argc; i++ )
     {
         if ( !strcmp(argv[i], "--write-guest") && i + 1 < argc )
-            return write_guest(argv[++i]);
+            return write_guest(argv[++i], false);
+        else if ( !strcmp(argv[i], "--write-agent") && i + 1 < argc )
+            return write_guest(argv[++i], true);
         else if ( !strcmp(argv[i], "--dom") && i + 1 < argc )
         {
             dom = strtoul(argv[++i], NULL, 0);
@@ -605,12 +1146,17 @@ int main(int argc, char **argv)
             destroy = false;
         else if ( !strcmp(argv[i], "--no-opt-in") )
             opt_in_test = true;
+        else if ( !strcmp(argv[i], "--driver") && i + 1 < argc )
+            driver = strtol(argv[++i], NULL, 0);
+        else if ( !strcmp(argv[i], "--third") && i + 1 < argc )
+            third = strtol(argv[++i], NULL, 0);
         else if ( !strcmp(argv[i], "--limit") && i + 1 < argc )
             limit = strtoul(argv[++i], NULL, 0);
         else
         {
-            fprintf(stderr, "usage: %s --write-guest FILE | --dom D "
-                    "[--gfn G] [--no-destroy]\n", argv[0]);
+            fprintf(stderr, "usage: %s --write-guest FILE | --write-agent "
+                    "FILE | --dom D [--gfn G] [--no-destroy] | --dom P "
+                    "--driver D --third C\n", argv[0]);
             return 2;
         }
     }
@@ -637,6 +1183,8 @@ int main(int argc, char **argv)
         return not_opted_in(dom);
     if ( limit )
         return limit_test(dom, gfn, limit);
+    if ( driver >= 0 && third >= 0 )
+        return driver_test(dom, driver, third);
 
     /*
      * Pages owned by dom0 whose MFNs we know: a fresh reservation (the
@@ -734,6 +1282,9 @@ int main(int argc, char **argv)
             X.fm_unmap(fm, m, 1);
     }
 
+    /* grant-*: the guest cannot grant a lent page */
+    grant_test(dom, gfn + NR_PAGES - 1);
+
     /* revoke the first half */
     done = 0;
     rc = do_revoke(dom, gfn, NR_PAGES / 2, frames, &done);
@@ -813,6 +1364,7 @@ int main(int argc, char **argv)
                    c3 - c2 + 1 >= s.requests,
                    "requests=%u,result=%#x,loops=%u", s.requests, r,
                    c3 - c2);
+
             server_stop(&s);
         }
     }

@@ -9,10 +9,14 @@
 # loops reading guest-physical 512 MiB and stores what it read in its RAM),
 # then runs tests/xen/xen-lend-test.c against it: lending dom0's own pages,
 # double lending, lending frames dom0 does not own, a restricted handle,
-# foreign-mapping a lent frame through the guest, revocation (verified,
-# vacuous, wrong frame), IOREQ RETRY (lend-on-fault, and a server that
-# answers RETRY without mapping: the guest must still progress), the owner
-# freeing lent pages, and the guest's destruction freeing them.
+# foreign-mapping a lent frame through the guest, granting it (refused;
+# a grant of guest RAM as positive control), revocation (verified, vacuous,
+# wrong frame), IOREQ RETRY (lend-on-fault, a server that answers RETRY
+# without mapping, and one that keeps the instruction faulting: the guest
+# must still progress, after at most 8 honoured retries in a row), the
+# owner freeing lent pages, and the guest's destruction freeing them.
+# Then a driver domain: a second tiny guest issuing the lend DMOP itself,
+# refused by Xen until dom0 makes it the device model of the receiver.
 #
 # Environment:
 #   XEN_LEND_TEST   the test binary (default: searched in PATH,
@@ -45,6 +49,10 @@ find_bin() {
 cleanup() {
     xl destroy "$name" >/dev/null 2>&1
     xl destroy "$name-b" >/dev/null 2>&1
+    # The agent first: as device model of the probe it holds a reference.
+    xl destroy "$name-d" >/dev/null 2>&1
+    xl destroy "$name-p" >/dev/null 2>&1
+    xl destroy "$name-c" >/dev/null 2>&1
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -122,4 +130,30 @@ else
     result xen-retry-not-opted-in 0 guest-create-failed
     fail=1
 fi
+
+# A driver domain: an agent guest (D) issuing the lend DMOP itself, to a
+# probe guest (P) it is not yet device model of, then is; C is a third guest.
+"$bin" --write-agent "$work/agent.elf" || { result xen-lend-not-dm 0 cannot-write-agent; exit 1; }
+ok=1
+for g in p c d; do
+    kernel="$work/guest.elf"
+    [ $g = d ] && kernel="$work/agent.elf"
+    sed -e "s/^name = .*/name = \"$name-$g\"/" -e "s|^kernel = .*|kernel = \"$kernel\"|" \
+        -e 's/^memory = .*/memory = 32/' "$work/guest.cfg" >"$work/guest-$g.cfg"
+    if ! timeout 120 xl create "$work/guest-$g.cfg" >"$work/create-$g.log" 2>&1; then
+        sed 's/^/    | /' "$work/create-$g.log" >&2
+        ok=0
+    fi
+done
+if [ $ok = 1 ]; then
+    sleep 1
+    "$bin" --dom "$(xl domid "$name-p")" --driver "$(xl domid "$name-d")" \
+        --third "$(xl domid "$name-c")" || fail=1
+else
+    result xen-lend-not-dm 0 guest-create-failed
+    fail=1
+fi
+xl destroy "$name-d" >/dev/null 2>&1
+xl destroy "$name-p" >/dev/null 2>&1
+xl destroy "$name-c" >/dev/null 2>&1
 exit $fail
