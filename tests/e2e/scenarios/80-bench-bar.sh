@@ -16,14 +16,14 @@
 #      2 MiB; 81-bench-fault-around-off has the 4 KiB case);
 #   4. time to revoke 240 MiB (the backend moves new memory over it) and to
 #      destroy the guest with 240 MiB lent.
-# timeout: 1200
+# timeout: 1500
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
 name=bench
 reg_mib=240
 HM_BAR_MIB=256
-bench() { echo "BENCH $*"; }
-hm_start "$name" "hostmem-guest,bwsuite,$HM_VENDOR,$HM_DEVICE,0,$((reg_mib << 20)),0x2000000,${GH_BENCH_ROUNDS:-11},${GH_BENCH_PASSES:-4},0xf800000,${GH_BENCH_EMUL:-3000}" \
+source "$(dirname "$0")/bench-common.sh"
+bench_start "$name" "hostmem-guest,bwsuite,$HM_VENDOR,$HM_DEVICE,0,$((reg_mib << 20)),0x2000000,${GH_BENCH_ROUNDS:-11},${GH_BENCH_PASSES:-4},0xf800000,${GH_BENCH_EMUL:-3000}" \
     "0:${reg_mib}M" || exit 1
 if ! hm_wait_marker "$name" "^GH-GUEST-TOUCHED" 900; then
     result "$name-first-touch" 0 "no-marker"; hm_console "$name"; exit 1
@@ -90,4 +90,4 @@ check "$name-revoked" "revoke_ms=$rv_ms,lent_after=$lent_after" [ -n "$rv_ms" -a
 t0=$(date +%s%N)
 hm_destroy_clean "$name"
 bench "destroy_ms_after_revoke=$((($(date +%s%N) - t0) / 1000000))"
-exit "$GH_FAILED"
+exit $((BENCH_FAILED | GH_FAILED))

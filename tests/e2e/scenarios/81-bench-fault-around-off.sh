@@ -2,10 +2,10 @@
 # Benchmark (issue 8, point 3): first touch of 32 MiB with fault-around off
 # (fault_around_kib: 4 in /etc/xen/gpu-hostmem.yaml) against on (the default
 # 2 MiB), side by side in one run: time, faults and lend calls per MiB.
-# timeout: 700
+# timeout: 1800
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
-bench() { echo "BENCH $*"; }
+source "$(dirname "$0")/bench-common.sh"
 cfg=/etc/xen/gpu-hostmem.yaml
 [ -e "$cfg" ] && cp "$cfg" /tmp/gpu-hostmem.yaml.saved
 restore() { if [ -e /tmp/gpu-hostmem.yaml.saved ]; then mv /tmp/gpu-hostmem.yaml.saved "$cfg"; else rm -f "$cfg"; fi; hm_cleanup; }
@@ -14,7 +14,7 @@ mkdir -p /etc/xen
 for fa in 2048 4; do
     printf 'fault_around_kib: %s\n' "$fa" >"$cfg"
     name=bfa-$fa
-    hm_start "$name" "hostmem-guest,touch,$HM_VENDOR,$HM_DEVICE,0,0x2000000,0x1000" 0:32M || exit 1
+    bench_start "$name" "hostmem-guest,touch,$HM_VENDOR,$HM_DEVICE,0,0x2000000,0x1000" 0:32M || exit 1
     gh_guest_wait "$name" 500 || result "$name-guest-run" 0 "did-not-finish"
     s=$(sed -n 's/^RESULT name=guest-touch ok=1 .* seconds=\([0-9.]*\).*/\1/p' "/tmp/$name.out" | head -n1)
     f=$(hm_counter "$HM_DOM" bar_faults); l=$(hm_counter "$HM_DOM" lends); r=$(hm_counter "$HM_DOM" retries)
@@ -24,4 +24,4 @@ for fa in 2048 4; do
     hm_destroy_clean "$name"
     kill -TERM "$HM_BPID"; wait "$HM_BPID" 2>/dev/null
 done
-exit "$GH_FAILED"
+exit $((BENCH_FAILED | GH_FAILED))
