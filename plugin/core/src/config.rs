@@ -18,7 +18,8 @@ use crate::pci::{PciIds, MAX_BAR_SIZE, MIN_BAR_SIZE};
 pub const EXAMPLE_YAML: &str = "\
 # /etc/xen/gpu-hostmem.yaml: defaults for guests with gpu_hostmem = 1.
 # Every key is optional; unknown keys are rejected.
-bar_size_mib: 1024          # BAR size: power of two, 1 .. 65536 (xl.cfg gpu_hostmem_size overrides)
+bar_size_mib: 1024          # BAR size when the toolstack passes none: power of two, 1 .. 65536
+                            # (libxl always passes xl.cfg gpu_hostmem_size, default 256)
 pci_slot: 5                 # device number on bus 0: 0 .. 31
 vendor_id: 0x1af4           # 0x0001 .. 0xfffe
 device_id: 0x10f0           # 0x0001 .. 0xfffe
