@@ -876,33 +876,47 @@ static void grant_test(uint16_t dom, uint64_t lent_gfn)
 
 /*
  * retry-bound: the probe loop reads 4 bytes at the end of GFN X, straddling
- * X and X + 1, both in the server's range and unmapped.  Xen's emulator
- * splits the read at the page boundary (linear_read()): the first half
- * faults if X is not mapped, else the second half if X + 1 is not.  The
- * ping-pong server maps the page of each fault and unmaps the other one
- * before answering RETRY, so every honoured retry faults again.
+ * X and X + 1, both in the server's range.  Xen's emulator splits the read
+ * at the page boundary (linear_read()): the guest faults on whichever page
+ * is not mapped, the first half first.  The ping-pong server maps the page
+ * of each fault and unmaps the other one before answering RETRY, so every
+ * honoured retry faults again, on the other page.
  *
  * Expected, per instruction, from ioreq_retry_permitted(): requests 1-8
- * (X, X+1, X, ...) are honoured, each at the same PC for a GFN whose
- * predecessor was taken away again, counting 1..8; request 9 (X) finds
- * the count at XEN_IOREQ_MAX_RETRIES and is refused: the first half
- * completes as all ones.  The emulator then goes on with the second half
- * (X + 1, unmapped again by request 9's answer): request 10.  Its RETRY
- * must be refused too, since re-executing would repeat the first half that
- * already went to the server (arch_ioreq_retry_safe()); it completes as
- * all ones and the instruction retires with 0xffffffff.  The next
- * iteration starts the same way (X unmapped, X + 1 mapped): 10 requests
- * for every instruction, the guest's counter moving on after each.
+ * alternate between the two pages, each at the same PC for a GFN whose
+ * predecessor was taken away again, counting 1..8, and are honoured; the
+ * count is then at XEN_IOREQ_MAX_RETRIES and request 9 is refused.  Xen
+ * completes the instruction without a server: the half on the page the
+ * server just mapped reads RAM, the other half all ones, and the guest's
+ * loop moves on.  A request is refused only after 8 honoured ones, so
+ * exactly 9 per instruction; the next instruction starts on the page left
+ * unmapped (phases alternate: a fault on X first, then on X + 1 first).
  */
-#define RETRY_BOUND_REQUESTS 10U
+#define RETRY_BOUND_REQUESTS 9U
 #define PP_GFN ((GUEST_PROBE_ADDR >> 12) + 0x10)
+#define PP_RAM_A 0x1234U  /* last 2 bytes of the page lent at X */
+#define PP_RAM_B 0x5678U  /* first 2 bytes of the page lent at X + 1 */
 
-static void __attribute__((unused)) retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
+static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
 {
     static typeof(*s->log) log[8192];
+    unsigned long own[2] = { frame_a, frame_b };
     unsigned int i, start, groups = 0, min = ~0U, max = 0, bad = 0;
-    uint32_t ones0, ones1, r, done;
-    char first[64] = "";
+    uint32_t c0, c1, r, done;
+    int err[2];
+    volatile uint16_t *m;
+    char first[32] = "";
+
+    /* Known content where the probe reads each page. */
+    m = X.fm_map(fm, DOMID_SELF, PROT_READ | PROT_WRITE, 2, own, err);
+    if ( !m || err[0] || err[1] )
+    {
+        result("retry-bound", false, "cannot-map-own-frames");
+        return;
+    }
+    m[PAGE_SIZE / 2 - 1] = PP_RAM_A;
+    m[PAGE_SIZE / 2] = PP_RAM_B;
+    X.fm_unmap(fm, (void *)m, 2);
 
     s->mode = SERVE_PINGPONG;
     s->pp_gfn = PP_GFN;
@@ -912,10 +926,10 @@ static void __attribute__((unused)) retry_bound(struct server *s, uint64_t frame
     s->log_max = sizeof(log) / sizeof(log[0]);
     s->log_len = 0;
     s->requests = 0;
-    ones0 = guest_word(GUEST_ONES);
+    c0 = guest_word(GUEST_COUNTER);
     set_guest_word(GUEST_PROBE_PTR, (PP_GFN << 12) + PAGE_SIZE - 2);
     server_run(s, 3.0);
-    ones1 = guest_word(GUEST_ONES);
+    c1 = guest_word(GUEST_COUNTER);
     r = guest_word(GUEST_RESULT);
     set_guest_word(GUEST_PROBE_PTR, GUEST_PROBE_ADDR);
     s->log = NULL;
@@ -925,7 +939,8 @@ static void __attribute__((unused)) retry_bound(struct server *s, uint64_t frame
      * Requests grouped by the guest's counter (the vCPU waits while a
      * request is pending, so the counter names the loop iteration).  The
      * first group may have started before the probe address changed, the
-     * last one is unfinished: count the others.
+     * last one is unfinished: count the others.  Within one, the requests
+     * must alternate between the two pages.
      */
     for ( start = 0, i = 1; i <= s->log_len; i++ )
     {
@@ -939,25 +954,32 @@ static void __attribute__((unused)) retry_bound(struct server *s, uint64_t frame
             min = n < min ? n : min;
             max = n > max ? n : max;
             for ( j = 0; j < n; j++ )
-                if ( log[start + j].gfn != PP_GFN + (j & 1) )
+                if ( log[start + j].gfn - PP_GFN > 1 ||
+                     (j && log[start + j].gfn == log[start + j - 1].gfn) )
                     bad++;
-            if ( groups == 1 )
+            if ( groups <= 2 )
+            {
                 for ( j = 0; j < n && j < 12; j++ )
                     snprintf(first + strlen(first),
-                             sizeof(first) - strlen(first), "%s",
-                             log[start + j].gfn == PP_GFN ? "a" :
-                             log[start + j].gfn == PP_GFN + 1 ? "b" : "?");
+                             sizeof(first) - strlen(first), "%c",
+                             log[start + j].gfn == PP_GFN ? 'a' :
+                             log[start + j].gfn == PP_GFN + 1 ? 'b' : '?');
+                if ( groups == 1 )
+                    snprintf(first + strlen(first),
+                             sizeof(first) - strlen(first), "/");
+            }
         }
         start = i;
     }
 
+    /* The last completed read: one half RAM, the other half all ones. */
     result("retry-bound",
            groups >= 3 && min == RETRY_BOUND_REQUESTS &&
-           max == RETRY_BOUND_REQUESTS && !bad && r == 0xffffffffU &&
-           ones1 - ones0 >= groups,
+           max == RETRY_BOUND_REQUESTS && !bad &&
+           (r == (0xffff0000U | PP_RAM_A) || r == (PP_RAM_B << 16 | 0xffffU)),
            "requests=%u,instructions=%u,per-instruction:min=%u,max=%u,"
-           "first=%s,bad=%u,result=%#x,all-ones-reads=%u", s->requests,
-           groups, groups ? min : 0, max, first, bad, r, ones1 - ones0);
+           "sequence=%s,bad=%u,result=%#x,loops=%u", s->requests,
+           groups, groups ? min : 0, max, first, bad, r, c1 - c0);
 
     do_revoke(s->dom, PP_GFN, 1, &frame_a, &done);
     do_revoke(s->dom, PP_GFN + 1, 1, &frame_b, &done);
@@ -1365,6 +1387,8 @@ int main(int argc, char **argv)
                    "requests=%u,result=%#x,loops=%u", s.requests, r,
                    c3 - c2);
 
+            /* retry-bound: frames 1 and 2 were revoked above */
+            retry_bound(&s, frames[1], frames[2]);
             server_stop(&s);
         }
     }
