@@ -47,6 +47,9 @@
  *   relend           a revoked frame can be lent again
  *   retry-lend       RETRY server: the guest read faults, the server lends
  *                    a page and answers RETRY, the guest then reads RAM
+ *   retry-refault    the owner revokes the page 10 times, the same
+ *                    instruction faults again each time and the server
+ *                    lends again: the guest never reads all ones
  *   retry-unmapped   RETRY without mapping anything: Xen completes the
  *                    read as unbacked (~0) and the guest makes progress
  *   retry-bound      a RETRY server that keeps the instruction faulting
@@ -1371,6 +1374,37 @@ int main(int argc, char **argv)
                    c1 - c0 > 1000 && s.requests <= 4,
                    "lends=%u,requests=%u,result=%#x,loops=%u", s.lends,
                    s.requests, r, c1 - c0);
+
+            /*
+             * retry-refault: the owner takes the page away 10 times; each
+             * time the same instruction faults on the same GFN again and
+             * the server lends it again.  More than XEN_IOREQ_MAX_RETRIES
+             * in all, which Xen counts as one streak (it does not see the
+             * instruction retire in between) and refuses once: even then
+             * the guest must read the page, never all ones.
+             */
+            {
+                uint32_t o0 = guest_word(GUEST_ONES), o1, d2;
+                unsigned int k, req0 = s.requests, lends0 = s.lends;
+
+                c0 = guest_word(GUEST_COUNTER);
+                for ( k = 0; k < 10; k++ )
+                {
+                    do_revoke(dom, s.lent_gfn, 1, &s.frame, &d2);
+                    s.lent_gfn = ~0ULL;
+                    server_run(&s, 0.3);
+                }
+                o1 = guest_word(GUEST_ONES);
+                c1 = guest_word(GUEST_COUNTER);
+                r = guest_word(GUEST_RESULT);
+                result("retry-refault",
+                       o1 == o0 && s.lends - lends0 == 10 &&
+                       s.requests - req0 == 10 &&
+                       r == (0xc0de0000U | NR_PAGES) && c1 - c0 > 1000,
+                       "revocations=10,requests=%u,lends=%u,result=%#x,"
+                       "all-ones-reads=%u,loops=%u", s.requests - req0,
+                       s.lends - lends0, r, o1 - o0, c1 - c0);
+            }
 
             /* retry-unmapped: take it away, answer RETRY regardless */
             done = 0;
