@@ -56,6 +56,9 @@
  *                    (access straddling two pages, lend one and revoke the
  *                    other on each fault): Xen honours 8 in a row, then
  *                    completes the access as unbacked; the guest moves on
+ *   retry-not-repeated  the first half of a straddling read emulated by
+ *                    the server, RETRY for the second: refused, as
+ *                    re-executing would repeat the first half
  *   owner-free       the owner frees lent pages: they stay allocated
  *   destroy-frees    guest destroyed with pages lent: they are freed
  *
@@ -599,13 +602,15 @@ static void set_guest_word(unsigned int off, uint32_t v)
 
 /* ---------------------------------------------------------- RETRY server */
 
+#define SPLIT_DATA 0xabcdU
+
 struct server {
     uint16_t dom, id;
     void *res;
     ioreq_t *page;
     int port;
     /* What the server does on a read fault. */
-    enum { SERVE_LEND, SERVE_RETRY_ONLY, SERVE_PINGPONG } mode;
+    enum { SERVE_LEND, SERVE_RETRY_ONLY, SERVE_PINGPONG, SERVE_SPLIT } mode;
     uint64_t frame;          /* page lent in SERVE_LEND mode */
     uint64_t lent_gfn;
     /*
@@ -613,6 +618,9 @@ struct server {
      * pp_frame[i] there and revoke pp_frame[1 - i] from pp_gfn + 1 - i,
      * then answer RETRY: the faulting page is mapped but the instruction
      * faults again on the other one.
+     * SERVE_SPLIT: emulate a read at pp_gfn (answer SPLIT_DATA), after
+     * revoking pp_frame[1] from pp_gfn + 1; at pp_gfn + 1 lend it and
+     * answer RETRY.
      */
     uint64_t pp_gfn, pp_frame[2];
     /* Per request: the guest's loop counter (stable while it waits) and
@@ -701,8 +709,26 @@ static void server_run(struct server *s, double seconds)
                 s->log_len++;
             }
 
-            if ( s->mode == SERVE_PINGPONG &&
-                 gfn - s->pp_gfn < 2 )
+            if ( s->mode == SERVE_SPLIT && gfn == s->pp_gfn )
+            {
+                uint32_t done = 0;
+
+                do_revoke(s->dom, gfn + 1, 1, &s->pp_frame[1], &done);
+                p->data = SPLIT_DATA;
+                __atomic_thread_fence(__ATOMIC_RELEASE);
+                p->state = STATE_IORESP_READY;
+                X.ev_notify(xce, s->port);
+                continue;
+            }
+            if ( s->mode == SERVE_SPLIT && gfn == s->pp_gfn + 1 )
+            {
+                uint32_t done = 0;
+
+                if ( do_lend(s->dom, gfn, 1, &s->pp_frame[1], &done) == 0 )
+                    s->lends++;
+            }
+            else if ( s->mode == SERVE_PINGPONG &&
+                      gfn - s->pp_gfn < 2 )
             {
                 unsigned int i = gfn - s->pp_gfn;
                 uint32_t done = 0;
@@ -900,28 +926,30 @@ static void grant_test(uint16_t dom, uint64_t lent_gfn)
 #define PP_RAM_A 0x1234U  /* last 2 bytes of the page lent at X */
 #define PP_RAM_B 0x5678U  /* first 2 bytes of the page lent at X + 1 */
 
-static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
+struct straddle_stats {
+    unsigned int groups, min, max, bad;
+    uint32_t result, loops;
+    char sequence[32];
+};
+
+/*
+ * Serve the probe's page-straddling read at the end of PP_GFN for 3 s in
+ * the given mode and sort the requests into loop iterations: grouped by the
+ * guest's counter (the vCPU waits while a request is pending, so the
+ * counter names the iteration).  The first group may have started before
+ * the probe address changed, the last one is unfinished: count the others.
+ * Within one, the requests must alternate between the two pages.
+ */
+static void serve_straddle(struct server *s, int mode, uint64_t frame_a,
+                           uint64_t frame_b, struct straddle_stats *st)
 {
     static typeof(*s->log) log[8192];
-    unsigned long own[2] = { frame_a, frame_b };
-    unsigned int i, start, groups = 0, min = ~0U, max = 0, bad = 0;
-    uint32_t c0, c1, r, done;
-    int err[2];
-    volatile uint16_t *m;
-    char first[32] = "";
+    unsigned int i, start;
+    uint32_t c0;
 
-    /* Known content where the probe reads each page. */
-    m = X.fm_map(fm, DOMID_SELF, PROT_READ | PROT_WRITE, 2, own, err);
-    if ( !m || err[0] || err[1] )
-    {
-        result("retry-bound", false, "cannot-map-own-frames");
-        return;
-    }
-    m[PAGE_SIZE / 2 - 1] = PP_RAM_A;
-    m[PAGE_SIZE / 2] = PP_RAM_B;
-    X.fm_unmap(fm, (void *)m, 2);
-
-    s->mode = SERVE_PINGPONG;
+    memset(st, 0, sizeof(*st));
+    st->min = ~0U;
+    s->mode = mode;
     s->pp_gfn = PP_GFN;
     s->pp_frame[0] = frame_a;
     s->pp_frame[1] = frame_b;
@@ -932,59 +960,98 @@ static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
     c0 = guest_word(GUEST_COUNTER);
     set_guest_word(GUEST_PROBE_PTR, (PP_GFN << 12) + PAGE_SIZE - 2);
     server_run(s, 3.0);
-    c1 = guest_word(GUEST_COUNTER);
-    r = guest_word(GUEST_RESULT);
+    st->loops = guest_word(GUEST_COUNTER) - c0;
+    st->result = guest_word(GUEST_RESULT);
     set_guest_word(GUEST_PROBE_PTR, GUEST_PROBE_ADDR);
     s->log = NULL;
     s->mode = SERVE_RETRY_ONLY;
 
-    /*
-     * Requests grouped by the guest's counter (the vCPU waits while a
-     * request is pending, so the counter names the loop iteration).  The
-     * first group may have started before the probe address changed, the
-     * last one is unfinished: count the others.  Within one, the requests
-     * must alternate between the two pages.
-     */
     for ( start = 0, i = 1; i <= s->log_len; i++ )
     {
         unsigned int n = i - start, j;
+        char *q = st->sequence;
+        size_t room = sizeof(st->sequence);
 
         if ( i < s->log_len && log[i].counter == log[start].counter )
             continue;
         if ( start > 0 && i < s->log_len )
         {
-            groups++;
-            min = n < min ? n : min;
-            max = n > max ? n : max;
+            st->groups++;
+            st->min = n < st->min ? n : st->min;
+            st->max = n > st->max ? n : st->max;
             for ( j = 0; j < n; j++ )
                 if ( log[start + j].gfn - PP_GFN > 1 ||
                      (j && log[start + j].gfn == log[start + j - 1].gfn) )
-                    bad++;
-            if ( groups <= 2 )
+                    st->bad++;
+            if ( st->groups <= 2 )
             {
                 for ( j = 0; j < n && j < 12; j++ )
-                    snprintf(first + strlen(first),
-                             sizeof(first) - strlen(first), "%c",
+                    snprintf(q + strlen(q), room - strlen(q), "%c",
                              log[start + j].gfn == PP_GFN ? 'a' :
                              log[start + j].gfn == PP_GFN + 1 ? 'b' : '?');
-                if ( groups == 1 )
-                    snprintf(first + strlen(first),
-                             sizeof(first) - strlen(first), "/");
+                if ( st->groups == 1 )
+                    snprintf(q + strlen(q), room - strlen(q), "/");
             }
         }
         start = i;
     }
+    if ( !st->groups )
+        st->min = 0;
+}
+
+static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
+{
+    unsigned long own[2] = { frame_a, frame_b };
+    struct straddle_stats st;
+    uint32_t done;
+    int err[2];
+    volatile uint16_t *m;
+
+    /* Known content where the probe reads each page. */
+    m = X.fm_map(fm, DOMID_SELF, PROT_READ | PROT_WRITE, 2, own, err);
+    if ( !m || err[0] || err[1] )
+    {
+        result("retry-bound", false, "cannot-map-own-frames");
+        result("retry-not-repeated", false, "cannot-map-own-frames");
+        return;
+    }
+    m[PAGE_SIZE / 2 - 1] = PP_RAM_A;
+    m[PAGE_SIZE / 2] = PP_RAM_B;
+    X.fm_unmap(fm, (void *)m, 2);
 
     /* The last completed read: one half RAM, the other half all ones. */
+    serve_straddle(s, SERVE_PINGPONG, frame_a, frame_b, &st);
     result("retry-bound",
-           groups >= 3 && min == RETRY_BOUND_REQUESTS &&
-           max == RETRY_BOUND_REQUESTS && !bad &&
-           (r == (0xffff0000U | PP_RAM_A) || r == (PP_RAM_B << 16 | 0xffffU)),
+           st.groups >= 3 && st.min == RETRY_BOUND_REQUESTS &&
+           st.max == RETRY_BOUND_REQUESTS && !st.bad &&
+           (st.result == (0xffff0000U | PP_RAM_A) ||
+            st.result == (PP_RAM_B << 16 | 0xffffU)),
            "requests=%u,instructions=%u,per-instruction:min=%u,max=%u,"
            "sequence=%s,bad=%u,result=%#x,loops=%u", s->requests,
-           groups, groups ? min : 0, max, first, bad, r, c1 - c0);
-
+           st.groups, st.min, st.max, st.sequence, st.bad, st.result,
+           st.loops);
     do_revoke(s->dom, PP_GFN, 1, &frame_a, &done);
+    do_revoke(s->dom, PP_GFN + 1, 1, &frame_b, &done);
+
+    /*
+     * retry-not-repeated: the first half (X, never mapped) is emulated by
+     * the server, which also takes X + 1 away; the second half faults, the
+     * server lends X + 1 and answers RETRY.  Re-executing would send the
+     * first half to the server again, so Xen must refuse this RETRY
+     * (arch_ioreq_retry_safe(): a chunk of the straddling access's MMIO
+     * cache entry has completed) and complete the instruction without
+     * servers: X reads all ones, X + 1 its RAM.  Exactly 2 requests per
+     * instruction, X then X + 1; a repeat of X would make it 3 or more.
+     */
+    serve_straddle(s, SERVE_SPLIT, frame_a, frame_b, &st);
+    result("retry-not-repeated",
+           st.groups >= 3 && st.min == 2 && st.max == 2 && !st.bad &&
+           !strncmp(st.sequence, "ab/ab", 5) &&
+           st.result == (PP_RAM_B << 16 | 0xffffU),
+           "requests=%u,instructions=%u,per-instruction:min=%u,max=%u,"
+           "sequence=%s,bad=%u,result=%#x,loops=%u", s->requests,
+           st.groups, st.min, st.max, st.sequence, st.bad, st.result,
+           st.loops);
     do_revoke(s->dom, PP_GFN + 1, 1, &frame_b, &done);
 }
 
