@@ -19,7 +19,8 @@ BENCH_FAILED=0
 # pci=noearly skips the kernel's early PCI quirk scan (config reads through
 # port 0xcfc in setup_arch, where docs/status.md places the triple fault); a
 # workaround tried to get the benchmarks through while the bug is open, not a
-# fix, and harmless to what they measure (the BAR is probed later, normally).
+# fix (a guest booted with it still triple-faulted once, docs/benchmarks.md),
+# and harmless to what they measure (the BAR is probed later, normally).
 BENCH_GUEST_EXTRA=${BENCH_GUEST_EXTRA-pci=noearly}
 
 # bench_hm_start NAME RUN REGION...: hm_start (hostmem-common.sh), with
