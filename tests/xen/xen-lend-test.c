@@ -1167,7 +1167,7 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
     result("lend-not-dm-other", rc3 == -EPERM && done == 0,
            "rc=%d,done=%u", rc3, done);
 
-    /* A frame D does not own (nothing at 2 GiB in a 32 MiB guest). */
+    /* A frame D does not own (nothing at 2 GiB in a 128 MiB guest). */
     rc4 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, 0x80000, &done);
     result("lend-driver-not-owned", rc4 == -EPERM && done == 0,
            "rc=%d,done=%u", rc4, done);

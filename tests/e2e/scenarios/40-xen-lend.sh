@@ -139,18 +139,23 @@ for g in p c d; do
     kernel="$work/guest.elf"
     [ $g = d ] && kernel="$work/agent.elf"
     sed -e "s/^name = .*/name = \"$name-$g\"/" -e "s|^kernel = .*|kernel = \"$kernel\"|" \
-        -e 's/^memory = .*/memory = 32/' "$work/guest.cfg" >"$work/guest-$g.cfg"
+        "$work/guest.cfg" >"$work/guest-$g.cfg"
     if ! timeout 120 xl create "$work/guest-$g.cfg" >"$work/create-$g.log" 2>&1; then
         sed 's/^/    | /' "$work/create-$g.log" >&2
         ok=0
     fi
+done
+# The tiny guests sometimes triple-fault at their first emulated read (the
+# test bed's known early-boot triple fault, see docs/status.md): say so.
+for g in p c d; do
+    xl domid "$name-$g" >/dev/null 2>&1 || { log "guest $name-$g is gone"; ok=0; }
 done
 if [ $ok = 1 ]; then
     sleep 1
     "$bin" --dom "$(xl domid "$name-p")" --driver "$(xl domid "$name-d")" \
         --third "$(xl domid "$name-c")" || fail=1
 else
-    result xen-lend-not-dm 0 guest-create-failed
+    result xen-lend-not-dm 0 guest-create-failed-or-died
     fail=1
 fi
 xl destroy "$name-d" >/dev/null 2>&1
