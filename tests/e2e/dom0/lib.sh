@@ -29,9 +29,14 @@ gh_since() { awk -v a="$1" -v b="$(gh_now)" 'BEGIN { printf "%.1f", b - a }'; }
 # test guest of TYPE hvm or pvh, booting the test kernel and initramfs and
 # running RUN (gh.run syntax: PROG[,ARG...]). The guest stays up after RUN
 # (gh.hold=1) until destroyed. Extra lines are appended to the config.
+# GH_GUEST_CMDLINE_EXTRA: words added to the guest kernel's command line
+# (default: /etc/gpu-hostmem/guest-cmdline-extra, from tests/e2e/run's
+# GPU_HOSTMEM_GUEST_CMDLINE_EXTRA).
 gh_guest_cfg() {
-    local name=$1 type=$2 run=$3 cfg=/tmp/$1.cfg
+    local name=$1 type=$2 run=$3 cfg=/tmp/$1.cfg extra
     shift 3
+    extra=${GH_GUEST_CMDLINE_EXTRA-$(cat /etc/gpu-hostmem/guest-cmdline-extra 2>/dev/null)}
+    extra=${extra:+$extra }
     {
         echo "name = \"$name\""
         echo "memory = ${GH_GUEST_MEMORY:-256}"
@@ -47,11 +52,11 @@ gh_guest_cfg() {
             echo 'device_model_version = "qemu-xen"'
             echo 'vga = "none"'
             echo 'serial = "none"'
-            echo "cmdline = \"console=hvc0 earlyprintk=xen iomem=relaxed xen_emul_unplug=never quiet loglevel=4 gh.hold=1 gh.run=$run\""
+            echo "cmdline = \"console=hvc0 earlyprintk=xen iomem=relaxed xen_emul_unplug=never quiet loglevel=4 ${extra}gh.hold=1 gh.run=$run\""
             ;;
         pvh)
             echo 'type = "pvh"'
-            echo "cmdline = \"console=hvc0 quiet loglevel=4 gh.hold=1 gh.run=$run\""
+            echo "cmdline = \"console=hvc0 quiet loglevel=4 ${extra}gh.hold=1 gh.run=$run\""
             ;;
         *) echo "gh_guest_cfg: unknown type $type" >&2; return 1 ;;
         esac

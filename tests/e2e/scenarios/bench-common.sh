@@ -4,7 +4,8 @@
 
 bench() { echo "BENCH $*"; }
 
-# bench_start NAME RUN REGION...: hm_start, then wait until the guest's program
+# bench_start NAME RUN REGION...: hm_start (with BENCH_GUEST_EXTRA on the
+# guest's kernel command line), then wait until the guest's program
 # runs (its first RESULT line). A guest that does not get there within
 # BENCH_BOOT_S seconds (default 420; a guest of the loaded test bed normally
 # takes 2-4 minutes) is taken for the early-boot hang or triple fault of
@@ -23,39 +24,12 @@ BENCH_FAILED=0
 # and harmless to what they measure (the BAR is probed later, normally).
 BENCH_GUEST_EXTRA=${BENCH_GUEST_EXTRA-pci=noearly}
 
-# bench_hm_start NAME RUN REGION...: hm_start (hostmem-common.sh), with
-# BENCH_GUEST_EXTRA on the guest's kernel command line.
-bench_hm_start() {
-    local name=$1 run=$2 t
-    shift 2
-    hm_install || return 1
-    t=$(gh_now)
-    if ! HM_DOM=$(hm_guest_create "$name" "$run" \
-        "cmdline = \"console=hvc0 iomem=relaxed xen_emul_unplug=never quiet loglevel=4 $BENCH_GUEST_EXTRA gh.hold=1 gh.run=$run\""); then
-        result "$name-create" 0 "xl-create-failed"
-        return 1
-    fi
-    HM_GUESTS+=("$name")
-    result "$name-create" 1 "domid=$HM_DOM,$(gh_since "$t")s"
-    HM_IPID=$(xenstore-read "/local/domain/0/gpu-hostmem/$HM_DOM/pid" 2>/dev/null || true)
-    check "$name-ioreqd-running" "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
-    HM_BOUT=/tmp/$name.backend
-    if [ $# -gt 0 ]; then
-        if ! hm_backend "$HM_DOM" "$HM_BOUT" "$@"; then
-            result "$name-backend-ready" 0 "backend-not-ready"
-            return 1
-        fi
-        result "$name-backend-ready" 1 "pid=$HM_BPID"
-    fi
-    xl unpause "$name"
-}
-
 bench_start() {
     local name=$1 try
     for try in 1 2; do
         BENCH_FAILED=$((BENCH_FAILED | GH_FAILED))
         GH_FAILED=0
-        bench_hm_start "$@" || return 1
+        GH_GUEST_CMDLINE_EXTRA=$BENCH_GUEST_EXTRA hm_start "$@" || return 1
         if hm_wait_marker "$name" "^RESULT name=guest-finds-device" "${BENCH_BOOT_S:-420}"; then
             return 0
         fi

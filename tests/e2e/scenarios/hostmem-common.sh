@@ -55,10 +55,10 @@ hm_guest_create() {
     local name=$1 run=$2
     shift 2
     gh_guest_cfg "$name" hvm "$run" "gpu_hostmem = 1" "gpu_hostmem_size = ${HM_BAR_MIB:-64}" "$@" >/dev/null
-    # The guest kernel's early messages (warnings and worse; all of them with
-    # HM_GUEST_DEBUG=1) also go to Xen's console (port 0xe9, "(dN)" lines
-    # on the serial), for a guest that never reaches its own console.
-    sed -i 's/cmdline = "console=hvc0 /cmdline = "console=hvc0 earlyprintk=xen /' "/tmp/$name.cfg"
+    # The guest kernel's early messages (earlyprintk=xen, from gh_guest_cfg:
+    # warnings and worse; all of them with HM_GUEST_DEBUG=1) also go to
+    # Xen's console (port 0xe9, "(dN)" lines on the serial), for a guest
+    # that never reaches its own console.
     [ "${HM_GUEST_DEBUG:-0}" = 1 ] && sed -i 's/ quiet loglevel=4 / loglevel=7 /' "/tmp/$name.cfg"
     rm -f "$GH_CONSOLE_DIR/guest-$name.log"
     HM_GUESTS+=("$name")
