@@ -5,7 +5,7 @@
 # them). Scaled down for the emulated machine: a 256 MiB BAR (the default),
 # 240 MiB registered and first-touched, 32 MiB bandwidth buffers.
 #   1. bandwidth through lent BAR pages vs the guest's own RAM: GH_BENCH_ROUNDS
-#      (default 11) interleaved rounds of GH_BENCH_PASSES (4) passes over 32 MiB
+#      (default 31) interleaved rounds of GH_BENCH_PASSES (4) passes over 32 MiB
 #      per side, the same loop and warm-up for every side; median, min and max
 #      per side and the ratio of the medians. Two RAM sides: 4 KiB pages (as
 #      the guest maps the BAR) and transparent huge pages. Also the memory
@@ -23,7 +23,7 @@ name=bench
 reg_mib=240
 HM_BAR_MIB=256
 source "$(dirname "$0")/bench-common.sh"
-bench_start "$name" "hostmem-guest,bwsuite,$HM_VENDOR,$HM_DEVICE,0,$((reg_mib << 20)),0x2000000,${GH_BENCH_ROUNDS:-11},${GH_BENCH_PASSES:-4},0xf800000,${GH_BENCH_EMUL:-3000}" \
+bench_start "$name" "hostmem-guest,bwsuite,$HM_VENDOR,$HM_DEVICE,0,$((reg_mib << 20)),0x2000000,${GH_BENCH_ROUNDS:-31},${GH_BENCH_PASSES:-4},0xf800000,${GH_BENCH_EMUL:-3000}" \
     "0:${reg_mib}M" || exit 1
 if ! hm_wait_marker "$name" "^GH-GUEST-TOUCHED" 900; then
     result "$name-first-touch" 0 "no-marker"; hm_console "$name"; exit 1
