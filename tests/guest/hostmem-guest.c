@@ -350,6 +350,22 @@ static double bw_pass(volatile uint64_t *p, uint64_t bytes, int passes, int writ
     return (double)bytes * passes / dt / 1e6;
 }
 
+/*
+ * bw_pass, taken again (up to twice) when it reports above 1 TB/s: a guest
+ * clock glitch (seen once under nested emulation: CLOCK_MONOTONIC barely
+ * advanced over 128 MiB of writes), not a measurement.
+ */
+static double bw_sample(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
+{
+    double mbps = 0;
+    int again;
+
+    for (again = 0; again < 3; again++)
+        if ((mbps = bw_pass(p, bytes, passes, write, seed)) < 1e6)
+            break;
+    return mbps;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -437,17 +453,8 @@ static int bw_rounds(const char *tag, const char *bar_side, volatile uint64_t *b
         for (k = 0; k < ns; k++) {
             struct bw_side *s = &side[(k + r) % ns];
 
-            int again;
-
-            /* A sample above 1 TB/s is a guest clock glitch (seen once
-             * under nested emulation: CLOCK_MONOTONIC barely advanced over
-             * 128 MiB of writes): take it again, up to twice. */
-            for (again = 0; again < 3; again++)
-                if ((s->rd[r] = bw_pass(s->p, bytes, passes, 0, 0)) < 1e6)
-                    break;
-            for (again = 0; again < 3; again++)
-                if ((s->wr[r] = bw_pass(s->p, bytes, passes, 1, r)) < 1e6)
-                    break;
+            s->rd[r] = bw_sample(s->p, bytes, passes, 0, 0);
+            s->wr[r] = bw_sample(s->p, bytes, passes, 1, r);
             printf("RESULT name=%s-sample ok=1 value=%d side=%s read_mbps=%.1f write_mbps=%.1f\n",
                    tag, r, s->name, s->rd[r], s->wr[r]);
         }
