@@ -570,6 +570,18 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         } else if e.errno == Errno::ENOSPC {
             Unbacked::Limit
         } else {
+            // Not the guest's doing: say so, on the first failure and then
+            // once per 1024, since every access to those pages fails again.
+            if self.counters.lend_errors % 1024 == 0 {
+                let hint = if e.errno == Errno::ENOMEM {
+                    "; ENOMEM: Xen's paging memory for the guest may be used up \
+                     (shadow_memory and gpu_hostmem_size in xl.cfg(5))"
+                } else {
+                    ""
+                };
+                warn!(dom = %self.dom, error = %e, failures = self.counters.lend_errors + 1,
+                      "lending failed, BAR accesses there read as all ones{hint}");
+            }
             Unbacked::LendFailed(e.errno)
         };
         self.unbacked(vcpu, req, why)

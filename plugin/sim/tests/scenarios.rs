@@ -205,6 +205,30 @@ fn partial_batch_failure_is_undone() {
 }
 
 #[test]
+fn lend_out_of_memory_is_counted_and_recovers() {
+    // Xen's paging memory for the guest used up (ENOMEM from the lend
+    // DMOP): the access reads as all ones, nothing stays half lent, the
+    // failure is counted, and once memory is back the same page is lent.
+    let (sim, mut g) = setup();
+    sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+    sim.arm(Fault::LendPartial {
+        after: 3,
+        errno: Errno::ENOMEM,
+    });
+    let r = g.read(&sim, 0, BASE, 8);
+    assert_eq!(r.access, Access::Emulated { value: u64::MAX });
+    assert_eq!(sim.lent_pages(&g.ident), 0, "partial progress revoked");
+    let server = g.server.as_mut().expect("server");
+    let c = server.status(false).counters;
+    assert_eq!((c.lend_errors, c.unbacked_reads), (1, 1));
+    assert!(matches!(
+        g.read(&sim, 0, BASE, 8).access,
+        Access::Ram { .. }
+    ));
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
 fn domain_dying_mid_lend_stops_server_and_destroy_is_total() {
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 16, 100).expect("register");
