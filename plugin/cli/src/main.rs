@@ -15,7 +15,7 @@ use gpu_hostmem_xen::control::{self, REQUEST_STATUS};
 use gpu_hostmem_xen::privcmd::HostmemState;
 use gpu_hostmem_xen::record::Record;
 use gpu_hostmem_xen::teardown::{self, Timeouts};
-use gpu_hostmem_xen::{Privcmd, XenstoreLib};
+use gpu_hostmem_xen::{Privcmd, XenctrlLib, XenstoreLib};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -121,6 +121,9 @@ struct Report {
     server_error: Option<String>,
     kernel: Option<KernelView>,
     kernel_error: Option<String>,
+    /// Xen's paging pool of the domain, in KiB.
+    xen_paging_kib: Option<u64>,
+    xen_error: Option<String>,
 }
 
 impl Report {
@@ -187,6 +190,28 @@ impl Report {
                 let _ = writeln!(s, "  unavailable: {}", e.as_deref().unwrap_or("-"));
             }
         }
+        let _ = writeln!(s, "\nXen:");
+        match (self.xen_paging_kib, &self.xen_error) {
+            (Some(kib), _) => {
+                // What the p2m of a fully lent BAR takes from the pool (4 KiB
+                // entries: a page table page per 2 MiB, libxl-patches/0005).
+                let bar = self
+                    .xenstore
+                    .as_ref()
+                    .and_then(|r| r.bar_size.as_deref())
+                    .and_then(|b| b.parse::<u64>().ok())
+                    .map(|b| {
+                        let mib = b >> 20;
+                        let need = 4 * (mib / 2 + mib.div_ceil(1024) + 1);
+                        format!(" (a fully lent BAR needs {need} KiB of it)")
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(s, "  paging memory {kib} KiB{bar}");
+            }
+            (None, e) => {
+                let _ = writeln!(s, "  unavailable: {}", e.as_deref().unwrap_or("-"));
+            }
+        }
         s
     }
 }
@@ -218,6 +243,12 @@ fn gather(domid: u16) -> Report {
         Ok(q) => (Some(KernelView::from(q)), None),
         Err(e) => (None, Some(e.to_string())),
     };
+    let (xen_paging_kib, xen_error) = match XenctrlLib::load()
+        .and_then(|lib| lib.open().and_then(|xc| xc.paging_mempool_size(domid)))
+    {
+        Ok(bytes) => (Some(bytes >> 10), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     Report {
         domid,
         xenstore,
@@ -226,6 +257,8 @@ fn gather(domid: u16) -> Report {
         server_error,
         kernel,
         kernel_error,
+        xen_paging_kib,
+        xen_error,
     }
 }
 
@@ -289,6 +322,7 @@ mod tests {
             xenstore: Some(RecordView {
                 state: Some("running".into()),
                 bar_base: Some("0xe0000000".into()),
+                bar_size: Some("1073741824".into()),
                 ..RecordView::default()
             }),
             xenstore_error: None,
@@ -312,6 +346,8 @@ mod tests {
             server_error: None,
             kernel: None,
             kernel_error: Some("open /dev/xen/privcmd failed".into()),
+            xen_paging_kib: Some(4136),
+            xen_error: None,
         }
     }
 
@@ -322,6 +358,10 @@ mod tests {
         assert!(t.contains("0xe0000000"), "{t}");
         assert!(
             t.contains("unavailable: open /dev/xen/privcmd failed"),
+            "{t}"
+        );
+        assert!(
+            t.contains("paging memory 4136 KiB (a fully lent BAR needs 2056 KiB of it)"),
             "{t}"
         );
         assert!(report().found_anything());

@@ -1,5 +1,7 @@
-//! libxenctrl (versioned soname): only `xc_domain_getinfolist`, to learn a
-//! domain's identity (domid + handle) and whether it is dying.
+//! libxenctrl (versioned soname): `xc_domain_getinfolist`, to learn a
+//! domain's identity (domid + handle) and whether it is dying, and
+//! `xc_get_paging_mempool_size`, for the status report (the p2m entries of
+//! lent pages come from that pool).
 
 use crate::error::{Result, XenError};
 use crate::loader::{self, library};
@@ -27,6 +29,7 @@ library! {
         xc_interface_open: fn(*mut c_void, *mut c_void, c_uint) -> *mut XcHandle;
         xc_interface_close: fn(*mut XcHandle) -> c_int;
         xc_domain_getinfolist: fn(*mut XcHandle, u32, c_uint, *mut c_void) -> c_int;
+        xc_get_paging_mempool_size: fn(*mut XcHandle, u32, *mut u64) -> c_int;
     }
 }
 
@@ -151,6 +154,22 @@ impl Xenctrl<'_> {
         let info = DomainInfo::parse(&buf.0)
             .ok_or_else(|| XenError::invalid("xc_domain_getinfolist", "short entry"))?;
         Ok((info.domid == domid).then_some(info))
+    }
+}
+
+impl Xenctrl<'_> {
+    /// Size in bytes of the domain's paging pool (HAP or shadow), which
+    /// holds its p2m page tables, those of lent pages included.
+    pub fn paging_mempool_size(&self, domid: u16) -> Result<u64> {
+        let mut size = 0u64;
+        // SAFETY: live handle; `size` is a valid out pointer for the call.
+        let rc = unsafe {
+            (self.lib.xc_get_paging_mempool_size)(self.h.as_ptr(), u32::from(domid), &mut size)
+        };
+        if rc < 0 {
+            return Err(XenError::last_os("xc_get_paging_mempool_size"));
+        }
+        Ok(size)
     }
 }
 

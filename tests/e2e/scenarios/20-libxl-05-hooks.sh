@@ -74,6 +74,34 @@ gh_xl_ok xl destroy gh-libxl-default
 gh_wait_gone gh-libxl-default 30 || fail "gh-libxl-default still there"
 ok "default gpu_hostmem_size is 256 MiB"
 
+# ------------------------------------------------------------ paging memory
+# Xen maps lent pages with 4 KiB p2m entries, whose page tables come from
+# the guest's paging memory: libxl adds the BAR's share to the default
+# (2 KiB per MiB of BAR plus two pages per GiB, libxl-patches/0005), and
+# leaves an explicit shadow_memory alone. Paused guests, same memory and
+# vCPUs; the value is Xen's (xc_get_paging_mempool_size, through
+# gpu-hostmem status, which reports it even when nothing else is found).
+shadow_kb() {
+    gpu-hostmem status --json "$(gh_domid "$1")" 2>/dev/null |
+        sed -n 's/.*"xen_paging_kib": \([0-9]*\).*/\1/p' | head -n1
+}
+declare -A pkb
+for v in off:"gpu_hostmem = 0" on:"gpu_hostmem_size = 4096" explicit:"shadow_memory = 12"; do
+    n=gh-libxl-paging-${v%%:*}
+    extra=("${v#*:}")
+    [ "${v%%:*}" = off ] || extra+=("gpu_hostmem = 1")
+    gh_hvm_cfg "$n" "${extra[@]}"
+    gh_xl_ok xl create -p "$GH_CFG"
+    pkb[${v%%:*}]=$(shadow_kb "$n")
+    gh_xl_ok xl destroy "$n"
+    gh_wait_gone "$n" 30 || fail "$n still there"
+done
+log "paging memory (KiB): without gpu_hostmem ${pkb[off]}, 4 GiB BAR ${pkb[on]}, explicit 12 MiB ${pkb[explicit]}"
+[ -n "${pkb[off]}" ] && [ "$((pkb[on] - pkb[off]))" = $((4 * (2048 + 4 + 1))) ] ||
+    fail "a 4 GiB BAR should add 8212 KiB of paging memory (got ${pkb[off]} -> ${pkb[on]})"
+[ "${pkb[explicit]}" = 12288 ] || fail "explicit shadow_memory = 12 gave ${pkb[explicit]} KiB"
+ok "paging memory: a 4 GiB BAR adds 8212 KiB to the default, an explicit shadow_memory is kept"
+
 # ------------------------------------------------------------ death without xl destroy
 kernel=
 for c in "${GH_GUEST_KERNEL:-}" /usr/lib/gpu-hostmem/guest/vmlinuz /var/lib/xen/images/vmlinuz; do
