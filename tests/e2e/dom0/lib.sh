@@ -62,6 +62,9 @@ gh_guest_cfg() {
         esac
         local l
         for l in "$@"; do echo "$l"; done
+        # Debugging aid (tests/e2e/run GPU_HOSTMEM_GUEST_CFG_EXTRA): more
+        # xl.cfg lines for every guest, last so they win.
+        if [ -r /etc/gpu-hostmem/guest-cfg-extra ]; then cat /etc/gpu-hostmem/guest-cfg-extra; fi
     } >"$cfg"
     echo "$cfg"
 }
