@@ -150,4 +150,9 @@ fn xenctrl_checks_the_returned_domid() {
         errno(xc.domain_info(0xffff).unwrap_err()),
         Some(libc::EPERM)
     );
+    // No fake guest: the paging pool query fails with Xen's errno.
+    assert_eq!(
+        errno(xc.paging_mempool_size(5).unwrap_err()),
+        Some(libc::ESRCH)
+    );
 }

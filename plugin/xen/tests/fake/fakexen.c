@@ -307,6 +307,15 @@ int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
     return 1;
 }
 
+/* The fake guest's paging pool: 1 MiB; no such domain: ESRCH. */
+int xc_get_paging_mempool_size(void *h, uint32_t domid, uint64_t *size)
+{
+    if (fake_domid < 0 || domid != (uint32_t)fake_domid)
+        FAIL(ESRCH);
+    *size = 1 << 20;
+    return 0;
+}
+
 /* privcmd, when preloaded: the ioctls of docs/interfaces.md on the file
  * named by FAKE_PRIVCMD succeed (nothing registered, nothing lent); any
  * other fd goes to the real ioctl. */
