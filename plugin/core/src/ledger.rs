@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::fault_around::PAGE_SHIFT;
 use crate::platform::DomainIdentity;
 
 /// A run of lent GFNs.
@@ -29,8 +30,9 @@ pub struct DomainLedger {
 }
 
 impl DomainLedger {
-    /// Record a successful lend. Any recorded run overlapping it is
-    /// replaced (the kernel re-lent or skipped those pages).
+    /// Record a successful lend. The part of any recorded run that the new
+    /// run overlaps is replaced (the kernel re-lent or skipped those pages,
+    /// and counted the ones already lent); the rest of such a run stays.
     pub fn record(&mut self, first_gfn: u64, nr_pages: u64, bar_offset: u64, lent: u64) {
         if nr_pages == 0 {
             return;
@@ -48,8 +50,11 @@ impl DomainLedger {
         self.lent_pages += lent;
     }
 
-    /// Forget every run overlapping `[first_gfn, first_gfn + nr_pages)`
-    /// (after revoking them). Returns the removed runs.
+    /// Forget `[first_gfn, first_gfn + nr_pages)` (after revoking it).
+    /// Runs overlapping it are cut: the parts outside stay recorded, each
+    /// with at most as many lent pages as it has pages, so the total stays
+    /// an upper bound of what the kernel has lent. Returns the parts
+    /// removed.
     pub fn forget(&mut self, first_gfn: u64, nr_pages: u64) -> Vec<LentRun> {
         let end = first_gfn.saturating_add(nr_pages);
         let mut keys: Vec<u64> = Vec::new();
@@ -61,10 +66,31 @@ impl DomainLedger {
         keys.extend(self.runs.range(first_gfn..end).map(|(k, _)| *k));
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            if let Some(r) = self.runs.remove(&k) {
-                self.lent_pages -= r.lent;
-                out.push(r);
+            let Some(r) = self.runs.remove(&k) else {
+                continue;
+            };
+            self.lent_pages -= r.lent;
+            let r_end = r.first_gfn + r.nr_pages;
+            let lo = r.first_gfn.max(first_gfn);
+            let hi = r_end.min(end);
+            for (from, to) in [(r.first_gfn, lo), (hi, r_end)] {
+                if from < to {
+                    let part = LentRun {
+                        first_gfn: from,
+                        nr_pages: to - from,
+                        bar_offset: r.bar_offset + ((from - r.first_gfn) << PAGE_SHIFT),
+                        lent: r.lent.min(to - from),
+                    };
+                    self.lent_pages += part.lent;
+                    self.runs.insert(from, part);
+                }
             }
+            out.push(LentRun {
+                first_gfn: lo,
+                nr_pages: hi - lo,
+                bar_offset: r.bar_offset + ((lo - r.first_gfn) << PAGE_SHIFT),
+                lent: r.lent.min(hi - lo),
+            });
         }
         out
     }
@@ -145,10 +171,46 @@ mod tests {
         l.record(0x400, 16, 0x30_0000, 10);
         assert_eq!(l.lent_pages(), 522);
         assert!(l.covers(0x100) && l.covers(0x2ff) && !l.covers(0x300));
-        let gone = l.forget(0x2ff, 0x102);
+        let gone = l.forget(0x100, 0x310);
         assert_eq!(gone.len(), 2);
         assert_eq!(l.lent_pages(), 0);
-        assert!(!l.covers(0x100));
+        assert!(!l.covers(0x100) && !l.covers(0x40f));
+    }
+
+    #[test]
+    fn forgetting_part_of_a_run_keeps_the_rest_as_an_upper_bound() {
+        // [0x100, 0x300) with 512 lent and [0x400, 0x410) with 10 lent;
+        // forget [0x2ff, 0x401): 0x100..0x2ff stays (511 pages, at most 511
+        // lent), 0x401..0x410 stays (15 pages, at most 10 lent).
+        let mut l = DomainLedger::default();
+        l.record(0x100, 512, 0, 512);
+        l.record(0x400, 16, 0x30_0000, 10);
+        let gone = l.forget(0x2ff, 0x102);
+        assert_eq!(gone.len(), 2);
+        assert_eq!(l.lent_pages(), 511 + 10);
+        assert!(l.covers(0x2fe) && !l.covers(0x2ff) && !l.covers(0x400) && l.covers(0x401));
+        let tail = l.runs().find(|r| r.first_gfn == 0x401).copied();
+        assert_eq!(
+            tail,
+            Some(LentRun {
+                first_gfn: 0x401,
+                nr_pages: 15,
+                bar_offset: 0x30_1000,
+                lent: 10
+            })
+        );
+    }
+
+    #[test]
+    fn recording_inside_a_run_does_not_forget_its_other_pages() {
+        // The kernel lent 6 pages of [32, 44) (the rest was not
+        // registered); a later lend of [32, 37) lends 5: the pages of
+        // 37..44 are still lent, and the ledger must still count them.
+        let mut l = DomainLedger::default();
+        l.record(32, 12, 32 << 12, 6);
+        l.record(32, 5, 32 << 12, 5);
+        assert_eq!(l.lent_pages(), 5 + 6);
+        assert!(l.covers(40));
     }
 
     #[test]
