@@ -556,6 +556,18 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             self.refresh_registry();
             return self.unbacked(vcpu, req, Unbacked::Unregistered);
         }
+        if lent < plan.nr_pages {
+            // Fewer pages than planned: the cached registrations may be
+            // stale (the backend unregistered or registered again since
+            // the last query), and what the kernel lent may not include the
+            // faulting page. A RETRY would then only make Xen complete the
+            // access as unbacked after one more round trip: ask the kernel
+            // and answer now if the page is no longer registered.
+            self.refresh_registry();
+            if self.registry.lookup(off).is_none() {
+                return self.unbacked(vcpu, req, Unbacked::Unregistered);
+            }
+        }
         if !self.retries.try_retry(vcpu, gfn) {
             return self.unbacked(vcpu, req, Unbacked::RetryExhausted);
         }

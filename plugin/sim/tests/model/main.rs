@@ -311,3 +311,105 @@ proptest! {
         run(&ops, 40, SimOptions::default())?;
     }
 }
+
+/// Cases proptest found, kept as plain tests so they run whatever the seed.
+mod found {
+    use super::*;
+    use strategies::FaultKind::{DomainDiesDuringLend, LendBusy};
+    use strategies::Op::*;
+
+    /// The backend unregisters and registers again: the server's cached
+    /// registrations are stale, and a read of a page no longer registered
+    /// must be answered at once (emulated), not with a RETRY that Xen can
+    /// only complete as unbacked. Found by CI on 2026-11-26.
+    #[test]
+    fn stale_registration_read_is_emulated_at_once() {
+        let ops = [
+            Create { slot: 1, vcpus: 1 },
+            Register {
+                slot: 1,
+                id: 0,
+                page: 0,
+                nr: 41,
+            },
+            FaultyRead {
+                fault: LendBusy(1),
+                slot: 1,
+                vcpu: 0,
+                page: 41,
+            },
+            Unregister { slot: 1, id: 0 },
+            Register {
+                slot: 1,
+                id: 0,
+                page: 40,
+                nr: 1,
+            },
+            Read {
+                slot: 1,
+                vcpu: 0,
+                page: 32,
+                size: 1,
+            },
+        ];
+        run(&ops, 40, SimOptions::default()).expect("invariants");
+    }
+
+    /// The same seed after that fix: lent pages must stay within the
+    /// limit when the domain starts dying in the middle of a lend.
+    #[test]
+    fn limit_holds_when_the_domain_dies_mid_lend() {
+        let ops = [
+            Create { slot: 1, vcpus: 1 },
+            Register {
+                slot: 1,
+                id: 0,
+                page: 0,
+                nr: 44,
+            },
+            FaultyRead {
+                fault: LendBusy(1),
+                slot: 1,
+                vcpu: 0,
+                page: 16,
+            },
+            Unregister { slot: 1, id: 0 },
+            Register {
+                slot: 1,
+                id: 0,
+                page: 38,
+                nr: 25,
+            },
+            Read {
+                slot: 1,
+                vcpu: 0,
+                page: 32,
+                size: 1,
+            },
+            Register {
+                slot: 1,
+                id: 1,
+                page: 3,
+                nr: 34,
+            },
+            Read {
+                slot: 1,
+                vcpu: 0,
+                page: 16,
+                size: 1,
+            },
+            FaultyRead {
+                fault: DomainDiesDuringLend(5),
+                slot: 1,
+                vcpu: 0,
+                page: 32,
+            },
+            Write {
+                slot: 1,
+                vcpu: 0,
+                page: 48,
+            },
+        ];
+        run(&ops, 40, SimOptions::default()).expect("invariants");
+    }
+}
