@@ -34,7 +34,7 @@ ft_faults=$(hm_counter "$HM_DOM" bar_faults); ft_lends=$(hm_counter "$HM_DOM" le
 ft_pages=$(hm_counter "$HM_DOM" pages_lent); ft_retries=$(hm_counter "$HM_DOM" retries)
 gh_guest_wait "$name" 600 || result "$name-guest-run" 0 "did-not-finish"
 o=/tmp/$name.out
-touch_s=$(sed -n 's/^RESULT name=guest-touch ok=1 .* seconds=\([0-9.]*\).*/\1/p' "$o" | head -n1)
+touch_s=$(bench_touch_seconds "$name")
 # side op -> "median min max" (from the guest's bw-read / bw-write lines)
 bw() { sed -n "s/^RESULT name=${T:-bw}-$2 ok=1 value=\([0-9.]*\) side=$1 min=\([0-9.]*\) max=\([0-9.]*\).*/\1 \2 \3/p" "$o"; }
 # op side -> "paired lo hi of_medians of_best" for side over ram4k

@@ -16,7 +16,7 @@ for fa in 2048 4; do
     name=bfa-$fa
     bench_start "$name" "hostmem-guest,touch,$HM_VENDOR,$HM_DEVICE,0,0x2000000,0x1000" 0:32M || exit 1
     gh_guest_wait "$name" 500 || result "$name-guest-run" 0 "did-not-finish"
-    s=$(sed -n 's/^RESULT name=guest-touch ok=1 .* seconds=\([0-9.]*\).*/\1/p' "/tmp/$name.out" | head -n1)
+    s=$(bench_touch_seconds "$name")
     f=$(hm_counter "$HM_DOM" bar_faults); l=$(hm_counter "$HM_DOM" lends); r=$(hm_counter "$HM_DOM" retries)
     lent=$(hm_kernel_lent "$HM_DOM")
     check "$name-measured" "seconds=$s,lent=$lent" [ -n "$s" -a "${lent:-0}" = 8192 ]

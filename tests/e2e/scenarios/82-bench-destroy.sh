@@ -28,7 +28,7 @@ for lent_case in lent none; do
         # All of it, or the measurement is not of 1 GiB: lending stops at
         # the first failure (ENOMEM once the guest's paging memory, which
         # holds the p2m entries, is used up: libxl-patches/0005).
-        s=$(sed -n 's/^RESULT name=guest-touch ok=1 .* seconds=\([0-9.]*\).*/\1/p' "/tmp/$name.out" | head -n1)
+        s=$(bench_touch_seconds "$name")
         bench "first_touch_mib=$lent_mib seconds=$s faults=$(hm_counter "$HM_DOM" bar_faults) lends=$(hm_counter "$HM_DOM" lends) lend_errors=$(hm_counter "$HM_DOM" lend_errors) unbacked_reads=$(hm_counter "$HM_DOM" unbacked_reads)"
         check "$name-all-lent" "kernel_lent_pages=$lent" [ "${lent:-0}" = $((lent_mib * 256)) ]
     fi

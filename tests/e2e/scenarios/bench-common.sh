@@ -4,6 +4,12 @@
 
 bench() { echo "BENCH $*"; }
 
+# bench_touch_seconds NAME: the seconds of guest NAME's first "guest-touch"
+# RESULT line (hostmem-guest touch/bwsuite), empty if there is none.
+bench_touch_seconds() {
+    sed -n 's/^RESULT name=guest-touch ok=1 .* seconds=\([0-9.]*\).*/\1/p' "/tmp/$1.out" | head -n1
+}
+
 # bench_start NAME RUN REGION...: hm_start (with BENCH_GUEST_EXTRA on the
 # guest's kernel command line), then wait until the guest's program
 # runs (its first RESULT line). A guest that does not get there within
