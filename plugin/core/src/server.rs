@@ -552,19 +552,16 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             Err(e) if e.errno == Errno::EEXIST => 1,
             Err(e) => return self.lend_failed(vcpu, req, e),
         };
-        if lent == 0 {
-            self.refresh_registry();
-            return self.unbacked(vcpu, req, Unbacked::Unregistered);
-        }
         if lent < plan.nr_pages {
             // Fewer pages than planned: the cached registrations may be
             // stale (the backend unregistered or registered again since
             // the last query), and what the kernel lent may not include the
             // faulting page. A RETRY would then only make Xen complete the
             // access as unbacked after one more round trip: ask the kernel
-            // and answer now if the page is no longer registered.
+            // and answer now if nothing was lent or the page is no longer
+            // registered.
             self.refresh_registry();
-            if self.registry.lookup(off).is_none() {
+            if lent == 0 || self.registry.lookup(off).is_none() {
                 return self.unbacked(vcpu, req, Unbacked::Unregistered);
             }
         }
