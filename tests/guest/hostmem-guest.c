@@ -338,6 +338,7 @@ struct bw_side {
     const char *name;
     volatile uint64_t *p;
     double rd[BW_MAX_ROUNDS], wr[BW_MAX_ROUNDS];
+    double med[2], best[2]; /* per operation (0 read, 1 write), after the rounds */
 };
 
 static double bw_pass(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
@@ -441,8 +442,9 @@ static long anon_huge_kb(void)
 }
 
 /*
- * The ratio of side A to side B for one operation, three ways: of the
- * medians, of the best samples, and the median of the per-round ratios
+ * The ratio of side A to side B for one operation (their medians and best
+ * samples already computed), three ways: of the medians, of the best
+ * samples, and the median of the per-round ratios
  * (A and B measured within the same round, a few hundred milliseconds apart,
  * so a slow phase of the machine cancels out) with its 95 % interval.
  */
@@ -450,17 +452,16 @@ static void bw_ratio(const char *tag, const char *op, const struct bw_side *a,
                      const struct bw_side *b, int rounds, int write)
 {
     const double *va = write ? a->wr : a->rd, *vb = write ? b->wr : b->rd;
-    double q[BW_MAX_ROUNDS], ma, mb, mxa, mxb, mnq, mxq, lo, hi, pm;
+    double q[BW_MAX_ROUNDS], mnq, mxq, lo, hi, pm;
     int r;
 
-    ma = median_of(va, rounds, &mnq, &mxa, &lo, &hi);
-    mb = median_of(vb, rounds, &mnq, &mxb, &lo, &hi);
     for (r = 0; r < rounds; r++)
         q[r] = va[r] / vb[r];
     pm = median_of(q, rounds, &mnq, &mxq, &lo, &hi);
     printf("RESULT name=%s-%s-ratio ok=1 value=%.3f a=%s b=%s paired_lo=%.3f paired_hi=%.3f"
            " of_medians=%.3f of_best=%.3f\n",
-           tag, op, pm, a->name, b->name, lo, hi, ma / mb, mxb > 0 ? mxa / mxb : 0);
+           tag, op, pm, a->name, b->name, lo, hi, a->med[write] / b->med[write],
+           b->best[write] > 0 ? a->best[write] / b->best[write] : 0);
 }
 
 /* TAG names the RESULT lines (TAG-setup, TAG-sample, TAG-read, ...), BAR_SIDE
@@ -515,12 +516,14 @@ static int bw_rounds(const char *tag, const char *bar_side, volatile uint64_t *b
     }
     for (op = 0; op < 2; op++) {
         const char *opn = op ? "write" : "read";
-        double med, mn, mx, lo, hi;
+        double mn, lo, hi;
 
         for (k = 0; k < ns; k++) {
-            med = median_of(op ? side[k].wr : side[k].rd, rounds, &mn, &mx, &lo, &hi);
+            struct bw_side *s = &side[k];
+
+            s->med[op] = median_of(op ? s->wr : s->rd, rounds, &mn, &s->best[op], &lo, &hi);
             printf("RESULT name=%s-%s ok=1 value=%.1f side=%s min=%.1f max=%.1f n=%d\n",
-                   tag, opn, med, side[k].name, mn, mx, rounds);
+                   tag, opn, s->med[op], s->name, mn, s->best[op], rounds);
         }
         /* The figure: lent BAR against guest RAM; and the A/A control: the
          * same measurement between two identical RAM buffers. */
