@@ -20,6 +20,15 @@
  *   hostmem-guest loop    VENDOR DEVICE OFFSET SIZE   read the region forever
  *   hostmem-guest suite   VENDOR DEVICE OFFSET SIZE BENCH ROUNDS UNREG COUNT
  *                         the in-guest benchmarks in one run (see main)
+ *   hostmem-guest insn    VENDOR DEVICE OFFSET SIZE REGEND [BOUNDARY]...  every instruction
+ *                         form a guest may use on the BAR (rep movs/stos both
+ *                         ways and both directions, movs, SSE/AVX, straddling
+ *                         loads and stores), each on a fresh 2 MiB chunk of
+ *                         OFFSET..+SIZE (registered) and again once lent,
+ *                         byte for byte against the backend's memory; REGEND:
+ *                         where the registered memory ends (unregistered above);
+ *                         BOUNDARY: where one registration ends and the next
+ *                         begins (above OFFSET+SIZE), for straddling accesses
  *   hostmem-guest bench   VENDOR DEVICE OFFSET SIZE ROUNDS   read/write
  *                         bandwidth through the BAR against guest RAM
  *   hostmem-guest bwsuite VENDOR DEVICE OFFSET SIZE BENCH ROUNDS PASSES UNREG COUNT
@@ -693,6 +702,387 @@ static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes)
     return NULL;
 }
 
+
+/* ------------------------------------------------------------------ insn
+ * Every instruction form a guest may use on the BAR, each as the first
+ * access to a fresh (never touched, so not lent) 2 MiB chunk and again once
+ * the chunk is lent, compared byte for byte with what the backend holds:
+ * its pattern (pattern(o) at every 8-byte BAR offset o) for reads, and for
+ * writes the bytes written, read back with plain loads once lent (a lent
+ * page *is* the backend's page).  A form that loses data on the first touch
+ * shows wrong bytes even though the repeat on the lent chunk is exact.
+ */
+#define CHUNK (2ULL << 20)
+
+static uint64_t insn_next;           /* next fresh chunk (BAR offset) */
+static uint64_t insn_end;            /* end of the registered region */
+static uint64_t insn_regend;         /* end of registered memory in the BAR */
+static int insn_failed;
+
+/* The byte the backend holds at BAR offset b (or all ones above regend). */
+static uint8_t backend_byte(uint64_t b)
+{
+    uint64_t w;
+
+    if (b >= insn_regend)
+        return 0xff;
+    w = pattern(b & ~7ULL);
+    return (uint8_t)(w >> (8 * (b & 7)));
+}
+
+/* What a write test stores at BAR offset b: not the backend's pattern. */
+static uint8_t written_byte(uint64_t b)
+{
+    return (uint8_t)(backend_byte(b) ^ 0xa5 ^ (b >> 12));
+}
+
+static uint64_t fresh_chunks(unsigned n)
+{
+    uint64_t c = insn_next;
+
+    if (insn_next + n * CHUNK > insn_end)
+        return ~0ULL;
+    insn_next += n * CHUNK;
+    return c;
+}
+
+/* Compare len bytes at buf with want(BAR offset off + i). */
+static int cmp_bytes(const char *form, const char *when, const volatile uint8_t *buf,
+                     uint64_t off, uint64_t len, uint8_t (*want)(uint64_t))
+{
+    uint64_t i, bad = 0, first = ~0ULL;
+
+    for (i = 0; i < len; i++)
+        if (buf[i] != want(off + i)) {
+            if (first == ~0ULL)
+                first = i;
+            bad++;
+        }
+    printf("RESULT name=guest-insn-%s-%s ok=%d value=%" PRIu64 " bytes=%" PRIu64
+           " offset=0x%" PRIx64 " first_bad=%" PRId64 "\n", form, when, bad == 0, bad, len,
+           off, first == ~0ULL ? (int64_t)-1 : (int64_t)first);
+    if (bad) {
+        printf("guest: %s (%s): %" PRIu64 " of %" PRIu64 " bytes wrong, first at +%" PRIu64
+               ": 0x%02x, want 0x%02x\n", form, when, bad, len, first, buf[first],
+               want(off + first));
+        insn_failed = 1;
+    }
+    return bad != 0;
+}
+
+static void rep_movsb(volatile void *dst, const volatile void *src, uint64_t n)
+{
+    asm volatile("cld; rep movsb" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+}
+
+static void rep_movsq(volatile void *dst, const volatile void *src, uint64_t n)
+{
+    asm volatile("cld; rep movsq" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+}
+
+/* Backwards (direction flag set): dst and src point at the LAST byte. */
+static void rep_movsb_down(volatile void *dst, const volatile void *src, uint64_t n)
+{
+    asm volatile("std; rep movsb; cld" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+}
+
+static void rep_stosb(volatile void *dst, uint8_t v, uint64_t n)
+{
+    asm volatile("cld; rep stosb" : "+D"(dst), "+c"(n) : "a"(v) : "memory");
+}
+
+static void rep_stosq(volatile void *dst, uint64_t v, uint64_t n)
+{
+    asm volatile("cld; rep stosq" : "+D"(dst), "+c"(n) : "a"(v) : "memory");
+}
+
+static void movsq_once(volatile void *dst, const volatile void *src)
+{
+    asm volatile("cld; movsq" : "+D"(dst), "+S"(src) : : "memory");
+}
+
+static void sse_copy16(volatile void *dst, const volatile void *src)
+{
+    asm volatile("movdqu (%1), %%xmm0; movdqu %%xmm0, (%0)" : : "r"(dst), "r"(src)
+                 : "xmm0", "memory");
+}
+
+static void avx_copy32(volatile void *dst, const volatile void *src)
+{
+    asm volatile("vmovdqu (%1), %%ymm0; vmovdqu %%ymm0, (%0); vzeroupper" : : "r"(dst),
+                 "r"(src) : "xmm0", "memory");
+}
+
+static int have_avx(void)
+{
+    unsigned a = 1, b, c = 0, d;
+    unsigned lo, hi;
+
+    asm volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d));
+    if (!(c & (1u << 28)) || !(c & (1u << 27)))   /* AVX, OSXSAVE */
+        return 0;
+    asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (lo & 6) == 6;
+}
+
+/* Fill a RAM buffer with what a write test stores at BAR offset off.. */
+static void fill_written(uint8_t *ram, uint64_t off, uint64_t len)
+{
+    uint64_t i;
+
+    for (i = 0; i < len; i++)
+        ram[i] = written_byte(off + i);
+}
+
+/* Read len bytes at BAR offset off with plain 8-byte loads into ram. */
+static void plain_read(volatile uint64_t *bar, uint64_t off, uint8_t *ram, uint64_t len)
+{
+    uint64_t i;
+
+    for (i = 0; i < len; i += 8) {
+        uint64_t w = bar[(off + i) / 8];
+
+        memcpy(ram + i, &w, len - i < 8 ? len - i : 8);
+    }
+}
+
+enum form {
+    F_MEMCPY_FROM, F_MEMCPY_TO, F_MOVSB_FROM, F_MOVSQ_FROM, F_MOVSB_TO, F_MOVSQ_TO,
+    F_MOVSB_DOWN_FROM, F_MOVSB_DOWN_TO, F_MOVSB_BAR2BAR, F_STOSB, F_STOSQ, F_MOVS1_FROM,
+    F_MOVS1_TO, F_SSE_FROM, F_SSE_TO, F_AVX_FROM, F_AVX_TO, F_NR
+};
+
+static const char *const form_name[F_NR] = {
+    "memcpy-from-bar", "memcpy-to-bar", "rep-movsb-from-bar", "rep-movsq-from-bar",
+    "rep-movsb-to-bar", "rep-movsq-to-bar", "std-rep-movsb-from-bar", "std-rep-movsb-to-bar",
+    "rep-movsb-bar-to-bar", "rep-stosb", "rep-stosq", "movsq-from-bar", "movsq-to-bar",
+    "sse-from-bar", "sse-to-bar", "avx-from-bar", "avx-to-bar",
+};
+
+/*
+ * Run one form on the chunk(s) at BAR offset c (c2 for the second chunk of
+ * bar-to-bar); when says "first" or "lent".  Reads land in ram (checked
+ * against the backend's bytes); writes store written_byte() and are checked
+ * by reading back with plain loads.
+ */
+static void run_form(volatile uint64_t *bar, enum form f, uint64_t c, uint64_t c2,
+                     const char *when, uint8_t *ram, uint8_t *src)
+{
+    volatile uint8_t *b = (volatile uint8_t *)bar;
+    const char *n = form_name[f];
+    /* The reproducer: 1 MiB from 512 KiB into a fresh chunk. */
+    uint64_t off = c + (512 << 10), len = 1 << 20;
+
+    memset(ram, 0, len + 64);
+    switch (f) {
+    case F_MEMCPY_FROM:
+        memcpy(ram, (const void *)(b + off), len);
+        cmp_bytes(n, when, ram, off, len, backend_byte);
+        break;
+    case F_MEMCPY_TO:
+        fill_written(src, off, len);
+        memcpy((void *)(b + off), src, len);
+        plain_read(bar, off, ram, len);
+        cmp_bytes(n, when, ram, off, len, written_byte);
+        break;
+    case F_MOVSB_FROM:
+        rep_movsb(ram, b + off, len);
+        cmp_bytes(n, when, ram, off, len, backend_byte);
+        break;
+    case F_MOVSQ_FROM:
+        rep_movsq(ram, b + off, len / 8);
+        cmp_bytes(n, when, ram, off, len, backend_byte);
+        break;
+    case F_MOVSB_TO:
+        fill_written(src, off, len);
+        rep_movsb(b + off, src, len);
+        plain_read(bar, off, ram, len);
+        cmp_bytes(n, when, ram, off, len, written_byte);
+        break;
+    case F_MOVSQ_TO:
+        fill_written(src, off, len);
+        rep_movsq(b + off, src, len / 8);
+        plain_read(bar, off, ram, len);
+        cmp_bytes(n, when, ram, off, len, written_byte);
+        break;
+    case F_MOVSB_DOWN_FROM:
+        rep_movsb_down(ram + len - 1, b + off + len - 1, len);
+        cmp_bytes(n, when, ram, off, len, backend_byte);
+        break;
+    case F_MOVSB_DOWN_TO:
+        fill_written(src, off, len);
+        rep_movsb_down(b + off + len - 1, src + len - 1, len);
+        plain_read(bar, off, ram, len);
+        cmp_bytes(n, when, ram, off, len, written_byte);
+        break;
+    case F_MOVSB_BAR2BAR:
+        /* 64 KiB from chunk c (fresh: the read side faults) to chunk c2
+         * (fresh: the write side faults too); c2 then holds c's bytes. */
+        len = 64 << 10;
+        off = c + CHUNK / 2;
+        rep_movsb(b + c2 + CHUNK / 2, b + off, len);
+        plain_read(bar, c2 + CHUNK / 2, ram, len);
+        cmp_bytes(n, when, ram, off, len, backend_byte);
+        break;
+    case F_STOSB: {
+        uint64_t i, bad = 0;
+
+        rep_stosb(b + off, 0x3c, len);
+        plain_read(bar, off, ram, len);
+        for (i = 0; i < len; i++)
+            bad += ram[i] != 0x3c;
+        printf("RESULT name=guest-insn-%s-%s ok=%d value=%" PRIu64 " bytes=%" PRIu64
+               " offset=0x%" PRIx64 "\n", n, when, bad == 0, bad, len, off);
+        insn_failed |= bad != 0;
+        break;
+    }
+    case F_STOSQ: {
+        uint64_t i, bad = 0, v = 0x0123456789abcdefULL;
+
+        rep_stosq(b + off, v, len / 8);
+        for (i = 0; i < len / 8; i++)
+            bad += bar[off / 8 + i] != v;
+        printf("RESULT name=guest-insn-%s-%s ok=%d value=%" PRIu64 " words=%" PRIu64
+               " offset=0x%" PRIx64 "\n", n, when, bad == 0, bad, len / 8, off);
+        insn_failed |= bad != 0;
+        break;
+    }
+    case F_MOVS1_FROM:
+        movsq_once(ram, b + off);
+        cmp_bytes(n, when, ram, off, 8, backend_byte);
+        break;
+    case F_MOVS1_TO:
+        fill_written(src, off, 8);
+        movsq_once(b + off, src);
+        plain_read(bar, off, ram, 8);
+        cmp_bytes(n, when, ram, off, 8, written_byte);
+        break;
+    case F_SSE_FROM:
+        sse_copy16(ram, b + off + 8);   /* 16 bytes, 8-aligned */
+        cmp_bytes(n, when, ram, off + 8, 16, backend_byte);
+        break;
+    case F_SSE_TO:
+        fill_written(src, off + 8, 16);
+        sse_copy16(b + off + 8, src);
+        plain_read(bar, off + 8, ram, 16);
+        cmp_bytes(n, when, ram, off + 8, 16, written_byte);
+        break;
+    case F_AVX_FROM:
+        avx_copy32(ram, b + off + 8);
+        cmp_bytes(n, when, ram, off + 8, 32, backend_byte);
+        break;
+    case F_AVX_TO:
+        fill_written(src, off + 8, 32);
+        avx_copy32(b + off + 8, src);
+        plain_read(bar, off + 8, ram, 32);
+        cmp_bytes(n, when, ram, off + 8, 32, written_byte);
+        break;
+    default:
+        break;
+    }
+}
+
+/* An unaligned 8-byte load and store across the boundary at BAR offset at
+ * (between two fresh chunks, or registered and unregistered memory). */
+static void straddle(volatile uint64_t *bar, uint64_t at, const char *what, const char *when,
+                     uint8_t *ram)
+{
+    volatile uint8_t *b = (volatile uint8_t *)bar;
+    char n[64];
+    uint64_t v, i;
+
+    /* load: 3 bytes below the boundary, 5 above */
+    v = *(volatile uint64_t *)(b + at - 3);
+    memcpy(ram, &v, 8);
+    snprintf(n, sizeof(n), "straddle-load-%s", what);
+    cmp_bytes(n, when, ram, at - 3, 8, backend_byte);
+    /* store: 5 bytes below the boundary, 3 above; read back byte by byte:
+     * bytes above regend are dropped (read all ones), the rest are ours */
+    for (i = 0; i < 8; i++)
+        ram[i] = written_byte(at - 5 + i);
+    memcpy(&v, ram, 8);
+    *(volatile uint64_t *)(b + at - 5) = v;
+    for (i = 0; i < 8; i++)
+        ram[i] = b[at - 5 + i];
+    snprintf(n, sizeof(n), "straddle-store-%s", what);
+    {
+        uint64_t bad = 0;
+
+        for (i = 0; i < 8; i++) {
+            uint64_t o = at - 5 + i;
+            uint8_t want = o >= insn_regend ? 0xff : written_byte(o);
+
+            bad += ram[i] != want;
+        }
+        printf("RESULT name=guest-insn-%s-%s ok=%d value=%" PRIu64 " offset=0x%" PRIx64 "\n",
+               n, when, bad == 0, bad, at - 5);
+        insn_failed |= bad != 0;
+    }
+}
+
+static int insn(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t regend,
+                char **bounds, int nbounds)
+{
+    uint8_t *ram = malloc((1 << 20) + 64), *src = malloc((1 << 20) + 64);
+    int avx = have_avx();
+    unsigned f;
+
+    if (!ram || !src || off % CHUNK || size % CHUNK || regend < off + size) {
+        printf("RESULT name=guest-args ok=0 value=insn-layout\n");
+        return 2;
+    }
+    insn_next = off;
+    insn_end = off + size;
+    insn_regend = regend;
+    printf("guest: insn: chunks 0x%" PRIx64 "..0x%" PRIx64 ", registered up to 0x%" PRIx64
+           ", avx=%d\n", off, off + size, regend, avx);
+    for (f = 0; f < F_NR; f++) {
+        uint64_t c, c2 = 0;
+
+        if ((f == F_AVX_FROM || f == F_AVX_TO) && !avx) {
+            printf("guest: %s: the CPU has no AVX, not run\n", form_name[f]);
+            continue;
+        }
+        c = fresh_chunks(f == F_MOVSB_BAR2BAR ? 2 : 1);
+        if (c == ~0ULL) {
+            printf("RESULT name=guest-insn-chunks ok=0 value=too-few\n");
+            return 2;
+        }
+        if (f == F_MOVSB_BAR2BAR)
+            c2 = c + CHUNK;
+        run_form(bar, f, c, c2, "first", ram, src);
+        run_form(bar, f, c, c2, "lent", ram, src);
+        fflush(stdout);
+    }
+    /* Straddling two fresh chunks, then registered into unregistered. */
+    {
+        uint64_t c = fresh_chunks(2);
+
+        if (c == ~0ULL) {
+            printf("RESULT name=guest-insn-chunks ok=0 value=too-few\n");
+            return 2;
+        }
+        straddle(bar, c + CHUNK, "chunks", "first", ram);
+        straddle(bar, c + CHUNK, "chunks", "lent", ram);
+        straddle(bar, regend, "registration-end", "first", ram);
+        straddle(bar, regend, "registration-end", "lent", ram);
+    }
+    /* More boundaries (between two registrations), untouched so far. */
+    for (f = 0; f < (unsigned)nbounds; f++) {
+        uint64_t at = strtoull(bounds[f], NULL, 0);
+
+        if (at < insn_end + CHUNK || at + CHUNK > regend) {
+            printf("RESULT name=guest-args ok=0 value=insn-boundary\n");
+            return 2;
+        }
+        straddle(bar, at, "registrations", "first", ram);
+        straddle(bar, at, "registrations", "lent", ram);
+    }
+    printf("RESULT name=guest-insn-all ok=%d value=%s\n", !insn_failed,
+           insn_failed ? "some-form-wrong" : "every-form-exact");
+    return insn_failed;
+}
+
 int main(int argc, char **argv)
 {
     unsigned long vendor, device;
@@ -805,6 +1195,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "bench") && argc > 6)
         return bench(bar, off, size, atoi(argv[6]));
+    if (!strcmp(argv[1], "insn") && argc > 6)
+        return insn(bar, off, size, strtoull(argv[6], NULL, 0), argv + 7, argc - 7);
     fprintf(stderr, "hostmem-guest: unknown command %s\n", argv[1]);
     return 2;
 }
