@@ -46,19 +46,21 @@
  *   revoke-wrong     revocation naming another frame leaves the entry
  *   relend           a revoked frame can be lent again
  *   retry-lend       RETRY server: the guest read faults, the server lends
- *                    a page and answers RETRY, the guest then reads RAM
+ *                    a page and answers RETRY, Xen completes the read from
+ *                    it, the guest then reads RAM with no exit
  *   retry-refault    the owner revokes the page 10 times, the same
  *                    instruction faults again each time and the server
  *                    lends again: the guest never reads all ones
- *   retry-unmapped   RETRY without mapping anything: Xen completes the
- *                    read as unbacked (~0) and the guest makes progress
- *   retry-bound      a RETRY server that keeps the instruction faulting
- *                    (access straddling two pages, lend one and revoke the
- *                    other on each fault): Xen honours 8 in a row, then
- *                    completes the access as unbacked; the guest moves on
+ *   retry-unmapped   RETRY without mapping anything: Xen sends the request
+ *                    again 8 times, then completes the read as unbacked
+ *                    (~0): 9 requests per read, the guest makes progress
+ *   retry-straddle   a read straddling two pages, the server lends the page
+ *                    of each request and revokes the other: each half is
+ *                    completed from the page lent for it, 2 requests per
+ *                    read, the guest reads both pages' bytes exactly
  *   retry-not-repeated  the first half of a straddling read emulated by
- *                    the server, RETRY for the second: refused, as
- *                    re-executing would repeat the first half
+ *                    the server, RETRY for the second: the second half is
+ *                    completed from memory, the first is never sent again
  *   owner-free       the owner frees lent pages: they stay allocated
  *   destroy-frees    guest destroyed with pages lent: they are freed
  *
@@ -901,28 +903,24 @@ static void grant_test(uint16_t dom, uint64_t lent_gfn)
     X.fm_unmap_resource(fm, res);
 }
 
-/* --------------------------------------------------------- retry bound */
+/* ------------------------------------------------------ straddling read */
 
 /*
- * retry-bound: the probe loop reads 4 bytes at the end of GFN X, straddling
- * X and X + 1, both in the server's range.  Xen's emulator splits the read
- * at the page boundary (linear_read()): the guest faults on whichever page
- * is not mapped, the first half first.  The ping-pong server maps the page
- * of each fault and unmaps the other one before answering RETRY, so every
- * honoured retry faults again, on the other page.
- *
- * Expected, per instruction, from ioreq_retry_permitted(): requests 1-8
- * alternate between the two pages, each at the same PC for a GFN whose
- * predecessor was taken away again, counting 1..8, and are honoured; the
- * count is then at XEN_IOREQ_MAX_RETRIES and request 9 is refused.  Xen
- * completes the instruction without a server: the half on the page the
- * server just mapped reads RAM, the other half all ones, and the guest's
- * loop moves on.  A request is refused only after 8 honoured ones, so
- * exactly 9 per instruction; the next instruction starts on the page left
- * unmapped (phases alternate: a fault on X first, then on X + 1 first).
+ * retry-straddle: the probe loop reads 4 bytes at the end of GFN X,
+ * straddling X and X + 1, both in the server's range.  Xen's emulator splits
+ * the read at the page boundary (linear_read()) into one request per page,
+ * X first.  The ping-pong server lends the page of each request and revokes
+ * the other one before answering RETRY.  Xen completes each half from the
+ * page lent for it (STATE_IORESP_RETRY: complete from memory), so the read
+ * returns both pages' bytes exactly, in exactly 2 requests (X, then X + 1);
+ * the next read faults on X again, which the server took away.  (Before
+ * Xen completed such accesses from memory it re-executed the instruction,
+ * which faulted on the other page every time, 9 requests per read and half
+ * of it all ones.)
  */
-#define RETRY_BOUND_REQUESTS 9U
 #define PP_GFN ((GUEST_PROBE_ADDR >> 12) + 0x10)
+/* Requests per access answered RETRY with nothing mapped: 1 + 8 resends. */
+#define RETRY_RESEND_REQUESTS 9U
 #define PP_RAM_A 0x1234U  /* last 2 bytes of the page lent at X */
 #define PP_RAM_B 0x5678U  /* first 2 bytes of the page lent at X + 1 */
 
@@ -999,7 +997,7 @@ static void serve_straddle(struct server *s, int mode, uint64_t frame_a,
         st->min = 0;
 }
 
-static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
+static void retry_straddle(struct server *s, uint64_t frame_a, uint64_t frame_b)
 {
     unsigned long own[2] = { frame_a, frame_b };
     struct straddle_stats st;
@@ -1011,7 +1009,7 @@ static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
     m = X.fm_map(fm, DOMID_SELF, PROT_READ | PROT_WRITE, 2, own, err);
     if ( !m || err[0] || err[1] )
     {
-        result("retry-bound", false, "cannot-map-own-frames");
+        result("retry-straddle", false, "cannot-map-own-frames");
         result("retry-not-repeated", false, "cannot-map-own-frames");
         return;
     }
@@ -1019,13 +1017,12 @@ static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
     m[PAGE_SIZE / 2] = PP_RAM_B;
     X.fm_unmap(fm, (void *)m, 2);
 
-    /* The last completed read: one half RAM, the other half all ones. */
+    /* Every read: both halves from the pages lent for them. */
     serve_straddle(s, SERVE_PINGPONG, frame_a, frame_b, &st);
-    result("retry-bound",
-           st.groups >= 3 && st.min == RETRY_BOUND_REQUESTS &&
-           st.max == RETRY_BOUND_REQUESTS && !st.bad &&
-           (st.result == (0xffff0000U | PP_RAM_A) ||
-            st.result == (PP_RAM_B << 16 | 0xffffU)),
+    result("retry-straddle",
+           st.groups >= 3 && st.min == 2 && st.max == 2 && !st.bad &&
+           !strncmp(st.sequence, "ab/ab", 5) &&
+           st.result == (PP_RAM_B << 16 | PP_RAM_A),
            "requests=%u,instructions=%u,per-instruction:min=%u,max=%u,"
            "sequence=%s,bad=%u,result=%#x,loops=%u", s->requests,
            st.groups, st.min, st.max, st.sequence, st.bad, st.result,
@@ -1035,19 +1032,17 @@ static void retry_bound(struct server *s, uint64_t frame_a, uint64_t frame_b)
 
     /*
      * retry-not-repeated: the first half (X, never mapped) is emulated by
-     * the server, which also takes X + 1 away; the second half faults, the
-     * server lends X + 1 and answers RETRY.  Re-executing would send the
-     * first half to the server again, so Xen must refuse this RETRY
-     * (arch_ioreq_retry_safe(): a chunk of the straddling access's MMIO
-     * cache entry has completed) and complete the instruction without
-     * servers: X reads all ones, X + 1 its RAM.  Exactly 2 requests per
-     * instruction, X then X + 1; a repeat of X would make it 3 or more.
+     * the server (SPLIT_DATA), which also takes X + 1 away; the second half
+     * faults, the server lends X + 1 and answers RETRY.  Xen completes the
+     * second half from X + 1 and the instruction retires with the server's
+     * first half: exactly 2 requests per instruction, X then X + 1 (a
+     * repeat of X would make it 3 or more).
      */
     serve_straddle(s, SERVE_SPLIT, frame_a, frame_b, &st);
     result("retry-not-repeated",
            st.groups >= 3 && st.min == 2 && st.max == 2 && !st.bad &&
            !strncmp(st.sequence, "ab/ab", 5) &&
-           st.result == (PP_RAM_B << 16 | 0xffffU),
+           st.result == (PP_RAM_B << 16 | SPLIT_DATA),
            "requests=%u,instructions=%u,per-instruction:min=%u,max=%u,"
            "sequence=%s,bad=%u,result=%#x,loops=%u", s->requests,
            st.groups, st.min, st.max, st.sequence, st.bad, st.result,
@@ -1444,11 +1439,9 @@ int main(int argc, char **argv)
 
             /*
              * retry-refault: the owner takes the page away 10 times; each
-             * time the same instruction faults on the same GFN again and
-             * the server lends it again.  More than XEN_IOREQ_MAX_RETRIES
-             * in all, which Xen counts as one streak (it does not see the
-             * instruction retire in between) and refuses once: even then
-             * the guest must read the page, never all ones.
+             * time the same instruction faults on the same GFN again, the
+             * server lends it again and Xen completes the read from it:
+             * one request per revocation, never an all-ones read.
              */
             {
                 uint32_t o0 = guest_word(GUEST_ONES), o1, d2;
@@ -1473,7 +1466,11 @@ int main(int argc, char **argv)
                        s.lends - lends0, r, o1 - o0, c1 - c0);
             }
 
-            /* retry-unmapped: take it away, answer RETRY regardless */
+            /*
+             * retry-unmapped: take it away, answer RETRY regardless: Xen
+             * sends each read again XEN_IOREQ_MAX_RETRIES (8) times, then
+             * completes it as unbacked, so 9 requests per guest iteration.
+             */
             done = 0;
             do_revoke(dom, s.lent_gfn, 1, &s.frame, &done);
             s.mode = SERVE_RETRY_ONLY;
@@ -1484,12 +1481,14 @@ int main(int argc, char **argv)
             r = guest_word(GUEST_RESULT);
             result("retry-unmapped",
                    r == 0xffffffffU && s.requests > 10 &&
-                   c3 - c2 + 1 >= s.requests,
+                   s.requests + RETRY_RESEND_REQUESTS >=
+                       RETRY_RESEND_REQUESTS * (c3 - c2) &&
+                   s.requests <= RETRY_RESEND_REQUESTS * (c3 - c2 + 1),
                    "requests=%u,result=%#x,loops=%u", s.requests, r,
                    c3 - c2);
 
-            /* retry-bound: frames 1 and 2 were revoked above */
-            retry_bound(&s, frames[1], frames[2]);
+            /* retry-straddle: frames 1 and 2 were revoked above */
+            retry_straddle(&s, frames[1], frames[2]);
             server_stop(&s);
         }
     }
