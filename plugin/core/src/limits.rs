@@ -80,12 +80,7 @@ impl RateLimiter {
 
     /// Take one token at time `now`; false if the rate is exceeded.
     pub fn allow(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let dt = now.saturating_duration_since(last);
-            let add = refill_milli(dt, self.rate);
-            self.tokens_milli = (self.tokens_milli.saturating_add(add)).min(self.burst * 1000);
-        }
-        self.last = Some(now);
+        self.refill(now);
         if self.tokens_milli >= 1000 {
             self.tokens_milli -= 1000;
             true
@@ -95,9 +90,37 @@ impl RateLimiter {
     }
 }
 
-fn refill_milli(dt: Duration, rate: u64) -> u64 {
-    let ms = u64::try_from(dt.as_millis()).unwrap_or(u64::MAX);
-    ms.saturating_mul(rate)
+impl RateLimiter {
+    /// Add the tokens of the whole milliseconds since the last refill. The
+    /// remainder of a millisecond is kept for the next call, so calls more
+    /// frequent than one per millisecond still see the bucket refill.
+    fn refill(&mut self, now: Instant) {
+        let Some(last) = self.last else {
+            self.last = Some(now);
+            return;
+        };
+        let dt = now.saturating_duration_since(last);
+        let ms = u64::try_from(dt.as_millis()).unwrap_or(u64::MAX);
+        let add = ms.saturating_mul(self.rate);
+        self.tokens_milli = self.tokens_milli.saturating_add(add).min(self.burst * 1000);
+        let step = Duration::from_millis(ms.min(u64::from(u32::MAX)));
+        self.last = Some(last.checked_add(step).unwrap_or(now));
+    }
+
+    /// How long after `now` a token will be available (zero if one is).
+    pub fn wait(&self, now: Instant) -> Duration {
+        let mut probe = self.clone();
+        probe.refill(now);
+        if probe.tokens_milli >= 1000 {
+            return Duration::ZERO;
+        }
+        let need = 1000 - probe.tokens_milli;
+        let ms = need.div_ceil(self.rate);
+        let elapsed = probe
+            .last
+            .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
+        Duration::from_millis(ms).saturating_sub(elapsed)
+    }
 }
 
 /// The limits in force for one domain.
@@ -164,5 +187,39 @@ mod tests {
         let later = t0 + Duration::from_secs(10);
         assert!(l.allow(later) && l.allow(later) && l.allow(later));
         assert!(!l.allow(later));
+    }
+
+    #[test]
+    fn rate_limiter_refills_under_frequent_calls() {
+        // Calls every 0.5 ms at 1000 per second: one token per ms must
+        // come back, though no single call sees a whole millisecond. This
+        // failed before the refill kept the remainder (no token ever came
+        // back, so a busy guest was refused for good).
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(1000, 1);
+        assert!(l.allow(t0));
+        let granted = (1..=20)
+            .filter(|i| l.allow(t0 + Duration::from_micros(500 * i)))
+            .count();
+        assert_eq!(granted, 10);
+    }
+
+    #[test]
+    fn rate_limiter_says_when_the_next_token_comes() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(10, 1);
+        assert_eq!(l.wait(t0), Duration::ZERO);
+        assert!(l.allow(t0));
+        assert_eq!(l.wait(t0), Duration::from_millis(100));
+        assert_eq!(
+            l.wait(t0 + Duration::from_millis(40)),
+            Duration::from_millis(60)
+        );
+        assert!(!l.allow(t0 + Duration::from_millis(99)));
+        assert_eq!(
+            l.wait(t0 + Duration::from_millis(99)),
+            Duration::from_millis(1)
+        );
+        assert!(l.allow(t0 + Duration::from_millis(100)));
     }
 }
