@@ -1,61 +1,14 @@
-//! Limits that keep a guest from making the host do unbounded work (I3,
-//! I4): consecutive retries per vCPU, a fault rate limit, and a cap on
-//! pages lent per domain.
+//! Limits that keep a guest from making the host do unbounded work (I4): a
+//! fault rate limit and a cap on pages lent per domain. Retries need no
+//! bound here: Xen resends a request whose pages are not mapped after a
+//! RETRY at most [`XEN_IOREQ_MAX_RETRIES`] times, then completes it as
+//! unbacked itself.
 
 use std::time::{Duration, Instant};
 
-/// Xen's bound on consecutive RETRY completions per vCPU
-/// (`XEN_IOREQ_MAX_RETRIES` in the contract).
+/// Xen's bound on the resends of one request answered RETRY while some
+/// page it touches is not mapped (`XEN_IOREQ_MAX_RETRIES` in the contract).
 pub const XEN_IOREQ_MAX_RETRIES: u32 = 8;
-
-/// Counts consecutive RETRY answers per vCPU for the same GFN.
-#[derive(Clone, Debug)]
-pub struct RetryAccounting {
-    max: u32,
-    last: Vec<Option<(u64, u32)>>,
-}
-
-impl RetryAccounting {
-    /// `max` consecutive retries per vCPU (capped at Xen's bound).
-    pub fn new(nr_vcpus: u32, max: u32) -> Self {
-        RetryAccounting {
-            max: max.min(XEN_IOREQ_MAX_RETRIES),
-            last: vec![None; nr_vcpus as usize],
-        }
-    }
-
-    /// May `vcpu` be answered RETRY for `gfn` once more? Records it if so.
-    pub fn try_retry(&mut self, vcpu: u32, gfn: u64) -> bool {
-        let Some(slot) = self.last.get_mut(vcpu as usize) else {
-            return false;
-        };
-        let n = match *slot {
-            Some((g, n)) if g == gfn => n,
-            _ => 0,
-        };
-        if n >= self.max {
-            *slot = None;
-            return false;
-        }
-        *slot = Some((gfn, n + 1));
-        true
-    }
-
-    /// The vCPU made progress (a request answered without RETRY).
-    pub fn reset(&mut self, vcpu: u32) {
-        if let Some(s) = self.last.get_mut(vcpu as usize) {
-            *s = None;
-        }
-    }
-
-    /// Consecutive retries recorded for `vcpu`.
-    pub fn consecutive(&self, vcpu: u32) -> u32 {
-        self.last
-            .get(vcpu as usize)
-            .and_then(|s| s.map(|(_, n)| n))
-            .unwrap_or(0)
-    }
-}
 
 /// Token bucket: `rate` faults per second, bursts of up to `burst`.
 #[derive(Clone, Debug)]
@@ -135,8 +88,6 @@ pub struct Limits {
     pub fault_rate: u64,
     /// Fault burst.
     pub fault_burst: u64,
-    /// Consecutive RETRY answers per vCPU.
-    pub max_retries: u32,
 }
 
 impl Default for Limits {
@@ -146,7 +97,6 @@ impl Default for Limits {
             max_lent_pages: 1 << 22,
             fault_rate: 100_000,
             fault_burst: 10_000,
-            max_retries: XEN_IOREQ_MAX_RETRIES,
         }
     }
 }
@@ -154,27 +104,6 @@ impl Default for Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retries_are_bounded_per_vcpu_and_gfn() {
-        let mut r = RetryAccounting::new(2, 3);
-        assert!(r.try_retry(0, 7));
-        assert!(r.try_retry(0, 7));
-        assert!(r.try_retry(0, 7));
-        assert!(!r.try_retry(0, 7));
-        assert!(r.try_retry(1, 7), "other vCPUs are independent");
-        assert!(r.try_retry(0, 7), "counter restarts after a refusal");
-        assert!(r.try_retry(0, 8));
-        assert_eq!(r.consecutive(0), 1);
-        assert!(!r.try_retry(9, 1), "unknown vCPU never retries");
-    }
-
-    #[test]
-    fn retry_bound_never_exceeds_xen_bound() {
-        let mut r = RetryAccounting::new(1, 1000);
-        let n = (0..100).take_while(|_| r.try_retry(0, 1)).count();
-        assert_eq!(n as u32, XEN_IOREQ_MAX_RETRIES);
-    }
 
     #[test]
     fn rate_limiter_allows_burst_then_rate() {

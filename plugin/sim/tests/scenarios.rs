@@ -3,8 +3,8 @@
 use gpu_hostmem_core::limits::Limits;
 use gpu_hostmem_core::platform::Errno;
 use gpu_hostmem_core::server::{ServerError, Stage};
-use gpu_hostmem_sim::harness::{test_config, Guest};
-use gpu_hostmem_sim::{Access, Fault, Sim, SimOptions};
+use gpu_hostmem_sim::harness::{predict, test_config, verify, Guest};
+use gpu_hostmem_sim::{Access, Fault, Insn, RetryRule, Sim, SimOptions};
 
 const MIB: u64 = 1 << 20;
 const BASE: u64 = 0x1_0000_0000;
@@ -21,13 +21,22 @@ fn content(sim: &Sim, g: &Guest, off: u64) -> u64 {
     sim.registered_frame(&g.ident, off).expect("registered").1
 }
 
+fn backend_u64(sim: &Sim, g: &Guest, off: u64) -> u64 {
+    let b: Vec<u8> = sim
+        .backend_bytes(&g.ident, off, 8)
+        .into_iter()
+        .map(|b| b.expect("registered"))
+        .collect();
+    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+}
+
 #[test]
 fn first_touch_lends_chunk_and_retry_reaches_ram() {
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 256, 100).expect("register");
     let r = g.read(&sim, 0, BASE + 0x1_2345, 8);
     assert_eq!(r.retries, 1);
-    assert_eq!(r.access.value(), Some(content(&sim, &g, 0x1_2000)));
+    assert_eq!(r.access.value(), Some(backend_u64(&sim, &g, 0x1_2345)));
     assert!(matches!(r.access, Access::Ram { .. }));
     assert_eq!(sim.lent_pages(&g.ident), 16, "64 KiB fault-around");
     let r = g.read(&sim, 1, BASE + 0x1_3000, 4);
@@ -175,7 +184,10 @@ fn setup_failure_unwinds_every_stage_done() {
 }
 
 #[test]
-fn busy_lend_is_retried_then_gives_up() {
+fn busy_lend_is_retried_then_deferred_until_it_succeeds() {
+    // EBUSY (an invalidation running) a few times is retried at once;
+    // longer, the request waits and is answered when the lend succeeds.
+    // Before the server deferred, the second read got all ones.
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 16, 100).expect("register");
     sim.arm(Fault::LendBusy(2));
@@ -186,7 +198,10 @@ fn busy_lend_is_retried_then_gives_up() {
     sim.arm(Fault::LendBusy(10));
     sim.migrate_page(&g.ident, 1, 0).expect("migrate");
     let r = g.read(&sim, 0, BASE, 8);
-    assert_eq!(r.access, Access::Emulated { value: u64::MAX });
+    assert!(matches!(r.access, Access::Ram { .. }), "{r:?}");
+    assert_eq!(r.access.value(), Some(content(&sim, &g, 0)));
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!((c.deferred, c.unbacked_reads), (1, 0));
 }
 
 #[test]
@@ -233,23 +248,34 @@ fn domain_dying_mid_lend_stops_server_and_destroy_is_total() {
 }
 
 #[test]
-fn racing_revokes_are_bounded_by_retry_limit() {
+fn racing_revokes_are_resent_then_bounded_by_xen() {
+    // An invalidation revokes the page between the server's lend and
+    // Xen's check: Xen sends the same request again, and the server lends
+    // again. Three races: the read still gets the backend's bytes. More
+    // than Xen's 8 resends: Xen completes it as unbacked and counts it.
     let sim = Sim::new(SimOptions::default());
-    let limits = Limits {
-        max_retries: 3,
-        ..Limits::default()
-    };
-    let mut g = Guest::create(&sim, 1, 1, test_config(64 * MIB, 4096, limits)).expect("create");
+    let mut g =
+        Guest::create(&sim, 1, 1, test_config(64 * MIB, 4096, Limits::default())).expect("create");
     g.program_bar(&sim, BASE);
     sim.register(&g.ident, 1, 0, 16, 100).expect("register");
-    sim.arm(Fault::RacingRevoke(100));
+    sim.arm(Fault::RevokeBeforeRetryCheck(3));
     let r = g.read(&sim, 0, BASE, 8);
-    assert!(r.retries <= 3, "{r:?}");
-    assert_eq!(r.access.value(), Some(u64::MAX));
+    assert_eq!(r.retries, 4, "{r:?}");
+    assert_eq!(r.access.value(), Some(content(&sim, &g, 0)));
+    sim.disarm_all();
+    sim.arm(Fault::RevokeBeforeRetryCheck(100));
+    let r = g.read(&sim, 0, BASE + 0x1000, 8);
+    assert_eq!(r.retries, 9, "one request and Xen's 8 resends: {r:?}");
+    assert_eq!(r.access, Access::Unbacked { value: u64::MAX });
+    assert_eq!(sim.xen_unbacked(&g.ident), 1);
+    sim.check_consistency().expect("consistent");
 }
 
 #[test]
-fn lent_page_limit_is_enforced() {
+fn lent_page_limit_revokes_older_runs_and_reads_stay_exact() {
+    // Past the limit, the server revokes runs lent earlier to make room
+    // (the guest faults on them again) instead of answering all ones, as
+    // it did before.
     let sim = Sim::new(SimOptions::default());
     let limits = Limits {
         max_lent_pages: 20,
@@ -259,9 +285,301 @@ fn lent_page_limit_is_enforced() {
         Guest::create(&sim, 1, 1, test_config(64 * MIB, 64 * 1024, limits)).expect("create");
     g.program_bar(&sim, BASE);
     sim.register(&g.ident, 1, 0, 64, 100).expect("register");
-    for p in 0..64 {
-        g.read(&sim, 0, BASE + p * 4096, 8);
+    for round in 0..2 {
+        for p in 0..64 {
+            let r = g.read(&sim, 0, BASE + p * 4096 + 8, 8);
+            assert_eq!(
+                r.access.value(),
+                Some(backend_u64(&sim, &g, p * 4096 + 8)),
+                "round {round} page {p}: {r:?}"
+            );
+            assert!(sim.lent_pages(&g.ident) <= 20);
+        }
+    }
+    let c = g.server.as_ref().expect("server").counters();
+    assert!(c.evicted_pages > 0, "{c:?}");
+    assert_eq!(c.unbacked_reads, 0, "{c:?}");
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
+fn kernel_lent_page_limit_makes_room_too() {
+    // ENOSPC from the kernel's own limit: the server revokes its older
+    // runs and lends again. Before, the read got all ones.
+    let sim = Sim::new(SimOptions {
+        kernel_lent_limit: 20,
+        ..SimOptions::default()
+    });
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut g = Guest::create(&sim, 1, 1, cfg).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 64, 100).expect("register");
+    for p in (0..64).step_by(16) {
+        let r = g.read(&sim, 0, BASE + p * 4096, 8);
+        assert_eq!(r.access.value(), Some(content(&sim, &g, p * 4096)), "{r:?}");
     }
     assert!(sim.lent_pages(&g.ident) <= 20);
-    assert!(g.server.as_ref().expect("server").counters().limit_refused > 0);
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
+fn rate_limit_delays_and_never_makes_up_data() {
+    // A guest faulting faster than the rate: its requests wait (the slot
+    // stays INPROCESS) and are answered from memory when the rate allows.
+    // Before, the reads past the burst got all ones and the writes were
+    // dropped.
+    let sim = Sim::new(SimOptions::default());
+    let limits = Limits {
+        fault_rate: 10,
+        fault_burst: 2,
+        ..Limits::default()
+    };
+    let mut g = Guest::create(&sim, 1, 1, test_config(64 * MIB, 4096, limits)).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+    let t0 = g.clock;
+    for p in 0..6 {
+        let r = g.read(&sim, 0, BASE + p * 4096, 8);
+        assert_eq!(
+            r.access.value(),
+            Some(content(&sim, &g, p * 4096)),
+            "page {p}: {r:?}"
+        );
+    }
+    for p in 6..8 {
+        g.write(&sim, 0, BASE + p * 4096, 8, 0x1122_3344_5566_7788);
+        assert_eq!(backend_u64(&sim, &g, p * 4096), 0x1122_3344_5566_7788);
+    }
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!(c.deferred, 6, "{c:?}");
+    assert_eq!((c.unbacked_reads, c.unbacked_writes), (0, 0));
+    // 8 faults at 10 per second after a burst of 2: 600 ms at least.
+    let waited = g.clock - t0;
+    assert!(
+        waited >= std::time::Duration::from_millis(600),
+        "{waited:?}"
+    );
+    assert_eq!(g.server.as_ref().expect("server").pending(), 0);
+}
+
+const RAM: u64 = 0x10_0000;
+
+/// A guest with RAM for string instructions and two registrations with a
+/// hole between them: BAR pages 0..40 and 48..64 (fault-around 64 KiB).
+fn setup_ram(opts: SimOptions) -> (Sim, Guest) {
+    let sim = Sim::new(opts);
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut g = Guest::create(&sim, 3, 2, cfg).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 40, 100).expect("register");
+    sim.register(&g.ident, 2, 48 * 4096, 16, 100)
+        .expect("register");
+    sim.add_guest_ram(&g.ident, RAM, 16);
+    let junk: Vec<u8> = (0..16 * 4096).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    assert!(sim.mem_write(&g.ident, RAM, &junk));
+    (sim, g)
+}
+
+/// Run `insn`, twice if asked (first touch, then with the pages lent),
+/// checking every byte against the prediction each time.
+fn exact(sim: &Sim, g: &mut Guest, insn: &Insn) -> Result<(), String> {
+    let bar = BASE..BASE + 64 * MIB;
+    let p = predict(sim, &g.ident, &bar, insn);
+    let r = g.exec(sim, 0, insn);
+    verify(sim, &g.ident, &bar, &p, &r).map_err(|e| format!("{insn:?}: {e}"))?;
+    sim.check_consistency()?;
+    Ok(())
+}
+
+/// Every plain load and store size at every interesting offset, including
+/// across a page, a fault-around chunk, and a registration's end, on the
+/// first touch and when lent.
+#[test]
+fn plain_loads_and_stores_are_exact_byte_for_byte() {
+    for off in [
+        0u64,
+        0x10,
+        0xffd,
+        0x1_0000 - 3,
+        0x1_fff9,
+        40 * 4096 - 4,
+        48 * 4096 - 2,
+    ] {
+        for size in [1u32, 2, 4, 8, 16] {
+            let (sim, mut g) = setup_ram(SimOptions::default());
+            for round in 0..2 {
+                let load = Insn::Load {
+                    gpa: BASE + off,
+                    size,
+                };
+                exact(&sim, &mut g, &load).unwrap_or_else(|e| panic!("round {round}: {e}"));
+                let data: Vec<u8> = (0..size as u8)
+                    .map(|k| k.wrapping_mul(37) ^ round)
+                    .collect();
+                let store = Insn::Store {
+                    gpa: BASE + off,
+                    data,
+                };
+                exact(&sim, &mut g, &store).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+    }
+}
+
+/// `rep stos` (one request, the value repeated) in both directions and
+/// every element size, first touch and when lent, across a chunk.
+#[test]
+fn rep_stos_is_exact_in_both_directions() {
+    for df in [false, true] {
+        for size in [1u32, 2, 4, 8] {
+            let (sim, mut g) = setup_ram(SimOptions::default());
+            for round in 0..2u64 {
+                let count = 3000 / u64::from(size);
+                let first = if df { 0x1_0800 } else { 0xf800 };
+                let insn = Insn::RepStos {
+                    gpa: BASE + first,
+                    size,
+                    count,
+                    df,
+                    value: 0xa1b2_c3d4_e5f6_0718 ^ round,
+                };
+                exact(&sim, &mut g, &insn)
+                    .unwrap_or_else(|e| panic!("df {df} size {size} round {round}: {e}"));
+            }
+        }
+    }
+}
+
+/// `rep movs` between RAM and the BAR (`data_is_ptr` requests) in both
+/// directions of copy and of DF, first touch and when lent, starting
+/// inside a chunk and crossing into the next; and BAR to BAR across two
+/// chunks. Against the old RETRY rule the BAR-to-RAM copy on first touch
+/// left the guest buffer as it was (Xen took the RETRY as a completed
+/// copy): see `old_retry_rule_fails_the_exactness_checks`.
+#[test]
+fn rep_movs_is_exact_in_every_direction() {
+    for df in [false, true] {
+        for size in [1u32, 2, 4, 8] {
+            let (sim, mut g) = setup_ram(SimOptions::default());
+            let count = 5000 / u64::from(size);
+            let len = count * u64::from(size);
+            let (bar_first, ram_first) = if df {
+                (
+                    BASE + 0xf000 + len - u64::from(size),
+                    RAM + 0x123 + len - u64::from(size),
+                )
+            } else {
+                (BASE + 0xf003, RAM + 0x123)
+            };
+            for round in 0..2 {
+                // First an element straddling two fault-around chunks
+                // (0x1fffb..0x20003), as the first touch of both: one
+                // request touching two pages, both of which must be lent.
+                let straddle = Insn::RepMovs {
+                    dst: RAM + 0x9000,
+                    src: BASE + 0x2_0000 - 5 + if df { u64::from(size) } else { 0 },
+                    size,
+                    count: 2,
+                    df,
+                };
+                exact(&sim, &mut g, &straddle)
+                    .unwrap_or_else(|e| panic!("straddle df {df} size {size} round {round}: {e}"));
+                let to_ram = Insn::RepMovs {
+                    dst: ram_first,
+                    src: bar_first,
+                    size,
+                    count,
+                    df,
+                };
+                exact(&sim, &mut g, &to_ram)
+                    .unwrap_or_else(|e| panic!("BAR->RAM df {df} size {size} round {round}: {e}"));
+                let to_bar = Insn::RepMovs {
+                    dst: bar_first + 0x1_0000,
+                    src: ram_first + 0x4000,
+                    size,
+                    count,
+                    df,
+                };
+                exact(&sim, &mut g, &to_bar)
+                    .unwrap_or_else(|e| panic!("RAM->BAR df {df} size {size} round {round}: {e}"));
+                let bar_to_bar = Insn::RepMovs {
+                    dst: bar_first + 0x1_8000,
+                    src: bar_first + 0x2_1000,
+                    size,
+                    count: count.min(300),
+                    df,
+                };
+                exact(&sim, &mut g, &bar_to_bar)
+                    .unwrap_or_else(|e| panic!("BAR->BAR df {df} size {size} round {round}: {e}"));
+            }
+        }
+    }
+}
+
+/// A copy from BAR offsets nobody registered: the guest buffer must end
+/// up all ones, as Xen fills it after its resends; before, the server
+/// answered IORESP_READY and the buffer kept its old bytes. A store there
+/// changes nothing.
+#[test]
+fn rep_movs_from_unregistered_offsets_fills_ones() {
+    for df in [false, true] {
+        let (sim, mut g) = setup_ram(SimOptions::default());
+        let first = if df { 41 * 4096 + 4000 } else { 41 * 4096 };
+        let insn = Insn::RepMovs {
+            dst: RAM + if df { 4000 } else { 0 },
+            src: BASE + first,
+            size: 1,
+            count: 4001,
+            df,
+        };
+        let bar = BASE..BASE + 64 * MIB;
+        let p = predict(&sim, &g.ident, &bar, &insn);
+        let r = g.exec(&sim, 0, &insn);
+        verify(&sim, &g.ident, &bar, &p, &r).unwrap_or_else(|e| panic!("df {df}: {e}"));
+        assert_eq!(
+            (r.unbacked, r.emulated, r.from_memory),
+            (r.requests / 9, 0, 0),
+            "every request sent 9 times, then unbacked: {r:?}"
+        );
+        let to_bar = Insn::RepMovs {
+            dst: BASE + 42 * 4096,
+            src: RAM,
+            size: 8,
+            count: 64,
+            df: false,
+        };
+        exact(&sim, &mut g, &to_bar).unwrap_or_else(|e| panic!("df {df}: {e}"));
+        assert_eq!(sim.lent_pages(&g.ident), 0, "nothing to lend there");
+        assert_eq!(sim.xen_unbacked(&g.ident), u64::from(r.unbacked) + 1);
+    }
+}
+
+/// The same checks under the old rule fail: they can catch what the
+/// contract fixes.
+#[test]
+fn old_retry_rule_fails_the_exactness_checks() {
+    let (sim, mut g) = setup_ram(SimOptions {
+        retry_rule: RetryRule::Reexecute,
+        ..SimOptions::default()
+    });
+    let insn = Insn::RepMovs {
+        dst: RAM + 0x123,
+        src: BASE + 0x1_0000 + 512,
+        size: 1,
+        count: 3000,
+        df: false,
+    };
+    let e = exact(&sim, &mut g, &insn).expect_err("old rule loses the copy");
+    assert!(e.contains("byte at"), "{e}");
+    let insn = Insn::RepMovs {
+        dst: BASE + 0x2_0000,
+        src: RAM,
+        size: 8,
+        count: 100,
+        df: false,
+    };
+    assert!(
+        exact(&sim, &mut g, &insn).is_err(),
+        "old rule drops the copy to the BAR"
+    );
 }

@@ -121,6 +121,7 @@ impl Reference {
             Op::Fault(_) => self.faults_armed = true,
             Op::Read { .. }
             | Op::FaultyRead { .. }
+            | Op::Exec { .. }
             | Op::Write { .. }
             | Op::Migrate { .. }
             | Op::ProbeBar { .. }

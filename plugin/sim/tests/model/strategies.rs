@@ -18,7 +18,6 @@ pub enum FaultKind {
     DomainDiesDuringLend(u32),
     RevokeFails,
     MapMmioFails,
-    RacingRevoke(u32),
     RevokeBeforeRetryCheck(u32),
 }
 
@@ -82,6 +81,141 @@ pub enum Op {
         vcpu: u32,
         page: u64,
     },
+    /// Any instruction form Xen turns into BAR requests, checked byte for
+    /// byte against the backend's memory.
+    Exec {
+        slot: u8,
+        vcpu: u32,
+        form: Form,
+    },
+}
+
+/// An instruction on the BAR: `page`/`off` place its BAR side (`off` may
+/// run past the page: straddling accesses); `len` bytes in all for string
+/// forms.
+#[derive(Clone, Copy, Debug)]
+pub enum Form {
+    Load {
+        page: u64,
+        off: u64,
+        size: u32,
+    },
+    Store {
+        page: u64,
+        off: u64,
+        size: u32,
+        seed: u8,
+    },
+    RepStos {
+        page: u64,
+        off: u64,
+        size: u32,
+        len: u64,
+        df: bool,
+        seed: u8,
+    },
+    /// Between the BAR and guest RAM (`data_is_ptr` requests).
+    RepMovs {
+        to_bar: bool,
+        page: u64,
+        off: u64,
+        ram_off: u64,
+        size: u32,
+        len: u64,
+        df: bool,
+    },
+    /// BAR to BAR (Xen: one element at a time).
+    BarToBar {
+        dst_page: u64,
+        src_page: u64,
+        off: u64,
+        size: u32,
+        len: u64,
+        df: bool,
+    },
+}
+
+fn elem_size() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(1u32), Just(2), Just(4), Just(8)]
+}
+
+fn offset() -> impl Strategy<Value = u64> {
+    prop_oneof![2 => 0u64..4096, 1 => 4080u64..4096, 1 => Just(0u64)]
+}
+
+fn form() -> impl Strategy<Value = Form> {
+    prop_oneof![
+        (
+            page(),
+            offset(),
+            prop_oneof![Just(1u32), Just(2), Just(4), Just(8), Just(16)]
+        )
+            .prop_map(|(page, off, size)| Form::Load { page, off, size }),
+        (
+            page(),
+            offset(),
+            prop_oneof![Just(1u32), Just(2), Just(4), Just(8), Just(16)],
+            any::<u8>()
+        )
+            .prop_map(|(page, off, size, seed)| Form::Store {
+                page,
+                off,
+                size,
+                seed
+            }),
+        (
+            page(),
+            offset(),
+            elem_size(),
+            1u64..20000,
+            any::<bool>(),
+            any::<u8>()
+        )
+            .prop_map(|(page, off, size, len, df, seed)| Form::RepStos {
+                page,
+                off,
+                size,
+                len,
+                df,
+                seed
+            }),
+        (
+            any::<bool>(),
+            page(),
+            offset(),
+            0u64..4096,
+            elem_size(),
+            1u64..12000,
+            any::<bool>()
+        )
+            .prop_map(
+                |(to_bar, page, off, ram_off, size, len, df)| Form::RepMovs {
+                    to_bar,
+                    page,
+                    off,
+                    ram_off,
+                    size,
+                    len,
+                    df
+                }
+            ),
+        (
+            page(),
+            page(),
+            offset(),
+            elem_size(),
+            1u64..2000,
+            any::<bool>()
+        )
+            .prop_map(|(dst_page, src_page, off, size, len, df)| Form::BarToBar {
+                dst_page,
+                src_page,
+                off,
+                size,
+                len,
+                df
+            }),
+    ]
 }
 
 fn slot() -> impl Strategy<Value = u8> {
@@ -100,8 +234,7 @@ fn fault() -> impl Strategy<Value = FaultKind> {
         (0u32..16).prop_map(FaultKind::DomainDiesDuringLend),
         Just(FaultKind::RevokeFails),
         Just(FaultKind::MapMmioFails),
-        (1u32..12).prop_map(FaultKind::RacingRevoke),
-        (1u32..3).prop_map(FaultKind::RevokeBeforeRetryCheck),
+        (1u32..12).prop_map(FaultKind::RevokeBeforeRetryCheck),
     ]
 }
 
@@ -125,5 +258,6 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => fault().prop_map(Op::Fault),
         2 => (fault(), slot(), 0u32..3, page())
             .prop_map(|(fault, slot, vcpu, page)| Op::FaultyRead { fault, slot, vcpu, page }),
+        6 => (slot(), 0u32..3, form()).prop_map(|(slot, vcpu, form)| Op::Exec { slot, vcpu, form }),
     ]
 }
