@@ -222,9 +222,11 @@ fn slot() -> impl Strategy<Value = u8> {
     0..SLOTS
 }
 
-/// BAR pages, mostly in the low part where registrations cluster.
+/// BAR pages, mostly in the low part where registrations cluster, and the
+/// last page of a 64 KiB fault-around chunk there (an access running off
+/// its end touches two chunks).
 fn page() -> impl Strategy<Value = u64> {
-    prop_oneof![4 => 0u64..64, 1 => 0..BAR_PAGES]
+    prop_oneof![4 => 0u64..64, 1 => 0..BAR_PAGES, 1 => (0u64..4).prop_map(|k| k * 16 + 15)]
 }
 
 fn fault() -> impl Strategy<Value = FaultKind> {
