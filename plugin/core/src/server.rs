@@ -39,6 +39,10 @@ use crate::status::{Counters, RegistrationStatus, Status};
 /// How many times a lend that answered `EBUSY` is tried again at once.
 pub const LEND_BUSY_ATTEMPTS: u32 = 3;
 
+/// Runs revoked at most, one per `ENOSPC`, before a lend that the
+/// kernel's own limit refuses waits instead.
+pub const ENOSPC_EVICTIONS: u32 = 8;
+
 /// How long a request left pending for room under the lent-page limit, or
 /// for a lend the kernel answered `EBUSY`, waits before it is tried again.
 pub const DEFER_POLL: Duration = Duration::from_millis(10);
@@ -722,7 +726,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         let first_gfn = (bar_start + plan.offset) >> PAGE_SHIFT;
         let planned = first_gfn..first_gfn + plan.nr_pages;
         let single = gfn..gfn + 1;
-        let mut tried_room = false;
+        let mut evictions = 0;
         let (lent, range) = loop {
             match self.lend(plan.offset, first_gfn, plan.nr_pages) {
                 Ok(n) => break (n, planned.clone()),
@@ -737,13 +741,14 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                     }
                 }
                 Err(e) if e.errno == Errno::EEXIST => break (1, single.clone()),
-                Err(e) if e.errno == Errno::ENOSPC && !tried_room => {
-                    // The kernel's or Xen's own limit: make room once.
-                    tried_room = true;
-                    self.make_room(u64::MAX, protect);
-                }
                 Err(e) if e.errno == Errno::ENOSPC => {
-                    return Err(self.defer(vcpu, req, Defer::Room));
+                    // The kernel's or Xen's own limit: revoke one of our
+                    // older runs and try again, a few times; with nothing
+                    // of ours to revoke, wait.
+                    evictions += 1;
+                    if evictions > ENOSPC_EVICTIONS || !self.evict_one(protect) {
+                        return Err(self.defer(vcpu, req, Defer::Room));
+                    }
                 }
                 Err(e) if e.errno == Errno::EBUSY => {
                     // An invalidation is still running: try again later.
@@ -787,35 +792,33 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     fn make_room(&mut self, want: u64, protect: &[Range<u64>]) -> u64 {
         loop {
             let remaining = self.room(want);
-            if remaining >= want {
+            if remaining >= want || !self.evict_one(protect) {
                 return remaining;
-            }
-            let victim = self
-                .ledger
-                .runs()
-                .find(|r| {
-                    r.lent > 0
-                        && protect
-                            .iter()
-                            .all(|p| r.first_gfn + r.nr_pages <= p.start || p.end <= r.first_gfn)
-                })
-                .copied();
-            let Some(v) = victim else {
-                return remaining;
-            };
-            debug!(dom = %self.dom, first_gfn = v.first_gfn, nr_pages = v.nr_pages,
-                   "lent-page limit: revoking a run to make room");
-            self.counters.evicted_pages += v.lent;
-            if self
-                .revoke_range(
-                    (v.first_gfn << PAGE_SHIFT)..((v.first_gfn + v.nr_pages) << PAGE_SHIFT),
-                )
-                .is_err()
-                || self.gone
-            {
-                return self.room(want);
             }
         }
+    }
+
+    /// Revoke one lent run that overlaps no range of `protect` (GFNs).
+    /// False if there is none, or the revoke failed.
+    fn evict_one(&mut self, protect: &[Range<u64>]) -> bool {
+        let victim = self
+            .ledger
+            .runs()
+            .find(|r| {
+                r.lent > 0
+                    && protect
+                        .iter()
+                        .all(|p| r.first_gfn + r.nr_pages <= p.start || p.end <= r.first_gfn)
+            })
+            .copied();
+        let Some(v) = victim else {
+            return false;
+        };
+        debug!(dom = %self.dom, first_gfn = v.first_gfn, nr_pages = v.nr_pages,
+               "lent-page limit: revoking a run to make room");
+        self.counters.evicted_pages += v.lent;
+        let range = (v.first_gfn << PAGE_SHIFT)..((v.first_gfn + v.nr_pages) << PAGE_SHIFT);
+        self.revoke_range(range).is_ok() && !self.gone
     }
 
     fn lend_failed(&mut self, vcpu: u32, req: &Ioreq, e: PlatformError) -> Response {

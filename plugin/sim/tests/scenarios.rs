@@ -323,6 +323,27 @@ fn kernel_lent_page_limit_makes_room_too() {
 }
 
 #[test]
+fn kernel_lent_page_limit_revokes_one_run_at_a_time() {
+    // Limit 40 pages, chunks of 16: the third chunk needs one older run
+    // revoked, not all of them.
+    let sim = Sim::new(SimOptions {
+        kernel_lent_limit: 40,
+        ..SimOptions::default()
+    });
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut g = Guest::create(&sim, 1, 1, cfg).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 64, 100).expect("register");
+    for p in [0u64, 16, 32] {
+        let r = g.read(&sim, 0, BASE + p * 4096, 8);
+        assert_eq!(r.access.value(), Some(content(&sim, &g, p * 4096)), "{r:?}");
+    }
+    assert_eq!(sim.lent_pages(&g.ident), 32);
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!(c.evicted_pages, 16, "{c:?}");
+}
+
+#[test]
 fn rate_limit_delays_and_never_makes_up_data() {
     // A guest faulting faster than the rate: its requests wait (the slot
     // stays INPROCESS) and are answered from memory when the rate allows.
