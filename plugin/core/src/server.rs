@@ -737,6 +737,12 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                     match self.lend(page_off, gfn, 1) {
                         Ok(n) => break (n, single.clone()),
                         Err(e) if e.errno == Errno::EEXIST => break (1, single.clone()),
+                        Err(e) if e.errno == Errno::ENOSPC => {
+                            return Err(self.defer(vcpu, req, Defer::Room));
+                        }
+                        Err(e) if e.errno == Errno::EBUSY => {
+                            return Err(self.defer(vcpu, req, Defer::Busy));
+                        }
                         Err(e) => return Err(self.lend_failed(vcpu, req, e)),
                     }
                 }

@@ -344,6 +344,28 @@ fn kernel_lent_page_limit_revokes_one_run_at_a_time() {
 }
 
 #[test]
+fn limit_on_the_single_page_fallback_waits_too() {
+    // The chunk's lend meets an occupied GFN (EEXIST), and the fallback
+    // lend of the faulting page alone hits the limit (ENOSPC): the request
+    // waits and is answered from memory. Before, that read got all ones.
+    let (sim, mut g) = setup();
+    sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+    sim.arm(Fault::LendPartial {
+        after: 0,
+        errno: Errno::EEXIST,
+    });
+    sim.arm(Fault::LendPartial {
+        after: 0,
+        errno: Errno::ENOSPC,
+    });
+    let r = g.read(&sim, 0, BASE + 0x3000, 8);
+    assert_eq!(r.access.value(), Some(content(&sim, &g, 0x3000)), "{r:?}");
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!((c.deferred, c.unbacked_reads), (1, 0), "{c:?}");
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
 fn rate_limit_delays_and_never_makes_up_data() {
     // A guest faulting faster than the rate: its requests wait (the slot
     // stays INPROCESS) and are answered from memory when the rate allows.
