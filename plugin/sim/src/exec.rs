@@ -300,7 +300,7 @@ impl Sim {
                 data[..chunk].copy_from_slice(&part[off..off + chunk]);
             }
             let req = Ioreq {
-                addr: gpa + off as u64,
+                addr: gpa.wrapping_add(off as u64),
                 data: u64::from_le_bytes(data),
                 count: 1,
                 size: chunk as u32,
@@ -479,7 +479,8 @@ impl Sim {
                 }) {
                     // An invalidation revokes a page of the request before
                     // Xen looks at it.
-                    let gfn = (lo / PAGE..=(lo + len - 1) / PAGE).find(|g| {
+                    let last = lo.saturating_add(len.saturating_sub(1));
+                    let gfn = (lo / PAGE..=last / PAGE).find(|g| {
                         w.domains
                             .get(&dom.domid)
                             .is_some_and(|d| d.p2m.contains_key(g))

@@ -211,10 +211,18 @@ pub fn predict(
     let mut written: Vec<(u64, u8)> = Vec::new();
     match *insn {
         Insn::Load { gpa, size } => {
-            p.load = Some((0..u64::from(size)).map(|k| src(gpa + k)).collect());
+            p.load = Some(
+                (0..u64::from(size))
+                    .map(|k| src(gpa.wrapping_add(k)))
+                    .collect(),
+            );
         }
         Insn::Store { gpa, ref data } => {
-            written.extend(data.iter().enumerate().map(|(k, b)| (gpa + k as u64, *b)));
+            written.extend(
+                data.iter()
+                    .enumerate()
+                    .map(|(k, b)| (gpa.wrapping_add(k as u64), *b)),
+            );
         }
         Insn::RepStos {
             gpa,
@@ -225,7 +233,8 @@ pub fn predict(
         } => {
             let (lo, len) = crate::span(gpa, size, count, df);
             let v = value.to_le_bytes();
-            written.extend((0..len).map(|k| (lo + k, v[(k % u64::from(size)) as usize])));
+            written
+                .extend((0..len).map(|k| (lo.wrapping_add(k), v[(k % u64::from(size)) as usize])));
         }
         Insn::RepMovs {
             dst,
@@ -236,7 +245,7 @@ pub fn predict(
         } => {
             let (dlo, len) = crate::span(dst, size, count, df);
             let (slo, _) = crate::span(s, size, count, df);
-            written.extend((0..len).map(|k| (dlo + k, src(slo + k))));
+            written.extend((0..len).map(|k| (dlo.wrapping_add(k), src(slo.wrapping_add(k)))));
         }
     }
     if let (Some(first), Some(last)) = (
@@ -248,7 +257,7 @@ pub fn predict(
                 p.after.push((g, b));
             }
         }
-        for g in last + 1..=last + MARGIN {
+        for g in last.saturating_add(1)..=last.saturating_add(MARGIN) {
             if let Some(b) = byte_at(sim, dom, bar, g) {
                 p.after.push((g, b));
             }

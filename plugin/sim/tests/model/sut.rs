@@ -231,7 +231,7 @@ impl Sut {
             Op::Exec { slot, vcpu, form } => {
                 if let Some(g) = self.guests.get_mut(&slot) {
                     let insn = build(form, gpa_base);
-                    let bar = gpa_base..gpa_base + BAR_PAGES * 4096;
+                    let bar = gpa_base..gpa_base.saturating_add(BAR_PAGES * 4096);
                     let want = predict(&sim, &g.ident, &bar, &insn);
                     let before = want
                         .after
@@ -424,7 +424,7 @@ pub fn build(form: Form, base: u64) -> Insn {
     let at = |page: u64, off: u64, size: u64| (page * 4096 + off).min(BAR_BYTES - size);
     match form {
         Form::Load { page, off, size } => Insn::Load {
-            gpa: base + at(page, off, u64::from(size)),
+            gpa: base.wrapping_add(at(page, off, u64::from(size))),
             size,
         },
         Form::Store {
@@ -433,7 +433,7 @@ pub fn build(form: Form, base: u64) -> Insn {
             size,
             seed,
         } => Insn::Store {
-            gpa: base + at(page, off, u64::from(size)),
+            gpa: base.wrapping_add(at(page, off, u64::from(size))),
             data: (0..size as u8).map(|k| k.wrapping_mul(29) ^ seed).collect(),
         },
         Form::RepStos {
@@ -447,7 +447,7 @@ pub fn build(form: Form, base: u64) -> Insn {
             let lo = at(page, off, u64::from(size));
             let count = fit(lo, len, size);
             Insn::RepStos {
-                gpa: base + first(lo, size, count, df),
+                gpa: base.wrapping_add(first(lo, size, count, df)),
                 size,
                 count,
                 df,
@@ -465,7 +465,7 @@ pub fn build(form: Form, base: u64) -> Insn {
         } => {
             let lo = at(page, off, u64::from(size));
             let count = fit(lo, len, size);
-            let bar = base + first(lo, size, count, df);
+            let bar = base.wrapping_add(first(lo, size, count, df));
             let ram = RAM_GPA + first(ram_off, size, count, df);
             let (dst, src) = if to_bar { (bar, ram) } else { (ram, bar) };
             Insn::RepMovs {
@@ -493,8 +493,8 @@ pub fn build(form: Form, base: u64) -> Insn {
                 d = if s >= bytes { s - bytes } else { s + bytes };
             }
             Insn::RepMovs {
-                dst: base + first(d, size, count, df),
-                src: base + first(s, size, count, df),
+                dst: base.wrapping_add(first(d, size, count, df)),
+                src: base.wrapping_add(first(s, size, count, df)),
                 size,
                 count,
                 df,
@@ -516,8 +516,9 @@ fn mixed(sim: &Sim, g: &Guest, bar: &std::ops::Range<u64>, insn: &Insn) -> bool 
         _ => Vec::new(),
     };
     sides.into_iter().flatten().any(|(lo, len)| {
-        let inside = lo >= bar.start && lo + len <= bar.end;
-        let touches = lo < bar.end && bar.start < lo + len;
+        let end = lo.saturating_add(len);
+        let inside = lo >= bar.start && end <= bar.end;
+        let touches = lo < bar.end && bar.start < end;
         if !touches {
             return false;
         }
