@@ -804,27 +804,27 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         }
     }
 
-    /// Revoke one lent run that overlaps no range of `protect` (GFNs).
-    /// False if there is none, or the revoke failed.
+    /// Revoke one lent run, or the first part of one that lies outside
+    /// every range of `protect` (GFNs). False if there is none, or the
+    /// revoke failed.
     fn evict_one(&mut self, protect: &[Range<u64>]) -> bool {
         let victim = self
             .ledger
             .runs()
-            .find(|r| {
-                r.lent > 0
-                    && protect
-                        .iter()
-                        .all(|p| r.first_gfn + r.nr_pages <= p.start || p.end <= r.first_gfn)
-            })
-            .copied();
+            .filter(|r| r.lent > 0)
+            .find_map(|r| outside(r.first_gfn..r.first_gfn + r.nr_pages, protect));
         let Some(v) = victim else {
             return false;
         };
-        debug!(dom = %self.dom, first_gfn = v.first_gfn, nr_pages = v.nr_pages,
+        debug!(dom = %self.dom, first_gfn = v.start, nr_pages = v.end - v.start,
                "lent-page limit: revoking a run to make room");
-        self.counters.evicted_pages += v.lent;
-        let range = (v.first_gfn << PAGE_SHIFT)..((v.first_gfn + v.nr_pages) << PAGE_SHIFT);
-        self.revoke_range(range).is_ok() && !self.gone
+        let before = self.ledger.lent_pages();
+        let ok = self
+            .revoke_range((v.start << PAGE_SHIFT)..(v.end << PAGE_SHIFT))
+            .is_ok()
+            && !self.gone;
+        self.counters.evicted_pages += before.saturating_sub(self.ledger.lent_pages());
+        ok
     }
 
     fn lend_failed(&mut self, vcpu: u32, req: &Ioreq, e: PlatformError) -> Response {
@@ -970,6 +970,24 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         self.stopped = true;
         (self.dm, self.hm, report)
     }
+}
+
+/// The first part of `run` outside every range of `protect`, if any.
+fn outside(run: Range<u64>, protect: &[Range<u64>]) -> Option<Range<u64>> {
+    let mut start = run.start;
+    while start < run.end {
+        if let Some(p) = protect.iter().find(|p| p.contains(&start)) {
+            start = p.end;
+            continue;
+        }
+        let end = protect
+            .iter()
+            .filter(|p| p.start > start)
+            .map(|p| p.start)
+            .fold(run.end, u64::min);
+        return Some(start..end);
+    }
+    None
 }
 
 /// The GFNs of a byte range.

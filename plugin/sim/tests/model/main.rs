@@ -584,4 +584,35 @@ mod found {
         ];
         run(&ops, 40, SimOptions::default()).expect("invariants");
     }
+
+    /// A copy from a lent BAR page into an element straddling two chunks,
+    /// the second lent already, at the lent-page limit: every run touched
+    /// one of the pages to keep, so the server found nothing to revoke and
+    /// the vCPU waited for ever. Found by the model test; the server now
+    /// revokes the parts of runs outside those pages.
+    #[test]
+    fn room_is_made_from_parts_of_runs() {
+        let ops = [
+            Create { slot: 1, vcpus: 1 },
+            Register {
+                slot: 1,
+                id: 0,
+                page: 2,
+                nr: 70,
+            },
+            Exec {
+                slot: 1,
+                vcpu: 0,
+                form: strategies::Form::BarToBar {
+                    dst_page: 63,
+                    src_page: 16,
+                    off: 4081,
+                    size: 2,
+                    len: 18,
+                    df: true,
+                },
+            },
+        ];
+        run(&ops, 40, SimOptions::default()).expect("invariants");
+    }
 }
