@@ -28,7 +28,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 use reference::{Reference, ServerState};
-use strategies::{op, Op, BAR_PAGES, BASES};
+use strategies::{op, Op, BAR_PAGES, FIRMWARE_BASE};
 use sut::{op_slot, Sut, MAX_RETRIES};
 
 /// Guest-physical base the model says a slot's accesses should use.
@@ -39,10 +39,10 @@ fn gpa_base(model: &Reference, op: &Op) -> u64 {
             if d.bar_base != 0 {
                 d.bar_base
             } else {
-                BASES[0]
+                FIRMWARE_BASE
             }
         })
-        .unwrap_or(BASES[0])
+        .unwrap_or(FIRMWARE_BASE)
 }
 
 /// Check what a guest access returned against the model.

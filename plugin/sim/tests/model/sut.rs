@@ -11,7 +11,7 @@ use gpu_hostmem_core::server::ServerConfig;
 use gpu_hostmem_sim::harness::{test_config, Guest};
 use gpu_hostmem_sim::{AccessReport, Fault, Sim, SimOptions};
 
-use super::strategies::{FaultKind, Op, BAR_PAGES, BASES};
+use super::strategies::{FaultKind, Op, BAR_PAGES, FIRMWARE_BASE};
 
 /// What one transition showed.
 #[derive(Debug, Default)]
@@ -102,7 +102,7 @@ impl Sut {
                 match Guest::create(&sim, u16::from(slot) + 1, vcpus, self.cfg) {
                     Ok(mut g) => {
                         // Firmware places and enables the BAR.
-                        g.program_bar(&sim, BASES[0]);
+                        g.program_bar(&sim, FIRMWARE_BASE);
                         self.guests.insert(slot, g);
                         self.degraded.insert(slot, armed);
                         obs.created = true;
@@ -147,7 +147,7 @@ impl Sut {
             }
             Op::MoveBar { slot, base } => {
                 if let Some(g) = self.guests.get_mut(&slot) {
-                    let b = BASES[base];
+                    let b = base;
                     g.config(&sim, REG_BAR0, 4, Some(b as u32));
                     g.config(&sim, REG_BAR1, 4, Some((b >> 32) as u32));
                 }
