@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::fault_around::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::ioreq::{
@@ -313,14 +313,30 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     }
 
     /// Handle every READY slot once. A domain that goes away meanwhile
-    /// gives [`Flow::DomainGone`], not an error.
+    /// gives [`Flow::DomainGone`], not an error. Any other error is fatal:
+    /// the guest is shut down as crashed, with the error as the reason,
+    /// rather than left waiting on a device that no longer answers.
     pub fn drain(&mut self, now: Instant) -> Result<Flow, ServerError> {
         match self.drain_slots(now) {
             Err(ServerError::Platform(e)) if e.is_gone() => {
                 self.gone = true;
                 Ok(Flow::DomainGone)
             }
+            Err(e) => {
+                self.crash_guest(&e);
+                Err(e)
+            }
             other => other,
+        }
+    }
+
+    fn crash_guest(&mut self, why: &ServerError) {
+        let reason = format!("gpu-hostmem-ioreqd: {why}");
+        error!(dom = %self.dom, %reason, "fatal error: shutting the guest down as crashed");
+        match self.dm.crash_domain(&self.dom, &reason) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => self.gone = true,
+            Err(e) => error!(dom = %self.dom, error = %e, "cannot shut the guest down"),
         }
     }
 
@@ -341,10 +357,25 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 chan.set_state(vcpu, STATE_IOREQ_INPROCESS)?;
                 req
             };
-            let resp = self.handle(vcpu, &req, now)?;
-            if let Some(chan) = self.chan.as_ref() {
+            // From here the vCPU waits for this slot: complete it whatever
+            // happens (as an unbacked access if handling failed) before an
+            // error goes up.
+            let (resp, failed) = match self.handle(vcpu, &req, now) {
+                Ok(resp) => (resp, None),
+                Err(e) => (Response::ready(ones_if_read(&req)), Some(e)),
+            };
+            let done = self.chan.as_ref().map_or(Ok(()), |chan| {
                 chan.complete(vcpu, resp.data, resp.state)?;
-                chan.notify(vcpu)?;
+                chan.notify(vcpu)
+            });
+            match (failed, done) {
+                (None, Ok(())) => {}
+                (None, Err(e)) => return Err(e.into()),
+                (Some(e), Ok(())) => return Err(e),
+                (Some(e), Err(e2)) => {
+                    warn!(dom = %self.dom, vcpu, error = %e2, "cannot complete the request that failed");
+                    return Err(e);
+                }
             }
         }
         Ok(if self.gone {

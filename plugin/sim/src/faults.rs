@@ -41,6 +41,12 @@ pub enum Fault {
     /// the page before Xen checks it, so Xen completes the access as
     /// unbacked.
     RevokeBeforeRetryCheck(u32),
+    /// The next revoke of every page (`RevokeRange::All`) fails with this
+    /// errno (not ESRCH).
+    RevokeAllFails(Errno),
+    /// The next completion of an ioreq slot (`IoreqChannel::complete`)
+    /// fails with this errno.
+    CompleteFails(Errno),
 }
 
 /// Faults armed and not yet consumed.

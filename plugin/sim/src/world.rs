@@ -87,6 +87,10 @@ pub struct Domain {
     pub unbacked: u64,
     /// Consecutive retries per vCPU (Xen's side of I3).
     pub vcpu_retries: Vec<u32>,
+    /// Shut down as crashed by a device model, with the reason it gave
+    /// (`xendevicemodel_shutdown(SHUTDOWN_crash)`): its vCPUs no longer
+    /// run, the platform operations still work until it is destroyed.
+    pub crashed: Option<String>,
 }
 
 /// An operation the platform applied to a domain, for I5 checks.

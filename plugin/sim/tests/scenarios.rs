@@ -1,5 +1,6 @@
 //! Deterministic scenarios on the simulator: one behaviour per test.
 
+use gpu_hostmem_core::ioreq::STATE_IORESP_READY;
 use gpu_hostmem_core::limits::Limits;
 use gpu_hostmem_core::platform::Errno;
 use gpu_hostmem_core::server::{ServerError, Stage};
@@ -268,4 +269,55 @@ fn lent_page_limit_is_enforced() {
     }
     assert!(sim.lent_pages(&g.ident) <= 20);
     assert!(g.server.as_ref().expect("server").counters().limit_refused > 0);
+}
+
+#[test]
+fn failed_revoke_on_bar_move_completes_the_request_and_crashes_the_guest() {
+    // Pages lent at the old BAR range cannot be revoked (ranged revoke and
+    // the revoke-all fallback both fail): the server must not go on, but
+    // it must not leave the vCPU INPROCESS either.
+    let (sim, mut g) = setup();
+    let id = g.servid.expect("server id");
+    sim.register(&g.ident, 1, 0, 32, 100).expect("register");
+    g.read(&sim, 0, BASE, 8);
+    assert_eq!(sim.lent_pages(&g.ident), 16);
+    sim.arm(Fault::RevokeFails(Errno::EIO));
+    sim.arm(Fault::RevokeAllFails(Errno::EIO));
+    let a = g.config(&sim, 0x14, 4, Some(2));
+    assert_eq!(
+        a,
+        Access::Gone,
+        "a crashed guest does not wait for an answer"
+    );
+    assert!(matches!(g.last_flow, Some(Err(_))), "{:?}", g.last_flow);
+    assert_eq!(
+        sim.slot_state(&g.ident, id, 0),
+        Some(STATE_IORESP_READY),
+        "the request was completed before the error was acted on"
+    );
+    let why = sim.crash_reason(&g.ident).expect("the guest was crashed");
+    assert!(why.contains("revok"), "reason: {why}");
+}
+
+#[test]
+fn failed_completion_crashes_the_guest_with_a_reason() {
+    let (sim, mut g) = setup();
+    sim.arm(Fault::CompleteFails(Errno::EIO));
+    let r = g.read(&sim, 1, BASE + 0x5000, 4);
+    assert_eq!(r.access, Access::Gone, "not left blocked: {r:?}");
+    assert!(matches!(g.last_flow, Some(Err(_))), "{:?}", g.last_flow);
+    let why = sim.crash_reason(&g.ident).expect("the guest was crashed");
+    assert!(why.contains("ioreq complete"), "reason: {why}");
+}
+
+#[test]
+fn domain_going_away_mid_request_is_not_a_crash() {
+    let (sim, mut g) = setup();
+    sim.arm(Fault::CompleteFails(Errno::ESRCH));
+    g.read(&sim, 0, BASE + 0x5000, 4);
+    assert!(matches!(
+        g.last_flow,
+        Some(Ok(gpu_hostmem_core::server::Flow::DomainGone))
+    ));
+    assert_eq!(sim.crash_reason(&g.ident), None);
 }
