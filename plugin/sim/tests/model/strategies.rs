@@ -23,6 +23,7 @@ pub enum FaultKind {
     MapMmioFails,
     RacingRevoke(u32),
     RevokeBeforeRetryCheck(u32),
+    CompleteFails,
 }
 
 /// One transition.
@@ -126,6 +127,7 @@ fn fault() -> impl Strategy<Value = FaultKind> {
         Just(FaultKind::MapMmioFails),
         (1u32..12).prop_map(FaultKind::RacingRevoke),
         (1u32..3).prop_map(FaultKind::RevokeBeforeRetryCheck),
+        Just(FaultKind::CompleteFails),
     ]
 }
 

@@ -63,8 +63,11 @@ impl Sut {
         let Some(g) = self.guests.get(&slot) else {
             return false;
         };
-        self.sim
-            .with_world(|w| w.domains.get(&g.ident.domid).is_some_and(|d| d.dying))
+        self.sim.with_world(|w| {
+            w.domains
+                .get(&g.ident.domid)
+                .is_some_and(|d| d.dying || d.crashed.is_some())
+        })
     }
 
     pub fn apply(&mut self, op: &Op, gpa_base: u64) -> Observation {
@@ -321,6 +324,7 @@ fn to_fault(f: FaultKind) -> Fault {
         FaultKind::MapMmioFails => Fault::MapMmio(Errno::ENOMEM),
         FaultKind::RacingRevoke(n) => Fault::RacingRevoke(n),
         FaultKind::RevokeBeforeRetryCheck(n) => Fault::RevokeBeforeRetryCheck(n),
+        FaultKind::CompleteFails => Fault::CompleteFails(Errno::EIO),
     }
 }
 
