@@ -18,7 +18,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::fault_around::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::ioreq::{
@@ -357,7 +357,9 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     }
 
     /// Handle every READY slot once. A domain that goes away meanwhile
-    /// gives [`Flow::DomainGone`], not an error.
+    /// gives [`Flow::DomainGone`], not an error. Any other error is fatal:
+    /// the guest is shut down as crashed, with the error as the reason,
+    /// rather than left waiting on a device that no longer answers.
     pub fn drain(&mut self, now: Instant) -> Result<Flow, ServerError> {
         match self
             .serve_deferred(now)
@@ -367,7 +369,21 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 self.gone = true;
                 Ok(Flow::DomainGone)
             }
+            Err(e) => {
+                self.crash_guest(&e);
+                Err(e)
+            }
             other => other,
+        }
+    }
+
+    fn crash_guest(&mut self, why: &ServerError) {
+        let reason = format!("gpu-hostmem-ioreqd: {why}");
+        error!(dom = %self.dom, %reason, "fatal error: shutting the guest down as crashed");
+        match self.dm.crash_domain(&self.dom, &reason) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => self.gone = true,
+            Err(e) => error!(dom = %self.dom, error = %e, "cannot shut the guest down"),
         }
     }
 
@@ -388,13 +404,29 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 chan.set_state(vcpu, STATE_IOREQ_INPROCESS)?;
                 req
             };
-            let resp = self.handle(vcpu, &req, now)?;
-            if resp.is_pending() {
+            // From here the vCPU waits for this slot: complete it whatever
+            // happens (as an unbacked access if handling failed) before an
+            // error goes up.
+            let (resp, failed) = match self.handle(vcpu, &req, now) {
+                Ok(resp) => (resp, None),
+                Err(e) => (unbacked_answer(&req), Some(e)),
+            };
+            if failed.is_none() && resp.is_pending() {
+                // Kept: a later drain answers it.
                 continue;
             }
-            if let Some(chan) = self.chan.as_ref() {
+            let done = self.chan.as_ref().map_or(Ok(()), |chan| {
                 chan.complete(vcpu, resp.data, resp.state)?;
-                chan.notify(vcpu)?;
+                chan.notify(vcpu)
+            });
+            match (failed, done) {
+                (None, Ok(())) => {}
+                (None, Err(e)) => return Err(e.into()),
+                (Some(e), Ok(())) => return Err(e),
+                (Some(e), Err(e2)) => {
+                    warn!(dom = %self.dom, vcpu, error = %e2, "cannot complete the request that failed");
+                    return Err(e);
+                }
             }
         }
         Ok(if self.gone {
@@ -1013,6 +1045,19 @@ pub fn request_span(req: &Ioreq) -> Option<Range<u64>> {
     };
     let end = start.checked_add(len)?;
     Some(start..end)
+}
+
+/// The answer for a request that cannot be served: all ones for a plain
+/// read, a dropped write; RETRY with nothing lent for `data_is_ptr`, so
+/// that Xen fills the guest buffer with ones after its resends (the
+/// server cannot copy guest memory, so IORESP_READY would leave it as it
+/// was).
+fn unbacked_answer(req: &Ioreq) -> Response {
+    if req.data_is_ptr {
+        Response::retry(0)
+    } else {
+        Response::ready(ones_if_read(req))
+    }
 }
 
 fn ones_if_read(req: &Ioreq) -> u64 {

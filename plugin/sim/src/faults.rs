@@ -38,6 +38,12 @@ pub enum Fault {
     /// a page of the request before Xen checks it, so Xen sends the
     /// request again (or, after its resends, completes it as unbacked).
     RevokeBeforeRetryCheck(u32),
+    /// The next revoke of every page (`RevokeRange::All`) fails with this
+    /// errno (not ESRCH).
+    RevokeAllFails(Errno),
+    /// The next completion of an ioreq slot (`IoreqChannel::complete`)
+    /// fails with this errno.
+    CompleteFails(Errno),
 }
 
 /// Faults armed and not yet consumed.

@@ -74,7 +74,7 @@ pub enum Access {
     /// The server answered with a state Xen does not accept; the domain
     /// was crashed.
     Crashed,
-    /// The domain is gone or dying.
+    /// The domain is gone, dying, or was shut down as crashed.
     Gone,
 }
 
@@ -179,6 +179,7 @@ impl Sim {
                 unbacked: 0,
                 vcpu_retries: vec![0; nr_vcpus as usize],
                 ram: Default::default(),
+                crashed: None,
             },
         );
         Ok(ident)
@@ -395,6 +396,27 @@ impl Sim {
         self.world.borrow_mut().phys_write(dom.domid, gpa, data)
     }
 
+    /// The reason a device model gave for crashing `dom`, if it did.
+    pub fn crash_reason(&self, dom: &DomainIdentity) -> Option<String> {
+        let w = self.world.borrow();
+        w.domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)
+            .and_then(|d| d.crashed.clone())
+    }
+
+    /// The state nibble of `vcpu`'s slot in server `id` of `dom` (what
+    /// Xen sees), or `None` if there is no such slot.
+    pub fn slot_state(&self, dom: &DomainIdentity, id: IoServId, vcpu: u32) -> Option<u8> {
+        let w = self.world.borrow();
+        let d = w
+            .domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)?;
+        let slot = d.servers.get(&id)?.slots.get(vcpu as usize)?;
+        Some(slot[IOREQ_STATE_OFFSET] & 0x0f)
+    }
+
     /// Xen's count of accesses it completed as unbacked.
     pub fn xen_unbacked(&self, dom: &DomainIdentity) -> u64 {
         let w = self.world.borrow();
@@ -549,6 +571,7 @@ impl Sim {
                 let w = self.world.borrow();
                 w.domains
                     .get(&dom.domid)
+                    .filter(|d| d.crashed.is_none())
                     .and_then(|d| d.servers.get(&sid))
                     .and_then(|s| s.slots.get(vcpu as usize))
                     .is_some_and(|b| b[IOREQ_STATE_OFFSET] & 0x0f == STATE_IOREQ_INPROCESS)
@@ -640,13 +663,14 @@ impl Sim {
     }
 }
 
+/// The domain `dom` names if its vCPUs run (the guest side of the world).
 fn live<'a>(
     domains: &'a mut std::collections::BTreeMap<u16, Domain>,
     dom: &DomainIdentity,
 ) -> Option<&'a mut Domain> {
     domains
         .get_mut(&dom.domid)
-        .filter(|d| d.ident.uid == dom.uid && !d.dying)
+        .filter(|d| d.ident.uid == dom.uid && !d.dying && d.crashed.is_none())
 }
 
 fn ones(size: u32, write: Option<u64>) -> u64 {

@@ -137,6 +137,10 @@ pub struct Domain {
     pub vcpu_retries: Vec<u32>,
     /// Guest RAM, by GFN (pages the test added).
     pub ram: BTreeMap<u64, PageBytes>,
+    /// Shut down as crashed by a device model, with the reason it gave
+    /// (`xendevicemodel_shutdown(SHUTDOWN_crash)`): its vCPUs no longer
+    /// run, the platform operations still work until it is destroyed.
+    pub crashed: Option<String>,
 }
 
 /// An operation the platform applied to a domain, for I5 checks.

@@ -1,5 +1,6 @@
 //! Deterministic scenarios on the simulator: one behaviour per test.
 
+use gpu_hostmem_core::ioreq::STATE_IORESP_READY;
 use gpu_hostmem_core::limits::Limits;
 use gpu_hostmem_core::platform::Errno;
 use gpu_hostmem_core::server::{ServerError, Stage};
@@ -85,23 +86,27 @@ fn config_space_reads_ids_and_sizes_bar() {
 
 #[test]
 fn bar_move_revokes_old_range_and_remaps() {
+    // The new lower dword has every writable bit of a 64 MiB BAR set, as a
+    // size probe would: it is an address all the same.
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 32, 100).expect("register");
     g.read(&sim, 0, BASE, 8);
     assert_eq!(sim.lent_pages(&g.ident), 16);
-    let new = 0x2_0000_0000u64;
+    let new = 0x2_fc00_0000u64;
     g.config(&sim, 0x10, 4, Some(new as u32));
     assert_eq!(
         sim.lent_pages(&g.ident),
-        16,
-        "low dword alone does not move"
+        0,
+        "the lower dword moves the BAR: the old range is revoked at once"
     );
     g.config(&sim, 0x14, 4, Some((new >> 32) as u32));
-    assert_eq!(sim.lent_pages(&g.ident), 0);
     let r = g.read(&sim, 0, BASE, 8);
+    assert!(matches!(r.access, Access::NoDevice { .. }), "{r:?}");
+    let r = g.read(&sim, 0, 0x1_fc00_0000 + 0x1000, 8);
     assert!(matches!(r.access, Access::NoDevice { .. }), "{r:?}");
     let r = g.read(&sim, 0, new + 0x1000, 8);
     assert_eq!(r.access.value(), Some(content(&sim, &g, 0x1000)));
+    assert!(sim.p2m(&g.ident).iter().all(|(gfn, _)| gfn << 12 >= new));
     sim.check_consistency().expect("consistent");
 }
 
@@ -625,4 +630,55 @@ fn old_retry_rule_fails_the_exactness_checks() {
         exact(&sim, &mut g, &insn).is_err(),
         "old rule drops the copy to the BAR"
     );
+}
+
+#[test]
+fn failed_revoke_on_bar_move_completes_the_request_and_crashes_the_guest() {
+    // Pages lent at the old BAR range cannot be revoked (ranged revoke and
+    // the revoke-all fallback both fail): the server must not go on, but
+    // it must not leave the vCPU INPROCESS either.
+    let (sim, mut g) = setup();
+    let id = g.servid.expect("server id");
+    sim.register(&g.ident, 1, 0, 32, 100).expect("register");
+    g.read(&sim, 0, BASE, 8);
+    assert_eq!(sim.lent_pages(&g.ident), 16);
+    sim.arm(Fault::RevokeFails(Errno::EIO));
+    sim.arm(Fault::RevokeAllFails(Errno::EIO));
+    let a = g.config(&sim, 0x14, 4, Some(2));
+    assert_eq!(
+        a,
+        Access::Gone,
+        "a crashed guest does not wait for an answer"
+    );
+    assert!(matches!(g.last_flow, Some(Err(_))), "{:?}", g.last_flow);
+    assert_eq!(
+        sim.slot_state(&g.ident, id, 0),
+        Some(STATE_IORESP_READY),
+        "the request was completed before the error was acted on"
+    );
+    let why = sim.crash_reason(&g.ident).expect("the guest was crashed");
+    assert!(why.contains("revok"), "reason: {why}");
+}
+
+#[test]
+fn failed_completion_crashes_the_guest_with_a_reason() {
+    let (sim, mut g) = setup();
+    sim.arm(Fault::CompleteFails(Errno::EIO));
+    let r = g.read(&sim, 1, BASE + 0x5000, 4);
+    assert_eq!(r.access, Access::Gone, "not left blocked: {r:?}");
+    assert!(matches!(g.last_flow, Some(Err(_))), "{:?}", g.last_flow);
+    let why = sim.crash_reason(&g.ident).expect("the guest was crashed");
+    assert!(why.contains("ioreq complete"), "reason: {why}");
+}
+
+#[test]
+fn domain_going_away_mid_request_is_not_a_crash() {
+    let (sim, mut g) = setup();
+    sim.arm(Fault::CompleteFails(Errno::ESRCH));
+    g.read(&sim, 0, BASE + 0x5000, 4);
+    assert!(matches!(
+        g.last_flow,
+        Some(Ok(gpu_hostmem_core::server::Flow::DomainGone))
+    ));
+    assert_eq!(sim.crash_reason(&g.ident), None);
 }

@@ -23,6 +23,8 @@
 //! - I4: lent pages per domain stay under the limit.
 //! - I5: no operation reaches a domain other than the one named, and a
 //!   teardown by an old identity changes nothing of a reused domid.
+//! - a request that fails to complete crashes its guest (no vCPU is left
+//!   waiting); the crashed guest is torn down like any other (I2).
 //! - no page reference leaks (reference counts match holders; after all
 //!   domains are gone no frame is left).
 
@@ -36,7 +38,7 @@ use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 use reference::{Reference, ServerState};
-use strategies::{op, Op, BAR_PAGES, BASES};
+use strategies::{op, Op, BAR_PAGES, FIRMWARE_BASE};
 use sut::{op_slot, Sut, MAX_RETRIES};
 
 /// Guest-physical base the model says a slot's accesses should use.
@@ -47,10 +49,10 @@ fn gpa_base(model: &Reference, op: &Op) -> u64 {
             if d.bar_base != 0 {
                 d.bar_base
             } else {
-                BASES[0]
+                FIRMWARE_BASE
             }
         })
-        .unwrap_or(BASES[0])
+        .unwrap_or(FIRMWARE_BASE)
 }
 
 /// Check what a guest access returned against the model.
@@ -140,6 +142,11 @@ fn check_access(
     };
     if got == "crashed" {
         return Err("the domain was crashed by a bad ioreq answer".into());
+    }
+    if got == "blocked" && d.server == ServerState::Running {
+        return Err(format!(
+            "access at {gpa:#x} left the vCPU waiting on a running server"
+        ));
     }
     if d.server == ServerState::Killed
         && active.is_some()
@@ -314,12 +321,23 @@ fn run(ops: &[Op], max_lent: u64, opts: SimOptions) -> Result<(), TestCaseError>
             check_access(&model, &sut, op, *gpa, r, near_limit)
                 .map_err(|e| TestCaseError::fail(format!("step {i} {op:?}: {e}")))?;
         }
-        model.apply(op, obs.created);
-        // Nondeterministic outcomes of faults, as the SUT saw them.
+        // Nondeterministic outcomes of faults, as the SUT saw them: a
+        // domain that died or was crashed during this step took no part of
+        // it after that point, so it is marked before the model applies it.
         for (slot, d) in model.slots.iter_mut() {
             if sut.is_dying(*slot) {
                 d.dying = true;
             }
+        }
+        model.apply(op, obs.created);
+        if sut
+            .guests
+            .values()
+            .any(|g| sut.sim.crash_reason(&g.ident).is_some())
+        {
+            TALLY.with(|t| *t.borrow_mut().entry("guest-crashed".into()).or_default() += 1);
+        }
+        for (slot, d) in model.slots.iter_mut() {
             if let Some(g) = sut.guests.get(slot) {
                 if g.server.is_none() && d.server == ServerState::Running {
                     d.server = ServerState::Gone;
@@ -379,6 +397,7 @@ fn strategies_reach_every_outcome() {
         "gone",
         "exact",
         "exact/retry",
+        "guest-crashed",
     ] {
         assert!(
             seen.get(k).copied().unwrap_or(0) > 0,

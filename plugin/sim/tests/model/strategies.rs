@@ -1,14 +1,17 @@
 //! Strategies: random transitions over a few domid slots, so creation,
 //! destruction and domid reuse collide often.
 
+use gpu_hostmem_core::pci::MAX_DECODE_END;
 use proptest::prelude::*;
 
 /// Domid slots (domid = slot + 1).
 pub const SLOTS: u8 = 3;
 /// BAR pages (4 MiB BAR).
 pub const BAR_PAGES: u64 = 1024;
-/// Candidate BAR bases (guest-physical), including one below 4 GiB.
-pub const BASES: [u64; 3] = [0x1_0000_0000, 0x2_0040_0000, 0xe000_0000];
+/// BAR size in bytes.
+pub const BAR_SIZE: u64 = BAR_PAGES * 4096;
+/// Where firmware places the BAR at creation.
+pub const FIRMWARE_BASE: u64 = 0x1_0000_0000;
 
 /// An armed fault, mapped to `gpu_hostmem_sim::Fault` by the SUT.
 #[derive(Clone, Copy, Debug)]
@@ -19,6 +22,7 @@ pub enum FaultKind {
     RevokeFails,
     MapMmioFails,
     RevokeBeforeRetryCheck(u32),
+    CompleteFails,
 }
 
 /// One transition.
@@ -56,7 +60,7 @@ pub enum Op {
     },
     MoveBar {
         slot: u8,
-        base: usize,
+        base: u64,
     },
     ToggleDecode {
         slot: u8,
@@ -229,6 +233,27 @@ fn page() -> impl Strategy<Value = u64> {
     prop_oneof![4 => 0u64..64, 1 => 0..BAR_PAGES, 1 => (0u64..4).prop_map(|k| k * 16 + 15)]
 }
 
+/// Size-aligned multiples of the BAR size in `[lo, hi)`.
+fn aligned(lo: u64, hi: u64) -> impl Strategy<Value = u64> {
+    (lo / BAR_SIZE..hi / BAR_SIZE).prop_map(|k| k * BAR_SIZE)
+}
+
+/// Any size-aligned BAR base a guest may write: below and above 4 GiB,
+/// anywhere it can address, ones whose lower dword has every writable bit
+/// set (which a size probe also writes), the highest decodable one, and
+/// ones beyond what any access can reach (decoded nowhere).
+fn bar_base() -> impl Strategy<Value = u64> {
+    let lo_all_ones = u64::from(!((BAR_SIZE - 1) as u32) & !0xf);
+    prop_oneof![
+        3 => aligned(BAR_SIZE, 1 << 32),
+        3 => aligned(1 << 32, 1 << 40),
+        1 => aligned(1 << 40, MAX_DECODE_END),
+        2 => (0u64..1 << 20).prop_map(move |hi| (hi << 32) | lo_all_ones),
+        1 => Just(MAX_DECODE_END - BAR_SIZE),
+        1 => aligned(MAX_DECODE_END, u64::MAX),
+    ]
+}
+
 fn fault() -> impl Strategy<Value = FaultKind> {
     prop_oneof![
         (1u32..5).prop_map(FaultKind::LendBusy),
@@ -237,6 +262,7 @@ fn fault() -> impl Strategy<Value = FaultKind> {
         Just(FaultKind::RevokeFails),
         Just(FaultKind::MapMmioFails),
         (1u32..12).prop_map(FaultKind::RevokeBeforeRetryCheck),
+        Just(FaultKind::CompleteFails),
     ]
 }
 
@@ -251,7 +277,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         10 => (slot(), 0u32..3, page(), prop_oneof![Just(1u32), Just(4), Just(8)])
             .prop_map(|(slot, vcpu, page, size)| Op::Read { slot, vcpu, page, size }),
         2 => (slot(), 0u32..3, page()).prop_map(|(slot, vcpu, page)| Op::Write { slot, vcpu, page }),
-        1 => (slot(), 0..BASES.len()).prop_map(|(slot, base)| Op::MoveBar { slot, base }),
+        2 => (slot(), bar_base()).prop_map(|(slot, base)| Op::MoveBar { slot, base }),
         1 => slot().prop_map(|slot| Op::ToggleDecode { slot }),
         1 => slot().prop_map(|slot| Op::ProbeBar { slot }),
         1 => slot().prop_map(|slot| Op::KillServer { slot }),

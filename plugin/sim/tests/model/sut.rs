@@ -12,7 +12,7 @@ use gpu_hostmem_core::server::ServerConfig;
 use gpu_hostmem_sim::harness::{byte_at, predict, test_config, Guest, Prediction};
 use gpu_hostmem_sim::{AccessReport, Fault, Insn, InsnReport, Sim, SimOptions};
 
-use super::strategies::{FaultKind, Form, Op, BAR_PAGES, BASES};
+use super::strategies::{FaultKind, Form, Op, BAR_PAGES, FIRMWARE_BASE};
 
 /// Guest RAM of every test guest: the RAM side of string instructions.
 pub const RAM_GPA: u64 = 0x10_0000;
@@ -86,8 +86,11 @@ impl Sut {
         let Some(g) = self.guests.get(&slot) else {
             return false;
         };
-        self.sim
-            .with_world(|w| w.domains.get(&g.ident.domid).is_some_and(|d| d.dying))
+        self.sim.with_world(|w| {
+            w.domains
+                .get(&g.ident.domid)
+                .is_some_and(|d| d.dying || d.crashed.is_some())
+        })
     }
 
     pub fn apply(&mut self, op: &Op, gpa_base: u64) -> Observation {
@@ -125,7 +128,7 @@ impl Sut {
                 match Guest::create(&sim, u16::from(slot) + 1, vcpus, self.cfg) {
                     Ok(mut g) => {
                         // Firmware places and enables the BAR.
-                        g.program_bar(&sim, BASES[0]);
+                        g.program_bar(&sim, FIRMWARE_BASE);
                         sim.add_guest_ram(&g.ident, RAM_GPA, RAM_PAGES);
                         let junk: Vec<u8> = (0..RAM_PAGES * 4096)
                             .map(|i| (i % 253) as u8 ^ 0xa5)
@@ -175,7 +178,7 @@ impl Sut {
             }
             Op::MoveBar { slot, base } => {
                 if let Some(g) = self.guests.get_mut(&slot) {
-                    let b = BASES[base];
+                    let b = base;
                     g.config(&sim, REG_BAR0, 4, Some(b as u32));
                     g.config(&sim, REG_BAR1, 4, Some((b >> 32) as u32));
                 }
@@ -370,6 +373,7 @@ fn to_fault(f: FaultKind) -> Fault {
         FaultKind::RevokeFails => Fault::RevokeFails(Errno::EIO),
         FaultKind::MapMmioFails => Fault::MapMmio(Errno::ENOMEM),
         FaultKind::RevokeBeforeRetryCheck(n) => Fault::RevokeBeforeRetryCheck(n),
+        FaultKind::CompleteFails => Fault::CompleteFails(Errno::EIO),
     }
 }
 
