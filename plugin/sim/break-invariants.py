@@ -27,9 +27,8 @@ breaks = {
  'B4-platform-skips-uid-check': [
    ('sim/tests/model/main.rs', '        run(&ops, 1 << 20, SimOptions::default())?;', '        run(&ops, 1 << 20, SimOptions { broken_skip_identity_check: true, ..SimOptions::default() })?;'),
  ],
- 'B5-unbounded-retries': [
-   ('core/src/server.rs', '        if !self.retries.try_retry(vcpu, gfn) {\n            return self.unbacked(vcpu, req, Unbacked::RetryExhausted);\n        }\n', '        let _ = self.retries.try_retry(vcpu, gfn); // BROKEN: bound ignored\n'),
-   ('core/src/server.rs', '        if self.retries.consecutive(vcpu) >= self.cfg.limits.max_retries {', '        if false { // BROKEN'),
+ 'B5-xen-ignores-resend-bound': [
+   ('sim/src/exec.rs', 'if req.kind != IOREQ_TYPE_COPY || resends > XEN_IOREQ_MAX_RETRIES {', 'if req.kind != IOREQ_TYPE_COPY { // BROKEN: no bound'),
  ],
  'B6-lent-page-limit-ignored': [
    ('core/src/server.rs', '        let mut remaining = max.saturating_sub(self.ledger.lent_pages());', '        let mut remaining = u64::MAX; // BROKEN\n        let _ = max;'),
@@ -43,6 +42,12 @@ breaks = {
  ],
  'B9-reference-not-dropped-on-revoke': [
    ('sim/src/world.rs', '            fr.refs = fr.refs.saturating_sub(1);\n            fr.lent_at = None;', '            // BROKEN: reference kept\n            fr.lent_at = None;'),
+ ],
+ 'B10-old-retry-rule': [
+   ('sim/tests/model/main.rs', '        run(&ops, 1 << 20, SimOptions::default())?;', '        run(&ops, 1 << 20, SimOptions { retry_rule: gpu_hostmem_sim::RetryRule::Reexecute, ..SimOptions::default() })?;'),
+ ],
+ 'B11-data-is-ptr-answered-ready': [
+   ('core/src/server.rs', '        if req.data_is_ptr {\n            self.counters.retries += 1;\n            Response::retry(0)', '        if false { // BROKEN: IORESP_READY, no copy\n            Response::retry(0)'),
  ],
 }
 if len(sys.argv) != 2 or sys.argv[1] not in list(breaks) + ['--list']:

@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::limits::{Limits, XEN_IOREQ_MAX_RETRIES};
+use crate::limits::Limits;
 use crate::pci::{PciIds, MAX_BAR_SIZE, MIN_BAR_SIZE};
+
+/// The smallest lent-page limit: one request must fit, with room left.
+pub const MIN_LENT_PAGES: u64 = 16;
 
 /// A complete file with every key at its default value (what
 /// `examples/gpu-hostmem.yaml` ships).
@@ -28,10 +31,9 @@ subsystem_id: 0x0001        # 0x0000 .. 0xffff
 fault_around_kib: 2048      # pages lent per fault: power of two, 4 .. 1048576
 limits:
   max_registrations: 1024   # per guest: 1 .. 65536
-  max_lent_pages: 4194304   # per guest, 4 KiB pages: 1 .. 268435456
+  max_lent_pages: 4194304   # per guest, 4 KiB pages: 16 .. 268435456
   fault_rate: 100000        # faults handled per second: 1 .. 100000000
   fault_burst: 10000        # 1 .. 100000000
-  max_retries: 8            # consecutive RETRY answers per vCPU: 1 .. 8
 log:
   target: stderr            # stderr | journald
   level: info               # error | warn | info | debug | trace
@@ -97,8 +99,6 @@ pub struct LimitsConfig {
     pub fault_rate: u64,
     /// Fault burst.
     pub fault_burst: u64,
-    /// Consecutive retries per vCPU.
-    pub max_retries: u64,
 }
 
 impl Default for LimitsConfig {
@@ -109,7 +109,6 @@ impl Default for LimitsConfig {
             max_lent_pages: l.max_lent_pages,
             fault_rate: l.fault_rate,
             fault_burst: l.fault_burst,
-            max_retries: u64::from(l.max_retries),
         }
     }
 }
@@ -262,11 +261,13 @@ impl Config {
                 "1 .. 65536",
             ));
         }
-        if !(1..=1 << 28).contains(&l.max_lent_pages) {
+        // One request touches up to two pages, which must be lent at once
+        // for Xen to complete it, while other vCPUs hold theirs.
+        if !(MIN_LENT_PAGES..=1 << 28).contains(&l.max_lent_pages) {
             return Err(err(
                 "limits.max_lent_pages",
                 l.max_lent_pages,
-                "1 .. 268435456 (1 TiB of 4 KiB pages)",
+                "16 .. 268435456 (1 TiB of 4 KiB pages)",
             ));
         }
         if l.fault_rate == 0 || l.fault_rate > 100_000_000 {
@@ -274,9 +275,6 @@ impl Config {
         }
         if l.fault_burst == 0 || l.fault_burst > 100_000_000 {
             return Err(err("limits.fault_burst", l.fault_burst, "1 .. 100000000"));
-        }
-        if !(1..=u64::from(XEN_IOREQ_MAX_RETRIES)).contains(&l.max_retries) {
-            return Err(err("limits.max_retries", l.max_retries, "1 .. 8"));
         }
         Ok(())
     }
@@ -309,7 +307,6 @@ impl Config {
             max_lent_pages: self.limits.max_lent_pages,
             fault_rate: self.limits.fault_rate,
             fault_burst: self.limits.fault_burst,
-            max_retries: self.limits.max_retries as u32,
         }
     }
 }
@@ -354,14 +351,14 @@ mod tests {
             "bar_size_mib: 4096\npci_slot: 7\nvendor_id: 0x1234\ndevice_id: 0x5678\n\
              subsystem_vendor_id: 0x1234\nsubsystem_id: 2\nfault_around_kib: 64\n\
              limits:\n  max_registrations: 10\n  max_lent_pages: 1000\n  fault_rate: 50\n\
-             \x20 fault_burst: 5\n  max_retries: 3\nlog:\n  target: journald\n  level: debug\n",
+             \x20 fault_burst: 5\nlog:\n  target: journald\n  level: debug\n",
         )
         .expect("valid");
         assert_eq!(c.bar_size(), 4 << 30);
         assert_eq!(c.pci_slot, 7);
         assert_eq!(c.pci_ids().vendor, 0x1234);
         assert_eq!(c.fault_around(), 64 << 10);
-        assert_eq!(c.limits().max_retries, 3);
+        assert_eq!(c.limits().fault_burst, 5);
         assert_eq!(c.log.target, LogTarget::Journald);
         assert_eq!(c.log.level, LogLevel::Debug);
     }
@@ -371,6 +368,8 @@ mod tests {
         for s in [
             "bar_sise_mib: 4\n",
             "limits:\n  max_pages: 3\n",
+            // Xen bounds the resends of a request itself now.
+            "limits:\n  max_retries: 8\n",
             "log:\n  file: x\n",
         ] {
             match parse(s) {
@@ -397,8 +396,8 @@ mod tests {
         );
         assert_eq!(range_key("limits:\n  fault_rate: 0\n"), "limits.fault_rate");
         assert_eq!(
-            range_key("limits:\n  max_retries: 9\n"),
-            "limits.max_retries"
+            range_key("limits:\n  max_lent_pages: 15\n"),
+            "limits.max_lent_pages"
         );
         assert_eq!(
             range_key("limits:\n  max_registrations: 0\n"),

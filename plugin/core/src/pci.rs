@@ -3,11 +3,13 @@
 //!
 //! Writes go through per-register writable masks, so sizing by writing
 //! all-ones and reading back needs no special case: the BAR's mask is
-//! `!(size - 1)`. A 64-bit BAR move takes effect when its upper dword is
-//! written (its first placement also on the lower dword alone, as hvmloader
-//! does below 4 GiB), and the BAR is decoded only while COMMAND.memory is set. A
-//! config write returns the MMIO diff ([`BarChange`]); the caller applies
-//! it to Xen and the ledger.
+//! `!(size - 1)` over both dwords. The address is decoded from both dwords
+//! after every write, as on hardware (and in QEMU and crosvm): a lower-dword
+//! write moves the BAR at once, and a probe done with memory decode on moves
+//! it for as long as the registers say so. The BAR is decoded only while
+//! COMMAND.memory is set, its address is not 0 and it ends within
+//! [`MAX_DECODE_END`]. A config write returns the MMIO diff ([`BarChange`]);
+//! the caller applies it to Xen and the ledger.
 
 use std::ops::Range;
 
@@ -44,6 +46,12 @@ pub const BAR_MEM_FLAGS_MASK: u32 = 0xf;
 pub const MIN_BAR_SIZE: u64 = 1 << 20;
 /// Largest BAR we emulate (64 GiB).
 pub const MAX_BAR_SIZE: u64 = 1 << 36;
+
+/// End (exclusive) of the guest-physical addresses a BAR can decode:
+/// x86-64's widest physical address (52 bits). A BAR placed beyond it (an
+/// upper dword of all ones during a size probe, say) decodes nothing, as no
+/// access can reach it; QEMU likewise leaves a BAR that wraps unmapped.
+pub const MAX_DECODE_END: u64 = 1 << 52;
 
 /// Size of the configuration space we emulate (the legacy 256 bytes;
 /// extended registers read as zero and ignore writes).
@@ -99,8 +107,6 @@ pub struct PciFunction {
     regs: [u32; NUM_DWORDS],
     writable: [u32; NUM_DWORDS],
     bar_size: u64,
-    /// Address committed by the last upper-dword write (0: unassigned).
-    bar_base: u64,
 }
 
 impl PciFunction {
@@ -129,7 +135,6 @@ impl PciFunction {
             regs,
             writable,
             bar_size,
-            bar_base: 0,
         })
     }
 
@@ -143,19 +148,22 @@ impl PciFunction {
         self.regs[idx(REG_COMMAND)] as u16
     }
 
-    /// Guest-physical range the BAR decodes now, if any: decode enabled
-    /// and an address committed.
+    /// Guest-physical range the BAR decodes now, if any: decode enabled,
+    /// an address other than 0, and the whole BAR below [`MAX_DECODE_END`].
     pub fn active_bar(&self) -> Option<Range<u64>> {
-        if self.command() & COMMAND_MEMORY != 0 && self.bar_base != 0 {
-            Some(self.bar_base..self.bar_base + self.bar_size)
-        } else {
-            None
+        if self.command() & COMMAND_MEMORY == 0 {
+            return None;
         }
+        let base = self.bar_base();
+        let end = base.checked_add(self.bar_size)?;
+        (base != 0 && end <= MAX_DECODE_END).then_some(base..end)
     }
 
-    /// Address committed by the guest (0 if none), whether decoded or not.
+    /// The address in BAR0/BAR1 now (0 if none), whether decoded or not.
     pub fn bar_base(&self) -> u64 {
-        self.bar_base
+        let lo = self.regs[idx(REG_BAR0)] & !BAR_MEM_FLAGS_MASK;
+        let hi = self.regs[idx(REG_BAR1)];
+        (u64::from(hi) << 32) | u64::from(lo)
     }
 
     /// Read `size` (1, 2 or 4) bytes at `reg`. Accesses that are
@@ -183,28 +191,7 @@ impl PciFunction {
         let lane = all_ones(size) << shift;
         let mask = self.writable[i] & lane;
         self.regs[i] = (self.regs[i] & !mask) | ((value << shift) & mask);
-        // A move takes effect on the upper dword, except the first placement:
-        // firmware that puts a 64-bit BAR below 4 GiB (hvmloader) writes only
-        // the lower dword and leaves the upper one at its reset value 0.
-        if reg & !3 == REG_BAR1 || (reg & !3 == REG_BAR0 && self.bar_base == 0) {
-            self.commit_bar();
-        }
         diff(before, self.active_bar())
-    }
-
-    /// Take the address in BAR0/BAR1 unless it is a size probe (either
-    /// dword with every writable bit set), which leaves the mapping as it
-    /// was until a real address is written.
-    fn commit_bar(&mut self) {
-        let lo = self.regs[idx(REG_BAR0)];
-        let hi = self.regs[idx(REG_BAR1)];
-        let lo_mask = self.writable[idx(REG_BAR0)];
-        let hi_mask = self.writable[idx(REG_BAR1)];
-        let probing = (lo_mask != 0 && lo & lo_mask == lo_mask) || (hi_mask != 0 && hi == hi_mask);
-        if probing {
-            return;
-        }
-        self.bar_base = (u64::from(hi) << 32) | u64::from(lo & !BAR_MEM_FLAGS_MASK);
     }
 }
 
@@ -299,28 +286,18 @@ mod tests {
     }
 
     #[test]
-    fn mem_bar_size_probe_ignores_all_address_bits_set() {
-        let mut f = func(GIB);
-        f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
-        program(&mut f, 0x1_0000_0000);
-        assert_eq!(f.active_bar(), Some(0x1_0000_0000..0x1_4000_0000));
-        let c1 = f.write(REG_BAR0, 4, 0xffff_ffff);
-        let c2 = f.write(REG_BAR1, 4, 0xffff_ffff);
-        assert!(c1.is_empty() && c2.is_empty());
-        assert_eq!(f.active_bar(), Some(0x1_0000_0000..0x1_4000_0000));
-    }
-
-    #[test]
-    fn bar_move_takes_effect_after_upper_dword() {
+    fn bar_move_by_both_dwords_ends_at_the_new_range() {
         let mut f = func(GIB);
         f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
         program(&mut f, 0x1_0000_0000);
         let c = f.write(REG_BAR0, 4, 0x8000_0000);
-        assert!(c.is_empty(), "low dword alone must not move the BAR");
-        assert_eq!(f.active_bar(), Some(0x1_0000_0000..0x1_4000_0000));
-        let c = f.write(REG_BAR1, 4, 0x2);
         assert_eq!(c.mmio_remove, Some(0x1_0000_0000..0x1_4000_0000));
+        assert_eq!(c.mmio_add, Some(0x1_8000_0000..0x1_c000_0000));
+        let c = f.write(REG_BAR1, 4, 0x2);
+        assert_eq!(c.mmio_remove, Some(0x1_8000_0000..0x1_c000_0000));
         assert_eq!(c.mmio_add, Some(0x2_8000_0000..0x2_c000_0000));
+        // Writing the same address again changes nothing.
+        assert!(f.write(REG_BAR1, 4, 0x2).is_empty());
     }
 
     #[test]
@@ -366,9 +343,10 @@ mod tests {
         let c = f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
         assert_eq!(c.mmio_add, Some(0xf000_0000..0xf400_0000));
         assert_eq!(f.active_bar(), Some(0xf000_0000..0xf400_0000));
-        // A size probe of the lower dword still leaves the BAR in place.
-        let c = f.write(REG_BAR0, 4, 0xffff_ffff);
-        assert!(c.is_empty());
+        // A size probe of the lower dword and its restore end where it was.
+        f.write(REG_BAR0, 4, 0xffff_ffff);
+        let c = f.write(REG_BAR0, 4, 0xf000_000c);
+        assert_eq!(c.mmio_add, Some(0xf000_0000..0xf400_0000));
         assert_eq!(f.active_bar(), Some(0xf000_0000..0xf400_0000));
     }
 
@@ -380,5 +358,99 @@ mod tests {
         f.write(REG_BAR0, 4, 0xe000_0000);
         let c = f.write(REG_BAR1, 1, 0);
         assert_eq!(c.mmio_add, Some(0xe000_0000..0xe010_0000));
+    }
+
+    #[test]
+    fn bar_at_all_ones_lower_dword_decodes() {
+        // 256 MiB BAR at 0x1_F000_0000: every writable bit of the lower
+        // dword is set, yet it is an address, not a size probe.
+        let mut f = func(256 << 20);
+        f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        program(&mut f, 0x1_f000_0000);
+        assert_eq!(f.active_bar(), Some(0x1_f000_0000..0x2_0000_0000));
+    }
+
+    #[test]
+    fn bar_move_to_all_ones_lower_dword_revokes_the_old_range() {
+        let mut f = func(256 << 20);
+        f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        program(&mut f, 0x1_0000_0000);
+        let c1 = f.write(REG_BAR0, 4, 0xf000_000c);
+        let c2 = f.write(REG_BAR1, 4, 0x2);
+        assert_eq!(c1.mmio_remove, Some(0x1_0000_0000..0x1_1000_0000));
+        assert_eq!(c2.mmio_add, Some(0x2_f000_0000..0x3_0000_0000));
+        // Whatever the lower-dword write decoded in between is removed again.
+        assert_eq!(c1.mmio_add, c2.mmio_remove);
+        assert_eq!(f.active_bar(), Some(0x2_f000_0000..0x3_0000_0000));
+    }
+
+    #[test]
+    fn lower_dword_write_after_first_placement_takes_effect() {
+        let mut f = func(64 << 20);
+        f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        f.write(REG_BAR0, 4, 0xe000_000c);
+        assert_eq!(f.active_bar(), Some(0xe000_0000..0xe400_0000));
+        let c = f.write(REG_BAR0, 4, 0xc000_000c);
+        assert_eq!(c.mmio_remove, Some(0xe000_0000..0xe400_0000));
+        assert_eq!(c.mmio_add, Some(0xc000_0000..0xc400_0000));
+        // Above 4 GiB too: the upper dword stays, the lower one moves.
+        program(&mut f, 0x1_0000_0000);
+        let c = f.write(REG_BAR0, 4, 0x8000_0000);
+        assert_eq!(c.mmio_remove, Some(0x1_0000_0000..0x1_0400_0000));
+        assert_eq!(c.mmio_add, Some(0x1_8000_0000..0x1_8400_0000));
+    }
+
+    #[test]
+    fn size_probe_with_decode_off_changes_nothing_and_restore_keeps_the_bar() {
+        // What Linux and hvmloader do: decode off, all ones, read, restore.
+        let mut f = func(GIB);
+        program(&mut f, 0x1_4000_0000);
+        for reg in [REG_BAR0, REG_BAR1] {
+            let old = f.read(reg, 4);
+            assert!(f.write(reg, 4, 0xffff_ffff).is_empty());
+            assert!(f.write(reg, 4, old).is_empty());
+        }
+        let c = f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        assert_eq!(c.mmio_add, Some(0x1_4000_0000..0x1_8000_0000));
+    }
+
+    #[test]
+    fn size_probe_with_decode_on_returns_to_the_same_range() {
+        // A guest that probes with decode on sees the BAR where the
+        // registers say, as on hardware; after the restore it is back.
+        let mut f = func(GIB);
+        f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        program(&mut f, 0x1_4000_0000);
+        let lo = f.read(REG_BAR0, 4);
+        let hi = f.read(REG_BAR1, 4);
+        let c = f.write(REG_BAR0, 4, 0xffff_ffff);
+        assert_eq!(c.mmio_remove, Some(0x1_4000_0000..0x1_8000_0000));
+        assert_eq!(c.mmio_add, Some(0x1_c000_0000..0x2_0000_0000));
+        let c = f.write(REG_BAR1, 4, 0xffff_ffff);
+        assert_eq!(
+            c.mmio_add, None,
+            "all-ones upper dword is beyond any guest address"
+        );
+        assert_eq!(
+            !(u64::from(f.read(REG_BAR1, 4)) << 32 | u64::from(f.read(REG_BAR0, 4) & !0xf)) + 1,
+            GIB
+        );
+        f.write(REG_BAR0, 4, lo);
+        f.write(REG_BAR1, 4, hi);
+        assert_eq!(f.active_bar(), Some(0x1_4000_0000..0x1_8000_0000));
+    }
+
+    #[test]
+    fn bar_beyond_the_guest_physical_address_width_is_not_decoded() {
+        let mut f = func(GIB);
+        f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        program(&mut f, MAX_DECODE_END - GIB);
+        assert_eq!(f.active_bar(), Some(MAX_DECODE_END - GIB..MAX_DECODE_END));
+        let c = program(&mut f, MAX_DECODE_END);
+        assert_eq!(c.mmio_remove, Some(MAX_DECODE_END - GIB..MAX_DECODE_END));
+        assert_eq!(f.active_bar(), None);
+        // The very top, whose end does not fit in 64 bits.
+        program(&mut f, 0u64.wrapping_sub(GIB));
+        assert_eq!(f.active_bar(), None);
     }
 }

@@ -272,6 +272,13 @@ pub trait DeviceModel {
 
     /// Destroy the server. `ESRCH` (domain gone) counts as done for callers.
     fn destroy_server(&mut self, dom: &DomainIdentity, id: IoServId) -> PlatformResult<()>;
+
+    /// Shut the domain down as crashed (`xendevicemodel_shutdown(dmod,
+    /// domid, SHUTDOWN_crash)`), for a fatal error that would otherwise
+    /// leave the guest hanging on a device that no longer answers. `why`
+    /// is the reason, for the platform's own records; the toolstack then
+    /// applies the guest's `on_crash` action.
+    fn crash_domain(&mut self, dom: &DomainIdentity, why: &str) -> PlatformResult<()>;
 }
 
 /// Which pages to revoke.

@@ -4,17 +4,21 @@
 //! RETRY, open the ioreq page and event channels, claim the PCI function,
 //! enable); a failure unwinds exactly the stages done. [`Server::drain`]
 //! takes every READY slot: READY -> INPROCESS -> handle -> IORESP_READY or
-//! IORESP_RETRY -> notify. PCI config cycles go to [`crate::pci`]; BAR
-//! accesses lend the fault-around chunk through [`HostMem`] and answer
-//! RETRY when pages are now lent, otherwise complete as an unbacked BAR
-//! (reads all-ones, writes dropped). A BAR move revokes what was lent at
-//! the old address and remaps the MMIO range. [`Server::shutdown`] and
+//! IORESP_RETRY -> notify. PCI config cycles go to [`crate::pci`]. A BAR
+//! request lends the fault-around chunk(s) of the registered pages it
+//! touches through [`HostMem`] and answers RETRY: Xen then completes the
+//! access from that memory itself. Offsets nobody registered complete as
+//! an unbacked BAR (reads all-ones, writes dropped). The fault rate limit
+//! and a lent-page limit with nothing left to revoke delay a request (its
+//! slot stays INPROCESS until a later drain answers it); they never answer
+//! it with made-up data. A BAR move revokes what was lent at the old
+//! address and remaps the MMIO range. [`Server::shutdown`] and
 //! [`teardown`] revoke everything of the domain and are idempotent.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::fault_around::{self, PAGE_SHIFT, PAGE_SIZE};
 use crate::ioreq::{
@@ -23,17 +27,30 @@ use crate::ioreq::{
     STATE_IORESP_READY, STATE_IORESP_RETRY,
 };
 use crate::ledger::DomainLedger;
-use crate::limits::{Limits, RateLimiter, RetryAccounting};
+use crate::limits::{Limits, RateLimiter};
 use crate::pci::{BarChange, PciError, PciFunction, PciIds};
 use crate::platform::{
     DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError,
     RevokeRange, Wake,
 };
-use crate::registry::Registry;
+use crate::registry::{Registration, Registry};
 use crate::status::{Counters, RegistrationStatus, Status};
 
 /// How many times a lend that answered `EBUSY` is tried again at once.
 pub const LEND_BUSY_ATTEMPTS: u32 = 3;
+
+/// Runs revoked at most, one per `ENOSPC`, before a lend that the
+/// kernel's own limit refuses waits instead.
+pub const ENOSPC_EVICTIONS: u32 = 8;
+
+/// How long a request left pending for room under the lent-page limit, or
+/// for a lend the kernel answered `EBUSY`, waits before it is tried again.
+pub const DEFER_POLL: Duration = Duration::from_millis(10);
+
+/// Bytes one BAR request may touch at most. Xen truncates a string request
+/// at the page boundary of its first element (one page, or two for a single
+/// straddling element); this bound only refuses nonsense.
+pub const MAX_REQUEST_BYTES: u64 = 4096 * 8;
 
 /// Parameters of one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,20 +119,25 @@ pub enum Unbacked {
     NotDecoded,
     /// Address outside the BAR (stale request after a move).
     OutsideBar,
-    /// Fault rate limit.
-    RateLimited,
     /// No registration at that offset.
     Unregistered,
-    /// Lent-page limit.
-    Limit,
-    /// This vCPU used up its consecutive retries.
-    RetryExhausted,
     /// The kernel refused the lend.
     LendFailed(Errno),
-    /// `data_is_ptr` requests are not emulated.
+    /// A request Xen does not produce (size, count, vCPU).
     Unsupported,
     /// The domain is gone.
     DomainGone,
+}
+
+/// Why a BAR request was left pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Defer {
+    /// The fault rate limit: answered when a token is available.
+    Rate,
+    /// No room under the lent-page limit, nothing left to revoke.
+    Room,
+    /// The kernel answered `EBUSY` (an invalidation is running).
+    Busy,
 }
 
 /// The answer to one ioreq.
@@ -123,11 +145,27 @@ pub enum Unbacked {
 pub struct Response {
     /// Data for reads.
     pub data: u64,
-    /// `STATE_IORESP_READY` or `STATE_IORESP_RETRY`.
+    /// `STATE_IORESP_READY` or `STATE_IORESP_RETRY`; `STATE_IOREQ_INPROCESS`
+    /// when the request is left pending ([`Response::is_pending`]).
     pub state: u8,
 }
 
 impl Response {
+    /// Not answered now: the slot stays INPROCESS and the server answers
+    /// it from a later [`Server::drain`].
+    fn pending() -> Self {
+        Response {
+            data: 0,
+            state: STATE_IOREQ_INPROCESS,
+        }
+    }
+
+    /// True if the request was left pending: the caller must neither
+    /// complete the slot nor notify.
+    pub fn is_pending(&self) -> bool {
+        self.state == STATE_IOREQ_INPROCESS
+    }
+
     fn ready(data: u64) -> Self {
         Response {
             data,
@@ -199,7 +237,8 @@ pub struct Server<D: DeviceModel, H: HostMem> {
     mmio: Option<Range<u64>>,
     registry: Registry,
     ledger: DomainLedger,
-    retries: RetryAccounting,
+    /// Requests left pending, at most one per vCPU.
+    deferred: Vec<Option<(Ioreq, Defer)>>,
     rate: RateLimiter,
     counters: Counters,
     gone: bool,
@@ -258,7 +297,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             mmio: None,
             registry: Registry::new(),
             ledger: DomainLedger::default(),
-            retries: RetryAccounting::new(nr_vcpus, cfg.limits.max_retries),
+            deferred: vec![None; nr_vcpus as usize],
             rate: RateLimiter::new(cfg.limits.fault_rate, cfg.limits.fault_burst),
             counters: Counters::default(),
             cfg,
@@ -302,8 +341,13 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         &self.hm
     }
 
-    /// Wait for events (bounded by `timeout`), then drain.
+    /// Wait for events (bounded by `timeout`, and by the time a pending
+    /// request can be answered), then drain.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> Result<Flow, ServerError> {
+        let timeout = match self.next_wake(Instant::now()) {
+            Some(w) => Some(timeout.map_or(w, |t| t.min(w))),
+            None => timeout,
+        };
         let Some(chan) = self.chan.as_mut() else {
             return Ok(Flow::DomainGone);
         };
@@ -313,14 +357,33 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     }
 
     /// Handle every READY slot once. A domain that goes away meanwhile
-    /// gives [`Flow::DomainGone`], not an error.
+    /// gives [`Flow::DomainGone`], not an error. Any other error is fatal:
+    /// the guest is shut down as crashed, with the error as the reason,
+    /// rather than left waiting on a device that no longer answers.
     pub fn drain(&mut self, now: Instant) -> Result<Flow, ServerError> {
-        match self.drain_slots(now) {
+        match self
+            .serve_deferred(now)
+            .and_then(|()| self.drain_slots(now))
+        {
             Err(ServerError::Platform(e)) if e.is_gone() => {
                 self.gone = true;
                 Ok(Flow::DomainGone)
             }
+            Err(e) => {
+                self.crash_guest(&e);
+                Err(e)
+            }
             other => other,
+        }
+    }
+
+    fn crash_guest(&mut self, why: &ServerError) {
+        let reason = format!("gpu-hostmem-ioreqd: {why}");
+        error!(dom = %self.dom, %reason, "fatal error: shutting the guest down as crashed");
+        match self.dm.crash_domain(&self.dom, &reason) {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => self.gone = true,
+            Err(e) => error!(dom = %self.dom, error = %e, "cannot shut the guest down"),
         }
     }
 
@@ -341,10 +404,29 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 chan.set_state(vcpu, STATE_IOREQ_INPROCESS)?;
                 req
             };
-            let resp = self.handle(vcpu, &req, now)?;
-            if let Some(chan) = self.chan.as_ref() {
+            // From here the vCPU waits for this slot: complete it whatever
+            // happens (as an unbacked access if handling failed) before an
+            // error goes up.
+            let (resp, failed) = match self.handle(vcpu, &req, now) {
+                Ok(resp) => (resp, None),
+                Err(e) => (unbacked_answer(&req), Some(e)),
+            };
+            if failed.is_none() && resp.is_pending() {
+                // Kept: a later drain answers it.
+                continue;
+            }
+            let done = self.chan.as_ref().map_or(Ok(()), |chan| {
                 chan.complete(vcpu, resp.data, resp.state)?;
-                chan.notify(vcpu)?;
+                chan.notify(vcpu)
+            });
+            match (failed, done) {
+                (None, Ok(())) => {}
+                (None, Err(e)) => return Err(e.into()),
+                (Some(e), Ok(())) => return Err(e),
+                (Some(e), Err(e2)) => {
+                    warn!(dom = %self.dom, vcpu, error = %e2, "cannot complete the request that failed");
+                    return Err(e);
+                }
             }
         }
         Ok(if self.gone {
@@ -354,7 +436,58 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         })
     }
 
-    /// Handle one request (the slot itself is the caller's business).
+    /// When a pending request can be answered, counted from `now`: `None`
+    /// if nothing is pending. Never less than a millisecond (the loop's
+    /// wait has millisecond resolution).
+    pub fn next_wake(&self, now: Instant) -> Option<Duration> {
+        let wait = self
+            .deferred
+            .iter()
+            .flatten()
+            .map(|(_, why)| match why {
+                Defer::Rate => self.rate.wait(now),
+                Defer::Room | Defer::Busy => DEFER_POLL,
+            })
+            .min()?;
+        Some(wait.max(Duration::from_millis(1)))
+    }
+
+    /// Requests left pending now.
+    pub fn pending(&self) -> usize {
+        self.deferred.iter().flatten().count()
+    }
+
+    /// Answer the pending requests that can be answered now. A slot that
+    /// is no longer INPROCESS (the vCPU went away, or the domain was
+    /// reset) drops its pending request.
+    fn serve_deferred(&mut self, now: Instant) -> Result<(), ServerError> {
+        for vcpu in 0..self.deferred.len() {
+            let Some((req, _)) = self.deferred[vcpu].take() else {
+                continue;
+            };
+            let vcpu = vcpu as u32;
+            let still = match self.chan.as_ref() {
+                Some(c) => c.state(vcpu)? == STATE_IOREQ_INPROCESS,
+                None => false,
+            };
+            if !still {
+                continue;
+            }
+            let resp = self.bar_answer(vcpu, &req, now);
+            if resp.is_pending() {
+                continue;
+            }
+            if let Some(chan) = self.chan.as_ref() {
+                chan.complete(vcpu, resp.data, resp.state)?;
+                chan.notify(vcpu)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle one request (the slot itself is the caller's business). A
+    /// [pending](Response::is_pending) answer means the server keeps the
+    /// request and answers it from a later [`Server::drain`].
     pub fn handle(
         &mut self,
         vcpu: u32,
@@ -363,14 +496,10 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     ) -> Result<Response, ServerError> {
         self.counters.requests += 1;
         match req.kind {
-            IOREQ_TYPE_PCI_CONFIG => {
-                self.retries.reset(vcpu);
-                self.pci_config(req)
-            }
+            IOREQ_TYPE_PCI_CONFIG => self.pci_config(req),
             IOREQ_TYPE_COPY => Ok(self.bar_access(vcpu, req, now)),
             IOREQ_TYPE_TIMEOFFSET | IOREQ_TYPE_INVALIDATE => Ok(Response::ready(req.data)),
             IOREQ_TYPE_PIO => {
-                self.retries.reset(vcpu);
                 self.counters.unsupported += 1;
                 debug!(dom = %self.dom, port = req.addr, "port I/O is not ours: all-ones");
                 Ok(Response::ready(ones_if_read(req)))
@@ -468,12 +597,15 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         }
     }
 
+    /// Complete a request as an unbacked BAR: only for offsets nobody
+    /// registered (or a BAR that does not decode them). A plain read gets
+    /// all ones and a write is dropped, at once. A `data_is_ptr` request
+    /// cannot be answered with data (the server cannot copy guest memory):
+    /// it gets RETRY with nothing lent, so Xen, finding the pages still
+    /// unmapped, sends it again and then completes it as unbacked itself
+    /// (the guest buffer filled with ones), counting it as refused.
     fn unbacked(&mut self, vcpu: u32, req: &Ioreq, why: Unbacked) -> Response {
-        self.retries.reset(vcpu);
         match why {
-            Unbacked::RateLimited => self.counters.rate_limited += 1,
-            Unbacked::RetryExhausted => self.counters.retry_exhausted += 1,
-            Unbacked::Limit => self.counters.limit_refused += 1,
             Unbacked::LendFailed(_) => self.counters.lend_errors += 1,
             Unbacked::Unsupported => self.counters.unsupported += 1,
             _ => {}
@@ -483,12 +615,54 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         } else {
             self.counters.unbacked_writes += 1;
         }
-        debug!(dom = %self.dom, vcpu, addr = req.addr, reason = ?why, "BAR access refused: unbacked");
-        Response::ready(ones_if_read(req))
+        debug!(dom = %self.dom, vcpu, addr = req.addr, reason = ?why, "BAR access unbacked");
+        if req.data_is_ptr {
+            self.counters.retries += 1;
+            Response::retry(0)
+        } else {
+            Response::ready(ones_if_read(req))
+        }
+    }
+
+    /// Leave the request pending (its slot stays INPROCESS, the vCPU
+    /// waits): it is answered by a later [`Server::drain`], when the rate
+    /// allows or room for the lend was found. A vCPU has at most one
+    /// request, so at most one is kept per vCPU.
+    fn defer(&mut self, vcpu: u32, req: &Ioreq, why: Defer) -> Response {
+        match why {
+            Defer::Rate => self.counters.rate_limited += 1,
+            Defer::Room => self.counters.limit_deferred += 1,
+            Defer::Busy => {}
+        }
+        if let Some(slot) = self.deferred.get_mut(vcpu as usize) {
+            *slot = Some((*req, why));
+            Response::pending()
+        } else {
+            // Not a vCPU of this domain: nothing can wait for it.
+            self.unbacked(vcpu, req, Unbacked::Unsupported)
+        }
     }
 
     fn bar_access(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Response {
         self.counters.bar_faults += 1;
+        if let Some(slot) = self.deferred.get_mut(vcpu as usize) {
+            // A new request from this vCPU: any older one is finished.
+            *slot = None;
+        }
+        let resp = self.bar_answer(vcpu, req, now);
+        if resp.is_pending() {
+            self.counters.deferred += 1;
+        }
+        resp
+    }
+
+    /// Answer a BAR request (new or deferred): lend the registered pages
+    /// it touches, then RETRY, which tells Xen to complete the access from
+    /// that memory itself (reads, writes, `rep stos`, and `data_is_ptr`
+    /// copies alike). Offsets nobody registered complete as unbacked. A
+    /// guard against a flooding guest (rate, lent-page limit) delays the
+    /// request, it never answers with made-up data.
+    fn bar_answer(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Response {
         let Some(bar) = self.pci.active_bar() else {
             return self.unbacked(vcpu, req, Unbacked::NotDecoded);
         };
@@ -498,34 +672,79 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         if self.gone {
             return self.unbacked(vcpu, req, Unbacked::DomainGone);
         }
-        let gfn = req.addr >> PAGE_SHIFT;
-        let off = req.addr - bar.start;
-        if self.retries.consecutive(vcpu) >= self.cfg.limits.max_retries {
-            self.retries.reset(vcpu);
-            return self.unbacked(vcpu, req, Unbacked::RetryExhausted);
-        }
-        if !self.rate.allow(now) {
-            return self.unbacked(vcpu, req, Unbacked::RateLimited);
-        }
-        let reg = match self.registry.lookup(off) {
-            Some(r) => *r,
-            None => {
-                self.refresh_registry();
-                match self.registry.lookup(off) {
-                    Some(r) => *r,
-                    None => return self.unbacked(vcpu, req, Unbacked::Unregistered),
-                }
-            }
+        let Some(span) = request_span(req) else {
+            return self.unbacked(vcpu, req, Unbacked::Unsupported);
         };
-        let max = self.cfg.limits.max_lent_pages;
-        let mut remaining = max.saturating_sub(self.ledger.lent_pages());
-        if remaining < self.cfg.fault_around >> PAGE_SHIFT {
-            // The ledger is an upper bound (the kernel revokes on
-            // invalidation without telling us): ask for the real count.
-            match self.hm.query(&self.dom) {
-                Ok(q) => remaining = max.saturating_sub(q.lent_pages),
-                Err(e) => self.note_gone(&e),
+        if !self.rate.allow(now) {
+            return self.defer(vcpu, req, Defer::Rate);
+        }
+        // The registered pages the request touches, as BAR offsets.
+        let first = span.start & !(PAGE_SIZE - 1);
+        let mut pages: Vec<(u64, Registration)> = Vec::new();
+        let mut refreshed = false;
+        for page in (first..span.end).step_by(PAGE_SIZE as usize) {
+            if !bar.contains(&page) {
+                continue;
             }
+            let off = page - bar.start;
+            let mut reg = self.registry.lookup(off).copied();
+            if reg.is_none() && !refreshed {
+                self.refresh_registry();
+                refreshed = true;
+                reg = self.registry.lookup(off).copied();
+            }
+            if let Some(r) = reg {
+                pages.push((off, r));
+            }
+        }
+        if pages.is_empty() {
+            return self.unbacked(vcpu, req, Unbacked::Unregistered);
+        }
+        // Pages of the request itself are never evicted to make room.
+        // Nor is the guest memory a `data_is_ptr` request copies to or
+        // from, which may be a lent BAR page (a copy between two BAR
+        // offsets, one of them lent).
+        let mut protect = vec![gfns(&span)];
+        if req.data_is_ptr {
+            let mut data = *req;
+            data.addr = req.data;
+            if let Some(d) = request_span(&data) {
+                protect.push(gfns(&d));
+            }
+        }
+        let mut done: Option<Range<u64>> = None;
+        for (off, reg) in pages {
+            let gfn = (bar.start + off) >> PAGE_SHIFT;
+            if done.as_ref().is_some_and(|d| d.contains(&gfn)) {
+                continue;
+            }
+            match self.ensure_lent(vcpu, req, bar.start, off, reg, &protect) {
+                Ok(lent) => done = Some(lent),
+                Err(answer) => return answer,
+            }
+        }
+        self.counters.retries += 1;
+        Response::retry(0)
+    }
+
+    /// Lend the fault-around chunk of BAR offset `off` (registered in
+    /// `reg`), making room under the lent-page limit by revoking other
+    /// runs if needed. Returns the GFNs now lent around it (from `off`'s
+    /// page on); `Err` carries the answer when lending is impossible.
+    fn ensure_lent(
+        &mut self,
+        vcpu: u32,
+        req: &Ioreq,
+        bar_start: u64,
+        off: u64,
+        reg: Registration,
+        protect: &[Range<u64>],
+    ) -> Result<Range<u64>, Response> {
+        let gfn = (bar_start + off) >> PAGE_SHIFT;
+        let chunk_pages = (self.cfg.fault_around >> PAGE_SHIFT).max(1);
+        let mut remaining = self.room(chunk_pages);
+        if remaining < chunk_pages {
+            remaining = self.make_room(chunk_pages, protect);
         }
         let Some(plan) = fault_around::plan(
             off,
@@ -534,66 +753,130 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             reg.offset..reg.end(),
             remaining,
         ) else {
-            return self.unbacked(vcpu, req, Unbacked::Limit);
+            return Err(self.defer(vcpu, req, Defer::Room));
         };
-        let first_gfn = (bar.start + plan.offset) >> PAGE_SHIFT;
-        let lent = match self.lend(plan.offset, first_gfn, plan.nr_pages) {
-            Ok(n) => n,
-            Err(e) if e.errno == Errno::EEXIST && plan.nr_pages > 1 => {
-                // Part of the chunk is occupied (another vCPU's fault, or a
-                // partly revoked chunk): lend just the faulting page.
-                let page_off = off & !(PAGE_SIZE - 1);
-                match self.lend(page_off, gfn, 1) {
-                    Ok(n) => n,
-                    Err(e) if e.errno == Errno::EEXIST => 1,
-                    Err(e) => return self.lend_failed(vcpu, req, e),
+        let first_gfn = (bar_start + plan.offset) >> PAGE_SHIFT;
+        let planned = first_gfn..first_gfn + plan.nr_pages;
+        let single = gfn..gfn + 1;
+        let mut evictions = 0;
+        let (lent, range) = loop {
+            match self.lend(plan.offset, first_gfn, plan.nr_pages) {
+                Ok(n) => break (n, planned.clone()),
+                Err(e) if e.errno == Errno::EEXIST && plan.nr_pages > 1 => {
+                    // Part of the chunk is occupied (another vCPU's fault, or
+                    // a partly revoked chunk): lend just the faulting page.
+                    let page_off = off & !(PAGE_SIZE - 1);
+                    match self.lend(page_off, gfn, 1) {
+                        Ok(n) => break (n, single.clone()),
+                        Err(e) if e.errno == Errno::EEXIST => break (1, single.clone()),
+                        Err(e) if e.errno == Errno::ENOSPC => {
+                            return Err(self.defer(vcpu, req, Defer::Room));
+                        }
+                        Err(e) if e.errno == Errno::EBUSY => {
+                            return Err(self.defer(vcpu, req, Defer::Busy));
+                        }
+                        Err(e) => return Err(self.lend_failed(vcpu, req, e)),
+                    }
                 }
+                Err(e) if e.errno == Errno::EEXIST => break (1, single.clone()),
+                Err(e) if e.errno == Errno::ENOSPC => {
+                    // The kernel's or Xen's own limit: revoke one of our
+                    // older runs and try again, a few times; with nothing
+                    // of ours to revoke, wait.
+                    evictions += 1;
+                    if evictions > ENOSPC_EVICTIONS || !self.evict_one(protect) {
+                        return Err(self.defer(vcpu, req, Defer::Room));
+                    }
+                }
+                Err(e) if e.errno == Errno::EBUSY => {
+                    // An invalidation is still running: try again later.
+                    return Err(self.defer(vcpu, req, Defer::Busy));
+                }
+                Err(e) => return Err(self.lend_failed(vcpu, req, e)),
             }
-            Err(e) if e.errno == Errno::EEXIST => 1,
-            Err(e) => return self.lend_failed(vcpu, req, e),
         };
         if lent < plan.nr_pages {
             // Fewer pages than planned: the cached registrations may be
             // stale (the backend unregistered or registered again since
             // the last query), and what the kernel lent may not include the
-            // faulting page. A RETRY would then only make Xen complete the
-            // access as unbacked after one more round trip: ask the kernel
-            // and answer now if nothing was lent or the page is no longer
-            // registered.
+            // faulting page. Ask the kernel; a page no longer registered
+            // is unbacked.
             self.refresh_registry();
             if lent == 0 || self.registry.lookup(off).is_none() {
-                return self.unbacked(vcpu, req, Unbacked::Unregistered);
+                return Err(self.unbacked(vcpu, req, Unbacked::Unregistered));
             }
         }
-        if !self.retries.try_retry(vcpu, gfn) {
-            return self.unbacked(vcpu, req, Unbacked::RetryExhausted);
+        Ok(gfn.max(range.start)..range.end)
+    }
+
+    /// Pages the lent-page limit still allows, asking the kernel when the
+    /// ledger (an upper bound) says fewer than `want`.
+    fn room(&mut self, want: u64) -> u64 {
+        let max = self.cfg.limits.max_lent_pages;
+        let mut remaining = max.saturating_sub(self.ledger.lent_pages());
+        if remaining < want {
+            // The kernel revokes on invalidation without telling us.
+            match self.hm.query(&self.dom) {
+                Ok(q) => remaining = max.saturating_sub(q.lent_pages),
+                Err(e) => self.note_gone(&e),
+            }
         }
-        self.counters.retries += 1;
-        Response::retry(0)
+        remaining
+    }
+
+    /// Revoke lent runs outside every range of `protect` (GFNs) until `want` pages fit
+    /// under the limit or nothing is left to revoke. Revoking is always
+    /// safe: the guest faults on those pages again. Returns the room.
+    fn make_room(&mut self, want: u64, protect: &[Range<u64>]) -> u64 {
+        loop {
+            let remaining = self.room(want);
+            if remaining >= want || !self.evict_one(protect) {
+                return remaining;
+            }
+        }
+    }
+
+    /// Revoke one lent run, or the first part of one that lies outside
+    /// every range of `protect` (GFNs). False if there is none, or the
+    /// revoke failed.
+    fn evict_one(&mut self, protect: &[Range<u64>]) -> bool {
+        let victim = self
+            .ledger
+            .runs()
+            .filter(|r| r.lent > 0)
+            .find_map(|r| outside(r.first_gfn..r.first_gfn + r.nr_pages, protect));
+        let Some(v) = victim else {
+            return false;
+        };
+        debug!(dom = %self.dom, first_gfn = v.start, nr_pages = v.end - v.start,
+               "lent-page limit: revoking a run to make room");
+        let before = self.ledger.lent_pages();
+        let ok = self
+            .revoke_range((v.start << PAGE_SHIFT)..(v.end << PAGE_SHIFT))
+            .is_ok()
+            && !self.gone;
+        self.counters.evicted_pages += before.saturating_sub(self.ledger.lent_pages());
+        ok
     }
 
     fn lend_failed(&mut self, vcpu: u32, req: &Ioreq, e: PlatformError) -> Response {
-        let why = if e.is_gone() {
+        if e.is_gone() {
             self.gone = true;
-            Unbacked::DomainGone
-        } else if e.errno == Errno::ENOSPC {
-            Unbacked::Limit
-        } else {
-            // Not the guest's doing: say so, on the first failure and then
-            // once per 1024, since every access to those pages fails again.
-            if self.counters.lend_errors % 1024 == 0 {
-                let hint = if e.errno == Errno::ENOMEM {
-                    "; ENOMEM: Xen's paging memory for the guest may be used up \
-                     (shadow_memory and gpu_hostmem_size in xl.cfg(5))"
-                } else {
-                    ""
-                };
-                warn!(dom = %self.dom, error = %e, failures = self.counters.lend_errors + 1,
-                      "lending failed, BAR accesses there read as all ones{hint}");
-            }
-            Unbacked::LendFailed(e.errno)
-        };
-        self.unbacked(vcpu, req, why)
+            return self.unbacked(vcpu, req, Unbacked::DomainGone);
+        }
+        // Not the guest's doing: say so, on the first failure and then
+        // once per 1024, since every access to those pages fails again.
+        if self.counters.lend_errors % 1024 == 0 {
+            let hint = if e.errno == Errno::ENOMEM {
+                "; ENOMEM: Xen's paging memory for the guest may be used up \
+                 (shadow_memory and gpu_hostmem_size in xl.cfg(5))"
+            } else {
+                ""
+            };
+            warn!(dom = %self.dom, error = %e, failures = self.counters.lend_errors + 1,
+                  "lending failed, BAR accesses there complete as unbacked{hint}");
+        }
+        self.unbacked(vcpu, req, Unbacked::LendFailed(e.errno))
     }
 
     /// Lend, retrying `EBUSY` a few times, and record it in the ledger.
@@ -718,6 +1001,62 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         report.note(self.dm.destroy_server(&dom, id));
         self.stopped = true;
         (self.dm, self.hm, report)
+    }
+}
+
+/// The first part of `run` outside every range of `protect`, if any.
+fn outside(run: Range<u64>, protect: &[Range<u64>]) -> Option<Range<u64>> {
+    let mut start = run.start;
+    while start < run.end {
+        if let Some(p) = protect.iter().find(|p| p.contains(&start)) {
+            start = p.end;
+            continue;
+        }
+        let end = protect
+            .iter()
+            .filter(|p| p.start > start)
+            .map(|p| p.start)
+            .fold(run.end, u64::min);
+        return Some(start..end);
+    }
+    None
+}
+
+/// The GFNs of a byte range.
+fn gfns(r: &Range<u64>) -> Range<u64> {
+    (r.start >> PAGE_SHIFT)..r.end.div_ceil(PAGE_SIZE)
+}
+
+/// The guest-physical bytes a BAR request touches, `df` aware: element
+/// `i` of `count` is at `addr + i * size`, or `addr - i * size` with `df`.
+/// `None` for requests Xen does not produce (size not 1, 2, 4 or 8, or more
+/// than [`MAX_REQUEST_BYTES`]).
+pub fn request_span(req: &Ioreq) -> Option<Range<u64>> {
+    if !matches!(req.size, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let size = u64::from(req.size);
+    let reps = u64::from(req.count.max(1));
+    let len = reps.checked_mul(size).filter(|l| *l <= MAX_REQUEST_BYTES)?;
+    let start = if req.df {
+        req.addr.checked_sub(len - size)?
+    } else {
+        req.addr
+    };
+    let end = start.checked_add(len)?;
+    Some(start..end)
+}
+
+/// The answer for a request that cannot be served: all ones for a plain
+/// read, a dropped write; RETRY with nothing lent for `data_is_ptr`, so
+/// that Xen fills the guest buffer with ones after its resends (the
+/// server cannot copy guest memory, so IORESP_READY would leave it as it
+/// was).
+fn unbacked_answer(req: &Ioreq) -> Response {
+    if req.data_is_ptr {
+        Response::retry(0)
+    } else {
+        Response::ready(ones_if_read(req))
     }
 }
 

@@ -20,16 +20,21 @@ pub struct Counters {
     pub pages_lent: u64,
     /// RETRY answers.
     pub retries: u64,
-    /// Reads completed as unbacked (all-ones).
+    /// Reads completed as unbacked (all-ones), or answered so that Xen
+    /// completes them as unbacked.
     pub unbacked_reads: u64,
     /// Writes dropped as unbacked.
     pub unbacked_writes: u64,
-    /// Faults refused by the rate limit.
+    /// BAR requests left pending to be answered later (by the rate limit,
+    /// the lent-page limit, or a busy kernel).
+    pub deferred: u64,
+    /// Times the rate limit delayed a request.
     pub rate_limited: u64,
-    /// Faults refused because the vCPU used up its retries.
-    pub retry_exhausted: u64,
-    /// Faults refused by the lent-page limit.
-    pub limit_refused: u64,
+    /// Times the lent-page limit delayed a request (nothing left to
+    /// revoke to make room).
+    pub limit_deferred: u64,
+    /// Lent pages revoked to make room under the lent-page limit.
+    pub evicted_pages: u64,
     /// Lend calls that failed.
     pub lend_errors: u64,
     /// BAR moves (mapping removed or added).
@@ -117,9 +122,9 @@ impl Status {
         let c = &self.counters;
         let _ = writeln!(
             s,
-            "faults      {} (lends {}, retries {}, unbacked reads {}, unbacked writes {}, rate-limited {}, retries exhausted {}, limit {}, lend errors {})",
+            "faults      {} (lends {}, retries {}, unbacked reads {}, unbacked writes {}, deferred {}, rate-limited {}, limit {}, evicted pages {}, lend errors {})",
             c.bar_faults, c.lends, c.retries, c.unbacked_reads, c.unbacked_writes,
-            c.rate_limited, c.retry_exhausted, c.limit_refused, c.lend_errors
+            c.deferred, c.rate_limited, c.limit_deferred, c.evicted_pages, c.lend_errors
         );
         let _ = writeln!(s, "registrations {}", self.registrations.len());
         for r in &self.registrations {

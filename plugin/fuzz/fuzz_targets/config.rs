@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(c.pci_slot <= 31);
         assert!(c.fault_around().is_power_of_two() && c.fault_around() >= 4096);
         let l = c.limits();
-        assert!(l.max_lent_pages > 0 && l.fault_rate > 0 && l.max_retries > 0);
+        assert!(l.max_lent_pages > 0 && l.fault_rate > 0 && l.fault_burst > 0);
     }
 });

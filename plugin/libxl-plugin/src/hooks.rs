@@ -146,9 +146,7 @@ pub fn create(d: &Domain) -> Result<(), HookError> {
     let xs = lib.open()?;
     if let Some(rec) = Record::read(&xs, d.domid)? {
         let same = rec.uuid.as_deref().and_then(parse_uuid) == Some(d.uuid);
-        let live = rec
-            .pid()
-            .is_some_and(|p| process::is_running(p) && is_our_ioreqd(p, d.domid));
+        let live = rec.pid().is_some_and(|p| is_our_ioreqd(p, d.domid));
         if same && live {
             return Err(HookError::new(
                 libc::EEXIST,

@@ -246,7 +246,7 @@ fn child_flow() {
     assert_eq!(rc, 0, "{msg}");
     assert!(wait_dead(pid));
     let log_path = std::env::var_os("FAKE_PRIVCMD_LOG").expect("log env");
-    let log = fs::read_to_string(log_path).unwrap_or_default();
+    let log = fs::read_to_string(&log_path).unwrap_or_default();
     assert!(log.contains("restrict dom=10"), "{log}");
     assert!(log.contains("revoke dom=10 flags=1"), "{log}");
     assert!(log.contains("destroy dom=10 id=3"), "{log}");
@@ -254,4 +254,50 @@ fn child_flow() {
         !log.contains("dom=5") && !log.contains("dom=9"),
         "gone domains untouched: {log}"
     );
+
+    // 7. The recorded ioreq server id is destroyed only for a record in
+    //    state "running" of this domain whose process is gone: with any
+    //    other state the process (or an earlier teardown) already destroyed
+    //    it, and Xen may have given the id to another emulator since.
+    let destroys = |log: &str| log.matches("destroy dom=10 id=3").count();
+    let stale = |state: &str, pid: &str| {
+        for (k, v) in [
+            ("uuid", "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"),
+            ("state", state),
+            ("pid", pid),
+            ("ioservid", "3"),
+        ] {
+            fs::create_dir_all(node(10, k)).expect("mkdir");
+            fs::write(node(10, k).join(".value"), v).expect("write");
+        }
+    };
+    let log_now = || fs::read_to_string(&log_path).unwrap_or_default();
+    assert_eq!(destroys(&log_now()), 1);
+    for state in ["stopping", "starting", "failed: x"] {
+        stale(state, "999999999");
+        let (rc, msg) = call(gpu_hostmem_plugin_destroy, 10, UUID_A);
+        assert_eq!(rc, 0, "{msg}");
+        assert!(!node(10, "").exists(), "record removed");
+        assert_eq!(
+            destroys(&log_now()),
+            1,
+            "server id of a {state:?} record destroyed: {}",
+            log_now()
+        );
+    }
+    // "running" and the process gone: it was killed and left its server.
+    stale("running", "999999999");
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 10, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert_eq!(destroys(&log_now()), 2, "{}", log_now());
+    // "running" and the pid now names another program: that program is
+    // never signalled; ours is gone, so its server is destroyed.
+    let mut other = Command::new("sleep").arg("30").spawn().expect("spawn");
+    stale("running", &other.id().to_string());
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 10, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert!(is_running(other.id()), "an unrelated process was signalled");
+    assert_eq!(destroys(&log_now()), 3, "{}", log_now());
+    let _ = other.kill();
+    let _ = other.wait();
 }

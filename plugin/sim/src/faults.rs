@@ -34,13 +34,16 @@ pub enum Fault {
     Enable(Errno),
     /// The next `map_mmio` fails.
     MapMmio(Errno),
-    /// The next `n` re-executions after RETRY find their page revoked by
-    /// a racing invalidation, so the vCPU faults again.
-    RacingRevoke(u32),
     /// The next `n` RETRY answers race with an invalidation that revokes
-    /// the page before Xen checks it, so Xen completes the access as
-    /// unbacked.
+    /// a page of the request before Xen checks it, so Xen sends the
+    /// request again (or, after its resends, completes it as unbacked).
     RevokeBeforeRetryCheck(u32),
+    /// The next revoke of every page (`RevokeRange::All`) fails with this
+    /// errno (not ESRCH).
+    RevokeAllFails(Errno),
+    /// The next completion of an ioreq slot (`IoreqChannel::complete`)
+    /// fails with this errno.
+    CompleteFails(Errno),
 }
 
 /// Faults armed and not yet consumed.
@@ -78,7 +81,7 @@ impl FaultPlan {
         None
     }
 
-    /// Consume a counted fault (`LendBusy`, `RacingRevoke`).
+    /// Consume a counted fault (`LendBusy`, `RevokeBeforeRetryCheck`).
     pub fn take_counted(&mut self, is: fn(&mut Fault) -> Option<&mut u32>) -> bool {
         self.take(|f| {
             let n = is(f)?;

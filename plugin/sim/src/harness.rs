@@ -10,7 +10,7 @@ use gpu_hostmem_core::pci::{PciIds, COMMAND_MEMORY, REG_BAR0, REG_BAR1, REG_COMM
 use gpu_hostmem_core::platform::{DomainIdentity, IoServId};
 use gpu_hostmem_core::server::{self, Flow, Server, ServerConfig, ServerError, TeardownReport};
 
-use crate::{Access, AccessReport, Sim, SimDeviceModel, SimHostMem};
+use crate::{Access, AccessReport, Insn, InsnReport, Sim, SimDeviceModel, SimHostMem};
 
 /// The server type on the simulator.
 pub type SimServer = Server<SimDeviceModel, SimHostMem>;
@@ -50,6 +50,9 @@ pub struct Guest {
     pub servid: Option<IoServId>,
     /// The last flow/error the server reported while draining.
     pub last_flow: Option<Result<Flow, String>>,
+    /// The server's clock: it moves only when the server has a pending
+    /// request and says when it can answer it (as its loop would sleep).
+    pub clock: Instant,
 }
 
 impl Guest {
@@ -77,6 +80,7 @@ impl Guest {
                 servid: Some(s.ioservid()),
                 server: Some(s),
                 last_flow: None,
+                clock: Instant::now(),
             }),
             Err((e, _, _)) => Err(e),
         }
@@ -85,9 +89,19 @@ impl Guest {
     fn runner(&mut self) -> impl FnMut() + '_ {
         move || {
             if let Some(s) = self.server.as_mut() {
-                self.last_flow = Some(s.drain(Instant::now()).map_err(|e| e.to_string()));
+                if let Some(w) = s.next_wake(self.clock) {
+                    self.clock += w;
+                }
+                self.last_flow = Some(s.drain(self.clock).map_err(|e| e.to_string()));
             }
         }
+    }
+
+    /// Run one guest instruction.
+    pub fn exec(&mut self, sim: &Sim, vcpu: u32, insn: &Insn) -> InsnReport {
+        let ident = self.ident;
+        let mut run = self.runner();
+        sim.execute(&ident, vcpu, insn, &mut run)
     }
 
     /// A guest read of `size` bytes at `gpa`.
@@ -152,4 +166,139 @@ impl Guest {
         report.errors.extend(t.errors);
         report
     }
+}
+
+/// What an instruction must do to memory if every access is exact: the
+/// bytes a load returns, and the byte every written location (plus a
+/// margin around it) must hold afterwards. Registered BAR bytes are the
+/// backend's, unregistered BAR bytes read as ones and take no writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Prediction {
+    /// Bytes a load returns.
+    pub load: Option<Vec<u8>>,
+    /// `(gpa, byte)` that must hold afterwards, for memory-backed bytes.
+    pub after: Vec<(u64, u8)>,
+}
+
+/// Bytes either side of a written range that must stay as they were.
+pub const MARGIN: u64 = 16;
+
+/// The byte at `gpa` now: the backend's for a registered BAR offset, the
+/// guest's RAM, or `None` (unregistered BAR, nothing there).
+pub fn byte_at(
+    sim: &Sim,
+    dom: &DomainIdentity,
+    bar: &std::ops::Range<u64>,
+    gpa: u64,
+) -> Option<u8> {
+    if bar.contains(&gpa) {
+        sim.backend_bytes(dom, gpa - bar.start, 1)[0]
+    } else {
+        sim.mem_read(dom, gpa, 1).map(|b| b[0])
+    }
+}
+
+/// Predict an instruction's exact effect from the state before it runs.
+/// `bar` is the BAR as decoded now.
+pub fn predict(
+    sim: &Sim,
+    dom: &DomainIdentity,
+    bar: &std::ops::Range<u64>,
+    insn: &Insn,
+) -> Prediction {
+    let src = |gpa: u64| byte_at(sim, dom, bar, gpa).unwrap_or(0xff);
+    let mut p = Prediction::default();
+    let mut written: Vec<(u64, u8)> = Vec::new();
+    match *insn {
+        Insn::Load { gpa, size } => {
+            p.load = Some(
+                (0..u64::from(size))
+                    .map(|k| src(gpa.wrapping_add(k)))
+                    .collect(),
+            );
+        }
+        Insn::Store { gpa, ref data } => {
+            written.extend(
+                data.iter()
+                    .enumerate()
+                    .map(|(k, b)| (gpa.wrapping_add(k as u64), *b)),
+            );
+        }
+        Insn::RepStos {
+            gpa,
+            size,
+            count,
+            df,
+            value,
+        } => {
+            let (lo, len) = crate::span(gpa, size, count, df);
+            let v = value.to_le_bytes();
+            written
+                .extend((0..len).map(|k| (lo.wrapping_add(k), v[(k % u64::from(size)) as usize])));
+        }
+        Insn::RepMovs {
+            dst,
+            src: s,
+            size,
+            count,
+            df,
+        } => {
+            let (dlo, len) = crate::span(dst, size, count, df);
+            let (slo, _) = crate::span(s, size, count, df);
+            written.extend((0..len).map(|k| (dlo.wrapping_add(k), src(slo.wrapping_add(k)))));
+        }
+    }
+    if let (Some(first), Some(last)) = (
+        written.iter().map(|w| w.0).min(),
+        written.iter().map(|w| w.0).max(),
+    ) {
+        for g in first.saturating_sub(MARGIN)..first {
+            if let Some(b) = byte_at(sim, dom, bar, g) {
+                p.after.push((g, b));
+            }
+        }
+        for g in last.saturating_add(1)..=last.saturating_add(MARGIN) {
+            if let Some(b) = byte_at(sim, dom, bar, g) {
+                p.after.push((g, b));
+            }
+        }
+    }
+    for (g, b) in written {
+        if byte_at(sim, dom, bar, g).is_some() {
+            p.after.push((g, b));
+        }
+    }
+    p
+}
+
+/// Check an instruction's outcome against its [`Prediction`], byte for
+/// byte.
+pub fn verify(
+    sim: &Sim,
+    dom: &DomainIdentity,
+    bar: &std::ops::Range<u64>,
+    p: &Prediction,
+    r: &InsnReport,
+) -> Result<(), String> {
+    if let Some(a) = r.stopped {
+        return Err(format!("instruction did not complete: {a:?}"));
+    }
+    if let Some(want) = &p.load {
+        if let Some(k) = (0..want.len()).find(|&k| r.data.get(k) != Some(&want[k])) {
+            return Err(format!(
+                "load byte {k}: got {:02x?}, want {:02x} ({r:?})",
+                r.data.get(k),
+                want[k]
+            ));
+        }
+    }
+    for &(g, want) in &p.after {
+        let got = byte_at(sim, dom, bar, g);
+        if got != Some(want) {
+            return Err(format!(
+                "byte at {g:#x}: {got:02x?}, want {want:02x} ({r:?})"
+            ));
+        }
+    }
+    Ok(())
 }

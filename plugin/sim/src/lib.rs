@@ -5,10 +5,12 @@
 //! uses ([`SimDeviceModel`], [`SimHostMem`], and through them
 //! [`SimChannel`]), and plays the other actors itself: Xen (domains with
 //! identity, an ioreq page per server holding real 32-byte `ioreq_t`
-//! slots, event channels, a p2m of lent pages, RETRY handling with its
-//! bound), GPU backends (registering host frames, unmapping them, page
-//! migration through the MMU notifier) and the guest (BAR and PCI config
-//! accesses). Faults can be armed ([`Fault`]).
+//! slots, event channels, a p2m of lent pages, guest RAM, the instruction
+//! emulator's split of accesses into requests and the RETRY contract, see
+//! [`Sim::execute`]), GPU backends (registering host frames of real bytes,
+//! unmapping them, page migration through the MMU notifier) and the guest
+//! (loads, stores, `rep stos`, `rep movs` and PCI config accesses). Faults
+//! can be armed ([`Fault`]).
 //!
 //! Everything is single-threaded: a guest access that reaches the server
 //! calls back into the test (`run`) so the server can drain its slots, as
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod exec;
 mod faults;
 pub mod harness;
 mod platform;
@@ -25,21 +28,25 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use gpu_hostmem_core::ioreq::{
-    size_mask, Ioreq, PciConfigAddress, IOREQ_READ, IOREQ_STATE_OFFSET, IOREQ_TYPE_COPY,
-    IOREQ_TYPE_PCI_CONFIG, IOREQ_WRITE, STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY,
+    size_mask, Ioreq, PciConfigAddress, IOREQ_READ, IOREQ_STATE_OFFSET, IOREQ_TYPE_PCI_CONFIG,
+    IOREQ_WRITE, STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY,
     STATE_IORESP_RETRY,
 };
-use gpu_hostmem_core::limits::XEN_IOREQ_MAX_RETRIES;
 use gpu_hostmem_core::platform::{DomainIdentity, Errno, IoServId, PlatformError};
 
+pub use exec::{span, Extent, Insn, InsnReport, MAX_REPS};
 pub use faults::{Fault, FaultPlan};
 pub use platform::{SimChannel, SimDeviceModel, SimHostMem};
-pub use world::{Applied, Domain, Frame, FrameId, IoServer, SimOptions, SimRegistration, World};
+pub use world::{
+    pattern_byte, Applied, Domain, Frame, FrameId, IoServer, RetryRule, SimOptions,
+    SimRegistration, World,
+};
 
 /// How a guest access completed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Hit lent RAM: the frame read (or written).
+    /// Reached lent memory: at once, or completed by Xen from it after a
+    /// RETRY. The frame read (or written).
     Ram {
         /// The host frame.
         frame: FrameId,
@@ -51,7 +58,8 @@ pub enum Access {
         /// Data (reads).
         value: u64,
     },
-    /// Xen completed it as unbacked after a RETRY it could not honour.
+    /// Xen completed it as unbacked: a RETRY it could not honour, after
+    /// its resends.
     Unbacked {
         /// All-ones for reads.
         value: u64,
@@ -66,7 +74,7 @@ pub enum Access {
     /// The server answered with a state Xen does not accept; the domain
     /// was crashed.
     Crashed,
-    /// The domain is gone or dying.
+    /// The domain is gone, dying, or was shut down as crashed.
     Gone,
 }
 
@@ -99,6 +107,10 @@ pub struct Sim {
 }
 
 const PAGE: u64 = 4096;
+
+/// How many times a vCPU whose request the server left pending lets the
+/// server run again before the simulator calls it blocked.
+pub const MAX_PENDING_WAKES: u32 = 256;
 
 impl Sim {
     /// A machine with no domains.
@@ -166,6 +178,8 @@ impl Sim {
                 registrations: Default::default(),
                 unbacked: 0,
                 vcpu_retries: vec![0; nr_vcpus as usize],
+                ram: Default::default(),
+                crashed: None,
             },
         );
         Ok(ident)
@@ -312,7 +326,8 @@ impl Sim {
         }
     }
 
-    /// The frame registered at BAR `offset` of `dom`, and its content.
+    /// The frame registered at BAR `offset` of `dom`, and its first 8
+    /// bytes (little endian).
     pub fn registered_frame(&self, dom: &DomainIdentity, offset: u64) -> Option<(FrameId, u64)> {
         let w = self.world.borrow();
         let d = w
@@ -324,7 +339,82 @@ impl Sim {
             .values()
             .find(|r| r.offset <= offset && offset < r.offset + r.size())?;
         let f = r.frames[((offset - r.offset) / PAGE) as usize];
-        w.frames.get(&f).map(|fr| (f, fr.content))
+        w.frames.get(&f).map(|fr| {
+            let mut b = [0u8; 8];
+            fr.read(0, &mut b);
+            (f, u64::from_le_bytes(b))
+        })
+    }
+
+    /// The backend's bytes at BAR offsets `[offset, offset + len)` of
+    /// `dom`: `None` for bytes nobody registered.
+    pub fn backend_bytes(&self, dom: &DomainIdentity, offset: u64, len: u64) -> Vec<Option<u8>> {
+        let w = self.world.borrow();
+        let Some(d) = w.domains.get(&dom.domid).filter(|d| d.ident.uid == dom.uid) else {
+            return vec![None; len as usize];
+        };
+        (offset..offset + len)
+            .map(|o| {
+                let r = d
+                    .registrations
+                    .values()
+                    .find(|r| r.offset <= o && o < r.offset + r.size())?;
+                let f = r.frames[((o - r.offset) / PAGE) as usize];
+                let mut b = [0u8; 1];
+                w.frames.get(&f)?.read((o % PAGE) as usize, &mut b);
+                Some(b[0])
+            })
+            .collect()
+    }
+
+    /// Give `dom` `nr_pages` of guest RAM from guest-physical `gpa` (page
+    /// aligned), zero filled. Data pointers of string requests point here.
+    pub fn add_guest_ram(&self, dom: &DomainIdentity, gpa: u64, nr_pages: u64) {
+        let mut w = self.world.borrow_mut();
+        if let Some(d) = live(&mut w.domains, dom) {
+            for g in gpa / PAGE..gpa / PAGE + nr_pages {
+                d.ram
+                    .entry(g)
+                    .or_insert_with(|| Box::new([0u8; world::PAGE_BYTES]));
+            }
+        }
+    }
+
+    /// Read guest-physical memory as the guest's own RAM accesses would
+    /// (lent pages and RAM); `None` if some page is neither.
+    pub fn mem_read(&self, dom: &DomainIdentity, gpa: u64, len: usize) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.world
+            .borrow()
+            .phys_read(dom.domid, gpa, &mut buf)
+            .then_some(buf)
+    }
+
+    /// Write guest RAM (or lent pages) directly; false if some page is
+    /// neither.
+    pub fn mem_write(&self, dom: &DomainIdentity, gpa: u64, data: &[u8]) -> bool {
+        self.world.borrow_mut().phys_write(dom.domid, gpa, data)
+    }
+
+    /// The reason a device model gave for crashing `dom`, if it did.
+    pub fn crash_reason(&self, dom: &DomainIdentity) -> Option<String> {
+        let w = self.world.borrow();
+        w.domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)
+            .and_then(|d| d.crashed.clone())
+    }
+
+    /// The state nibble of `vcpu`'s slot in server `id` of `dom` (what
+    /// Xen sees), or `None` if there is no such slot.
+    pub fn slot_state(&self, dom: &DomainIdentity, id: IoServId, vcpu: u32) -> Option<u8> {
+        let w = self.world.borrow();
+        let d = w
+            .domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)?;
+        let slot = d.servers.get(&id)?.slots.get(vcpu as usize)?;
+        Some(slot[IOREQ_STATE_OFFSET] & 0x0f)
     }
 
     /// Xen's count of accesses it completed as unbacked.
@@ -337,9 +427,10 @@ impl Sim {
             .unwrap_or(0)
     }
 
-    /// A guest access of `size` bytes at guest-physical `gpa` on `vcpu`
-    /// (`write`: the value written). `run` is called whenever the access
-    /// is waiting for the ioreq server.
+    /// A guest load (`write` = None) or store of `size` bytes (1 to 8) at
+    /// guest-physical `gpa` on `vcpu`, summarised as one [`Access`]. `run`
+    /// is called whenever the access is waiting for the ioreq server. See
+    /// [`Sim::execute`] for every instruction form and the bytes.
     pub fn guest_access(
         &self,
         dom: &DomainIdentity,
@@ -349,108 +440,38 @@ impl Sim {
         write: Option<u64>,
         run: &mut dyn FnMut(),
     ) -> AccessReport {
-        let gfn = gpa / PAGE;
-        let mut retries = 0u32;
-        loop {
-            let sid = {
-                let mut w = self.world.borrow_mut();
-                if retries > 0
-                    && w.faults.take_counted(|f| match f {
-                        Fault::RacingRevoke(n) => Some(n),
-                        _ => None,
-                    })
-                {
-                    w.unmap_gfn(dom.domid, gfn);
-                }
-                let w = &mut *w;
-                let Some(d) = live(&mut w.domains, dom) else {
-                    return report(Access::Gone, retries);
-                };
-                if let Some(&f) = d.p2m.get(&gfn) {
-                    if let Some(r) = d.vcpu_retries.get_mut(vcpu as usize) {
-                        *r = 0;
-                    }
-                    let value = w.frames.get(&f).map(|fr| fr.content).unwrap_or(u64::MAX);
-                    return report(Access::Ram { frame: f, value }, retries);
-                }
-                let sid = d
-                    .servers
-                    .iter()
-                    .find(|(_, s)| s.enabled && s.mmio.iter().any(|&(a, b)| a <= gpa && gpa <= b))
-                    .map(|(id, _)| *id);
-                let Some(sid) = sid else {
-                    return report(
-                        Access::NoDevice {
-                            value: ones(size, write),
-                        },
-                        retries,
-                    );
-                };
-                sid
-            };
-            let req = Ioreq {
-                addr: gpa,
-                data: write.unwrap_or(0),
-                count: 1,
-                size,
-                vp_eport: vcpu,
-                state: STATE_IOREQ_READY,
-                data_is_ptr: false,
-                dir: if write.is_some() {
-                    IOREQ_WRITE
-                } else {
-                    IOREQ_READ
-                },
-                df: false,
-                kind: IOREQ_TYPE_COPY,
-            };
-            match self.roundtrip(dom, vcpu, sid, req, run) {
-                Err(a) => return report(a, retries),
-                Ok((STATE_IORESP_READY, data)) => {
-                    self.reset_retries(dom, vcpu);
-                    let value = if write.is_some() {
-                        0
-                    } else {
-                        data & size_mask(size)
-                    };
-                    return report(Access::Emulated { value }, retries);
-                }
-                Ok((_, _)) => {
-                    // RETRY (roundtrip filtered everything else).
-                    retries += 1;
-                    let mut w = self.world.borrow_mut();
-                    if w.faults.take_counted(|f| match f {
-                        Fault::RevokeBeforeRetryCheck(n) => Some(n),
-                        _ => None,
-                    }) {
-                        w.notifier_revoke_gfn(dom, gfn);
-                    }
-                    let Some(d) = live(&mut w.domains, dom) else {
-                        return report(Access::Gone, retries);
-                    };
-                    let n = match d.vcpu_retries.get_mut(vcpu as usize) {
-                        Some(r) => {
-                            *r += 1;
-                            *r
-                        }
-                        None => XEN_IOREQ_MAX_RETRIES + 1,
-                    };
-                    if !d.p2m.contains_key(&gfn) || n > XEN_IOREQ_MAX_RETRIES {
-                        d.unbacked += 1;
-                        if let Some(r) = d.vcpu_retries.get_mut(vcpu as usize) {
-                            *r = 0;
-                        }
-                        return report(
-                            Access::Unbacked {
-                                value: ones(size, write),
-                            },
-                            retries,
-                        );
-                    }
-                    // Re-execute the instruction.
-                }
+        let size = size.clamp(1, 8);
+        let insn = match write {
+            None => Insn::Load { gpa, size },
+            Some(v) => Insn::Store {
+                gpa,
+                data: v.to_le_bytes()[..size as usize].to_vec(),
+            },
+        };
+        let r = self.execute(dom, vcpu, &insn, run);
+        let mut b = [0u8; 8];
+        b[..r.data.len()].copy_from_slice(&r.data);
+        let value = u64::from_le_bytes(b);
+        let access = if let Some(a) = r.stopped {
+            a
+        } else if r.no_device > 0 {
+            Access::NoDevice { value }
+        } else if r.unbacked > 0 {
+            Access::Unbacked { value }
+        } else if r.emulated > 0 {
+            Access::Emulated { value }
+        } else {
+            let frame = self.with_world(|w| {
+                w.domains
+                    .get(&dom.domid)
+                    .and_then(|d| d.p2m.get(&(gpa / PAGE)).copied())
+            });
+            match frame {
+                Some(frame) => Access::Ram { frame, value },
+                None => Access::Gone,
             }
-        }
+        };
+        report(access, r.retries)
     }
 
     /// A guest config-space access through CF8/CFC to `at.sbdf`.
@@ -543,6 +564,23 @@ impl Sim {
             s.pending_events += 1;
         }
         run();
+        // A request the server left pending (INPROCESS): the vCPU waits;
+        // the server's loop wakes when it can answer.
+        for _ in 0..MAX_PENDING_WAKES {
+            let pending = {
+                let w = self.world.borrow();
+                w.domains
+                    .get(&dom.domid)
+                    .filter(|d| d.crashed.is_none())
+                    .and_then(|d| d.servers.get(&sid))
+                    .and_then(|s| s.slots.get(vcpu as usize))
+                    .is_some_and(|b| b[IOREQ_STATE_OFFSET] & 0x0f == STATE_IOREQ_INPROCESS)
+            };
+            if !pending {
+                break;
+            }
+            run();
+        }
         let mut w = self.world.borrow_mut();
         let d = live(&mut w.domains, dom).ok_or(Access::Gone)?;
         let s = d.servers.get_mut(&sid).ok_or(Access::Blocked)?;
@@ -625,13 +663,14 @@ impl Sim {
     }
 }
 
+/// The domain `dom` names if its vCPUs run (the guest side of the world).
 fn live<'a>(
     domains: &'a mut std::collections::BTreeMap<u16, Domain>,
     dom: &DomainIdentity,
 ) -> Option<&'a mut Domain> {
     domains
         .get_mut(&dom.domid)
-        .filter(|d| d.ident.uid == dom.uid && !d.dying)
+        .filter(|d| d.ident.uid == dom.uid && !d.dying && d.crashed.is_none())
 }
 
 fn ones(size: u32, write: Option<u64>) -> u64 {

@@ -227,6 +227,14 @@ impl DeviceModel for SimDeviceModel {
             .map(|_| ())
             .ok_or(err(OP, Errno::ENOENT))
     }
+
+    fn crash_domain(&mut self, dom: &DomainIdentity, why: &str) -> PlatformResult<()> {
+        const OP: &str = "xendevicemodel_shutdown";
+        let mut w = self.world.borrow_mut();
+        let d = w.domain_mut(dom, OP)?;
+        d.crashed.get_or_insert_with(|| why.to_owned());
+        Ok(())
+    }
 }
 
 impl SimChannel {
@@ -282,7 +290,15 @@ impl IoreqChannel for SimChannel {
     }
 
     fn complete(&self, vcpu: u32, data: u64, state: u8) -> PlatformResult<()> {
-        self.with_slot(vcpu, "ioreq complete", |b, _| {
+        const OP: &str = "ioreq complete";
+        let fault = self.world.borrow_mut().faults.take(|f| match f {
+            Fault::CompleteFails(e) => Some((*e, true)),
+            _ => None,
+        });
+        if let Some(e) = fault {
+            return Err(err(OP, e));
+        }
+        self.with_slot(vcpu, OP, |b, _| {
             b[8..16].copy_from_slice(&data.to_le_bytes());
             b[IOREQ_STATE_OFFSET] = (b[IOREQ_STATE_OFFSET] & 0xf0) | (state & 0x0f);
         })
@@ -398,13 +414,18 @@ impl HostMem for SimHostMem {
     fn revoke(&mut self, dom: &DomainIdentity, range: RevokeRange) -> PlatformResult<()> {
         const OP: &str = "IOCTL_PRIVCMD_HOSTMEM_REVOKE";
         let mut w = self.world.borrow_mut();
-        if let RevokeRange::Gfns { .. } = range {
-            if let Some(e) = w.faults.take(|f| match f {
+        let fault = match range {
+            RevokeRange::Gfns { .. } => w.faults.take(|f| match f {
                 Fault::RevokeFails(e) => Some((*e, true)),
                 _ => None,
-            }) {
-                return Err(err(OP, e));
-            }
+            }),
+            RevokeRange::All => w.faults.take(|f| match f {
+                Fault::RevokeAllFails(e) => Some((*e, true)),
+                _ => None,
+            }),
+        };
+        if let Some(e) = fault {
+            return Err(err(OP, e));
         }
         let gfns: Vec<u64> = match w.domain_mut(dom, OP) {
             Err(_) => return Ok(()), // gone: Xen's teardown drops the rest

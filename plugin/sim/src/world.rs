@@ -12,17 +12,65 @@ use crate::faults::FaultPlan;
 /// A host frame id (the simulator's MFN).
 pub type FrameId = u64;
 
+/// Bytes in a page.
+pub const PAGE_BYTES: usize = 4096;
+
+/// One page of bytes.
+pub type PageBytes = Box<[u8; PAGE_BYTES]>;
+
+/// The byte a fresh frame holds at `i`: a hash of the frame and the
+/// offset, so that no two frames (and no two offsets) look alike and a
+/// run of all-ones bytes practically never occurs.
+pub fn pattern_byte(frame: FrameId, i: usize) -> u8 {
+    let x = ((frame << 12) | i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let b = (x >> 56) as u8;
+    if b == 0xff {
+        0x7f
+    } else {
+        b
+    }
+}
+
 /// A host page owned by a backend process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
-    /// What a read of this page returns (unique per frame).
-    pub content: u64,
+    /// Its id (seeds the initial content).
+    pub id: FrameId,
+    /// Its bytes once anyone wrote them; until then [`pattern_byte`].
+    pub bytes: Option<PageBytes>,
     /// References: one for the backend's mapping, one per p2m entry.
     pub refs: u32,
     /// The backend still maps it.
     pub backend_mapped: bool,
     /// Where it is lent, if it is: (domain uid, gfn).
     pub lent_at: Option<([u8; 16], u64)>,
+}
+
+impl Frame {
+    /// Copy `buf.len()` bytes from offset `off` (within the page).
+    pub fn read(&self, off: usize, buf: &mut [u8]) {
+        match &self.bytes {
+            Some(b) => buf.copy_from_slice(&b[off..off + buf.len()]),
+            None => {
+                for (k, v) in buf.iter_mut().enumerate() {
+                    *v = pattern_byte(self.id, off + k);
+                }
+            }
+        }
+    }
+
+    /// Store `data` at offset `off` (within the page).
+    pub fn write(&mut self, off: usize, data: &[u8]) {
+        let id = self.id;
+        let b = self.bytes.get_or_insert_with(|| {
+            let mut p = Box::new([0u8; PAGE_BYTES]);
+            for (i, v) in p.iter_mut().enumerate() {
+                *v = pattern_byte(id, i);
+            }
+            p
+        });
+        b[off..off + data.len()].copy_from_slice(data);
+    }
 }
 
 /// One privcmd registration.
@@ -85,8 +133,14 @@ pub struct Domain {
     pub registrations: BTreeMap<u32, SimRegistration>,
     /// Xen's per-domain counter of accesses completed as unbacked.
     pub unbacked: u64,
-    /// Consecutive retries per vCPU (Xen's side of I3).
+    /// Consecutive retries per vCPU ([`RetryRule::Reexecute`] only).
     pub vcpu_retries: Vec<u32>,
+    /// Guest RAM, by GFN (pages the test added).
+    pub ram: BTreeMap<u64, PageBytes>,
+    /// Shut down as crashed by a device model, with the reason it gave
+    /// (`xendevicemodel_shutdown(SHUTDOWN_crash)`): its vCPUs no longer
+    /// run, the platform operations still work until it is destroyed.
+    pub crashed: Option<String>,
 }
 
 /// An operation the platform applied to a domain, for I5 checks.
@@ -100,10 +154,29 @@ pub struct Applied {
     pub target_uid: [u8; 16],
 }
 
+/// How the simulated Xen treats `STATE_IORESP_RETRY`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryRule {
+    /// The contract: if every page the request touches is mapped, Xen
+    /// completes the access from that memory itself (copying guest memory
+    /// for `data_is_ptr`); otherwise it sends the same request again, at
+    /// most 8 times, then completes it as unbacked and counts it.
+    #[default]
+    Contract,
+    /// The rule before it, kept to show that the tests catch its flaws:
+    /// RETRY is honoured if the page of `addr` is mapped and the vCPU has
+    /// had at most 8 consecutive retries; a plain request is then
+    /// re-executed (it reaches the memory), but a `data_is_ptr` request is
+    /// taken as completed without any copy, as Xen did.
+    Reexecute,
+}
+
 /// Options that change the simulated platform's behaviour; the `broken_*`
 /// ones exist to show that the property tests catch a platform bug.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SimOptions {
+    /// How RETRY is honoured.
+    pub retry_rule: RetryRule,
     /// Per-domain lent-page limit of Xen/privcmd (0: none).
     pub kernel_lent_limit: u64,
     /// BREAK I5 on purpose: act on the domid without checking the uid.
@@ -195,7 +268,8 @@ impl World {
         self.frames.insert(
             id,
             Frame {
-                content: 0xc0de_0000_0000_0000 | id,
+                id,
+                bytes: None,
                 refs: 1,
                 backend_mapped: true,
                 lent_at: None,
@@ -245,5 +319,81 @@ impl World {
                 self.unmap_gfn(domid, gfn);
             }
         }
+    }
+}
+
+impl World {
+    /// True if guest-physical page `gfn` of `domid` is memory: a lent
+    /// frame or guest RAM.
+    pub fn mapped(&self, domid: u16, gfn: u64) -> bool {
+        self.domains
+            .get(&domid)
+            .is_some_and(|d| d.p2m.contains_key(&gfn) || d.ram.contains_key(&gfn))
+    }
+
+    /// True if every page of `[gpa, gpa + len)` is memory.
+    pub fn range_mapped(&self, domid: u16, gpa: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(last) = gpa.checked_add(len - 1) else {
+            return false;
+        };
+        (gpa >> 12..=last >> 12).all(|g| self.mapped(domid, g))
+    }
+
+    /// Read guest-physical memory (lent frames and guest RAM); false, with
+    /// `buf` untouched from the first unmapped page on, if some page is not
+    /// memory.
+    pub fn phys_read(&self, domid: u16, gpa: u64, buf: &mut [u8]) -> bool {
+        let Some(d) = self.domains.get(&domid) else {
+            return false;
+        };
+        let mut done = 0usize;
+        while done < buf.len() {
+            let a = gpa.wrapping_add(done as u64);
+            let off = (a & 0xfff) as usize;
+            let n = (PAGE_BYTES - off).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            if let Some(f) = d.p2m.get(&(a >> 12)) {
+                match self.frames.get(f) {
+                    Some(fr) => fr.read(off, out),
+                    None => return false,
+                }
+            } else if let Some(p) = d.ram.get(&(a >> 12)) {
+                out.copy_from_slice(&p[off..off + n]);
+            } else {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// Write guest-physical memory; false if some page is not memory (the
+    /// pages before it are written).
+    pub fn phys_write(&mut self, domid: u16, gpa: u64, data: &[u8]) -> bool {
+        let mut done = 0usize;
+        while done < data.len() {
+            let a = gpa.wrapping_add(done as u64);
+            let off = (a & 0xfff) as usize;
+            let n = (PAGE_BYTES - off).min(data.len() - done);
+            let part = &data[done..done + n];
+            let Some(d) = self.domains.get_mut(&domid) else {
+                return false;
+            };
+            if let Some(f) = d.p2m.get(&(a >> 12)).copied() {
+                match self.frames.get_mut(&f) {
+                    Some(fr) => fr.write(off, part),
+                    None => return false,
+                }
+            } else if let Some(p) = d.ram.get_mut(&(a >> 12)) {
+                p[off..off + n].copy_from_slice(part);
+            } else {
+                return false;
+            }
+            done += n;
+        }
+        true
     }
 }

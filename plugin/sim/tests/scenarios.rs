@@ -1,10 +1,11 @@
 //! Deterministic scenarios on the simulator: one behaviour per test.
 
+use gpu_hostmem_core::ioreq::STATE_IORESP_READY;
 use gpu_hostmem_core::limits::Limits;
 use gpu_hostmem_core::platform::Errno;
 use gpu_hostmem_core::server::{ServerError, Stage};
-use gpu_hostmem_sim::harness::{test_config, Guest};
-use gpu_hostmem_sim::{Access, Fault, Sim, SimOptions};
+use gpu_hostmem_sim::harness::{predict, test_config, verify, Guest};
+use gpu_hostmem_sim::{Access, Fault, Insn, RetryRule, Sim, SimOptions};
 
 const MIB: u64 = 1 << 20;
 const BASE: u64 = 0x1_0000_0000;
@@ -21,13 +22,22 @@ fn content(sim: &Sim, g: &Guest, off: u64) -> u64 {
     sim.registered_frame(&g.ident, off).expect("registered").1
 }
 
+fn backend_u64(sim: &Sim, g: &Guest, off: u64) -> u64 {
+    let b: Vec<u8> = sim
+        .backend_bytes(&g.ident, off, 8)
+        .into_iter()
+        .map(|b| b.expect("registered"))
+        .collect();
+    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+}
+
 #[test]
 fn first_touch_lends_chunk_and_retry_reaches_ram() {
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 256, 100).expect("register");
     let r = g.read(&sim, 0, BASE + 0x1_2345, 8);
     assert_eq!(r.retries, 1);
-    assert_eq!(r.access.value(), Some(content(&sim, &g, 0x1_2000)));
+    assert_eq!(r.access.value(), Some(backend_u64(&sim, &g, 0x1_2345)));
     assert!(matches!(r.access, Access::Ram { .. }));
     assert_eq!(sim.lent_pages(&g.ident), 16, "64 KiB fault-around");
     let r = g.read(&sim, 1, BASE + 0x1_3000, 4);
@@ -76,23 +86,27 @@ fn config_space_reads_ids_and_sizes_bar() {
 
 #[test]
 fn bar_move_revokes_old_range_and_remaps() {
+    // The new lower dword has every writable bit of a 64 MiB BAR set, as a
+    // size probe would: it is an address all the same.
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 32, 100).expect("register");
     g.read(&sim, 0, BASE, 8);
     assert_eq!(sim.lent_pages(&g.ident), 16);
-    let new = 0x2_0000_0000u64;
+    let new = 0x2_fc00_0000u64;
     g.config(&sim, 0x10, 4, Some(new as u32));
     assert_eq!(
         sim.lent_pages(&g.ident),
-        16,
-        "low dword alone does not move"
+        0,
+        "the lower dword moves the BAR: the old range is revoked at once"
     );
     g.config(&sim, 0x14, 4, Some((new >> 32) as u32));
-    assert_eq!(sim.lent_pages(&g.ident), 0);
     let r = g.read(&sim, 0, BASE, 8);
+    assert!(matches!(r.access, Access::NoDevice { .. }), "{r:?}");
+    let r = g.read(&sim, 0, 0x1_fc00_0000 + 0x1000, 8);
     assert!(matches!(r.access, Access::NoDevice { .. }), "{r:?}");
     let r = g.read(&sim, 0, new + 0x1000, 8);
     assert_eq!(r.access.value(), Some(content(&sim, &g, 0x1000)));
+    assert!(sim.p2m(&g.ident).iter().all(|(gfn, _)| gfn << 12 >= new));
     sim.check_consistency().expect("consistent");
 }
 
@@ -175,7 +189,10 @@ fn setup_failure_unwinds_every_stage_done() {
 }
 
 #[test]
-fn busy_lend_is_retried_then_gives_up() {
+fn busy_lend_is_retried_then_deferred_until_it_succeeds() {
+    // EBUSY (an invalidation running) a few times is retried at once;
+    // longer, the request waits and is answered when the lend succeeds.
+    // Before the server deferred, the second read got all ones.
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 16, 100).expect("register");
     sim.arm(Fault::LendBusy(2));
@@ -186,7 +203,10 @@ fn busy_lend_is_retried_then_gives_up() {
     sim.arm(Fault::LendBusy(10));
     sim.migrate_page(&g.ident, 1, 0).expect("migrate");
     let r = g.read(&sim, 0, BASE, 8);
-    assert_eq!(r.access, Access::Emulated { value: u64::MAX });
+    assert!(matches!(r.access, Access::Ram { .. }), "{r:?}");
+    assert_eq!(r.access.value(), Some(content(&sim, &g, 0)));
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!((c.deferred, c.unbacked_reads), (1, 0));
 }
 
 #[test]
@@ -233,23 +253,34 @@ fn domain_dying_mid_lend_stops_server_and_destroy_is_total() {
 }
 
 #[test]
-fn racing_revokes_are_bounded_by_retry_limit() {
+fn racing_revokes_are_resent_then_bounded_by_xen() {
+    // An invalidation revokes the page between the server's lend and
+    // Xen's check: Xen sends the same request again, and the server lends
+    // again. Three races: the read still gets the backend's bytes. More
+    // than Xen's 8 resends: Xen completes it as unbacked and counts it.
     let sim = Sim::new(SimOptions::default());
-    let limits = Limits {
-        max_retries: 3,
-        ..Limits::default()
-    };
-    let mut g = Guest::create(&sim, 1, 1, test_config(64 * MIB, 4096, limits)).expect("create");
+    let mut g =
+        Guest::create(&sim, 1, 1, test_config(64 * MIB, 4096, Limits::default())).expect("create");
     g.program_bar(&sim, BASE);
     sim.register(&g.ident, 1, 0, 16, 100).expect("register");
-    sim.arm(Fault::RacingRevoke(100));
+    sim.arm(Fault::RevokeBeforeRetryCheck(3));
     let r = g.read(&sim, 0, BASE, 8);
-    assert!(r.retries <= 3, "{r:?}");
-    assert_eq!(r.access.value(), Some(u64::MAX));
+    assert_eq!(r.retries, 4, "{r:?}");
+    assert_eq!(r.access.value(), Some(content(&sim, &g, 0)));
+    sim.disarm_all();
+    sim.arm(Fault::RevokeBeforeRetryCheck(100));
+    let r = g.read(&sim, 0, BASE + 0x1000, 8);
+    assert_eq!(r.retries, 9, "one request and Xen's 8 resends: {r:?}");
+    assert_eq!(r.access, Access::Unbacked { value: u64::MAX });
+    assert_eq!(sim.xen_unbacked(&g.ident), 1);
+    sim.check_consistency().expect("consistent");
 }
 
 #[test]
-fn lent_page_limit_is_enforced() {
+fn lent_page_limit_revokes_older_runs_and_reads_stay_exact() {
+    // Past the limit, the server revokes runs lent earlier to make room
+    // (the guest faults on them again) instead of answering all ones, as
+    // it did before.
     let sim = Sim::new(SimOptions::default());
     let limits = Limits {
         max_lent_pages: 20,
@@ -259,9 +290,395 @@ fn lent_page_limit_is_enforced() {
         Guest::create(&sim, 1, 1, test_config(64 * MIB, 64 * 1024, limits)).expect("create");
     g.program_bar(&sim, BASE);
     sim.register(&g.ident, 1, 0, 64, 100).expect("register");
-    for p in 0..64 {
-        g.read(&sim, 0, BASE + p * 4096, 8);
+    for round in 0..2 {
+        for p in 0..64 {
+            let r = g.read(&sim, 0, BASE + p * 4096 + 8, 8);
+            assert_eq!(
+                r.access.value(),
+                Some(backend_u64(&sim, &g, p * 4096 + 8)),
+                "round {round} page {p}: {r:?}"
+            );
+            assert!(sim.lent_pages(&g.ident) <= 20);
+        }
+    }
+    let c = g.server.as_ref().expect("server").counters();
+    assert!(c.evicted_pages > 0, "{c:?}");
+    assert_eq!(c.unbacked_reads, 0, "{c:?}");
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
+fn kernel_lent_page_limit_makes_room_too() {
+    // ENOSPC from the kernel's own limit: the server revokes its older
+    // runs and lends again. Before, the read got all ones.
+    let sim = Sim::new(SimOptions {
+        kernel_lent_limit: 20,
+        ..SimOptions::default()
+    });
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut g = Guest::create(&sim, 1, 1, cfg).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 64, 100).expect("register");
+    for p in (0..64).step_by(16) {
+        let r = g.read(&sim, 0, BASE + p * 4096, 8);
+        assert_eq!(r.access.value(), Some(content(&sim, &g, p * 4096)), "{r:?}");
     }
     assert!(sim.lent_pages(&g.ident) <= 20);
-    assert!(g.server.as_ref().expect("server").counters().limit_refused > 0);
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
+fn kernel_lent_page_limit_revokes_one_run_at_a_time() {
+    // Limit 40 pages, chunks of 16: the third chunk needs one older run
+    // revoked, not all of them.
+    let sim = Sim::new(SimOptions {
+        kernel_lent_limit: 40,
+        ..SimOptions::default()
+    });
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut g = Guest::create(&sim, 1, 1, cfg).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 64, 100).expect("register");
+    for p in [0u64, 16, 32] {
+        let r = g.read(&sim, 0, BASE + p * 4096, 8);
+        assert_eq!(r.access.value(), Some(content(&sim, &g, p * 4096)), "{r:?}");
+    }
+    assert_eq!(sim.lent_pages(&g.ident), 32);
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!(c.evicted_pages, 16, "{c:?}");
+}
+
+#[test]
+fn limit_on_the_single_page_fallback_waits_too() {
+    // The chunk's lend meets an occupied GFN (EEXIST), and the fallback
+    // lend of the faulting page alone hits the limit (ENOSPC): the request
+    // waits and is answered from memory. Before, that read got all ones.
+    let (sim, mut g) = setup();
+    sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+    sim.arm(Fault::LendPartial {
+        after: 0,
+        errno: Errno::EEXIST,
+    });
+    sim.arm(Fault::LendPartial {
+        after: 0,
+        errno: Errno::ENOSPC,
+    });
+    let r = g.read(&sim, 0, BASE + 0x3000, 8);
+    assert_eq!(r.access.value(), Some(content(&sim, &g, 0x3000)), "{r:?}");
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!((c.deferred, c.unbacked_reads), (1, 0), "{c:?}");
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
+fn rate_limit_delays_and_never_makes_up_data() {
+    // A guest faulting faster than the rate: its requests wait (the slot
+    // stays INPROCESS) and are answered from memory when the rate allows.
+    // Before, the reads past the burst got all ones and the writes were
+    // dropped.
+    let sim = Sim::new(SimOptions::default());
+    let limits = Limits {
+        fault_rate: 10,
+        fault_burst: 2,
+        ..Limits::default()
+    };
+    let mut g = Guest::create(&sim, 1, 1, test_config(64 * MIB, 4096, limits)).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+    let t0 = g.clock;
+    for p in 0..6 {
+        let r = g.read(&sim, 0, BASE + p * 4096, 8);
+        assert_eq!(
+            r.access.value(),
+            Some(content(&sim, &g, p * 4096)),
+            "page {p}: {r:?}"
+        );
+    }
+    for p in 6..8 {
+        g.write(&sim, 0, BASE + p * 4096, 8, 0x1122_3344_5566_7788);
+        assert_eq!(backend_u64(&sim, &g, p * 4096), 0x1122_3344_5566_7788);
+    }
+    let c = g.server.as_ref().expect("server").counters();
+    assert_eq!(c.deferred, 6, "{c:?}");
+    assert_eq!((c.unbacked_reads, c.unbacked_writes), (0, 0));
+    // 8 faults at 10 per second after a burst of 2: 600 ms at least.
+    let waited = g.clock - t0;
+    assert!(
+        waited >= std::time::Duration::from_millis(600),
+        "{waited:?}"
+    );
+    assert_eq!(g.server.as_ref().expect("server").pending(), 0);
+}
+
+const RAM: u64 = 0x10_0000;
+
+/// A guest with RAM for string instructions and two registrations with a
+/// hole between them: BAR pages 0..40 and 48..64 (fault-around 64 KiB).
+fn setup_ram(opts: SimOptions) -> (Sim, Guest) {
+    let sim = Sim::new(opts);
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut g = Guest::create(&sim, 3, 2, cfg).expect("create");
+    g.program_bar(&sim, BASE);
+    sim.register(&g.ident, 1, 0, 40, 100).expect("register");
+    sim.register(&g.ident, 2, 48 * 4096, 16, 100)
+        .expect("register");
+    sim.add_guest_ram(&g.ident, RAM, 16);
+    let junk: Vec<u8> = (0..16 * 4096).map(|i| (i % 251) as u8 ^ 0x5a).collect();
+    assert!(sim.mem_write(&g.ident, RAM, &junk));
+    (sim, g)
+}
+
+/// Run `insn`, twice if asked (first touch, then with the pages lent),
+/// checking every byte against the prediction each time.
+fn exact(sim: &Sim, g: &mut Guest, insn: &Insn) -> Result<(), String> {
+    let bar = BASE..BASE + 64 * MIB;
+    let p = predict(sim, &g.ident, &bar, insn);
+    let r = g.exec(sim, 0, insn);
+    verify(sim, &g.ident, &bar, &p, &r).map_err(|e| format!("{insn:?}: {e}"))?;
+    sim.check_consistency()?;
+    Ok(())
+}
+
+/// Every plain load and store size at every interesting offset, including
+/// across a page, a fault-around chunk, and a registration's end, on the
+/// first touch and when lent.
+#[test]
+fn plain_loads_and_stores_are_exact_byte_for_byte() {
+    for off in [
+        0u64,
+        0x10,
+        0xffd,
+        0x1_0000 - 3,
+        0x1_fff9,
+        40 * 4096 - 4,
+        48 * 4096 - 2,
+    ] {
+        for size in [1u32, 2, 4, 8, 16] {
+            let (sim, mut g) = setup_ram(SimOptions::default());
+            for round in 0..2 {
+                let load = Insn::Load {
+                    gpa: BASE + off,
+                    size,
+                };
+                exact(&sim, &mut g, &load).unwrap_or_else(|e| panic!("round {round}: {e}"));
+                let data: Vec<u8> = (0..size as u8)
+                    .map(|k| k.wrapping_mul(37) ^ round)
+                    .collect();
+                let store = Insn::Store {
+                    gpa: BASE + off,
+                    data,
+                };
+                exact(&sim, &mut g, &store).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+        }
+    }
+}
+
+/// `rep stos` (one request, the value repeated) in both directions and
+/// every element size, first touch and when lent, across a chunk.
+#[test]
+fn rep_stos_is_exact_in_both_directions() {
+    for df in [false, true] {
+        for size in [1u32, 2, 4, 8] {
+            let (sim, mut g) = setup_ram(SimOptions::default());
+            for round in 0..2u64 {
+                let count = 3000 / u64::from(size);
+                let first = if df { 0x1_0800 } else { 0xf800 };
+                let insn = Insn::RepStos {
+                    gpa: BASE + first,
+                    size,
+                    count,
+                    df,
+                    value: 0xa1b2_c3d4_e5f6_0718 ^ round,
+                };
+                exact(&sim, &mut g, &insn)
+                    .unwrap_or_else(|e| panic!("df {df} size {size} round {round}: {e}"));
+            }
+        }
+    }
+}
+
+/// `rep movs` between RAM and the BAR (`data_is_ptr` requests) in both
+/// directions of copy and of DF, first touch and when lent, starting
+/// inside a chunk and crossing into the next; and BAR to BAR across two
+/// chunks. Against the old RETRY rule the BAR-to-RAM copy on first touch
+/// left the guest buffer as it was (Xen took the RETRY as a completed
+/// copy): see `old_retry_rule_fails_the_exactness_checks`.
+#[test]
+fn rep_movs_is_exact_in_every_direction() {
+    for df in [false, true] {
+        for size in [1u32, 2, 4, 8] {
+            let (sim, mut g) = setup_ram(SimOptions::default());
+            let count = 5000 / u64::from(size);
+            let len = count * u64::from(size);
+            let (bar_first, ram_first) = if df {
+                (
+                    BASE + 0xf000 + len - u64::from(size),
+                    RAM + 0x123 + len - u64::from(size),
+                )
+            } else {
+                (BASE + 0xf003, RAM + 0x123)
+            };
+            for round in 0..2 {
+                // First an element straddling two fault-around chunks
+                // (0x1fffb..0x20003), as the first touch of both: one
+                // request touching two pages, both of which must be lent.
+                let straddle = Insn::RepMovs {
+                    dst: RAM + 0x9000,
+                    src: BASE + 0x2_0000 - 5 + if df { u64::from(size) } else { 0 },
+                    size,
+                    count: 2,
+                    df,
+                };
+                exact(&sim, &mut g, &straddle)
+                    .unwrap_or_else(|e| panic!("straddle df {df} size {size} round {round}: {e}"));
+                let to_ram = Insn::RepMovs {
+                    dst: ram_first,
+                    src: bar_first,
+                    size,
+                    count,
+                    df,
+                };
+                exact(&sim, &mut g, &to_ram)
+                    .unwrap_or_else(|e| panic!("BAR->RAM df {df} size {size} round {round}: {e}"));
+                let to_bar = Insn::RepMovs {
+                    dst: bar_first + 0x1_0000,
+                    src: ram_first + 0x4000,
+                    size,
+                    count,
+                    df,
+                };
+                exact(&sim, &mut g, &to_bar)
+                    .unwrap_or_else(|e| panic!("RAM->BAR df {df} size {size} round {round}: {e}"));
+                let bar_to_bar = Insn::RepMovs {
+                    dst: bar_first + 0x1_8000,
+                    src: bar_first + 0x2_1000,
+                    size,
+                    count: count.min(300),
+                    df,
+                };
+                exact(&sim, &mut g, &bar_to_bar)
+                    .unwrap_or_else(|e| panic!("BAR->BAR df {df} size {size} round {round}: {e}"));
+            }
+        }
+    }
+}
+
+/// A copy from BAR offsets nobody registered: the guest buffer must end
+/// up all ones, as Xen fills it after its resends; before, the server
+/// answered IORESP_READY and the buffer kept its old bytes. A store there
+/// changes nothing.
+#[test]
+fn rep_movs_from_unregistered_offsets_fills_ones() {
+    for df in [false, true] {
+        let (sim, mut g) = setup_ram(SimOptions::default());
+        let first = if df { 41 * 4096 + 4000 } else { 41 * 4096 };
+        let insn = Insn::RepMovs {
+            dst: RAM + if df { 4000 } else { 0 },
+            src: BASE + first,
+            size: 1,
+            count: 4001,
+            df,
+        };
+        let bar = BASE..BASE + 64 * MIB;
+        let p = predict(&sim, &g.ident, &bar, &insn);
+        let r = g.exec(&sim, 0, &insn);
+        verify(&sim, &g.ident, &bar, &p, &r).unwrap_or_else(|e| panic!("df {df}: {e}"));
+        assert_eq!(
+            (r.unbacked, r.emulated, r.from_memory),
+            (r.requests / 9, 0, 0),
+            "every request sent 9 times, then unbacked: {r:?}"
+        );
+        let to_bar = Insn::RepMovs {
+            dst: BASE + 42 * 4096,
+            src: RAM,
+            size: 8,
+            count: 64,
+            df: false,
+        };
+        exact(&sim, &mut g, &to_bar).unwrap_or_else(|e| panic!("df {df}: {e}"));
+        assert_eq!(sim.lent_pages(&g.ident), 0, "nothing to lend there");
+        assert_eq!(sim.xen_unbacked(&g.ident), u64::from(r.unbacked) + 1);
+    }
+}
+
+/// The same checks under the old rule fail: they can catch what the
+/// contract fixes.
+#[test]
+fn old_retry_rule_fails_the_exactness_checks() {
+    let (sim, mut g) = setup_ram(SimOptions {
+        retry_rule: RetryRule::Reexecute,
+        ..SimOptions::default()
+    });
+    let insn = Insn::RepMovs {
+        dst: RAM + 0x123,
+        src: BASE + 0x1_0000 + 512,
+        size: 1,
+        count: 3000,
+        df: false,
+    };
+    let e = exact(&sim, &mut g, &insn).expect_err("old rule loses the copy");
+    assert!(e.contains("byte at"), "{e}");
+    let insn = Insn::RepMovs {
+        dst: BASE + 0x2_0000,
+        src: RAM,
+        size: 8,
+        count: 100,
+        df: false,
+    };
+    assert!(
+        exact(&sim, &mut g, &insn).is_err(),
+        "old rule drops the copy to the BAR"
+    );
+}
+
+#[test]
+fn failed_revoke_on_bar_move_completes_the_request_and_crashes_the_guest() {
+    // Pages lent at the old BAR range cannot be revoked (ranged revoke and
+    // the revoke-all fallback both fail): the server must not go on, but
+    // it must not leave the vCPU INPROCESS either.
+    let (sim, mut g) = setup();
+    let id = g.servid.expect("server id");
+    sim.register(&g.ident, 1, 0, 32, 100).expect("register");
+    g.read(&sim, 0, BASE, 8);
+    assert_eq!(sim.lent_pages(&g.ident), 16);
+    sim.arm(Fault::RevokeFails(Errno::EIO));
+    sim.arm(Fault::RevokeAllFails(Errno::EIO));
+    let a = g.config(&sim, 0x14, 4, Some(2));
+    assert_eq!(
+        a,
+        Access::Gone,
+        "a crashed guest does not wait for an answer"
+    );
+    assert!(matches!(g.last_flow, Some(Err(_))), "{:?}", g.last_flow);
+    assert_eq!(
+        sim.slot_state(&g.ident, id, 0),
+        Some(STATE_IORESP_READY),
+        "the request was completed before the error was acted on"
+    );
+    let why = sim.crash_reason(&g.ident).expect("the guest was crashed");
+    assert!(why.contains("revok"), "reason: {why}");
+}
+
+#[test]
+fn failed_completion_crashes_the_guest_with_a_reason() {
+    let (sim, mut g) = setup();
+    sim.arm(Fault::CompleteFails(Errno::EIO));
+    let r = g.read(&sim, 1, BASE + 0x5000, 4);
+    assert_eq!(r.access, Access::Gone, "not left blocked: {r:?}");
+    assert!(matches!(g.last_flow, Some(Err(_))), "{:?}", g.last_flow);
+    let why = sim.crash_reason(&g.ident).expect("the guest was crashed");
+    assert!(why.contains("ioreq complete"), "reason: {why}");
+}
+
+#[test]
+fn domain_going_away_mid_request_is_not_a_crash() {
+    let (sim, mut g) = setup();
+    sim.arm(Fault::CompleteFails(Errno::ESRCH));
+    g.read(&sim, 0, BASE + 0x5000, 4);
+    assert!(matches!(
+        g.last_flow,
+        Some(Ok(gpu_hostmem_core::server::Flow::DomainGone))
+    ));
+    assert_eq!(sim.crash_reason(&g.ident), None);
 }

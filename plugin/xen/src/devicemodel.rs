@@ -17,6 +17,9 @@ pub struct XdmHandle {
 pub const XEN_DMOP_IOREQ_SERVER_RETRY: c_uint = 1 << 0;
 /// `HVM_IOREQSRV_BUFIOREQ_OFF`: we need no buffered ioreq ring.
 pub const HVM_IOREQSRV_BUFIOREQ_OFF: c_int = 0;
+/// `SHUTDOWN_crash` (`xen/include/public/sched.h`): the reason a device
+/// model gives when it shuts a guest down after a fatal error.
+pub const SHUTDOWN_CRASH: c_uint = 3;
 
 library! {
     /// libxendevicemodel.so.1 and every symbol we use from it.
@@ -37,6 +40,7 @@ library! {
         xendevicemodel_set_ioreq_server_state: fn(*mut XdmHandle, u16, u16, c_int) -> c_int;
         xendevicemodel_destroy_ioreq_server: fn(*mut XdmHandle, u16, u16) -> c_int;
         xendevicemodel_restrict: fn(*mut XdmHandle, u16) -> c_int;
+        xendevicemodel_shutdown: fn(*mut XdmHandle, u16, c_uint) -> c_int;
         // Added by the gpu-hostmem Xen series (new version node): absent
         // from stock libraries, in which case RETRY is not available.
         ?xendevicemodel_create_ioreq_server_flags:
@@ -95,6 +99,16 @@ impl<'l> DeviceModel<'l> {
         // SAFETY: `h` is a live handle owned by `self`.
         check("xendevicemodel_restrict", unsafe {
             (self.lib.xendevicemodel_restrict)(self.h.as_ptr(), domid)
+        })
+    }
+
+    /// Shuts `domid` down with `reason`, a `SHUTDOWN_*` code such as
+    /// [`SHUTDOWN_CRASH`] (`XEN_DMOP_remote_shutdown`; allowed on a handle
+    /// restricted to `domid`).
+    pub fn shutdown(&self, domid: u16, reason: c_uint) -> Result<()> {
+        // SAFETY: `h` is a live handle owned by `self`; integer arguments.
+        check("xendevicemodel_shutdown", unsafe {
+            (self.lib.xendevicemodel_shutdown)(self.h.as_ptr(), domid, reason)
         })
     }
 

@@ -7,7 +7,7 @@
 //! our unique id on Xen 4.20) and answers `ESRCH` when the domid is gone or
 //! now names another domain (invariant I5).
 
-use crate::devicemodel::{DeviceModel as XdmHandle, IoreqServer};
+use crate::devicemodel::{DeviceModel as XdmHandle, IoreqServer, SHUTDOWN_CRASH};
 use crate::error::XenError;
 use crate::evtchn::{BoundPort, EventChannels};
 use crate::foreignmemory::{ForeignMemory, IoreqPage};
@@ -231,6 +231,12 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
                 Err(PlatformError::new(op, Errno::ESRCH))
             }
         }
+    }
+    fn crash_domain(&mut self, dom: &DomainIdentity, _why: &str) -> PlatformResult<()> {
+        // The caller logs the reason; Xen records only the shutdown code.
+        let op = "xendevicemodel_shutdown";
+        check(self.xc, dom, op)?;
+        Ok(self.dm.shutdown(dom.domid, SHUTDOWN_CRASH)?)
     }
 }
 

@@ -1,10 +1,13 @@
 //! Process helpers that need libc: detached spawning (new session) and
-//! signalling a recorded pid only if it still is the program we expect.
+//! signalling a recorded pid only if it still is the program we expect,
+//! through a pidfd, so that a pid reused meanwhile is never signalled.
 
 use crate::error::{Result, XenError};
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// Spawns `cmd` in a new session (setsid), like libxl spawns QEMU, so that
 /// terminal signals to the caller's group do not reach it.
@@ -68,6 +71,106 @@ pub fn signal(pid: u32, signal: i32) -> Result<bool> {
     }
 }
 
+/// A handle on one process (`pidfd_open(2)`, Linux 5.3): signals sent
+/// through it reach that process or fail with ESRCH, never a process that
+/// got its pid later.
+#[derive(Debug)]
+pub struct Pidfd {
+    fd: OwnedFd,
+    pid: u32,
+}
+
+impl Pidfd {
+    /// Opens a pidfd for `pid`; `None` if no such process exists.
+    pub fn open(pid: u32) -> Result<Option<Pidfd>> {
+        let raw = libc::pid_t::try_from(pid)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| XenError::invalid("pidfd_open", format!("refusing pid {pid}")))?;
+        // SAFETY: pidfd_open(2) takes a pid and flags (0) and returns a new
+        // fd or -1; no memory is passed.
+        let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+        if rc < 0 {
+            let err = XenError::last_os("pidfd_open");
+            return match err.errno() {
+                Some(libc::ESRCH) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        let fd = i32::try_from(rc)
+            .map_err(|_| XenError::invalid("pidfd_open", format!("fd {rc} out of range")))?;
+        // SAFETY: `fd` was just returned by pidfd_open and is owned by no
+        // one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Some(Pidfd { fd, pid }))
+    }
+
+    /// The pid the handle was opened for.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `signal` (0: only check) to the process. `Ok(false)` if it has
+    /// been reaped (ESRCH).
+    pub fn send_signal(&self, signal: i32) -> Result<bool> {
+        // SAFETY: pidfd_send_signal(2) with a pidfd we own, a NULL siginfo
+        // (the kernel fills one in as for kill(2)) and flags 0.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = XenError::last_os("pidfd_send_signal");
+        match err.errno() {
+            Some(libc::ESRCH) => Ok(false),
+            _ => Err(err),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit (a zombie has exited).
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            let mut p = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd on our own fd.
+            let rc = unsafe { libc::poll(&mut p, 1, ms) };
+            if rc > 0 {
+                return true;
+            }
+            let interrupted = rc < 0 && XenError::last_os("poll").errno() == Some(libc::EINTR);
+            if !interrupted && (rc < 0 || start.elapsed() >= timeout) {
+                return false;
+            }
+        }
+    }
+
+    /// Whether the process has exited (or been reaped).
+    pub fn has_exited(&self) -> bool {
+        self.wait_exit(Duration::ZERO)
+    }
+
+    /// The command line of the process, `None` if it has exited. Read from
+    /// `/proc/PID` and confirmed through the pidfd afterwards: the process
+    /// was still there after the read, so its pid was not reused before it.
+    pub fn cmdline(&self) -> Option<Vec<String>> {
+        let args = cmdline(self.pid)?;
+        (!self.has_exited() && self.send_signal(0).unwrap_or(false)).then_some(args)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +207,44 @@ mod tests {
     fn refuses_to_signal_nonpositive_pids() {
         assert!(signal(0, 0).is_err());
         assert!(signal(u32::MAX, 0).is_err());
+    }
+
+    #[test]
+    fn pidfd_signals_its_process_and_sees_it_exit() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pfd = Pidfd::open(child.id()).expect("pidfd").expect("running");
+        assert_eq!(pfd.pid(), child.id());
+        // Right after a vfork-style spawn the new image's arguments may not
+        // be set up yet (an empty cmdline): wait for them.
+        let t = Instant::now();
+        while pfd.cmdline().is_some_and(|a| a.is_empty()) && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(pfd.cmdline().expect("cmdline"), ["sleep", "30"]);
+        assert!(!pfd.has_exited());
+        assert!(!pfd.wait_exit(Duration::from_millis(50)), "still sleeping");
+        assert!(pfd.send_signal(libc::SIGTERM).expect("signal"));
+        assert!(
+            pfd.wait_exit(Duration::from_secs(5)),
+            "exit seen on the pidfd"
+        );
+        assert_eq!(pfd.cmdline(), None, "an exited process has no identity");
+        child.wait().expect("reap");
+        // Reaped: its pid may now name another process, the pidfd does not.
+        assert!(!pfd
+            .send_signal(libc::SIGKILL)
+            .expect("ESRCH is not an error"));
+    }
+
+    #[test]
+    fn pidfd_of_a_missing_process_is_none() {
+        let mut child = Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        child.wait().expect("reap");
+        assert!(Pidfd::open(pid).expect("pidfd_open").is_none());
+        assert!(Pidfd::open(0).is_err());
     }
 }

@@ -91,6 +91,20 @@ pub fn write(xs: &Xenstore<'_>, domid: u16, kvs: &[(&str, &str)]) -> Result<()> 
     }
 }
 
+/// Sets `domid`'s `state` to `new` and returns the state it had, in one
+/// transaction (retried on conflict): of several callers, exactly one sees
+/// a given previous state.
+pub fn take_state(xs: &Xenstore<'_>, domid: u16, new: &str) -> Result<Option<String>> {
+    loop {
+        let t = xs.transaction()?;
+        let prev = t.read(&path(domid, key::STATE))?;
+        t.write(&path(domid, key::STATE), new)?;
+        if t.commit()? {
+            return Ok(prev);
+        }
+    }
+}
+
 /// Removes `domid`'s whole record (absent is success).
 pub fn remove(xs: &Xenstore<'_>, domid: u16) -> Result<()> {
     xs.rm(&dir(domid))

@@ -3,17 +3,23 @@
 //! teardown`): stop the process, revoke every lent page, destroy a server a
 //! killed process left, remove the xenstore record and control socket.
 //! Never acts on a domain whose identity differs from the recorded one (I5).
+//!
+//! Identity is checked and acted on in one step where the kernel allows:
+//! the process is signalled through a pidfd (a reused pid is never hit),
+//! and the record moves from `running` to `stopping` in one xenstore
+//! transaction, so only one teardown takes over the ioreq server a dead
+//! process left, and never one that was already destroyed (whose id Xen
+//! may have given to another emulator since).
 
 use crate::control;
 use crate::platform::{XenDeviceModel, XenHostMem};
 use crate::privcmd::Privcmd;
-use crate::process;
-use crate::record::{self, key, parse_uuid, Record};
+use crate::process::Pidfd;
+use crate::record::{self, parse_uuid, Record};
 use crate::{XenError, XenLibs};
 use gpu_hostmem_core::platform::DomainIdentity;
 use gpu_hostmem_core::server;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The IOREQ server program name, checked before signalling a recorded pid.
 pub const IOREQD_NAME: &str = "gpu-hostmem-ioreqd";
@@ -62,7 +68,15 @@ pub struct Outcome {
 
 /// Whether `pid` runs our IOREQ server for `domid`.
 pub fn is_our_ioreqd(pid: u32, domid: u16) -> bool {
-    let Some(args) = process::cmdline(pid) else {
+    Pidfd::open(pid)
+        .ok()
+        .flatten()
+        .is_some_and(|p| runs_our_ioreqd(&p, domid))
+}
+
+/// Whether the process behind `p` is our IOREQ server for `domid`.
+fn runs_our_ioreqd(p: &Pidfd, domid: u16) -> bool {
+    let Some(args) = p.cmdline() else {
         return false;
     };
     let name_ok = args
@@ -73,54 +87,72 @@ pub fn is_our_ioreqd(pid: u32, domid: u16) -> bool {
     name_ok && args.windows(2).any(|w| w[0] == "--domid" && w[1] == dom)
 }
 
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while process::is_running(pid) {
-        if start.elapsed() >= timeout {
-            return false;
-        }
-        sleep(Duration::from_millis(20));
+/// What [`stop_process`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// No process had the recorded pid.
+    AlreadyGone,
+    /// The pid names another program now (ours is gone): left alone.
+    NotOurs,
+    /// It exited after SIGTERM, so it cleaned up itself.
+    Exited,
+    /// It had to be killed: it did not clean up.
+    Killed,
+}
+
+impl Stopped {
+    /// Whether our process is gone without having cleaned up (what it
+    /// left, such as its ioreq server, is still there).
+    pub fn left_state(self) -> bool {
+        self != Stopped::Exited
     }
-    true
 }
 
 /// Stops the recorded IOREQ server process: SIGTERM, then SIGKILL after
-/// `t.term`. Returns whether it had to be killed (then it did not clean up).
+/// `t.term`, both through a pidfd opened before the identity check, so a
+/// pid reused meanwhile is never signalled.
 pub fn stop_process(
     pid: u32,
     domid: u16,
     t: Timeouts,
     out: &mut Outcome,
-) -> Result<bool, XenError> {
-    if !process::is_running(pid) {
+) -> Result<Stopped, XenError> {
+    let Some(p) = Pidfd::open(pid)?.filter(|p| !p.has_exited()) else {
         out.actions.push(format!("process {pid} already gone"));
-        return Ok(true);
-    }
-    if !is_our_ioreqd(pid, domid) {
+        return Ok(Stopped::AlreadyGone);
+    };
+    if !runs_our_ioreqd(&p, domid) {
+        if p.has_exited() {
+            out.actions.push(format!("process {pid} already gone"));
+            return Ok(Stopped::AlreadyGone);
+        }
         out.actions.push(format!(
             "pid {pid} is not {IOREQD_NAME} for domain {domid}: left alone"
         ));
-        return Ok(true);
+        return Ok(Stopped::NotOurs);
     }
-    process::signal(pid, libc::SIGTERM)?;
+    if !p.send_signal(libc::SIGTERM)? {
+        out.actions.push(format!("process {pid} already gone"));
+        return Ok(Stopped::AlreadyGone);
+    }
     out.actions
         .push(format!("sent SIGTERM to {IOREQD_NAME} (pid {pid})"));
-    if wait_gone(pid, t.term) {
+    if p.wait_exit(t.term) {
         out.actions.push(format!("pid {pid} exited"));
-        return Ok(false);
+        return Ok(Stopped::Exited);
     }
-    process::signal(pid, libc::SIGKILL)?;
+    p.send_signal(libc::SIGKILL)?;
     out.actions.push(format!(
         "pid {pid} still running after {:?}: sent SIGKILL",
         t.term
     ));
-    if !wait_gone(pid, t.kill) {
+    if !p.wait_exit(t.kill) {
         return Err(XenError::invalid(
             "kill",
             format!("pid {pid} survived SIGKILL"),
         ));
     }
-    Ok(true)
+    Ok(Stopped::Killed)
 }
 
 /// Tears down `domid`. With `expected` (the plugin knows the domain's
@@ -158,18 +190,24 @@ pub fn teardown(
         None => xc.domain_info(domid)?.map(|i| i.handle),
     };
 
-    let mut killed = false;
+    // Take the record over: `running` -> `stopping` in one transaction.
+    // Only the teardown that saw `running` may take over the ioreq server
+    // the process leaves; any other state means the process (or an earlier
+    // teardown) stopped, and destroyed that server, already.
+    let mut took_running = false;
+    let mut stopped = None;
     if let Some(rec) = &rec {
         out.actions.push(format!(
             "found record {} (state {})",
             record::dir(domid),
             rec.state.as_deref().unwrap_or("?")
         ));
-        if let Err(e) = xs.write(&record::path(domid, key::STATE), record::state::STOPPING) {
-            out.actions.push(format!("could not mark it stopping: {e}"));
+        match record::take_state(&xs, domid, record::state::STOPPING) {
+            Ok(prev) => took_running = prev.as_deref() == Some(record::state::RUNNING),
+            Err(e) => out.actions.push(format!("could not mark it stopping: {e}")),
         }
         if let Some(pid) = rec.pid() {
-            killed = stop_process(pid, domid, t, &mut out)?;
+            stopped = Some(stop_process(pid, domid, t, &mut out)?);
         }
     }
 
@@ -185,10 +223,13 @@ pub fn teardown(
             privcmd.restrict(domid)?;
             let mut hm = XenHostMem::new(privcmd, &xc);
             // A server the process destroyed itself needs nothing; one a
-            // killed process left is adopted (only for this identity).
+            // dead process left is adopted only from a record we took over
+            // in state `running` whose identity is this domain's.
+            let leftover =
+                took_running && recorded == Some(uid) && stopped.is_some_and(Stopped::left_state);
             let servid = rec
                 .as_ref()
-                .filter(|_| killed)
+                .filter(|_| leftover)
                 .and_then(|r| r.ioservid.as_deref())
                 .and_then(|s| s.trim().parse().ok())
                 .filter(|id| pdm.adopt(&dom, *id).is_ok());
@@ -233,6 +274,7 @@ pub fn teardown(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process;
     use std::process::Command;
 
     #[test]
@@ -243,14 +285,22 @@ mod tests {
             "sleep is not the IOREQ server"
         );
         let mut out = Outcome::default();
-        let killed = stop_process(child.id(), 3, Timeouts::default(), &mut out).expect("stop");
-        assert!(
-            killed,
-            "a foreign process is left alone and reported as not ours"
-        );
+        let stopped = stop_process(child.id(), 3, Timeouts::default(), &mut out).expect("stop");
+        assert_eq!(stopped, Stopped::NotOurs, "a foreign process is left alone");
+        assert!(stopped.left_state(), "ours is gone without cleaning up");
         assert!(process::is_running(child.id()), "it was not signalled");
         assert!(out.actions[0].contains("left alone"), "{out:?}");
         let _ = child.kill();
         let _ = child.wait();
+        let stopped = stop_process(child.id(), 3, Timeouts::default(), &mut out).expect("stop");
+        assert_eq!(stopped, Stopped::AlreadyGone);
+    }
+
+    #[test]
+    fn only_a_process_that_exited_on_sigterm_cleaned_up() {
+        assert!(!Stopped::Exited.left_state());
+        for s in [Stopped::AlreadyGone, Stopped::NotOurs, Stopped::Killed] {
+            assert!(s.left_state(), "{s:?}");
+        }
     }
 }

@@ -70,6 +70,11 @@ fn devicemodel_methods_fail_cleanly() {
     assert!(lib.has_create_with_flags());
     let dm = lib.open().expect("open");
     assert_eq!(errno(dm.restrict(1).unwrap_err()), Some(libc::EBADF));
+    let e = dm.shutdown(1, 3).unwrap_err();
+    assert_eq!(
+        (e.op(), e.errno()),
+        ("xendevicemodel_shutdown", Some(libc::EBADF))
+    );
     // An unpatched hypervisor refuses the RETRY flag with EINVAL: reported
     // as such (falling back is the caller's choice).
     let e = dm.create_ioreq_server(1, true).unwrap_err();

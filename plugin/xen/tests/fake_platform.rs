@@ -143,6 +143,22 @@ fn platform_on_fake_xen() {
     assert_eq!(p.destroy_server(&dom, id).unwrap_err().errno, Errno::ESRCH);
     assert_eq!(fake.counter(b"fake_destroyed\0"), 1);
 
+    // A fatal error shuts the guest down as crashed: not once the domid
+    // names another domain, and never the stranger.
+    assert_eq!(
+        p.crash_domain(&dom, "test").unwrap_err().errno,
+        Errno::ESRCH
+    );
+    fake.set_domain(7, UUID, 1, false);
+    assert_eq!(
+        p.crash_domain(&stranger, "test").unwrap_err().errno,
+        Errno::ESRCH
+    );
+    assert_eq!(fake.counter(b"fake_shutdowns\0"), 0);
+    p.crash_domain(&dom, "test").expect("crash");
+    assert_eq!(fake.counter(b"fake_shutdowns\0"), 1);
+    assert_eq!(fake.counter(b"fake_shutdown_reason\0"), 3, "SHUTDOWN_crash");
+
     // A dying domain gets no new server.
     fake.set_domain(7, UUID, 1, true);
     assert_eq!(

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::strategies::{Op, BAR_PAGES, BASES};
+use gpu_hostmem_core::pci::MAX_DECODE_END;
+
+use super::strategies::{Op, BAR_PAGES, BAR_SIZE, FIRMWARE_BASE};
 
 /// Server state of a domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +31,14 @@ pub struct RefDomain {
 }
 
 impl RefDomain {
+    /// The base the BAR decodes at: decode on, an address, and the whole
+    /// BAR within what a guest access can reach.
     pub fn active_bar(&self) -> Option<u64> {
-        (self.decode && self.bar_base != 0).then_some(self.bar_base)
+        let fits = self
+            .bar_base
+            .checked_add(BAR_SIZE)
+            .is_some_and(|end| end <= MAX_DECODE_END);
+        (self.decode && self.bar_base != 0 && fits).then_some(self.bar_base)
     }
 
     pub fn registered(&self, page: u64) -> bool {
@@ -69,7 +77,7 @@ impl Reference {
                         slot,
                         RefDomain {
                             server: ServerState::Running,
-                            bar_base: BASES[0],
+                            bar_base: FIRMWARE_BASE,
                             decode: true,
                             regs: BTreeMap::new(),
                             dying: false,
@@ -95,7 +103,7 @@ impl Reference {
             Op::MoveBar { slot, base } => {
                 if let Some(d) = self.slots.get_mut(&slot) {
                     if d.serving() {
-                        d.bar_base = BASES[base];
+                        d.bar_base = base;
                     }
                 }
             }
@@ -121,6 +129,7 @@ impl Reference {
             Op::Fault(_) => self.faults_armed = true,
             Op::Read { .. }
             | Op::FaultyRead { .. }
+            | Op::Exec { .. }
             | Op::Write { .. }
             | Op::Migrate { .. }
             | Op::ProbeBar { .. }

@@ -4,14 +4,35 @@
 use std::collections::BTreeMap;
 
 use gpu_hostmem_core::limits::Limits;
+use gpu_hostmem_core::limits::XEN_IOREQ_MAX_RETRIES;
 use gpu_hostmem_core::pci::{COMMAND_MEMORY, REG_BAR0, REG_BAR1, REG_COMMAND};
 use gpu_hostmem_core::platform::{DomainIdentity, Errno, IoServId};
 use gpu_hostmem_core::server;
 use gpu_hostmem_core::server::ServerConfig;
-use gpu_hostmem_sim::harness::{test_config, Guest};
-use gpu_hostmem_sim::{AccessReport, Fault, Sim, SimOptions};
+use gpu_hostmem_sim::harness::{byte_at, predict, test_config, Guest, Prediction};
+use gpu_hostmem_sim::{AccessReport, Fault, Insn, InsnReport, Sim, SimOptions};
 
-use super::strategies::{FaultKind, Op, BAR_PAGES, BASES};
+use super::strategies::{FaultKind, Form, Op, BAR_PAGES, FIRMWARE_BASE};
+
+/// Guest RAM of every test guest: the RAM side of string instructions.
+pub const RAM_GPA: u64 = 0x10_0000;
+/// Its pages.
+pub const RAM_PAGES: u64 = 16;
+
+/// One instruction and what it did.
+#[derive(Debug)]
+pub struct ExecObs {
+    pub insn: Insn,
+    pub report: InsnReport,
+    /// The exact outcome, predicted from the state before.
+    pub want: Prediction,
+    /// The bytes of `want.after` before the instruction.
+    pub before: Vec<Option<u8>>,
+    /// A string request over registered and unregistered BAR bytes at
+    /// once: Xen completes it as unbacked as a whole.
+    pub mixed: bool,
+    pub bar: std::ops::Range<u64>,
+}
 
 /// What one transition showed.
 #[derive(Debug, Default)]
@@ -24,6 +45,8 @@ pub struct Observation {
     pub lent_before: u64,
     /// Violations found while performing the transition.
     pub violations: Vec<String>,
+    /// The instruction, for Exec.
+    pub exec: Option<ExecObs>,
 }
 
 pub struct Sut {
@@ -36,14 +59,14 @@ pub struct Sut {
     pub degraded: BTreeMap<u8, bool>,
 }
 
-pub const MAX_RETRIES: u32 = 3;
+/// RETRY answers for one request at most: the first and Xen's resends.
+pub const MAX_RETRIES: u32 = XEN_IOREQ_MAX_RETRIES + 1;
 pub const FAULT_AROUND: u64 = 64 * 1024;
 
 impl Sut {
     pub fn new(max_lent_pages: u64, opts: SimOptions) -> Self {
         let limits = Limits {
             max_lent_pages,
-            max_retries: MAX_RETRIES,
             ..Limits::default()
         };
         Sut {
@@ -63,8 +86,11 @@ impl Sut {
         let Some(g) = self.guests.get(&slot) else {
             return false;
         };
-        self.sim
-            .with_world(|w| w.domains.get(&g.ident.domid).is_some_and(|d| d.dying))
+        self.sim.with_world(|w| {
+            w.domains
+                .get(&g.ident.domid)
+                .is_some_and(|d| d.dying || d.crashed.is_some())
+        })
     }
 
     pub fn apply(&mut self, op: &Op, gpa_base: u64) -> Observation {
@@ -102,7 +128,12 @@ impl Sut {
                 match Guest::create(&sim, u16::from(slot) + 1, vcpus, self.cfg) {
                     Ok(mut g) => {
                         // Firmware places and enables the BAR.
-                        g.program_bar(&sim, BASES[0]);
+                        g.program_bar(&sim, FIRMWARE_BASE);
+                        sim.add_guest_ram(&g.ident, RAM_GPA, RAM_PAGES);
+                        let junk: Vec<u8> = (0..RAM_PAGES * 4096)
+                            .map(|i| (i % 253) as u8 ^ 0xa5)
+                            .collect();
+                        sim.mem_write(&g.ident, RAM_GPA, &junk);
                         self.guests.insert(slot, g);
                         self.degraded.insert(slot, armed);
                         obs.created = true;
@@ -147,7 +178,7 @@ impl Sut {
             }
             Op::MoveBar { slot, base } => {
                 if let Some(g) = self.guests.get_mut(&slot) {
-                    let b = BASES[base];
+                    let b = base;
                     g.config(&sim, REG_BAR0, 4, Some(b as u32));
                     g.config(&sim, REG_BAR1, 4, Some((b >> 32) as u32));
                 }
@@ -198,6 +229,28 @@ impl Sut {
                 }
                 if self.armed_count() < armed && self.guests.contains_key(&slot) {
                     self.degraded.insert(slot, true);
+                }
+            }
+            Op::Exec { slot, vcpu, form } => {
+                if let Some(g) = self.guests.get_mut(&slot) {
+                    let insn = build(form, gpa_base);
+                    let bar = gpa_base..gpa_base.saturating_add(BAR_PAGES * 4096);
+                    let want = predict(&sim, &g.ident, &bar, &insn);
+                    let before = want
+                        .after
+                        .iter()
+                        .map(|&(a, _)| byte_at(&sim, &g.ident, &bar, a))
+                        .collect();
+                    let mixed = mixed(&sim, g, &bar, &insn);
+                    let report = g.exec(&sim, vcpu % vcpus(&sim, g), &insn);
+                    obs.exec = Some(ExecObs {
+                        insn,
+                        report,
+                        want,
+                        before,
+                        mixed,
+                        bar,
+                    });
                 }
             }
             Op::Fault(f) => sim.arm(to_fault(f)),
@@ -319,8 +372,8 @@ fn to_fault(f: FaultKind) -> Fault {
         FaultKind::DomainDiesDuringLend(after) => Fault::DomainDiesDuringLend { after },
         FaultKind::RevokeFails => Fault::RevokeFails(Errno::EIO),
         FaultKind::MapMmioFails => Fault::MapMmio(Errno::ENOMEM),
-        FaultKind::RacingRevoke(n) => Fault::RacingRevoke(n),
         FaultKind::RevokeBeforeRetryCheck(n) => Fault::RevokeBeforeRetryCheck(n),
+        FaultKind::CompleteFails => Fault::CompleteFails(Errno::EIO),
     }
 }
 
@@ -346,7 +399,137 @@ pub fn op_slot(op: &Op) -> Option<u8> {
         | Op::KillServer { slot }
         | Op::Destroy { slot }
         | Op::StaleTeardown { slot }
-        | Op::FaultyRead { slot, .. } => Some(slot),
+        | Op::FaultyRead { slot, .. }
+        | Op::Exec { slot, .. } => Some(slot),
         Op::Fault(_) => None,
     }
+}
+
+const BAR_BYTES: u64 = BAR_PAGES * 4096;
+
+/// `len` bytes of `size` elements fitting from BAR byte `at`: the count.
+fn fit(at: u64, len: u64, size: u32) -> u64 {
+    let room = BAR_BYTES.saturating_sub(at);
+    (len.min(room) / u64::from(size)).max(1)
+}
+
+/// First element of `count` elements of `size` from `lo` upwards, as the
+/// guest's registers give it (the highest with DF set).
+fn first(lo: u64, size: u32, count: u64, df: bool) -> u64 {
+    if df {
+        lo + (count - 1) * u64::from(size)
+    } else {
+        lo
+    }
+}
+
+/// The instruction of `form` with the BAR at `base`.
+pub fn build(form: Form, base: u64) -> Insn {
+    let at = |page: u64, off: u64, size: u64| (page * 4096 + off).min(BAR_BYTES - size);
+    match form {
+        Form::Load { page, off, size } => Insn::Load {
+            gpa: base.wrapping_add(at(page, off, u64::from(size))),
+            size,
+        },
+        Form::Store {
+            page,
+            off,
+            size,
+            seed,
+        } => Insn::Store {
+            gpa: base.wrapping_add(at(page, off, u64::from(size))),
+            data: (0..size as u8).map(|k| k.wrapping_mul(29) ^ seed).collect(),
+        },
+        Form::RepStos {
+            page,
+            off,
+            size,
+            len,
+            df,
+            seed,
+        } => {
+            let lo = at(page, off, u64::from(size));
+            let count = fit(lo, len, size);
+            Insn::RepStos {
+                gpa: base.wrapping_add(first(lo, size, count, df)),
+                size,
+                count,
+                df,
+                value: u64::from(seed).wrapping_mul(0x0101_0101_0101_0101) ^ 0x0f1e_2d3c_4b5a_6978,
+            }
+        }
+        Form::RepMovs {
+            to_bar,
+            page,
+            off,
+            ram_off,
+            size,
+            len,
+            df,
+        } => {
+            let lo = at(page, off, u64::from(size));
+            let count = fit(lo, len, size);
+            let bar = base.wrapping_add(first(lo, size, count, df));
+            let ram = RAM_GPA + first(ram_off, size, count, df);
+            let (dst, src) = if to_bar { (bar, ram) } else { (ram, bar) };
+            Insn::RepMovs {
+                dst,
+                src,
+                size,
+                count,
+                df,
+            }
+        }
+        Form::BarToBar {
+            dst_page,
+            src_page,
+            off,
+            size,
+            len,
+            df,
+        } => {
+            let s = at(src_page, off, u64::from(size));
+            let mut d = at(dst_page, off, u64::from(size));
+            let count = fit(s.max(d), len, size);
+            let bytes = count * u64::from(size);
+            if s < d + bytes && d < s + bytes {
+                // No overlap: memmove semantics are not what is tested.
+                d = if s >= bytes { s - bytes } else { s + bytes };
+            }
+            Insn::RepMovs {
+                dst: base.wrapping_add(first(d, size, count, df)),
+                src: base.wrapping_add(first(s, size, count, df)),
+                size,
+                count,
+                df,
+            }
+        }
+    }
+}
+
+/// True for a string instruction with a BAR side covering registered and
+/// unregistered bytes at once: one request may then span both, and Xen
+/// completes such a request as unbacked as a whole. (BAR to BAR goes
+/// element by element while both sides are emulated, but once one side is
+/// lent the other side's elements go as string requests too.)
+fn mixed(sim: &Sim, g: &Guest, bar: &std::ops::Range<u64>, insn: &Insn) -> bool {
+    let (read, written) = insn.footprint();
+    let sides = match insn {
+        Insn::RepStos { .. } => vec![written],
+        Insn::RepMovs { .. } => vec![read, written],
+        _ => Vec::new(),
+    };
+    sides.into_iter().flatten().any(|(lo, len)| {
+        let end = lo.saturating_add(len);
+        let inside = lo >= bar.start && end <= bar.end;
+        let touches = lo < bar.end && bar.start < end;
+        if !touches {
+            return false;
+        }
+        if !inside {
+            return true;
+        }
+        let b = sim.backend_bytes(&g.ident, lo - bar.start, len);
+        b.iter().any(Option::is_some) && b.iter().any(Option::is_none)
+    })
 }

@@ -114,6 +114,18 @@ int xendevicemodel_destroy_ioreq_server(void *h, uint16_t d, uint16_t id)
     return 0;
 }
 int xendevicemodel_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
+static int shutdowns, shutdown_reason = -1;
+int fake_shutdowns(void) { return shutdowns; }
+int fake_shutdown_reason(void) { return shutdown_reason; }
+int xendevicemodel_shutdown(void *h, uint16_t d, unsigned int reason)
+{
+    (void)h;
+    if (!is_fake(d))
+        FAIL(EBADF);
+    shutdowns++;
+    shutdown_reason = (int)reason;
+    return 0;
+}
 
 /* libxenforeignmemory */
 void *xenforeignmemory_open(void *l, unsigned f) { return H; }
