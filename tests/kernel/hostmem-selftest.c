@@ -311,9 +311,35 @@ static int revoke_on(int f, uint64_t gfn, uint64_t n, uint16_t flags, domid_t d)
 	return xioctl(f, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &r);
 }
 
+/*
+ * The device model's file: restricted to the guest, registering nothing.
+ * Only such a file may revoke everything lent to the guest.
+ */
+static int dm_fd(void)
+{
+	static int dmfd = -1;
+	static domid_t dmdom;
+
+	if (dmfd >= 0 && dmdom != dom) {
+		close(dmfd);
+		dmfd = -1;
+	}
+	if (dmfd < 0) {
+		domid_t d = dom;
+
+		dmfd = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+		if (dmfd >= 0 && xioctl(dmfd, IOCTL_PRIVCMD_RESTRICT, &d)) {
+			close(dmfd);
+			dmfd = -1;
+		}
+		dmdom = dom;
+	}
+	return dmfd;
+}
+
 static int revoke_all(void)
 {
-	return revoke_on(fd, 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom);
+	return revoke_on(dm_fd(), 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom);
 }
 
 struct snapshot {
@@ -599,6 +625,41 @@ static void test_restricted_fd(void)
 	free(s);
 }
 
+/*
+ * Only the file that registered may unregister; revoking everything is for
+ * the device model's file, not for a file holding registrations.
+ */
+static void test_ownership(void)
+{
+	int other = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	char *m = map_anon(2, PROT_READ | PROT_WRITE);
+
+	expect("ownership-register", reg(m, 2 * pg, 0, 32), 0);
+	expect("unregister-by-other-file", unreg_on(other, 32, dom), EPERM);
+	query();
+	result("unregister-by-other-file-keeps", q.nr == 1 && region(32),
+	       "nr=%u", q.nr);
+	expect("revoke-all-by-registering-file",
+	       revoke_on(fd, 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom), EPERM);
+	expect("revoke-all-by-dm-file", revoke_all(), 0);
+	expect("unregister-by-registering-file", unreg(32), 0);
+	close(other);
+	munmap(m, 2 * pg);
+}
+
+/* The hostmem ioctls do not use 'P' 11 and 13 (other privcmd series do). */
+static void test_ioctl_numbers(void)
+{
+	uint64_t zero[8] = { 0 };
+	int rc11 = xioctl(fd, _IOW('P', 11, struct privcmd_hostmem_register),
+			  zero);
+	int rc13 = xioctl(fd, _IOWR('P', 13, struct privcmd_hostmem_lend),
+			  zero);
+
+	result("ioctl-numbers-11-13-free", rc11 == ENOTTY && rc13 == ENOTTY,
+	       "P11=%s P13=%s", ename(rc11), ename(rc13));
+}
+
 static void test_lend_revoke_args(void)
 {
 	unsigned long lend_max = param("hostmem_lend_max_pages", 4096);
@@ -634,6 +695,9 @@ static void test_lend_revoke_args(void)
 	expect("revoke-wraps", revoke_on(fd, (uint64_t)-1, 2, 0, dom), EINVAL);
 	expect("revoke-nothing-lent", revoke_on(fd, gfn_base, 16, 0, dom), 0);
 	expect("revoke-all-nothing-lent", revoke_all(), 0);
+	expect("revoke-all-with-range",
+	       revoke_on(dm_fd(), gfn_base, 16, PRIVCMD_HOSTMEM_REVOKE_ALL, dom),
+	       EINVAL);
 	expect("query-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &qq),
 	       EINVAL);
 }
@@ -1036,13 +1100,21 @@ static void test_lend_domain_gone(void)
 	result("gone-lend", rc == 0 && n == 4, "rc=%s nr_lent=%u", ename(rc), n);
 	rc = destroy_domain(dom);
 	result("gone-destroy-domain", rc == 0, "rc=%s", ename(rc));
-	/* Pages 0-3 are still recorded as lent; page 4 meets the dead domain. */
-	rc = lend(0, gfn_base, 8, &n);
-	result("gone-lend-fails", rc == ESRCH && n == 4, "rc=%s nr_lent=%u",
-	       ename(rc), n);
 	madvise(m, 2 * pg, MADV_DONTNEED);
 	query();
 	result("gone-invalidate-revokes", q.lent == 2, "lent=%" PRIu64, q.lent);
+	/*
+	 * Pages 2-3 are still recorded as lent, but their Xen entries went
+	 * with the domain: lending them again must ask Xen, not count them.
+	 */
+	n = 7;
+	rc = lend(2 * pg, gfn_base + 2, 2, &n);
+	query();
+	result("gone-relend-asks-xen", rc == ESRCH && n == 0 && q.lent == 0,
+	       "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc), n, q.lent);
+	rc = lend(0, gfn_base, 8, &n);
+	result("gone-lend-fails", rc == ESRCH && n == 0, "rc=%s nr_lent=%u",
+	       ename(rc), n);
 	expect("gone-revoke-all", revoke_all(), 0);
 	query();
 	result("gone-revoke-all-counts", q.lent == 0, "lent=%" PRIu64, q.lent);
@@ -1150,6 +1222,8 @@ int main(int argc, char **argv)
 	test_bad_inputs();
 	test_memory_kinds();
 	test_restricted_fd();
+	test_ownership();
+	test_ioctl_numbers();
 	test_lend_revoke_args();
 	test_limits();
 	test_owner_exit_bookkeeping();
