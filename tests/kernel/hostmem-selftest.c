@@ -58,12 +58,14 @@ struct privcmd_hostmem_register {
 	uint32_t id;
 	domid_t dom;
 	uint16_t flags;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_unregister {
 	uint32_t id;
 	domid_t dom;
 	uint16_t flags;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_lend {
@@ -74,16 +76,17 @@ struct privcmd_hostmem_lend {
 	uint16_t flags;
 	uint32_t nr_lent;
 	uint32_t pad;
+	uint64_t reserved[2];
 };
 
 #define PRIVCMD_HOSTMEM_REVOKE_ALL (1 << 0)
 
 struct privcmd_hostmem_revoke {
 	uint64_t gfn;
-	uint64_t nr_pages;
+	uint32_t nr_pages;
 	domid_t dom;
 	uint16_t flags;
-	uint32_t pad;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_region {
@@ -92,6 +95,7 @@ struct privcmd_hostmem_region {
 	uint64_t lent_pages;
 	uint32_t id;
 	uint32_t owner_pid;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_query {
@@ -100,25 +104,26 @@ struct privcmd_hostmem_query {
 	uint32_t nr_regions;
 	uint64_t regions;
 	uint64_t lent_pages;
+	uint64_t reserved[2];
 };
 
-_Static_assert(sizeof(struct privcmd_hostmem_register) == 32, "register");
-_Static_assert(sizeof(struct privcmd_hostmem_unregister) == 8, "unregister");
-_Static_assert(sizeof(struct privcmd_hostmem_lend) == 32, "lend");
-_Static_assert(sizeof(struct privcmd_hostmem_revoke) == 24, "revoke");
-_Static_assert(sizeof(struct privcmd_hostmem_region) == 32, "region");
-_Static_assert(sizeof(struct privcmd_hostmem_query) == 24, "query");
+_Static_assert(sizeof(struct privcmd_hostmem_register) == 48, "register");
+_Static_assert(sizeof(struct privcmd_hostmem_unregister) == 24, "unregister");
+_Static_assert(sizeof(struct privcmd_hostmem_lend) == 48, "lend");
+_Static_assert(sizeof(struct privcmd_hostmem_revoke) == 32, "revoke");
+_Static_assert(sizeof(struct privcmd_hostmem_region) == 48, "region");
+_Static_assert(sizeof(struct privcmd_hostmem_query) == 40, "query");
 
 #define IOCTL_PRIVCMD_RESTRICT _IOC(_IOC_NONE, 'P', 6, sizeof(domid_t))
 #define IOCTL_PRIVCMD_HOSTMEM_REGISTER \
-	_IOW('P', 11, struct privcmd_hostmem_register)
+	_IOW('P', 64, struct privcmd_hostmem_register)
 #define IOCTL_PRIVCMD_HOSTMEM_UNREGISTER \
-	_IOW('P', 12, struct privcmd_hostmem_unregister)
-#define IOCTL_PRIVCMD_HOSTMEM_LEND _IOWR('P', 13, struct privcmd_hostmem_lend)
+	_IOW('P', 65, struct privcmd_hostmem_unregister)
+#define IOCTL_PRIVCMD_HOSTMEM_LEND _IOWR('P', 66, struct privcmd_hostmem_lend)
 #define IOCTL_PRIVCMD_HOSTMEM_REVOKE \
-	_IOW('P', 14, struct privcmd_hostmem_revoke)
+	_IOW('P', 67, struct privcmd_hostmem_revoke)
 #define IOCTL_PRIVCMD_HOSTMEM_QUERY \
-	_IOWR('P', 15, struct privcmd_hostmem_query)
+	_IOWR('P', 68, struct privcmd_hostmem_query)
 
 /*
  * --make-domain: a bare HVM domain to lend to, made with raw domctls of
@@ -302,7 +307,7 @@ static int lend(uint64_t offset, uint64_t gfn, uint32_t n, uint32_t *nr_lent)
 	return lend_on(fd, offset, gfn, n, dom, nr_lent);
 }
 
-static int revoke_on(int f, uint64_t gfn, uint64_t n, uint16_t flags, domid_t d)
+static int revoke_on(int f, uint64_t gfn, uint32_t n, uint16_t flags, domid_t d)
 {
 	struct privcmd_hostmem_revoke r = {
 		.gfn = gfn, .nr_pages = n, .dom = d, .flags = flags,
@@ -358,7 +363,7 @@ static int query_on(int f, domid_t d, struct snapshot *s)
 		.regions = (uintptr_t)s->r,
 	};
 
-	memset(s->r, 0, sizeof(s->r));
+	memset(s->r, 0xff, sizeof(s->r));	/* reserved must come back 0 */
 	s->rc = xioctl(f, IOCTL_PRIVCMD_HOSTMEM_QUERY, &k);
 	s->nr = k.nr_regions;
 	s->lent = k.lent_pages;
@@ -419,7 +424,8 @@ static void test_register_query_unregister(void)
 	result("query-lists-registration",
 	       q.rc == 0 && q.nr == 1 && r && r->offset == 0 &&
 	       r->size == (uint64_t)16 * pg && r->lent_pages == 0 &&
-	       r->owner_pid == (uint32_t)getpid() && q.lent == 0,
+	       r->owner_pid == (uint32_t)getpid() && q.lent == 0 &&
+	       !r->reserved[0] && !r->reserved[1],
 	       "rc=%s nr=%u lent=%" PRIu64 " pid=%u", ename(q.rc), q.nr,
 	       q.lent, r ? r->owner_pid : 0);
 
@@ -462,6 +468,10 @@ static void test_bad_inputs(void)
 
 	expect("register-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r),
 	       EINVAL);
+	r.flags = 0;
+	r.reserved[0] = 1;
+	expect("register-reserved",
+	       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r), EINVAL);
 	expect("register-unaligned-addr", reg(m + 8, pg, 0, 10), EINVAL);
 	expect("register-unaligned-size", reg(m, pg + 8, 0, 10), EINVAL);
 	expect("register-unaligned-offset", reg(m, pg, 8, 10), EINVAL);
@@ -651,10 +661,9 @@ static void test_ownership(void)
 static void test_ioctl_numbers(void)
 {
 	uint64_t zero[8] = { 0 };
-	int rc11 = xioctl(fd, _IOW('P', 11, struct privcmd_hostmem_register),
-			  zero);
-	int rc13 = xioctl(fd, _IOWR('P', 13, struct privcmd_hostmem_lend),
-			  zero);
+	/* The sizes the first version of the series had there. */
+	int rc11 = xioctl(fd, _IOW('P', 11, uint64_t[4]), zero);
+	int rc13 = xioctl(fd, _IOWR('P', 13, uint64_t[4]), zero);
 
 	result("ioctl-numbers-11-13-free", rc11 == ENOTTY && rc13 == ENOTTY,
 	       "P11=%s P13=%s", ename(rc11), ename(rc13));
@@ -688,8 +697,8 @@ static void test_lend_revoke_args(void)
 	expect("revoke-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
 	       EINVAL);
 	rv.flags = 0;
-	rv.pad = 1;
-	expect("revoke-pad", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
+	rv.reserved[1] = 1;
+	expect("revoke-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
 	       EINVAL);
 	expect("revoke-zero-pages", revoke_on(fd, gfn_base, 0, 0, dom), EINVAL);
 	expect("revoke-wraps", revoke_on(fd, (uint64_t)-1, 2, 0, dom), EINVAL);
@@ -700,6 +709,22 @@ static void test_lend_revoke_args(void)
 	       EINVAL);
 	expect("query-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &qq),
 	       EINVAL);
+	qq.flags = 0;
+	qq.reserved[0] = 1;
+	expect("query-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &qq),
+	       EINVAL);
+	l.pad = 0;
+	l.reserved[1] = 1;
+	expect("lend-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_LEND, &l),
+	       EINVAL);
+	{
+		struct privcmd_hostmem_unregister u = {
+			.id = 1, .dom = dom, .reserved = { 1, 0 },
+		};
+
+		expect("unregister-reserved",
+		       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &u), EINVAL);
+	}
 }
 
 static void test_limits(void)
