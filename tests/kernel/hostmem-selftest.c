@@ -1061,11 +1061,13 @@ static int domctl(struct xen_domctl *d)
 	return rc;
 }
 
+/* A bare HVM domain; at domid *out if that is not 0. */
 static int create_domain(domid_t *out)
 {
 	struct xen_domctl d = { .cmd = XEN_DOMCTL_createdomain };
 	int rc;
 
+	d.domain = *out;
 	d.u.createdomain.flags = XEN_DOMCTL_CDF_hvm | XEN_DOMCTL_CDF_hap;
 	d.u.createdomain.max_vcpus = 1;
 	d.u.createdomain.max_evtchn_port = 1023;
@@ -1147,6 +1149,73 @@ static void test_lend_domain_gone(void)
 	munmap(m, 8 * pg);
 }
 
+/*
+ * The guest is destroyed with pages lent and another domain gets its domid
+ * before anything touches the registration: lending the same pages at the
+ * same GFNs must lend them to the new domain, not count entries that went
+ * with the old one. A page of a second registration then finds the GFN
+ * taken (EEXIST).
+ */
+static void test_domid_reuse(void)
+{
+	char *m = map_anon(2, PROT_READ | PROT_WRITE);
+	char *p = map_anon(1, PROT_READ | PROT_WRITE);
+	domid_t again = dom;
+	uint32_t n = 0;
+	int rc, tries;
+
+	fill(m, 2, 5);
+	fill(p, 1, 6);
+	/* The domain of the previous test may take a moment to go. */
+	for (tries = 0; tries < 50; tries++) {
+		again = dom;
+		rc = create_domain(&again);
+		if (rc != EEXIST)
+			break;
+		usleep(100000);
+	}
+	result("reuse-make-domain", rc == 0 && again == dom, "rc=%s dom=%u",
+	       ename(rc), again);
+	if (rc)
+		goto out;
+	reg(m, 2 * pg, 0, 95);
+	reg(p, pg, 16 * pg, 96);
+	rc = lend(0, gfn_base, 2, &n);
+	result("reuse-lend", rc == 0 && n == 2, "rc=%s nr_lent=%u", ename(rc),
+	       n);
+	rc = destroy_domain(dom);
+	for (tries = 0; !rc && tries < 50; tries++) {
+		again = dom;
+		rc = create_domain(&again);
+		if (rc != EEXIST)
+			break;
+		usleep(100000);
+		if (tries < 49)
+			rc = 0;
+	}
+	result("reuse-same-domid", rc == 0 && again == dom, "rc=%s dom=%u",
+	       ename(rc), again);
+	if (rc)
+		goto out_unreg;
+	rc = lend(0, gfn_base, 2, &n);
+	{
+		uint32_t n2 = 9;
+		int rc2 = lend(16 * pg, gfn_base, 1, &n2);
+
+		result("reuse-relend-asks-xen", rc == 0 && n == 2 &&
+		       rc2 == EEXIST && n2 == 0,
+		       "relend:rc=%s,nr_lent=%u other-page:rc=%s,nr_lent=%u",
+		       ename(rc), n, ename(rc2), n2);
+	}
+	revoke_all();
+out_unreg:
+	unreg(95);
+	unreg(96);
+out:
+	munmap(m, 2 * pg);
+	munmap(p, pg);
+}
+
 static void test_lending(void)
 {
 	static const char *const names[] = {
@@ -1191,6 +1260,8 @@ static void test_lending(void)
 	test_lend_stress();
 	if (make_domain)
 		test_lend_domain_gone();
+	if (make_domain)
+		test_domid_reuse();
 }
 
 int main(int argc, char **argv)
@@ -1234,7 +1305,11 @@ int main(int argc, char **argv)
 	}
 
 	if (make_domain) {
-		int rc = have_guest ? EINVAL : create_domain(&dom);
+		domid_t made = 0;
+		int rc = have_guest ? EINVAL : create_domain(&made);
+
+		if (!rc)
+			dom = made;
 
 		result("make-domain", rc == 0, "rc=%s dom=%u", ename(rc), dom);
 		if (rc)
