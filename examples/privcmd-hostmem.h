@@ -23,12 +23,14 @@ struct privcmd_hostmem_register {
     __u32 id;
     __u16 dom;
     __u16 flags;
+    __u64 reserved[2];
 };
 
 struct privcmd_hostmem_unregister {
     __u32 id;
     __u16 dom;
     __u16 flags;
+    __u64 reserved[2];
 };
 
 struct privcmd_hostmem_lend {
@@ -39,15 +41,16 @@ struct privcmd_hostmem_lend {
     __u16 flags;
     __u32 nr_lent;
     __u32 pad;
+    __u64 reserved[2];
 };
 
 #define PRIVCMD_HOSTMEM_REVOKE_ALL (1U << 0)
 struct privcmd_hostmem_revoke {
     __u64 gfn;
-    __u64 nr_pages;
+    __u32 nr_pages;
     __u16 dom;
     __u16 flags;
-    __u32 pad;
+    __u64 reserved[2];
 };
 
 struct privcmd_hostmem_region {
@@ -56,6 +59,7 @@ struct privcmd_hostmem_region {
     __u64 lent_pages;
     __u32 id;
     __u32 owner_pid;
+    __u64 reserved[2];
 };
 
 struct privcmd_hostmem_query {
@@ -64,18 +68,19 @@ struct privcmd_hostmem_query {
     __u32 nr_regions;
     __u64 regions;
     __u64 lent_pages;
+    __u64 reserved[2];
 };
 
 #define IOCTL_PRIVCMD_HOSTMEM_REGISTER \
-    _IOW('P', 11, struct privcmd_hostmem_register)
+    _IOW('P', 64, struct privcmd_hostmem_register)
 #define IOCTL_PRIVCMD_HOSTMEM_UNREGISTER \
-    _IOW('P', 12, struct privcmd_hostmem_unregister)
+    _IOW('P', 65, struct privcmd_hostmem_unregister)
 #define IOCTL_PRIVCMD_HOSTMEM_LEND \
-    _IOWR('P', 13, struct privcmd_hostmem_lend)
+    _IOWR('P', 66, struct privcmd_hostmem_lend)
 #define IOCTL_PRIVCMD_HOSTMEM_REVOKE \
-    _IOW('P', 14, struct privcmd_hostmem_revoke)
+    _IOW('P', 67, struct privcmd_hostmem_revoke)
 #define IOCTL_PRIVCMD_HOSTMEM_QUERY \
-    _IOWR('P', 15, struct privcmd_hostmem_query)
+    _IOWR('P', 68, struct privcmd_hostmem_query)
 #endif
 
 #endif /* PRIVCMD_HOSTMEM_H */

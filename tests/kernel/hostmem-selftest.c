@@ -58,12 +58,14 @@ struct privcmd_hostmem_register {
 	uint32_t id;
 	domid_t dom;
 	uint16_t flags;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_unregister {
 	uint32_t id;
 	domid_t dom;
 	uint16_t flags;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_lend {
@@ -74,16 +76,17 @@ struct privcmd_hostmem_lend {
 	uint16_t flags;
 	uint32_t nr_lent;
 	uint32_t pad;
+	uint64_t reserved[2];
 };
 
 #define PRIVCMD_HOSTMEM_REVOKE_ALL (1 << 0)
 
 struct privcmd_hostmem_revoke {
 	uint64_t gfn;
-	uint64_t nr_pages;
+	uint32_t nr_pages;
 	domid_t dom;
 	uint16_t flags;
-	uint32_t pad;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_region {
@@ -92,6 +95,7 @@ struct privcmd_hostmem_region {
 	uint64_t lent_pages;
 	uint32_t id;
 	uint32_t owner_pid;
+	uint64_t reserved[2];
 };
 
 struct privcmd_hostmem_query {
@@ -100,25 +104,26 @@ struct privcmd_hostmem_query {
 	uint32_t nr_regions;
 	uint64_t regions;
 	uint64_t lent_pages;
+	uint64_t reserved[2];
 };
 
-_Static_assert(sizeof(struct privcmd_hostmem_register) == 32, "register");
-_Static_assert(sizeof(struct privcmd_hostmem_unregister) == 8, "unregister");
-_Static_assert(sizeof(struct privcmd_hostmem_lend) == 32, "lend");
-_Static_assert(sizeof(struct privcmd_hostmem_revoke) == 24, "revoke");
-_Static_assert(sizeof(struct privcmd_hostmem_region) == 32, "region");
-_Static_assert(sizeof(struct privcmd_hostmem_query) == 24, "query");
+_Static_assert(sizeof(struct privcmd_hostmem_register) == 48, "register");
+_Static_assert(sizeof(struct privcmd_hostmem_unregister) == 24, "unregister");
+_Static_assert(sizeof(struct privcmd_hostmem_lend) == 48, "lend");
+_Static_assert(sizeof(struct privcmd_hostmem_revoke) == 32, "revoke");
+_Static_assert(sizeof(struct privcmd_hostmem_region) == 48, "region");
+_Static_assert(sizeof(struct privcmd_hostmem_query) == 40, "query");
 
 #define IOCTL_PRIVCMD_RESTRICT _IOC(_IOC_NONE, 'P', 6, sizeof(domid_t))
 #define IOCTL_PRIVCMD_HOSTMEM_REGISTER \
-	_IOW('P', 11, struct privcmd_hostmem_register)
+	_IOW('P', 64, struct privcmd_hostmem_register)
 #define IOCTL_PRIVCMD_HOSTMEM_UNREGISTER \
-	_IOW('P', 12, struct privcmd_hostmem_unregister)
-#define IOCTL_PRIVCMD_HOSTMEM_LEND _IOWR('P', 13, struct privcmd_hostmem_lend)
+	_IOW('P', 65, struct privcmd_hostmem_unregister)
+#define IOCTL_PRIVCMD_HOSTMEM_LEND _IOWR('P', 66, struct privcmd_hostmem_lend)
 #define IOCTL_PRIVCMD_HOSTMEM_REVOKE \
-	_IOW('P', 14, struct privcmd_hostmem_revoke)
+	_IOW('P', 67, struct privcmd_hostmem_revoke)
 #define IOCTL_PRIVCMD_HOSTMEM_QUERY \
-	_IOWR('P', 15, struct privcmd_hostmem_query)
+	_IOWR('P', 68, struct privcmd_hostmem_query)
 
 /*
  * --make-domain: a bare HVM domain to lend to, made with raw domctls of
@@ -302,7 +307,7 @@ static int lend(uint64_t offset, uint64_t gfn, uint32_t n, uint32_t *nr_lent)
 	return lend_on(fd, offset, gfn, n, dom, nr_lent);
 }
 
-static int revoke_on(int f, uint64_t gfn, uint64_t n, uint16_t flags, domid_t d)
+static int revoke_on(int f, uint64_t gfn, uint32_t n, uint16_t flags, domid_t d)
 {
 	struct privcmd_hostmem_revoke r = {
 		.gfn = gfn, .nr_pages = n, .dom = d, .flags = flags,
@@ -311,9 +316,35 @@ static int revoke_on(int f, uint64_t gfn, uint64_t n, uint16_t flags, domid_t d)
 	return xioctl(f, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &r);
 }
 
+/*
+ * The device model's file: restricted to the guest, registering nothing.
+ * Only such a file may revoke everything lent to the guest.
+ */
+static int dm_fd(void)
+{
+	static int dmfd = -1;
+	static domid_t dmdom;
+
+	if (dmfd >= 0 && dmdom != dom) {
+		close(dmfd);
+		dmfd = -1;
+	}
+	if (dmfd < 0) {
+		domid_t d = dom;
+
+		dmfd = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+		if (dmfd >= 0 && xioctl(dmfd, IOCTL_PRIVCMD_RESTRICT, &d)) {
+			close(dmfd);
+			dmfd = -1;
+		}
+		dmdom = dom;
+	}
+	return dmfd;
+}
+
 static int revoke_all(void)
 {
-	return revoke_on(fd, 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom);
+	return revoke_on(dm_fd(), 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom);
 }
 
 struct snapshot {
@@ -332,7 +363,7 @@ static int query_on(int f, domid_t d, struct snapshot *s)
 		.regions = (uintptr_t)s->r,
 	};
 
-	memset(s->r, 0, sizeof(s->r));
+	memset(s->r, 0xff, sizeof(s->r));	/* reserved must come back 0 */
 	s->rc = xioctl(f, IOCTL_PRIVCMD_HOSTMEM_QUERY, &k);
 	s->nr = k.nr_regions;
 	s->lent = k.lent_pages;
@@ -393,7 +424,8 @@ static void test_register_query_unregister(void)
 	result("query-lists-registration",
 	       q.rc == 0 && q.nr == 1 && r && r->offset == 0 &&
 	       r->size == (uint64_t)16 * pg && r->lent_pages == 0 &&
-	       r->owner_pid == (uint32_t)getpid() && q.lent == 0,
+	       r->owner_pid == (uint32_t)getpid() && q.lent == 0 &&
+	       !r->reserved[0] && !r->reserved[1],
 	       "rc=%s nr=%u lent=%" PRIu64 " pid=%u", ename(q.rc), q.nr,
 	       q.lent, r ? r->owner_pid : 0);
 
@@ -436,6 +468,10 @@ static void test_bad_inputs(void)
 
 	expect("register-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r),
 	       EINVAL);
+	r.flags = 0;
+	r.reserved[0] = 1;
+	expect("register-reserved",
+	       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r), EINVAL);
 	expect("register-unaligned-addr", reg(m + 8, pg, 0, 10), EINVAL);
 	expect("register-unaligned-size", reg(m, pg + 8, 0, 10), EINVAL);
 	expect("register-unaligned-offset", reg(m, pg, 8, 10), EINVAL);
@@ -599,6 +635,40 @@ static void test_restricted_fd(void)
 	free(s);
 }
 
+/*
+ * Only the file that registered may unregister; revoking everything is for
+ * the device model's file, not for a file holding registrations.
+ */
+static void test_ownership(void)
+{
+	int other = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	char *m = map_anon(2, PROT_READ | PROT_WRITE);
+
+	expect("ownership-register", reg(m, 2 * pg, 0, 32), 0);
+	expect("unregister-by-other-file", unreg_on(other, 32, dom), EPERM);
+	query();
+	result("unregister-by-other-file-keeps", q.nr == 1 && region(32),
+	       "nr=%u", q.nr);
+	expect("revoke-all-by-registering-file",
+	       revoke_on(fd, 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom), EPERM);
+	expect("revoke-all-by-dm-file", revoke_all(), 0);
+	expect("unregister-by-registering-file", unreg(32), 0);
+	close(other);
+	munmap(m, 2 * pg);
+}
+
+/* The hostmem ioctls do not use 'P' 11 and 13 (other privcmd series do). */
+static void test_ioctl_numbers(void)
+{
+	uint64_t zero[8] = { 0 };
+	/* The sizes the first version of the series had there. */
+	int rc11 = xioctl(fd, _IOW('P', 11, uint64_t[4]), zero);
+	int rc13 = xioctl(fd, _IOWR('P', 13, uint64_t[4]), zero);
+
+	result("ioctl-numbers-11-13-free", rc11 == ENOTTY && rc13 == ENOTTY,
+	       "P11=%s P13=%s", ename(rc11), ename(rc13));
+}
+
 static void test_lend_revoke_args(void)
 {
 	unsigned long lend_max = param("hostmem_lend_max_pages", 4096);
@@ -627,15 +697,34 @@ static void test_lend_revoke_args(void)
 	expect("revoke-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
 	       EINVAL);
 	rv.flags = 0;
-	rv.pad = 1;
-	expect("revoke-pad", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
+	rv.reserved[1] = 1;
+	expect("revoke-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REVOKE, &rv),
 	       EINVAL);
 	expect("revoke-zero-pages", revoke_on(fd, gfn_base, 0, 0, dom), EINVAL);
 	expect("revoke-wraps", revoke_on(fd, (uint64_t)-1, 2, 0, dom), EINVAL);
 	expect("revoke-nothing-lent", revoke_on(fd, gfn_base, 16, 0, dom), 0);
 	expect("revoke-all-nothing-lent", revoke_all(), 0);
+	expect("revoke-all-with-range",
+	       revoke_on(dm_fd(), gfn_base, 16, PRIVCMD_HOSTMEM_REVOKE_ALL, dom),
+	       EINVAL);
 	expect("query-flags", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &qq),
 	       EINVAL);
+	qq.flags = 0;
+	qq.reserved[0] = 1;
+	expect("query-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &qq),
+	       EINVAL);
+	l.pad = 0;
+	l.reserved[1] = 1;
+	expect("lend-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_LEND, &l),
+	       EINVAL);
+	{
+		struct privcmd_hostmem_unregister u = {
+			.id = 1, .dom = dom, .reserved = { 1, 0 },
+		};
+
+		expect("unregister-reserved",
+		       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &u), EINVAL);
+	}
 }
 
 static void test_limits(void)
@@ -972,11 +1061,13 @@ static int domctl(struct xen_domctl *d)
 	return rc;
 }
 
+/* A bare HVM domain; at domid *out if that is not 0. */
 static int create_domain(domid_t *out)
 {
 	struct xen_domctl d = { .cmd = XEN_DOMCTL_createdomain };
 	int rc;
 
+	d.domain = *out;
 	d.u.createdomain.flags = XEN_DOMCTL_CDF_hvm | XEN_DOMCTL_CDF_hap;
 	d.u.createdomain.max_vcpus = 1;
 	d.u.createdomain.max_evtchn_port = 1023;
@@ -1036,18 +1127,93 @@ static void test_lend_domain_gone(void)
 	result("gone-lend", rc == 0 && n == 4, "rc=%s nr_lent=%u", ename(rc), n);
 	rc = destroy_domain(dom);
 	result("gone-destroy-domain", rc == 0, "rc=%s", ename(rc));
-	/* Pages 0-3 are still recorded as lent; page 4 meets the dead domain. */
-	rc = lend(0, gfn_base, 8, &n);
-	result("gone-lend-fails", rc == ESRCH && n == 4, "rc=%s nr_lent=%u",
-	       ename(rc), n);
 	madvise(m, 2 * pg, MADV_DONTNEED);
 	query();
 	result("gone-invalidate-revokes", q.lent == 2, "lent=%" PRIu64, q.lent);
+	/*
+	 * Pages 2-3 are still recorded as lent, but their Xen entries went
+	 * with the domain: lending them again must ask Xen, not count them.
+	 */
+	n = 7;
+	rc = lend(2 * pg, gfn_base + 2, 2, &n);
+	query();
+	result("gone-relend-asks-xen", rc == ESRCH && n == 0 && q.lent == 0,
+	       "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc), n, q.lent);
+	rc = lend(0, gfn_base, 8, &n);
+	result("gone-lend-fails", rc == ESRCH && n == 0, "rc=%s nr_lent=%u",
+	       ename(rc), n);
 	expect("gone-revoke-all", revoke_all(), 0);
 	query();
 	result("gone-revoke-all-counts", q.lent == 0, "lent=%" PRIu64, q.lent);
 	expect("gone-unregister", unreg(90), 0);
 	munmap(m, 8 * pg);
+}
+
+/*
+ * The guest is destroyed with pages lent and another domain gets its domid
+ * before anything touches the registration: lending the same pages at the
+ * same GFNs must lend them to the new domain, not count entries that went
+ * with the old one. A page of a second registration then finds the GFN
+ * taken (EEXIST).
+ */
+static void test_domid_reuse(void)
+{
+	char *m = map_anon(2, PROT_READ | PROT_WRITE);
+	char *p = map_anon(1, PROT_READ | PROT_WRITE);
+	domid_t again = dom;
+	uint32_t n = 0;
+	int rc, tries;
+
+	fill(m, 2, 5);
+	fill(p, 1, 6);
+	/* The domain of the previous test may take a moment to go. */
+	for (tries = 0; tries < 50; tries++) {
+		again = dom;
+		rc = create_domain(&again);
+		if (rc != EEXIST)
+			break;
+		usleep(100000);
+	}
+	result("reuse-make-domain", rc == 0 && again == dom, "rc=%s dom=%u",
+	       ename(rc), again);
+	if (rc)
+		goto out;
+	reg(m, 2 * pg, 0, 95);
+	reg(p, pg, 16 * pg, 96);
+	rc = lend(0, gfn_base, 2, &n);
+	result("reuse-lend", rc == 0 && n == 2, "rc=%s nr_lent=%u", ename(rc),
+	       n);
+	rc = destroy_domain(dom);
+	for (tries = 0; !rc && tries < 50; tries++) {
+		again = dom;
+		rc = create_domain(&again);
+		if (rc != EEXIST)
+			break;
+		usleep(100000);
+		if (tries < 49)
+			rc = 0;
+	}
+	result("reuse-same-domid", rc == 0 && again == dom, "rc=%s dom=%u",
+	       ename(rc), again);
+	if (rc)
+		goto out_unreg;
+	rc = lend(0, gfn_base, 2, &n);
+	{
+		uint32_t n2 = 9;
+		int rc2 = lend(16 * pg, gfn_base, 1, &n2);
+
+		result("reuse-relend-asks-xen", rc == 0 && n == 2 &&
+		       rc2 == EEXIST && n2 == 0,
+		       "relend:rc=%s,nr_lent=%u other-page:rc=%s,nr_lent=%u",
+		       ename(rc), n, ename(rc2), n2);
+	}
+	revoke_all();
+out_unreg:
+	unreg(95);
+	unreg(96);
+out:
+	munmap(m, 2 * pg);
+	munmap(p, pg);
 }
 
 static void test_lending(void)
@@ -1094,6 +1260,8 @@ static void test_lending(void)
 	test_lend_stress();
 	if (make_domain)
 		test_lend_domain_gone();
+	if (make_domain)
+		test_domid_reuse();
 }
 
 int main(int argc, char **argv)
@@ -1137,7 +1305,11 @@ int main(int argc, char **argv)
 	}
 
 	if (make_domain) {
-		int rc = have_guest ? EINVAL : create_domain(&dom);
+		domid_t made = 0;
+		int rc = have_guest ? EINVAL : create_domain(&made);
+
+		if (!rc)
+			dom = made;
 
 		result("make-domain", rc == 0, "rc=%s dom=%u", ename(rc), dom);
 		if (rc)
@@ -1150,6 +1322,8 @@ int main(int argc, char **argv)
 	test_bad_inputs();
 	test_memory_kinds();
 	test_restricted_fd();
+	test_ownership();
+	test_ioctl_numbers();
 	test_lend_revoke_args();
 	test_limits();
 	test_owner_exit_bookkeeping();

@@ -36,6 +36,9 @@
  *   lend-occupied    another frame onto a lent guest frame: -EEXIST
  *   lend-not-owned   frames dom0 does not own: -EPERM
  *   lend-restricted  a handle restricted to another domain: refused
+ *   dmop-lend-refused, dmop-revoke-refused  privcmd refuses both DMOPs
+ *                    on IOCTL_PRIVCMD_DM_OP (libxendevicemodel), restricted
+ *                    to the guest or not, and the guest's p2m is unchanged
  *   foreign-map      dom0 cannot map the lent guest frame via the guest
  *   grant-own        positive control: a grant (written by dom0 into the
  *                    guest's grant table) of guest RAM maps and copies
@@ -63,6 +66,10 @@
  *                    completed from memory, the first is never sent again
  *   owner-free       the owner frees lent pages: they stay allocated
  *   destroy-frees    guest destroyed with pages lent: they are freed
+ *
+ * Every lend and revoke of these checks is a raw hypercall through
+ * libxencall (IOCTL_PRIVCMD_HYPERCALL of an unrestricted privcmd file):
+ * privcmd keeps both operations off IOCTL_PRIVCMD_DM_OP.
  *
  * No Xen development headers are needed: the libraries are loaded at run
  * time and the few structures used are declared below (Xen 4.20 ABI).
@@ -187,6 +194,9 @@ static struct {
     void *(*gt_map)(void *, uint32_t, uint32_t, int);
     int (*gt_unmap)(void *, void *, uint32_t);
     int (*gt_copy)(void *, uint32_t, void *);
+    void *(*xcall_open)(void *, unsigned int);
+    void *(*xcall_alloc)(void *, size_t);
+    long (*xcall3)(void *, unsigned int, uint64_t, uint64_t, uint64_t);
 } X;
 
 /* tools/include/xengnttab.h */
@@ -215,7 +225,7 @@ typedef struct {
 #define XENMEM_resource_grant_table 1
 #define XENMEM_resource_grant_table_id_shared 0
 
-static void *dm, *fm, *xce, *xch;
+static void *dm, *fm, *xce, *xch, *xcall;
 static int failures;
 
 static void *must_dlopen(const char *const *names)
@@ -250,6 +260,7 @@ static void load_libs(void)
     static const char *const fml[] = { "libxenforeignmemory.so.1", NULL };
     static const char *const evl[] = { "libxenevtchn.so.1", NULL };
     static const char *const gtl[] = { "libxengnttab.so.1", NULL };
+    static const char *const xcalll[] = { "libxencall.so.1", NULL };
     static const char *const xcl[] = { "libxenctrl.so.4.20", "libxenctrl.so",
                                        NULL };
     void *l;
@@ -296,11 +307,17 @@ static void load_libs(void)
     *(void **)&X.gt_unmap = sym(l, "xengnttab_unmap");
     *(void **)&X.gt_copy = sym(l, "xengnttab_grant_copy");
 
+    l = must_dlopen(xcalll);
+    *(void **)&X.xcall_open = sym(l, "xencall_open");
+    *(void **)&X.xcall_alloc = sym(l, "xencall_alloc_buffer");
+    *(void **)&X.xcall3 = sym(l, "xencall3");
+
     dm = X.dm_open(NULL, 0);
     fm = X.fm_open(NULL, 0);
     xce = X.ev_open(NULL, 0);
     xch = X.xc_open(NULL, NULL, 0);
-    if ( !dm || !fm || !xce || !xch )
+    xcall = X.xcall_open(NULL, 0);
+    if ( !dm || !fm || !xce || !xch || !xcall )
     {
         fprintf(stderr, "cannot open the Xen interfaces: %s\n",
                 strerror(errno));
@@ -349,20 +366,70 @@ static long tot_pages(uint32_t domid)
     return dom_pages(domid, false);
 }
 
+/*
+ * XEN_DMOP_lend_pages / revoke_pages as a raw hypercall (libxencall, i.e.
+ * IOCTL_PRIVCMD_HYPERCALL on an unrestricted privcmd file): privcmd refuses
+ * both on IOCTL_PRIVCMD_DM_OP, the path libxendevicemodel takes, and these
+ * checks are about Xen, with frames of our choosing. Batches of 512 frames
+ * and @done as xendevicemodel_lend_pages() has them.
+ */
+#define RAW_BATCH 512U
+
+struct raw_dmop {
+    struct { uint64_t h, size; } bufs[2];     /* struct xen_dm_op_buf */
+    struct {
+        uint32_t op, pad;
+        uint32_t nr, done;                    /* xen_dm_op_lend_pages */
+        uint64_t first_gfn;
+        uint32_t flags, pad2;
+        uint8_t rest[32];
+    } op;
+    uint64_t frames[RAW_BATCH];
+};
+
+static int raw_dmop(unsigned int op, uint16_t dom, uint64_t gfn, uint32_t nr,
+                    const uint64_t *f, uint32_t *done)
+{
+    static struct raw_dmop *b;
+    uint32_t total = 0;
+    int rc = 0;
+
+    if ( !b && !(b = X.xcall_alloc(xcall, sizeof(*b))) )
+        return -errno;
+    while ( total < nr )
+    {
+        uint32_t n = nr - total < RAW_BATCH ? nr - total : RAW_BATCH;
+
+        memset(b, 0, sizeof(*b));
+        b->op.op = op;
+        b->op.nr = n;
+        b->op.first_gfn = gfn + total;
+        memcpy(b->frames, f + total, n * sizeof(*f));
+        b->bufs[0].h = (uintptr_t)&b->op;
+        b->bufs[0].size = sizeof(b->op);
+        b->bufs[1].h = (uintptr_t)b->frames;
+        b->bufs[1].size = n * sizeof(*f);
+        rc = X.xcall3(xcall, __HYPERVISOR_dm_op, dom, 2,
+                      (uintptr_t)b->bufs) ? -errno : 0;
+        total += b->op.done <= n ? b->op.done : 0;
+        if ( rc || b->op.done != n )
+            break;
+    }
+    if ( done )
+        *done = total;
+    return rc;
+}
+
 static int do_lend(uint16_t dom, uint64_t gfn, uint32_t nr, const uint64_t *f,
                 uint32_t *done)
 {
-    int rc = X.dm_lend(dm, dom, gfn, nr, f, done);
-
-    return rc ? -errno : 0;
+    return raw_dmop(XEN_DMOP_lend_pages, dom, gfn, nr, f, done);
 }
 
 static int do_revoke(uint16_t dom, uint64_t gfn, uint32_t nr, const uint64_t *f,
                   uint32_t *done)
 {
-    int rc = X.dm_revoke(dm, dom, gfn, nr, f, done);
-
-    return rc ? -errno : 0;
+    return raw_dmop(XEN_DMOP_revoke_pages, dom, gfn, nr, f, done);
 }
 
 static double now(void)
@@ -1355,6 +1422,45 @@ int main(int argc, char **argv)
             X.dm_close(dm2);
         }
         result("lend-restricted", rc == -EPERM, "rc=%d", rc);
+    }
+
+    /*
+     * dmop-*-refused: privcmd refuses both operations on its generic
+     * IOCTL_PRIVCMD_DM_OP path (libxendevicemodel), for a handle restricted
+     * to the guest and for an unrestricted one, and the guest's p2m is
+     * left as it was: the frame was not lent there, nor was the lent
+     * entry revoked.
+     */
+    {
+        void *dm2 = X.dm_open(NULL, 0);
+        uint64_t g = gfn + 3 * NR_PAGES;
+        uint32_t d2 = 0;
+        int lr = -ENOSYS, lu, rr = -ENOSYS, ru, after, back, still;
+
+        if ( dm2 && !X.dm_restrict(dm2, dom) )
+        {
+            lr = X.dm_lend(dm2, dom, g, 1, &frames[NR_PAGES], &d2) ? -errno : 0;
+            rr = X.dm_revoke(dm2, dom, gfn, 1, &frames[0], &d2) ? -errno : 0;
+        }
+        if ( dm2 )
+            X.dm_close(dm2);
+        lu = X.dm_lend(dm, dom, g, 1, &frames[NR_PAGES], &d2) ? -errno : 0;
+        ru = X.dm_revoke(dm, dom, gfn, 1, &frames[0], &d2) ? -errno : 0;
+        /* Unchanged p2m: g is still a hole the spare frame can go to... */
+        after = do_lend(dom, g, 1, &frames[NR_PAGES], &d2);
+        back = do_revoke(dom, g, 1, &frames[NR_PAGES], &d2);
+        /* ...and frames[0] is still lent at gfn (lending it again fails). */
+        still = do_lend(dom, g, 1, &frames[0], &d2);
+        if ( !still )
+            do_revoke(dom, g, 1, &frames[0], &d2);
+        result("dmop-lend-refused", lr == -EPERM && lu == -EPERM &&
+               after == 0 && back == 0,
+               "restricted:rc=%d,unrestricted:rc=%d,then-raw-lend:rc=%d",
+               lr, lu, after);
+        result("dmop-revoke-refused", rr == -EPERM && ru == -EPERM &&
+               still == -EEXIST,
+               "restricted:rc=%d,unrestricted:rc=%d,still-lent:rc=%d",
+               rr, ru, still);
     }
 
     /* foreign-map: nobody maps a lent page through the guest */

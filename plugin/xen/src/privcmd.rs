@@ -24,6 +24,8 @@ pub struct HostmemRegister {
     pub id: u32,
     pub dom: u16,
     pub flags: u16,
+    /// Must be 0.
+    pub reserved: [u64; 2],
 }
 
 /// `struct privcmd_hostmem_unregister`
@@ -33,6 +35,8 @@ pub struct HostmemUnregister {
     pub id: u32,
     pub dom: u16,
     pub flags: u16,
+    /// Must be 0.
+    pub reserved: [u64; 2],
 }
 
 /// `struct privcmd_hostmem_lend`
@@ -46,6 +50,8 @@ pub struct HostmemLend {
     pub flags: u16,
     pub nr_lent: u32,
     pub pad: u32,
+    /// Must be 0.
+    pub reserved: [u64; 2],
 }
 
 /// `struct privcmd_hostmem_revoke`
@@ -53,10 +59,11 @@ pub struct HostmemLend {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HostmemRevoke {
     pub gfn: u64,
-    pub nr_pages: u64,
+    pub nr_pages: u32,
     pub dom: u16,
     pub flags: u16,
-    pub pad: u32,
+    /// Must be 0.
+    pub reserved: [u64; 2],
 }
 
 /// `struct privcmd_hostmem_query`
@@ -68,6 +75,8 @@ pub struct HostmemQuery {
     pub nr_regions: u32,
     pub regions: u64,
     pub lent_pages: u64,
+    /// Must be 0.
+    pub reserved: [u64; 2],
 }
 
 /// `struct privcmd_hostmem_region`
@@ -79,6 +88,8 @@ pub struct HostmemRegion {
     pub lent_pages: u64,
     pub id: u32,
     pub owner_pid: u32,
+    /// Written as 0 by the kernel.
+    pub reserved: [u64; 2],
 }
 
 /// What the kernel says about one guest's host memory.
@@ -99,20 +110,20 @@ const fn ioc(dir: u64, ty: u8, nr: u8, size: usize) -> u64 {
 
 /// `_IOC(_IOC_NONE, 'P', 6, sizeof(domid_t))`
 pub const IOCTL_PRIVCMD_RESTRICT: u64 = ioc(IOC_NONE, b'P', 6, size_of::<u16>());
-/// `_IOW('P', 11, struct privcmd_hostmem_register)`
+/// `_IOW('P', 64, struct privcmd_hostmem_register)`
 pub const IOCTL_PRIVCMD_HOSTMEM_REGISTER: u64 =
-    ioc(IOC_WRITE, b'P', 11, size_of::<HostmemRegister>());
-/// `_IOW('P', 12, struct privcmd_hostmem_unregister)`
+    ioc(IOC_WRITE, b'P', 64, size_of::<HostmemRegister>());
+/// `_IOW('P', 65, struct privcmd_hostmem_unregister)`
 pub const IOCTL_PRIVCMD_HOSTMEM_UNREGISTER: u64 =
-    ioc(IOC_WRITE, b'P', 12, size_of::<HostmemUnregister>());
-/// `_IOWR('P', 13, struct privcmd_hostmem_lend)`
+    ioc(IOC_WRITE, b'P', 65, size_of::<HostmemUnregister>());
+/// `_IOWR('P', 66, struct privcmd_hostmem_lend)`
 pub const IOCTL_PRIVCMD_HOSTMEM_LEND: u64 =
-    ioc(IOC_READ | IOC_WRITE, b'P', 13, size_of::<HostmemLend>());
-/// `_IOW('P', 14, struct privcmd_hostmem_revoke)`
-pub const IOCTL_PRIVCMD_HOSTMEM_REVOKE: u64 = ioc(IOC_WRITE, b'P', 14, size_of::<HostmemRevoke>());
-/// `_IOWR('P', 15, struct privcmd_hostmem_query)`
+    ioc(IOC_READ | IOC_WRITE, b'P', 66, size_of::<HostmemLend>());
+/// `_IOW('P', 67, struct privcmd_hostmem_revoke)`
+pub const IOCTL_PRIVCMD_HOSTMEM_REVOKE: u64 = ioc(IOC_WRITE, b'P', 67, size_of::<HostmemRevoke>());
+/// `_IOWR('P', 68, struct privcmd_hostmem_query)`
 pub const IOCTL_PRIVCMD_HOSTMEM_QUERY: u64 =
-    ioc(IOC_READ | IOC_WRITE, b'P', 15, size_of::<HostmemQuery>());
+    ioc(IOC_READ | IOC_WRITE, b'P', 68, size_of::<HostmemQuery>());
 
 /// An open privcmd device.
 #[derive(Debug)]
@@ -185,7 +196,11 @@ impl Privcmd {
 
     /// Unregisters host memory (revoking what was lent from it).
     pub fn hostmem_unregister(&self, dom: u16, id: u32) -> Result<()> {
-        let mut arg = HostmemUnregister { id, dom, flags: 0 };
+        let mut arg = HostmemUnregister {
+            id,
+            dom,
+            ..HostmemUnregister::default()
+        };
         // SAFETY: the argument is a `struct privcmd_hostmem_unregister`.
         unsafe {
             self.ioctl(
@@ -217,26 +232,35 @@ impl Privcmd {
         Ok(arg.nr_lent)
     }
 
-    /// Revokes lent pages in `[gfn, gfn + nr_pages)`. ESRCH (domain gone)
-    /// counts as success: Xen's teardown dropped every reference.
+    /// Revokes lent pages in `[gfn, gfn + nr_pages)`, in calls of at most
+    /// `u32::MAX` pages. ESRCH (domain gone) counts as success: Xen's
+    /// teardown dropped every reference.
     pub fn hostmem_revoke(&self, dom: u16, gfn: u64, nr_pages: u64) -> Result<()> {
-        self.revoke(HostmemRevoke {
-            gfn,
-            nr_pages,
-            dom,
-            flags: 0,
-            pad: 0,
-        })
+        let mut done = 0u64;
+        // At least one call: the kernel answers EINVAL for 0 pages.
+        loop {
+            let n = u32::try_from(nr_pages - done).unwrap_or(u32::MAX);
+            self.revoke(HostmemRevoke {
+                gfn: gfn.wrapping_add(done),
+                nr_pages: n,
+                dom,
+                ..HostmemRevoke::default()
+            })?;
+            done += u64::from(n);
+            if done >= nr_pages {
+                return Ok(());
+            }
+        }
     }
 
-    /// Revokes every page lent to `dom` (ESRCH counts as success).
+    /// Revokes every page lent to `dom` (ESRCH counts as success). The
+    /// kernel refuses it (EPERM) on a file holding registrations for `dom`:
+    /// it is the device model's call.
     pub fn hostmem_revoke_all(&self, dom: u16) -> Result<()> {
         self.revoke(HostmemRevoke {
-            gfn: 0,
-            nr_pages: 0,
             dom,
             flags: PRIVCMD_HOSTMEM_REVOKE_ALL,
-            pad: 0,
+            ..HostmemRevoke::default()
         })
     }
 
@@ -262,10 +286,9 @@ impl Privcmd {
             let mut regions = vec![HostmemRegion::default(); cap as usize];
             let mut arg = HostmemQuery {
                 dom,
-                flags: 0,
                 nr_regions: cap,
                 regions: regions.as_mut_ptr() as u64,
-                lent_pages: 0,
+                ..HostmemQuery::default()
             };
             // SAFETY: the argument is a `struct privcmd_hostmem_query` whose
             // `regions` points to `cap` writable entries that live across
@@ -304,18 +327,48 @@ mod tests {
     /// the ioctl numbers, so a wrong size is a wrong ioctl.
     #[test]
     fn uapi_sizes_and_numbers() {
-        assert_eq!(size_of::<HostmemRegister>(), 32);
-        assert_eq!(size_of::<HostmemUnregister>(), 8);
-        assert_eq!(size_of::<HostmemLend>(), 32);
-        assert_eq!(size_of::<HostmemRevoke>(), 24);
-        assert_eq!(size_of::<HostmemQuery>(), 24);
-        assert_eq!(size_of::<HostmemRegion>(), 32);
+        assert_eq!(size_of::<HostmemRegister>(), 48);
+        assert_eq!(size_of::<HostmemUnregister>(), 24);
+        assert_eq!(size_of::<HostmemLend>(), 48);
+        assert_eq!(size_of::<HostmemRevoke>(), 32);
+        assert_eq!(size_of::<HostmemQuery>(), 40);
+        assert_eq!(size_of::<HostmemRegion>(), 48);
         // Same encoding as the kernel's IOCTL_PRIVCMD_RESTRICT
         // (/usr/include/xen/privcmd.h): _IOC(_IOC_NONE, 'P', 6, 2).
         assert_eq!(IOCTL_PRIVCMD_RESTRICT, 0x0002_5006);
-        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_REGISTER, 0x4020_500b);
-        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_LEND, 0xc020_500d);
-        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_QUERY, 0xc018_500f);
+        // 'P' 64..68: 11 and 13 are taken by other privcmd series.
+        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_REGISTER, 0x4030_5040);
+        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, 0x4018_5041);
+        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_LEND, 0xc030_5042);
+        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_REVOKE, 0x4020_5043);
+        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_QUERY, 0xc028_5044);
+    }
+
+    /// Field offsets of include/uapi/xen/privcmd.h (kernel-patches/0003).
+    #[test]
+    fn uapi_offsets() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(HostmemRegister, id), 24);
+        assert_eq!(offset_of!(HostmemRegister, dom), 28);
+        assert_eq!(offset_of!(HostmemRegister, flags), 30);
+        assert_eq!(offset_of!(HostmemRegister, reserved), 32);
+        assert_eq!(offset_of!(HostmemUnregister, dom), 4);
+        assert_eq!(offset_of!(HostmemUnregister, reserved), 8);
+        assert_eq!(offset_of!(HostmemLend, nr_pages), 16);
+        assert_eq!(offset_of!(HostmemLend, dom), 20);
+        assert_eq!(offset_of!(HostmemLend, nr_lent), 24);
+        assert_eq!(offset_of!(HostmemLend, reserved), 32);
+        assert_eq!(offset_of!(HostmemRevoke, nr_pages), 8);
+        assert_eq!(offset_of!(HostmemRevoke, dom), 12);
+        assert_eq!(offset_of!(HostmemRevoke, flags), 14);
+        assert_eq!(offset_of!(HostmemRevoke, reserved), 16);
+        assert_eq!(offset_of!(HostmemQuery, nr_regions), 4);
+        assert_eq!(offset_of!(HostmemQuery, regions), 8);
+        assert_eq!(offset_of!(HostmemQuery, lent_pages), 16);
+        assert_eq!(offset_of!(HostmemQuery, reserved), 24);
+        assert_eq!(offset_of!(HostmemRegion, id), 24);
+        assert_eq!(offset_of!(HostmemRegion, owner_pid), 28);
+        assert_eq!(offset_of!(HostmemRegion, reserved), 32);
     }
 
     #[test]

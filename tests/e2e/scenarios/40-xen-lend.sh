@@ -9,6 +9,8 @@
 # loops reading guest-physical 512 MiB and stores what it read in its RAM),
 # then runs tests/xen/xen-lend-test.c against it: lending dom0's own pages,
 # double lending, lending frames dom0 does not own, a restricted handle,
+# both DMOPs refused by privcmd on IOCTL_PRIVCMD_DM_OP (the test lends with
+# raw hypercalls),
 # foreign-mapping a lent frame through the guest, granting it (refused;
 # a grant of guest RAM as positive control), revocation (verified, vacuous,
 # wrong frame), IOREQ RETRY (lend-on-fault, a server that answers RETRY

@@ -366,20 +366,20 @@ int ioctl(int fd, unsigned long req, ...)
             }
             return 0;
         }
-        case 13: /* HOSTMEM_LEND: nothing registered */
+        case 66: /* HOSTMEM_LEND: nothing registered */
             ((uint32_t *)arg)[6] = 0;
             return 0;
-        case 14: { /* HOSTMEM_REVOKE: logged to FAKE_PRIVCMD_LOG */
+        case 67: { /* HOSTMEM_REVOKE: logged to FAKE_PRIVCMD_LOG */
             const char *log = getenv("FAKE_PRIVCMD_LOG");
             FILE *f;
             revokes++;
             if (log && (f = fopen(log, "a"))) {
-                fprintf(f, "revoke dom=%u flags=%u\n", ((uint16_t *)arg)[8], ((uint16_t *)arg)[9]);
+                fprintf(f, "revoke dom=%u flags=%u\n", ((uint16_t *)arg)[6], ((uint16_t *)arg)[7]);
                 fclose(f);
             }
             return 0;
         }
-        case 15: /* HOSTMEM_QUERY */
+        case 68: /* HOSTMEM_QUERY */
             ((uint32_t *)arg)[1] = 0;
             ((uint64_t *)arg)[2] = 0;
             return 0;
