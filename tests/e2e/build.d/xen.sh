@@ -5,5 +5,8 @@ cd "/build/$1"
 export XEN_VENDORVERSION=$2
 make -C xen -j"$3" defconfig
 make -C xen -j"$3" XEN_VENDORVERSION="$2"
+# The symbol map of the image, for tests/e2e/classify-failure: a register
+# dump of an HVM guest carries no symbols, so it needs Xen's text range.
+nm -n xen/xen-syms >xen/System.map
 ls -l xen/xen
 ccache -s 2>/dev/null | head -n 5 || true
