@@ -1,0 +1,104 @@
+# Scenario: XTF, the Xen Test Framework (upstream Xen's own CI suite), run
+# with xtf-runner in dom0 against the hypervisor of this boot; one RESULT
+# line per test instance, value = its result (SUCCESS, SKIP, FAILURE,
+# ERROR, CRASH) and time.  SUCCESS and SKIP pass.
+# Selection: one xtf-runner selection per line of /etc/gpu-hostmem/xtf-selection
+# (tests/e2e/run's GPU_HOSTMEM_XTF_SELECTION, lines separated by ";"),
+# default the CI subset below; "everything" selects every test the build
+# produces (all categories).  A test instance whose guest died of the test
+# bed's signature A (tests/e2e/classify-failure on `xl dmesg`) runs again,
+# at most twice; its RESULT says so.  Tests listed in XTF_TESTBED_LIMITS fail
+# identically on the unpatched 4.20.4 hypervisor (docs/e2e.md, "XTF"): they
+# are reported with ok=1 and "test-bed limit" in the value, never hidden.
+# timeout: 3600
+source /usr/lib/gpu-hostmem/e2e/lib.sh
+xtf=/usr/lib/xtf
+classify=/usr/lib/gpu-hostmem/e2e/classify-failure
+map=/usr/lib/gpu-hostmem/e2e/xen-System.map
+per_test=${GH_XTF_TEST_TIMEOUT:-40}
+
+# The CI subset (issue 16): selftest in every environment; the emulation
+# and memory tests; the XSA tests in the HVM environments.
+ci_selection=(
+    "selftest memop-seg swint-emulation fpu-exception-emulation lm-ts invlpg"
+    "xsa hvm"
+)
+# Instances that fail the same way on unpatched 4.20.4 on this test bed
+# (TCG's emulated CPU), from the comparison in docs/e2e.md.
+XTF_TESTBED_LIMITS=()
+
+# (No process substitution here: dom0 has no /dev/fd.)
+sels=()
+if [ -r /etc/gpu-hostmem/xtf-selection ]; then
+    tr ';' '\n' </etc/gpu-hostmem/xtf-selection | sed '/^ *$/d' >/tmp/xtf-sels
+    mapfile -t sels </tmp/xtf-sels
+else
+    sels=("${ci_selection[@]}")
+fi
+[ -x "$xtf/xtf-runner" ] || { result xtf-installed 0 "no $xtf/xtf-runner in dom0"; exit 1; }
+
+: >/tmp/xtf-list
+for s in "${sels[@]}"; do
+    if [ "$s" = everything ]; then
+        s="functional xsa special utility in-development"
+    fi
+    # shellcheck disable=SC2086 # a selection is several words
+    (cd "$xtf" && ./xtf-runner --list $s) >>/tmp/xtf-list
+done
+awk 'NF && !seen[$0]++' /tmp/xtf-list >/tmp/xtf-list.u
+mapfile -t list </tmp/xtf-list.u
+echo "xtf: ${#list[@]} test instances: ${list[*]}"
+[ "${#list[@]}" -gt 0 ] || { result xtf-selection 0 "empty selection: ${sels[*]}"; exit 1; }
+
+limit() {
+    local l
+    for l in "${XTF_TESTBED_LIMITS[@]}"; do [ "$l" = "$1" ] && return 0; done
+    return 1
+}
+
+n_ok=0
+n_bad=0
+t_all=$(gh_now)
+for t in "${list[@]}"; do
+    tries=0
+    lost=
+    while :; do
+        xl dmesg -c >/dev/null 2>&1 || true
+        t0=$(gh_now)
+        # Results from xenconsoled's log of the guest (dom0 runs it with
+        # --log=guest), not `xl console`: that one races with xenconsoled
+        # for a PV guest ("Could not read tty from store").
+        rm -f "$GH_CONSOLE_DIR/guest-$t.log"
+        out=$(cd "$xtf" && timeout -k 5 "$per_test" ./xtf-runner --results-mode=logfile \
+            --logfile-dir="$GH_CONSOLE_DIR" --logfile-pattern=guest-%s.log "$t" 2>&1)
+        rc=$?
+        res=$(printf '%s\n' "$out" | awk -v t="$t" '/^Combined test results:/ { on = 1; next } on && $1 == t { r = $2 } END { print r }')
+        [ -n "$res" ] || res=CRASH
+        [ "$rc" = 124 ] && res="CRASH(timeout ${per_test}s)"
+        secs=$(gh_since "$t0")
+        case "$res" in SUCCESS | SKIP) break ;; esac
+        # The guest died: of the test bed's known fault?
+        xl dmesg >/tmp/xtf-dmesg 2>&1 || true
+        sig=$("$classify" --map "$map" --list /tmp/xtf-dmesg || true)
+        if [ -n "$sig" ] && [ "$tries" -lt 2 ]; then
+            tries=$((tries + 1))
+            lost="$lost,lost to test-bed fault A ($(echo "$sig" | head -n1 | cut -d' ' -f2-))"
+            echo "xtf: $t: guest lost to signature A, running it again"
+            continue
+        fi
+        # Show what the test printed, for the log.
+        printf '%s\n' "$out" | tail -n 25 | sed "s/^/[$t] /"
+        break
+    done
+    # Remove what a crashed test left behind.
+    xl destroy "$t" >/dev/null 2>&1 || true
+    case "$res" in
+    SUCCESS | SKIP) ok=1 ;;
+    *) if limit "$t"; then ok=1; res="$res (test-bed limit, same on unpatched 4.20.4)"; else ok=0; fi ;;
+    esac
+    result "xtf-$t" "$ok" "$res,${secs}s$lost"
+    if [ "$ok" = 1 ]; then n_ok=$((n_ok + 1)); else n_bad=$((n_bad + 1)); fi
+done
+result xtf-summary "$([ "$n_bad" = 0 ] && echo 1 || echo 0)" \
+    "instances=${#list[@]},ok=$n_ok,failed=$n_bad,xen=$(cat /etc/gpu-hostmem/xen-version),$(gh_since "$t_all")s"
+exit "$GH_FAILED"
