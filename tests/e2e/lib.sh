@@ -16,6 +16,11 @@ GH_JOBS=${GPU_HOSTMEM_JOBS:-2}
 GH_XEN_VERSION=4.20.4
 GH_XEN_SHA256=77c8c7d1f250f41d85d76838bf8f0bf7bf8b08f911085d8b58046e39240d2b72
 GH_XEN_URL=https://downloads.xenproject.org/release/xen/$GH_XEN_VERSION/xen-$GH_XEN_VERSION.tar.gz
+# The git tree of the Xen source the series targets (RELEASE-4.20.4) as the
+# vendored tarball unpacks, without .gitarchive-info (whose contents git
+# archive substitutes): a download is accepted only if it unpacks to it
+# (gh_xen_tree), since the release tarball's own hash is not pinned here.
+GH_XEN_TREE=82851e391a5e72efd44014b2ca3ab747a181ffe1
 GH_KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 GH_T0=${GH_T0:-$(date +%s)}
@@ -52,6 +57,21 @@ gh_step() {
 
 # gh_hash ARGS...: sha256 over strings and file contents. "f:PATH" hashes a
 # file (or every file below a directory, with relative names), "s:TEXT" a string.
+# gh_xen_tree TARBALL: the git tree id of the Xen source in TARBALL, without
+# what an upstream release tarball adds to git's (.gitarchive-info, the QEMU
+# trees in tools/, mini-os in extras/), which the build does not use.
+gh_xen_tree() {
+    local d top tree
+    d=$(mktemp -d)
+    tar xf "$1" -C "$d" || { rm -rf "$d"; return 1; }
+    top=$d/xen-$GH_XEN_VERSION
+    [ -d "$top" ] || { rm -rf "$d"; return 1; }
+    rm -rf "$top/.gitarchive-info" "$top/tools/qemu-xen" "$top/tools/qemu-xen-traditional" "$top/extras"
+    tree=$(cd "$top" && git init -q && git add -A -f . && git write-tree)
+    rm -rf "$d"
+    echo "$tree"
+}
+
 gh_hash() {
     local a
     for a in "$@"; do
