@@ -1,5 +1,6 @@
 # Scenario: the booted hypervisor and privcmd module are the ones this test
-# bed BUILT (not Debian's packaged ones), and xl works.
+# bed BUILT (not Debian's packaged ones), xl works, and programs built
+# against Debian's stock libxenlight still work beside ours.
 # timeout: 60
 source /usr/lib/gpu-hostmem/e2e/lib.sh
 want_xen=$(cat /etc/gpu-hostmem/xen-version)
@@ -20,6 +21,21 @@ check privcmd-loaded-out-of-tree "taint=$taint" sh -c "case '$taint' in *O*) tru
 xl_path=$(readlink -f /usr/lib/xen-4.20/bin/xl)
 check xl-is-ours "$(cat /etc/gpu-hostmem/tools-key)" \
     cmp -s /usr/lib/xen-4.20/bin/xl /usr/lib/gpu-hostmem/built/xl
+# libxl: ours has a soname of its own (its public structs differ from the
+# stock 4.20 library's), our programs load it, and a program built against
+# the stock library (Debian's xen-init-dom0) still loads the stock one and
+# runs without corrupting its stack.
+ldd /usr/lib/xen-4.20/bin/xl >/tmp/xl-ldd 2>&1
+check xl-loads-our-libxenlight "$(grep -o 'libxenlight[^ ]*' /tmp/xl-ldd | head -n 1)" \
+    grep -q 'libxenlight\.so\.4\.20\.gpuhostmem1 ' /tmp/xl-ldd
+ldd /usr/lib/gpu-hostmem/debian/xen-init-dom0 >/tmp/init-ldd 2>&1
+check stock-program-loads-stock-libxenlight "$(grep -o 'libxenlight[^ ]*' /tmp/init-ldd | head -n 1)" \
+    grep -q 'libxenlight\.so\.4\.20 ' /tmp/init-ldd
+/usr/lib/gpu-hostmem/debian/xen-init-dom0 >/tmp/init-out 2>&1
+rc=$?
+cat /tmp/init-out
+check stock-xen-init-dom0-runs "rc=$rc" sh -c "[ $rc = 0 ] && ! grep -q 'stack smashing' /tmp/init-out"
+check dom0-pool-recorded "$(xenstore-read /local/pool/0/name 2>&1)" xenstore-exists /local/pool/0/name
 xl list >/tmp/xl-list 2>&1
 cat /tmp/xl-list
 check xl-list "dom0" grep -q "^Domain-0" /tmp/xl-list

@@ -24,20 +24,10 @@ hm_cleanup() {
 }
 trap hm_cleanup EXIT
 
-# hm_dom0_fixup: what xen-init-dom0 writes, if it is missing (in the test bed
-# of 2026-11-25 22:40 xen-init-dom0 aborted with "stack smashing detected";
-# without /local/pool/0/name every xl create fails with "Illegal pool").
-hm_dom0_fixup() {
-    xenstore-exists /local/pool/0/name 2>/dev/null && return 0
-    echo "hostmem: xen-init-dom0 did not run: writing dom0's name, domid and Pool-0 ourselves"
-    xenstore-write /local/domain/0/name Domain-0 /local/domain/0/domid 0 /local/pool/0/name Pool-0
-}
-
 # hm_install: the IOREQ server at the path the plugin runs it from (the test
 # bed's overlay puts the Rust binaries in /usr/lib/gpu-hostmem/bin).
 hm_install() {
     local src
-    hm_dom0_fixup
     if [ ! -x "$HM_IOREQD" ]; then
         src=$(command -v gpu-hostmem-ioreqd || true)
         [ -n "$src" ] && { mkdir -p "$(dirname "$HM_IOREQD")"; cp "$(readlink -f "$src")" "$HM_IOREQD"; }
