@@ -25,15 +25,43 @@ ci_selection=(
 )
 # Instances that fail the same way on unpatched 4.20.4 on this test bed
 # (TCG's emulated CPU), from the comparison in docs/e2e.md.
-XTF_TESTBED_LIMITS=()
+# Compared on 2026-12-04 (docs/e2e.md, "XTF"): every instance of the CI
+# subset gave the same result on both hypervisors; these are the ones that
+# do not pass on either.
+XTF_TESTBED_LIMITS=(
+    "hvm32-swint-emulation FAILURE"
+    "hvm32pse-swint-emulation FAILURE"
+    "hvm64-swint-emulation FAILURE"
+    "hvm64-fpu-exception-emulation FAILURE"
+    "hvm64-memop-seg FAILURE"
+    "hvm64-xsa-308 CRASH"
+    "pv64-memop-seg CRASH"
+    "pv64-selftest CRASH"
+    "hvm32pae-invlpg~hap CRASH"
+    "hvm32pae-memop-seg CRASH"
+    "hvm32pae-selftest CRASH"
+    "hvm32pae-swint-emulation CRASH"
+    "hvm32pae-xsa-122 CRASH"
+    "hvm32pae-xsa-188 CRASH"
+    "hvm32pae-xsa-317 CRASH"
+    "hvm32pae-xsa-consoleio-write CRASH"
+)
+
+# Environments the CI subset does not boot: every hvm32pae instance hangs
+# until its time bound on this test bed, on unpatched 4.20.4 as on ours
+# (docs/e2e.md, "XTF"), which would cost 40 s each for nothing.  Each is
+# still listed, as "not run".  An explicit selection runs them.
+ci_not_run_envs=(hvm32pae)
 
 # (No process substitution here: dom0 has no /dev/fd.)
 sels=()
+not_run_envs=()
 if [ -r /etc/gpu-hostmem/xtf-selection ]; then
     tr ';' '\n' </etc/gpu-hostmem/xtf-selection | sed '/^ *$/d' >/tmp/xtf-sels
     mapfile -t sels </tmp/xtf-sels
 else
     sels=("${ci_selection[@]}")
+    not_run_envs=("${ci_not_run_envs[@]}")
 fi
 [ -x "$xtf/xtf-runner" ] || { result xtf-installed 0 "no $xtf/xtf-runner in dom0"; exit 1; }
 
@@ -50,9 +78,16 @@ mapfile -t list </tmp/xtf-list.u
 echo "xtf: ${#list[@]} test instances: ${list[*]}"
 [ "${#list[@]}" -gt 0 ] || { result xtf-selection 0 "empty selection: ${sels[*]}"; exit 1; }
 
+# limit INSTANCE RESULT: the instance is a test-bed limit and failed the way
+# it fails on unpatched 4.20.4 (an entry is "instance result", the result
+# without its time, e.g. "hvm64-memop-seg FAILURE"; CRASH also matches
+# "CRASH(timeout ...)"): any other outcome is a real failure.
 limit() {
     local l
-    for l in "${XTF_TESTBED_LIMITS[@]}"; do [ "$l" = "$1" ] && return 0; done
+    for l in "${XTF_TESTBED_LIMITS[@]}"; do
+        [ "${l%% *}" = "$1" ] || continue
+        case "$2" in "${l#* }" | "${l#* }("*) return 0 ;; esac
+    done
     return 1
 }
 
@@ -60,6 +95,15 @@ n_ok=0
 n_bad=0
 t_all=$(gh_now)
 for t in "${list[@]}"; do
+    skip=
+    for e in "${not_run_envs[@]}"; do
+        case "$t" in "test-$e-"*) skip=$e ;; esac
+    done
+    if [ -n "$skip" ]; then
+        result "xtf-$t" 1 "not run (every $skip instance hangs on this test bed, unpatched 4.20.4 too)"
+        n_ok=$((n_ok + 1))
+        continue
+    fi
     tries=0
     lost=
     while :; do
@@ -94,7 +138,7 @@ for t in "${list[@]}"; do
     xl destroy "$t" >/dev/null 2>&1 || true
     case "$res" in
     SUCCESS | SKIP) ok=1 ;;
-    *) if limit "$t"; then ok=1; res="$res (test-bed limit, same on unpatched 4.20.4)"; else ok=0; fi ;;
+    *) if limit "${t#test-}" "$res"; then ok=1; res="$res (test-bed limit, same on unpatched 4.20.4)"; else ok=0; fi ;;
     esac
     result "xtf-$t" "$ok" "$res,${secs}s$lost"
     if [ "$ok" = 1 ]; then n_ok=$((n_ok + 1)); else n_bad=$((n_bad + 1)); fi
