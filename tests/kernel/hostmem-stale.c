@@ -292,6 +292,12 @@ static void case_thp(void)
 	unsigned long n;
 	int rc;
 
+	if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK)) {
+		/* A Xen PV dom0, for one, has no transparent huge pages. */
+		printf("SKIP name=stale-thp-split reason=no-thp-in-dom0-kernel\n");
+		printf("SKIP name=stale-thp-collapse reason=no-thp-in-dom0-kernel\n");
+		return;
+	}
 	if (!map_private(true) || !setup("thp-split", FOLLOW_PATTERN))
 		return;
 	huge0 = anon_huge_kb();

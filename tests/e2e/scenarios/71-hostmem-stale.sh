@@ -28,6 +28,7 @@ echo "hostmem-stale: swap=$swap ksm=$(cat /sys/kernel/mm/ksm/run 2>/dev/null || 
     "thp=$(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo none)"
 
 t=$(gh_now)
+HM_GUESTS+=("$name") # hm_guest_create runs in a subshell below
 if ! HM_DOM=$(hm_guest_create "$name" "hostmem-guest,follow,$HM_VENDOR,$HM_DEVICE,0,0x200000,0x200000,600"); then
     result "$name-create" 0 "xl-create-failed"
     exit 1
