@@ -277,10 +277,12 @@ static int revoke_watch(volatile uint64_t *bar, uint64_t off, uint64_t size, int
  * a page that does not show the value the owner just wrote is a frame the
  * owner no longer maps at that offset, still mapped in the guest. */
 enum { CTL_GEN, CTL_MODE, CTL_ACK, CTL_BAD, CTL_BAD_OFF, CTL_BAD_VAL, CTL_PASSES };
-enum { FOLLOW_PATTERN, FOLLOW_UNIFORM, FOLLOW_STRESS, FOLLOW_DONE };
+enum { FOLLOW_PATTERN, FOLLOW_UNIFORM, FOLLOW_STRESS, FOLLOW_DONE, FOLLOW_UNBACKED };
 
 static uint64_t follow_value(uint64_t gen, uint64_t mode, uint64_t a)
 {
+    if (mode == FOLLOW_UNBACKED) /* no owner any more: all ones */
+        return ~0ULL;
     return mode == FOLLOW_UNIFORM ? 0x4b534d0000000000ULL | gen : pattern(a) ^ (gen << 40);
 }
 

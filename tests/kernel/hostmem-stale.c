@@ -26,7 +26,8 @@
  * thp-collapse (MADV_COLLAPSE), migrate (move_pages, then compaction),
  * pageout (MADV_PAGEOUT; needs swap), memfd-truncate (another process
  * truncates a memfd mapped shared), stress (random invalidations while the
- * guest reads, then a full check).
+ * guest reads, then a full check), owner-exit (a child owning the data
+ * region is killed while the guest faults: all pages read unbacked).
  *
  * Output: "RESULT name=stale-<case> ok=0|1 value=..." and "SKIP
  * name=stale-<case> reason=..." lines; exit status 0 if no case failed.
@@ -69,7 +70,7 @@
 
 /* Must match follow() in tests/guest/hostmem-guest.c. */
 enum { CTL_GEN, CTL_MODE, CTL_ACK, CTL_BAD, CTL_BAD_OFF, CTL_BAD_VAL, CTL_PASSES };
-enum { FOLLOW_PATTERN, FOLLOW_UNIFORM, FOLLOW_STRESS, FOLLOW_DONE };
+enum { FOLLOW_PATTERN, FOLLOW_UNIFORM, FOLLOW_STRESS, FOLLOW_DONE, FOLLOW_UNBACKED };
 
 static volatile uint64_t *ctl;
 static char *data;		/* DATA_SIZE bytes, 2 MiB aligned */
@@ -85,6 +86,8 @@ static uint64_t pattern(uint64_t off)
 
 static uint64_t value(uint64_t g, uint64_t mode, uint64_t a)
 {
+	if (mode == FOLLOW_UNBACKED)
+		return ~0ULL;
 	return mode == FOLLOW_UNIFORM ? 0x4b534d0000000000ULL | g :
 	       pattern(a) ^ (g << 40);
 }
@@ -462,6 +465,91 @@ static void case_stress(void)
 		"guest-made-no-pass-during-stress");
 }
 
+/*
+ * The owner exits (SIGKILL) while the guest keeps faulting on its pages:
+ * a child owns the data region instead of us; once it is gone every page
+ * must read as unbacked (all ones), none as the dead owner's memory.
+ */
+static void case_owner_exit(int fd, uint16_t dom)
+{
+	struct privcmd_hostmem_unregister u = { .id = 2, .dom = dom };
+	uint64_t g = gen + 1, passes0;
+	int ready[2], st = 0;
+	char c = 'n';
+	pid_t pid;
+
+	/* Our own registration of the data offsets goes first. */
+	if (ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &u) || pipe(ready)) {
+		printf("RESULT name=stale-owner-exit ok=0 value=unregister:%s\n",
+		       strerror(errno));
+		failures++;
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		struct privcmd_hostmem_register r = { 0 };
+		uint64_t *m = mmap(NULL, DATA_SIZE, PROT_READ | PROT_WRITE,
+				   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		int f = open("/dev/xen/privcmd", O_RDWR | O_CLOEXEC);
+
+		if (m == MAP_FAILED || f < 0 ||
+		    ioctl(f, IOCTL_PRIVCMD_RESTRICT, &dom))
+			_exit(1);
+		for (uint64_t i = 0; i < DATA_SIZE / 8; i++)
+			m[i] = value(g, FOLLOW_PATTERN, DATA_OFF + i * 8);
+		r.addr = (uintptr_t)m;
+		r.size = DATA_SIZE;
+		r.offset = DATA_OFF;
+		r.id = 3;
+		r.dom = dom;
+		c = ioctl(f, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r) ? 'n' : 'y';
+		if (write(ready[1], &c, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	if (pid < 0 || read(ready[0], &c, 1) != 1 || c != 'y') {
+		printf("RESULT name=stale-owner-exit ok=0 value=child-not-ready\n");
+		failures++;
+		if (pid > 0)
+			kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return;
+	}
+	/* Every page of the child's lent to the guest... */
+	gen = g;
+	if (!publish(gen, FOLLOW_PATTERN) || ctl[CTL_BAD]) {
+		printf("RESULT name=stale-owner-exit-setup ok=0 value=ack:%d bad:%"
+		       PRIu64 "\n", ctl[CTL_ACK] == gen, ctl[CTL_BAD]);
+		failures++;
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		return;
+	}
+	/* ...the guest faulting on them all the time, and the owner dies. */
+	passes0 = ctl[CTL_PASSES];
+	publish(++gen, FOLLOW_STRESS);
+	sleep(1);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	sleep(2);
+	gen++;
+	if (!publish(gen, FOLLOW_UNBACKED)) {
+		printf("RESULT name=stale-owner-exit ok=0 value=guest-did-not-ack\n");
+		failures++;
+	} else if (ctl[CTL_BAD]) {
+		printf("RESULT name=stale-owner-exit ok=0 value=not-unbacked:%" PRIu64
+		       "/%lu first=+0x%" PRIx64 ":0x%016" PRIx64 "\n",
+		       ctl[CTL_BAD], DATA_PAGES, ctl[CTL_BAD_OFF],
+		       ctl[CTL_BAD_VAL]);
+		failures++;
+	} else {
+		printf("RESULT name=stale-owner-exit ok=1 value=0/%lu killed:%d"
+		       " guest-passes-meanwhile:%" PRIu64 "\n", DATA_PAGES,
+		       WIFSIGNALED(st), ctl[CTL_PASSES] - passes0);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct privcmd_hostmem_register r = { 0 };
@@ -539,6 +627,7 @@ int main(int argc, char **argv)
 	case_pageout();
 	case_memfd_truncate();
 	case_stress();
+	case_owner_exit(fd, dom);
 
 	ctl[CTL_MODE] = FOLLOW_DONE;
 	__atomic_store_n(&ctl[CTL_GEN], ++gen, __ATOMIC_SEQ_CST);

@@ -9,6 +9,8 @@
 # memfd truncate from another process, random invalidations while the guest
 # reads), writes a new generation through its own mappings and asks the guest
 # what it sees: any page that differs is a frame the owner no longer maps.
+# Last, a child owning the data region is killed while the guest faults on
+# it: every page must then read as unbacked (all ones).
 # A case that replaced no frame (pagemap) is reported as SKIP with the reason.
 # MADV_PAGEOUT needs swap: a zram swap device is set up if dom0 can.
 # timeout: 900
@@ -47,7 +49,7 @@ sed 's/^/[hostmem-stale] /' "$out"
 grep -E '^(RESULT|SKIP) ' "$out"
 check "$name-backend-exit" "exit:$src" [ "$src" = 0 ]
 # Every case either ran or says why not.
-for c in fork-cow ksm thp-split thp-collapse migrate pageout memfd-truncate stress; do
+for c in fork-cow ksm thp-split thp-collapse migrate pageout memfd-truncate stress owner-exit; do
     grep -qE "^(RESULT|SKIP) name=stale-$c " "$out" || result "$name-case-$c" 0 "no-result"
 done
 gpu-hostmem status "$HM_DOM" 2>&1 | sed 's/^/[status] /'
