@@ -18,6 +18,9 @@
  *   hostmem-guest revoke  VENDOR DEVICE OFFSET SIZE SECONDS   read, then wait
  *                         for the backend to replace the region's memory
  *   hostmem-guest loop    VENDOR DEVICE OFFSET SIZE   read the region forever
+ *   hostmem-guest follow  VENDOR DEVICE OFFSET SIZE DATA SECONDS  stale-page
+ *                         checks driven by dom0's hostmem-stale: control page
+ *                         at OFFSET, data at DATA..+SIZE (see follow())
  *   hostmem-guest suite   VENDOR DEVICE OFFSET SIZE BENCH ROUNDS UNREG COUNT
  *                         the in-guest benchmarks in one run (see main)
  *   hostmem-guest insn    VENDOR DEVICE OFFSET SIZE REGEND [BOUNDARY]...  every instruction
@@ -262,6 +265,80 @@ static int revoke_watch(volatile uint64_t *bar, uint64_t off, uint64_t size, int
     printf("RESULT name=guest-revoke-no-other ok=%d value=%" PRIu64 "\n", other == 0, other);
     free(isnew);
     return seen_new == pages && back_to_old == 0 && other == 0 ? 0 : 1;
+}
+
+/* Stale-page checks driven by tests/kernel/hostmem-stale.c in dom0 (scenario
+ * 71). The backend owns a control page at OFFSET and a data region at
+ * DATA..+SIZE. For each generation it changes how its memory is backed
+ * (fork, KSM, THP, migration, pageout, memfd truncate, ...), then writes the
+ * generation's value into every word of the data region with its own
+ * mappings, and only then publishes the generation in the control page. The
+ * guest reads the first and last word of every data page and acknowledges:
+ * a page that does not show the value the owner just wrote is a frame the
+ * owner no longer maps at that offset, still mapped in the guest. */
+enum { CTL_GEN, CTL_MODE, CTL_ACK, CTL_BAD, CTL_BAD_OFF, CTL_BAD_VAL, CTL_PASSES };
+enum { FOLLOW_PATTERN, FOLLOW_UNIFORM, FOLLOW_STRESS, FOLLOW_DONE, FOLLOW_UNBACKED };
+
+static uint64_t follow_value(uint64_t gen, uint64_t mode, uint64_t a)
+{
+    if (mode == FOLLOW_UNBACKED) /* no owner any more: all ones */
+        return ~0ULL;
+    return mode == FOLLOW_UNIFORM ? 0x4b534d0000000000ULL | gen : pattern(a) ^ (gen << 40);
+}
+
+static int follow(volatile uint64_t *bar, uint64_t ctl, uint64_t data, uint64_t size, int seconds)
+{
+    volatile uint64_t *c = bar + ctl / 8;
+    uint64_t last = 0, rounds = 0, bad_rounds = 0, passes = 0;
+    double deadline = now() + seconds;
+
+    printf("GH-GUEST-FOLLOW-READY\n");
+    fflush(stdout);
+    while (now() < deadline) {
+        uint64_t gen = c[CTL_GEN], mode = c[CTL_MODE], bad = 0, bad_off = 0, bad_val = 0, p;
+
+        if (mode == FOLLOW_DONE)
+            break;
+        if (gen == last) {
+            usleep(1000);
+            continue;
+        }
+        if (mode == FOLLOW_STRESS) {
+            /* Keep faulting while the backend churns its mappings. */
+            c[CTL_ACK] = gen;
+            while (c[CTL_GEN] == gen && now() < deadline) {
+                for (p = 0; p < size; p += PAGE)
+                    (void)bar[(data + p) / 8];
+                c[CTL_PASSES] = ++passes;
+            }
+            last = gen;
+            continue;
+        }
+        for (p = 0; p < size; p += PAGE) {
+            uint64_t a = data + p, b = a + PAGE - 8, va = bar[a / 8], vb = bar[b / 8];
+
+            if (va != follow_value(gen, mode, a) || vb != follow_value(gen, mode, b)) {
+                if (!bad++) {
+                    bad_off = p;
+                    bad_val = va != follow_value(gen, mode, a) ? va : vb;
+                }
+            }
+        }
+        c[CTL_BAD] = bad;
+        c[CTL_BAD_OFF] = bad_off;
+        c[CTL_BAD_VAL] = bad_val;
+        c[CTL_ACK] = gen;
+        printf("RESULT name=guest-follow-gen%" PRIu64 " ok=%d value=%" PRIu64 "/%" PRIu64
+               " first_bad=0x%" PRIx64 ":0x%016" PRIx64 "\n", gen, bad == 0, bad,
+               (uint64_t)(size / PAGE), bad_off, bad_val);
+        fflush(stdout);
+        rounds++;
+        bad_rounds += bad != 0;
+        last = gen;
+    }
+    printf("RESULT name=guest-follow-done ok=%d value=rounds:%" PRIu64 ",bad_rounds:%" PRIu64 "\n",
+           c[CTL_MODE] == FOLLOW_DONE && bad_rounds == 0, rounds, bad_rounds);
+    return c[CTL_MODE] == FOLLOW_DONE && bad_rounds == 0 ? 0 : 1;
 }
 
 /* Keeps reading the region until killed (for faults while it is in use);
@@ -1162,6 +1239,15 @@ int main(int argc, char **argv)
         return revoke_watch(bar, off, size, atoi(argv[6]));
     if (!strcmp(argv[1], "loop"))
         return loop_reads(bar, off, size);
+    if (!strcmp(argv[1], "follow") && argc > 7) {
+        uint64_t data = strtoull(argv[6], NULL, 0);
+
+        if (data >= bar_size || size > bar_size - data) {
+            printf("RESULT name=guest-args ok=0 value=outside-bar\n");
+            return 2;
+        }
+        return follow(bar, off, data, size, atoi(argv[7]));
+    }
     if (!strcmp(argv[1], "suite") && argc > 9) {
         /* The in-guest benchmarks in one run (tests/e2e/scenarios/80-bench-*):
          * first touch of OFFSET..+SIZE (one read per 4 KiB page), bandwidth

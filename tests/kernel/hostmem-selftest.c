@@ -40,8 +40,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -750,6 +753,149 @@ static void test_limits(void)
 	munmap(m, pg);
 }
 
+/*
+ * Locking: a lend stalled in the owner's page fault (here: userfaultfd on
+ * the registered range, never answered until the end) must not hold up a
+ * lend for another guest, nor the close of a file that has nothing to do
+ * with it. Each must finish within STALL_BOUND_MS while the stall lasts.
+ */
+#define STALL_BOUND_MS 5000
+
+struct stall_job {
+	int done[2];		/* written to when the job has finished */
+	int rc;
+	domid_t d;
+	int kind;		/* 0: the stalled lend, 1: other guest, 2: close */
+	int f;
+	char *m;
+};
+
+static void *stall_job_run(void *arg)
+{
+	struct stall_job *j = arg;
+	uint32_t n = 0;
+
+	switch (j->kind) {
+	case 0:
+		j->rc = lend_on(j->f, 0, gfn_base + 0x800, 4, j->d, &n);
+		break;
+	case 1: {
+		/* Register, lend, and close with the registration in place. */
+		int f = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+
+		j->rc = reg_on(f, j->m, pg, 0x100000, 301, j->d);
+		if (!j->rc) {
+			j->rc = lend_on(f, 0x100000, gfn_base + 0x900, 1,
+					j->d, &n);
+			/* Xen without lending; a domid that does not exist. */
+			if (j->rc == EOPNOTSUPP || j->rc == ENOSYS ||
+			    (j->rc == ESRCH && !have_guest))
+				j->rc = 0;
+		}
+		close(f);
+		break;
+	}
+	default:
+		j->rc = close(open(PRIVCMD, O_RDWR | O_CLOEXEC)) ? errno : 0;
+		break;
+	}
+	if (write(j->done[1], "x", 1) != 1)
+		j->rc = EIO;
+	return NULL;
+}
+
+static bool stall_wait(struct stall_job *j, int ms)
+{
+	struct pollfd p = { .fd = j->done[0], .events = POLLIN };
+
+	return poll(&p, 1, ms) == 1;
+}
+
+static void stall_start(struct stall_job *j, pthread_t *t, int kind, int f,
+			domid_t d, char *m)
+{
+	j->kind = kind;
+	j->f = f;
+	j->d = d;
+	j->m = m;
+	j->rc = -1;
+	if (pipe(j->done) || pthread_create(t, NULL, stall_job_run, j))
+		j->rc = errno;
+}
+
+static void test_stall_isolation(void)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register ur = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	struct stall_job js = { 0 }, jo = { 0 }, jc = { 0 };
+	struct uffdio_zeropage zp = { 0 };
+	struct pollfd p;
+	pthread_t ts, to, tc;
+	domid_t stalled = 0x7fe1, other = have_guest ? dom : 0x7fe2;
+	char *m = map_anon(4, PROT_READ | PROT_WRITE);
+	char *o = map_anon(1, PROT_READ | PROT_WRITE);
+	bool stalled_ok, other_ok, close_ok, still;
+	int uffd, f;
+
+	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+		skip("stall-other-guest-lend", "no userfaultfd");
+		skip("stall-unrelated-close", "no userfaultfd");
+		goto out_unmap;
+	}
+	ur.range.start = (uintptr_t)m;
+	ur.range.len = 4 * pg;
+	f = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	if (ioctl(uffd, UFFDIO_REGISTER, &ur) ||
+	    reg_on(f, m, 4 * pg, 0, 300, stalled)) {
+		result("stall-setup", false, "uffd-register/register: %s",
+		       strerror(errno));
+		close(f);
+		goto out_uffd;
+	}
+	o[0] = 1;
+
+	/* The backend of guest 0x7fe1 stalls in its page fault... */
+	stall_start(&js, &ts, 0, f, stalled, NULL);
+	p = (struct pollfd){ .fd = uffd, .events = POLLIN };
+	stalled_ok = poll(&p, 1, STALL_BOUND_MS) == 1;
+	result("stall-lend-waits-in-fault", stalled_ok && !stall_wait(&js, 0),
+	       "fault-seen=%d lend-returned=%s", stalled_ok,
+	       stall_wait(&js, 0) ? ename(js.rc) : "no");
+
+	/* ...while another guest's backend lends, and a file is closed. */
+	stall_start(&jo, &to, 1, -1, other, o);
+	stall_start(&jc, &tc, 2, -1, 0, NULL);
+	other_ok = stall_wait(&jo, STALL_BOUND_MS);
+	close_ok = stall_wait(&jc, STALL_BOUND_MS);
+	still = !stall_wait(&js, 0);
+	result("stall-other-guest-lend", stalled_ok && other_ok && still &&
+	       jo.rc == 0, "finished=%d rc=%s stall-held=%d", other_ok,
+	       other_ok ? ename(jo.rc) : "-", still);
+	result("stall-unrelated-close", stalled_ok && close_ok && still &&
+	       jc.rc == 0, "finished=%d stall-held=%d", close_ok, still);
+
+	/* End the stall: the lend goes on (Xen refuses the made-up domid). */
+	zp.range = ur.range;
+	ioctl(uffd, UFFDIO_ZEROPAGE, &zp);
+	pthread_join(ts, NULL);
+	pthread_join(to, NULL);
+	pthread_join(tc, NULL);
+	expect("stall-unregister", unreg_on(f, 300, stalled), 0);
+	close(f);
+	close(js.done[0]);
+	close(js.done[1]);
+	close(jo.done[0]);
+	close(jo.done[1]);
+	close(jc.done[0]);
+	close(jc.done[1]);
+out_uffd:
+	close(uffd);
+out_unmap:
+	munmap(m, 4 * pg);
+	munmap(o, pg);
+}
+
 /* Owner exit without lending: the registration stays (the file is open) */
 static void test_owner_exit_bookkeeping(void)
 {
@@ -1327,6 +1473,7 @@ int main(int argc, char **argv)
 	test_lend_revoke_args();
 	test_limits();
 	test_owner_exit_bookkeeping();
+	test_stall_isolation();
 	test_lending();
 
 	if (make_domain && dom != 0x7fe0)

@@ -172,6 +172,10 @@ hm_start() {
     shift 2
     hm_install || return 1
     t=$(gh_now)
+    # hm_guest_create runs in a subshell here: record the guest for
+    # hm_cleanup in this shell, or a scenario that exits early leaves it
+    # running for the next scenario's gh_clean to trip over.
+    HM_GUESTS+=("$name")
     if ! HM_DOM=$(hm_guest_create "$name" "$run"); then
         result "$name-create" 0 "xl-create-failed"
         return 1
