@@ -65,6 +65,12 @@
  *                    of each request and revokes the other: each half is
  *                    completed from the page lent for it, 2 requests per
  *                    read, the guest reads both pages' bytes exactly
+ *   retry-stats      XEN_DMOP_get_retry_stats: Xen's counters of RETRY
+ *                    answers completed, resent and refused add up to the
+ *                    answers the server gave, and match retry-unmapped
+ *   lend-domain-limit  XEN_DMOP_set_lend_limit 16: lending 24 stops with
+ *                    -ENOSPC after 16; above the host-wide cap: -EINVAL
+ *   lend-limit-not-control  (driver mode) a device model may not set it
  *   retry-not-repeated  the first half of a straddling read emulated by
  *                    the server, RETRY for the second: the second half is
  *                    completed from memory, the first is never sent again
@@ -139,6 +145,8 @@
 #define EVTCHNOP_expand_array  12
 #define XEN_DMOP_lend_pages   21
 #define XEN_DMOP_revoke_pages 22
+#define XEN_DMOP_set_lend_limit  23
+#define XEN_DMOP_get_retry_stats 24
 
 /* public/hvm/ioreq.h */
 #define STATE_IOREQ_NONE      0
@@ -445,6 +453,45 @@ static int do_revoke(uint16_t dom, uint64_t gfn, uint32_t nr, const uint64_t *f,
                   uint32_t *done)
 {
     return raw_dmop(XEN_DMOP_revoke_pages, dom, gfn, nr, f, done);
+}
+
+/*
+ * Another DMOP on dom as a raw hypercall: u (len bytes) is the op's
+ * payload, read back into u afterwards.
+ */
+static int raw_dmop_op(unsigned int op, uint16_t dom, void *u, size_t len)
+{
+    static struct {
+        struct { uint64_t h, size; } buf;
+        struct { uint32_t op, pad; uint8_t u[48]; } op;
+    } *b;
+    int rc;
+
+    if ( len > sizeof(b->op.u) )
+        return -EINVAL;
+    if ( !b && !(b = X.xcall_alloc(xcall, sizeof(*b))) )
+        return -errno;
+    memset(b, 0, sizeof(*b));
+    b->op.op = op;
+    memcpy(b->op.u, u, len);
+    b->buf.h = (uintptr_t)&b->op;
+    b->buf.size = sizeof(b->op);
+    rc = X.xcall3(xcall, __HYPERVISOR_dm_op, dom, 1, (uintptr_t)&b->buf)
+         ? -errno : 0;
+    memcpy(u, b->op.u, len);
+    return rc;
+}
+
+static int set_lend_limit(uint16_t dom, uint64_t max)
+{
+    return raw_dmop_op(XEN_DMOP_set_lend_limit, dom, &max, sizeof(max));
+}
+
+/* XEN_DMOP_get_retry_stats: completed, resent, refused. */
+static int retry_stats(uint16_t dom, uint64_t st[3])
+{
+    memset(st, 0, 3 * sizeof(*st));
+    return raw_dmop_op(XEN_DMOP_get_retry_stats, dom, st, 3 * sizeof(*st));
 }
 
 static double now(void)
@@ -1257,6 +1304,16 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
            "set-target=%d,lend:rc=%d,probe-read=%#x,revoke:rc=%d,"
            "probe-read=%#x", rct, rc2, r2, rc2r, r3);
 
+    /*
+     * lend-limit-not-control: D, device model of P now, may lend to P but
+     * not set P's limit of lent pages: only the control domain may.
+     */
+    {
+        int rcl = agent_call(p, XEN_DMOP_set_lend_limit, 0, 0, &done);
+
+        result("lend-limit-not-control", rcl == -EPERM, "rc=%d", rcl);
+    }
+
     /* Still not the device model of C. */
     rc3 = agent_call(c, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
                      &done);
@@ -1515,6 +1572,27 @@ int main(int argc, char **argv)
                     strerror(errno));
     }
 
+    /*
+     * lend-domain-limit: the toolstack's limit for this domain (16 pages)
+     * stops lending 24 with -ENOSPC after 16; a limit above the host-wide
+     * cap is refused; 0 restores the cap for the checks below.
+     */
+    {
+        int rcs, rcl, rcr, rcbig, rc0;
+        uint32_t ldone = 0, rdone = 0;
+
+        rcs = set_lend_limit(dom, 16);
+        rcl = do_lend(dom, gfn, 24, frames, &ldone);
+        rcr = do_revoke(dom, gfn, 24, frames, &rdone);
+        rcbig = set_lend_limit(dom, 1ULL << 40);
+        rc0 = set_lend_limit(dom, 0);
+        result("lend-domain-limit",
+               rcs == 0 && rcl == -ENOSPC && ldone == 16 && rcr == 0 &&
+               rcbig == -EINVAL && rc0 == 0,
+               "set:rc=%d,lend:rc=%d,done=%u,revoke:rc=%d,above-cap:rc=%d,"
+               "reset:rc=%d", rcs, rcl, ldone, rcr, rcbig, rc0);
+    }
+
     /* lend */
     done = 0;
     rc = do_lend(dom, gfn, NR_PAGES, frames, &done);
@@ -1657,7 +1735,10 @@ int main(int argc, char **argv)
     {
         struct server s;
         uint32_t c0, c1, c2, c3, r;
+        uint64_t st0[3], st1[3], st2[3], st3[3];
+        int rst0;
 
+        rst0 = retry_stats(dom, st0);
         rc = server_start(&s, dom, XEN_DMOP_IOREQ_SERVER_RETRY);
         if ( rc )
         {
@@ -1717,9 +1798,11 @@ int main(int argc, char **argv)
             do_revoke(dom, s.lent_gfn, 1, &s.frame, &done);
             s.mode = SERVE_RETRY_ONLY;
             s.requests = 0;
+            retry_stats(dom, st1);
             c2 = guest_word(GUEST_COUNTER);
             server_run(&s, 2.0);
             c3 = guest_word(GUEST_COUNTER);
+            retry_stats(dom, st2);
             r = guest_word(GUEST_RESULT);
             result("retry-unmapped",
                    r == 0xffffffffU && s.requests > 10 &&
@@ -1731,6 +1814,30 @@ int main(int argc, char **argv)
 
             /* retry-straddle: frames 1 and 2 were revoked above */
             retry_straddle(&s, frames[1], frames[2]);
+
+            /*
+             * retry-stats: Xen's counters (XEN_DMOP_get_retry_stats) against
+             * the server's: each RETRY answered ends exactly one way; in
+             * retry-unmapped every guest read was refused after 8 resends.
+             */
+            usleep(200000);
+            {
+                int rst = retry_stats(dom, st3);
+                uint64_t sum = (st3[0] - st0[0]) + (st3[1] - st0[1]) +
+                               (st3[2] - st0[2]);
+                uint64_t ref = st2[2] - st1[2], res = st2[1] - st1[1];
+
+                result("retry-stats",
+                       rst0 == 0 && rst == 0 &&
+                       sum == s.retries_answered && st3[0] > st0[0] &&
+                       ref > 10 && ref + 1 >= c3 - c2 && ref <= c3 - c2 + 1 &&
+                       res + 8 >= 8 * ref && res <= 8 * (ref + 1),
+                       "answered=%u,completed=%" PRIu64 ",resent=%" PRIu64
+                       ",refused=%" PRIu64 ",unmapped:refused=%" PRIu64
+                       ",resent=%" PRIu64 ",loops=%u", s.retries_answered,
+                       st3[0] - st0[0], st3[1] - st0[1], st3[2] - st0[2],
+                       ref, res, c3 - c2);
+            }
             server_stop(&s);
         }
     }
