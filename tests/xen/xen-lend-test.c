@@ -24,7 +24,11 @@
  *       lend-not-dm, lend-driver-domain, lend-not-dm-other,
  *       lend-driver-not-owned: agent D lends its own page to probe guest
  *       P, refused by Xen until dom0 makes D the device model of P
- *       (XEN_DOMCTL_set_target); C is a third domain D never serves
+ *       (XEN_DOMCTL_set_target); C is a third domain D never serves;
+ *       then longlived-*: dom0 lends D a page and D registers vcpu_info,
+ *       its runstate and time areas and the FIFO event channel control
+ *       block and array page there (refused, -EPERM) and on its own RAM
+ *       (accepted)
  *   xen-lend-test --dom D --no-opt-in
  *       retry-not-opted-in: a server created without
  *       XEN_DMOP_IOREQ_SERVER_RETRY answers RETRY: Xen treats it as any
@@ -61,6 +65,12 @@
  *                    of each request and revokes the other: each half is
  *                    completed from the page lent for it, 2 requests per
  *                    read, the guest reads both pages' bytes exactly
+ *   retry-stats      XEN_DMOP_get_retry_stats: Xen's counters of RETRY
+ *                    answers completed, resent and refused add up to the
+ *                    answers the server gave, and match retry-unmapped
+ *   lend-domain-limit  XEN_DMOP_set_lend_limit 16: lending 24 stops with
+ *                    -ENOSPC after 16; above the host-wide cap: -EINVAL
+ *   lend-limit-not-control  (driver mode) a device model may not set it
  *   retry-not-repeated  the first half of a straddling read emulated by
  *                    the server, RETRY for the second: the second half is
  *                    completed from memory, the first is never sent again
@@ -114,16 +124,29 @@
 #define AGENT_CMD_DOMID   0x904U
 #define AGENT_ACK_SEQ     0x908U
 #define AGENT_RC          0x90cU
+#define AGENT_CMD_HC      0x910U  /* hypercall number (eax) */
+#define AGENT_CMD_ARG2    0x914U  /* second argument (ecx) */
+#define AGENT_CMD_ARG3    0x918U  /* third argument (edx) */
 #define AGENT_BUFS        0xa00U  /* 2 x compat xen_dm_op_buf (32-bit) */
 #define AGENT_OP          0xa40U  /* struct xen_dm_op */
 #define AGENT_OP_SIZE     0x40U
 #define AGENT_FRAMES      0xa80U  /* uint64_t frame */
+#define AGENT_ARGS        0xac0U  /* other hypercalls' argument (64 bytes) */
 /* A page of the agent's RAM which it lends (its pattern set by dom0). */
 #define AGENT_LEND_GFN    ((GUEST_BASE >> 12) + 0x10)
 #define AGENT_PATTERN     0xd0d0beefU
 #define __HYPERVISOR_dm_op 41
+#define __HYPERVISOR_vcpu_op 24
+#define __HYPERVISOR_event_channel_op 32
+#define VCPUOP_register_vcpu_info            10
+#define VCPUOP_register_runstate_phys_area   14
+#define VCPUOP_register_vcpu_time_phys_area  15
+#define EVTCHNOP_init_control  11
+#define EVTCHNOP_expand_array  12
 #define XEN_DMOP_lend_pages   21
 #define XEN_DMOP_revoke_pages 22
+#define XEN_DMOP_set_lend_limit  23
+#define XEN_DMOP_get_retry_stats 24
 
 /* public/hvm/ioreq.h */
 #define STATE_IOREQ_NONE      0
@@ -432,6 +455,45 @@ static int do_revoke(uint16_t dom, uint64_t gfn, uint32_t nr, const uint64_t *f,
     return raw_dmop(XEN_DMOP_revoke_pages, dom, gfn, nr, f, done);
 }
 
+/*
+ * Another DMOP on dom as a raw hypercall: u (len bytes) is the op's
+ * payload, read back into u afterwards.
+ */
+static int raw_dmop_op(unsigned int op, uint16_t dom, void *u, size_t len)
+{
+    static struct {
+        struct { uint64_t h, size; } buf;
+        struct { uint32_t op, pad; uint8_t u[48]; } op;
+    } *b;
+    int rc;
+
+    if ( len > sizeof(b->op.u) )
+        return -EINVAL;
+    if ( !b && !(b = X.xcall_alloc(xcall, sizeof(*b))) )
+        return -errno;
+    memset(b, 0, sizeof(*b));
+    b->op.op = op;
+    memcpy(b->op.u, u, len);
+    b->buf.h = (uintptr_t)&b->op;
+    b->buf.size = sizeof(b->op);
+    rc = X.xcall3(xcall, __HYPERVISOR_dm_op, dom, 1, (uintptr_t)&b->buf)
+         ? -errno : 0;
+    memcpy(u, b->op.u, len);
+    return rc;
+}
+
+static int set_lend_limit(uint16_t dom, uint64_t max)
+{
+    return raw_dmop_op(XEN_DMOP_set_lend_limit, dom, &max, sizeof(max));
+}
+
+/* XEN_DMOP_get_retry_stats: completed, resent, refused. */
+static int retry_stats(uint16_t dom, uint64_t st[3])
+{
+    memset(st, 0, 3 * sizeof(*st));
+    return raw_dmop_op(XEN_DMOP_get_retry_stats, dom, st, 3 * sizeof(*st));
+}
+
 static double now(void)
 {
     struct timespec ts;
@@ -505,16 +567,17 @@ static void probe_code(struct code *c)
 /*
  * The agent guest: an HVM hypercall from ring 0 is VMMCALL on AMD and
  * VMCALL on Intel; in 32-bit mode Xen takes the 32-bit (compat) ABI:
- * eax = hypercall, ebx, ecx, edx = domid, nr_bufs, bufs.
+ * eax = hypercall, ebx, ecx, edx = its first three arguments (for the
+ * DMOP: domid, nr_bufs, bufs).
  *        cli
  * loop:  pause
  *        mov eax, [CMD_SEQ]
  *        cmp eax, [ACK_SEQ]
  *        je loop
- *        mov eax, __HYPERVISOR_dm_op
+ *        mov eax, [CMD_HC]
  *        mov ebx, [CMD_DOMID]
- *        mov ecx, 2
- *        mov edx, BUFS
+ *        mov ecx, [CMD_ARG2]
+ *        mov edx, [CMD_ARG3]
  *        vmmcall / vmcall
  *        mov [RC], eax
  *        mov eax, [CMD_SEQ]
@@ -531,10 +594,10 @@ static void agent_code(struct code *c, bool amd)
     op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
     op1(c, 0x3b); op1(c, 0x05); imm32(c, GUEST_BASE + AGENT_ACK_SEQ);
     jrel8(c, 0x74, loop);
-    op1(c, 0xb8); imm32(c, __HYPERVISOR_dm_op);
+    op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_HC);
     op1(c, 0x8b); op1(c, 0x1d); imm32(c, GUEST_BASE + AGENT_CMD_DOMID);
-    op1(c, 0xb9); imm32(c, 2);
-    op1(c, 0xba); imm32(c, GUEST_BASE + AGENT_BUFS);
+    op1(c, 0x8b); op1(c, 0x0d); imm32(c, GUEST_BASE + AGENT_CMD_ARG2);
+    op1(c, 0x8b); op1(c, 0x15); imm32(c, GUEST_BASE + AGENT_CMD_ARG3);
     op1(c, 0x0f); op1(c, 0x01); op1(c, amd ? 0xd9 : 0xc1);
     op1(c, 0xa3); imm32(c, GUEST_BASE + AGENT_RC);
     op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
@@ -1122,28 +1185,20 @@ static void retry_straddle(struct server *s, uint64_t frame_a, uint64_t frame_b)
 static volatile uint32_t *agent;
 
 /*
- * Have the agent guest issue XEN_DMOP_lend_pages or revoke_pages for one
- * of its own frames (a GFN: it is a translated domain).  Returns the
- * hypercall's return value, or 1000 if the agent did not answer.
+ * Have the agent guest issue hypercall hc with arguments a1, a2, a3 (its
+ * memory for arguments: AGENT_BUFS, AGENT_OP, AGENT_FRAMES, AGENT_ARGS).
+ * Returns the hypercall's return value, or 1000 if the agent did not
+ * answer.
  */
-static int agent_call(uint16_t target, uint32_t op, uint64_t gfn,
-                      uint64_t frame, uint32_t *done)
+static int agent_hypercall(uint32_t hc, uint32_t a1, uint32_t a2, uint32_t a3)
 {
-    volatile uint32_t *o = agent + AGENT_OP / 4;
     uint32_t seq = agent[AGENT_CMD_SEQ / 4] + 1;
     double end = now() + 5;
-    unsigned int i;
 
-    for ( i = 0; i < AGENT_OP_SIZE / 4; i++ )
-        o[i] = 0;
-    o[0] = op;                           /* xen_dm_op.op */
-    o[2] = 1;                            /* .u.lend_pages.nr */
-    o[3] = 0;                            /* .done */
-    o[4] = (uint32_t)gfn;                /* .first_gfn */
-    o[5] = gfn >> 32;
-    agent[AGENT_FRAMES / 4] = (uint32_t)frame;
-    agent[AGENT_FRAMES / 4 + 1] = frame >> 32;
-    agent[AGENT_CMD_DOMID / 4] = target;
+    agent[AGENT_CMD_HC / 4] = hc;
+    agent[AGENT_CMD_DOMID / 4] = a1;
+    agent[AGENT_CMD_ARG2 / 4] = a2;
+    agent[AGENT_CMD_ARG3 / 4] = a3;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     agent[AGENT_CMD_SEQ / 4] = seq;
 
@@ -1154,8 +1209,34 @@ static int agent_call(uint16_t target, uint32_t op, uint64_t gfn,
         usleep(1000);
     }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    *done = o[3];
     return (int32_t)agent[AGENT_RC / 4];
+}
+
+/*
+ * Have the agent guest issue XEN_DMOP_lend_pages or revoke_pages for one
+ * of its own frames (a GFN: it is a translated domain).  Returns the
+ * hypercall's return value, or 1000 if the agent did not answer.
+ */
+static int agent_call(uint16_t target, uint32_t op, uint64_t gfn,
+                      uint64_t frame, uint32_t *done)
+{
+    volatile uint32_t *o = agent + AGENT_OP / 4;
+    unsigned int i;
+    int rc;
+
+    for ( i = 0; i < AGENT_OP_SIZE / 4; i++ )
+        o[i] = 0;
+    o[0] = op;                           /* xen_dm_op.op */
+    o[2] = 1;                            /* .u.lend_pages.nr */
+    o[3] = 0;                            /* .done */
+    o[4] = (uint32_t)gfn;                /* .first_gfn */
+    o[5] = gfn >> 32;
+    agent[AGENT_FRAMES / 4] = (uint32_t)frame;
+    agent[AGENT_FRAMES / 4 + 1] = frame >> 32;
+    rc = agent_hypercall(__HYPERVISOR_dm_op, target, 2,
+                         GUEST_BASE + AGENT_BUFS);
+    *done = o[3];
+    return rc;
 }
 
 /* Wait up to 2 s for the probe guest to read want (its loop restarts). */
@@ -1223,6 +1304,16 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
            "set-target=%d,lend:rc=%d,probe-read=%#x,revoke:rc=%d,"
            "probe-read=%#x", rct, rc2, r2, rc2r, r3);
 
+    /*
+     * lend-limit-not-control: D, device model of P now, may lend to P but
+     * not set P's limit of lent pages: only the control domain may.
+     */
+    {
+        int rcl = agent_call(p, XEN_DMOP_set_lend_limit, 0, 0, &done);
+
+        result("lend-limit-not-control", rcl == -EPERM, "rc=%d", rcl);
+    }
+
     /* Still not the device model of C. */
     rc3 = agent_call(c, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
                      &done);
@@ -1235,6 +1326,104 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
            "rc=%d,done=%u", rc4, done);
 
     return failures ? 1 : 0;
+}
+
+/*
+ * One of Xen's long-lived mappings of a guest frame, registered by the
+ * agent guest itself: first at a frame dom0 lent it (Xen must refuse, as
+ * for a hole: it would keep writing there after the revocation), then at a
+ * frame of its own RAM (the control: the same call succeeds).  Each
+ * registration is made once per vCPU or domain, so the refused one must
+ * leave nothing behind for the control to succeed.
+ */
+static void longlived_one(const char *name, uint32_t hc, uint32_t cmd,
+                          bool vcpu_arg, unsigned int nwords,
+                          const uint32_t *lent_args, const uint32_t *own_args)
+{
+    uint32_t args = GUEST_BASE + AGENT_ARGS;
+    int rc_lent, rc_own;
+    unsigned int i;
+
+    for ( i = 0; i < 16; i++ )
+        agent[AGENT_ARGS / 4 + i] = i < nwords ? lent_args[i] : 0;
+    rc_lent = vcpu_arg ? agent_hypercall(hc, cmd, 0, args)
+                       : agent_hypercall(hc, cmd, args, 0);
+    for ( i = 0; i < 16; i++ )
+        agent[AGENT_ARGS / 4 + i] = i < nwords ? own_args[i] : 0;
+    rc_own = vcpu_arg ? agent_hypercall(hc, cmd, 0, args)
+                      : agent_hypercall(hc, cmd, args, 0);
+    result(name, rc_lent == -EPERM && rc_own == 0, "lent:rc=%d,own:rc=%d",
+           rc_lent, rc_own);
+}
+
+/*
+ * longlived-*: the agent guest D registers vcpu_info, its runstate and
+ * time areas (by physical address) and the event channel FIFO control
+ * block and an event array page on a frame dom0 lent it: Xen refuses each
+ * with -EPERM, and accepts each on D's own RAM.
+ */
+static void longlived_test(uint16_t d)
+{
+    const uint64_t lent = GUEST_PROBE_ADDR >> 12;
+    const uint64_t own = (GUEST_BASE >> 12) + 0x20;
+    long max0 = dom_pages(0, true);
+    unsigned long ul[1];
+    uint64_t fr[1];
+    uint32_t done = 0;
+    int rc;
+
+    if ( !agent || max0 <= 0 ||
+         X.xc_setmaxmem(xch, 0, (max0 + 64) * (PAGE_SIZE / 1024)) ||
+         X.xc_increase(xch, DOMID_SELF, 1, 0, 0, ul) )
+    {
+        result("longlived-setup", false, "%s", strerror(errno));
+        return;
+    }
+    fr[0] = ul[0];
+    rc = do_lend(d, lent, 1, fr, &done);
+    result("longlived-setup", rc == 0 && done == 1, "lend:rc=%d,done=%u",
+           rc, done);
+    if ( !rc )
+    {
+        /* struct vcpu_register_vcpu_info: mfn, offset, rsvd */
+        uint32_t vi_l[] = { (uint32_t)lent, 0, 0, 0 };
+        uint32_t vi_o[] = { (uint32_t)own, 0, 0, 0 };
+        /* the phys areas: a uint64_t guest-physical address */
+        uint32_t rs_l[] = { (uint32_t)(lent << 12), 0 };
+        uint32_t rs_o[] = { (uint32_t)((own + 1) << 12), 0 };
+        uint32_t tm_l[] = { (uint32_t)(lent << 12) + 0x100, 0 };
+        uint32_t tm_o[] = { (uint32_t)((own + 1) << 12) + 0x100, 0 };
+        /* struct evtchn_init_control: control_gfn, offset, vcpu */
+        uint32_t ic_l[] = { (uint32_t)lent, 0, 0, 0, 0, 0 };
+        uint32_t ic_o[] = { (uint32_t)(own + 2), 0, 0, 0, 0, 0 };
+        /* struct evtchn_expand_array: array_gfn */
+        uint32_t ea_l[] = { (uint32_t)lent, 0 };
+        uint32_t ea_o[] = { (uint32_t)(own + 3), 0 };
+
+        longlived_one("longlived-vcpu-info", __HYPERVISOR_vcpu_op,
+                      VCPUOP_register_vcpu_info, true, 4, vi_l, vi_o);
+        longlived_one("longlived-runstate-phys", __HYPERVISOR_vcpu_op,
+                      VCPUOP_register_runstate_phys_area, true, 2, rs_l,
+                      rs_o);
+        longlived_one("longlived-time-phys", __HYPERVISOR_vcpu_op,
+                      VCPUOP_register_vcpu_time_phys_area, true, 2, tm_l,
+                      tm_o);
+        longlived_one("longlived-fifo-control",
+                      __HYPERVISOR_event_channel_op, EVTCHNOP_init_control,
+                      false, 6, ic_l, ic_o);
+        longlived_one("longlived-fifo-array", __HYPERVISOR_event_channel_op,
+                      EVTCHNOP_expand_array, false, 2, ea_l, ea_o);
+
+        rc = do_revoke(d, lent, 1, fr, &done);
+        if ( rc )
+            result("longlived-revoke", false, "rc=%d", rc);
+    }
+    /*
+     * Freed only when nothing holds it: if Xen kept a mapping, the page
+     * stays allocated until D is destroyed.
+     */
+    X.xc_decrease(xch, DOMID_SELF, 1, 0, ul);
+    X.xc_setmaxmem(xch, 0, max0 * (PAGE_SIZE / 1024));
 }
 
 #define NR_PAGES 1024U
@@ -1338,7 +1527,11 @@ int main(int argc, char **argv)
     if ( limit )
         return limit_test(dom, gfn, limit);
     if ( driver >= 0 && third >= 0 )
-        return driver_test(dom, driver, third);
+    {
+        driver_test(dom, driver, third);
+        longlived_test(driver);
+        return failures ? 1 : 0;
+    }
 
     /*
      * Pages owned by dom0 whose MFNs we know: a fresh reservation (the
@@ -1377,6 +1570,27 @@ int main(int argc, char **argv)
             fprintf(stderr, "note: cannot map own frames (%s), the guest "
                     "read check uses the lent page content anyway\n",
                     strerror(errno));
+    }
+
+    /*
+     * lend-domain-limit: the toolstack's limit for this domain (16 pages)
+     * stops lending 24 with -ENOSPC after 16; a limit above the host-wide
+     * cap is refused; 0 restores the cap for the checks below.
+     */
+    {
+        int rcs, rcl, rcr, rcbig, rc0;
+        uint32_t ldone = 0, rdone = 0;
+
+        rcs = set_lend_limit(dom, 16);
+        rcl = do_lend(dom, gfn, 24, frames, &ldone);
+        rcr = do_revoke(dom, gfn, 24, frames, &rdone);
+        rcbig = set_lend_limit(dom, 1ULL << 40);
+        rc0 = set_lend_limit(dom, 0);
+        result("lend-domain-limit",
+               rcs == 0 && rcl == -ENOSPC && ldone == 16 && rcr == 0 &&
+               rcbig == -EINVAL && rc0 == 0,
+               "set:rc=%d,lend:rc=%d,done=%u,revoke:rc=%d,above-cap:rc=%d,"
+               "reset:rc=%d", rcs, rcl, ldone, rcr, rcbig, rc0);
     }
 
     /* lend */
@@ -1521,7 +1735,10 @@ int main(int argc, char **argv)
     {
         struct server s;
         uint32_t c0, c1, c2, c3, r;
+        uint64_t st0[3], st1[3], st2[3], st3[3];
+        int rst0;
 
+        rst0 = retry_stats(dom, st0);
         rc = server_start(&s, dom, XEN_DMOP_IOREQ_SERVER_RETRY);
         if ( rc )
         {
@@ -1581,9 +1798,11 @@ int main(int argc, char **argv)
             do_revoke(dom, s.lent_gfn, 1, &s.frame, &done);
             s.mode = SERVE_RETRY_ONLY;
             s.requests = 0;
+            retry_stats(dom, st1);
             c2 = guest_word(GUEST_COUNTER);
             server_run(&s, 2.0);
             c3 = guest_word(GUEST_COUNTER);
+            retry_stats(dom, st2);
             r = guest_word(GUEST_RESULT);
             result("retry-unmapped",
                    r == 0xffffffffU && s.requests > 10 &&
@@ -1595,6 +1814,30 @@ int main(int argc, char **argv)
 
             /* retry-straddle: frames 1 and 2 were revoked above */
             retry_straddle(&s, frames[1], frames[2]);
+
+            /*
+             * retry-stats: Xen's counters (XEN_DMOP_get_retry_stats) against
+             * the server's: each RETRY answered ends exactly one way; in
+             * retry-unmapped every guest read was refused after 8 resends.
+             */
+            usleep(200000);
+            {
+                int rst = retry_stats(dom, st3);
+                uint64_t sum = (st3[0] - st0[0]) + (st3[1] - st0[1]) +
+                               (st3[2] - st0[2]);
+                uint64_t ref = st2[2] - st1[2], res = st2[1] - st1[1];
+
+                result("retry-stats",
+                       rst0 == 0 && rst == 0 &&
+                       sum == s.retries_answered && st3[0] > st0[0] &&
+                       ref >= 2 && ref + 1 >= c3 - c2 && ref <= c3 - c2 + 1 &&
+                       res + 8 >= 8 * ref && res <= 8 * (ref + 1),
+                       "answered=%u,completed=%" PRIu64 ",resent=%" PRIu64
+                       ",refused=%" PRIu64 ",unmapped:refused=%" PRIu64
+                       ",resent=%" PRIu64 ",loops=%u", s.retries_answered,
+                       st3[0] - st0[0], st3[1] - st0[1], st3[2] - st0[2],
+                       ref, res, c3 - c2);
+            }
             server_stop(&s);
         }
     }

@@ -18,7 +18,13 @@
 # must still progress, after at most 8 honoured retries in a row), the
 # owner freeing lent pages, and the guest's destruction freeing them.
 # Then a driver domain: a second tiny guest issuing the lend DMOP itself,
-# refused by Xen until dom0 makes it the device model of the receiver.
+# refused by Xen until dom0 makes it the device model of the receiver, and
+# not allowed to set the receiver's lend limit; then registering Xen's
+# long-lived mappings (vcpu_info, runstate/time areas, FIFO event channel
+# pages) on a page dom0 lent it: refused (-EPERM), accepted on its own RAM.
+# The main guest also gets a per-domain lend limit (XEN_DMOP_set_lend_limit)
+# and the RETRY counters (XEN_DMOP_get_retry_stats) are compared with the
+# test server's.
 #
 # Environment:
 #   XEN_LEND_TEST   the test binary (default: searched in PATH,
