@@ -18,7 +18,11 @@
 # must still progress, after at most 8 honoured retries in a row), the
 # owner freeing lent pages, and the guest's destruction freeing them.
 # Then a driver domain: a second tiny guest issuing the lend DMOP itself,
-# refused by Xen until dom0 makes it the device model of the receiver.
+# refused by Xen until dom0 makes it the device model of the receiver; a
+# third one (also an agent), made privileged over the driver domain, trying
+# to foreign-map the page the driver domain lent; the lender removing its
+# lent page from its own physmap before revoking; the receiver removing a
+# lent GFN itself; and revocation while the receiver is being destroyed.
 #
 # Environment:
 #   XEN_LEND_TEST   the test binary (default: searched in PATH,
@@ -140,7 +144,7 @@ fi
 ok=1
 for g in p c d; do
     kernel="$work/guest.elf"
-    [ $g = d ] && kernel="$work/agent.elf"
+    [ $g = p ] || kernel="$work/agent.elf"
     sed -e "s/^name = .*/name = \"$name-$g\"/" -e "s|^kernel = .*|kernel = \"$kernel\"|" \
         "$work/guest.cfg" >"$work/guest-$g.cfg"
     if ! timeout 120 xl create "$work/guest-$g.cfg" >"$work/create-$g.log" 2>&1; then
@@ -157,6 +161,9 @@ if [ $ok = 1 ]; then
     sleep 1
     "$bin" --dom "$(xl domid "$name-p")" --driver "$(xl domid "$name-d")" \
         --third "$(xl domid "$name-c")" || fail=1
+    # Revocation while P is being destroyed (the test destroys it).
+    "$bin" --dom "$(xl domid "$name-p")" --dying-other "$(xl domid "$name-c")" ||
+        fail=1
 else
     result xen-lend-not-dm 0 guest-create-failed-or-died
     fail=1
