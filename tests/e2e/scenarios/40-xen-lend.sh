@@ -161,8 +161,10 @@ if [ $ok = 1 ]; then
     sleep 1
     "$bin" --dom "$(xl domid "$name-p")" --driver "$(xl domid "$name-d")" \
         --third "$(xl domid "$name-c")" || fail=1
-    # Revocation while P is being destroyed (the test destroys it).
-    "$bin" --dom "$(xl domid "$name-p")" --dying-other "$(xl domid "$name-c")" ||
+    # Revocation while P is being destroyed (the test destroys it); the
+    # page is lent to D afterwards (C's lent-page count is wrong on a Xen
+    # where foreign-map-lent fails).
+    "$bin" --dom "$(xl domid "$name-p")" --dying-other "$(xl domid "$name-d")" ||
         fail=1
 else
     result xen-lend-not-dm 0 guest-create-failed-or-died
