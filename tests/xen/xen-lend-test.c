@@ -31,10 +31,10 @@
  *       page is lendable again and freed with no reference left) and
  *       revoke-lender-moved (D removes its lent page from its own physmap,
  *       then revokes: the entry goes, by the frame as lent)
- *   xen-lend-test --dom V --dying-other O
+ *   xen-lend-test --dom V --dying-other O [--third C]
  *       revoke-dying, revoke-dead: revocation while V is being destroyed
  *       (the test runs "xl destroy V") removes the entry at once; O is a
- *       guest the page is lent to afterwards
+ *       guest the page is lent to afterwards; O and C are paused meanwhile
  *   xen-lend-test --dom D --no-opt-in
  *       retry-not-opted-in: a server created without
  *       XEN_DMOP_IOREQ_SERVER_RETRY answers RETRY: Xen treats it as any
@@ -211,6 +211,8 @@ static struct {
     int (*xc_getinfo_single)(void *, uint32_t, void *);
     int (*xc_setmaxmem)(void *, uint32_t, uint64_t);
     int (*xc_set_target)(void *, uint32_t, uint32_t);
+    int (*xc_pause)(void *, uint32_t);
+    int (*xc_unpause)(void *, uint32_t);
     void *(*gt_open)(void *, unsigned int);
     void *(*gt_map)(void *, uint32_t, uint32_t, int);
     int (*gt_unmap)(void *, void *, uint32_t);
@@ -321,6 +323,8 @@ static void load_libs(void)
     *(void **)&X.xc_getinfo_single = sym(l, "xc_domain_getinfo_single");
     *(void **)&X.xc_setmaxmem = sym(l, "xc_domain_setmaxmem");
     *(void **)&X.xc_set_target = sym(l, "xc_domain_set_target");
+    *(void **)&X.xc_pause = sym(l, "xc_domain_pause");
+    *(void **)&X.xc_unpause = sym(l, "xc_domain_unpause");
 
     l = must_dlopen(gtl);
     *(void **)&X.gt_open = sym(l, "xengnttab_open");
@@ -1467,20 +1471,23 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
  * dom0 lends DYING_BALLAST pages to guest V, one every 2 MiB (each needs its
  * own p2m leaf table, whose 512 entries teardown walks one by one), and one
  * more page above them all, which teardown (relinquish_p2m_mapping(),
- * upwards from GFN 0) reaches last.  Then "xl destroy V" in the background;
- * as soon as V is dying: the last page is still lent (lending it to guest O
- * fails with -EEXIST), V's device model revokes it, and revocation must
- * have removed it there and then: returning 0 means nothing in Xen uses the
- * page any more, so lending it to O must now succeed.  (Before, revocation
- * answered -ESRCH once V was dying and left the entry to teardown, while
- * the owner's kernel took the page back.)  After the destruction,
+ * upwards from GFN 0) reaches last.  Then "xl destroy V" in the background
+ * (the other spinning guests paused, so that this process gets the CPU);
+ * as soon as V is dying, V's device model revokes the last page, then
+ * checks that the highest ballast page is still lent (lending it to guest
+ * O fails with -EEXIST): teardown had not reached it, so not the last page
+ * either, when revocation ran.  Revocation must have removed the last page
+ * there and then: returning 0 means nothing in Xen uses the page any
+ * more, so lending it to O must succeed.  (Before, revocation answered
+ * -ESRCH once V was dying and left the entry to teardown, while the
+ * owner's kernel took the page back.)  After the destruction,
  * revocation answers 0 while V lingers (another domain holds it) and
  * -ESRCH once it is gone, and every page is freed when dom0 frees them.
  */
-#define DYING_BALLAST 128U
+#define DYING_BALLAST 384U
 #define DYING_GFN0    0x40000U   /* 1 GiB, above a tiny guest's RAM */
 
-static int dying_test(uint16_t v, uint16_t o)
+static int dying_test(uint16_t v, uint16_t o, long third)
 {
     unsigned long ul[DYING_BALLAST + 1];
     uint64_t fr[DYING_BALLAST + 1], *last = &fr[DYING_BALLAST];
@@ -1488,7 +1495,7 @@ static int dying_test(uint16_t v, uint16_t o)
     long max0 = dom_pages(0, true), t0, t1;
     uint64_t info[512];
     uint32_t done;
-    int i, nlent = 0, rcl, still = 1, rcv = 1, relend = 1, rcv2, status = 0;
+    int i, top = 0, nlent = 0, rcl, still = 1, rcv = 1, relend = 1, rcv2, status = 0;
     bool dying = false, gone = false;
     double end;
     pid_t pid;
@@ -1506,9 +1513,15 @@ static int dying_test(uint16_t v, uint16_t o)
         fr[i] = ul[i];
     for ( i = 0; i < (int)DYING_BALLAST; i++ )
         if ( do_lend(v, DYING_GFN0 + i * 512UL, 1, &fr[i], &done) == 0 )
+        {
             nlent++;
+            top = i;                     /* the highest one lent */
+        }
     rcl = do_lend(v, last_gfn, 1, last, &done);
 
+    X.xc_pause(xch, o);
+    if ( third >= 0 )
+        X.xc_pause(xch, third);
     pid = fork();
     if ( pid == 0 )
     {
@@ -1533,20 +1546,24 @@ static int dying_test(uint16_t v, uint16_t o)
     }
     if ( dying )
     {
-        still = do_lend(o, SPARE_GFN, 1, last, &done);
-        if ( still == 0 )
-            do_revoke(o, SPARE_GFN, 1, last, &done);
         rcv = do_revoke(v, last_gfn, 1, last, &done);
-        relend = do_lend(o, SPARE_GFN, 1, last, &done);
+        still = do_lend(o, SPARE_GFN, 1, &fr[top], &done);
+        if ( still == 0 )
+            do_revoke(o, SPARE_GFN, 1, &fr[top], &done);
+        relend = do_lend(o, SPARE_GFN + 1, 1, last, &done);
         if ( relend == 0 )
-            do_revoke(o, SPARE_GFN, 1, last, &done);
+            do_revoke(o, SPARE_GFN + 1, 1, last, &done);
     }
     if ( pid > 0 )
         waitpid(pid, &status, 0);
+    X.xc_unpause(xch, o);
+    if ( third >= 0 )
+        X.xc_unpause(xch, third);
     result("revoke-dying",
            rcl == 0 && dying && still == -EEXIST && rcv == 0 && relend == 0,
-           "ballast=%d,lend:rc=%d,dying=%d,still-lent:rc=%d,revoke:rc=%d,"
-           "lend-elsewhere:rc=%d", nlent, rcl, dying, still, rcv, relend);
+           "ballast=%d,lend:rc=%d,dying=%d,revoke:rc=%d,"
+           "ballast-still-lent:rc=%d,lend-elsewhere:rc=%d", nlent, rcl, dying,
+           rcv, still, relend);
 
     /* Destroyed: revocation answers 0 while V lingers, -ESRCH once gone. */
     rcv2 = do_revoke(v, last_gfn, 1, last, &done);
@@ -1640,7 +1657,8 @@ int main(int argc, char **argv)
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --write-agent "
                     "FILE | --dom D [--gfn G] [--no-destroy] | --dom P "
-                    "--driver D --third C | --dom V --dying-other O\n",
+                    "--driver D --third C | --dom V --dying-other O "
+                    "[--third C]\n",
                     argv[0]);
             return 2;
         }
@@ -1671,7 +1689,7 @@ int main(int argc, char **argv)
     if ( driver >= 0 && third >= 0 )
         return driver_test(dom, driver, third);
     if ( other >= 0 )
-        return dying_test(dom, other);
+        return dying_test(dom, other, third);
 
     /*
      * Pages owned by dom0 whose MFNs we know: a fresh reservation (the

@@ -164,8 +164,8 @@ if [ $ok = 1 ]; then
     # Revocation while P is being destroyed (the test destroys it); the
     # page is lent to D afterwards (C's lent-page count is wrong on a Xen
     # where foreign-map-lent fails).
-    "$bin" --dom "$(xl domid "$name-p")" --dying-other "$(xl domid "$name-d")" ||
-        fail=1
+    "$bin" --dom "$(xl domid "$name-p")" --dying-other "$(xl domid "$name-d")" \
+        --third "$(xl domid "$name-c")" || fail=1
 else
     result xen-lend-not-dm 0 guest-create-failed-or-died
     fail=1
