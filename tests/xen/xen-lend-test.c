@@ -29,6 +29,16 @@
  *       its runstate and time areas and the FIFO event channel control
  *       block and array page there (refused, -EPERM) and on its own RAM
  *       (accepted)
+ *       then foreign-map-lent (C, made privileged over D, cannot map the
+ *       page D lent: p2m_add_foreign() refuses lent pages; C must be an
+ *       agent too), guest-removes-lent (D removes a GFN dom0 lent it: the
+ *       page is lendable again and freed with no reference left) and
+ *       revoke-lender-moved (D removes its lent page from its own physmap,
+ *       then revokes: the entry goes, by the frame as lent)
+ *   xen-lend-test --dom V --dying-other O [--third C]
+ *       revoke-dying, revoke-dead: revocation while V is being destroyed
+ *       (the test runs "xl destroy V") removes the entry at once; O is a
+ *       guest the page is lent to afterwards; O and C are paused meanwhile
  *   xen-lend-test --dom D --no-opt-in
  *       retry-not-opted-in: a server created without
  *       XEN_DMOP_IOREQ_SERVER_RETRY answers RETRY: Xen treats it as any
@@ -51,6 +61,8 @@
  *   revoke           revocation removes the mappings
  *   revoke-vacuous   revoking again, or a frame that is not there: 0
  *   revoke-wrong     revocation naming another frame leaves the entry
+ *   lend-internal-mmio  lending at the LAPIC page: -EACCES
+ *   lend-guest-ram   lending at a page of guest RAM: -EEXIST
  *   relend           a revoked frame can be lent again
  *   retry-lend       RETRY server: the guest read faults, the server lends
  *                    a page and answers RETRY, Xen completes the read from
@@ -76,6 +88,7 @@
  *                    completed from memory, the first is never sent again
  *   owner-free       the owner frees lent pages: they stay allocated
  *   destroy-frees    guest destroyed with pages lent: they are freed
+ *   revoke-gone      revocation once the guest is gone: -ESRCH
  *
  * Every lend and revoke of these checks is a raw hypercall through
  * libxencall (IOCTL_PRIVCMD_HYPERCALL of an unrestricted privcmd file):
@@ -98,6 +111,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -121,12 +135,12 @@
  * AGENT_ACK_SEQ.
  */
 #define AGENT_CMD_SEQ     0x900U
-#define AGENT_CMD_DOMID   0x904U
 #define AGENT_ACK_SEQ     0x908U
 #define AGENT_RC          0x90cU
-#define AGENT_CMD_HC      0x910U  /* hypercall number (eax) */
-#define AGENT_CMD_ARG2    0x914U  /* second argument (ecx) */
-#define AGENT_CMD_ARG3    0x918U  /* third argument (edx) */
+/* The hypercall: eax, then ebx, ecx, edx, esi, edi. */
+#define AGENT_HC_NR       0x910U
+#define AGENT_HC_ARG(n)   (0x914U + 4 * (n))
+#define AGENT_SCRATCH     0xb00U  /* arguments of other hypercalls */
 #define AGENT_BUFS        0xa00U  /* 2 x compat xen_dm_op_buf (32-bit) */
 #define AGENT_OP          0xa40U  /* struct xen_dm_op */
 #define AGENT_OP_SIZE     0x40U
@@ -135,6 +149,7 @@
 /* A page of the agent's RAM which it lends (its pattern set by dom0). */
 #define AGENT_LEND_GFN    ((GUEST_BASE >> 12) + 0x10)
 #define AGENT_PATTERN     0xd0d0beefU
+#define __HYPERVISOR_memory_op 12
 #define __HYPERVISOR_dm_op 41
 #define __HYPERVISOR_vcpu_op 24
 #define __HYPERVISOR_event_channel_op 32
@@ -143,6 +158,9 @@
 #define VCPUOP_register_vcpu_time_phys_area  15
 #define EVTCHNOP_init_control  11
 #define EVTCHNOP_expand_array  12
+#define XENMEM_remove_from_physmap 15
+#define XENMEM_add_to_physmap_batch 23
+#define XENMAPSPACE_gmfn_foreign 4
 #define XEN_DMOP_lend_pages   21
 #define XEN_DMOP_revoke_pages 22
 #define XEN_DMOP_set_lend_limit  23
@@ -213,6 +231,8 @@ static struct {
     int (*xc_getinfo_single)(void *, uint32_t, void *);
     int (*xc_setmaxmem)(void *, uint32_t, uint64_t);
     int (*xc_set_target)(void *, uint32_t, uint32_t);
+    int (*xc_pause)(void *, uint32_t);
+    int (*xc_unpause)(void *, uint32_t);
     void *(*gt_open)(void *, unsigned int);
     void *(*gt_map)(void *, uint32_t, uint32_t, int);
     int (*gt_unmap)(void *, void *, uint32_t);
@@ -323,6 +343,8 @@ static void load_libs(void)
     *(void **)&X.xc_getinfo_single = sym(l, "xc_domain_getinfo_single");
     *(void **)&X.xc_setmaxmem = sym(l, "xc_domain_setmaxmem");
     *(void **)&X.xc_set_target = sym(l, "xc_domain_set_target");
+    *(void **)&X.xc_pause = sym(l, "xc_domain_pause");
+    *(void **)&X.xc_unpause = sym(l, "xc_domain_unpause");
 
     l = must_dlopen(gtl);
     *(void **)&X.gt_open = sym(l, "xengnttab_open");
@@ -567,17 +589,15 @@ static void probe_code(struct code *c)
 /*
  * The agent guest: an HVM hypercall from ring 0 is VMMCALL on AMD and
  * VMCALL on Intel; in 32-bit mode Xen takes the 32-bit (compat) ABI:
- * eax = hypercall, ebx, ecx, edx = its first three arguments (for the
- * DMOP: domid, nr_bufs, bufs).
+ * eax = hypercall, ebx, ecx, edx, esi, edi = arguments (for dm_op: domid,
+ * nr_bufs, bufs), all set by dom0 in the agent's memory.
  *        cli
  * loop:  pause
  *        mov eax, [CMD_SEQ]
  *        cmp eax, [ACK_SEQ]
  *        je loop
- *        mov eax, [CMD_HC]
- *        mov ebx, [CMD_DOMID]
- *        mov ecx, [CMD_ARG2]
- *        mov edx, [CMD_ARG3]
+ *        mov eax, [HC_NR]
+ *        mov ebx, [HC_ARG(0)] ... mov edi, [HC_ARG(4)]
  *        vmmcall / vmcall
  *        mov [RC], eax
  *        mov eax, [CMD_SEQ]
@@ -594,10 +614,13 @@ static void agent_code(struct code *c, bool amd)
     op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
     op1(c, 0x3b); op1(c, 0x05); imm32(c, GUEST_BASE + AGENT_ACK_SEQ);
     jrel8(c, 0x74, loop);
-    op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_HC);
-    op1(c, 0x8b); op1(c, 0x1d); imm32(c, GUEST_BASE + AGENT_CMD_DOMID);
-    op1(c, 0x8b); op1(c, 0x0d); imm32(c, GUEST_BASE + AGENT_CMD_ARG2);
-    op1(c, 0x8b); op1(c, 0x15); imm32(c, GUEST_BASE + AGENT_CMD_ARG3);
+    op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_HC_NR);
+    /* mov ebx/ecx/edx/esi/edi, [HC_ARG(n)]: ModRM 0x1d/0x0d/0x15/0x35/0x3d */
+    op1(c, 0x8b); op1(c, 0x1d); imm32(c, GUEST_BASE + AGENT_HC_ARG(0));
+    op1(c, 0x8b); op1(c, 0x0d); imm32(c, GUEST_BASE + AGENT_HC_ARG(1));
+    op1(c, 0x8b); op1(c, 0x15); imm32(c, GUEST_BASE + AGENT_HC_ARG(2));
+    op1(c, 0x8b); op1(c, 0x35); imm32(c, GUEST_BASE + AGENT_HC_ARG(3));
+    op1(c, 0x8b); op1(c, 0x3d); imm32(c, GUEST_BASE + AGENT_HC_ARG(4));
     op1(c, 0x0f); op1(c, 0x01); op1(c, amd ? 0xd9 : 0xc1);
     op1(c, 0xa3); imm32(c, GUEST_BASE + AGENT_RC);
     op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
@@ -1190,26 +1213,83 @@ static volatile uint32_t *agent;
  * Returns the hypercall's return value, or 1000 if the agent did not
  * answer.
  */
-static int agent_hypercall(uint32_t hc, uint32_t a1, uint32_t a2, uint32_t a3)
+/*
+ * Have agent guest ag issue hypercall nr with the given 32-bit arguments
+ * (its memory is set up by the caller).  Returns the hypercall's return
+ * value, or 1000 if the agent did not answer.
+ */
+static int agent_hcall(volatile uint32_t *ag, uint32_t nr, uint32_t a0,
+                       uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4)
 {
-    uint32_t seq = agent[AGENT_CMD_SEQ / 4] + 1;
+    uint32_t seq = ag[AGENT_CMD_SEQ / 4] + 1;
     double end = now() + 5;
 
-    agent[AGENT_CMD_HC / 4] = hc;
-    agent[AGENT_CMD_DOMID / 4] = a1;
-    agent[AGENT_CMD_ARG2 / 4] = a2;
-    agent[AGENT_CMD_ARG3 / 4] = a3;
+    ag[AGENT_HC_NR / 4] = nr;
+    ag[AGENT_HC_ARG(0) / 4] = a0;
+    ag[AGENT_HC_ARG(1) / 4] = a1;
+    ag[AGENT_HC_ARG(2) / 4] = a2;
+    ag[AGENT_HC_ARG(3) / 4] = a3;
+    ag[AGENT_HC_ARG(4) / 4] = a4;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    agent[AGENT_CMD_SEQ / 4] = seq;
+    ag[AGENT_CMD_SEQ / 4] = seq;
 
-    while ( agent[AGENT_ACK_SEQ / 4] != seq )
+    while ( ag[AGENT_ACK_SEQ / 4] != seq )
     {
         if ( now() > end )
             return 1000;
         usleep(1000);
     }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return (int32_t)agent[AGENT_RC / 4];
+    return (int32_t)ag[AGENT_RC / 4];
+}
+
+/* The three-argument form the long-lived mapping checks use. */
+static int agent_hypercall(uint32_t hc, uint32_t a1, uint32_t a2, uint32_t a3)
+{
+    return agent_hcall(agent, hc, a1, a2, a3, 0, 0);
+}
+
+/*
+ * XENMEM_remove_from_physmap of the agent's own gfn, issued by the agent
+ * (compat struct xen_remove_from_physmap: domid, pad, 32-bit gpfn).
+ */
+static int agent_remove_from_physmap(volatile uint32_t *ag, uint32_t gfn)
+{
+    volatile uint32_t *a = ag + AGENT_SCRATCH / 4;
+
+    a[0] = DOMID_SELF;
+    a[1] = gfn;
+    return agent_hcall(ag, __HYPERVISOR_memory_op, XENMEM_remove_from_physmap,
+                       GUEST_BASE + AGENT_SCRATCH, 0, 0, 0);
+}
+
+/*
+ * The agent maps frame fgfn of domain fdom at its own gfn with
+ * XENMEM_add_to_physmap_batch (XENMAPSPACE_gmfn_foreign), as a PVH dom0 or
+ * a stub domain maps guest memory.  Compat layout: domid, space, size,
+ * foreign_domid (16 bits each), then the idxs, gpfns and errs handles
+ * (32 bits each), then the arrays.  Returns the hypercall's value and the
+ * entry's error in *err.
+ */
+static int agent_map_foreign(volatile uint32_t *ag, uint16_t fdom,
+                             uint32_t fgfn, uint32_t gfn, int *err)
+{
+    volatile uint32_t *a = ag + AGENT_SCRATCH / 4;
+    const uint32_t base = GUEST_BASE + AGENT_SCRATCH;
+    int rc;
+
+    a[0] = DOMID_SELF | (XENMAPSPACE_gmfn_foreign << 16);
+    a[1] = 1 | ((uint32_t)fdom << 16);
+    a[2] = base + 0x20;                  /* idxs */
+    a[3] = base + 0x24;                  /* gpfns */
+    a[4] = base + 0x28;                  /* errs */
+    a[8] = fgfn;
+    a[9] = gfn;
+    a[10] = 0x7777;                      /* not an errno */
+    rc = agent_hcall(ag, __HYPERVISOR_memory_op, XENMEM_add_to_physmap_batch,
+                     base, 0, 0, 0);
+    *err = (int32_t)a[10];
+    return rc;
 }
 
 /*
@@ -1250,6 +1330,141 @@ static uint32_t probe_read(volatile uint32_t *probe, uint32_t want)
         r = probe[GUEST_RESULT / 4];
     } while ( r != want && now() < end );
     return r;
+}
+
+/* A hole in every tiny guest (128 MiB of RAM). */
+#define SPARE_GFN 0x30000U
+
+/*
+ * foreign-map-lent: agent C, made privileged over agent D (set_target, as
+ * a stub domain is over its guest), maps frames of D into its own p2m
+ * with XENMEM_add_to_physmap_batch (p2m_add_foreign(), what a PVH dom0 or
+ * stub domain does).  A frame of D's RAM maps (positive control); the page
+ * D has lent to P must not: a second foreign entry of a lent page, once
+ * removed, took the lent entry's bookkeeping with it and D's revocation
+ * then left the page with P.  After C's attempt D revokes: P must no
+ * longer read the page.
+ */
+static void foreign_map_lent_test(uint16_t p, uint16_t d, uint16_t c,
+                                  volatile uint32_t *probe)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    volatile uint32_t *cag = map_page_of(c, GUEST_BASE >> 12,
+                                         PROT_READ | PROT_WRITE);
+    int rct, rcl, rcc, errc, rcm, errm, rcu = 1, rcr;
+    uint32_t done, r1, r2;
+
+    if ( !cag )
+    {
+        result("foreign-map-lent", false, "cannot-map-agent-c");
+        return;
+    }
+    rct = X.xc_set_target(xch, c, d) ? -errno : 0;
+
+    /* Positive control: a page of D's RAM which is not lent. */
+    rcc = agent_map_foreign(cag, d, AGENT_LEND_GFN + 1, SPARE_GFN, &errc);
+    if ( rcc == 0 && errc == 0 )
+        agent_remove_from_physmap(cag, SPARE_GFN);
+
+    rcl = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
+                     &done);
+    r1 = probe_read(probe, AGENT_PATTERN);
+    rcm = agent_map_foreign(cag, d, AGENT_LEND_GFN, SPARE_GFN, &errm);
+    if ( rcm == 0 && errm == 0 )
+        rcu = agent_remove_from_physmap(cag, SPARE_GFN);
+    rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, AGENT_LEND_GFN,
+                     &done);
+    r2 = probe_read(probe, 0xffffffffU);
+    result("foreign-map-lent",
+           rct == 0 && rcc == 0 && errc == 0 && rcl == 0 &&
+           r1 == AGENT_PATTERN && (rcm == -EPERM || errm == -EPERM) &&
+           rcr == 0 && r2 == 0xffffffffU,
+           "set-target=%d,map-ram:rc=%d,err=%d,lend:rc=%d,probe-read=%#x,"
+           "map-lent:rc=%d,err=%d,unmap:rc=%d,revoke:rc=%d,probe-read=%#x",
+           rct, rcc, errc, rcl, r1, rcm, errm, rcu, rcr, r2);
+    X.fm_unmap(fm, (void *)cag, 1);
+}
+
+/*
+ * guest-removes-lent: dom0 lends one of its pages to agent D, which
+ * removes it from its own physmap (XENMEM_remove_from_physmap on the lent
+ * GFN).  The lent bookkeeping must go with the entry: the page can be lent
+ * again (to P, which then reads it), and once dom0 frees it, dom0's page
+ * count drops by one (no reference left behind).
+ */
+static void guest_removes_lent_test(uint16_t p, uint16_t d,
+                                    volatile uint32_t *probe)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    unsigned long ul = 0;
+    uint64_t f;
+    long max0 = dom_pages(0, true), t0, t1 = -1, t2 = -1;
+    uint32_t done, r1 = 0;
+    int rcl, rcx, rcl2, rcr = 1, rcf = 1;
+    volatile uint32_t *m;
+
+    if ( max0 <= 0 || X.xc_setmaxmem(xch, 0, (max0 + 64) * (PAGE_SIZE / 1024)) ||
+         X.xc_increase(xch, DOMID_SELF, 1, 0, 0, &ul) )
+    {
+        result("guest-removes-lent", false, "setup:%s", strerror(errno));
+        return;
+    }
+    f = ul;
+    m = map_page_of(DOMID_SELF, ul, PROT_READ | PROT_WRITE);
+    if ( m )
+    {
+        m[0] = AGENT_PATTERN ^ 0xffff;
+        X.fm_unmap(fm, (void *)m, 1);
+    }
+    t0 = tot_pages(0);
+
+    rcl = do_lend(d, SPARE_GFN, 1, &f, &done);
+    rcx = agent_remove_from_physmap(agent, SPARE_GFN);
+    rcl2 = do_lend(p, probe_gfn, 1, &f, &done);
+    if ( rcl2 == 0 )
+    {
+        r1 = probe_read(probe, AGENT_PATTERN ^ 0xffff);
+        rcr = do_revoke(p, probe_gfn, 1, &f, &done);
+    }
+    else
+        do_revoke(d, SPARE_GFN, 1, &f, &done);
+    rcf = X.xc_decrease(xch, DOMID_SELF, 1, 0, &ul) ? -errno : 0;
+    t1 = tot_pages(0);
+    t2 = t0 - t1;
+    X.xc_setmaxmem(xch, 0, max0 * (PAGE_SIZE / 1024));
+    result("guest-removes-lent",
+           rcl == 0 && rcx == 0 && rcl2 == 0 &&
+           r1 == (AGENT_PATTERN ^ 0xffff) && rcr == 0 && rcf == 0 && t2 == 1,
+           "lend:rc=%d,guest-remove:rc=%d,lend-again:rc=%d,probe-read=%#x,"
+           "revoke:rc=%d,free:rc=%d,dom0-pages-freed=%ld", rcl, rcx, rcl2,
+           r1, rcr, rcf, t2);
+}
+
+/*
+ * revoke-lender-moved: agent D lends its page to P, then removes the page
+ * from its own physmap (the page stays allocated: the lent entry holds
+ * it) and revokes naming the same GFN and frame.  Xen must go by the
+ * frame as it was lent, not by D's translation of it now (nothing): P
+ * must no longer read the page.
+ */
+static void lender_moved_test(uint16_t p, volatile uint32_t *probe)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    uint32_t done, r1, r2;
+    int rcl, rcx, rcr;
+
+    rcl = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
+                     &done);
+    r1 = probe_read(probe, AGENT_PATTERN);
+    rcx = agent_remove_from_physmap(agent, AGENT_LEND_GFN);
+    rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, AGENT_LEND_GFN,
+                     &done);
+    r2 = probe_read(probe, 0xffffffffU);
+    result("revoke-lender-moved",
+           rcl == 0 && r1 == AGENT_PATTERN && rcx == 0 && rcr == 0 &&
+           r2 == 0xffffffffU,
+           "lend:rc=%d,probe-read=%#x,lender-remove:rc=%d,revoke:rc=%d,"
+           "probe-read=%#x", rcl, r1, rcx, rcr, r2);
 }
 
 /*
@@ -1325,6 +1540,133 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
     result("lend-driver-not-owned", rc4 == -EPERM && done == 0,
            "rc=%d,done=%u", rc4, done);
 
+    foreign_map_lent_test(p, d, c, probe);
+    guest_removes_lent_test(p, d, probe);
+    lender_moved_test(p, probe);
+
+    return failures ? 1 : 0;
+}
+
+/*
+ * revoke-dying, revoke-dead: revocation while the guest is being destroyed.
+ * dom0 lends DYING_BALLAST pages to guest V, one every 2 MiB (each needs its
+ * own p2m leaf table, whose 512 entries teardown walks one by one), and one
+ * more page above them all, which teardown (relinquish_p2m_mapping(),
+ * upwards from GFN 0) reaches last.  Then "xl destroy V" in the background
+ * (the other spinning guests paused, so that this process gets the CPU);
+ * as soon as V is dying, V's device model revokes the last page, then
+ * checks that the highest ballast page is still lent (lending it to guest
+ * O fails with -EEXIST): teardown had not reached it, so not the last page
+ * either, when revocation ran.  Revocation must have removed the last page
+ * there and then: returning 0 means nothing in Xen uses the page any
+ * more, so lending it to O must succeed.  (Before, revocation answered
+ * -ESRCH once V was dying and left the entry to teardown, while the
+ * owner's kernel took the page back.)  After the destruction,
+ * revocation answers 0 while V lingers (another domain holds it) and
+ * -ESRCH once it is gone, and every page is freed when dom0 frees them.
+ */
+#define DYING_BALLAST 384U
+#define DYING_GFN0    0x40000U   /* 1 GiB, above a tiny guest's RAM */
+
+static int dying_test(uint16_t v, uint16_t o, long third)
+{
+    unsigned long ul[DYING_BALLAST + 1];
+    uint64_t fr[DYING_BALLAST + 1], *last = &fr[DYING_BALLAST];
+    const uint64_t last_gfn = DYING_GFN0 + DYING_BALLAST * 512;
+    long max0 = dom_pages(0, true), t0, t1;
+    uint64_t info[512];
+    uint32_t done;
+    int i, top = 0, nlent = 0, rcl, still = 1, rcv = 1, relend = 1, rcv2, status = 0;
+    bool dying = false, gone = false;
+    double end;
+    pid_t pid;
+
+    if ( max0 <= 0 ||
+         X.xc_setmaxmem(xch, 0, (max0 + DYING_BALLAST + 64) *
+                        (PAGE_SIZE / 1024)) ||
+         X.xc_increase(xch, DOMID_SELF, DYING_BALLAST + 1, 0, 0, ul) )
+    {
+        result("revoke-dying", false, "setup:%s", strerror(errno));
+        return 1;
+    }
+    t0 = tot_pages(0);
+    for ( i = 0; i <= (int)DYING_BALLAST; i++ )
+        fr[i] = ul[i];
+    /*
+     * The last page first, then as much ballast as the guest's p2m pool
+     * takes (about 365 leaf tables for this guest: run
+     * 20261204-202956-6109 ran out).
+     */
+    rcl = do_lend(v, last_gfn, 1, last, &done);
+    for ( i = 0; i < (int)DYING_BALLAST; i++ )
+    {
+        if ( do_lend(v, DYING_GFN0 + i * 512UL, 1, &fr[i], &done) )
+            break;
+        nlent++;
+        top = i;                         /* the highest one lent */
+    }
+
+    X.xc_pause(xch, o);
+    if ( third >= 0 )
+        X.xc_pause(xch, third);
+    pid = fork();
+    if ( pid == 0 )
+    {
+        char cmd[64];
+
+        snprintf(cmd, sizeof(cmd), "xl destroy %u", v);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+
+    end = now() + 30;
+    while ( pid > 0 && rcl == 0 && now() < end )
+    {
+        memset(info, 0, sizeof(info));
+        if ( X.xc_getinfo_single(xch, v, info) || (uint16_t)info[0] != v )
+            break;
+        if ( (info[0] >> 32) & 1 )       /* XEN_DOMINF_dying */
+        {
+            dying = true;
+            break;
+        }
+    }
+    if ( dying )
+    {
+        rcv = do_revoke(v, last_gfn, 1, last, &done);
+        still = do_lend(o, SPARE_GFN, 1, &fr[top], &done);
+        if ( still == 0 )
+            do_revoke(o, SPARE_GFN, 1, &fr[top], &done);
+        relend = do_lend(o, SPARE_GFN + 1, 1, last, &done);
+        if ( relend == 0 )
+            do_revoke(o, SPARE_GFN + 1, 1, last, &done);
+    }
+    if ( pid > 0 )
+        waitpid(pid, &status, 0);
+    X.xc_unpause(xch, o);
+    if ( third >= 0 )
+        X.xc_unpause(xch, third);
+    result("revoke-dying",
+           rcl == 0 && nlent > 0 && dying && still == -EEXIST && rcv == 0 &&
+           relend == 0,
+           "ballast=%d,lend:rc=%d,dying=%d,revoke:rc=%d,"
+           "ballast-still-lent:rc=%d,lend-elsewhere:rc=%d", nlent, rcl, dying,
+           rcv, still, relend);
+
+    /* Destroyed: revocation answers 0 while V lingers, -ESRCH once gone. */
+    rcv2 = do_revoke(v, last_gfn, 1, last, &done);
+    memset(info, 0, sizeof(info));
+    gone = X.xc_getinfo_single(xch, v, info) || (uint16_t)info[0] != v;
+    X.xc_decrease(xch, DOMID_SELF, DYING_BALLAST + 1, 0, ul);
+    t1 = tot_pages(0);
+    X.xc_setmaxmem(xch, 0, max0 * (PAGE_SIZE / 1024));
+    result("revoke-dead",
+           WIFEXITED(status) && !WEXITSTATUS(status) &&
+           (gone ? rcv2 == -ESRCH : rcv2 == 0) &&
+           t0 - t1 == DYING_BALLAST + 1,
+           "xl-destroy=%d,domain=%s,revoke:rc=%d,dom0-pages-freed=%ld",
+           WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+           gone ? "gone" : "lingering", rcv2, t0 - t1);
     return failures ? 1 : 0;
 }
 
@@ -1463,7 +1805,7 @@ int main(int argc, char **argv)
     uint64_t gfn = 0x30000;
     bool have_dom = false, destroy = true, opt_in_test = false;
     unsigned long limit = 0;
-    long driver = -1, third = -1;
+    long driver = -1, third = -1, other = -1;
     unsigned long frames_ul[NR_PAGES + 1];
     uint64_t frames[NR_PAGES + 1], bogus[2];
     uint32_t done;
@@ -1493,13 +1835,17 @@ int main(int argc, char **argv)
             driver = strtol(argv[++i], NULL, 0);
         else if ( !strcmp(argv[i], "--third") && i + 1 < argc )
             third = strtol(argv[++i], NULL, 0);
+        else if ( !strcmp(argv[i], "--dying-other") && i + 1 < argc )
+            other = strtol(argv[++i], NULL, 0);
         else if ( !strcmp(argv[i], "--limit") && i + 1 < argc )
             limit = strtoul(argv[++i], NULL, 0);
         else
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --write-agent "
                     "FILE | --dom D [--gfn G] [--no-destroy] | --dom P "
-                    "--driver D --third C\n", argv[0]);
+                    "--driver D --third C | --dom V --dying-other O "
+                    "[--third C]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -1528,10 +1874,13 @@ int main(int argc, char **argv)
         return limit_test(dom, gfn, limit);
     if ( driver >= 0 && third >= 0 )
     {
-        driver_test(dom, driver, third);
+        int rc = driver_test(dom, driver, third);
+
         longlived_test(driver);
-        return failures ? 1 : 0;
+        return rc || failures ? 1 : 0;
     }
+    if ( other >= 0 )
+        return dying_test(dom, other, third);
 
     /*
      * Pages owned by dom0 whose MFNs we know: a fresh reservation (the
@@ -1729,6 +2078,26 @@ int main(int argc, char **argv)
                "revoke:rc=%d,still-lent:rc=%d", rc2, rc3);
     }
 
+    /*
+     * lend-internal-mmio, lend-guest-ram: only holes the guest has no other
+     * use for take a lent page.  The LAPIC page (emulated by Xen itself) is
+     * refused with -EACCES, a page of guest RAM with -EEXIST.
+     */
+    {
+        uint32_t d2 = 0;
+        int rca = do_lend(dom, 0xfee00, 1, &frames[5], &d2), rcb;
+
+        if ( rca == 0 )
+            do_revoke(dom, 0xfee00, 1, &frames[5], &d2);
+        rcb = do_lend(dom, GUEST_BASE >> 12, 1, &frames[5], &d2);
+        if ( rcb == 0 )
+            do_revoke(dom, GUEST_BASE >> 12, 1, &frames[5], &d2);
+        result("lend-internal-mmio", rca == -EACCES, "lapic-gfn=0xfee00,rc=%d",
+               rca);
+        result("lend-guest-ram", rcb == -EEXIST, "gfn=%#x,rc=%d",
+               GUEST_BASE >> 12, rcb);
+    }
+
     /* RETRY, with the guest looping on reads of GUEST_PROBE_ADDR. */
     map_guest_page(dom);
     if ( guest_page )
@@ -1878,6 +2247,27 @@ int main(int argc, char **argv)
     result("destroy-frees", rc == 0 && t3 == t0,
            "xl-destroy=%d,dom0-pages:before=%ld,after-destroy=%ld", rc, t0,
            t3);
+
+    /* revoke-gone: -ESRCH means the domain is gone, and nothing else. */
+    {
+        uint64_t info[512];
+        uint32_t d2 = 0;
+        bool gone;
+        int rcg;
+
+        for ( i = 0; i < 50; i++ )
+        {
+            memset(info, 0, sizeof(info));
+            if ( X.xc_getinfo_single(xch, dom, info) ||
+                 (uint16_t)info[0] != dom )
+                break;
+            usleep(100000);
+        }
+        gone = i < 50;
+        rcg = do_revoke(dom, gfn + NR_PAGES / 2, 1, &frames[NR_PAGES / 2], &d2);
+        result("revoke-gone", gone && rcg == -ESRCH, "domain=%s,rc=%d",
+               gone ? "gone" : "still-there", rcg);
+    }
 
     return failures ? 1 : 0;
 }

@@ -21,10 +21,14 @@
 # refused by Xen until dom0 makes it the device model of the receiver, and
 # not allowed to set the receiver's lend limit; then registering Xen's
 # long-lived mappings (vcpu_info, runstate/time areas, FIFO event channel
-# pages) on a page dom0 lent it: refused (-EPERM), accepted on its own RAM.
-# The main guest also gets a per-domain lend limit (XEN_DMOP_set_lend_limit)
-# and the RETRY counters (XEN_DMOP_get_retry_stats) are compared with the
-# test server's.
+# pages) on a page dom0 lent it: refused (-EPERM), accepted on its own RAM;
+# a third one (also an agent), made privileged over the driver domain,
+# trying to foreign-map the page the driver domain lent; the lender
+# removing its lent page from its own physmap before revoking; the
+# receiver removing a lent GFN itself; and revocation while the receiver is
+# being destroyed.  The main guest also gets a per-domain lend limit
+# (XEN_DMOP_set_lend_limit) and the RETRY counters
+# (XEN_DMOP_get_retry_stats) are compared with the test server's.
 #
 # Environment:
 #   XEN_LEND_TEST   the test binary (default: searched in PATH,
@@ -146,7 +150,7 @@ fi
 ok=1
 for g in p c d; do
     kernel="$work/guest.elf"
-    [ $g = d ] && kernel="$work/agent.elf"
+    [ $g = p ] || kernel="$work/agent.elf"
     sed -e "s/^name = .*/name = \"$name-$g\"/" -e "s|^kernel = .*|kernel = \"$kernel\"|" \
         "$work/guest.cfg" >"$work/guest-$g.cfg"
     if ! timeout 120 xl create "$work/guest-$g.cfg" >"$work/create-$g.log" 2>&1; then
@@ -162,6 +166,11 @@ done
 if [ $ok = 1 ]; then
     sleep 1
     "$bin" --dom "$(xl domid "$name-p")" --driver "$(xl domid "$name-d")" \
+        --third "$(xl domid "$name-c")" || fail=1
+    # Revocation while P is being destroyed (the test destroys it); the
+    # page is lent to D afterwards (C's lent-page count is wrong on a Xen
+    # where foreign-map-lent fails).
+    "$bin" --dom "$(xl domid "$name-p")" --dying-other "$(xl domid "$name-d")" \
         --third "$(xl domid "$name-c")" || fail=1
 else
     result xen-lend-not-dm 0 guest-create-failed-or-died
