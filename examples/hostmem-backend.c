@@ -7,7 +7,14 @@
  * buffers mapped into its address space.  Here the "GPU memory" is shared
  * anonymous memory filled with a pattern the guest can check.
  *
- *   hostmem-backend -d DOMID -r OFFSET:SIZE [-r OFFSET:SIZE]... [-t SECONDS]
+ *   hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE [-r OFFSET:SIZE]...
+ *                   [-t SECONDS]
+ *
+ * UNIQUE_ID names the instance of DOMID the memory is for: Xen's unique id
+ * of the guest (XEN_DOMCTL_get_domain_state), which gpu-hostmem-ioreqd
+ * records as "unique-id" in /local/domain/0/gpu-hostmem/DOMID/.  A domid is
+ * reused once its guest is gone; the unique id never is, so the memory can
+ * never be lent to a later guest that happens to get the same domid.
  *
  * OFFSET and SIZE take k/M/G suffixes and must be page aligned.  The backend
  *   1. opens /dev/xen/privcmd and restricts it to DOMID, so this fd can never
@@ -107,7 +114,7 @@ static int parse_region(const char *arg, struct region *r)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: hostmem-backend -d DOMID -r OFFSET:SIZE [-r ...] [-t SECONDS]\n");
+            "usage: hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE [-r ...] [-t SECONDS]\n");
     exit(2);
 }
 
@@ -166,16 +173,20 @@ int main(int argc, char **argv)
     struct region regions[MAX_REGIONS];
     unsigned int nr = 0, i;
     long domid = -1, seconds = 0;
+    unsigned long long unique_id = 0;
     struct sigaction sa;
     time_t deadline;
     uint16_t dom;
     int fd, opt, rc = 0;
 
     memset(regions, 0, sizeof(regions));
-    while ((opt = getopt(argc, argv, "d:r:t:")) != -1) {
+    while ((opt = getopt(argc, argv, "d:u:r:t:")) != -1) {
         switch (opt) {
         case 'd':
             domid = strtol(optarg, NULL, 0);
+            break;
+        case 'u':
+            unique_id = strtoull(optarg, NULL, 0);
             break;
         case 'r':
             if (nr == MAX_REGIONS || parse_region(optarg, &regions[nr])) {
@@ -193,7 +204,7 @@ int main(int argc, char **argv)
             usage();
         }
     }
-    if (domid <= 0 || domid >= 0x7ff0 || nr == 0)
+    if (domid <= 0 || domid >= 0x7ff0 || nr == 0 || unique_id == 0)
         usage();
     dom = (uint16_t)domid;
 
@@ -236,6 +247,7 @@ int main(int argc, char **argv)
         reg.offset = r->offset;
         reg.id = r->id;
         reg.dom = dom;
+        reg.unique_id = unique_id;
         if (ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &reg)) {
             fprintf(stderr, "backend: register id=%u offset=0x%" PRIx64 " size=0x%" PRIx64
                     " for dom%u: %s\n", r->id, r->offset, r->size, dom, strerror(errno));

@@ -23,7 +23,8 @@ struct privcmd_hostmem_register {
     __u32 id;
     __u16 dom;
     __u16 flags;
-    __u64 reserved[2];
+    __u64 unique_id;   /* the guest instance (Xen's unique id), not 0 */
+    __u64 reserved[1];
 };
 
 struct privcmd_hostmem_unregister {
@@ -41,7 +42,8 @@ struct privcmd_hostmem_lend {
     __u16 flags;
     __u32 nr_lent;
     __u32 pad;
-    __u64 reserved[2];
+    __u64 unique_id;   /* the guest instance (Xen's unique id), not 0 */
+    __u64 reserved[1];
 };
 
 #define PRIVCMD_HOSTMEM_REVOKE_ALL (1U << 0)
@@ -59,8 +61,10 @@ struct privcmd_hostmem_region {
     __u64 lent_pages;
     __u32 id;
     __u32 owner_pid;
-    __u64 reserved[2];
+    __u64 unique_id;
+    __u64 flags;       /* PRIVCMD_HOSTMEM_REGION_GONE */
 };
+#define PRIVCMD_HOSTMEM_REGION_GONE (1U << 0)
 
 struct privcmd_hostmem_query {
     __u16 dom;

@@ -61,7 +61,8 @@ struct privcmd_hostmem_register {
 	uint32_t id;
 	domid_t dom;
 	uint16_t flags;
-	uint64_t reserved[2];
+	uint64_t unique_id;
+	uint64_t reserved[1];
 };
 
 struct privcmd_hostmem_unregister {
@@ -79,7 +80,8 @@ struct privcmd_hostmem_lend {
 	uint16_t flags;
 	uint32_t nr_lent;
 	uint32_t pad;
-	uint64_t reserved[2];
+	uint64_t unique_id;
+	uint64_t reserved[1];
 };
 
 #define PRIVCMD_HOSTMEM_REVOKE_ALL (1 << 0)
@@ -98,8 +100,11 @@ struct privcmd_hostmem_region {
 	uint64_t lent_pages;
 	uint32_t id;
 	uint32_t owner_pid;
-	uint64_t reserved[2];
+	uint64_t unique_id;
+	uint64_t flags;
 };
+
+#define PRIVCMD_HOSTMEM_REGION_GONE (1 << 0)
 
 struct privcmd_hostmem_query {
 	domid_t dom;
@@ -145,6 +150,7 @@ struct privcmd_hypercall {
 #define XEN_DOMCTL_destroydomain 2
 #define XEN_DOMCTL_max_vcpus 15
 #define XEN_DOMCTL_set_paging_mempool_size 86
+#define XEN_DOMCTL_get_domain_state 90
 #define XEN_DOMCTL_CDF_hvm (1u << 0)
 #define XEN_DOMCTL_CDF_hap (1u << 1)
 #define XEN_X86_EMU_LAPIC (1u << 0)
@@ -175,6 +181,11 @@ struct xen_domctl {
 		struct xen_domctl_createdomain createdomain;
 		uint64_t paging_mempool_size;
 		uint32_t max_vcpus;
+		struct {
+			uint16_t state, pad0;
+			uint32_t pad1;
+			uint64_t unique_id;
+		} get_domain_state;
 		uint8_t pad[128];
 	} u;
 };
@@ -188,6 +199,11 @@ _Static_assert(sizeof(struct xen_domctl) == 144, "domctl");
 
 static long pg;
 static domid_t dom = 0x7fe0;	/* registrations only: need not exist */
+/*
+ * The instance of @dom registrations and lends name: read from Xen when
+ * there is a domain, any id but 0 otherwise.
+ */
+static uint64_t dom_uid = 1;
 static bool have_guest;
 static uint64_t gfn_base = 0x100000;
 static unsigned int seconds = 5;
@@ -243,6 +259,7 @@ static const char *ename(int e)
 	case ESRCH: return "ESRCH";
 	case ENOTTY: return "ENOTTY";
 	case EOPNOTSUPP: return "EOPNOTSUPP";
+	case EXDEV: return "EXDEV";
 	case ENOSYS: return "ENOSYS";
 	default:
 		snprintf(buf, sizeof(buf), "errno%d", e);
@@ -268,7 +285,7 @@ static int reg_on(int f, void *addr, uint64_t size, uint64_t offset,
 {
 	struct privcmd_hostmem_register r = {
 		.addr = (uintptr_t)addr, .size = size, .offset = offset,
-		.id = id, .dom = d,
+		.id = id, .dom = d, .unique_id = dom_uid,
 	};
 
 	return xioctl(f, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r);
@@ -296,7 +313,7 @@ static int lend_on(int f, uint64_t offset, uint64_t gfn, uint32_t n,
 {
 	struct privcmd_hostmem_lend l = {
 		.offset = offset, .gfn = gfn, .nr_pages = n, .dom = d,
-		.nr_lent = 0xdeadbeef,
+		.nr_lent = 0xdeadbeef, .unique_id = dom_uid,
 	};
 	int rc = xioctl(f, IOCTL_PRIVCMD_HOSTMEM_LEND, &l);
 
@@ -428,7 +445,7 @@ static void test_register_query_unregister(void)
 	       q.rc == 0 && q.nr == 1 && r && r->offset == 0 &&
 	       r->size == (uint64_t)16 * pg && r->lent_pages == 0 &&
 	       r->owner_pid == (uint32_t)getpid() && q.lent == 0 &&
-	       !r->reserved[0] && !r->reserved[1],
+	       r->unique_id == dom_uid && !r->flags,
 	       "rc=%s nr=%u lent=%" PRIu64 " pid=%u", ename(q.rc), q.nr,
 	       q.lent, r ? r->owner_pid : 0);
 
@@ -465,7 +482,7 @@ static void test_bad_inputs(void)
 	char *m = map_anon(4, PROT_READ | PROT_WRITE);
 	struct privcmd_hostmem_register r = {
 		.addr = (uintptr_t)m, .size = pg, .id = 10, .dom = dom,
-		.flags = 1,
+		.flags = 1, .unique_id = dom_uid,
 	};
 	unsigned long max_pages = param("hostmem_max_pages", 1UL << 20);
 
@@ -474,6 +491,10 @@ static void test_bad_inputs(void)
 	r.flags = 0;
 	r.reserved[0] = 1;
 	expect("register-reserved",
+	       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r), EINVAL);
+	r.reserved[0] = 0;
+	r.unique_id = 0;
+	expect("register-unique-id-zero",
 	       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r), EINVAL);
 	expect("register-unaligned-addr", reg(m + 8, pg, 0, 10), EINVAL);
 	expect("register-unaligned-size", reg(m, pg + 8, 0, 10), EINVAL);
@@ -675,7 +696,9 @@ static void test_ioctl_numbers(void)
 static void test_lend_revoke_args(void)
 {
 	unsigned long lend_max = param("hostmem_lend_max_pages", 4096);
-	struct privcmd_hostmem_lend l = { .nr_pages = 1, .dom = dom };
+	struct privcmd_hostmem_lend l = {
+		.nr_pages = 1, .dom = dom, .unique_id = dom_uid,
+	};
 	struct privcmd_hostmem_revoke rv = { .nr_pages = 1, .dom = dom };
 	struct privcmd_hostmem_query qq = { .dom = dom, .flags = 1 };
 	uint32_t n = 0;
@@ -717,8 +740,13 @@ static void test_lend_revoke_args(void)
 	expect("query-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &qq),
 	       EINVAL);
 	l.pad = 0;
-	l.reserved[1] = 1;
+	l.reserved[0] = 1;
 	expect("lend-reserved", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_LEND, &l),
+	       EINVAL);
+	l.reserved[0] = 0;
+	l.unique_id = 0;
+	l.offset = 0x40000000;		/* nothing registered there */
+	expect("lend-unique-id-zero", xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_LEND, &l),
 	       EINVAL);
 	{
 		struct privcmd_hostmem_unregister u = {
@@ -1260,6 +1288,17 @@ static int destroy_domain(domid_t id)
 	return rc;
 }
 
+/* The unique id of the instance of domain @id (0: none, or an error). */
+static uint64_t unique_id_of(domid_t id)
+{
+	struct xen_domctl d = { .cmd = XEN_DOMCTL_get_domain_state };
+
+	d.domain = id;
+	if (domctl(&d))
+		return 0;
+	return d.u.get_domain_state.unique_id;
+}
+
 /* Lent pages of a domain that is destroyed: revoking succeeds. */
 static void test_lend_domain_gone(void)
 {
@@ -1296,19 +1335,23 @@ static void test_lend_domain_gone(void)
 }
 
 /*
- * The guest is destroyed with pages lent and another domain gets its domid
- * before anything touches the registration: lending the same pages at the
- * same GFNs must lend them to the new domain, not count entries that went
- * with the old one. A page of a second registration then finds the GFN
- * taken (EEXIST).
+ * I5, domain identity: a registration is made for guest A, A is destroyed
+ * with pages lent, and a new domain B gets A's domid before anything
+ * touches the registration. The stale registration must never lend into
+ * B: a device model still serving A is refused by Xen (EXDEV) and the
+ * registration is marked gone, B's device model does not use it at all,
+ * and B's backend can register the same id and offsets, whose lend then
+ * finds B's GFNs free (nothing of A's registration went there).
  */
 static void test_domid_reuse(void)
 {
 	char *m = map_anon(2, PROT_READ | PROT_WRITE);
 	char *p = map_anon(1, PROT_READ | PROT_WRITE);
+	const struct privcmd_hostmem_region *r;
+	uint64_t uid_a = 0, uid_b = 0;
 	domid_t again = dom;
-	uint32_t n = 0;
-	int rc, tries;
+	uint32_t n = 0, n2 = 9;
+	int rc, rc2, rc3, tries;
 
 	fill(m, 2, 5);
 	fill(p, 1, 6);
@@ -1324,11 +1367,11 @@ static void test_domid_reuse(void)
 	       ename(rc), again);
 	if (rc)
 		goto out;
+	uid_a = dom_uid = unique_id_of(dom);
 	reg(m, 2 * pg, 0, 95);
-	reg(p, pg, 16 * pg, 96);
 	rc = lend(0, gfn_base, 2, &n);
-	result("reuse-lend", rc == 0 && n == 2, "rc=%s nr_lent=%u", ename(rc),
-	       n);
+	result("reuse-lend", rc == 0 && n == 2 && uid_a,
+	       "rc=%s nr_lent=%u unique-id=%#" PRIx64, ename(rc), n, uid_a);
 	rc = destroy_domain(dom);
 	for (tries = 0; !rc && tries < 50; tries++) {
 		again = dom;
@@ -1339,24 +1382,44 @@ static void test_domid_reuse(void)
 		if (tries < 49)
 			rc = 0;
 	}
-	result("reuse-same-domid", rc == 0 && again == dom, "rc=%s dom=%u",
-	       ename(rc), again);
+	uid_b = rc ? 0 : unique_id_of(dom);
+	result("reuse-same-domid", rc == 0 && again == dom && uid_b &&
+	       uid_b != uid_a, "rc=%s dom=%u unique-id:old=%#" PRIx64
+	       ",new=%#" PRIx64, ename(rc), again, uid_a, uid_b);
 	if (rc)
 		goto out_unreg;
-	rc = lend(0, gfn_base, 2, &n);
-	{
-		uint32_t n2 = 9;
-		int rc2 = lend(16 * pg, gfn_base, 1, &n2);
 
-		result("reuse-relend-asks-xen", rc == 0 && n == 2 &&
-		       rc2 == EEXIST && n2 == 0,
-		       "relend:rc=%s,nr_lent=%u other-page:rc=%s,nr_lent=%u",
-		       ename(rc), n, ename(rc2), n2);
-	}
+	/* A device model still serving A: Xen refuses, A's pages revoked. */
+	n = 7;
+	rc = lend(0, gfn_base, 2, &n);
+	query();
+	r = region(95);
+	result("reuse-stale-lend-refused",
+	       rc == EXDEV && n == 0 && r && r->lent_pages == 0 &&
+	       (r->flags & PRIVCMD_HOSTMEM_REGION_GONE) && q.lent == 0,
+	       "rc=%s nr_lent=%u region-lent=%" PRIu64 " gone=%d lent=%" PRIu64,
+	       ename(rc), n, r ? r->lent_pages : 0,
+	       r ? !!(r->flags & PRIVCMD_HOSTMEM_REGION_GONE) : -1, q.lent);
+
+	/* B's device model: A's registration is not B's and lends nothing. */
+	dom_uid = uid_b;
+	n = 7;
+	rc = lend(0, gfn_base, 2, &n);
+	/*
+	 * B's backend registers the same id and offset: the gone one does
+	 * not keep it out, and B's GFN is free for it.
+	 */
+	rc2 = reg(p, pg, 0, 95);
+	rc3 = lend(0, gfn_base, 1, &n2);
+	result("reuse-stale-registration-never-lends",
+	       rc == 0 && n == 0 && rc2 == 0 && rc3 == 0 && n2 == 1,
+	       "stale:rc=%s,nr_lent=%u new-registration:rc=%s "
+	       "new-lend:rc=%s,nr_lent=%u", ename(rc), n, ename(rc2),
+	       ename(rc3), n2);
 	revoke_all();
 out_unreg:
 	unreg(95);
-	unreg(96);
+	unreg(95);
 out:
 	munmap(m, 2 * pg);
 	munmap(p, pg);
@@ -1462,6 +1525,14 @@ int main(int argc, char **argv)
 			return 1;
 		have_guest = true;
 		printf("# made HVM domain %u\n", dom);
+	}
+	if (have_guest) {
+		/* The instance every registration and lend names. */
+		dom_uid = unique_id_of(dom);
+		result("domain-unique-id", dom_uid != 0,
+		       "dom=%u unique-id=%#" PRIx64, dom, dom_uid);
+		if (!dom_uid)
+			return 1;
 	}
 
 	test_register_query_unregister();

@@ -5,7 +5,10 @@
  * memory it lends is backed, and checks that the guest always sees what the
  * owner maps at each offset, never a frame the owner has let go.
  *
- *   hostmem-stale -d DOMID [-s STRESS_SECONDS] [-w ACK_TIMEOUT]
+ *   hostmem-stale -d DOMID -u UNIQUE_ID [-s STRESS_SECONDS] [-w ACK_TIMEOUT]
+ *
+ * UNIQUE_ID: the guest instance the memory is registered for (Xen's
+ * unique id, as gpu-hostmem-ioreqd records it), as hostmem-backend takes it.
  *
  * BAR layout: a control page at offset 0 (shared anonymous memory, never
  * touched by the cases) and a data region of DATA_PAGES pages at offset
@@ -77,6 +80,7 @@ static char *data;		/* DATA_SIZE bytes, 2 MiB aligned */
 static uint64_t gen;
 static unsigned int ack_timeout = 180, stress_seconds = 10;
 static int failures;
+static uint64_t unique_id;	/* the guest instance registered for */
 static uint64_t pfn_before[DATA_PAGES];
 
 static uint64_t pattern(uint64_t off)
@@ -502,6 +506,7 @@ static void case_owner_exit(int fd, uint16_t dom)
 		r.offset = DATA_OFF;
 		r.id = 3;
 		r.dom = dom;
+		r.unique_id = unique_id;
 		c = ioctl(f, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r) ? 'n' : 'y';
 		if (write(ready[1], &c, 1) != 1)
 			_exit(1);
@@ -558,10 +563,13 @@ int main(int argc, char **argv)
 	char *res;
 	int fd, opt;
 
-	while ((opt = getopt(argc, argv, "d:s:w:")) != -1) {
+	while ((opt = getopt(argc, argv, "d:u:s:w:")) != -1) {
 		switch (opt) {
 		case 'd':
 			domid = strtol(optarg, NULL, 0);
+			break;
+		case 'u':
+			unique_id = strtoull(optarg, NULL, 0);
 			break;
 		case 's':
 			stress_seconds = strtoul(optarg, NULL, 0);
@@ -574,8 +582,8 @@ int main(int argc, char **argv)
 			optind = argc;
 		}
 	}
-	if (domid <= 0 || domid >= 0x7ff0) {
-		fprintf(stderr, "usage: %s -d DOMID [-s STRESS_SECONDS] [-w ACK_TIMEOUT]\n",
+	if (domid <= 0 || domid >= 0x7ff0 || !unique_id) {
+		fprintf(stderr, "usage: %s -d DOMID -u UNIQUE_ID [-s STRESS_SECONDS] [-w ACK_TIMEOUT]\n",
 			argv[0]);
 		return 2;
 	}
@@ -606,6 +614,7 @@ int main(int argc, char **argv)
 	r.offset = 0;
 	r.id = 1;
 	r.dom = dom;
+	r.unique_id = unique_id;
 	if (ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r)) {
 		perror("hostmem-stale: register control page");
 		return 1;

@@ -90,10 +90,19 @@
  *   owner-free       the owner frees lent pages: they stay allocated
  *   destroy-frees    guest destroyed with pages lent: they are freed
  *   revoke-gone      revocation once the guest is gone: -ESRCH
+ *   domain-state     XEN_DOMCTL_get_domain_state: a live guest exists and
+ *                    has a unique id other than 0, a free domid is ESRCH
+ *   lend-stale-instance  after the guest is destroyed, a new (bare) domain
+ *                    is made at its domid: a lend or revoke naming the
+ *                    destroyed guest's unique id (or 0) is refused with
+ *                    EXDEV and changes nothing, the new domain's own id
+ *                    lends (the positive control)
  *
  * Every lend and revoke of these checks is a raw hypercall through
  * libxencall (IOCTL_PRIVCMD_HYPERCALL of an unrestricted privcmd file):
- * privcmd keeps both operations off IOCTL_PRIVCMD_DM_OP.
+ * privcmd keeps both operations off IOCTL_PRIVCMD_DM_OP.  Each names the
+ * target instance by its unique id (XEN_DOMCTL_get_domain_state), read
+ * just before the call unless a check names another on purpose.
  *
  * No Xen development headers are needed: the libraries are loaded at run
  * time and the few structures used are declared below (Xen 4.20 ABI).
@@ -206,10 +215,10 @@ static struct {
     int (*dm_map_range)(void *, uint16_t, uint16_t, int, uint64_t, uint64_t);
     int (*dm_set_state)(void *, uint16_t, uint16_t, int);
     int (*dm_destroy)(void *, uint16_t, uint16_t);
-    int (*dm_lend)(void *, uint16_t, uint64_t, uint32_t, const uint64_t *,
-                   uint32_t *);
-    int (*dm_revoke)(void *, uint16_t, uint64_t, uint32_t, const uint64_t *,
-                     uint32_t *);
+    int (*dm_lend)(void *, uint16_t, uint64_t, uint64_t, uint32_t,
+                   const uint64_t *, uint32_t *);
+    int (*dm_revoke)(void *, uint16_t, uint64_t, uint64_t, uint32_t,
+                     const uint64_t *, uint32_t *);
     void *(*fm_open)(void *, unsigned int);
     void *(*fm_map)(void *, uint32_t, int, size_t, const unsigned long *,
                     int *);
@@ -234,6 +243,11 @@ static struct {
     int (*xc_set_target)(void *, uint32_t, uint32_t);
     int (*xc_pause)(void *, uint32_t);
     int (*xc_unpause)(void *, uint32_t);
+    int (*xc_get_state)(void *, uint32_t, unsigned int *, uint64_t *);
+    int (*xc_create)(void *, uint32_t *, void *);
+    int (*xc_max_vcpus)(void *, uint32_t, unsigned int);
+    int (*xc_set_mempool)(void *, uint32_t, uint64_t);
+    int (*xc_destroy)(void *, uint32_t);
     void *(*gt_open)(void *, unsigned int);
     void *(*gt_map)(void *, uint32_t, uint32_t, int);
     int (*gt_unmap)(void *, void *, uint32_t);
@@ -346,6 +360,11 @@ static void load_libs(void)
     *(void **)&X.xc_set_target = sym(l, "xc_domain_set_target");
     *(void **)&X.xc_pause = sym(l, "xc_domain_pause");
     *(void **)&X.xc_unpause = sym(l, "xc_domain_unpause");
+    *(void **)&X.xc_get_state = sym(l, "xc_domain_get_domain_state");
+    *(void **)&X.xc_create = sym(l, "xc_domain_create");
+    *(void **)&X.xc_max_vcpus = sym(l, "xc_domain_max_vcpus");
+    *(void **)&X.xc_set_mempool = sym(l, "xc_set_paging_mempool_size");
+    *(void **)&X.xc_destroy = sym(l, "xc_domain_destroy");
 
     l = must_dlopen(gtl);
     *(void **)&X.gt_open = sym(l, "xengnttab_open");
@@ -412,6 +431,16 @@ static long tot_pages(uint32_t domid)
     return dom_pages(domid, false);
 }
 
+/* The unique id of the instance of domain @dom (0: none, or an error). */
+static uint64_t unique_id_of(uint16_t dom)
+{
+    uint64_t id = 0;
+
+    if ( X.xc_get_state(xch, dom, NULL, &id) )
+        return 0;
+    return id;
+}
+
 /*
  * XEN_DMOP_lend_pages / revoke_pages as a raw hypercall (libxencall, i.e.
  * IOCTL_PRIVCMD_HYPERCALL on an unrestricted privcmd file): privcmd refuses
@@ -428,13 +457,15 @@ struct raw_dmop {
         uint32_t nr, done;                    /* xen_dm_op_lend_pages */
         uint64_t first_gfn;
         uint32_t flags, pad2;
+        uint64_t unique_id;                   /* the target instance */
         uint8_t rest[32];
     } op;
     uint64_t frames[RAW_BATCH];
 };
 
-static int raw_dmop(unsigned int op, uint16_t dom, uint64_t gfn, uint32_t nr,
-                    const uint64_t *f, uint32_t *done)
+static int raw_dmop_id(unsigned int op, uint16_t dom, uint64_t unique_id,
+                       uint64_t gfn, uint32_t nr, const uint64_t *f,
+                       uint32_t *done)
 {
     static struct raw_dmop *b;
     uint32_t total = 0;
@@ -450,6 +481,7 @@ static int raw_dmop(unsigned int op, uint16_t dom, uint64_t gfn, uint32_t nr,
         b->op.op = op;
         b->op.nr = n;
         b->op.first_gfn = gfn + total;
+        b->op.unique_id = unique_id;
         memcpy(b->frames, f + total, n * sizeof(*f));
         b->bufs[0].h = (uintptr_t)&b->op;
         b->bufs[0].size = sizeof(b->op);
@@ -464,6 +496,13 @@ static int raw_dmop(unsigned int op, uint16_t dom, uint64_t gfn, uint32_t nr,
     if ( done )
         *done = total;
     return rc;
+}
+
+/* The same, naming the instance that has domid @dom now. */
+static int raw_dmop(unsigned int op, uint16_t dom, uint64_t gfn, uint32_t nr,
+                    const uint64_t *f, uint32_t *done)
+{
+    return raw_dmop_id(op, dom, unique_id_of(dom), gfn, nr, f, done);
 }
 
 static int do_lend(uint16_t dom, uint64_t gfn, uint32_t nr, const uint64_t *f,
@@ -1312,6 +1351,12 @@ static int agent_call(uint16_t target, uint32_t op, uint64_t gfn,
     o[3] = 0;                            /* .done */
     o[4] = (uint32_t)gfn;                /* .first_gfn */
     o[5] = gfn >> 32;
+    {
+        uint64_t id = unique_id_of(target);
+
+        o[8] = (uint32_t)id;             /* .unique_id */
+        o[9] = id >> 32;
+    }
     agent[AGENT_FRAMES / 4] = (uint32_t)frame;
     agent[AGENT_FRAMES / 4 + 1] = frame >> 32;
     rc = agent_hypercall(__HYPERVISOR_dm_op, target, 2,
@@ -1781,6 +1826,154 @@ static void longlived_test(uint16_t d)
 
 #define NR_PAGES 1024U
 
+/*
+ * domain-state: XEN_DOMCTL_get_domain_state on the live guest and on a
+ * domid nobody has.
+ */
+static void domain_state_test(uint16_t dom, uint64_t uid)
+{
+    unsigned int state = 0;
+    uint64_t id = 0;
+    int rc, rc_free;
+    uint16_t free_dom = 0x7fe0;
+
+    rc = X.xc_get_state(xch, dom, &state, &id) ? -errno : 0;
+    rc_free = X.xc_get_state(xch, free_dom, NULL, NULL) ? -errno : 0;
+    result("domain-state",
+           rc == 0 && (state & 1) && id && id == uid && rc_free == -ESRCH,
+           "rc=%d,state=%#x,unique-id=%#" PRIx64 ",free-domid:rc=%d", rc,
+           state, id, rc_free);
+}
+
+/*
+ * Xen 4.20's struct xen_domctl_createdomain (interface version 0x17), for
+ * xc_domain_create(): a bare HVM domain that never runs, as in
+ * tests/kernel/hostmem-selftest.c.
+ */
+struct createdomain {
+    uint32_t ssidref;
+    uint8_t handle[16];
+    uint32_t flags;
+    uint32_t iommu_opts;
+    uint32_t max_vcpus;
+    uint32_t max_evtchn_port;
+    int32_t max_grant_frames;
+    int32_t max_maptrack_frames;
+    uint32_t grant_opts;
+    uint32_t altp2m_opts;
+    uint32_t vmtrace_size;
+    uint32_t cpupool_id;
+    uint32_t emulation_flags;
+    uint32_t misc_flags;
+};
+_Static_assert(sizeof(struct createdomain) == 68, "createdomain");
+
+/* A bare HVM domain at domid @want (its old domain may take a moment). */
+static int make_domain_at(uint16_t want)
+{
+    struct createdomain c;
+    uint32_t d = want;
+    int rc = -EEXIST, tries;
+
+    for ( tries = 0; tries < 100 && rc == -EEXIST; tries++ )
+    {
+        memset(&c, 0, sizeof(c));
+        c.flags = 3;                     /* XEN_DOMCTL_CDF_hvm | _hap */
+        c.max_vcpus = 1;
+        c.max_evtchn_port = 1023;
+        c.max_grant_frames = -1;
+        c.max_maptrack_frames = -1;
+        c.grant_opts = 1;
+        c.emulation_flags = 1;           /* XEN_X86_EMU_LAPIC (PVH) */
+        d = want;
+        rc = X.xc_create(xch, &d, &c) ? -errno : 0;
+        if ( rc == -EEXIST )
+            usleep(100000);
+    }
+    if ( rc )
+        return rc;
+    if ( d != want )
+        return -EBADSLT;
+    if ( X.xc_max_vcpus(xch, d, 1) || X.xc_set_mempool(xch, d, 4 << 20) )
+    {
+        rc = -errno;
+        X.xc_destroy(xch, d);
+        return rc;
+    }
+    return 0;
+}
+
+/*
+ * lend-stale-instance: guest @dom (unique id @old) has been destroyed.  A
+ * new domain gets its domid; a device model that still has the old guest
+ * in mind names the old unique id: Xen must refuse (EXDEV) before touching
+ * the new guest's p2m, for lend and for revoke; the new instance's own id
+ * is accepted (else the refusal proves nothing).  A unique id of 0 names
+ * no domain.
+ */
+static void stale_instance_test(uint16_t dom, uint64_t old)
+{
+    unsigned long ul[2];
+    uint64_t f[2], neu = 0, gfn = 0x40000;
+    long max0 = dom_pages(0, true);
+    uint32_t d_stale = 9, d_zero = 9, d_rs = 9, d = 0;
+    int rc, rc_stale = 1, rc_zero = 1, rc_new = 1, rc_rs = 1, rc_still = 1;
+    int rc_rev = 1;
+    uint16_t id;
+
+    rc = make_domain_at(dom);
+    if ( rc )
+    {
+        result("lend-stale-instance", false, "make-domain-at-%u:%s", dom,
+               strerror(-rc));
+        return;
+    }
+    neu = unique_id_of(dom);
+    /* An IOREQ server claiming the GFNs, as a device model has (best effort). */
+    if ( !X.dm_create(dm, dom, 0, 0, &id) )
+    {
+        X.dm_map_range(dm, dom, id, 1, gfn << 12, ((gfn + 2) << 12) - 1);
+        X.dm_set_state(dm, dom, id, 1);
+    }
+
+    if ( max0 <= 0 ||
+         X.xc_setmaxmem(xch, 0, (max0 + 2 + 64) * (PAGE_SIZE / 1024)) ||
+         X.xc_increase(xch, DOMID_SELF, 2, 0, 0, ul) )
+    {
+        result("lend-stale-instance", false, "dom0-pages:%s",
+               strerror(errno));
+        X.xc_destroy(xch, dom);
+        return;
+    }
+    f[0] = ul[0];
+    f[1] = ul[1];
+
+    rc_stale = raw_dmop_id(XEN_DMOP_lend_pages, dom, old, gfn, 1, f,
+                           &d_stale);
+    rc_zero = raw_dmop_id(XEN_DMOP_lend_pages, dom, 0, gfn, 1, f, &d_zero);
+    /* Untouched: the GFN is still free for the new instance's own id. */
+    rc_new = raw_dmop_id(XEN_DMOP_lend_pages, dom, neu, gfn, 1, f, &d);
+    /* A stale revoke leaves the new instance's entry alone... */
+    rc_rs = raw_dmop_id(XEN_DMOP_revoke_pages, dom, old, gfn, 1, f, &d_rs);
+    /* ...so the GFN is still taken. */
+    rc_still = raw_dmop_id(XEN_DMOP_lend_pages, dom, neu, gfn, 1, &f[1], &d);
+    rc_rev = raw_dmop_id(XEN_DMOP_revoke_pages, dom, neu, gfn, 1, f, &d);
+
+    result("lend-stale-instance",
+           neu && neu != old && rc_stale == -EXDEV && d_stale == 0 &&
+           rc_zero == -EXDEV && d_zero == 0 && rc_new == 0 &&
+           rc_rs == -EXDEV && d_rs == 0 && rc_still == -EEXIST &&
+           rc_rev == 0,
+           "old-id=%#" PRIx64 ",new-id=%#" PRIx64 ",stale-lend:rc=%d,"
+           "done=%u,zero-id-lend:rc=%d,new-id-lend:rc=%d,stale-revoke:rc=%d,"
+           "still-lent:rc=%d,new-id-revoke:rc=%d", old, neu, rc_stale,
+           d_stale, rc_zero, rc_new, rc_rs, rc_still, rc_rev);
+
+    X.xc_destroy(xch, dom);
+    X.xc_decrease(xch, DOMID_SELF, 2, 0, ul);
+    X.xc_setmaxmem(xch, 0, max0 * (PAGE_SIZE / 1024));
+}
+
 static int limit_test(uint16_t dom, uint64_t gfn, unsigned long limit)
 {
     unsigned long n = limit + 8, i;
@@ -1822,6 +2015,7 @@ int main(int argc, char **argv)
     uint32_t done;
     long t0, t1, t2, t3 = -1, max0;
     char buf[64];
+    uint64_t uid;
     FILE *f;
     int i, rc;
 
@@ -1878,6 +2072,7 @@ int main(int argc, char **argv)
         fclose(f);
 
     load_libs();
+    uid = unique_id_of(dom);
 
     if ( opt_in_test )
         return not_opted_in(dom);
@@ -1892,6 +2087,8 @@ int main(int argc, char **argv)
     }
     if ( other >= 0 )
         return dying_test(dom, other, third);
+
+    domain_state_test(dom, uid);
 
     /*
      * Pages owned by dom0 whose MFNs we know: a fresh reservation (the
@@ -1991,7 +2188,7 @@ int main(int argc, char **argv)
         rc = -ENOSYS;
         if ( dm2 && !X.dm_restrict(dm2, other) )
         {
-            rc = X.dm_lend(dm2, dom, gfn + 3 * NR_PAGES, 1,
+            rc = X.dm_lend(dm2, dom, uid, gfn + 3 * NR_PAGES, 1,
                            &frames[NR_PAGES], &done) ? -errno : 0;
             X.dm_close(dm2);
         }
@@ -2013,13 +2210,15 @@ int main(int argc, char **argv)
 
         if ( dm2 && !X.dm_restrict(dm2, dom) )
         {
-            lr = X.dm_lend(dm2, dom, g, 1, &frames[NR_PAGES], &d2) ? -errno : 0;
-            rr = X.dm_revoke(dm2, dom, gfn, 1, &frames[0], &d2) ? -errno : 0;
+            lr = X.dm_lend(dm2, dom, uid, g, 1, &frames[NR_PAGES], &d2) ?
+                 -errno : 0;
+            rr = X.dm_revoke(dm2, dom, uid, gfn, 1, &frames[0], &d2) ?
+                 -errno : 0;
         }
         if ( dm2 )
             X.dm_close(dm2);
-        lu = X.dm_lend(dm, dom, g, 1, &frames[NR_PAGES], &d2) ? -errno : 0;
-        ru = X.dm_revoke(dm, dom, gfn, 1, &frames[0], &d2) ? -errno : 0;
+        lu = X.dm_lend(dm, dom, uid, g, 1, &frames[NR_PAGES], &d2) ? -errno : 0;
+        ru = X.dm_revoke(dm, dom, uid, gfn, 1, &frames[0], &d2) ? -errno : 0;
         /* Unchanged p2m: g is still a hole the spare frame can go to... */
         after = do_lend(dom, g, 1, &frames[NR_PAGES], &d2);
         back = do_revoke(dom, g, 1, &frames[NR_PAGES], &d2);
@@ -2275,10 +2474,13 @@ int main(int argc, char **argv)
             usleep(100000);
         }
         gone = i < 50;
-        rcg = do_revoke(dom, gfn + NR_PAGES / 2, 1, &frames[NR_PAGES / 2], &d2);
+        rcg = raw_dmop_id(XEN_DMOP_revoke_pages, dom, uid,
+                          gfn + NR_PAGES / 2, 1, &frames[NR_PAGES / 2], &d2);
         result("revoke-gone", gone && rcg == -ESRCH, "domain=%s,rc=%d",
                gone ? "gone" : "still-there", rcg);
     }
+    /* lend-stale-instance: a new domain at the destroyed guest's domid */
+    stale_instance_test(dom, uid);
 
     return failures ? 1 : 0;
 }

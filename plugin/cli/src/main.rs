@@ -328,7 +328,7 @@ mod tests {
             xenstore_error: None,
             server: Some(Status {
                 domid: 4,
-                uuid: "00000000-0000-0000-0000-000000000004".into(),
+                unique_id: 4,
                 state: "running".into(),
                 bdf: "0000:00:05.0".into(),
                 bar_base: Some(0xe000_0000),

@@ -22,9 +22,11 @@ use crate::ioreq::{Ioreq, Sbdf};
 
 /// A guest domain: its domid plus an id that is never reused.
 ///
-/// On stock Xen 4.20 `uid` is the domain handle (UUID) from
-/// `xc_domain_getinfolist`; with `XEN_DOMCTL_get_domain_state` it is the
-/// 64-bit `unique_id` in the first 8 bytes (little endian), rest zero.
+/// With the patched Xen (`XEN_DOMCTL_get_domain_state`) `uid` is the 64-bit
+/// `unique_id` in the first 8 bytes (little endian), rest zero
+/// ([`DomainIdentity::from_unique_id`]): Xen checks it at every lend. The
+/// domain handle (UUID) is not unique (xl keeps it across a reboot, users
+/// may set it) and is never used as the identity.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DomainIdentity {
     /// The domain id (may be reused after the domain is destroyed).
@@ -37,6 +39,20 @@ impl DomainIdentity {
     /// Build an identity.
     pub fn new(domid: u16, uid: [u8; 16]) -> Self {
         DomainIdentity { domid, uid }
+    }
+
+    /// The identity of the instance of `domid` whose Xen unique id is `id`.
+    pub fn from_unique_id(domid: u16, id: u64) -> Self {
+        let mut uid = [0u8; 16];
+        uid[..8].copy_from_slice(&id.to_le_bytes());
+        DomainIdentity { domid, uid }
+    }
+
+    /// The Xen unique id (see [`DomainIdentity::from_unique_id`]).
+    pub fn unique_id(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.uid[..8]);
+        u64::from_le_bytes(b)
     }
 
     /// The uid as a canonical UUID string.

@@ -961,7 +961,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         }
         Status {
             domid: self.dom.domid,
-            uuid: self.dom.uid_string(),
+            unique_id: self.dom.unique_id(),
             state: if self.stopped {
                 "stopped".into()
             } else if self.gone {

@@ -65,8 +65,9 @@ pub struct RegistrationStatus {
 pub struct Status {
     /// Domain id.
     pub domid: u16,
-    /// Unique id (UUID form).
-    pub uuid: String,
+    /// Xen's unique id of the guest instance served (never reused, unlike
+    /// the domid and the UUID).
+    pub unique_id: u64,
     /// `starting` | `running` | `stopping` | `stopped` | `failed: ...`.
     pub state: String,
     /// PCI address `ssss:bb:dd.f`.
@@ -91,7 +92,11 @@ impl Status {
     /// Human-readable form.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "domain      {} ({})", self.domid, self.uuid);
+        let _ = writeln!(
+            s,
+            "domain      {} (unique id {})",
+            self.domid, self.unique_id
+        );
         let _ = writeln!(s, "state       {}", self.state);
         let _ = writeln!(s, "device      {}", self.bdf);
         match self.bar_base {
@@ -151,7 +156,7 @@ mod tests {
     fn sample() -> Status {
         Status {
             domid: 7,
-            uuid: "01020304-0506-0708-090a-0b0c0d0e0f10".into(),
+            unique_id: 0x0807_0605_0403_0201,
             state: "running".into(),
             bdf: "0000:00:05.0".into(),
             bar_base: Some(0x1_0000_0000),
@@ -177,7 +182,10 @@ mod tests {
     #[test]
     fn text_shows_bar_registrations_and_counters() {
         let t = sample().to_text();
-        assert!(t.contains("domain      7 (01020304-"), "{t}");
+        assert!(
+            t.contains("domain      7 (unique id 578437695752307201)"),
+            "{t}"
+        );
         assert!(
             t.contains("BAR         0x100000000-0x13fffffff (1024 MiB)"),
             "{t}"

@@ -113,7 +113,7 @@ mod tests {
     fn sample() -> Status {
         Status {
             domid: 4,
-            uuid: "00000000-0000-0000-0000-000000000001".into(),
+            unique_id: 1,
             state: "running".into(),
             bdf: "0000:00:05.0".into(),
             bar_base: Some(0xe000_0000),

@@ -15,7 +15,7 @@ use gpu_hostmem_core::ioreq::Sbdf;
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
-use gpu_hostmem_xen::platform::{XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::platform::{self, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::record::{self, key, state};
 use gpu_hostmem_xen::{Privcmd, XenError, XenLibs, Xenstore};
 use std::fmt;
@@ -136,17 +136,16 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     let domid = args.domid;
     let scfg = server_config(args, cfg)?;
 
-    // Stage: check the domain's identity (domid + handle) before anything.
+    // Stage: check the domain's identity before anything: the handle libxl
+    // gave us, then the instance (domid + Xen unique id) served from now on.
     let xc = libs.xenctrl.open().map_err(at("open xenctrl"))?;
-    let info = xc
-        .domain_info(domid)
+    let (dom, info) = platform::current(&xc, domid)
         .map_err(at("domain identity"))?
         .ok_or_else(|| at("domain identity")(format!("domain {domid} does not exist")))?;
-    let dom = DomainIdentity::new(domid, info.handle);
+    let handle = DomainIdentity::new(domid, info.handle).uid_string();
     if info.handle != args.uuid {
         return Err(at("domain identity")(format!(
-            "domain {domid} is {}, not {}: refusing to serve another domain",
-            dom.uid_string(),
+            "domain {domid} is {handle}, not {}: refusing to serve another domain",
             DomainIdentity::new(domid, args.uuid).uid_string()
         )));
     }
@@ -216,11 +215,13 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     let pid = std::process::id().to_string();
     let bdf = scfg.sbdf.to_string();
     let ctl_path = ctl.path().display().to_string();
+    let unique_id = dom.unique_id().to_string();
     let published = record::write(
         xs,
         domid,
         &[
-            (key::UUID, &dom.uid_string()),
+            (key::UUID, &handle),
+            (key::UNIQUE_ID, &unique_id),
             (key::PID, &pid),
             (key::BDF, &bdf),
             (key::BAR_SIZE, &bar_size),

@@ -177,7 +177,9 @@ fn runs_reports_and_stops_on_sigterm() {
         (41, "running", Some(3))
     );
     assert_eq!((st.bar_base, st.bar_size), (None, 64 << 20));
-    assert_eq!(st.uuid, UUID);
+    // The fake's unique id: the first 8 bytes of the handle, little endian.
+    assert_eq!(st.unique_id, 0x1110_0f0e_0d0c_0b0a);
+    assert_eq!(r.key("unique-id").as_deref(), Some("1229499251294997258"));
 
     let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
     assert!(

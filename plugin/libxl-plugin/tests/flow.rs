@@ -260,9 +260,12 @@ fn child_flow() {
     //    other state the process (or an earlier teardown) already destroyed
     //    it, and Xen may have given the id to another emulator since.
     let destroys = |log: &str| log.matches("destroy dom=10 id=3").count();
-    let stale = |state: &str, pid: &str| {
+    // The fake guest's unique id (first 8 bytes of its handle, LE).
+    const UNIQUE_ID: &str = "12297829382473034410";
+    let stale_of = |state: &str, pid: &str, unique_id: &str| {
         for (k, v) in [
             ("uuid", "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa"),
+            ("unique-id", unique_id),
             ("state", state),
             ("pid", pid),
             ("ioservid", "3"),
@@ -271,6 +274,7 @@ fn child_flow() {
             fs::write(node(10, k).join(".value"), v).expect("write");
         }
     };
+    let stale = |state: &str, pid: &str| stale_of(state, pid, UNIQUE_ID);
     let log_now = || fs::read_to_string(&log_path).unwrap_or_default();
     assert_eq!(destroys(&log_now()), 1);
     for state in ["stopping", "starting", "failed: x"] {
@@ -300,4 +304,22 @@ fn child_flow() {
     assert_eq!(destroys(&log_now()), 3, "{}", log_now());
     let _ = other.kill();
     let _ = other.wait();
+
+    // 8. I5: a "running" record of an earlier instance of domid 10 (same
+    //    UUID, as xl keeps it across a reboot, but another unique id) whose
+    //    process is gone: the domain that has domid 10 now is another
+    //    guest, so nothing is revoked from it and no server destroyed; the
+    //    stale record goes.
+    let revokes = |log: &str| log.matches("revoke dom=10").count();
+    let before = (destroys(&log_now()), revokes(&log_now()));
+    stale_of("running", "999999999", "1");
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 10, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert!(!node(10, "").exists(), "stale record removed");
+    assert_eq!(
+        (destroys(&log_now()), revokes(&log_now())),
+        before,
+        "the current domain 10 was touched for a record of another instance: {}",
+        log_now()
+    );
 }

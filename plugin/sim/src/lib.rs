@@ -160,12 +160,10 @@ impl Sim {
         if w.domains.contains_key(&domid) {
             return Err(PlatformError::new("create_domain", Errno::EEXIST));
         }
+        // Xen's unique id: a counter, never reused, never 0; the identity
+        // every lend is checked against (as Xen checks the lend DMOP's).
         w.next_uid += 1;
-        let mut uid = [0u8; 16];
-        uid[..8].copy_from_slice(&w.next_uid.to_le_bytes());
-        uid[8..10].copy_from_slice(&domid.to_le_bytes());
-        uid[15] = 0x5a;
-        let ident = DomainIdentity::new(domid, uid);
+        let ident = DomainIdentity::from_unique_id(domid, w.next_uid);
         w.domains.insert(
             domid,
             Domain {

@@ -28,11 +28,25 @@ impl From<XenError> for PlatformError {
     }
 }
 
-/// The identity of the domain that has `domid` now, with its info.
-fn current(xc: &Xenctrl<'_>, domid: u16) -> PlatformResult<Option<(DomainIdentity, DomainInfo)>> {
-    Ok(xc
-        .domain_info(domid)?
-        .map(|i| (DomainIdentity::new(i.domid, i.handle), i)))
+/// The identity (domid + Xen unique id) of the domain that has `domid` now,
+/// with its info. The unique id is read before and after the info: if they
+/// differ, the domain was replaced meanwhile and the info may be the other
+/// one's, so ask again.
+pub fn current(
+    xc: &Xenctrl<'_>,
+    domid: u16,
+) -> PlatformResult<Option<(DomainIdentity, DomainInfo)>> {
+    loop {
+        let Some(before) = xc.unique_id(domid)? else {
+            return Ok(None);
+        };
+        let Some(info) = xc.domain_info(domid)? else {
+            return Ok(None);
+        };
+        if xc.unique_id(domid)? == Some(before) {
+            return Ok(Some((DomainIdentity::from_unique_id(domid, before), info)));
+        }
+    }
 }
 
 /// Checks that `dom` still is the domain with its domid and is not dying.
@@ -390,9 +404,11 @@ impl HostMem for XenHostMem<'_> {
         nr_pages: u32,
     ) -> PlatformResult<u32> {
         check(self.xc, dom, "IOCTL_PRIVCMD_HOSTMEM_LEND")?;
+        // The kernel lends only registrations made for this instance, and
+        // Xen checks the instance again at the hypercall (EXDEV).
         Ok(self
             .privcmd
-            .hostmem_lend(dom.domid, bar_offset, gfn, nr_pages)?)
+            .hostmem_lend(dom.domid, dom.unique_id(), bar_offset, gfn, nr_pages)?)
     }
 
     fn revoke(&mut self, dom: &DomainIdentity, range: RevokeRange) -> PlatformResult<()> {

@@ -24,8 +24,10 @@ pub struct HostmemRegister {
     pub id: u32,
     pub dom: u16,
     pub flags: u16,
+    /// The guest instance (Xen's unique id), not 0.
+    pub unique_id: u64,
     /// Must be 0.
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
 }
 
 /// `struct privcmd_hostmem_unregister`
@@ -50,8 +52,10 @@ pub struct HostmemLend {
     pub flags: u16,
     pub nr_lent: u32,
     pub pad: u32,
+    /// The guest instance (Xen's unique id), not 0.
+    pub unique_id: u64,
     /// Must be 0.
-    pub reserved: [u64; 2],
+    pub reserved: [u64; 1],
 }
 
 /// `struct privcmd_hostmem_revoke`
@@ -88,9 +92,14 @@ pub struct HostmemRegion {
     pub lent_pages: u64,
     pub id: u32,
     pub owner_pid: u32,
-    /// Written as 0 by the kernel.
-    pub reserved: [u64; 2],
+    /// The guest instance it was registered for.
+    pub unique_id: u64,
+    /// `PRIVCMD_HOSTMEM_REGION_GONE` once Xen said that instance is gone.
+    pub flags: u64,
 }
+
+/// `PRIVCMD_HOSTMEM_REGION_GONE`
+pub const PRIVCMD_HOSTMEM_REGION_GONE: u64 = 1;
 
 /// What the kernel says about one guest's host memory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -211,14 +220,23 @@ impl Privcmd {
         }
     }
 
-    /// Lends `nr_pages` pages from BAR `offset` at guest `gfn`; returns how
-    /// many pages of the range are now lent.
-    pub fn hostmem_lend(&self, dom: u16, offset: u64, gfn: u64, nr_pages: u32) -> Result<u32> {
+    /// Lends `nr_pages` pages from BAR `offset` at guest `gfn` to the
+    /// instance `unique_id` of `dom`; returns how many pages of the range
+    /// are now lent. EXDEV: that instance is gone.
+    pub fn hostmem_lend(
+        &self,
+        dom: u16,
+        unique_id: u64,
+        offset: u64,
+        gfn: u64,
+        nr_pages: u32,
+    ) -> Result<u32> {
         let mut arg = HostmemLend {
             offset,
             gfn,
             nr_pages,
             dom,
+            unique_id,
             ..HostmemLend::default()
         };
         // SAFETY: the argument is a `struct privcmd_hostmem_lend`.
@@ -351,13 +369,15 @@ mod tests {
         assert_eq!(offset_of!(HostmemRegister, id), 24);
         assert_eq!(offset_of!(HostmemRegister, dom), 28);
         assert_eq!(offset_of!(HostmemRegister, flags), 30);
-        assert_eq!(offset_of!(HostmemRegister, reserved), 32);
+        assert_eq!(offset_of!(HostmemRegister, unique_id), 32);
+        assert_eq!(offset_of!(HostmemRegister, reserved), 40);
         assert_eq!(offset_of!(HostmemUnregister, dom), 4);
         assert_eq!(offset_of!(HostmemUnregister, reserved), 8);
         assert_eq!(offset_of!(HostmemLend, nr_pages), 16);
         assert_eq!(offset_of!(HostmemLend, dom), 20);
         assert_eq!(offset_of!(HostmemLend, nr_lent), 24);
-        assert_eq!(offset_of!(HostmemLend, reserved), 32);
+        assert_eq!(offset_of!(HostmemLend, unique_id), 32);
+        assert_eq!(offset_of!(HostmemLend, reserved), 40);
         assert_eq!(offset_of!(HostmemRevoke, nr_pages), 8);
         assert_eq!(offset_of!(HostmemRevoke, dom), 12);
         assert_eq!(offset_of!(HostmemRevoke, flags), 14);
@@ -368,7 +388,8 @@ mod tests {
         assert_eq!(offset_of!(HostmemQuery, reserved), 24);
         assert_eq!(offset_of!(HostmemRegion, id), 24);
         assert_eq!(offset_of!(HostmemRegion, owner_pid), 28);
-        assert_eq!(offset_of!(HostmemRegion, reserved), 32);
+        assert_eq!(offset_of!(HostmemRegion, unique_id), 32);
+        assert_eq!(offset_of!(HostmemRegion, flags), 40);
     }
 
     #[test]
@@ -385,7 +406,7 @@ mod tests {
             enotty
         );
         assert_eq!(p.hostmem_unregister(1, 1).unwrap_err().errno(), enotty);
-        assert_eq!(p.hostmem_lend(1, 0, 0, 1).unwrap_err().errno(), enotty);
+        assert_eq!(p.hostmem_lend(1, 1, 0, 0, 1).unwrap_err().errno(), enotty);
         assert_eq!(p.hostmem_revoke(1, 0, 1).unwrap_err().errno(), enotty);
         assert_eq!(p.hostmem_revoke_all(1).unwrap_err().errno(), enotty);
         let e = p.hostmem_query(1).unwrap_err();

@@ -1,6 +1,8 @@
 //! The per-guest xenstore record (docs/interfaces.md section 4):
-//! `/local/domain/0/gpu-hostmem/<domid>/{uuid,pid,state,bdf,bar-size,
-//! bar-base,ioservid,control}`.
+//! `/local/domain/0/gpu-hostmem/<domid>/{uuid,unique-id,pid,state,bdf,
+//! bar-size,bar-base,ioservid,control}`. `unique-id` (decimal) is Xen's
+//! unique id of the guest instance served: the identity teardown and the
+//! backends go by; `uuid` is informational (not unique).
 
 use crate::error::Result;
 use crate::xenstore::Xenstore;
@@ -11,6 +13,7 @@ pub const ROOT: &str = "/local/domain/0/gpu-hostmem";
 /// Key names.
 pub mod key {
     pub const UUID: &str = "uuid";
+    pub const UNIQUE_ID: &str = "unique-id";
     pub const PID: &str = "pid";
     pub const STATE: &str = "state";
     pub const BDF: &str = "bdf";
@@ -43,6 +46,7 @@ pub fn path(domid: u16, key: &str) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Record {
     pub uuid: Option<String>,
+    pub unique_id: Option<String>,
     pub pid: Option<String>,
     pub state: Option<String>,
     pub bdf: Option<String>,
@@ -61,6 +65,7 @@ impl Record {
         let get = |k: &str| xs.read(&path(domid, k));
         Ok(Some(Record {
             uuid: get(key::UUID)?,
+            unique_id: get(key::UNIQUE_ID)?,
             pid: get(key::PID)?,
             state: get(key::STATE)?,
             bdf: get(key::BDF)?,
@@ -69,6 +74,15 @@ impl Record {
             ioservid: get(key::IOSERVID)?,
             control: get(key::CONTROL)?,
         }))
+    }
+
+    /// The recorded unique id of the guest instance, if it parses (never
+    /// 0: Xen gives no domain that id).
+    pub fn unique_id(&self) -> Option<u64> {
+        self.unique_id
+            .as_deref()
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|id| *id != 0)
     }
 
     /// The recorded pid, if it parses.

@@ -2,7 +2,10 @@
 //! the IOREQ server process (the plugin's destroy hook and `gpu-hostmem
 //! teardown`): stop the process, revoke every lent page, destroy a server a
 //! killed process left, remove the xenstore record and control socket.
-//! Never acts on a domain whose identity differs from the recorded one (I5).
+//! Never acts on a domain whose identity differs from the recorded one (I5):
+//! the identity is the domid plus Xen's unique id of the instance, recorded
+//! by the IOREQ server as `unique-id` (the UUID is not unique: xl keeps it
+//! across a reboot and users may set it).
 //!
 //! Identity is checked and acted on in one step where the kernel allows:
 //! the process is signalled through a pidfd (a reused pid is never hit),
@@ -155,6 +158,30 @@ pub fn stop_process(
     Ok(Stopped::Killed)
 }
 
+/// The domain teardown may act on, decided by unique ids alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The domain that has the domid now, with this unique id: the recorded
+    /// instance, or (no record, or one without a unique id) whatever domain
+    /// has the domid now (revoking only makes that guest fault again).
+    ActOn(u64),
+    /// The recorded instance is gone (no domain has the domid, or another
+    /// instance does): Xen's teardown of it dropped every lent page and its
+    /// ioreq server, and the domain there now must not be touched.
+    Gone,
+}
+
+/// Which domain teardown acts on, from the record's unique id and that of
+/// the domain that has the domid now.
+pub fn target(recorded: Option<u64>, current: Option<u64>) -> Target {
+    match (recorded, current) {
+        (Some(r), Some(c)) if r == c => Target::ActOn(c),
+        (Some(_), _) => Target::Gone,
+        (None, Some(c)) => Target::ActOn(c),
+        (None, None) => Target::Gone,
+    }
+}
+
 /// Tears down `domid`. With `expected` (the plugin knows the domain's
 /// handle), a record of another domain is refused; without it (the CLI),
 /// the recorded identity is used. Succeeds when nothing is there.
@@ -182,13 +209,12 @@ pub fn teardown(
             });
         }
     }
-    // The identity to act for: the recorded one, else the caller's, else
-    // whatever domain has the domid now (the CLI with no record: revoking
-    // only makes that guest fault again, it never exposes a page).
-    let uid = match recorded.or(expected) {
-        Some(u) => Some(u),
-        None => xc.domain_info(domid)?.map(|i| i.handle),
-    };
+    // The instance to act for: the recorded one if it still has the
+    // domid, else nothing; with no recorded unique id, whatever domain has
+    // the domid now (revoking only makes that guest fault again, it never
+    // exposes a page).
+    let recorded_id = rec.as_ref().and_then(Record::unique_id);
+    let act = target(recorded_id, xc.unique_id(domid)?);
 
     // Take the record over: `running` -> `stopping` in one transaction.
     // Only the teardown that saw `running` may take over the ioreq server
@@ -212,9 +238,14 @@ pub fn teardown(
     }
 
     let mut errors = Vec::new();
-    match uid {
-        Some(uid) if xc.domain_info(domid)?.is_some_and(|i| i.handle == uid) => {
-            let dom = DomainIdentity::new(domid, uid);
+    // Checked again after stopping the process: the domain may have gone.
+    let act = match act {
+        Target::ActOn(id) if xc.unique_id(domid)? == Some(id) => act,
+        _ => Target::Gone,
+    };
+    match act {
+        Target::ActOn(id) => {
+            let dom = DomainIdentity::from_unique_id(domid, id);
             let dm = libs.devicemodel.open()?;
             let fm = libs.foreignmemory.open()?;
             let xce = libs.evtchn.open()?;
@@ -226,7 +257,7 @@ pub fn teardown(
             // dead process left is adopted only from a record we took over
             // in state `running` whose identity is this domain's.
             let leftover =
-                took_running && recorded == Some(uid) && stopped.is_some_and(Stopped::left_state);
+                took_running && recorded_id == Some(id) && stopped.is_some_and(Stopped::left_state);
             let servid = rec
                 .as_ref()
                 .filter(|_| leftover)
@@ -243,8 +274,8 @@ pub fn teardown(
         }
         // Gone (or replaced by another domain): Xen's teardown of the
         // recorded domain dropped every lent page and its ioreq server.
-        _ => out.actions.push(format!(
-            "domain {domid} (recorded identity) is gone: nothing lent can remain"
+        Target::Gone => out.actions.push(format!(
+            "domain {domid} (recorded instance) is gone: nothing lent can remain"
         )),
     }
 
@@ -294,6 +325,23 @@ mod tests {
         let _ = child.wait();
         let stopped = stop_process(child.id(), 3, Timeouts::default(), &mut out).expect("stop");
         assert_eq!(stopped, Stopped::AlreadyGone);
+    }
+
+    /// I5: a record left by a guest that is gone must never make teardown
+    /// act on the domain that has its domid now, whatever the UUIDs say
+    /// (xl keeps the UUID across a reboot).
+    #[test]
+    fn teardown_acts_only_on_the_recorded_instance() {
+        // The recorded instance still has the domid.
+        assert_eq!(target(Some(41), Some(41)), Target::ActOn(41));
+        // Replaced by a new instance at the same domid: hands off.
+        assert_eq!(target(Some(41), Some(42)), Target::Gone);
+        // Nobody has the domid any more.
+        assert_eq!(target(Some(41), None), Target::Gone);
+        // No recorded unique id (no record, or one from before the server
+        // published it): the domain there now, which revoking cannot harm.
+        assert_eq!(target(None, Some(42)), Target::ActOn(42));
+        assert_eq!(target(None, None), Target::Gone);
     }
 
     #[test]

@@ -30,6 +30,7 @@ library! {
         xc_interface_close: fn(*mut XcHandle) -> c_int;
         xc_domain_getinfolist: fn(*mut XcHandle, u32, c_uint, *mut c_void) -> c_int;
         xc_get_paging_mempool_size: fn(*mut XcHandle, u32, *mut u64) -> c_int;
+        xc_domain_get_domain_state: fn(*mut XcHandle, u32, *mut c_uint, *mut u64) -> c_int;
     }
 }
 
@@ -158,6 +159,31 @@ impl Xenctrl<'_> {
 }
 
 impl Xenctrl<'_> {
+    /// The unique id of the instance of `domid` (`XEN_DOMCTL_get_domain_state`
+    /// of the patched Xen), or None if no domain has that domid. Unlike the
+    /// domid and the handle (UUID), it is never given to another domain.
+    pub fn unique_id(&self, domid: u16) -> Result<Option<u64>> {
+        let mut id = 0u64;
+        // SAFETY: live handle; `id` is a valid out pointer for the call and
+        // the state pointer may be NULL.
+        let rc = unsafe {
+            (self.lib.xc_domain_get_domain_state)(
+                self.h.as_ptr(),
+                u32::from(domid),
+                ptr::null_mut(),
+                &mut id,
+            )
+        };
+        if rc < 0 {
+            let e = XenError::last_os("xc_domain_get_domain_state");
+            if e.errno() == Some(libc::ESRCH) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(id))
+    }
+
     /// Size in bytes of the domain's paging pool (HAP or shadow), which
     /// holds its p2m page tables, those of lent pages included.
     pub fn paging_mempool_size(&self, domid: u16) -> Result<u64> {

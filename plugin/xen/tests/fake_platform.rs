@@ -66,8 +66,10 @@ fn platform_on_fake_xen() {
     let xc = xcl.open().expect("open");
     let mut p = XenDeviceModel::new(&dm, &fm, &xce, &xc);
 
-    let dom = DomainIdentity::new(7, UUID);
-    let stranger = DomainIdentity::new(7, OTHER);
+    // The fake's unique id is the first 8 bytes of the handle: a new
+    // handle at domid 7 is another instance.
+    let dom = DomainIdentity::from_unique_id(7, u64::from_le_bytes([0x11; 8]));
+    let stranger = DomainIdentity::from_unique_id(7, u64::from_le_bytes([0x22; 8]));
     assert_eq!(p.lookup(7).expect("lookup"), Some(dom));
     assert_eq!(
         p.lookup(8).expect("lookup"),

@@ -38,7 +38,13 @@ fi
 result "$name-create" 1 "domid=$HM_DOM,$(gh_since "$t")s"
 HM_IPID=$(xenstore-read "/local/domain/0/gpu-hostmem/$HM_DOM/pid" 2>/dev/null || true)
 out=/tmp/$name.backend
-hostmem-stale -d "$HM_DOM" -s "${HM_STALE_STRESS:-10}" >"$out" 2>&1 &
+# The guest instance the memory is for: the unique id ioreqd recorded.
+uid=$(xenstore-read "/local/domain/0/gpu-hostmem/$HM_DOM/unique-id" 2>/dev/null || true)
+if [ -z "$uid" ]; then
+    result "$name-backend" 0 "no-unique-id-recorded"
+    exit 1
+fi
+hostmem-stale -d "$HM_DOM" -u "$uid" -s "${HM_STALE_STRESS:-10}" >"$out" 2>&1 &
 spid=$!
 HM_BACKEND_PIDS+=("$spid")
 xl unpause "$name"

@@ -61,12 +61,18 @@ hm_guest_create() {
 
 # hm_backend DOMID OUT REGION...: start examples/hostmem-backend for DOMID
 # with regions OFFSET:SIZE, output to OUT; waits for READY. Sets HM_BPID.
+# The guest instance it registers for is the unique id ioreqd recorded.
 hm_backend() {
-    local dom=$1 out=$2 i
+    local dom=$1 out=$2 i uid
     shift 2
     local args=()
     for r in "$@"; do args+=(-r "$r"); done
-    hostmem-backend -d "$dom" "${args[@]}" >"$out" 2>&1 &
+    uid=$(xenstore-read "/local/domain/0/gpu-hostmem/$dom/unique-id" 2>/dev/null)
+    if [ -z "$uid" ]; then
+        echo "[backend] no unique-id in dom$dom's gpu-hostmem record" >&2
+        return 1
+    fi
+    hostmem-backend -d "$dom" -u "$uid" "${args[@]}" >"$out" 2>&1 &
     HM_BPID=$!
     HM_BACKEND_PIDS+=("$HM_BPID")
     for i in $(seq 1 100); do

@@ -56,6 +56,25 @@ int main(int argc, char **argv)
     signal(SIGTERM, strcmp(mode, "stubborn") ? on_term : SIG_IGN);
     snprintf(pid, sizeof(pid), "%d", (int)getpid());
     put(dir, "pid", pid);
+    /* The unique id of the fake guest, as fakexen.c reports it (the first
+     * 8 bytes of FAKE_UUID, little endian), when the fake guest is ours. */
+    {
+        const char *envd = getenv("FAKE_DOMID"), *envu = getenv("FAKE_UUID");
+
+        if (envd && envu && strlen(envu) == 32 && !strcmp(envd, domid)) {
+            unsigned long long id = 0;
+            char uid[32];
+
+            for (i = 7; i >= 0; i--) {
+                unsigned b;
+
+                sscanf(envu + 2 * i, "%2x", &b);
+                id = (id << 8) | b;
+            }
+            snprintf(uid, sizeof(uid), "%llu", id);
+            put(dir, "unique-id", uid);
+        }
+    }
     put(dir, "ioservid", "3");
     put(dir, "state", "running");
     while (!stop)
