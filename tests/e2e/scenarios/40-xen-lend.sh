@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Scenario: the Xen series (xen-patches/) seen from dom0.
 #
 # Runs in dom0 of the test bed (PV dom0, Xen built with xen-patches/).
@@ -40,7 +40,9 @@ name=xlt-$$
 work=$(mktemp -d /tmp/xen-lend.XXXXXX)
 fail=0
 
-result() { printf 'RESULT name=%s ok=%s value=%s\n' "$1" "$2" "$3"; }
+# result: dom0/lib.sh.
+# shellcheck source=../dom0/lib.sh
+source /usr/lib/gpu-hostmem/e2e/lib.sh || exit 1
 log() { printf '[40-xen-lend] %s\n' "$*" >&2; }
 
 find_bin() {
@@ -123,7 +125,7 @@ fi
 bad=$(xl dmesg | tail -n +"$((dmesg_before + 1))" |
     grep -E 'domain_crash|Weird HVM|not permitted|Assertion|FATAL' | head -n 1)
 if [ -n "$bad" ]; then
-    result xen-lend-dmesg-clean 0 "$(echo "$bad" | tr ' ' '_')"
+    result xen-lend-dmesg-clean 0 "$bad"
     fail=1
 else
     result xen-lend-dmesg-clean 1 clean
