@@ -2,6 +2,7 @@
 //! (docs/interfaces.md section 2) and IOCTL_PRIVCMD_RESTRICT.
 
 use crate::error::{Result, XenError};
+use gpu_hostmem_core::platform::{HostMemQuery, RegionInfo};
 use std::fs::OpenOptions;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -101,11 +102,17 @@ pub struct HostmemRegion {
 /// `PRIVCMD_HOSTMEM_REGION_GONE`
 pub const PRIVCMD_HOSTMEM_REGION_GONE: u64 = 1;
 
-/// What the kernel says about one guest's host memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostmemState {
-    pub lent_pages: u64,
-    pub regions: Vec<HostmemRegion>,
+impl From<HostmemRegion> for RegionInfo {
+    /// The kernel's entry as the one region type of `gpu-hostmem-core`.
+    fn from(r: HostmemRegion) -> Self {
+        RegionInfo {
+            id: r.id,
+            offset: r.offset,
+            size: r.size,
+            lent_pages: Some(r.lent_pages),
+            owner_pid: Some(r.owner_pid),
+        }
+    }
 }
 
 // Linux `_IOC` encoding (asm-generic/ioctl.h, used by x86 and arm64).
@@ -298,7 +305,7 @@ impl Privcmd {
     }
 
     /// Lent pages and registrations of `dom`.
-    pub fn hostmem_query(&self, dom: u16) -> Result<HostmemState> {
+    pub fn hostmem_query(&self, dom: u16) -> Result<HostMemQuery> {
         let mut cap: u32 = 64;
         loop {
             let mut regions = vec![HostmemRegion::default(); cap as usize];
@@ -320,9 +327,9 @@ impl Privcmd {
             };
             if arg.nr_regions <= cap {
                 regions.truncate(arg.nr_regions as usize);
-                return Ok(HostmemState {
+                return Ok(HostMemQuery {
                     lent_pages: arg.lent_pages,
-                    regions,
+                    regions: regions.into_iter().map(RegionInfo::from).collect(),
                 });
             }
             // More registrations than room: ask again with enough room.
@@ -390,6 +397,29 @@ mod tests {
         assert_eq!(offset_of!(HostmemRegion, owner_pid), 28);
         assert_eq!(offset_of!(HostmemRegion, unique_id), 32);
         assert_eq!(offset_of!(HostmemRegion, flags), 40);
+    }
+
+    #[test]
+    fn a_kernel_region_converts_to_the_core_type() {
+        let r = HostmemRegion {
+            offset: 0x20_0000,
+            size: 0x10_0000,
+            lent_pages: 256,
+            id: 3,
+            owner_pid: 4242,
+            unique_id: 99,
+            flags: PRIVCMD_HOSTMEM_REGION_GONE,
+        };
+        assert_eq!(
+            RegionInfo::from(r),
+            RegionInfo {
+                id: 3,
+                offset: 0x20_0000,
+                size: 0x10_0000,
+                lent_pages: Some(256),
+                owner_pid: Some(4242),
+            }
+        );
     }
 
     #[test]
