@@ -6,7 +6,7 @@
 //! - [`pci`]: config space of the emulated function and its 64-bit BAR.
 //! - [`registry`]: BAR offset -> backend registration.
 //! - [`fault_around`]: which pages to lend for one fault.
-//! - [`ledger`]: what was lent where, per domain identity.
+//! - [`ledger`]: what was lent where to the guest served.
 //! - [`limits`]: retry accounting, fault rate, lent-page cap.
 //! - [`server`]: the IOREQ handling loop, setup stages and teardown.
 //! - [`config`]: the YAML configuration file.

@@ -27,8 +27,6 @@ library! {
         xendevicemodel_open: fn(*mut c_void, c_uint) -> *mut XdmHandle;
         xendevicemodel_close: fn(*mut XdmHandle) -> c_int;
         xendevicemodel_create_ioreq_server: fn(*mut XdmHandle, u16, c_int, *mut u16) -> c_int;
-        xendevicemodel_get_ioreq_server_info:
-            fn(*mut XdmHandle, u16, u16, *mut u64, *mut u64, *mut u32) -> c_int;
         xendevicemodel_map_io_range_to_ioreq_server:
             fn(*mut XdmHandle, u16, u16, c_int, u64, u64) -> c_int;
         xendevicemodel_unmap_io_range_from_ioreq_server:
@@ -200,23 +198,6 @@ impl IoreqServer<'_> {
     /// Whether Xen accepted the RETRY opt-in at creation.
     pub fn retry_enabled(&self) -> bool {
         self.retry
-    }
-
-    /// Queries the server. We never use the legacy GFN pages, so no GFN is
-    /// requested (libxendevicemodel then sets `XEN_DMOP_no_gfns`).
-    pub fn check_info(&self) -> Result<()> {
-        // SAFETY: live handle; NULL out pointers are allowed and select
-        // XEN_DMOP_no_gfns.
-        check("xendevicemodel_get_ioreq_server_info", unsafe {
-            (self.dm.lib.xendevicemodel_get_ioreq_server_info)(
-                self.dm.h.as_ptr(),
-                self.domid,
-                self.id,
-                ptr::null_mut(),
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        })
     }
 
     /// Routes accesses to `[start, end]` (inclusive) to this server.

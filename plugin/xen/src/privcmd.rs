@@ -169,11 +169,6 @@ impl Privcmd {
         Ok(Self { fd: f.into() })
     }
 
-    /// Wraps an already open fd (tests use invalid ones).
-    pub fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd }
-    }
-
     /// Issues one ioctl whose argument is `arg`.
     ///
     /// # Safety
