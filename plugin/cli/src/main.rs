@@ -10,6 +10,7 @@
 //!   a leftover ioreq server, remove the record. Prints each step.
 
 use clap::{Parser, Subcommand};
+use gpu_hostmem_core::limits::bar_paging_kib;
 use gpu_hostmem_core::platform::HostMemQuery;
 use gpu_hostmem_core::status::Status;
 use gpu_hostmem_xen::control::{self, REQUEST_STATUS};
@@ -163,16 +164,14 @@ impl Report {
         let _ = writeln!(s, "\nXen:");
         match (self.xen_paging_kib, &self.xen_error) {
             (Some(kib), _) => {
-                // What the p2m of a fully lent BAR takes from the pool (4 KiB
-                // entries: a page table page per 2 MiB, libxl-patches/0005).
+                // What the p2m of a fully lent BAR takes from the pool.
                 let bar = self
                     .xenstore
                     .as_ref()
                     .and_then(|r| r.bar_size.as_deref())
                     .and_then(|b| b.parse::<u64>().ok())
                     .map(|b| {
-                        let mib = b >> 20;
-                        let need = 4 * (mib / 2 + mib.div_ceil(1024) + 1);
+                        let need = bar_paging_kib(b);
                         format!(" (a fully lent BAR needs {need} KiB of it)")
                     })
                     .unwrap_or_default();
@@ -340,6 +339,18 @@ mod tests {
             "{t}"
         );
         assert!(report().found_anything());
+    }
+
+    #[test]
+    fn paging_memory_of_a_small_bar_counts_its_page_table() {
+        // A 1 MiB BAR lies inside one 2 MiB range: fully lent it needs one
+        // L1 page, one L2 and one L3 page, 12 KiB.
+        let mut r = report();
+        if let Some(x) = r.xenstore.as_mut() {
+            x.bar_size = Some((1u64 << 20).to_string());
+        }
+        let t = r.to_text();
+        assert!(t.contains("(a fully lent BAR needs 12 KiB of it)"), "{t}");
     }
 
     #[test]

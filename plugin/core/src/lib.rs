@@ -7,7 +7,7 @@
 //! - [`registry`]: BAR offset -> backend registration.
 //! - [`fault_around`]: which pages to lend for one fault.
 //! - [`ledger`]: what was lent where to the guest served.
-//! - [`limits`]: retry accounting, fault rate, lent-page cap.
+//! - [`limits`]: fault rate, lent-page cap, the paging memory of a BAR.
 //! - [`server`]: the IOREQ handling loop, setup stages and teardown.
 //! - [`config`]: the YAML configuration file.
 //! - [`status`]: the snapshot `gpu-hostmem status` prints.
