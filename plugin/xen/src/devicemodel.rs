@@ -208,7 +208,10 @@ impl IoreqServer<'_> {
                 format!("empty range {start:#x}..={end:#x}"),
             ));
         }
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_map_io_range_to_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_map_io_range_to_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -223,7 +226,10 @@ impl IoreqServer<'_> {
 
     /// Stops routing `[start, end]` to this server.
     pub fn unmap_io_range(&self, is_mmio: bool, start: u64, end: u64) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_unmap_io_range_from_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_unmap_io_range_from_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -238,7 +244,10 @@ impl IoreqServer<'_> {
 
     /// Claims the config space of one PCI function.
     pub fn map_pcidev(&self, sbdf: Sbdf) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_map_pcidev_to_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_map_pcidev_to_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -254,7 +263,10 @@ impl IoreqServer<'_> {
 
     /// Releases the config space of one PCI function.
     pub fn unmap_pcidev(&self, sbdf: Sbdf) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_unmap_pcidev_from_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_unmap_pcidev_from_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -271,7 +283,10 @@ impl IoreqServer<'_> {
     /// Enables or disables the server. Xen writes each vCPU's event channel
     /// port into the ioreq page when the server is enabled.
     pub fn set_enabled(&self, enabled: bool) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_set_ioreq_server_state", unsafe {
             (self.dm.lib.xendevicemodel_set_ioreq_server_state)(
                 self.dm.h.as_ptr(),
