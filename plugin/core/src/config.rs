@@ -16,6 +16,18 @@ use crate::pci::{PciIds, MAX_BAR_SIZE, MIN_BAR_SIZE};
 /// The smallest lent-page limit: one request must fit, with room left.
 pub const MIN_LENT_PAGES: u64 = 16;
 
+/// The lowest slot of bus 0 that QEMU does not always take in a Xen HVM
+/// guest (0: i440FX host bridge, 1: PIIX3 ISA/IDE/USB/ACPI functions, 2: the
+/// Xen platform device, created with the machine). QEMU gives every
+/// device without a fixed address (VGA, emulated NICs, USB, sound, AHCI)
+/// the lowest free slot from here up, in the order of its command line.
+pub const FIRST_FREE_SLOT: u64 = 3;
+
+/// PCI vendor id reserved for Xen (`docs/misc/pci-device-reservations.txt`
+/// in Xen): device 0x0001 (and 0x0002 on XenServer) is the Xen platform
+/// device.
+pub const XEN_VENDOR_ID: u64 = 0x5853;
+
 /// A complete file with every key at its default value: the shipped
 /// `examples/gpu-hostmem.yaml` itself.
 pub const EXAMPLE_YAML: &str = include_str!("../../../examples/gpu-hostmem.yaml");
@@ -212,8 +224,15 @@ impl Config {
                 "a power of two from 1 to 65536 (1 MiB .. 64 GiB)",
             ));
         }
-        if self.pci_slot > 31 {
-            return Err(err("pci_slot", self.pci_slot, "0 .. 31"));
+        // Slots 0, 1 and 2 of bus 0 are QEMU's in every Xen HVM guest (host
+        // bridge, PIIX3, Xen platform device); Xen would route their config
+        // cycles to us and hide QEMU's device (docs/operator-guide.md).
+        if !(FIRST_FREE_SLOT..=31).contains(&self.pci_slot) {
+            return Err(err(
+                "pci_slot",
+                self.pci_slot,
+                "3 .. 31 (0, 1 and 2 are QEMU's host bridge, PIIX3 and Xen platform device)",
+            ));
         }
         for (key, v) in [
             ("vendor_id", self.vendor_id),
@@ -223,6 +242,15 @@ impl Config {
             if v == 0 || v >= 0xffff {
                 return Err(err(key, v, "0x0001 .. 0xfffe"));
             }
+        }
+        // The Xen platform device's ids: the guest's platform driver
+        // (Linux xen-platform-pci, Windows PV drivers) would bind to us.
+        if self.vendor_id == XEN_VENDOR_ID && matches!(self.device_id, 0x0001 | 0x0002) {
+            return Err(err(
+                "device_id",
+                self.device_id,
+                "not 0x0001 or 0x0002 with vendor_id 0x5853 (the Xen platform device)",
+            ));
         }
         if self.subsystem_id > 0xffff {
             return Err(err("subsystem_id", self.subsystem_id, "0x0000 .. 0xffff"));
@@ -360,6 +388,16 @@ mod tests {
         assert_eq!(range_key("bar_size_mib: 131072\n"), "bar_size_mib");
         assert_eq!(range_key("bar_size_mib: 0\n"), "bar_size_mib");
         assert_eq!(range_key("pci_slot: 32\n"), "pci_slot");
+        assert_eq!(range_key("pci_slot: 2\n"), "pci_slot");
+        assert_eq!(range_key("pci_slot: 0\n"), "pci_slot");
+        assert_eq!(parse("pci_slot: 3\n").map(|c| c.pci_slot).ok(), Some(3));
+        assert_eq!(
+            range_key("vendor_id: 0x5853\ndevice_id: 0x0001\n"),
+            "device_id"
+        );
+        assert_eq!(range_key("vendor_id: 0x5853\ndevice_id: 2\n"), "device_id");
+        // Another id under Xen's vendor id (one reserved in Xen's registry).
+        assert!(parse("vendor_id: 0x5853\ndevice_id: 0xc200\n").is_ok());
         assert_eq!(range_key("vendor_id: 0xffff\n"), "vendor_id");
         assert_eq!(range_key("device_id: 0\n"), "device_id");
         assert_eq!(range_key("fault_around_kib: 2\n"), "fault_around_kib");
@@ -379,7 +417,10 @@ mod tests {
         let msg = parse("pci_slot: 40\n").map_err(|e| e.to_string());
         assert_eq!(
             msg.err().as_deref(),
-            Some("test.yaml: pci_slot = 40: must be 0 .. 31")
+            Some(
+                "test.yaml: pci_slot = 40: must be 3 .. 31 (0, 1 and 2 are QEMU's host bridge, \
+                 PIIX3 and Xen platform device)"
+            )
         );
     }
 
