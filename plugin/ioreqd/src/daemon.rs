@@ -209,6 +209,20 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         return Err(at("restrict handles")(e));
     }
 
+    // Stage: ask hvmloader to place the BAR above 4 GiB and leave it
+    // write-back in the guest's MTRRs (it is memory, not registers). The
+    // guest has not run yet: the plugin unpauses it only once we are running.
+    if scfg.sbdf.seg == 0 && scfg.sbdf.bus == 0 {
+        let hinted = xs.write(
+            &record::wb_bar_hint_path(domid),
+            &record::wb_bar_hint_value(scfg.sbdf.dev, scfg.sbdf.func),
+        );
+        if let Err(e) = hinted {
+            let _ = server.shutdown();
+            return Err(at("hvmloader hint")(e));
+        }
+    }
+
     // Stage: tell the plugin we are running.
     let bar_size = scfg.bar_size.to_string();
     let ioservid = server.ioservid().to_string();
