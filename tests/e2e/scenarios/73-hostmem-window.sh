@@ -28,7 +28,7 @@ xl dmesg 2>/dev/null | grep "(d$HM_DOM) .*pci dev" | sed 's/^/[hvmloader] /'
 grep '^guest: \(mtrr\|pat\|BAR0\|devmem\|disabled MTRR\)' "$o" | sed 's/^/[memtype] /'
 for r in guest-bar-above-4g guest-bar-write-back guest-reads-pattern guest-stamps-pages; do
     v=$(sed -n "s/^RESULT name=$r ok=\([01]\) value=\([^ ]*\).*/\1 \2/p" "$o" | tail -n1)
-    check "$name-$r" "value=${v#* }" [ "${v%% *}" = 1 ]
+    check "$name-$r" "${v#* }" [ "${v%% *}" = 1 ]
 done
 lifted=$(grep -c 'disabled MTRR' "$o" || true)
 check "$name-no-mtrr-lifted" "lifted=$lifted" [ "$lifted" = 0 ]
