@@ -13,6 +13,17 @@ use serde::Deserialize;
 use crate::limits::Limits;
 use crate::pci::{PciIds, MAX_BAR_SIZE, MIN_BAR_SIZE};
 
+/// BAR size in MiB of a guest for which the toolstack passes none (only
+/// gpu-hostmem-ioreqd run by hand: libxl always passes xl.cfg's
+/// `gpu_hostmem_size`, whose default, `LIBXL_GPU_HOSTMEM_SIZE_DEFAULT_MIB`
+/// in libxl-patches/0008, is the same). This file sets no BAR size.
+pub const DEFAULT_BAR_SIZE_MIB: u64 = 2048;
+const _: () = assert!(
+    (DEFAULT_BAR_SIZE_MIB << 20).is_power_of_two()
+        && DEFAULT_BAR_SIZE_MIB << 20 >= MIN_BAR_SIZE
+        && DEFAULT_BAR_SIZE_MIB << 20 <= MAX_BAR_SIZE
+);
+
 /// The smallest lent-page limit: one request must fit, with room left.
 pub const MIN_LENT_PAGES: u64 = 16;
 
@@ -110,8 +121,10 @@ impl Default for LimitsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Default BAR size in MiB (xl.cfg `gpu_hostmem_size` overrides).
-    pub bar_size_mib: u64,
+    /// Not a setting: the BAR size is xl.cfg's `gpu_hostmem_size`. An old
+    /// file's `bar_size_mib` (which never applied: libxl always passes
+    /// the size) is refused with a message saying so.
+    bar_size_mib: Option<u64>,
     /// PCI slot (device number) on bus 0.
     pub pci_slot: u64,
     /// Vendor id.
@@ -133,7 +146,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bar_size_mib: 1024,
+            bar_size_mib: None,
             pci_slot: 5,
             vendor_id: 0x1af4,
             device_id: 0x10f0,
@@ -217,12 +230,13 @@ impl Config {
             allowed,
         };
         let pow2_in = |v: u64, lo: u64, hi: u64| v.is_power_of_two() && (lo..=hi).contains(&v);
-        if !pow2_in(self.bar_size_mib, MIN_BAR_SIZE >> 20, MAX_BAR_SIZE >> 20) {
-            return Err(err(
-                "bar_size_mib",
-                self.bar_size_mib,
-                "a power of two from 1 to 65536 (1 MiB .. 64 GiB)",
-            ));
+        if self.bar_size_mib.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "bar_size_mib is not read: a guest's BAR size is xl.cfg's \
+                          gpu_hostmem_size (default 2048 MiB); remove the key"
+                    .into(),
+            });
         }
         // Slots 0, 1 and 2 of bus 0 are QEMU's in every Xen HVM guest (host
         // bridge, PIIX3, Xen platform device); Xen would route their config
@@ -288,11 +302,6 @@ impl Config {
         Ok(())
     }
 
-    /// BAR size in bytes.
-    pub fn bar_size(&self) -> u64 {
-        self.bar_size_mib << 20
-    }
-
     /// Fault-around chunk in bytes.
     pub fn fault_around(&self) -> u64 {
         self.fault_around_kib << 10
@@ -349,13 +358,12 @@ mod tests {
     #[test]
     fn full_file_parses() {
         let c = parse(
-            "bar_size_mib: 4096\npci_slot: 7\nvendor_id: 0x1234\ndevice_id: 0x5678\n\
+            "pci_slot: 7\nvendor_id: 0x1234\ndevice_id: 0x5678\n\
              subsystem_vendor_id: 0x1234\nsubsystem_id: 2\nfault_around_kib: 64\n\
              limits:\n  max_registrations: 10\n  max_lent_pages: 1000\n  fault_rate: 50\n\
              \x20 fault_burst: 5\nlog:\n  target: journald\n  level: debug\n",
         )
         .expect("valid");
-        assert_eq!(c.bar_size(), 4 << 30);
         assert_eq!(c.pci_slot, 7);
         assert_eq!(c.pci_ids().vendor, 0x1234);
         assert_eq!(c.fault_around(), 64 << 10);
@@ -383,10 +391,20 @@ mod tests {
     }
 
     #[test]
+    fn bar_size_mib_is_refused_naming_xl_cfg() {
+        for s in ["bar_size_mib: 1024\n", "bar_size_mib: 3\n"] {
+            match parse(s) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains("gpu_hostmem_size"), "{message}")
+                }
+                other => panic!("{s:?}: {other:?}"),
+            }
+        }
+        assert!(!EXAMPLE_YAML.contains("bar_size_mib"));
+    }
+
+    #[test]
     fn bad_values_name_key_and_range() {
-        assert_eq!(range_key("bar_size_mib: 3\n"), "bar_size_mib");
-        assert_eq!(range_key("bar_size_mib: 131072\n"), "bar_size_mib");
-        assert_eq!(range_key("bar_size_mib: 0\n"), "bar_size_mib");
         assert_eq!(range_key("pci_slot: 32\n"), "pci_slot");
         assert_eq!(range_key("pci_slot: 2\n"), "pci_slot");
         assert_eq!(range_key("pci_slot: 0\n"), "pci_slot");
