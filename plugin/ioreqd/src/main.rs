@@ -11,6 +11,7 @@
 mod control;
 mod daemon;
 mod logging;
+mod supervisor;
 
 use clap::Parser;
 use gpu_hostmem_core::config::{Config, DEFAULT_PATH};
@@ -34,6 +35,14 @@ pub struct Args {
     /// configuration's bar_size_mib.
     #[arg(long)]
     pub bar_size_mib: Option<u64>,
+    /// Internal: run as the worker of a supervisor (the process the plugin
+    /// starts), which restarts it if it dies.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Internal (with --worker): take over the ioreq server a worker that
+    /// died left, instead of creating one.
+    #[arg(long, hide = true, requires = "worker")]
+    pub attach: bool,
 }
 
 fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {
@@ -53,6 +62,9 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&cfg.log);
+    if !args.worker {
+        return supervisor::run(&args);
+    }
     match daemon::run(&args, &cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
