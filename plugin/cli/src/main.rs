@@ -60,6 +60,8 @@ struct RecordView {
     bar_base: Option<String>,
     ioservid: Option<String>,
     control: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<String>,
 }
 
 impl From<Record> for RecordView {
@@ -73,6 +75,7 @@ impl From<Record> for RecordView {
             bar_base: r.bar_base,
             ioservid: r.ioservid,
             control: r.control,
+            restarts: r.restarts,
         }
     }
 }
@@ -153,6 +156,13 @@ impl Report {
                     ("control", &r.control),
                 ] {
                     let _ = writeln!(s, "  {k:<10} {}", v.as_deref().unwrap_or("-"));
+                }
+                if let Some(n) = &r.restarts {
+                    let _ = writeln!(
+                        s,
+                        "  {:<10} {n} (the IOREQ server died and was restarted; see the log)",
+                        "restarts"
+                    );
                 }
             }
             (None, Some(e)) => {

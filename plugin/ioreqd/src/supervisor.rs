@@ -282,7 +282,7 @@ pub fn run(args: &Args) -> ExitCode {
         if n > RESTART_LIMIT {
             return give_up(&libs, &xs, &dom, n, &stop);
         }
-        let _ = xs.write(&record::path(args.domid, "restarts"), &n.to_string());
+        let _ = xs.write(&record::path(args.domid, key::RESTARTS), &n.to_string());
         let until = Instant::now() + backoff(n);
         while Instant::now() < until && !stop.load(Ordering::Acquire) {
             sleep(POLL);
