@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 /// Where the IOREQ server is installed.
 pub const IOREQD_PATH: &str = "/usr/lib/xen/gpu-hostmem/gpu-hostmem-ioreqd";
-/// Test-only override of [`IOREQD_PATH`].
+/// Test-only override of [`IOREQD_PATH`] (`test-env` builds only).
 pub const IOREQD_ENV: &str = "GPU_HOSTMEM_IOREQD";
 /// Directory of the per-guest log files.
 pub const LOG_DIR: &str = "/var/log/xen";
-/// Test-only override of [`LOG_DIR`].
+/// Test-only override of [`LOG_DIR`] (`test-env` builds only).
 pub const LOG_DIR_ENV: &str = "GPU_HOSTMEM_LOG_DIR";
 /// How long create waits for `state = running`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,14 +113,14 @@ impl Domain {
 }
 
 fn ioreqd_path() -> PathBuf {
-    std::env::var_os(IOREQD_ENV)
+    gpu_hostmem_xen::testenv::var_os(IOREQD_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(IOREQD_PATH))
 }
 
 /// The log file of `domid`'s IOREQ server.
 pub fn log_path(domid: u16) -> PathBuf {
-    let dir = std::env::var_os(LOG_DIR_ENV)
+    let dir = gpu_hostmem_xen::testenv::var_os(LOG_DIR_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(LOG_DIR));
     dir.join(format!("gpu-hostmem-{domid}.log"))
