@@ -37,6 +37,7 @@ limits:
 log:
   target: stderr            # stderr | journald
   level: info               # error | warn | info | debug | trace
+run_as: nobody              # user the IOREQ server drops to (name or UID:GID; root: no drop)
 ";
 
 /// Default path of the configuration file.
@@ -114,7 +115,7 @@ impl Default for LimitsConfig {
 }
 
 /// The whole file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Default BAR size in MiB (xl.cfg `gpu_hostmem_size` overrides).
@@ -135,6 +136,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The user the IOREQ server drops to once its handles are open and
+    /// restricted to the guest: a user name, `UID:GID`, or `root` (no drop,
+    /// no seccomp filter: for debugging only).
+    pub run_as: String,
 }
 
 impl Default for Config {
@@ -149,6 +154,7 @@ impl Default for Config {
             fault_around_kib: 2048,
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            run_as: "nobody".into(),
         }
     }
 }

@@ -139,6 +139,9 @@ fn server_config(args: &Args, cfg: &Config) -> Result<ServerConfig, Failure> {
 fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result<(), Failure> {
     let domid = args.domid;
     let scfg = server_config(args, cfg)?;
+    // Who to run as once set up: resolved now, while the user database
+    // can still be read.
+    let run_as = crate::sandbox::resolve(&cfg.run_as).map_err(at("configuration"))?;
 
     // Stage: check the domain's identity before anything: the handle libxl
     // gave us, then the instance (domid + Xen unique id) served from now on.
@@ -277,6 +280,20 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         if let Err(e) = server.drain(std::time::Instant::now()) {
             warn!(%dom, error = %e, "answering the requests left in flight failed");
         }
+    }
+
+    // Stage: least privilege. Everything is open; what touches the guest
+    // is restricted to it. Drop to the unprivileged user, then the
+    // seccomp filter (issue 19).
+    match run_as {
+        Some((uid, gid)) => {
+            if let Err(e) = crate::sandbox::enter(uid, gid) {
+                let _ = server.shutdown();
+                return Err(at("drop privileges")(e));
+            }
+            info!(%dom, uid, gid, "running unprivileged, seccomp filter installed");
+        }
+        None => warn!(%dom, "run_as: root: running with every privilege and no seccomp filter"),
     }
 
     let outcome = event_loop(&mut server, xs, &sig_r, &ctl, &stop);

@@ -11,6 +11,7 @@
 mod control;
 mod daemon;
 mod logging;
+mod sandbox;
 mod supervisor;
 
 use clap::Parser;

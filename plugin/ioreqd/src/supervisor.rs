@@ -240,13 +240,20 @@ pub fn run(args: &Args) -> ExitCode {
         if stop.load(Ordering::Acquire) {
             info!(%dom, status = %describe(status), "supervisor: worker stopped on request");
             return match how {
-                Death::Stopped => ExitCode::SUCCESS,
+                Death::Stopped => {
+                    remove_pci_state(args.domid);
+                    let _ = fs::remove_file(socket_path(args.domid));
+                    ExitCode::SUCCESS
+                }
                 _ => cleanup_exit(&libs, &xs, &dom, ExitCode::SUCCESS),
             };
         }
         match how {
             Death::Stopped => {
                 info!(%dom, "supervisor: worker stopped cleanly");
+                // Files the unprivileged worker cannot unlink.
+                remove_pci_state(args.domid);
+                let _ = fs::remove_file(socket_path(args.domid));
                 return ExitCode::SUCCESS;
             }
             Death::Reported => {
