@@ -240,6 +240,27 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         return Err(at("restrict handles")(e));
     }
 
+    // Stage: least privilege. Everything is open; what touches the guest
+    // is restricted to it. Drop to the unprivileged user, then the
+    // seccomp filter (issue 19), before `running` is published and before
+    // any request of the guest is read.
+    match run_as {
+        Some((uid, gid)) => {
+            if let Err(e) = crate::sandbox::enter(uid, gid) {
+                if args.attach {
+                    // Leave the server to the next attempt: the process
+                    // exits, its handles close, nothing is destroyed.
+                    std::mem::forget(server);
+                } else {
+                    let _ = server.shutdown();
+                }
+                return Err(at("drop privileges")(e));
+            }
+            info!(%dom, uid, gid, "running unprivileged, seccomp filter installed");
+        }
+        None => warn!(%dom, "run_as: root: running with every privilege and no seccomp filter"),
+    }
+
     // Stage: tell the plugin we are running.
     let bar_size = scfg.bar_size.to_string();
     let ioservid = server.ioservid().to_string();
@@ -280,20 +301,6 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         if let Err(e) = server.drain(std::time::Instant::now()) {
             warn!(%dom, error = %e, "answering the requests left in flight failed");
         }
-    }
-
-    // Stage: least privilege. Everything is open; what touches the guest
-    // is restricted to it. Drop to the unprivileged user, then the
-    // seccomp filter (issue 19).
-    match run_as {
-        Some((uid, gid)) => {
-            if let Err(e) = crate::sandbox::enter(uid, gid) {
-                let _ = server.shutdown();
-                return Err(at("drop privileges")(e));
-            }
-            info!(%dom, uid, gid, "running unprivileged, seccomp filter installed");
-        }
-        None => warn!(%dom, "run_as: root: running with every privilege and no seccomp filter"),
     }
 
     let outcome = event_loop(&mut server, xs, &sig_r, &ctl, &stop);
