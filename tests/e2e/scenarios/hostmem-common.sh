@@ -114,17 +114,17 @@ hm_worker() { pgrep -P "$1" -f gpu-hostmem-ioreqd | head -n1; }
 # The worker drops before it publishes `running`; a worker that was just
 # restarted gets a few seconds.
 hm_sandboxed() {
-    local st=/proc/$1/status i
-    for i in $(seq 1 50); do
+    local st=/proc/$1/status ok=1
+    for _ in $(seq 1 50); do
         [ -r "$st" ] || { echo "no $st"; return 1; }
         grep -qE '^Uid:\s+65534\s+65534\s+65534\s+65534\s*$' "$st" &&
             grep -qE '^CapEff:\s+0+$' "$st" &&
             grep -qE '^Groups:\s*$' "$st" &&
-            grep -qE '^Seccomp:\s+2$' "$st" && break
+            grep -qE '^Seccomp:\s+2$' "$st" && { ok=0; break; }
         sleep 0.1
     done
     grep -E '^(Uid|Gid|Groups|CapEff|NoNewPrivs|Seccomp):' "$st" | tr '\t' ' ' | sed "s/^/[pid $1] /"
-    [ "$i" -lt 50 ]
+    return "$ok"
 }
 
 # hm_ioreqd_log DOMID: show the IOREQ server's log.
