@@ -19,7 +19,7 @@ use crate::Args;
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
 use gpu_hostmem_core::server::{self, unbacked_answer};
-use gpu_hostmem_xen::control::{control_dir, socket_path};
+use gpu_hostmem_xen::control::{control_dir, pci_state_path, socket_path};
 use gpu_hostmem_xen::platform::{XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::record::{self, key, state, Record};
 use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
@@ -27,7 +27,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,11 +47,6 @@ const POLL: Duration = Duration::from_millis(50);
 /// Exit code of a worker that stopped on purpose after a failure it
 /// reported (`failed: ...` in the record): never restarted.
 const EXIT_REPORTED_FAILURE: i32 = 1;
-
-/// The file holding the worker's saved PCI state for `domid`.
-pub fn pci_state_path(domid: u16) -> PathBuf {
-    control_dir().join(format!("{domid}.pci"))
-}
 
 /// Opens the PCI state file, emptied when `fresh` (a new server).
 pub fn open_pci_state(domid: u16, fresh: bool) -> io::Result<File> {

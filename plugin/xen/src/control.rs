@@ -32,6 +32,12 @@ pub fn socket_path(domid: u16) -> PathBuf {
     control_dir().join(format!("{domid}.sock"))
 }
 
+/// The file where `domid`'s IOREQ server keeps the guest-written PCI
+/// state for a restarted server (docs/interfaces.md section 4).
+pub fn pci_state_path(domid: u16) -> PathBuf {
+    control_dir().join(format!("{domid}.pci"))
+}
+
 /// Sends one request line and returns the reply line (without newline).
 pub fn request(path: &Path, line: &str, timeout: Duration) -> io::Result<String> {
     let mut s = UnixStream::connect(path)?;
