@@ -115,6 +115,8 @@ fn allowed() -> Vec<libc::c_long> {
         // directory's permissions (the supervisor removes it).
         libc::SYS_unlinkat,
         libc::SYS_tgkill,
+        // The SIGSYS reporter kills its own process.
+        libc::SYS_kill,
         libc::SYS_restart_syscall,
         libc::SYS_exit,
         libc::SYS_exit_group,
@@ -124,20 +126,96 @@ fn allowed() -> Vec<libc::c_long> {
     v
 }
 
-/// The worker's seccomp filter: the calls of [`allowed`], anything else
-/// kills the process.
+/// Formats the line the SIGSYS handler writes, without allocating.
+fn sigsys_line(nr: i32, buf: &mut [u8; 96]) -> usize {
+    let head = b"gpu-hostmem-ioreqd: seccomp: system call ";
+    let tail = b" is not allowed: killed\n";
+    let mut n = 0;
+    for b in head {
+        buf[n] = *b;
+        n += 1;
+    }
+    let mut digits = [0u8; 12];
+    let mut d = 0;
+    let neg = nr < 0;
+    let mut v = nr.unsigned_abs();
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if neg {
+        buf[n] = b'-';
+        n += 1;
+    }
+    while d > 0 {
+        d -= 1;
+        buf[n] = digits[d];
+        n += 1;
+    }
+    for b in tail {
+        buf[n] = *b;
+        n += 1;
+    }
+    n
+}
+
+/// SIGSYS from the filter (SECCOMP_RET_TRAP): name the call on stderr,
+/// then die of SIGSYS as SECCOMP_RET_KILL_PROCESS would.
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // `struct siginfo` on 64-bit Linux: signo, errno, code (3 ints), 4
+    // bytes of padding, then `_sigsys { void *call_addr; int syscall; }`.
+    const SYSCALL_OFFSET: usize = 24;
+    let mut buf = [0u8; 96];
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers;
+    // for a seccomp SIGSYS the int at SYSCALL_OFFSET is the call number.
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    };
+    let n = sigsys_line(nr, &mut buf);
+    // SAFETY: write(2), signal(2) and kill(2) are async-signal-safe and
+    // allowed by the filter; the buffer is a live local.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), n);
+        libc::signal(libc::SIGSYS, libc::SIG_DFL);
+        libc::kill(libc::getpid(), libc::SIGSYS);
+    }
+}
+
+/// Installs [`on_sigsys`] for SIGSYS.
+fn install_sigsys_reporter() -> Result<(), String> {
+    // SAFETY: a zeroed sigaction with an SA_SIGINFO handler of the right
+    // signature and an empty mask is a valid argument to sigaction(2).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "sigaction(SIGSYS): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The worker's seccomp filter: the calls of [`allowed`]; anything else
+/// traps (SIGSYS: [`on_sigsys`] names the call and kills the process).
 pub fn filter() -> Result<BpfProgram, String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
         allowed().into_iter().map(|nr| (nr, Vec::new())).collect();
-    SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )
-    .and_then(BpfProgram::try_from)
-    .map_err(|e| e.to_string())
+    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| e.to_string())
 }
 
 /// Drops to `uid`/`gid` (no supplementary groups; the kernel clears every
@@ -145,6 +223,7 @@ pub fn filter() -> Result<BpfProgram, String> {
 /// thread (libxenstore's watch thread included), with no_new_privs.
 pub fn enter(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
     let prog = filter()?;
+    install_sigsys_reporter()?;
     let parent = std::os::unix::process::parent_id();
     let os = |op: &str| format!("{op}: {}", std::io::Error::last_os_error());
     // SAFETY: plain system calls with integer arguments (a NULL, empty
@@ -196,6 +275,19 @@ pub fn enter(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sigsys_line_names_the_call() {
+        let mut buf = [0u8; 96];
+        for (nr, want) in [(110, "110"), (0, "0"), (-1, "-1"), (i32::MAX, "2147483647")] {
+            let n = sigsys_line(nr, &mut buf);
+            let s = std::str::from_utf8(&buf[..n]).expect("utf8");
+            assert_eq!(
+                s,
+                format!("gpu-hostmem-ioreqd: seccomp: system call {want} is not allowed: killed\n")
+            );
+        }
+    }
 
     #[test]
     fn filter_builds_for_this_architecture() {
@@ -306,7 +398,9 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork");
         if pid == 0 {
-            let code = match seccompiler::apply_filter(&prog) {
+            let code = match install_sigsys_reporter()
+                .and_then(|()| seccompiler::apply_filter(&prog).map_err(|e| e.to_string()))
+            {
                 Ok(()) => {
                     // SAFETY: raw system calls with integer arguments.
                     unsafe {
