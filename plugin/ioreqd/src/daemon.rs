@@ -156,6 +156,15 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
             DomainIdentity::new(domid, args.uuid).uid_string()
         )));
     }
+    // Supervised, the supervisor resolved the instance once: a worker
+    // (re)started later serves that instance only, never a new domain that
+    // was given the domid meanwhile.
+    if let Some(want) = args.unique_id.filter(|id| *id != dom.unique_id()) {
+        return Err(at("domain identity")(format!(
+            "domain {domid} is instance {} now, not instance {want} the supervisor serves: refusing",
+            dom.unique_id()
+        )));
+    }
     if info.dying || !info.hvm {
         return Err(at("domain identity")(format!(
             "domain {dom} is {}",
@@ -240,6 +249,16 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         return Err(at("restrict handles")(e));
     }
 
+    // Supervised, the record names the supervisor: teardown signals it,
+    // and it stops this worker. Read before the seccomp filter, which
+    // does not allow getppid(2) (the one call it killed on real Xen).
+    let pid = if args.worker {
+        std::os::unix::process::parent_id()
+    } else {
+        std::process::id()
+    }
+    .to_string();
+
     // Stage: least privilege. Everything is open; what touches the guest
     // is restricted to it. Drop to the unprivileged user, then the
     // seccomp filter (issue 19), before `running` is published and before
@@ -264,14 +283,6 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     // Stage: tell the plugin we are running.
     let bar_size = scfg.bar_size.to_string();
     let ioservid = server.ioservid().to_string();
-    // Supervised, the record names the supervisor: teardown signals it,
-    // and it stops this worker.
-    let pid = if args.worker {
-        std::os::unix::process::parent_id()
-    } else {
-        std::process::id()
-    }
-    .to_string();
     let bdf = scfg.sbdf.to_string();
     let ctl_path = ctl.path().display().to_string();
     let unique_id = dom.unique_id().to_string();
@@ -339,8 +350,15 @@ fn recorded_ioservid(xs: &Xenstore<'_>, domid: u16, dom: &DomainIdentity) -> Res
         .map_err(at("re-attach ioreq server"))?
         .ok_or_else(|| f(format!("no record for domain {domid}")))?;
     let f = at("re-attach ioreq server");
-    if rec.uuid.as_deref().and_then(record::parse_uuid) != Some(dom.uid) {
-        return Err(f(format!("the record names {:?}, not {dom}", rec.uuid)));
+    // The instance by Xen's unique id (the UUID is not unique: xl keeps
+    // it across a reboot): a record of an earlier instance of the domid
+    // names a server Xen destroyed with it.
+    if rec.unique_id() != Some(dom.unique_id()) {
+        return Err(f(format!(
+            "the record names instance {:?}, not {}",
+            rec.unique_id,
+            dom.unique_id()
+        )));
     }
     if rec.state.as_deref() != Some(state::RUNNING) {
         return Err(at("re-attach ioreq server")(format!(

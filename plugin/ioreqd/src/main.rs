@@ -44,6 +44,11 @@ pub struct Args {
     /// died left, instead of creating one.
     #[arg(long, hide = true, requires = "worker")]
     pub attach: bool,
+    /// Internal (with --worker): Xen's unique id of the guest instance the
+    /// supervisor serves; the worker refuses any other instance of the
+    /// domid, and re-attaches only to a record of this one.
+    #[arg(long, hide = true, requires = "worker")]
+    pub unique_id: Option<u64>,
 }
 
 fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {

@@ -20,7 +20,8 @@ use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
 use gpu_hostmem_core::server::{self, unbacked_answer};
 use gpu_hostmem_xen::control::{control_dir, pci_state_path, socket_path};
-use gpu_hostmem_xen::platform::{XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::platform::{self, XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::process::Pidfd;
 use gpu_hostmem_xen::record::{self, key, state, Record};
 use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
 use std::fs::{self, File, OpenOptions};
@@ -132,10 +133,13 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn spawn_worker(attach: bool) -> io::Result<Child> {
+fn spawn_worker(attach: bool, unique_id: u64) -> io::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.args(std::env::args_os().skip(1)).arg("--worker");
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--worker")
+        .arg("--unique-id")
+        .arg(unique_id.to_string());
     if attach {
         cmd.arg("--attach");
     }
@@ -159,15 +163,34 @@ fn spawn_worker(attach: bool) -> io::Result<Child> {
     cmd.spawn()
 }
 
-/// Whether the domain is still the one we serve and not dying.
+/// Whether the instance we serve (by Xen's unique id) still has its domid
+/// and is not dying. An error counts as alive: the restart then decides.
 fn domain_alive(libs: &XenLibs, dom: &DomainIdentity) -> bool {
     let Ok(xc) = libs.xenctrl.open() else {
         return true;
     };
-    match xc.domain_info(dom.domid) {
-        Ok(Some(i)) => i.handle == dom.uid && !i.dying,
+    match platform::current(&xc, dom.domid) {
+        Ok(Some((id, info))) => id == *dom && !info.dying,
         Ok(None) => false,
         Err(_) => true,
+    }
+}
+
+/// The instance of `args.domid` to serve: the domain that has the domid
+/// now, if its handle is the one libxl gave (`--uuid`) and it is not
+/// dying, named by Xen's unique id from then on (the UUID is not unique).
+fn resolve_instance(libs: &XenLibs, args: &crate::Args) -> Result<DomainIdentity, String> {
+    let xc = libs.xenctrl.open().map_err(|e| e.to_string())?;
+    let domid = args.domid;
+    match platform::current(&xc, domid).map_err(|e| e.to_string())? {
+        None => Err(format!("domain {domid} does not exist")),
+        Some((_, info)) if info.handle != args.uuid => Err(format!(
+            "domain {domid} is {}, not {}: refusing to serve another domain",
+            DomainIdentity::new(domid, info.handle).uid_string(),
+            DomainIdentity::new(domid, args.uuid).uid_string()
+        )),
+        Some((_, info)) if info.dying => Err(format!("domain {domid} is dying")),
+        Some((dom, _)) => Ok(dom),
     }
 }
 
@@ -177,11 +200,11 @@ fn recorded_state(xs: &Xenstore<'_>, domid: u16) -> Option<String> {
 
 /// Runs the supervisor; returns the exit code of the whole server.
 pub fn run(args: &Args) -> ExitCode {
-    let dom = DomainIdentity::new(args.domid, args.uuid);
+    let domid = args.domid;
     let libs = match XenLibs::load() {
         Ok(l) => l,
         Err(e) => {
-            error!(%dom, error = %e, "supervisor: cannot open the Xen libraries");
+            error!(domid, error = %e, "supervisor: cannot open the Xen libraries");
             crate::daemon::report_failure(args.domid, &format!("open Xen libraries: {e}"));
             return ExitCode::FAILURE;
         }
@@ -189,10 +212,19 @@ pub fn run(args: &Args) -> ExitCode {
     let xs = match libs.xenstore.open() {
         Ok(x) => x,
         Err(e) => {
-            error!(%dom, error = %e, "supervisor: cannot connect to xenstore");
+            error!(domid, error = %e, "supervisor: cannot connect to xenstore");
             return ExitCode::FAILURE;
         }
     };
+    let dom = match resolve_instance(&libs, args) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(domid, error = %e, "supervisor: domain identity");
+            crate::daemon::report_failure(domid, &format!("domain identity: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(%dom, unique_id = dom.unique_id(), "supervisor: serving this instance");
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
@@ -203,7 +235,7 @@ pub fn run(args: &Args) -> ExitCode {
     let mut deaths = Deaths::default();
     let mut attach = false;
     loop {
-        let mut child = match spawn_worker(attach) {
+        let mut child = match spawn_worker(attach, dom.unique_id()) {
             Ok(c) => c,
             Err(e) => {
                 error!(%dom, error = %e, "supervisor: cannot start the worker");
@@ -295,8 +327,11 @@ pub fn run(args: &Args) -> ExitCode {
     }
 }
 
-/// Waits for the worker; forwards SIGTERM to it once a stop is asked.
+/// Waits for the worker; forwards SIGTERM to it once a stop is asked,
+/// through a pidfd opened while the child is certainly ours (not reaped
+/// yet), so that no other process can ever be signalled.
 fn wait_worker(child: &mut Child, stop: &AtomicBool) -> io::Result<ExitStatus> {
+    let pidfd = Pidfd::open(child.id()).ok().flatten();
     let mut forwarded = false;
     loop {
         if let Some(s) = child.try_wait()? {
@@ -304,10 +339,15 @@ fn wait_worker(child: &mut Child, stop: &AtomicBool) -> io::Result<ExitStatus> {
         }
         if !forwarded && stop.load(Ordering::Acquire) {
             forwarded = true;
-            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-                // SAFETY: kill(2) on our own child, not reaped yet (its
-                // pid cannot have been reused).
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+            match &pidfd {
+                Some(p) => {
+                    let _ = p.send_signal(libc::SIGTERM);
+                }
+                // No pidfd (pidfd_open failed): SIGKILL through the
+                // child handle, which knows it was not reaped.
+                None => {
+                    let _ = child.kill();
+                }
             }
         }
         sleep(POLL);
@@ -318,11 +358,8 @@ fn wait_worker(child: &mut Child, stop: &AtomicBool) -> io::Result<ExitStatus> {
 /// record still `running`), the record, the files.
 fn cleanup(libs: &XenLibs, xs: &Xenstore<'_>, dom: &DomainIdentity) {
     let rec = Record::read(xs, dom.domid).ok().flatten();
-    let ours = rec
-        .as_ref()
-        .and_then(|r| r.uuid.as_deref())
-        .and_then(record::parse_uuid)
-        == Some(dom.uid);
+    // Only a record of the instance we serve (by unique id).
+    let ours = rec.as_ref().and_then(Record::unique_id) == Some(dom.unique_id());
     if !ours {
         return;
     }
@@ -391,6 +428,7 @@ fn give_up(
         .ok()
         .flatten()
         .filter(|r| r.state.as_deref() == Some(state::RUNNING))
+        .filter(|r| r.unique_id() == Some(dom.unique_id()))
         .and_then(|r| r.ioservid)
         .and_then(|v| v.trim().parse().ok());
     let _ = xs.write(
