@@ -55,5 +55,21 @@ grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "/tmp/$name.out" | tail -n1
 check "$name-guest-every-value-right" "rc=${grc:-none}" \
     grep -q '^RESULT name=guest-loopcheck ok=1' "/tmp/$name.out"
 hm_ioreqd_log "$HM_DOM" 400 | grep -E 'died|re-attach|restarting|took' | tail -n 20
+# Nothing leaked across the restarts: the kernel holds the backend's one
+# registration and at most its 512 pages lent (each new worker revoked what
+# the dead one had lent, then lent again on the guest's faults), and the
+# live worker knows the one registration too.
+klent=$(hm_kernel_lent "$HM_DOM")
+kreg=$(hm_kernel_regions "$HM_DOM")
+sreg=$(gpu-hostmem status "$HM_DOM" 2>/dev/null | awk '/^IOREQ server:/ { s = 1 } s && /^  registrations/ { print $2; exit }')
+noleak() { [ -n "$1" ] && [ "$1" -le 512 ] && [ "$2" = 1 ] && [ "$3" = 1 ]; }
+check "$name-no-leak-before-destroy" "kernel_lent=${klent:-?},kernel_regs=${kreg:-?},server_regs=${sreg:-?}" \
+    noleak "$klent" "${kreg:-x}" "${sreg:-x}"
 hm_destroy_clean "$name"
+# The backend's registration goes with the guest instance or with the
+# backend: once it exits, the kernel holds nothing for the domain.
+kill -TERM "$HM_BPID" 2>/dev/null
+for _ in $(seq 1 50); do kill -0 "$HM_BPID" 2>/dev/null || break; sleep 0.1; done
+kreg=$(hm_kernel_regions "$HM_DOM")
+check "$name-no-registration-left" "kernel=${kreg:-0}" [ "${kreg:-0}" = 0 ]
 exit "$GH_FAILED"
