@@ -57,6 +57,10 @@ struct Run {
 
 impl Run {
     fn start(name: &str, domid: u16, uuid: &str, retry: bool) -> Run {
+        Run::start_with(name, domid, uuid, retry, &[])
+    }
+
+    fn start_with(name: &str, domid: u16, uuid: &str, retry: bool, extra: &[&str]) -> Run {
         let lib = fake_libdir();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("ioreqd-{name}-{}", std::process::id()));
@@ -81,6 +85,7 @@ impl Run {
             "--config",
         ])
         .arg(dir.join("config.yaml"))
+        .args(extra)
         .env("LD_LIBRARY_PATH", lib)
         .env("LD_PRELOAD", lib.join("libfakexen.so"))
         .env("FAKEXS_ROOT", dir.join("xs"))
@@ -232,6 +237,27 @@ fn refuses_another_domain() {
         state.contains("refusing to serve another domain"),
         "{state}"
     );
+}
+
+/// A worker serves only the instance its supervisor resolved (by Xen's
+/// unique id): started for another instance of the domid (same UUID, as
+/// xl keeps it across a reboot), it refuses before creating anything.
+#[test]
+fn a_worker_refuses_another_instance_of_its_domid() {
+    let mut r = Run::start_with(
+        "instance",
+        46,
+        UUID,
+        true,
+        &["--worker", "--unique-id", "7"],
+    );
+    let status = r.wait_exit();
+    assert!(!status.success());
+    let state = r.key("state").unwrap_or_default();
+    assert!(state.starts_with("failed: domain identity:"), "{state}");
+    assert!(state.contains("not instance 7"), "{state}");
+    let log = r.log();
+    assert!(!log.contains("creating ioreq server"), "{log}");
 }
 
 #[test]
