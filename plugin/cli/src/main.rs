@@ -355,7 +355,7 @@ mod tests {
         let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../examples/gpu-hostmem.yaml");
         let ok = check_config(&example).expect("the example is valid");
-        assert!(ok.contains("valid") && ok.contains("run_as root"), "{ok}");
+        assert!(ok.contains("valid") && ok.contains("run_as nobody"), "{ok}");
         let dir = std::env::temp_dir().join(format!("gh-check-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let bad = dir.join("bad.yaml");

@@ -37,8 +37,8 @@ limits:
 log:
   target: stderr            # stderr | journald
   level: info               # error | warn | info | debug | trace
-run_as: root                # user the IOREQ server drops to, with a seccomp filter (a name or UID:GID;
-                            # root: no drop, no filter). Not yet validated on real Xen: see docs/status.md
+run_as: nobody              # user the IOREQ server drops to, with a seccomp filter (name or UID:GID;
+                            # root: no drop, no filter)
 ";
 
 /// Default path of the configuration file.
@@ -155,7 +155,7 @@ impl Default for Config {
             fault_around_kib: 2048,
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
-            run_as: "root".into(),
+            run_as: "nobody".into(),
         }
     }
 }

@@ -21,7 +21,11 @@ xsdir=/local/domain/0/gpu-hostmem/$HM_DOM
 if ! hm_wait_marker "$name" '^guest: loop round' 240; then
     result "$name-guest-looping" 0 "no-progress-line"; hm_console "$name"; exit 1
 fi
+w=$(hm_worker "$HM_IPID")
+check "$name-worker-sandboxed" "pid=${w:-none}" hm_sandboxed "${w:-none}"
+check "$name-supervisor-root" "pid=$HM_IPID" grep -qE '^Uid:\s+0\s' "/proc/$HM_IPID/status"
 restarted=0
+sandboxed=0
 for k in $(seq 1 "$kills"); do
     w=$(hm_worker "$HM_IPID")
     if [ -z "$w" ]; then echo "no worker under supervisor $HM_IPID"; break; fi
@@ -37,8 +41,10 @@ for k in $(seq 1 "$kills"); do
     done
     if [ -n "$nw" ]; then restarted=$((restarted + 1)); echo "kill $k: worker $nw took over"; fi
     sleep 3
+    hm_sandboxed "${nw:-none}" && sandboxed=$((sandboxed + 1))
 done
 check "$name-restarted" "restarted=$restarted/$kills" [ "$restarted" = "$kills" ]
+check "$name-restarted-sandboxed" "sandboxed=$sandboxed/$kills" [ "$sandboxed" = "$kills" ]
 check "$name-supervisor-kept" "pid=$HM_IPID" [ -d "/proc/$HM_IPID" ]
 n=$(xenstore-read "$xsdir/restarts" 2>/dev/null || true)
 check "$name-restarts-recorded" "restarts=${n:-none}" [ "${n:-0}" = "$kills" ]
