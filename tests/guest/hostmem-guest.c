@@ -21,6 +21,10 @@
  *   hostmem-guest follow  VENDOR DEVICE OFFSET SIZE DATA SECONDS  stale-page
  *                         checks driven by dom0's hostmem-stale: control page
  *                         at OFFSET, data at DATA..+SIZE (see follow())
+ *   hostmem-guest loopcheck VENDOR DEVICE OFFSET SIZE REGEND SECONDS  read
+ *                         one word per page of the region, round after round
+ *                         for SECONDS, each against the backend's pattern
+ *                         (below REGEND) or all-ones (unregistered, above)
  *   hostmem-guest suite   VENDOR DEVICE OFFSET SIZE BENCH ROUNDS UNREG COUNT
  *                         the in-guest benchmarks in one run (see main)
  *   hostmem-guest insn    VENDOR DEVICE OFFSET SIZE REGEND [BOUNDARY]...  every instruction
@@ -364,6 +368,39 @@ static int loop_reads(volatile uint64_t *bar, uint64_t off, uint64_t size)
         }
     }
     return 0;
+}
+
+/* Like loop_reads, for a bounded time, checking every value read: the
+ * backend's pattern below REGEND, all-ones above (unregistered). The word
+ * read in each page moves every round. One RESULT line at the end. */
+static int loop_check(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t regend,
+                      int seconds)
+{
+    uint64_t a, w, v, want, rounds = 0, reads = 0, bad = 0, first_bad = 0;
+    double next = now() + 1, end = now() + seconds;
+
+    while (now() < end) {
+        w = (rounds % (PAGE / 8)) * 8;
+        for (a = off; a < off + size; a += PAGE) {
+            v = bar[(a + w) / 8];
+            want = a + w < regend ? pattern(a + w) : ~0ULL;
+            reads++;
+            if (v != want && bad++ == 0) {
+                first_bad = a + w;
+                printf("guest: loopcheck: 0x%" PRIx64 " reads 0x%016" PRIx64
+                       ", want 0x%016" PRIx64 "\n", a + w, v, want);
+            }
+        }
+        rounds++;
+        if (now() >= next) {
+            printf("guest: loop round %" PRIu64 " bad %" PRIu64 "\n", rounds, bad);
+            fflush(stdout);
+            next = now() + 1;
+        }
+    }
+    printf("RESULT name=guest-loopcheck ok=%d value=%" PRIu64 " reads=%" PRIu64 " bad=%" PRIu64
+           " first_bad=0x%" PRIx64 "\n", bad == 0 && rounds > 0, rounds, reads, bad, first_bad);
+    return bad == 0 && rounds > 0 ? 0 : 1;
 }
 
 static double bandwidth(volatile uint64_t *p, uint64_t size, int rounds, int write)
@@ -1264,6 +1301,8 @@ int main(int argc, char **argv)
         }
         return follow(bar, off, data, size, atoi(argv[7]));
     }
+    if (!strcmp(argv[1], "loopcheck") && argc > 7)
+        return loop_check(bar, off, size, strtoull(argv[6], NULL, 0), atoi(argv[7]));
     if (!strcmp(argv[1], "suite") && argc > 9) {
         /* The in-guest benchmarks in one run (tests/e2e/scenarios/80-bench-*):
          * first touch of OFFSET..+SIZE (one read per 4 KiB page), bandwidth

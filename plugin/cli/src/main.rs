@@ -8,6 +8,9 @@
 //! - `gpu-hostmem teardown DOMID`: what the plugin's destroy hook does,
 //!   forced and idempotent: stop the server, revoke every lent page, destroy
 //!   a leftover ioreq server, remove the record. Prints each step.
+//! - `gpu-hostmem check-config [FILE]`: parse and check a configuration file
+//!   (default `/etc/xen/gpu-hostmem.yaml`) as the IOREQ server would, so that
+//!   a mistake shows before `xl create`.
 
 use clap::{Parser, Subcommand};
 use gpu_hostmem_core::limits::bar_paging_kib;
@@ -48,6 +51,27 @@ enum Cmd {
         #[arg(value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
         domid: u16,
     },
+    /// Check a configuration file as the IOREQ server reads it.
+    CheckConfig {
+        /// The file.
+        #[arg(default_value = gpu_hostmem_core::config::DEFAULT_PATH)]
+        file: PathBuf,
+    },
+}
+
+/// `check-config`: the error, or a summary of the settings in effect.
+fn check_config(file: &std::path::Path) -> Result<String, String> {
+    let cfg = gpu_hostmem_core::config::Config::load(file, true).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{}: valid (bar_size_mib {}, pci_slot {}, ids {:04x}:{:04x}, fault_around_kib {}, run_as {})",
+        file.display(),
+        cfg.bar_size_mib,
+        cfg.pci_slot,
+        cfg.vendor_id,
+        cfg.device_id,
+        cfg.fault_around_kib,
+        cfg.run_as
+    ))
 }
 
 /// The xenstore record, as shown.
@@ -61,6 +85,8 @@ struct RecordView {
     bar_base: Option<String>,
     ioservid: Option<String>,
     control: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<String>,
 }
 
 impl From<Record> for RecordView {
@@ -74,6 +100,7 @@ impl From<Record> for RecordView {
             bar_base: r.bar_base,
             ioservid: r.ioservid,
             control: r.control,
+            restarts: r.restarts,
         }
     }
 }
@@ -120,6 +147,13 @@ impl Report {
                     ("control", &r.control),
                 ] {
                     let _ = writeln!(s, "  {k:<10} {}", v.as_deref().unwrap_or("-"));
+                }
+                if let Some(n) = &r.restarts {
+                    let _ = writeln!(
+                        s,
+                        "  {:<10} {n} (the IOREQ server died and was restarted; see the log)",
+                        "restarts"
+                    );
                 }
             }
             (None, Some(e)) => {
@@ -260,6 +294,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Cmd::CheckConfig { file } => match check_config(&file) {
+            Ok(s) => {
+                println!("{s}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gpu-hostmem check-config: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Teardown { domid } => match teardown::teardown(domid, None, Timeouts::default()) {
             Ok(out) => {
                 for a in &out.actions {
@@ -279,6 +323,23 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_config_accepts_the_example_and_names_the_bad_key() {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/gpu-hostmem.yaml");
+        let ok = check_config(&example).expect("the example is valid");
+        assert!(ok.contains("valid") && ok.contains("run_as nobody"), "{ok}");
+        let dir = std::env::temp_dir().join(format!("gh-check-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let bad = dir.join("bad.yaml");
+        std::fs::write(&bad, "limits:\n  fault_burst: lots\n").expect("write");
+        let e = check_config(&bad).unwrap_err();
+        assert!(e.contains("limits.fault_burst"), "{e}");
+        let e = check_config(&dir.join("missing.yaml")).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     use gpu_hostmem_core::status::Counters;
 
     #[test]

@@ -118,7 +118,7 @@ impl Default for LimitsConfig {
 }
 
 /// The whole file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Not a setting: the BAR size is xl.cfg's `gpu_hostmem_size`. An old
@@ -141,6 +141,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The user the IOREQ server drops to once its handles are open and
+    /// restricted to the guest: a user name, `UID:GID`, or `root` (no drop,
+    /// no seccomp filter: for debugging only).
+    pub run_as: String,
 }
 
 impl Default for Config {
@@ -155,6 +159,7 @@ impl Default for Config {
             fault_around_kib: 2048,
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            run_as: "nobody".into(),
         }
     }
 }
@@ -192,6 +197,56 @@ pub enum ConfigError {
     },
 }
 
+/// The parser's message made for an operator: its first line only (the
+/// rest is a source excerpt), without advice about parser options, and
+/// with the dotted key at the line it names (`limits.fault_rate`), which
+/// the parser leaves out of type errors ("invalid u64").
+fn parse_message(text: &str, raw: &str) -> String {
+    let first = raw.lines().next().unwrap_or(raw).trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = first
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(first);
+    let line = first
+        .strip_prefix("line ")
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<usize>().ok());
+    match line.and_then(|l| key_at_line(text, l)) {
+        Some(key) => format!("key `{key}`: {first}"),
+        None => first.to_owned(),
+    }
+}
+
+/// The dotted key whose `key:` is on 1-based `line` of a block-style YAML
+/// mapping, from the indentation of the lines before it.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let body = l.split('#').next().unwrap_or("");
+        let trimmed = body.trim_start();
+        if trimmed.is_empty() {
+            if i + 1 == line {
+                return None;
+            }
+            continue;
+        }
+        let indent = body.len() - trimmed.len();
+        let key = trimmed.split_once(':').map(|(k, _)| k.trim().to_owned());
+        while stack.last().is_some_and(|(d, _)| *d >= indent) {
+            stack.pop();
+        }
+        if let Some(k) = key {
+            stack.push((indent, k));
+        }
+        if i + 1 == line {
+            let keys: Vec<&str> = stack.iter().map(|(_, k)| k.as_str()).collect();
+            return (!keys.is_empty()).then(|| keys.join("."));
+        }
+    }
+    None
+}
+
 impl Config {
     /// Read and validate a file. A missing file at the default path gives
     /// the defaults; a missing file named explicitly is an error.
@@ -215,7 +270,7 @@ impl Config {
         } else {
             serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message: parse_message(text, &e.to_string()),
             })?
         };
         cfg.validate(path)?;
@@ -348,6 +403,43 @@ mod tests {
     #[test]
     fn example_is_valid_and_equals_defaults() {
         assert_eq!(parse(EXAMPLE_YAML).expect("example"), Config::default());
+    }
+
+    /// Type errors and duplicate keys name the dotted key and say no more
+    /// than a line (issue 19: they printed "invalid u64" and parser
+    /// internals).
+    #[test]
+    fn parse_errors_name_the_key() {
+        let msg = |s: &str| match parse(s) {
+            Err(ConfigError::Parse { message, .. }) => message,
+            other => panic!("expected a parse error for {s:?}, got {other:?}"),
+        };
+        let m = msg("pci_slot: abc\n");
+        assert!(m.starts_with("key `pci_slot`: line 1"), "{m}");
+        let m = msg("log:\n  level: info\nlimits:\n  fault_rate: -1\n");
+        assert!(m.starts_with("key `limits.fault_rate`: line 4"), "{m}");
+        let m = msg("limits:\n  # a comment\n\n  max_lent_pages: 1.5   # half\n");
+        assert!(m.starts_with("key `limits.max_lent_pages`:"), "{m}");
+        let m = msg("pci_slot: 3\npci_slot: 4\n");
+        assert!(
+            m.starts_with("key `pci_slot`:") && m.contains("duplicate"),
+            "{m}"
+        );
+        assert!(
+            !m.contains("DuplicateKeyPolicy") && !m.contains('\n'),
+            "{m}"
+        );
+        let m = msg("bogus: 1\n");
+        assert!(m.contains("unknown field `bogus`"), "{m}");
+    }
+
+    /// The shipped example, when present, stays valid.
+    #[test]
+    fn shipped_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gpu-hostmem.yaml");
+        if p.exists() {
+            Config::load(&p, true).expect("examples/gpu-hostmem.yaml is valid");
+        }
     }
 
     #[test]

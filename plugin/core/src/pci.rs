@@ -64,6 +64,9 @@ pub const CLASS_PROCESSING_ACCELERATOR: u32 = 0x12_00_00;
 /// Why a [`PciFunction`] cannot be built.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PciError {
+    /// A saved state ([`PciFunction::restore`]) that does not parse.
+    #[error("saved PCI state {0:?} is malformed")]
+    BadSavedState(String),
     /// BAR size out of range or not a power of two.
     #[error("BAR size {0:#x} is not a power of two in [1 MiB, 64 GiB]")]
     BadBarSize(u64),
@@ -193,6 +196,44 @@ impl PciFunction {
         self.regs[i] = (self.regs[i] & !mask) | ((value << shift) & mask);
         diff(before, self.active_bar())
     }
+
+    /// The guest-written state (every dword with writable bits, masked),
+    /// as `RR=VVVVVVVV` pairs in register order: what a restarted server
+    /// needs to decode the BAR where the guest put it. Always the same
+    /// length for a given function, so it can be rewritten in place.
+    pub fn saved(&self) -> String {
+        self.writable
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| **w != 0)
+            .map(|(i, w)| format!("{:02x}={:08x}", i * 4, self.regs[i] & w))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Restores what [`PciFunction::saved`] wrote. Only writable bits are
+    /// taken (a damaged or hostile file cannot change the ids or the BAR
+    /// size); anything malformed is refused and changes nothing.
+    pub fn restore(&mut self, saved: &str) -> Result<(), PciError> {
+        let bad = || PciError::BadSavedState(saved.chars().take(80).collect());
+        let mut regs = self.regs;
+        for pair in saved.trim().split(',') {
+            let (r, v) = pair.split_once('=').ok_or_else(bad)?;
+            let reg = u32::from_str_radix(r, 16).map_err(|_| bad())?;
+            let val = u32::from_str_radix(v, 16).map_err(|_| bad())?;
+            if reg % 4 != 0 || reg >= CONFIG_SPACE_SIZE {
+                return Err(bad());
+            }
+            let i = idx(reg);
+            let w = self.writable[i];
+            if w == 0 {
+                return Err(bad());
+            }
+            regs[i] = (regs[i] & !w) | (val & w);
+        }
+        self.regs = regs;
+        Ok(())
+    }
 }
 
 fn diff(before: Option<Range<u64>>, after: Option<Range<u64>>) -> BarChange {
@@ -246,6 +287,34 @@ mod tests {
             c = c2;
         }
         c
+    }
+
+    #[test]
+    fn saved_state_round_trips_and_only_writable_bits_restore() {
+        let mut f = func(GIB);
+        program(&mut f, 0x1_4000_0000);
+        f.write(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+        f.write(REG_INTERRUPT, 1, 0x0b);
+        let s = f.saved();
+        assert_eq!(s.len(), func(GIB).saved().len(), "fixed length");
+        let mut g = func(GIB);
+        assert_eq!(g.active_bar(), None);
+        g.restore(&s).expect("restore");
+        assert_eq!(g.active_bar(), Some(0x1_4000_0000..0x1_4000_0000 + GIB));
+        assert_eq!(g.read(REG_INTERRUPT, 1), 0x0b);
+        assert_eq!(g.saved(), s);
+        // Read-only bits (ids, BAR type and size bits) never change.
+        let mut h = func(GIB);
+        h.restore("00=ffffffff").unwrap_err();
+        h.restore("10=ffffffff,04=ffffffff").expect("masked");
+        assert_eq!(h.read(REG_ID, 4), func(GIB).read(REG_ID, 4));
+        assert_eq!(h.read(REG_BAR0, 4), 0xc000_0000 | BAR_MEM64_PREFETCH);
+        for bad in ["", "zz", "10=", "11=00000000", "100=0", "10=1,x"] {
+            let mut k = func(GIB);
+            let before = k.saved();
+            assert!(k.restore(bad).is_err(), "{bad:?}");
+            assert_eq!(k.saved(), before, "{bad:?} changed nothing");
+        }
     }
 
     #[test]

@@ -243,7 +243,15 @@ pub struct Server<D: DeviceModel, H: HostMem> {
     counters: Counters,
     gone: bool,
     stopped: bool,
+    /// Called with [`PciFunction::saved`] after every config write that
+    /// changed the function, before the write is completed: a server
+    /// restarted after a crash restores it ([`Server::attach`]).
+    save_pci: Option<SavePci>,
 }
+
+/// Where [`Server`] saves the guest-written PCI state (see
+/// [`Server::set_pci_saver`]).
+pub type SavePci = Box<dyn FnMut(&str) -> Result<(), String>>;
 
 impl<D: DeviceModel, H: HostMem> Server<D, H> {
     /// Set the server up for `dom`. On failure, the stages already done are
@@ -303,7 +311,112 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             cfg,
             gone: false,
             stopped: false,
+            save_pci: None,
         })
+    }
+
+    /// Take over server `id` of `dom`, which a process that died (SIGKILL,
+    /// a crash) left running, enabled and claiming the PCI function:
+    /// reopen its ioreq page and event channels, restore the PCI state
+    /// the dead process saved (`pci_saved`, from
+    /// [`Server::set_pci_saver`]), route the BAR's range again, and revoke
+    /// every page lent to `dom` so that the ledger, empty now, is exact
+    /// (the guest faults those pages in again; revoking is always safe).
+    /// A request the dead process took but never answered (its slot left
+    /// INPROCESS) is put back to READY, so the first [`Server::drain`]
+    /// answers it with the requests still READY. On failure nothing of the
+    /// server is undone (a later attempt may succeed): the handles are
+    /// returned with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn attach(
+        mut dm: D,
+        mut hm: H,
+        dom: DomainIdentity,
+        id: IoServId,
+        cfg: ServerConfig,
+        pci_saved: Option<&str>,
+    ) -> Result<Self, (ServerError, D, H)> {
+        let mut pci = match PciFunction::new(cfg.ids, cfg.bar_size) {
+            Ok(p) => p,
+            Err(e) => return Err((e.into(), dm, hm)),
+        };
+        if let Some(saved) = pci_saved {
+            if let Err(e) = pci.restore(saved) {
+                return Err((e.into(), dm, hm));
+            }
+        }
+        let fail = |stage, error| ServerError::Setup { stage, error };
+        info!(%dom, id, "re-attaching to ioreq server: mapping ioreq page, binding event channels");
+        let chan = match dm.open_channel(&dom, id) {
+            Ok(c) => c,
+            Err(e) => return Err((fail(Stage::OpenChannel, e), dm, hm)),
+        };
+        info!(%dom, "re-attaching: revoking every lent page (the ledger starts empty)");
+        if let Err(e) = hm.revoke(&dom, RevokeRange::All) {
+            return Err((ServerError::RevokeFailed(e), dm, hm));
+        }
+        let mut mmio = None;
+        if let Some(bar) = pci.active_bar() {
+            // Still routed to us unless the process died between the
+            // change and its save: EEXIST is the usual answer.
+            match dm.map_mmio(&dom, id, bar.start, bar.end - 1) {
+                Ok(()) => {}
+                Err(e) if e.errno == Errno::EEXIST => {}
+                Err(e) => return Err((fail(Stage::MapPciDev, e), dm, hm)),
+            }
+            mmio = Some(bar);
+        }
+        let nr_vcpus = chan.nr_vcpus();
+        for vcpu in 0..nr_vcpus {
+            let r = chan.state(vcpu).and_then(|st| {
+                if st == STATE_IOREQ_INPROCESS {
+                    info!(%dom, vcpu, "re-attaching: answering the request the dead process took");
+                    chan.set_state(vcpu, STATE_IOREQ_READY)
+                } else {
+                    Ok(())
+                }
+            });
+            if let Err(e) = r {
+                drop(chan);
+                return Err((fail(Stage::OpenChannel, e), dm, hm));
+            }
+        }
+        Ok(Server {
+            dm,
+            hm,
+            dom,
+            id,
+            chan: Some(chan),
+            pci,
+            mmio,
+            registry: Registry::new(),
+            ledger: DomainLedger::default(),
+            deferred: vec![None; nr_vcpus as usize],
+            rate: RateLimiter::new(cfg.limits.fault_rate, cfg.limits.fault_burst),
+            counters: Counters::default(),
+            cfg,
+            gone: false,
+            stopped: false,
+            save_pci: None,
+        })
+    }
+
+    /// Save the guest-written PCI state with `f` after every config write
+    /// that changes it, before that write is completed (and once now), so
+    /// that [`Server::attach`] in a restarted process finds the BAR where
+    /// the guest put it. A failed save is logged; the server goes on.
+    pub fn set_pci_saver(&mut self, f: SavePci) {
+        self.save_pci = Some(f);
+        self.save_pci_state();
+    }
+
+    fn save_pci_state(&mut self) {
+        let state = self.pci.saved();
+        if let Some(f) = self.save_pci.as_mut() {
+            if let Err(e) = f(&state) {
+                warn!(dom = %self.dom, error = %e, "cannot save the PCI state: a restarted server would not find the BAR");
+            }
+        }
     }
 
     /// The domain served.
@@ -522,8 +635,12 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         if req.is_read() {
             return Ok(Response::ready(u64::from(self.pci.read(a.reg, req.size))));
         }
+        let before = self.pci.saved();
         let change = self.pci.write(a.reg, req.size, req.data as u32);
         self.apply_bar_change(change)?;
+        if self.save_pci.is_some() && self.pci.saved() != before {
+            self.save_pci_state();
+        }
         Ok(Response::ready(0))
     }
 
@@ -552,6 +669,10 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             info!(dom = %self.dom, start = new.start, end = new.end, "BAR range decoded: mapping");
             match self.dm.map_mmio(&self.dom, self.id, new.start, new.end - 1) {
                 Ok(()) => self.mmio = Some(new),
+                // A restarted server re-applying the write its predecessor
+                // applied but never completed: Xen checks overlaps within
+                // one server's ranges, so the range is ours already.
+                Err(e) if e.errno == Errno::EEXIST => self.mmio = Some(new),
                 Err(e) => {
                     self.note_gone(&e);
                     warn!(dom = %self.dom, error = %e, "mapping BAR range failed: accesses will not reach us");
@@ -1042,7 +1163,7 @@ pub fn request_span(req: &Ioreq) -> Option<Range<u64>> {
 /// that Xen fills the guest buffer with ones after its resends (the
 /// server cannot copy guest memory, so IORESP_READY would leave it as it
 /// was).
-fn unbacked_answer(req: &Ioreq) -> Response {
+pub fn unbacked_answer(req: &Ioreq) -> Response {
     if req.data_is_ptr {
         Response::retry(0)
     } else {

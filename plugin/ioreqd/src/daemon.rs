@@ -92,6 +92,10 @@ pub fn run(args: &Args, cfg: &Config) -> Result<(), Failure> {
     let r = serve(args, cfg, &libs, &xs);
     if let Err(f) = &r {
         warn!(reason = %f, "setup or service failed");
+        if args.attach {
+            // The supervisor decides: try again, or give up.
+            return r;
+        }
         let _ = xs.write(
             &record::path(args.domid, key::STATE),
             &format!("{}{f}", state::FAILED_PREFIX),
@@ -135,6 +139,9 @@ fn server_config(args: &Args, cfg: &Config) -> Result<ServerConfig, Failure> {
 fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result<(), Failure> {
     let domid = args.domid;
     let scfg = server_config(args, cfg)?;
+    // Who to run as once set up: resolved now, while the user database
+    // can still be read.
+    let run_as = crate::sandbox::resolve(&cfg.run_as).map_err(at("configuration"))?;
 
     // Stage: check the domain's identity before anything: the handle libxl
     // gave us, then the instance (domid + Xen unique id) served from now on.
@@ -147,6 +154,15 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         return Err(at("domain identity")(format!(
             "domain {domid} is {handle}, not {}: refusing to serve another domain",
             DomainIdentity::new(domid, args.uuid).uid_string()
+        )));
+    }
+    // Supervised, the supervisor resolved the instance once: a worker
+    // (re)started later serves that instance only, never a new domain that
+    // was given the domid meanwhile.
+    if let Some(want) = args.unique_id.filter(|id| *id != dom.unique_id()) {
+        return Err(at("domain identity")(format!(
+            "domain {domid} is instance {} now, not instance {want} the supervisor serves: refusing",
+            dom.unique_id()
         )));
     }
     if info.dying || !info.hvm {
@@ -196,8 +212,32 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     pdm.add_wake_fd(sig_r.as_fd());
     pdm.add_wake_fd(ctl.as_fd());
     let hm = XenHostMem::new(privcmd, &xc);
-    let mut server =
-        Server::start(pdm, hm, dom, scfg).map_err(|(e, _, _)| at("ioreq server")(e))?;
+    let mut server = if args.attach {
+        // A restart after a crash: the same Xen server, its id recorded.
+        let id = recorded_ioservid(xs, domid, &dom)?;
+        let saved = crate::supervisor::read_pci_state(domid);
+        pdm.adopt(&dom, id).map_err(at("adopt ioreq server"))?;
+        match Server::attach(pdm, hm, dom, id, scfg, saved.as_deref()) {
+            Ok(s) => s,
+            Err((e, mut pdm, _)) => {
+                pdm.forget(&dom, id);
+                return Err(at("re-attach ioreq server")(e));
+            }
+        }
+    } else {
+        Server::start(pdm, hm, dom, scfg).map_err(|(e, _, _)| at("ioreq server")(e))?
+    };
+    let pci_file = crate::supervisor::open_pci_state(domid, !args.attach);
+    match pci_file {
+        Ok(f) => server.set_pci_saver(Box::new(move |s| {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(format!("{s}\n").as_bytes(), 0)
+                .map_err(|e| e.to_string())
+        })),
+        Err(e) => {
+            warn!(%dom, error = %e, "no PCI state file: a restarted server could not re-attach")
+        }
+    }
 
     // Stage: deprivilege the handles that touch the guest.
     let restricted = dm
@@ -212,7 +252,9 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     // Stage: ask hvmloader to place the BAR above 4 GiB and leave it
     // write-back in the guest's MTRRs (it is memory, not registers). The
     // guest has not run yet: the plugin unpauses it only once we are running.
-    if scfg.sbdf.seg == 0 && scfg.sbdf.bus == 0 {
+    // A restarted worker (attach) finds the guest running: its firmware is
+    // long done, and the server must not be shut down for a failed hint.
+    if !args.attach && scfg.sbdf.seg == 0 && scfg.sbdf.bus == 0 {
         let hinted = xs.write(
             &record::wb_bar_hint_path(domid),
             &record::wb_bar_hint_value(scfg.sbdf.dev, scfg.sbdf.func),
@@ -223,10 +265,40 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         }
     }
 
+    // Supervised, the record names the supervisor: teardown signals it,
+    // and it stops this worker. Read before the seccomp filter, which
+    // does not allow getppid(2) (the one call it killed on real Xen).
+    let pid = if args.worker {
+        std::os::unix::process::parent_id()
+    } else {
+        std::process::id()
+    }
+    .to_string();
+
+    // Stage: least privilege. Everything is open; what touches the guest
+    // is restricted to it. Drop to the unprivileged user, then the
+    // seccomp filter (issue 19), before `running` is published and before
+    // any request of the guest is read.
+    match run_as {
+        Some((uid, gid)) => {
+            if let Err(e) = crate::sandbox::enter(uid, gid) {
+                if args.attach {
+                    // Leave the server to the next attempt: the process
+                    // exits, its handles close, nothing is destroyed.
+                    std::mem::forget(server);
+                } else {
+                    let _ = server.shutdown();
+                }
+                return Err(at("drop privileges")(e));
+            }
+            info!(%dom, uid, gid, "running unprivileged, seccomp filter installed");
+        }
+        None => warn!(%dom, "run_as: root: running with every privilege and no seccomp filter"),
+    }
+
     // Stage: tell the plugin we are running.
     let bar_size = scfg.bar_size.to_string();
     let ioservid = server.ioservid().to_string();
-    let pid = std::process::id().to_string();
     let bdf = scfg.sbdf.to_string();
     let ctl_path = ctl.path().display().to_string();
     let unique_id = dom.unique_id().to_string();
@@ -249,7 +321,14 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         let _ = server.shutdown();
         return Err(at("publish state")(e));
     }
-    info!(%dom, ioservid = server.ioservid(), %bdf, bar_size = scfg.bar_size, "running");
+    info!(%dom, ioservid = server.ioservid(), %bdf, bar_size = scfg.bar_size, attached = args.attach, "running");
+    if args.attach {
+        // Answer what the dead process left (slots READY or INPROCESS)
+        // now, without waiting for an event that was already consumed.
+        if let Err(e) = server.drain(std::time::Instant::now()) {
+            warn!(%dom, error = %e, "answering the requests left in flight failed");
+        }
+    }
 
     let outcome = event_loop(&mut server, xs, &sig_r, &ctl, &stop);
     match &outcome {
@@ -266,6 +345,7 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     match outcome {
         Ok(_) if report.is_clean() => {
             record::remove(xs, domid).map_err(at("remove xenstore record"))?;
+            crate::supervisor::remove_pci_state(domid);
             info!(%dom, "stopped cleanly");
             Ok(())
         }
@@ -275,6 +355,37 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         ))),
         Err(e) => Err(at("event loop")(e)),
     }
+}
+
+/// The ioreq server id the record names, for a re-attach: only from a
+/// record of this domain in state `running` (a server that was stopped
+/// was destroyed, and Xen may have given its id to someone else).
+fn recorded_ioservid(xs: &Xenstore<'_>, domid: u16, dom: &DomainIdentity) -> Result<u16, Failure> {
+    let f = at("re-attach ioreq server");
+    let rec = record::Record::read(xs, domid)
+        .map_err(at("re-attach ioreq server"))?
+        .ok_or_else(|| f(format!("no record for domain {domid}")))?;
+    let f = at("re-attach ioreq server");
+    // The instance by Xen's unique id (the UUID is not unique: xl keeps
+    // it across a reboot): a record of an earlier instance of the domid
+    // names a server Xen destroyed with it.
+    if rec.unique_id() != Some(dom.unique_id()) {
+        return Err(f(format!(
+            "the record names instance {:?}, not {}",
+            rec.unique_id,
+            dom.unique_id()
+        )));
+    }
+    if rec.state.as_deref() != Some(state::RUNNING) {
+        return Err(at("re-attach ioreq server")(format!(
+            "record state {:?}, not running",
+            rec.state
+        )));
+    }
+    rec.ioservid
+        .as_deref()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| at("re-attach ioreq server")(format!("ioservid {:?}", rec.ioservid)))
 }
 
 /// Why the loop ended.

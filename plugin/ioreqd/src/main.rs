@@ -11,6 +11,8 @@
 mod control;
 mod daemon;
 mod logging;
+mod sandbox;
+mod supervisor;
 
 use clap::Parser;
 use gpu_hostmem_core::config::{Config, DEFAULT_PATH};
@@ -34,6 +36,19 @@ pub struct Args {
     /// passes); without it, DEFAULT_BAR_SIZE_MIB (libxl's default).
     #[arg(long)]
     pub bar_size_mib: Option<u64>,
+    /// Internal: run as the worker of a supervisor (the process the plugin
+    /// starts), which restarts it if it dies.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Internal (with --worker): take over the ioreq server a worker that
+    /// died left, instead of creating one.
+    #[arg(long, hide = true, requires = "worker")]
+    pub attach: bool,
+    /// Internal (with --worker): Xen's unique id of the guest instance the
+    /// supervisor serves; the worker refuses any other instance of the
+    /// domid, and re-attaches only to a record of this one.
+    #[arg(long, hide = true, requires = "worker")]
+    pub unique_id: Option<u64>,
 }
 
 fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {
@@ -53,6 +68,9 @@ fn main() -> ExitCode {
         }
     };
     logging::init(&cfg.log);
+    if !args.worker {
+        return supervisor::run(&args);
+    }
     match daemon::run(&args, &cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

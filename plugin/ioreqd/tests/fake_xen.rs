@@ -57,6 +57,10 @@ struct Run {
 
 impl Run {
     fn start(name: &str, domid: u16, uuid: &str, retry: bool) -> Run {
+        Run::start_with(name, domid, uuid, retry, &[])
+    }
+
+    fn start_with(name: &str, domid: u16, uuid: &str, retry: bool, extra: &[&str]) -> Run {
         let lib = fake_libdir();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("ioreqd-{name}-{}", std::process::id()));
@@ -65,7 +69,9 @@ impl Run {
             fs::create_dir_all(dir.join(d)).expect("mkdir");
         }
         fs::write(dir.join("privcmd"), b"").expect("privcmd marker");
-        fs::write(dir.join("config.yaml"), b"").expect("config");
+        // The fake xenstore is a directory tree: it needs file system
+        // calls that the worker's seccomp filter (rightly) forbids.
+        fs::write(dir.join("config.yaml"), b"run_as: root\n").expect("config");
         let privcmd = dir.join("privcmd").canonicalize().expect("canonical");
         let log = fs::File::create(dir.join("ioreqd.log")).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-hostmem-ioreqd"));
@@ -79,6 +85,7 @@ impl Run {
             "--config",
         ])
         .arg(dir.join("config.yaml"))
+        .args(extra)
         .env("LD_LIBRARY_PATH", lib)
         .env("LD_PRELOAD", lib.join("libfakexen.so"))
         .env("FAKEXS_ROOT", dir.join("xs"))
@@ -237,6 +244,27 @@ fn refuses_another_domain() {
     );
 }
 
+/// A worker serves only the instance its supervisor resolved (by Xen's
+/// unique id): started for another instance of the domid (same UUID, as
+/// xl keeps it across a reboot), it refuses before creating anything.
+#[test]
+fn a_worker_refuses_another_instance_of_its_domid() {
+    let mut r = Run::start_with(
+        "instance",
+        46,
+        UUID,
+        true,
+        &["--worker", "--unique-id", "7"],
+    );
+    let status = r.wait_exit();
+    assert!(!status.success());
+    let state = r.key("state").unwrap_or_default();
+    assert!(state.starts_with("failed: domain identity:"), "{state}");
+    assert!(state.contains("not instance 7"), "{state}");
+    let log = r.log();
+    assert!(!log.contains("creating ioreq server"), "{log}");
+}
+
 #[test]
 fn fails_cleanly_without_retry_support() {
     // A hypervisor without the RETRY flag: setup stops at the first stage
@@ -251,4 +279,124 @@ fn fails_cleanly_without_retry_support() {
         !r.dir.join("run/44.sock").exists(),
         "control socket removed"
     );
+}
+
+/// The supervisor's worker child (the server itself), if one runs.
+fn worker_of(sup: u32) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut f = rest.split_whitespace();
+        let state = f.next()?;
+        let ppid: u32 = f.next()?.parse().ok()?;
+        (ppid == sup && state != "Z").then_some(pid)
+    })
+}
+
+fn cmdline(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn sigkill(pid: u32) {
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+/// Waits for a worker other than `old` (None: any) under `r`'s supervisor.
+fn wait_worker(r: &Run, old: Option<u32>) -> u32 {
+    let t = Instant::now();
+    loop {
+        if let Some(w) = worker_of(r.child.id()).filter(|w| Some(*w) != old) {
+            return w;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no new worker after {old:?}; log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 16: a SIGKILLed worker is restarted with --attach on the same
+/// ioreq server (no new one is created), the record counts the restart
+/// and stays `running`; after more deaths than the bound the supervisor
+/// gives up, says so in the record, keeps the guest's accesses answered
+/// (fallback) and still stops and cleans up on SIGTERM.
+#[test]
+fn restarts_a_killed_worker_then_gives_up_after_the_bound() {
+    let mut r = Run::start("restart", 45, UUID, true);
+    r.wait_state("running");
+    let sup = r.child.id();
+    let w1 = wait_worker(&r, None);
+    assert!(cmdline(w1).contains("--worker"), "{}", cmdline(w1));
+    assert!(!cmdline(w1).contains("--attach"));
+
+    sigkill(w1);
+    let w2 = wait_worker(&r, Some(w1));
+    let t = Instant::now();
+    while r.key("restarts").as_deref() != Some("1") || !r.log().contains("attached=true") {
+        assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(cmdline(w2).contains("--attach"), "{}", cmdline(w2));
+    assert_eq!(r.key("state").as_deref(), Some("running"));
+    assert_eq!(
+        r.key("pid"),
+        Some(sup.to_string()),
+        "the record names the supervisor"
+    );
+    assert_eq!(r.key("ioservid").as_deref(), Some("3"), "the same server");
+    let log = r.log();
+    assert_eq!(
+        log.matches("creating ioreq server").count(),
+        1,
+        "no second server was created; log:\n{log}"
+    );
+    assert!(log.contains("re-attaching"), "{log}");
+
+    // Five more deaths within the window: the sixth is over the bound.
+    let mut w = w2;
+    for n in 2..=5 {
+        sigkill(w);
+        w = wait_worker(&r, Some(w));
+        let t = Instant::now();
+        while r.log().matches("attached=true").count() < n {
+            assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(r.key("restarts"), Some(n.to_string()));
+    }
+    sigkill(w);
+    let t = Instant::now();
+    while !r.key("state").unwrap_or_default().starts_with("failed: ") {
+        assert!(t.elapsed() < Duration::from_secs(15), "log:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state = r.key("state").unwrap_or_default();
+    assert!(state.contains("given up"), "{state}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(worker_of(sup), None, "no worker after giving up");
+    assert!(
+        r.child.try_wait().expect("wait").is_none(),
+        "the supervisor stays"
+    );
+    let log = r.log();
+    assert!(log.contains("fallback running"), "fallback; log:\n{log}");
+    assert!(!log.contains("fallback failed"), "fallback; log:\n{log}");
+
+    sigterm(sup);
+    r.wait_exit();
+    assert!(!r.record().exists(), "record removed; log:\n{}", r.log());
+    assert!(
+        !r.dir.join("run/45.sock").exists(),
+        "control socket removed"
+    );
+    assert!(!r.dir.join("run/45.pci").exists(), "PCI state file removed");
 }

@@ -3,9 +3,9 @@
 use crate::abi::{GpuHostmemDomain, GPU_HOSTMEM_PLUGIN_ABI_VERSION};
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::DomainIdentity;
-use gpu_hostmem_xen::record::{self, key, parse_uuid, state, Record};
+use gpu_hostmem_xen::record::{self, key, state, Record};
 use gpu_hostmem_xen::teardown::{self, is_our_ioreqd, TeardownError, Timeouts};
-use gpu_hostmem_xen::{process, XenError, Xenstore, XenstoreLib};
+use gpu_hostmem_xen::{process, XenError, XenctrlLib, Xenstore, XenstoreLib};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 /// Where the IOREQ server is installed.
 pub const IOREQD_PATH: &str = "/usr/lib/xen/gpu-hostmem/gpu-hostmem-ioreqd";
-/// Test-only override of [`IOREQD_PATH`].
+/// Test-only override of [`IOREQD_PATH`] (`test-env` builds only).
 pub const IOREQD_ENV: &str = "GPU_HOSTMEM_IOREQD";
 /// Directory of the per-guest log files.
 pub const LOG_DIR: &str = "/var/log/xen";
-/// Test-only override of [`LOG_DIR`].
+/// Test-only override of [`LOG_DIR`] (`test-env` builds only).
 pub const LOG_DIR_ENV: &str = "GPU_HOSTMEM_LOG_DIR";
 /// How long create waits for `state = running`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -113,14 +113,14 @@ impl Domain {
 }
 
 fn ioreqd_path() -> PathBuf {
-    std::env::var_os(IOREQD_ENV)
+    gpu_hostmem_xen::testenv::var_os(IOREQD_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(IOREQD_PATH))
 }
 
 /// The log file of `domid`'s IOREQ server.
 pub fn log_path(domid: u16) -> PathBuf {
-    let dir = std::env::var_os(LOG_DIR_ENV)
+    let dir = gpu_hostmem_xen::testenv::var_os(LOG_DIR_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(LOG_DIR));
     dir.join(format!("gpu-hostmem-{domid}.log"))
@@ -145,7 +145,13 @@ pub fn create(d: &Domain) -> Result<(), HookError> {
     let lib = XenstoreLib::load()?;
     let xs = lib.open()?;
     if let Some(rec) = Record::read(&xs, d.domid)? {
-        let same = rec.uuid.as_deref().and_then(parse_uuid) == Some(d.uuid);
+        // "Already served" only for a record of the instance that has the
+        // domid now, by Xen's unique id (the UUID is not unique: xl keeps it
+        // across a reboot, users may set it), whose process is still our
+        // server (checked through a pidfd, so a reused pid never counts).
+        let xc = XenctrlLib::load()?;
+        let current = xc.open()?.unique_id(d.domid)?;
+        let same = current.is_some() && rec.unique_id() == current;
         let live = rec.pid().is_some_and(|p| is_our_ioreqd(p, d.domid));
         if same && live {
             return Err(HookError::new(

@@ -159,9 +159,8 @@ fn child_flow() {
     );
     let pid: u32 = read(5, "pid").expect("pid").parse().expect("pid number");
     assert!(is_running(pid));
-    // A second create for the same running domain is refused.
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 5, UUID_A);
-    assert_eq!(rc, -libc::EEXIST, "{msg}");
+    // (A second create for the same running instance is refused: step 9,
+    // where the fake domain exists and has a unique id.)
     // destroy with another domain's uuid: refused, nothing touched.
     let (rc, msg) = call(gpu_hostmem_plugin_destroy, 5, UUID_B);
     assert_eq!(rc, -libc::EEXIST, "{msg}");
@@ -322,4 +321,33 @@ fn child_flow() {
         "the current domain 10 was touched for a record of another instance: {}",
         log_now()
     );
+
+    // 9. The create hook's "a server already runs for this domain" goes by
+    //    Xen's unique id, not the UUID: a second create for the instance a
+    //    live server serves is refused; a live server recorded for an
+    //    earlier instance of domid 10 (same UUID, as xl keeps it across a
+    //    reboot, another unique id) is stopped and a new one started.
+    std::env::set_var("FAKE_IOREQD_MODE", "ok");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert_eq!(read(10, "unique-id").as_deref(), Some(UNIQUE_ID));
+    let first: u32 = read(10, "pid").expect("pid").parse().expect("pid number");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
+    assert_eq!(rc, -libc::EEXIST, "same instance, server live: {msg}");
+    assert!(is_running(first), "the live server was left alone");
+    fs::write(node(10, "unique-id").join(".value"), "1").expect("w");
+    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
+    assert_eq!(rc, 0, "a record of an earlier instance is stale: {msg}");
+    assert!(
+        wait_dead(first),
+        "the earlier instance's server was stopped"
+    );
+    let second: u32 = read(10, "pid").expect("pid").parse().expect("pid number");
+    assert_ne!(second, first);
+    assert!(is_running(second));
+    assert_eq!(read(10, "unique-id").as_deref(), Some(UNIQUE_ID));
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 10, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert!(wait_dead(second));
+    assert!(!node(10, "").exists(), "record removed");
 }

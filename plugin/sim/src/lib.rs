@@ -415,6 +415,24 @@ impl Sim {
         Some(slot[IOREQ_STATE_OFFSET] & 0x0f)
     }
 
+    /// Set the state nibble of `vcpu`'s slot in server `id` of `dom`, as
+    /// a server process does (READY -> INPROCESS) before it dies. False if
+    /// there is no such slot.
+    pub fn set_slot_state(&self, dom: &DomainIdentity, id: IoServId, vcpu: u32, state: u8) -> bool {
+        let mut w = self.world.borrow_mut();
+        let Some(slot) = w
+            .domains
+            .get_mut(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)
+            .and_then(|d| d.servers.get_mut(&id))
+            .and_then(|s| s.slots.get_mut(vcpu as usize))
+        else {
+            return false;
+        };
+        slot[IOREQ_STATE_OFFSET] = (slot[IOREQ_STATE_OFFSET] & 0xf0) | (state & 0x0f);
+        true
+    }
+
     /// Xen's count of accesses it completed as unbacked.
     pub fn xen_unbacked(&self, dom: &DomainIdentity) -> u64 {
         let w = self.world.borrow();

@@ -682,3 +682,113 @@ fn domain_going_away_mid_request_is_not_a_crash() {
     ));
     assert_eq!(sim.crash_reason(&g.ident), None);
 }
+
+/// Issue 16: the IOREQ server process is killed while a vCPU waits for
+/// it, either before it saw the request (slot READY) or after it took it
+/// (slot INPROCESS). A new process attaches to the same Xen server with
+/// the PCI state the dead one saved, answers that request with the
+/// backend's bytes, and the guest goes on; destroy leaves nothing.
+#[test]
+fn restarted_server_reattaches_and_answers_the_request_in_flight() {
+    use gpu_hostmem_core::ioreq::STATE_IOREQ_INPROCESS;
+    use gpu_hostmem_core::server::Server;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    for took_it in [false, true] {
+        let (sim, mut g) = setup();
+        sim.register(&g.ident, 1, 0, 1024, 100).expect("register");
+        let saved = Rc::new(RefCell::new(String::new()));
+        let to = Rc::clone(&saved);
+        g.server
+            .as_mut()
+            .expect("server")
+            .set_pci_saver(Box::new(move |s| {
+                *to.borrow_mut() = s.to_owned();
+                Ok(())
+            }));
+        // The guest moves the BAR after the saver is set: the saved state
+        // follows the move.
+        let base = 0x2_4000_0000;
+        g.program_bar(&sim, base);
+        let r = g.read(&sim, 0, base + 0x1000, 8);
+        assert!(matches!(r.access, Access::Ram { .. }), "{r:?}");
+        assert_eq!(sim.lent_pages(&g.ident), 16);
+
+        let ident = g.ident;
+        let servid = g.servid.expect("servid");
+        let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+        let mut server = g.server.take();
+        let mut restarted = false;
+        let mut run = || {
+            if !restarted {
+                restarted = true;
+                if took_it {
+                    assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
+                }
+                drop(server.take()); // SIGKILL: its handles close
+                let s = Server::attach(
+                    sim.device_model(),
+                    sim.host_mem(),
+                    ident,
+                    servid,
+                    cfg,
+                    Some(saved.borrow().as_str()),
+                )
+                .map_err(|(e, _, _)| e)
+                .expect("attach");
+                server = Some(s);
+            }
+            if let Some(s) = server.as_mut() {
+                s.drain(Instant::now()).expect("drain");
+            }
+        };
+        let off = 0x20_0000;
+        let r = sim.guest_access(&ident, 0, base + off, 8, None, &mut run);
+        assert!(restarted);
+        assert!(
+            matches!(r.access, Access::Ram { .. }),
+            "took_it={took_it}: {r:?}"
+        );
+        assert_eq!(r.access.value(), Some(backend_u64(&sim, &g, off)));
+        assert_eq!(
+            sim.lent_pages(&g.ident),
+            16,
+            "attach revoked the old chunk; only the new one is lent"
+        );
+        g.server = server;
+        // The page lent before the kill was revoked: it faults in again.
+        let r = g.read(&sim, 1, base + 0x1000, 8);
+        assert_eq!(r.retries, 1, "{r:?}");
+        assert_eq!(r.access.value(), Some(backend_u64(&sim, &g, 0x1000)));
+        // A BAR move after the restart still revokes and remaps.
+        g.program_bar(&sim, BASE);
+        assert_eq!(sim.lent_pages(&g.ident), 0);
+        let r = g.read(&sim, 0, BASE + off, 8);
+        assert_eq!(r.access.value(), Some(backend_u64(&sim, &g, off)));
+        assert!(g.destroy_hook(&sim).is_clean());
+        assert_eq!(sim.lent_pages(&g.ident), 0);
+        sim.check_consistency().expect("consistent");
+    }
+}
+
+/// A saved PCI state that does not parse is refused: the restarted server
+/// would otherwise decode the BAR somewhere the guest never put it.
+#[test]
+fn attach_refuses_a_malformed_saved_pci_state() {
+    use gpu_hostmem_core::server::Server;
+    let (sim, mut g) = setup();
+    let servid = g.servid.expect("servid");
+    drop(g.server.take());
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let r = Server::attach(
+        sim.device_model(),
+        sim.host_mem(),
+        g.ident,
+        servid,
+        cfg,
+        Some("10=zz"),
+    );
+    assert!(matches!(r, Err((ServerError::Pci(_), _, _))));
+}

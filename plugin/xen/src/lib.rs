@@ -19,6 +19,7 @@ pub mod privcmd;
 pub mod process;
 pub mod record;
 pub mod teardown;
+pub mod testenv;
 pub mod xenctrl;
 pub mod xenstore;
 

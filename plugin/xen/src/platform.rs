@@ -120,6 +120,18 @@ impl<'a> XenDeviceModel<'a> {
         Ok(())
     }
 
+    /// Forgets server `id` of `dom` without destroying it (a re-attach
+    /// that failed leaves the server to the next attempt).
+    pub fn forget(&mut self, dom: &DomainIdentity, id: IoServId) {
+        if let Some(pos) = self
+            .servers
+            .iter()
+            .position(|s| s.domid() == dom.domid && s.id() == id)
+        {
+            self.servers.swap_remove(pos).abandon();
+        }
+    }
+
     /// Whether the server was created with RETRY.
     pub fn retry_enabled(&self, dom: &DomainIdentity, id: IoServId) -> bool {
         self.server(dom, id, "retry_enabled")

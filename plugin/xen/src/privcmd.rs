@@ -9,7 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 /// Default device path.
 pub const PRIVCMD_PATH: &str = "/dev/xen/privcmd";
-/// Test-only override of [`PRIVCMD_PATH`] (the fake Xen of the tests).
+/// Test-only override of [`PRIVCMD_PATH`] (the fake Xen of the tests;
+/// `test-env` builds only, see [`crate::testenv`]).
 pub const PRIVCMD_ENV: &str = "GPU_HOSTMEM_PRIVCMD";
 
 /// `PRIVCMD_HOSTMEM_REVOKE_ALL`: revoke every lent page of the domain.
@@ -150,9 +151,9 @@ pub struct Privcmd {
 impl Privcmd {
     /// Opens [`PRIVCMD_PATH`] (or `$GPU_HOSTMEM_PRIVCMD`, for tests).
     pub fn open() -> Result<Self> {
-        match std::env::var(PRIVCMD_ENV) {
-            Ok(p) => Self::open_path(&p),
-            Err(_) => Self::open_path(PRIVCMD_PATH),
+        match crate::testenv::var_os(PRIVCMD_ENV) {
+            Some(p) => Self::open_path(&p.to_string_lossy()),
+            None => Self::open_path(PRIVCMD_PATH),
         }
     }
 

@@ -21,6 +21,8 @@ pub mod key {
     pub const BAR_BASE: &str = "bar-base";
     pub const IOSERVID: &str = "ioservid";
     pub const CONTROL: &str = "control";
+    /// Worker deaths in the supervisor's window (absent until one).
+    pub const RESTARTS: &str = "restarts";
 }
 
 /// `state` values.
@@ -54,6 +56,7 @@ pub struct Record {
     pub bar_base: Option<String>,
     pub ioservid: Option<String>,
     pub control: Option<String>,
+    pub restarts: Option<String>,
 }
 
 impl Record {
@@ -73,6 +76,7 @@ impl Record {
             bar_base: get(key::BAR_BASE)?,
             ioservid: get(key::IOSERVID)?,
             control: get(key::CONTROL)?,
+            restarts: get(key::RESTARTS)?,
         }))
     }
 

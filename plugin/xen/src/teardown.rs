@@ -285,11 +285,12 @@ pub fn teardown(
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let sock = control::socket_path(domid);
-    if sock.exists() {
-        match std::fs::remove_file(&sock) {
-            Ok(()) => out.actions.push(format!("removed {}", sock.display())),
-            Err(e) => errors.push(format!("remove {}: {e}", sock.display())),
+    for file in [control::socket_path(domid), control::pci_state_path(domid)] {
+        if file.exists() {
+            match std::fs::remove_file(&file) {
+                Ok(()) => out.actions.push(format!("removed {}", file.display())),
+                Err(e) => errors.push(format!("remove {}: {e}", file.display())),
+            }
         }
     }
     if rec.is_none() {

@@ -29,6 +29,11 @@ xsdir=/local/domain/0/gpu-hostmem/$dom
 ipid=$(xenstore-read "$xsdir/pid" 2>/dev/null || true)
 check hm-ioreqd-running "pid=$ipid,state=$(xenstore-read "$xsdir/state" 2>/dev/null)" \
     test -n "$ipid" -a -d "/proc/$ipid" -a "$(xenstore-read "$xsdir/state" 2>/dev/null)" = running
+# Least privilege (issue 19): the worker that parses the guest's requests
+# runs as nobody, with no capability and a seccomp filter; its supervisor
+# keeps root to restart it and clean up.
+wpid=$(hm_worker "$ipid")
+check hm-ioreqd-worker-sandboxed "pid=${wpid:-none}" hm_sandboxed "${wpid:-none}"
 
 bout=/tmp/$name.backend
 if hm_backend "$dom" "$bout" "${regions[@]}"; then

@@ -105,6 +105,28 @@ hm_field() {
     printf '%s' "$1" | tr -d '\n' | grep -o "\"$2\": *[^,}]*" | head -n1 | sed 's/^[^:]*: *//; s/"//g; s/ *$//'
 }
 
+# hm_worker SUPERVISOR_PID: the pid of gpu-hostmem-ioreqd's worker (the
+# server itself, a child of the supervisor the record names).
+hm_worker() { pgrep -P "$1" -f gpu-hostmem-ioreqd | head -n1; }
+
+# hm_sandboxed PID: the process runs as nobody (uid 65534, no supplementary
+# groups), with no effective capability and a seccomp filter (issue 19).
+# The worker drops before it publishes `running`; a worker that was just
+# restarted gets a few seconds.
+hm_sandboxed() {
+    local st=/proc/$1/status ok=1
+    for _ in $(seq 1 50); do
+        [ -r "$st" ] || { echo "no $st"; return 1; }
+        grep -qE '^Uid:\s+65534\s+65534\s+65534\s+65534\s*$' "$st" &&
+            grep -qE '^CapEff:\s+0+$' "$st" &&
+            grep -qE '^Groups:\s*$' "$st" &&
+            grep -qE '^Seccomp:\s+2$' "$st" && { ok=0; break; }
+        sleep 0.1
+    done
+    grep -E '^(Uid|Gid|Groups|CapEff|NoNewPrivs|Seccomp):' "$st" | tr '\t' ' ' | sed "s/^/[pid $1] /"
+    return "$ok"
+}
+
 # hm_ioreqd_log DOMID: show the IOREQ server's log.
 hm_ioreqd_log() {
     local f=/var/log/xen/gpu-hostmem-$1.log

@@ -1,0 +1,424 @@
+//! Least privilege for the worker (issue 19), as QEMU does with
+//! `-xen-domid-restrict -runas` and crosvm with its sandboxed devices: once
+//! every handle is open and those that touch the guest are restricted to it
+//! (devicemodel, foreignmemory, evtchn, privcmd), the worker drops to the
+//! configured unprivileged user (`run_as`, default `nobody`) with no
+//! supplementary groups and no capabilities, and installs a seccomp filter
+//! that allows only the system calls its loop makes; any other call kills
+//! the process (SIGSYS), which the supervisor logs and counts as a death.
+//!
+//! What stays: the xenctrl handle (unrestricted hypercalls through its
+//! privcmd fd: the identity check before each operation uses
+//! `getdomaininfo`) and the xenstore connection (the record's `bar-base`
+//! and its removal at the end). Neither can be narrowed by libxenctrl or
+//! libxenstore; both are open fds that the dropped uid could not reopen.
+//! The supervisor, which restarts the worker and cleans up after it, keeps
+//! root and parses nothing the guest controls.
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use std::collections::BTreeMap;
+use std::ffi::CString;
+
+/// The ids to drop to, or `None` for `run_as: root` (no drop, no filter).
+pub fn resolve(run_as: &str) -> Result<Option<(libc::uid_t, libc::gid_t)>, String> {
+    let bad = |why: &str| format!("run_as {run_as:?}: {why}");
+    if run_as == "root" {
+        return Ok(None);
+    }
+    let (uid, gid) = if let Some((u, g)) = run_as.split_once(':') {
+        (
+            u.parse().map_err(|_| bad("UID:GID must be numbers"))?,
+            g.parse().map_err(|_| bad("UID:GID must be numbers"))?,
+        )
+    } else {
+        lookup_user(run_as).ok_or_else(|| bad("no such user"))?
+    };
+    if uid == 0 || gid == 0 {
+        return Err(bad(
+            "must not be uid or gid 0 (write root to run without a drop)",
+        ));
+    }
+    Ok(Some((uid, gid)))
+}
+
+fn lookup_user(name: &str) -> Option<(libc::uid_t, libc::gid_t)> {
+    let cname = CString::new(name).ok()?;
+    let mut pw: libc::passwd = unsafe_zeroed_passwd();
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `pw` and `out` are live
+    // locals, `buf` is a live buffer of `buf.len()` bytes; the strings the
+    // result points to live in `buf`, which we do not read.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    (rc == 0 && !out.is_null()).then_some((pw.pw_uid, pw.pw_gid))
+}
+
+fn unsafe_zeroed_passwd() -> libc::passwd {
+    // SAFETY: `passwd` is a plain C struct of integers and pointers, for
+    // which all-zero bytes (NULL pointers, zero ids) are a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// The system calls of the worker's loop (poll, the event channel and
+/// privcmd ioctls, xenstore and control-socket I/O, logging, allocation,
+/// signals, exit).
+fn allowed() -> Vec<libc::c_long> {
+    let mut v = vec![
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_readv,
+        libc::SYS_writev,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_close,
+        libc::SYS_ppoll,
+        libc::SYS_ioctl,
+        libc::SYS_fcntl,
+        libc::SYS_fstat,
+        libc::SYS_newfstatat,
+        libc::SYS_statx,
+        libc::SYS_lseek,
+        libc::SYS_mmap,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_mprotect,
+        libc::SYS_madvise,
+        libc::SYS_brk,
+        libc::SYS_futex,
+        libc::SYS_rt_sigaction,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_rt_sigreturn,
+        libc::SYS_sigaltstack,
+        libc::SYS_clock_gettime,
+        libc::SYS_clock_nanosleep,
+        libc::SYS_nanosleep,
+        libc::SYS_sched_yield,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_getrandom,
+        libc::SYS_accept4,
+        libc::SYS_recvfrom,
+        libc::SYS_recvmsg,
+        libc::SYS_sendto,
+        libc::SYS_sendmsg,
+        libc::SYS_setsockopt,
+        libc::SYS_getsockopt,
+        // Removing the control socket at the end: refused by the
+        // directory's permissions (the supervisor removes it).
+        libc::SYS_unlinkat,
+        libc::SYS_tgkill,
+        // The SIGSYS reporter kills its own process.
+        libc::SYS_kill,
+        libc::SYS_restart_syscall,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([libc::SYS_poll, libc::SYS_accept, libc::SYS_unlink]);
+    v
+}
+
+/// Formats the line the SIGSYS handler writes, without allocating.
+fn sigsys_line(nr: i32, buf: &mut [u8; 96]) -> usize {
+    let head = b"gpu-hostmem-ioreqd: seccomp: system call ";
+    let tail = b" is not allowed: killed\n";
+    let mut n = 0;
+    for b in head {
+        buf[n] = *b;
+        n += 1;
+    }
+    let mut digits = [0u8; 12];
+    let mut d = 0;
+    let neg = nr < 0;
+    let mut v = nr.unsigned_abs();
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if neg {
+        buf[n] = b'-';
+        n += 1;
+    }
+    while d > 0 {
+        d -= 1;
+        buf[n] = digits[d];
+        n += 1;
+    }
+    for b in tail {
+        buf[n] = *b;
+        n += 1;
+    }
+    n
+}
+
+/// SIGSYS from the filter (SECCOMP_RET_TRAP): name the call on stderr,
+/// then die of SIGSYS as SECCOMP_RET_KILL_PROCESS would.
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // `struct siginfo` on 64-bit Linux: signo, errno, code (3 ints), 4
+    // bytes of padding, then `_sigsys { void *call_addr; int syscall; }`.
+    const SYSCALL_OFFSET: usize = 24;
+    let mut buf = [0u8; 96];
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers;
+    // for a seccomp SIGSYS the int at SYSCALL_OFFSET is the call number.
+    let nr = unsafe {
+        info.cast::<u8>()
+            .add(SYSCALL_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    };
+    let n = sigsys_line(nr, &mut buf);
+    // SAFETY: write(2), signal(2) and kill(2) are async-signal-safe and
+    // allowed by the filter; the buffer is a live local.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), n);
+        libc::signal(libc::SIGSYS, libc::SIG_DFL);
+        libc::kill(libc::getpid(), libc::SIGSYS);
+    }
+}
+
+/// Installs [`on_sigsys`] for SIGSYS.
+fn install_sigsys_reporter() -> Result<(), String> {
+    // SAFETY: a zeroed sigaction with an SA_SIGINFO handler of the right
+    // signature and an empty mask is a valid argument to sigaction(2).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigsys as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()) != 0 {
+            return Err(format!(
+                "sigaction(SIGSYS): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The worker's seccomp filter: the calls of [`allowed`]; anything else
+/// traps (SIGSYS: [`on_sigsys`] names the call and kills the process).
+pub fn filter() -> Result<BpfProgram, String> {
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        allowed().into_iter().map(|nr| (nr, Vec::new())).collect();
+    SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| e.to_string())
+}
+
+/// Drops to `uid`/`gid` (no supplementary groups; the kernel clears every
+/// capability when no uid is 0 any more) and installs [`filter`] on every
+/// thread (libxenstore's watch thread included), with no_new_privs.
+pub fn enter(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
+    let prog = filter()?;
+    install_sigsys_reporter()?;
+    let parent = std::os::unix::process::parent_id();
+    let os = |op: &str| format!("{op}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain system calls with integer arguments (a NULL, empty
+    // group list for setgroups); glibc applies the id changes to every
+    // thread of the process.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(os("setgroups"));
+        }
+        if libc::setresgid(gid, gid, gid) != 0 {
+            return Err(os("setresgid"));
+        }
+        if libc::setresuid(uid, uid, uid) != 0 {
+            return Err(os("setresuid"));
+        }
+        // The kernel clears the parent-death signal when credentials
+        // change: set it again, so that the worker still dies with its
+        // supervisor, and stop if the supervisor died meanwhile.
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(os("prctl(PR_SET_PDEATHSIG)"));
+        }
+    }
+    if std::os::unix::process::parent_id() != parent {
+        return Err("the supervisor died during the drop".into());
+    }
+    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+    };
+    if field("CapEff:").as_deref() != Some("0000000000000000") {
+        return Err(format!(
+            "capabilities left after the drop: {:?}",
+            field("CapEff:")
+        ));
+    }
+    seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sigsys_line_names_the_call() {
+        let mut buf = [0u8; 96];
+        for (nr, want) in [(110, "110"), (0, "0"), (-1, "-1"), (i32::MAX, "2147483647")] {
+            let n = sigsys_line(nr, &mut buf);
+            let s = std::str::from_utf8(&buf[..n]).expect("utf8");
+            assert_eq!(
+                s,
+                format!("gpu-hostmem-ioreqd: seccomp: system call {want} is not allowed: killed\n")
+            );
+        }
+    }
+
+    #[test]
+    fn filter_builds_for_this_architecture() {
+        let prog = filter().expect("filter");
+        // A jump table over every allowed call, then the default action.
+        assert!(prog.len() > allowed().len(), "{} instructions", prog.len());
+    }
+
+    #[test]
+    fn run_as_is_checked() {
+        assert_eq!(resolve("root"), Ok(None));
+        assert_eq!(resolve("65534:65534"), Ok(Some((65534, 65534))));
+        assert!(resolve("0:5").is_err());
+        assert!(resolve("5:0").is_err());
+        assert!(resolve("x:y").is_err());
+        assert!(resolve("no-such-user-gpu-hostmem").is_err());
+        if let Some((u, _)) = lookup_user("nobody") {
+            assert_ne!(u, 0);
+        }
+    }
+
+    /// What the worker's loop does with std, after [`enter`] in a child
+    /// process (as root only: the drop needs it): poll, accept on a
+    /// non-blocking unix socket and answer a client, pwrite to a file
+    /// opened before, sleep, clock, stderr, allocate, unlink refused by
+    /// permissions. None of it may be killed by the filter.
+    #[test]
+    fn the_loop_runs_under_the_drop_and_the_filter() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        use std::os::unix::net::{UnixListener, UnixStream};
+        // SAFETY: geteuid(2) has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to drop privileges");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("gh-sandbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sock = dir.join("s.sock");
+        let listener = UnixListener::bind(&sock).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let file = std::fs::File::create(dir.join("pci")).expect("file");
+        // SAFETY: fork(2); the child exits with _exit and never returns
+        // into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let run = || -> Result<(), String> {
+                // The client is not the worker: it connects before.
+                let mut client = UnixStream::connect(&sock).map_err(|e| e.to_string())?;
+                enter(65534, 65534)?;
+                client.write_all(b"status\n").map_err(|e| e.to_string())?;
+                let mut fds = [libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
+                let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+                s.set_nonblocking(false).map_err(|e| e.to_string())?;
+                s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                    .map_err(|e| e.to_string())?;
+                let mut line = [0u8; 7];
+                s.read_exact(&mut line).map_err(|e| e.to_string())?;
+                s.write_all(b"{}\n").map_err(|e| e.to_string())?;
+                file.write_all_at(b"04=00000002\n", 0)
+                    .map_err(|e| e.to_string())?;
+                let t = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let v: Vec<u64> = (0..100_000).collect();
+                eprintln!("sandboxed child: {} after {:?}", v.len(), t.elapsed());
+                // Refused by the directory's owner, not killed.
+                let _ = std::fs::remove_file(&sock);
+                Ok(())
+            };
+            let code = match run() {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("sandboxed child: {e}");
+                    3
+                }
+            };
+            // SAFETY: _exit(2) ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our child with a live status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(r, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child status {status:#x} (signal {})",
+            libc::WTERMSIG(status)
+        );
+    }
+
+    /// The filter, installed in a child process: an allowed call works, a
+    /// call outside the list (getppid) kills it with SIGSYS.
+    #[test]
+    fn a_call_outside_the_list_kills_with_sigsys() {
+        let prog = filter().expect("filter");
+        // SAFETY: fork(2); the child only makes raw system calls and
+        // exits, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let code = match install_sigsys_reporter()
+                .and_then(|()| seccompiler::apply_filter(&prog).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    // SAFETY: raw system calls with integer arguments.
+                    unsafe {
+                        libc::getpid();
+                        libc::syscall(libc::SYS_getppid);
+                        libc::_exit(0)
+                    }
+                }
+                Err(_) => 2,
+            };
+            // SAFETY: _exit(2) ends the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our child with a live status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+    }
+}

@@ -1,0 +1,528 @@
+//! The process the plugin starts: it runs the IOREQ server as a worker
+//! child (`--worker`) and restarts it, with backoff, when it dies without
+//! having stopped (a signal such as SIGKILL or SIGSYS, a panic). The new
+//! worker re-attaches to the same Xen ioreq server (`--attach`: its id is
+//! in the xenstore record, the PCI state in a file the worker keeps
+//! current) and answers the request that was in flight. A worker that
+//! keeps dying is given up after [`RESTART_LIMIT`] deaths within
+//! [`RESTART_WINDOW`]: the supervisor then disables the server, answers
+//! whatever is still in flight as an unbacked BAR (never leaving a vCPU
+//! blocked), and records `failed: ...` for the operator
+//! (`gpu-hostmem status`, the log). It also cleans up what a dead worker
+//! left when the domain goes away or on SIGTERM.
+//!
+//! The record's `pid` names the supervisor: teardown signals it, it
+//! forwards SIGTERM to the worker, and the worker dies with it
+//! (`PR_SET_PDEATHSIG`), so no worker outlives its supervisor.
+
+use crate::Args;
+use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
+use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
+use gpu_hostmem_core::server::{self, unbacked_answer};
+use gpu_hostmem_xen::control::{control_dir, pci_state_path, socket_path};
+use gpu_hostmem_xen::platform::{self, XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::process::Pidfd;
+use gpu_hostmem_xen::record::{self, key, state, Record};
+use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Deaths within [`RESTART_WINDOW`] after which the worker is given up.
+pub const RESTART_LIMIT: usize = 5;
+/// The window of [`RESTART_LIMIT`].
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// First restart delay; doubled for each death in the window.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest restart delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the supervisor looks at its worker and its flags.
+const POLL: Duration = Duration::from_millis(50);
+/// Exit code of a worker that stopped on purpose after a failure it
+/// reported (`failed: ...` in the record): never restarted.
+const EXIT_REPORTED_FAILURE: i32 = 1;
+
+/// Opens the PCI state file, emptied when `fresh` (a new server).
+pub fn open_pci_state(domid: u16, fresh: bool) -> io::Result<File> {
+    let dir = control_dir();
+    fs::create_dir_all(&dir)?;
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(fresh)
+        .mode(0o600)
+        .open(pci_state_path(domid))
+}
+
+/// The saved PCI state of `domid`, if any.
+pub fn read_pci_state(domid: u16) -> Option<String> {
+    let mut s = String::new();
+    File::open(pci_state_path(domid))
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut s)
+        .ok()?;
+    let s = s.trim().to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Removes the PCI state file of `domid`.
+pub fn remove_pci_state(domid: u16) {
+    let _ = fs::remove_file(pci_state_path(domid));
+}
+
+/// How a worker's death is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Exit 0: it stopped and cleaned up.
+    Stopped,
+    /// Exit 1: it reported a failure and stopped on purpose.
+    Reported,
+    /// Anything else (a signal, a panic, a failed re-attach).
+    Crashed,
+}
+
+/// Classifies an exit status. `attach`: a re-attaching worker's exit 1 is
+/// a failed attempt, not a reported failure.
+pub fn death(status: ExitStatus, attach: bool) -> Death {
+    match status.code() {
+        Some(0) => Death::Stopped,
+        Some(EXIT_REPORTED_FAILURE) if !attach => Death::Reported,
+        _ => Death::Crashed,
+    }
+}
+
+/// The delay before restart number `n` (1-based) in the window.
+pub fn backoff(n: usize) -> Duration {
+    let shift = u32::try_from(n.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(16);
+    BACKOFF_FIRST.saturating_mul(1 << shift).min(BACKOFF_MAX)
+}
+
+/// Deaths kept in the window; true when the worker must be given up.
+#[derive(Debug, Default)]
+pub struct Deaths {
+    at: Vec<Instant>,
+}
+
+impl Deaths {
+    /// Records a death at `now`; returns how many are in the window.
+    pub fn record(&mut self, now: Instant) -> usize {
+        self.at
+            .retain(|t| now.saturating_duration_since(*t) < RESTART_WINDOW);
+        self.at.push(now);
+        self.at.len()
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(libc::SIGSYS)) => "SIGSYS (a system call the seccomp filter forbids)".into(),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+fn spawn_worker(attach: bool, unique_id: u64) -> io::Result<Child> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(std::env::args_os().skip(1))
+        .arg("--worker")
+        .arg("--unique-id")
+        .arg(unique_id.to_string());
+    if attach {
+        cmd.arg("--attach");
+    }
+    // SAFETY: runs in the forked child before exec; prctl(2) is
+    // async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+/// Whether the instance we serve (by Xen's unique id) still has its domid
+/// and is not dying. An error counts as alive: the restart then decides.
+fn domain_alive(libs: &XenLibs, dom: &DomainIdentity) -> bool {
+    let Ok(xc) = libs.xenctrl.open() else {
+        return true;
+    };
+    match platform::current(&xc, dom.domid) {
+        Ok(Some((id, info))) => id == *dom && !info.dying,
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// The instance of `args.domid` to serve: the domain that has the domid
+/// now, if its handle is the one libxl gave (`--uuid`) and it is not
+/// dying, named by Xen's unique id from then on (the UUID is not unique).
+fn resolve_instance(libs: &XenLibs, args: &crate::Args) -> Result<DomainIdentity, String> {
+    let xc = libs.xenctrl.open().map_err(|e| e.to_string())?;
+    let domid = args.domid;
+    match platform::current(&xc, domid).map_err(|e| e.to_string())? {
+        None => Err(format!("domain {domid} does not exist")),
+        Some((_, info)) if info.handle != args.uuid => Err(format!(
+            "domain {domid} is {}, not {}: refusing to serve another domain",
+            DomainIdentity::new(domid, info.handle).uid_string(),
+            DomainIdentity::new(domid, args.uuid).uid_string()
+        )),
+        Some((_, info)) if info.dying => Err(format!("domain {domid} is dying")),
+        Some((dom, _)) => Ok(dom),
+    }
+}
+
+fn recorded_state(xs: &Xenstore<'_>, domid: u16) -> Option<String> {
+    xs.read(&record::path(domid, key::STATE)).ok().flatten()
+}
+
+/// Runs the supervisor; returns the exit code of the whole server.
+pub fn run(args: &Args) -> ExitCode {
+    let domid = args.domid;
+    let libs = match XenLibs::load() {
+        Ok(l) => l,
+        Err(e) => {
+            error!(domid, error = %e, "supervisor: cannot open the Xen libraries");
+            crate::daemon::report_failure(args.domid, &format!("open Xen libraries: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let xs = match libs.xenstore.open() {
+        Ok(x) => x,
+        Err(e) => {
+            error!(domid, error = %e, "supervisor: cannot connect to xenstore");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dom = match resolve_instance(&libs, args) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(domid, error = %e, "supervisor: domain identity");
+            crate::daemon::report_failure(domid, &format!("domain identity: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(%dom, unique_id = dom.unique_id(), "supervisor: serving this instance");
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            error!(%dom, error = %e, "supervisor: cannot handle signals");
+            return ExitCode::FAILURE;
+        }
+    }
+    let mut deaths = Deaths::default();
+    let mut attach = false;
+    loop {
+        let mut child = match spawn_worker(attach, dom.unique_id()) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(%dom, error = %e, "supervisor: cannot start the worker");
+                if !attach {
+                    crate::daemon::report_failure(args.domid, &format!("start worker: {e}"));
+                    return ExitCode::FAILURE;
+                }
+                // Counted as a death below.
+                let n = deaths.record(Instant::now());
+                if n > RESTART_LIMIT {
+                    return give_up(&libs, &xs, &dom, n, &stop);
+                }
+                sleep(backoff(n));
+                continue;
+            }
+        };
+        info!(%dom, worker = child.id(), attach, "supervisor: worker started");
+        let status = match wait_worker(&mut child, &stop) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(%dom, error = %e, "supervisor: cannot wait for the worker");
+                let _ = child.kill();
+                let _ = child.wait();
+                return cleanup_exit(&libs, &xs, &dom, ExitCode::FAILURE);
+            }
+        };
+        let how = death(status, attach);
+        if stop.load(Ordering::Acquire) {
+            info!(%dom, status = %describe(status), "supervisor: worker stopped on request");
+            return match how {
+                Death::Stopped => {
+                    remove_pci_state(args.domid);
+                    let _ = fs::remove_file(socket_path(args.domid));
+                    ExitCode::SUCCESS
+                }
+                _ => cleanup_exit(&libs, &xs, &dom, ExitCode::SUCCESS),
+            };
+        }
+        match how {
+            Death::Stopped => {
+                info!(%dom, "supervisor: worker stopped cleanly");
+                // Files the unprivileged worker cannot unlink.
+                remove_pci_state(args.domid);
+                let _ = fs::remove_file(socket_path(args.domid));
+                return ExitCode::SUCCESS;
+            }
+            Death::Reported => {
+                warn!(%dom, "supervisor: worker stopped after a failure it reported");
+                return ExitCode::FAILURE;
+            }
+            Death::Crashed => {}
+        }
+        let st = recorded_state(&xs, args.domid);
+        if st
+            .as_deref()
+            .is_some_and(|s| s.starts_with(state::FAILED_PREFIX))
+        {
+            warn!(%dom, state = ?st, "supervisor: worker stopped after a failure it reported");
+            return ExitCode::FAILURE;
+        }
+        if !attach && st.as_deref() != Some(state::RUNNING) {
+            // It died before it was running: the plugin sees the failure.
+            error!(%dom, status = %describe(status), "supervisor: worker died during setup");
+            crate::daemon::report_failure(
+                args.domid,
+                &format!("worker died during setup ({})", describe(status)),
+            );
+            return ExitCode::FAILURE;
+        }
+        if !domain_alive(&libs, &dom) {
+            info!(%dom, status = %describe(status), "supervisor: worker died and the domain is gone");
+            return cleanup_exit(&libs, &xs, &dom, ExitCode::SUCCESS);
+        }
+        let n = deaths.record(Instant::now());
+        error!(%dom, status = %describe(status), deaths = n, window_s = RESTART_WINDOW.as_secs(),
+               "supervisor: the IOREQ server died; restarting it");
+        if n > RESTART_LIMIT {
+            return give_up(&libs, &xs, &dom, n, &stop);
+        }
+        let _ = xs.write(&record::path(args.domid, key::RESTARTS), &n.to_string());
+        let until = Instant::now() + backoff(n);
+        while Instant::now() < until && !stop.load(Ordering::Acquire) {
+            sleep(POLL);
+        }
+        if stop.load(Ordering::Acquire) {
+            return cleanup_exit(&libs, &xs, &dom, ExitCode::SUCCESS);
+        }
+        attach = true;
+    }
+}
+
+/// Waits for the worker; forwards SIGTERM to it once a stop is asked,
+/// through a pidfd opened while the child is certainly ours (not reaped
+/// yet), so that no other process can ever be signalled.
+fn wait_worker(child: &mut Child, stop: &AtomicBool) -> io::Result<ExitStatus> {
+    let pidfd = Pidfd::open(child.id()).ok().flatten();
+    let mut forwarded = false;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if !forwarded && stop.load(Ordering::Acquire) {
+            forwarded = true;
+            match &pidfd {
+                Some(p) => {
+                    let _ = p.send_signal(libc::SIGTERM);
+                }
+                // No pidfd (pidfd_open failed): SIGKILL through the
+                // child handle, which knows it was not reaped.
+                None => {
+                    let _ = child.kill();
+                }
+            }
+        }
+        sleep(POLL);
+    }
+}
+
+/// What a dead worker left: every lent page, the ioreq server (from a
+/// record still `running`), the record, the files.
+fn cleanup(libs: &XenLibs, xs: &Xenstore<'_>, dom: &DomainIdentity) {
+    let rec = Record::read(xs, dom.domid).ok().flatten();
+    // Only a record of the instance we serve (by unique id).
+    let ours = rec.as_ref().and_then(Record::unique_id) == Some(dom.unique_id());
+    if !ours {
+        return;
+    }
+    let servid = rec
+        .as_ref()
+        .filter(|r| r.state.as_deref() == Some(state::RUNNING))
+        .and_then(|r| r.ioservid.as_deref())
+        .and_then(|v| v.trim().parse().ok());
+    let _ = xs.write(&record::path(dom.domid, key::STATE), state::STOPPING);
+    match (
+        libs.devicemodel.open(),
+        libs.xenctrl.open(),
+        Privcmd::open(),
+    ) {
+        (Ok(dm), Ok(xc), Ok(pc)) => {
+            let (fm, xce) = match (libs.foreignmemory.open(), libs.evtchn.open()) {
+                (Ok(f), Ok(e)) => (f, e),
+                _ => return,
+            };
+            let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
+            let mut hm = XenHostMem::new(pc, &xc);
+            if let Some(id) = servid {
+                let _ = pdm.adopt(dom, id);
+            }
+            let report = server::teardown(&mut pdm, &mut hm, dom, servid);
+            for e in &report.errors {
+                warn!(%dom, error = %e, "supervisor: cleanup step failed");
+            }
+        }
+        _ => warn!(%dom, "supervisor: cannot open Xen handles for the cleanup"),
+    }
+    let _ = record::remove(xs, dom.domid);
+    remove_pci_state(dom.domid);
+    let _ = fs::remove_file(socket_path(dom.domid));
+    info!(%dom, "supervisor: cleaned up what the worker left");
+}
+
+fn cleanup_exit(
+    libs: &XenLibs,
+    xs: &Xenstore<'_>,
+    dom: &DomainIdentity,
+    code: ExitCode,
+) -> ExitCode {
+    cleanup(libs, xs, dom);
+    code
+}
+
+/// The bound is reached: keep the guest running with the BAR unbacked.
+/// Disable the server (new accesses then complete in Xen as unbacked),
+/// revoke every lent page, answer what is in flight and anything Xen
+/// still sends us (RETRY resends) until the domain goes or SIGTERM, then
+/// clean up.
+fn give_up(
+    libs: &XenLibs,
+    xs: &Xenstore<'_>,
+    dom: &DomainIdentity,
+    deaths: usize,
+    stop: &AtomicBool,
+) -> ExitCode {
+    let reason = format!(
+        "the IOREQ server died {deaths} times within {} s: given up; BAR accesses complete as unbacked",
+        RESTART_WINDOW.as_secs()
+    );
+    error!(%dom, %reason, "supervisor: giving up the IOREQ server");
+    let servid: Option<u16> = Record::read(xs, dom.domid)
+        .ok()
+        .flatten()
+        .filter(|r| r.state.as_deref() == Some(state::RUNNING))
+        .filter(|r| r.unique_id() == Some(dom.unique_id()))
+        .and_then(|r| r.ioservid)
+        .and_then(|v| v.trim().parse().ok());
+    let _ = xs.write(
+        &record::path(dom.domid, key::STATE),
+        &format!("{}{reason}", state::FAILED_PREFIX),
+    );
+    let Some(id) = servid else {
+        return cleanup_exit(libs, xs, dom, ExitCode::FAILURE);
+    };
+    let opened = (
+        libs.devicemodel.open(),
+        libs.foreignmemory.open(),
+        libs.evtchn.open(),
+        libs.xenctrl.open(),
+        Privcmd::open(),
+    );
+    let (Ok(dm), Ok(fm), Ok(xce), Ok(xc), Ok(pc)) = opened else {
+        error!(%dom, "supervisor: cannot open Xen handles for the fallback");
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = pc.restrict(dom.domid) {
+        warn!(%dom, error = %e, "supervisor: cannot restrict privcmd");
+    }
+    let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
+    let mut hm = XenHostMem::new(pc, &xc);
+    let mut fallback = || -> Result<(), String> {
+        pdm.adopt(dom, id).map_err(|e| e.to_string())?;
+        let mut chan = pdm.open_channel(dom, id).map_err(|e| e.to_string())?;
+        pdm.set_server_state(dom, id, false)
+            .map_err(|e| e.to_string())?;
+        hm.revoke(dom, RevokeRange::All)
+            .map_err(|e| e.to_string())?;
+        info!(%dom, "supervisor: fallback running: server disabled, pages revoked");
+        let mut answered = 0u64;
+        while !stop.load(Ordering::Acquire) && pdm.is_alive(dom).unwrap_or(true) {
+            let _ = chan.wait(Some(Duration::from_millis(200)));
+            for vcpu in 0..chan.nr_vcpus() {
+                let st = chan.state(vcpu).map_err(|e| e.to_string())?;
+                if st != STATE_IOREQ_READY && st != STATE_IOREQ_INPROCESS {
+                    continue;
+                }
+                let req = chan.read(vcpu).map_err(|e| e.to_string())?;
+                let resp = unbacked_answer(&req);
+                chan.complete(vcpu, resp.data, resp.state)
+                    .map_err(|e| e.to_string())?;
+                chan.notify(vcpu).map_err(|e| e.to_string())?;
+                answered += 1;
+                if answered.is_power_of_two() {
+                    info!(%dom, answered, "supervisor: fallback answered requests as unbacked");
+                }
+            }
+        }
+        Ok(())
+    };
+    let r = fallback();
+    if let Err(e) = &r {
+        error!(%dom, error = %e, "supervisor: fallback failed");
+    }
+    // Dropping the device model destroys the adopted server; the cleanup
+    // (state `failed: ...`) then only revokes and removes the record.
+    drop(hm);
+    drop(pdm);
+    cleanup_exit(libs, xs, dom, ExitCode::FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deaths_are_read_from_the_exit_status() {
+        let code = |c: i32| ExitStatus::from_raw(c << 8);
+        let signal = ExitStatus::from_raw;
+        assert_eq!(death(code(0), false), Death::Stopped);
+        assert_eq!(death(code(1), false), Death::Reported);
+        assert_eq!(death(code(1), true), Death::Crashed, "a failed re-attach");
+        assert_eq!(death(code(101), false), Death::Crashed, "a panic");
+        assert_eq!(death(signal(libc::SIGKILL), false), Death::Crashed);
+        assert_eq!(death(signal(libc::SIGSYS), true), Death::Crashed);
+        assert!(describe(signal(libc::SIGSYS)).contains("seccomp"));
+    }
+
+    #[test]
+    fn restarts_back_off_and_are_bounded_in_a_window() {
+        assert_eq!(backoff(1), BACKOFF_FIRST);
+        assert_eq!(backoff(2), BACKOFF_FIRST * 2);
+        assert_eq!(backoff(100), BACKOFF_MAX);
+        let mut d = Deaths::default();
+        let t0 = Instant::now();
+        for i in 1..=RESTART_LIMIT {
+            assert_eq!(d.record(t0 + Duration::from_secs(i as u64)), i);
+        }
+        assert_eq!(d.record(t0 + Duration::from_secs(10)), RESTART_LIMIT + 1);
+        // Deaths older than the window no longer count.
+        assert_eq!(d.record(t0 + RESTART_WINDOW + Duration::from_secs(30)), 1);
+    }
+}
