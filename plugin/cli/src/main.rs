@@ -63,9 +63,8 @@ enum Cmd {
 fn check_config(file: &std::path::Path) -> Result<String, String> {
     let cfg = gpu_hostmem_core::config::Config::load(file, true).map_err(|e| e.to_string())?;
     Ok(format!(
-        "{}: valid (bar_size_mib {}, pci_slot {}, ids {:04x}:{:04x}, fault_around_kib {}, run_as {})",
+        "{}: valid (pci_slot {}, ids {:04x}:{:04x}, fault_around_kib {}, run_as {})",
         file.display(),
-        cfg.bar_size_mib,
         cfg.pci_slot,
         cfg.vendor_id,
         cfg.device_id,
