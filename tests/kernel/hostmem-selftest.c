@@ -1359,6 +1359,26 @@ static void test_lend_domain_gone(void)
 }
 
 /*
+ * Destroy domain @d and make a new one at the same domid (the old one may
+ * take a moment to go): 0 and *@got = the domid made, or an errno.
+ */
+static int remake_domain(domid_t d, domid_t *got)
+{
+	int rc = destroy_domain(d), tries;
+
+	for (tries = 0; !rc && tries < 50; tries++) {
+		*got = d;
+		rc = create_domain(got);
+		if (rc != EEXIST)
+			break;
+		usleep(100000);
+		if (tries < 49)
+			rc = 0;
+	}
+	return rc;
+}
+
+/*
  * I5, domain identity: a registration is made for guest A, A is destroyed
  * with pages lent, and a new domain B gets A's domid before anything
  * touches the registration. The stale registration must never lend into
@@ -1396,16 +1416,7 @@ static void test_domid_reuse(void)
 	rc = lend(0, gfn_base, 2, &n);
 	result("reuse-lend", rc == 0 && n == 2 && uid_a,
 	       "rc=%s nr_lent=%u unique-id=%#" PRIx64, ename(rc), n, uid_a);
-	rc = destroy_domain(dom);
-	for (tries = 0; !rc && tries < 50; tries++) {
-		again = dom;
-		rc = create_domain(&again);
-		if (rc != EEXIST)
-			break;
-		usleep(100000);
-		if (tries < 49)
-			rc = 0;
-	}
+	rc = remake_domain(dom, &again);
 	uid_b = rc ? 0 : unique_id_of(dom);
 	result("reuse-same-domid", rc == 0 && again == dom && uid_b &&
 	       uid_b != uid_a, "rc=%s dom=%u unique-id:old=%#" PRIx64
@@ -1462,7 +1473,7 @@ static void test_gone_limits(void)
 	char *m = map_anon(1, PROT_READ | PROT_WRITE);
 	uint64_t uid_a = dom_uid, uid_b = 0;
 	domid_t again = dom;
-	int rc = 0, tries;
+	int rc = 0;
 
 	if (max > 4096) {
 		skip("gone-registrations-do-not-count",
@@ -1475,16 +1486,7 @@ static void test_gone_limits(void)
 	       ename(rc));
 	expect("gone-limit-reached", reg(m, pg, max * pg, 400 + max), ENOSPC);
 
-	rc = destroy_domain(dom);
-	for (tries = 0; !rc && tries < 50; tries++) {
-		again = dom;
-		rc = create_domain(&again);
-		if (rc != EEXIST)
-			break;
-		usleep(100000);
-		if (tries < 49)
-			rc = 0;
-	}
+	rc = remake_domain(dom, &again);
 	uid_b = rc ? 0 : unique_id_of(dom);
 	result("gone-limit-new-instance", rc == 0 && again == dom && uid_b &&
 	       uid_b != uid_a, "rc=%s dom=%u", ename(rc), again);
