@@ -1457,10 +1457,13 @@ static void test_domid_reuse(void)
 	if (rc)
 		goto out;
 	uid_a = dom_uid = unique_id_of(dom);
+	/* A new instance: its device model claims the GFNs again. */
+	rc2 = claim_lend_range(dom);
 	reg(m, 2 * pg, 0, 95);
 	rc = lend(0, gfn_base, 2, &n);
-	result("reuse-lend", rc == 0 && n == 2 && uid_a,
-	       "rc=%s nr_lent=%u unique-id=%#" PRIx64, ename(rc), n, uid_a);
+	result("reuse-lend", rc2 == 0 && rc == 0 && n == 2 && uid_a,
+	       "claim:rc=%s rc=%s nr_lent=%u unique-id=%#" PRIx64, ename(rc2),
+	       ename(rc), n, uid_a);
 	rc = destroy_domain(dom);
 	for (tries = 0; !rc && tries < 50; tries++) {
 		again = dom;
