@@ -39,6 +39,11 @@
  *                         interleaved rounds (median, min, max per side) and
  *                         the memory types the guest gives the BAR ("MEMTYPE"
  *                         lines, information, see memtype_probe)
+ *   hostmem-guest wbcheck VENDOR DEVICE OFFSET SIZE   map the BAR write-back
+ *                         as a GPU driver would (/dev/mem without O_SYNC,
+ *                         the guest's MTRRs as firmware left them): the BAR
+ *                         must be above 4 GiB and the mapping write-back;
+ *                         then check's pattern and stamps through it
  *
  * The pattern must match examples/hostmem-backend.c.
  */
@@ -627,15 +632,15 @@ static int bw_rounds(const char *tag, const char *bar_side, volatile uint64_t *b
  * WB). Maps the first BYTES of the BAR through resource0_wc and through
  * /dev/mem without O_SYNC (a write-back request) in turn, with no other
  * mapping of the BAR alive (a second mapping inherits the first one's type). */
-static void memtype_show(const char *what, uint64_t base, uint64_t bytes)
+static int memtype_show(const char *what, uint64_t base, uint64_t bytes)
 {
     char line[256];
     FILE *f = fopen("/sys/kernel/debug/x86/pat_memtype_list", "r");
-    int n = 0;
+    int n = 0, wb = 0;
 
     if (!f) {
         printf("MEMTYPE what=%s type=unknown reason=no-pat_memtype_list\n", what);
-        return;
+        return 0;
     }
     while (fgets(line, sizeof(line), f)) {
         unsigned long long a, b;
@@ -649,10 +654,13 @@ static void memtype_show(const char *what, uint64_t base, uint64_t bytes)
                strstr(line, "write-back") ? "WB" : strstr(line, "write-combining") ? "WC" :
                strstr(line, "uncached-minus") ? "UC-" : strstr(line, "uncached") ? "UC" : "other");
         n++;
+        wb += !!strstr(line, "write-back");
     }
     fclose(f);
     if (!n)
         printf("MEMTYPE what=%s type=untracked\n", what);
+    /* Write-back: every entry over the range says so. */
+    return n > 0 && wb == n;
 }
 
 /* Lifts the guest's own UC MTRR from the BAR: hvmloader marks the whole PCI
@@ -691,10 +699,13 @@ static int mtrr_lift(uint64_t base, uint64_t size)
     return n;
 }
 
-/* Returns a write-back-requested /dev/mem mapping of the first BYTES of the
- * BAR made after lifting the MTRR (NULL if there is none), for a bandwidth
- * run through a mapping the guest kernel made WB. */
-static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes)
+/* Returns a write-back /dev/mem mapping of the first BYTES of the BAR (NULL
+ * if the guest kernel made none), for a bandwidth run through a mapping the
+ * guest kernel made WB: the first write-back request if it got WB (the BAR
+ * outside the guest's UC MTRRs, xen-patches 0019), else, if LIFT, the same
+ * request after lifting the UC MTRRs inside the BAR. Sets *BAR_BASE. */
+static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes, int lift,
+                                        uint64_t *bar_base)
 {
     char dir[512], path[600], line[256];
     unsigned long long base = 0, end = 0;
@@ -715,6 +726,7 @@ static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes)
         return NULL;
     }
     fclose(f);
+    *bar_base = base;
     printf("guest: BAR0 at 0x%llx-0x%llx\n", base, end);
     f = fopen("/proc/mtrr", "r");
     while (f && fgets(line, sizeof(line), f))
@@ -751,7 +763,11 @@ static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes)
     fd = open("/dev/mem", O_RDWR);
     p = fd < 0 ? MAP_FAILED : mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, base);
     if (p != MAP_FAILED) {
-        memtype_show("devmem-wb-request", base, bytes);
+        if (memtype_show("devmem-wb-request", base, bytes)) {
+            close(fd);
+            printf("MEMTYPE what=devmem-wb-request-mtrr-lifted type=not-tried reason=wb-already\n");
+            return p;
+        }
         munmap(p, bytes);
         p = MAP_FAILED;
     } else {
@@ -759,7 +775,7 @@ static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes)
     }
     if (fd >= 0)
         close(fd);
-    if (fd < 0)
+    if (fd < 0 || !lift)
         return NULL;
     /* The guest's MTRR lifted from the BAR: the same request again. */
     if (mtrr_lift(base, end - base + 1) > 0) {
@@ -1276,6 +1292,7 @@ int main(int argc, char **argv)
          * unmapping the BAR: a mapping alive would impose its type). */
         uint64_t bsz = strtoull(argv[6], NULL, 0), unreg = strtoull(argv[9], NULL, 0);
         volatile uint64_t *wb;
+        uint64_t base;
         int rc;
 
         if (bsz > size || off != 0 || unreg >= bar_size || bar_size - unreg < (1 << 20)) {
@@ -1289,11 +1306,28 @@ int main(int argc, char **argv)
         rc |= hammer(bar, unreg, 1 << 20, strtoull(argv[10], NULL, 0));
         fflush(stdout);
         munmap((void *)bar, bar_size);
-        wb = memtype_probe(res, bsz);
+        wb = memtype_probe(res, bsz, 1, &base);
         /* The same rounds through the mapping the guest made write-back. */
         if (wb)
             rc |= bw_rounds("bwwb", "barwb", wb, 0, bsz, atoi(argv[7]), atoi(argv[8]));
         return rc;
+    }
+    if (!strcmp(argv[1], "wbcheck") && size > 0) {
+        /* Nothing else maps the BAR: a mapping alive imposes its type. */
+        volatile uint64_t *wb;
+        uint64_t base = 0;
+        int rc;
+
+        munmap((void *)bar, bar_size);
+        wb = memtype_probe(res, off + size, 0, &base);
+        printf("RESULT name=guest-bar-above-4g ok=%d value=0x%" PRIx64 "\n",
+               base >= (1ULL << 32), base);
+        printf("RESULT name=guest-bar-write-back ok=%d value=%s\n", wb != NULL,
+               wb ? "WB" : "not-WB");
+        if (!wb)
+            return 1;
+        rc = check(wb, off, size);
+        return rc | (base >= (1ULL << 32) ? 0 : 1);
     }
     if (!strcmp(argv[1], "bench") && argc > 6)
         return bench(bar, off, size, atoi(argv[6]));

@@ -7,16 +7,15 @@
  *   hostmem-selftest [--dom N | --make-domain] [--gfn G] [--seconds S]
  *                    [--require-lend]
  *
- * Without --dom only the argument checks and the registration bookkeeping
- * are tested (registrations name a domid that need not exist, 0x7fe0 by
- * default). With --dom N (a running HVM guest) and a Xen that implements
- * XEN_DMOP_lend_pages, pages are lent at guest frames G... (default
+ * A guest is needed, as privcmd registers only for a guest instance that
+ * exists: --dom N (a running HVM guest) or --make-domain. With a Xen that
+ * implements XEN_DMOP_lend_pages, pages are lent at guest frames G... (default
  * 0x100000, i.e. 4 GiB: above the RAM of a small guest) and revocation by
  * munmap, MADV_DONTNEED, owner exit, fd close and concurrent invalidations
  * is checked. --make-domain creates a bare HVM domain (never run) with raw
  * Xen 4.20 domctls, lends to it, and at the end destroys it while pages
- * are lent, to check that revoking from a dead domain succeeds. When Xen
- * cannot lend, those tests are reported as SKIP, or as failures with
+ * are lent, to check that revoking from a dead domain succeeds. The stall
+ * test makes a second bare domain. When Xen cannot lend, those tests are reported as SKIP, or as failures with
  * --require-lend.
  *
  * Output: TAP ("ok N - name", "not ok N - name # why") plus one line
@@ -281,12 +280,25 @@ static int xioctl(int f, unsigned long cmd, void *arg)
 	return ioctl(f, cmd, arg) ? errno : 0;
 }
 
+static uint64_t unique_id_of(domid_t id);
+static int create_domain(domid_t *out);
+static int destroy_domain(domid_t id);
+
+/*
+ * The instance a call names: dom_uid for the guest under test (a test may
+ * set it to another instance's on purpose), Xen's answer for any other.
+ */
+static uint64_t uid_for(domid_t d)
+{
+	return d == dom ? dom_uid : unique_id_of(d);
+}
+
 static int reg_on(int f, void *addr, uint64_t size, uint64_t offset,
 		  uint32_t id, domid_t d)
 {
 	struct privcmd_hostmem_register r = {
 		.addr = (uintptr_t)addr, .size = size, .offset = offset,
-		.id = id, .dom = d, .unique_id = dom_uid,
+		.id = id, .dom = d, .unique_id = uid_for(d),
 	};
 
 	return xioctl(f, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r);
@@ -314,7 +326,7 @@ static int lend_on(int f, uint64_t offset, uint64_t gfn, uint32_t n,
 {
 	struct privcmd_hostmem_lend l = {
 		.offset = offset, .gfn = gfn, .nr_pages = n, .dom = d,
-		.nr_lent = 0xdeadbeef, .unique_id = dom_uid,
+		.nr_lent = 0xdeadbeef, .unique_id = uid_for(d),
 	};
 	int rc = xioctl(f, IOCTL_PRIVCMD_HOSTMEM_LEND, &l);
 
@@ -860,12 +872,23 @@ static void test_stall_isolation(void)
 	struct uffdio_zeropage zp = { 0 };
 	struct pollfd p;
 	pthread_t ts, to, tc;
-	domid_t stalled = 0x7fe1, other = have_guest ? dom : 0x7fe2;
+	domid_t stalled = 0, other = dom;
 	char *m = map_anon(4, PROT_READ | PROT_WRITE);
 	char *o = map_anon(1, PROT_READ | PROT_WRITE);
 	bool stalled_ok, other_ok, close_ok, still;
 	int uffd, f;
 
+	/*
+	 * Two guests that exist (privcmd registers only for a live
+	 * instance): the one under test, and a bare one made here.
+	 */
+	if (!have_guest || create_domain(&stalled)) {
+		skip("stall-other-guest-lend", "no second domain");
+		skip("stall-unrelated-close", "no second domain");
+		munmap(m, 4 * pg);
+		munmap(o, pg);
+		return;
+	}
 	uffd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
 		skip("stall-other-guest-lend", "no userfaultfd");
@@ -884,7 +907,7 @@ static void test_stall_isolation(void)
 	}
 	o[0] = 1;
 
-	/* The backend of guest 0x7fe1 stalls in its page fault... */
+	/* The backend of the second guest stalls in its page fault... */
 	stall_start(&js, &ts, 0, f, stalled, NULL);
 	p = (struct pollfd){ .fd = uffd, .events = POLLIN };
 	stalled_ok = poll(&p, 1, STALL_BOUND_MS) == 1;
@@ -904,7 +927,7 @@ static void test_stall_isolation(void)
 	result("stall-unrelated-close", stalled_ok && close_ok && still &&
 	       jc.rc == 0, "finished=%d stall-held=%d", close_ok, still);
 
-	/* End the stall: the lend goes on (Xen refuses the made-up domid). */
+	/* End the stall: the lend goes on (whatever Xen answers). */
 	zp.range = ur.range;
 	ioctl(uffd, UFFDIO_ZEROPAGE, &zp);
 	pthread_join(ts, NULL);
@@ -923,6 +946,7 @@ out_uffd:
 out_unmap:
 	munmap(m, 4 * pg);
 	munmap(o, pg);
+	destroy_domain(stalled);
 }
 
 /* Owner exit without lending: the registration stays (the file is open) */
@@ -1557,6 +1581,75 @@ static void test_lend_unclaimed(void)
 	       lent2, ename(rc3), n3);
 }
 
+/*
+ * A registration of an instance that is gone counts no more towards the
+ * guest's limits: a backend that filled guest A's limit and never
+ * unregistered does not keep the backend of B, A's successor at the same
+ * domid, out (ENOSPC before). And a registration names an instance that
+ * exists: A's once it is gone (EXDEV), a domid nobody has (ESRCH).
+ */
+static void test_gone_limits(void)
+{
+	unsigned long max = param("hostmem_max_regions", 64), i;
+	char *m = map_anon(1, PROT_READ | PROT_WRITE);
+	uint64_t uid_a = dom_uid, uid_b = 0;
+	domid_t again = dom;
+	int rc = 0, tries;
+
+	if (max > 4096) {
+		skip("gone-registrations-do-not-count",
+		     "hostmem_max_regions too large");
+		goto out;
+	}
+	for (i = 0; i < max && !rc; i++)
+		rc = reg(m, pg, i * pg, 400 + i);
+	result("gone-limit-filled", rc == 0 && i == max, "at=%lu rc=%s", i,
+	       ename(rc));
+	expect("gone-limit-reached", reg(m, pg, max * pg, 400 + max), ENOSPC);
+
+	rc = destroy_domain(dom);
+	for (tries = 0; !rc && tries < 50; tries++) {
+		again = dom;
+		rc = create_domain(&again);
+		if (rc != EEXIST)
+			break;
+		usleep(100000);
+		if (tries < 49)
+			rc = 0;
+	}
+	uid_b = rc ? 0 : unique_id_of(dom);
+	result("gone-limit-new-instance", rc == 0 && again == dom && uid_b &&
+	       uid_b != uid_a, "rc=%s dom=%u", ename(rc), again);
+	if (rc)
+		goto out_unreg;
+	dom_uid = uid_b;
+
+	/* A's registrations are still there, but A is gone. */
+	rc = reg(m, pg, 0x10000000, 600);
+	result("gone-registrations-do-not-count", rc == 0,
+	       "register-for-new-instance:rc=%s (A holds %lu)", ename(rc), max);
+	unreg(600);
+
+	dom_uid = uid_a;
+	expect("register-gone-instance", reg(m, pg, 0x20000000, 601), EXDEV);
+	dom_uid = uid_b;
+	{
+		/* A real unique id, at a domid nobody has. */
+		struct privcmd_hostmem_register r = {
+			.addr = (uintptr_t)m, .size = pg, .id = 602,
+			.dom = 0x7fe3, .unique_id = uid_b,
+		};
+
+		expect("register-no-such-domain",
+		       xioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r), ESRCH);
+	}
+out_unreg:
+	for (i = 0; i < max; i++)
+		unreg(400 + i);
+out:
+	munmap(m, pg);
+}
+
 static void test_lending(void)
 {
 	static const char *const names[] = {
@@ -1604,6 +1697,8 @@ static void test_lending(void)
 		test_lend_domain_gone();
 	if (make_domain)
 		test_domid_reuse();
+	if (make_domain)
+		test_gone_limits();
 }
 
 int main(int argc, char **argv)

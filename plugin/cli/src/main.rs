@@ -10,9 +10,10 @@
 //!   a leftover ioreq server, remove the record. Prints each step.
 
 use clap::{Parser, Subcommand};
+use gpu_hostmem_core::limits::bar_paging_kib;
+use gpu_hostmem_core::platform::HostMemQuery;
 use gpu_hostmem_core::status::Status;
 use gpu_hostmem_xen::control::{self, REQUEST_STATUS};
-use gpu_hostmem_xen::privcmd::HostmemState;
 use gpu_hostmem_xen::record::Record;
 use gpu_hostmem_xen::teardown::{self, Timeouts};
 use gpu_hostmem_xen::{Privcmd, XenctrlLib, XenstoreLib};
@@ -77,40 +78,6 @@ impl From<Record> for RecordView {
     }
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
-struct RegionView {
-    id: u32,
-    offset: u64,
-    size: u64,
-    lent_pages: u64,
-    owner_pid: u32,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-struct KernelView {
-    lent_pages: u64,
-    regions: Vec<RegionView>,
-}
-
-impl From<HostmemState> for KernelView {
-    fn from(s: HostmemState) -> Self {
-        KernelView {
-            lent_pages: s.lent_pages,
-            regions: s
-                .regions
-                .iter()
-                .map(|r| RegionView {
-                    id: r.id,
-                    offset: r.offset,
-                    size: r.size,
-                    lent_pages: r.lent_pages,
-                    owner_pid: r.owner_pid,
-                })
-                .collect(),
-        }
-    }
-}
-
 /// Everything `status` found; each part or the reason it is missing.
 #[derive(Debug, Serialize)]
 struct Report {
@@ -119,7 +86,7 @@ struct Report {
     xenstore_error: Option<String>,
     server: Option<Status>,
     server_error: Option<String>,
-    kernel: Option<KernelView>,
+    kernel: Option<HostMemQuery>,
     kernel_error: Option<String>,
     /// Xen's paging pool of the domain, in KiB.
     xen_paging_kib: Option<u64>,
@@ -182,7 +149,11 @@ impl Report {
                     let _ = writeln!(
                         s,
                         "    id {:<6} offset {:#x} size {:#x} lent {} owner pid {}",
-                        r.id, r.offset, r.size, r.lent_pages, r.owner_pid
+                        r.id,
+                        r.offset,
+                        r.size,
+                        opt(r.lent_pages),
+                        opt(r.owner_pid)
                     );
                 }
             }
@@ -193,16 +164,14 @@ impl Report {
         let _ = writeln!(s, "\nXen:");
         match (self.xen_paging_kib, &self.xen_error) {
             (Some(kib), _) => {
-                // What the p2m of a fully lent BAR takes from the pool (4 KiB
-                // entries: a page table page per 2 MiB, libxl-patches/0005).
+                // What the p2m of a fully lent BAR takes from the pool.
                 let bar = self
                     .xenstore
                     .as_ref()
                     .and_then(|r| r.bar_size.as_deref())
                     .and_then(|b| b.parse::<u64>().ok())
                     .map(|b| {
-                        let mib = b >> 20;
-                        let need = 4 * (mib / 2 + mib.div_ceil(1024) + 1);
+                        let need = bar_paging_kib(b);
                         format!(" (a fully lent BAR needs {need} KiB of it)")
                     })
                     .unwrap_or_default();
@@ -214,6 +183,11 @@ impl Report {
         }
         s
     }
+}
+
+/// A value the kernel may not have given, or `-`.
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 fn gather(domid: u16) -> Report {
@@ -240,7 +214,7 @@ fn gather(domid: u16) -> Report {
             Err(e) => (None, Some(format!("{}: {e}", sock.display()))),
         };
     let (kernel, kernel_error) = match Privcmd::open().and_then(|p| p.hostmem_query(domid)) {
-        Ok(q) => (Some(KernelView::from(q)), None),
+        Ok(q) => (Some(q), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let (xen_paging_kib, xen_error) = match XenctrlLib::load()
@@ -368,12 +342,49 @@ mod tests {
     }
 
     #[test]
+    fn paging_memory_of_a_small_bar_counts_its_page_table() {
+        // A 1 MiB BAR lies inside one 2 MiB range: fully lent it needs one
+        // L1 page, one L2 and one L3 page, 12 KiB.
+        let mut r = report();
+        if let Some(x) = r.xenstore.as_mut() {
+            x.bar_size = Some((1u64 << 20).to_string());
+        }
+        let t = r.to_text();
+        assert!(t.contains("(a fully lent BAR needs 12 KiB of it)"), "{t}");
+    }
+
+    #[test]
     fn json_carries_the_server_status() {
         let v: serde_json::Value = serde_json::to_value(report()).expect("json");
         assert_eq!(v["server"]["bar_base"], 0xe000_0000u64);
         assert_eq!(v["server"]["counters"]["retries"], 3);
         assert_eq!(v["xenstore"]["state"], "running");
         assert!(v["kernel"].is_null());
+    }
+
+    #[test]
+    fn kernel_view_is_the_core_region_type_with_lent_pages_first() {
+        let mut r = report();
+        r.kernel = Some(HostMemQuery {
+            lent_pages: 16,
+            regions: vec![gpu_hostmem_core::platform::RegionInfo {
+                id: 9,
+                offset: 0x10_0000,
+                size: 0x1_0000,
+                lent_pages: Some(16),
+                owner_pid: Some(77),
+            }],
+        });
+        // tests/e2e/scenarios/hostmem-common.sh reads `"kernel": {
+        // "lent_pages": N` from this JSON with sed.
+        let j = serde_json::to_string_pretty(&r).expect("json");
+        let one_line: String = j.split_whitespace().collect();
+        assert!(one_line.contains("\"kernel\":{\"lent_pages\":16,"), "{j}");
+        let t = r.to_text();
+        assert!(
+            t.contains("id 9      offset 0x100000 size 0x10000 lent 16 owner pid 77"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -13,31 +13,35 @@ use serde::Deserialize;
 use crate::limits::Limits;
 use crate::pci::{PciIds, MAX_BAR_SIZE, MIN_BAR_SIZE};
 
+/// BAR size in MiB of a guest for which the toolstack passes none (only
+/// gpu-hostmem-ioreqd run by hand: libxl always passes xl.cfg's
+/// `gpu_hostmem_size`, whose default, `LIBXL_GPU_HOSTMEM_SIZE_DEFAULT_MIB`
+/// in libxl-patches/0008, is the same). This file sets no BAR size.
+pub const DEFAULT_BAR_SIZE_MIB: u64 = 2048;
+const _: () = assert!(
+    (DEFAULT_BAR_SIZE_MIB << 20).is_power_of_two()
+        && DEFAULT_BAR_SIZE_MIB << 20 >= MIN_BAR_SIZE
+        && DEFAULT_BAR_SIZE_MIB << 20 <= MAX_BAR_SIZE
+);
+
 /// The smallest lent-page limit: one request must fit, with room left.
 pub const MIN_LENT_PAGES: u64 = 16;
 
-/// A complete file with every key at its default value (what
-/// `examples/gpu-hostmem.yaml` ships).
-pub const EXAMPLE_YAML: &str = "\
-# /etc/xen/gpu-hostmem.yaml: defaults for guests with gpu_hostmem = 1.
-# Every key is optional; unknown keys are rejected.
-bar_size_mib: 1024          # BAR size when the toolstack passes none: power of two, 1 .. 65536
-                            # (libxl always passes xl.cfg gpu_hostmem_size, default 256)
-pci_slot: 5                 # device number on bus 0: 0 .. 31
-vendor_id: 0x1af4           # 0x0001 .. 0xfffe
-device_id: 0x10f0           # 0x0001 .. 0xfffe
-subsystem_vendor_id: 0x1af4 # 0x0001 .. 0xfffe
-subsystem_id: 0x0001        # 0x0000 .. 0xffff
-fault_around_kib: 2048      # pages lent per fault: power of two, 4 .. 1048576
-limits:
-  max_registrations: 1024   # per guest: 1 .. 65536
-  max_lent_pages: 4194304   # per guest, 4 KiB pages: 16 .. 268435456
-  fault_rate: 100000        # faults handled per second: 1 .. 100000000
-  fault_burst: 10000        # 1 .. 100000000
-log:
-  target: stderr            # stderr | journald
-  level: info               # error | warn | info | debug | trace
-";
+/// The lowest slot of bus 0 that QEMU does not always take in a Xen HVM
+/// guest (0: i440FX host bridge, 1: PIIX3 ISA/IDE/USB/ACPI functions, 2: the
+/// Xen platform device, created with the machine). QEMU gives every
+/// device without a fixed address (VGA, emulated NICs, USB, sound, AHCI)
+/// the lowest free slot from here up, in the order of its command line.
+pub const FIRST_FREE_SLOT: u64 = 3;
+
+/// PCI vendor id reserved for Xen (`docs/misc/pci-device-reservations.txt`
+/// in Xen): device 0x0001 (and 0x0002 on XenServer) is the Xen platform
+/// device.
+pub const XEN_VENDOR_ID: u64 = 0x5853;
+
+/// A complete file with every key at its default value: the shipped
+/// `examples/gpu-hostmem.yaml` itself.
+pub const EXAMPLE_YAML: &str = include_str!("../../../examples/gpu-hostmem.yaml");
 
 /// Default path of the configuration file.
 pub const DEFAULT_PATH: &str = "/etc/xen/gpu-hostmem.yaml";
@@ -117,8 +121,10 @@ impl Default for LimitsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Default BAR size in MiB (xl.cfg `gpu_hostmem_size` overrides).
-    pub bar_size_mib: u64,
+    /// Not a setting: the BAR size is xl.cfg's `gpu_hostmem_size`. An old
+    /// file's `bar_size_mib` (which never applied: libxl always passes
+    /// the size) is refused with a message saying so.
+    bar_size_mib: Option<u64>,
     /// PCI slot (device number) on bus 0.
     pub pci_slot: u64,
     /// Vendor id.
@@ -140,7 +146,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bar_size_mib: 1024,
+            bar_size_mib: None,
             pci_slot: 5,
             vendor_id: 0x1af4,
             device_id: 0x10f0,
@@ -224,15 +230,23 @@ impl Config {
             allowed,
         };
         let pow2_in = |v: u64, lo: u64, hi: u64| v.is_power_of_two() && (lo..=hi).contains(&v);
-        if !pow2_in(self.bar_size_mib, MIN_BAR_SIZE >> 20, MAX_BAR_SIZE >> 20) {
-            return Err(err(
-                "bar_size_mib",
-                self.bar_size_mib,
-                "a power of two from 1 to 65536 (1 MiB .. 64 GiB)",
-            ));
+        if self.bar_size_mib.is_some() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "bar_size_mib is not read: a guest's BAR size is xl.cfg's \
+                          gpu_hostmem_size (default 2048 MiB); remove the key"
+                    .into(),
+            });
         }
-        if self.pci_slot > 31 {
-            return Err(err("pci_slot", self.pci_slot, "0 .. 31"));
+        // Slots 0, 1 and 2 of bus 0 are QEMU's in every Xen HVM guest (host
+        // bridge, PIIX3, Xen platform device); Xen would route their config
+        // cycles to us and hide QEMU's device (docs/operator-guide.md).
+        if !(FIRST_FREE_SLOT..=31).contains(&self.pci_slot) {
+            return Err(err(
+                "pci_slot",
+                self.pci_slot,
+                "3 .. 31 (0, 1 and 2 are QEMU's host bridge, PIIX3 and Xen platform device)",
+            ));
         }
         for (key, v) in [
             ("vendor_id", self.vendor_id),
@@ -242,6 +256,15 @@ impl Config {
             if v == 0 || v >= 0xffff {
                 return Err(err(key, v, "0x0001 .. 0xfffe"));
             }
+        }
+        // The Xen platform device's ids: the guest's platform driver
+        // (Linux xen-platform-pci, Windows PV drivers) would bind to us.
+        if self.vendor_id == XEN_VENDOR_ID && matches!(self.device_id, 0x0001 | 0x0002) {
+            return Err(err(
+                "device_id",
+                self.device_id,
+                "not 0x0001 or 0x0002 with vendor_id 0x5853 (the Xen platform device)",
+            ));
         }
         if self.subsystem_id > 0xffff {
             return Err(err("subsystem_id", self.subsystem_id, "0x0000 .. 0xffff"));
@@ -277,11 +300,6 @@ impl Config {
             return Err(err("limits.fault_burst", l.fault_burst, "1 .. 100000000"));
         }
         Ok(())
-    }
-
-    /// BAR size in bytes.
-    pub fn bar_size(&self) -> u64 {
-        self.bar_size_mib << 20
     }
 
     /// Fault-around chunk in bytes.
@@ -326,18 +344,10 @@ mod tests {
         }
     }
 
+    /// The shipped example is valid and lists every key at its default.
     #[test]
     fn example_is_valid_and_equals_defaults() {
         assert_eq!(parse(EXAMPLE_YAML).expect("example"), Config::default());
-    }
-
-    /// The shipped example, when present, stays valid.
-    #[test]
-    fn shipped_example_parses() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gpu-hostmem.yaml");
-        if p.exists() {
-            Config::load(&p, true).expect("examples/gpu-hostmem.yaml is valid");
-        }
     }
 
     #[test]
@@ -348,13 +358,12 @@ mod tests {
     #[test]
     fn full_file_parses() {
         let c = parse(
-            "bar_size_mib: 4096\npci_slot: 7\nvendor_id: 0x1234\ndevice_id: 0x5678\n\
+            "pci_slot: 7\nvendor_id: 0x1234\ndevice_id: 0x5678\n\
              subsystem_vendor_id: 0x1234\nsubsystem_id: 2\nfault_around_kib: 64\n\
              limits:\n  max_registrations: 10\n  max_lent_pages: 1000\n  fault_rate: 50\n\
              \x20 fault_burst: 5\nlog:\n  target: journald\n  level: debug\n",
         )
         .expect("valid");
-        assert_eq!(c.bar_size(), 4 << 30);
         assert_eq!(c.pci_slot, 7);
         assert_eq!(c.pci_ids().vendor, 0x1234);
         assert_eq!(c.fault_around(), 64 << 10);
@@ -382,11 +391,31 @@ mod tests {
     }
 
     #[test]
+    fn bar_size_mib_is_refused_naming_xl_cfg() {
+        for s in ["bar_size_mib: 1024\n", "bar_size_mib: 3\n"] {
+            match parse(s) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains("gpu_hostmem_size"), "{message}")
+                }
+                other => panic!("{s:?}: {other:?}"),
+            }
+        }
+        assert!(!EXAMPLE_YAML.contains("bar_size_mib"));
+    }
+
+    #[test]
     fn bad_values_name_key_and_range() {
-        assert_eq!(range_key("bar_size_mib: 3\n"), "bar_size_mib");
-        assert_eq!(range_key("bar_size_mib: 131072\n"), "bar_size_mib");
-        assert_eq!(range_key("bar_size_mib: 0\n"), "bar_size_mib");
         assert_eq!(range_key("pci_slot: 32\n"), "pci_slot");
+        assert_eq!(range_key("pci_slot: 2\n"), "pci_slot");
+        assert_eq!(range_key("pci_slot: 0\n"), "pci_slot");
+        assert_eq!(parse("pci_slot: 3\n").map(|c| c.pci_slot).ok(), Some(3));
+        assert_eq!(
+            range_key("vendor_id: 0x5853\ndevice_id: 0x0001\n"),
+            "device_id"
+        );
+        assert_eq!(range_key("vendor_id: 0x5853\ndevice_id: 2\n"), "device_id");
+        // Another id under Xen's vendor id (one reserved in Xen's registry).
+        assert!(parse("vendor_id: 0x5853\ndevice_id: 0xc200\n").is_ok());
         assert_eq!(range_key("vendor_id: 0xffff\n"), "vendor_id");
         assert_eq!(range_key("device_id: 0\n"), "device_id");
         assert_eq!(range_key("fault_around_kib: 2\n"), "fault_around_kib");
@@ -406,7 +435,10 @@ mod tests {
         let msg = parse("pci_slot: 40\n").map_err(|e| e.to_string());
         assert_eq!(
             msg.err().as_deref(),
-            Some("test.yaml: pci_slot = 40: must be 0 .. 31")
+            Some(
+                "test.yaml: pci_slot = 40: must be 3 .. 31 (0, 1 and 2 are QEMU's host bridge, \
+                 PIIX3 and Xen platform device)"
+            )
         );
     }
 

@@ -1,13 +1,12 @@
-//! The mapping ledger: per domain (keyed by identity), which GFN runs were
-//! lent from which BAR offsets. It serves status and revoke-by-range on BAR
-//! moves; total teardown never trusts it alone and revokes everything of
+//! The mapping ledger of one guest instance (a server serves one): which
+//! GFN runs were lent from which BAR offsets. It serves status and
+//! revoke-by-range on BAR moves; total teardown never trusts it alone and revokes everything of
 //! the domain (`RevokeRange::All`), so a stale ledger can only make a
 //! revoke do vacuous work, never leave a page lent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::fault_around::PAGE_SHIFT;
-use crate::platform::DomainIdentity;
 
 /// A run of lent GFNs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,23 +100,10 @@ impl DomainLedger {
         std::mem::take(&mut self.runs).into_values().collect()
     }
 
-    /// True if `gfn` is inside a recorded run.
-    pub fn covers(&self, gfn: u64) -> bool {
-        self.runs
-            .range(..=gfn)
-            .next_back()
-            .is_some_and(|(_, r)| gfn < r.first_gfn + r.nr_pages)
-    }
-
     /// Pages recorded lent (an upper bound: the kernel may have revoked
     /// some on invalidation since).
     pub fn lent_pages(&self) -> u64 {
         self.lent_pages
-    }
-
-    /// Number of runs.
-    pub fn nr_runs(&self) -> usize {
-        self.runs.len()
     }
 
     /// Runs by GFN.
@@ -126,43 +112,15 @@ impl DomainLedger {
     }
 }
 
-/// Ledgers of several domains, keyed by full identity so a reused domid
-/// never sees the records of its predecessor.
-#[derive(Clone, Debug, Default)]
-pub struct Ledger {
-    domains: HashMap<DomainIdentity, DomainLedger>,
-}
-
-impl Ledger {
-    /// Empty.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The ledger of `dom`, created empty if needed.
-    pub fn domain_mut(&mut self, dom: &DomainIdentity) -> &mut DomainLedger {
-        self.domains.entry(*dom).or_default()
-    }
-
-    /// The ledger of `dom`, if any.
-    pub fn domain(&self, dom: &DomainIdentity) -> Option<&DomainLedger> {
-        self.domains.get(dom)
-    }
-
-    /// Drop the records of `dom` (after its total teardown).
-    pub fn remove(&mut self, dom: &DomainIdentity) -> Option<DomainLedger> {
-        self.domains.remove(dom)
-    }
-
-    /// Identities with records.
-    pub fn identities(&self) -> impl Iterator<Item = &DomainIdentity> {
-        self.domains.keys()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// True if `gfn` is inside a recorded run.
+    fn covers(l: &DomainLedger, gfn: u64) -> bool {
+        l.runs()
+            .any(|r| r.first_gfn <= gfn && gfn < r.first_gfn + r.nr_pages)
+    }
 
     #[test]
     fn record_forget_and_cover() {
@@ -170,11 +128,11 @@ mod tests {
         l.record(0x100, 512, 0, 512);
         l.record(0x400, 16, 0x30_0000, 10);
         assert_eq!(l.lent_pages(), 522);
-        assert!(l.covers(0x100) && l.covers(0x2ff) && !l.covers(0x300));
+        assert!(covers(&l, 0x100) && covers(&l, 0x2ff) && !covers(&l, 0x300));
         let gone = l.forget(0x100, 0x310);
         assert_eq!(gone.len(), 2);
         assert_eq!(l.lent_pages(), 0);
-        assert!(!l.covers(0x100) && !l.covers(0x40f));
+        assert!(!covers(&l, 0x100) && !covers(&l, 0x40f));
     }
 
     #[test]
@@ -188,7 +146,7 @@ mod tests {
         let gone = l.forget(0x2ff, 0x102);
         assert_eq!(gone.len(), 2);
         assert_eq!(l.lent_pages(), 511 + 10);
-        assert!(l.covers(0x2fe) && !l.covers(0x2ff) && !l.covers(0x400) && l.covers(0x401));
+        assert!(covers(&l, 0x2fe) && !covers(&l, 0x2ff) && !covers(&l, 0x400) && covers(&l, 0x401));
         let tail = l.runs().find(|r| r.first_gfn == 0x401).copied();
         assert_eq!(
             tail,
@@ -210,7 +168,7 @@ mod tests {
         l.record(32, 12, 32 << 12, 6);
         l.record(32, 5, 32 << 12, 5);
         assert_eq!(l.lent_pages(), 5 + 6);
-        assert!(l.covers(40));
+        assert!(covers(&l, 40));
     }
 
     #[test]
@@ -219,16 +177,6 @@ mod tests {
         l.record(0x100, 512, 0, 512);
         l.record(0x100, 512, 0, 512);
         assert_eq!(l.lent_pages(), 512);
-        assert_eq!(l.nr_runs(), 1);
-    }
-
-    #[test]
-    fn identities_with_same_domid_are_separate() {
-        let a = DomainIdentity::new(5, [1; 16]);
-        let b = DomainIdentity::new(5, [2; 16]);
-        let mut l = Ledger::new();
-        l.domain_mut(&a).record(0, 1, 0, 1);
-        assert!(l.domain(&b).is_none());
-        assert_eq!(l.remove(&a).map(|d| d.lent_pages()), Some(1));
+        assert_eq!(l.runs().count(), 1);
     }
 }

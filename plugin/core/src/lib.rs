@@ -6,8 +6,8 @@
 //! - [`pci`]: config space of the emulated function and its 64-bit BAR.
 //! - [`registry`]: BAR offset -> backend registration.
 //! - [`fault_around`]: which pages to lend for one fault.
-//! - [`ledger`]: what was lent where, per domain identity.
-//! - [`limits`]: retry accounting, fault rate, lent-page cap.
+//! - [`ledger`]: what was lent where to the guest served.
+//! - [`limits`]: fault rate, lent-page cap, the paging memory of a BAR.
 //! - [`server`]: the IOREQ handling loop, setup stages and teardown.
 //! - [`config`]: the YAML configuration file.
 //! - [`status`]: the snapshot `gpu-hostmem status` prints.

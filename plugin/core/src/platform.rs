@@ -311,8 +311,12 @@ pub enum RevokeRange {
     All,
 }
 
-/// One backend registration as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One backend registration: the only type for it above the privcmd FFI
+/// struct (`gpu_hostmem_xen::privcmd::HostmemRegion` converts into it). The
+/// kernel's answer ([`HostMem::query`]) fills every field; the server's own
+/// cache of registrations ([`crate::registry`]) knows only the range, so
+/// what only the kernel knows is optional.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegionInfo {
     /// Caller-chosen id.
     pub id: u32,
@@ -320,19 +324,19 @@ pub struct RegionInfo {
     pub offset: u64,
     /// Size in bytes.
     pub size: u64,
-    /// Pages of it lent now.
-    pub lent_pages: u64,
-    /// Process that registered it.
-    pub owner_pid: u32,
+    /// Pages of it lent now (kernel view), if known.
+    pub lent_pages: Option<u64>,
+    /// Process that registered it, if known.
+    pub owner_pid: Option<u32>,
 }
 
 /// The kernel's view of a guest (`IOCTL_PRIVCMD_HOSTMEM_QUERY`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostMemQuery {
-    /// Registrations, by offset.
-    pub regions: Vec<RegionInfo>,
     /// Pages lent to the domain in total.
     pub lent_pages: u64,
+    /// Registrations, by offset.
+    pub regions: Vec<RegionInfo>,
 }
 
 /// The kernel side (patched privcmd): lending registered backend pages to

@@ -30,11 +30,11 @@ use crate::ledger::DomainLedger;
 use crate::limits::{Limits, RateLimiter};
 use crate::pci::{BarChange, PciError, PciFunction, PciIds};
 use crate::platform::{
-    DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError,
+    DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError, RegionInfo,
     RevokeRange, Wake,
 };
 use crate::registry::{Registration, Registry};
-use crate::status::{Counters, RegistrationStatus, Status};
+use crate::status::{Counters, Status};
 
 /// How many times a lend that answered `EBUSY` is tried again at once.
 pub const LEND_BUSY_ATTEMPTS: u32 = 3;
@@ -929,28 +929,18 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     /// A status snapshot. `ask_kernel` adds the kernel's view.
     pub fn status(&mut self, ask_kernel: bool) -> Status {
         let mut kernel_lent = None;
-        let mut regs: Vec<RegistrationStatus> = Vec::new();
+        let mut regs: Vec<RegionInfo> = Vec::new();
         if ask_kernel {
             if let Ok(q) = self.hm.query(&self.dom) {
                 kernel_lent = Some(q.lent_pages);
-                regs = q
-                    .regions
-                    .iter()
-                    .map(|r| RegistrationStatus {
-                        id: r.id,
-                        offset: r.offset,
-                        size: r.size,
-                        lent_pages: Some(r.lent_pages),
-                        owner_pid: Some(r.owner_pid),
-                    })
-                    .collect();
+                regs = q.regions;
             }
         }
         if regs.is_empty() {
             regs = self
                 .registry
                 .iter()
-                .map(|r| RegistrationStatus {
+                .map(|r| RegionInfo {
                     id: r.id,
                     offset: r.offset,
                     size: r.size,

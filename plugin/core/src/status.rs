@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::platform::RegionInfo;
+
 /// Event counters of a server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -45,21 +47,6 @@ pub struct Counters {
     pub unsupported: u64,
 }
 
-/// One registration as shown to the operator.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegistrationStatus {
-    /// Id.
-    pub id: u32,
-    /// BAR offset.
-    pub offset: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// Pages lent (kernel view), if known.
-    pub lent_pages: Option<u64>,
-    /// Owning process, if known.
-    pub owner_pid: Option<u32>,
-}
-
 /// Status of one guest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -79,7 +66,7 @@ pub struct Status {
     /// ioreq server id.
     pub ioservid: Option<u16>,
     /// Registrations.
-    pub registrations: Vec<RegistrationStatus>,
+    pub registrations: Vec<RegionInfo>,
     /// Pages lent according to the server's ledger (upper bound).
     pub ledger_lent_pages: u64,
     /// Pages lent according to the kernel, if asked.
@@ -162,7 +149,7 @@ mod tests {
             bar_base: Some(0x1_0000_0000),
             bar_size: 1 << 30,
             ioservid: Some(1),
-            registrations: vec![RegistrationStatus {
+            registrations: vec![RegionInfo {
                 id: 3,
                 offset: 0x20_0000,
                 size: 0x10_0000,

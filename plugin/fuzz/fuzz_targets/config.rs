@@ -12,8 +12,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if let Ok(c) = Config::parse(text, Path::new("fuzz.yaml")) {
-        assert!(c.bar_size().is_power_of_two());
-        assert!((1 << 20..=1 << 36).contains(&c.bar_size()));
         assert!(c.pci_slot <= 31);
         assert!(c.fault_around().is_power_of_two() && c.fault_around() >= 4096);
         let l = c.limits();

@@ -10,7 +10,7 @@
 
 use crate::control::ControlSocket;
 use crate::Args;
-use gpu_hostmem_core::config::Config;
+use gpu_hostmem_core::config::{Config, DEFAULT_BAR_SIZE_MIB};
 use gpu_hostmem_core::ioreq::Sbdf;
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
@@ -102,7 +102,7 @@ pub fn run(args: &Args, cfg: &Config) -> Result<(), Failure> {
 
 fn server_config(args: &Args, cfg: &Config) -> Result<ServerConfig, Failure> {
     let bar_size = match args.bar_size_mib {
-        None | Some(0) => cfg.bar_size(),
+        None | Some(0) => DEFAULT_BAR_SIZE_MIB << 20,
         Some(mib) => {
             let b = mib.checked_shl(20).filter(|b| b >> 20 == mib).unwrap_or(0);
             if !b.is_power_of_two() || !(MIN_BAR_SIZE..=MAX_BAR_SIZE).contains(&b) {
@@ -207,6 +207,20 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     if let Err(e) = restricted {
         let _ = server.shutdown();
         return Err(at("restrict handles")(e));
+    }
+
+    // Stage: ask hvmloader to place the BAR above 4 GiB and leave it
+    // write-back in the guest's MTRRs (it is memory, not registers). The
+    // guest has not run yet: the plugin unpauses it only once we are running.
+    if scfg.sbdf.seg == 0 && scfg.sbdf.bus == 0 {
+        let hinted = xs.write(
+            &record::wb_bar_hint_path(domid),
+            &record::wb_bar_hint_value(scfg.sbdf.dev, scfg.sbdf.func),
+        );
+        if let Err(e) = hinted {
+            let _ = server.shutdown();
+            return Err(at("hvmloader hint")(e));
+        }
     }
 
     // Stage: tell the plugin we are running.
@@ -375,7 +389,7 @@ mod tests {
         let cfg = Config::default();
         assert_eq!(
             server_config(&args(&[]), &cfg).expect("cfg").bar_size,
-            cfg.bar_size()
+            2048 << 20
         );
         let s = server_config(&args(&["--bar-size-mib", "256"]), &cfg).expect("cfg");
         assert_eq!(s.bar_size, 256 << 20);

@@ -30,8 +30,8 @@ pub struct Args {
     /// Configuration file.
     #[arg(long, default_value = DEFAULT_PATH)]
     pub config: PathBuf,
-    /// BAR size in MiB (xl.cfg gpu_hostmem_size), overriding the
-    /// configuration's bar_size_mib.
+    /// BAR size in MiB (xl.cfg gpu_hostmem_size, which libxl always
+    /// passes); without it, DEFAULT_BAR_SIZE_MIB (libxl's default).
     #[arg(long)]
     pub bar_size_mib: Option<u64>,
 }

@@ -459,12 +459,13 @@ impl HostMem for SimHostMem {
                 id: r.id,
                 offset: r.offset,
                 size: r.size(),
-                lent_pages: r
-                    .frames
-                    .iter()
-                    .filter(|f| w.frames.get(f).is_some_and(|fr| fr.lent_at.is_some()))
-                    .count() as u64,
-                owner_pid: r.owner_pid,
+                lent_pages: Some(
+                    r.frames
+                        .iter()
+                        .filter(|f| w.frames.get(f).is_some_and(|fr| fr.lent_at.is_some()))
+                        .count() as u64,
+                ),
+                owner_pid: Some(r.owner_pid),
             })
             .collect();
         Ok(HostMemQuery {

@@ -27,8 +27,6 @@ library! {
         xendevicemodel_open: fn(*mut c_void, c_uint) -> *mut XdmHandle;
         xendevicemodel_close: fn(*mut XdmHandle) -> c_int;
         xendevicemodel_create_ioreq_server: fn(*mut XdmHandle, u16, c_int, *mut u16) -> c_int;
-        xendevicemodel_get_ioreq_server_info:
-            fn(*mut XdmHandle, u16, u16, *mut u64, *mut u64, *mut u32) -> c_int;
         xendevicemodel_map_io_range_to_ioreq_server:
             fn(*mut XdmHandle, u16, u16, c_int, u64, u64) -> c_int;
         xendevicemodel_unmap_io_range_from_ioreq_server:
@@ -202,23 +200,6 @@ impl IoreqServer<'_> {
         self.retry
     }
 
-    /// Queries the server. We never use the legacy GFN pages, so no GFN is
-    /// requested (libxendevicemodel then sets `XEN_DMOP_no_gfns`).
-    pub fn check_info(&self) -> Result<()> {
-        // SAFETY: live handle; NULL out pointers are allowed and select
-        // XEN_DMOP_no_gfns.
-        check("xendevicemodel_get_ioreq_server_info", unsafe {
-            (self.dm.lib.xendevicemodel_get_ioreq_server_info)(
-                self.dm.h.as_ptr(),
-                self.domid,
-                self.id,
-                ptr::null_mut(),
-                ptr::null_mut(),
-                ptr::null_mut(),
-            )
-        })
-    }
-
     /// Routes accesses to `[start, end]` (inclusive) to this server.
     pub fn map_io_range(&self, is_mmio: bool, start: u64, end: u64) -> Result<()> {
         if end < start {
@@ -227,7 +208,10 @@ impl IoreqServer<'_> {
                 format!("empty range {start:#x}..={end:#x}"),
             ));
         }
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_map_io_range_to_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_map_io_range_to_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -242,7 +226,10 @@ impl IoreqServer<'_> {
 
     /// Stops routing `[start, end]` to this server.
     pub fn unmap_io_range(&self, is_mmio: bool, start: u64, end: u64) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_unmap_io_range_from_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_unmap_io_range_from_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -257,7 +244,10 @@ impl IoreqServer<'_> {
 
     /// Claims the config space of one PCI function.
     pub fn map_pcidev(&self, sbdf: Sbdf) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_map_pcidev_to_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_map_pcidev_to_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -273,7 +263,10 @@ impl IoreqServer<'_> {
 
     /// Releases the config space of one PCI function.
     pub fn unmap_pcidev(&self, sbdf: Sbdf) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_unmap_pcidev_from_ioreq_server", unsafe {
             (self.dm.lib.xendevicemodel_unmap_pcidev_from_ioreq_server)(
                 self.dm.h.as_ptr(),
@@ -290,7 +283,10 @@ impl IoreqServer<'_> {
     /// Enables or disables the server. Xen writes each vCPU's event channel
     /// port into the ioreq page when the server is enabled.
     pub fn set_enabled(&self, enabled: bool) -> Result<()> {
-        // SAFETY: live handle, plain integer arguments.
+        // SAFETY: `self.dm.h` is the live handle of the DeviceModel this
+        // server borrows (closed only by its Drop, which cannot run while
+        // the borrow lives); the call takes integers only and writes no
+        // memory of ours.
         check("xendevicemodel_set_ioreq_server_state", unsafe {
             (self.dm.lib.xendevicemodel_set_ioreq_server_state)(
                 self.dm.h.as_ptr(),

@@ -83,7 +83,9 @@ fn check(op: &'static str, rc: c_int) -> Result<()> {
 
 impl<'l> EventChannels<'l> {
     fn raw_fd(&self) -> Result<RawFd> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xenevtchn_open returned; only Drop
+        // closes it, and Drop cannot run while `&self` is borrowed. The call
+        // takes the handle and integers and writes no memory of ours.
         let fd = unsafe { (self.lib.xenevtchn_fd)(self.h.as_ptr()) };
         if fd < 0 {
             Err(XenError::last_os("xenevtchn_fd"))
@@ -102,7 +104,9 @@ impl<'l> EventChannels<'l> {
 
     /// Restricts this handle to `domid`.
     pub fn restrict(&self, domid: u16) -> Result<()> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xenevtchn_open returned; only Drop
+        // closes it, and Drop cannot run while `&self` is borrowed. The call
+        // takes the handle and integers and writes no memory of ours.
         check("xenevtchn_restrict", unsafe {
             (self.lib.xenevtchn_restrict)(self.h.as_ptr(), domid)
         })
@@ -110,7 +114,9 @@ impl<'l> EventChannels<'l> {
 
     /// Binds a local port to `remote_port` of `domid`; unbound on drop.
     pub fn bind_interdomain(&self, domid: u16, remote_port: u32) -> Result<BoundPort<'_>> {
-        // SAFETY: live handle, plain integers.
+        // SAFETY: `self.h` is the handle xenevtchn_open returned; only Drop
+        // closes it, and Drop cannot run while `&self` is borrowed. The call
+        // takes the handle and integers and writes no memory of ours.
         let port = unsafe {
             (self.lib.xenevtchn_bind_interdomain)(self.h.as_ptr(), u32::from(domid), remote_port)
         };
@@ -139,7 +145,9 @@ impl<'l> EventChannels<'l> {
 
     /// Unmasks a local port after its event was handled.
     pub fn unmask(&self, port: u32) -> Result<()> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xenevtchn_open returned; only Drop
+        // closes it, and Drop cannot run while `&self` is borrowed. The call
+        // takes the handle and integers and writes no memory of ours.
         check("xenevtchn_unmask", unsafe {
             (self.lib.xenevtchn_unmask)(self.h.as_ptr(), port)
         })
@@ -147,7 +155,9 @@ impl<'l> EventChannels<'l> {
 
     /// Notifies the remote end of a local port.
     pub fn notify(&self, port: u32) -> Result<()> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xenevtchn_open returned; only Drop
+        // closes it, and Drop cannot run while `&self` is borrowed. The call
+        // takes the handle and integers and writes no memory of ours.
         check("xenevtchn_notify", unsafe {
             (self.lib.xenevtchn_notify)(self.h.as_ptr(), port)
         })

@@ -69,7 +69,9 @@ pub struct ForeignMemory<'l> {
 impl<'l> ForeignMemory<'l> {
     /// Restricts this handle to `domid`.
     pub fn restrict(&self, domid: u16) -> Result<()> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xenforeignmemory_open returned;
+        // only Drop closes it, and Drop cannot run while `&self` is
+        // borrowed. The call takes the handle and a domid, no memory.
         let rc = unsafe { (self.lib.xenforeignmemory_restrict)(self.h.as_ptr(), domid) };
         if rc == 0 {
             Ok(())

@@ -74,7 +74,10 @@ impl IoreqSlots {
         b[IOREQ_STATE_OFFSET] = self.flags(slot).load(Ordering::Acquire);
         for (i, byte) in b.iter_mut().enumerate() {
             if i != IOREQ_STATE_OFFSET {
-                // SAFETY: in bounds of the slot.
+                // SAFETY: `i < IOREQ_SIZE`, so `slot + i` is a byte of this
+                // vCPU's slot, which `from_raw`'s contract keeps readable
+                // for `self`'s lifetime; a byte read has no alignment
+                // requirement, and volatile because Xen may write it.
                 *byte = unsafe { slot.add(i).read_volatile() };
             }
         }
@@ -124,7 +127,10 @@ impl IoreqSlots {
         let bytes = req.to_bytes();
         for (i, b) in bytes.iter().enumerate() {
             if i != IOREQ_STATE_OFFSET {
-                // SAFETY: in bounds of the slot.
+                // SAFETY: `i < IOREQ_SIZE`, so `slot + i` is a byte of this
+                // vCPU's slot, writable for `self`'s lifetime (`from_raw`);
+                // the state byte is not written here, so a reader that
+                // sees READY sees these bytes (Release below).
                 unsafe { slot.add(i).write_volatile(*b) };
             }
         }

@@ -17,7 +17,7 @@ use crate::xenctrl::{DomainInfo, Xenctrl};
 use gpu_hostmem_core::ioreq::{Ioreq, Sbdf};
 use gpu_hostmem_core::platform::{
     DeviceModel, DomainIdentity, Errno, HostMem, HostMemQuery, IoServId, IoreqChannel,
-    PlatformError, PlatformResult, RegionInfo, RevokeRange, Wake,
+    PlatformError, PlatformResult, RevokeRange, Wake,
 };
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
@@ -441,20 +441,6 @@ impl HostMem for XenHostMem<'_> {
                 ))
             }
         }
-        let st = self.privcmd.hostmem_query(dom.domid)?;
-        Ok(HostMemQuery {
-            lent_pages: st.lent_pages,
-            regions: st
-                .regions
-                .iter()
-                .map(|r| RegionInfo {
-                    id: r.id,
-                    offset: r.offset,
-                    size: r.size,
-                    lent_pages: r.lent_pages,
-                    owner_pid: r.owner_pid,
-                })
-                .collect(),
-        })
+        Ok(self.privcmd.hostmem_query(dom.domid)?)
     }
 }

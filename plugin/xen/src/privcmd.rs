@@ -2,6 +2,7 @@
 //! (docs/interfaces.md section 2) and IOCTL_PRIVCMD_RESTRICT.
 
 use crate::error::{Result, XenError};
+use gpu_hostmem_core::platform::{HostMemQuery, RegionInfo};
 use std::fs::OpenOptions;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -101,11 +102,17 @@ pub struct HostmemRegion {
 /// `PRIVCMD_HOSTMEM_REGION_GONE`
 pub const PRIVCMD_HOSTMEM_REGION_GONE: u64 = 1;
 
-/// What the kernel says about one guest's host memory.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostmemState {
-    pub lent_pages: u64,
-    pub regions: Vec<HostmemRegion>,
+impl From<HostmemRegion> for RegionInfo {
+    /// The kernel's entry as the one region type of `gpu-hostmem-core`.
+    fn from(r: HostmemRegion) -> Self {
+        RegionInfo {
+            id: r.id,
+            offset: r.offset,
+            size: r.size,
+            lent_pages: Some(r.lent_pages),
+            owner_pid: Some(r.owner_pid),
+        }
+    }
 }
 
 // Linux `_IOC` encoding (asm-generic/ioctl.h, used by x86 and arm64).
@@ -162,11 +169,6 @@ impl Privcmd {
         Ok(Self { fd: f.into() })
     }
 
-    /// Wraps an already open fd (tests use invalid ones).
-    pub fn from_fd(fd: OwnedFd) -> Self {
-        Self { fd }
-    }
-
     /// Issues one ioctl whose argument is `arg`.
     ///
     /// # Safety
@@ -186,14 +188,18 @@ impl Privcmd {
     /// Restricts this fd to `domid` for the rest of its life.
     pub fn restrict(&self, domid: u16) -> Result<()> {
         let mut d = domid;
-        // SAFETY: IOCTL_PRIVCMD_RESTRICT takes a pointer to a domid_t.
+        // SAFETY: IOCTL_PRIVCMD_RESTRICT reads one domid_t (a u16) through
+        // its argument, and `d` is a live u16.
         unsafe { self.ioctl("IOCTL_PRIVCMD_RESTRICT", IOCTL_PRIVCMD_RESTRICT, &mut d) }
     }
 
     /// Registers host memory for a guest (backend side).
     pub fn hostmem_register(&self, mut arg: HostmemRegister) -> Result<()> {
-        // SAFETY: the argument is a `struct privcmd_hostmem_register`; `addr`
-        // is only followed by the kernel's own checked accessors.
+        // SAFETY: the argument is a `HostmemRegister`, the #[repr(C)] copy
+        // of `struct privcmd_hostmem_register` (checked against the uAPI
+        // header by `uapi_layout_matches_the_header`). Its `addr` is a user
+        // address the kernel only reaches through its own checked
+        // accessors (GUP): a bad one fails the call, it cannot corrupt us.
         unsafe {
             self.ioctl(
                 "IOCTL_PRIVCMD_HOSTMEM_REGISTER",
@@ -210,7 +216,11 @@ impl Privcmd {
             dom,
             ..HostmemUnregister::default()
         };
-        // SAFETY: the argument is a `struct privcmd_hostmem_unregister`.
+        // SAFETY: IOCTL_PRIVCMD_HOSTMEM_UNREGISTER reads (and may write
+        // back) one `struct privcmd_hostmem_unregister`; `arg` is a live
+        // `HostmemUnregister`, its #[repr(C)] copy (layout checked against
+        // the uAPI header by `uapi_layout_matches_the_header`), with no
+        // pointer inside.
         unsafe {
             self.ioctl(
                 "IOCTL_PRIVCMD_HOSTMEM_UNREGISTER",
@@ -239,7 +249,11 @@ impl Privcmd {
             unique_id,
             ..HostmemLend::default()
         };
-        // SAFETY: the argument is a `struct privcmd_hostmem_lend`.
+        // SAFETY: IOCTL_PRIVCMD_HOSTMEM_LEND reads (and may write
+        // back) one `struct privcmd_hostmem_lend`; `arg` is a live
+        // `HostmemLend`, its #[repr(C)] copy (layout checked against
+        // the uAPI header by `uapi_layout_matches_the_header`), with no
+        // pointer inside.
         unsafe {
             self.ioctl(
                 "IOCTL_PRIVCMD_HOSTMEM_LEND",
@@ -283,7 +297,11 @@ impl Privcmd {
     }
 
     fn revoke(&self, mut arg: HostmemRevoke) -> Result<()> {
-        // SAFETY: the argument is a `struct privcmd_hostmem_revoke`.
+        // SAFETY: IOCTL_PRIVCMD_HOSTMEM_REVOKE reads (and may write
+        // back) one `struct privcmd_hostmem_revoke`; `arg` is a live
+        // `HostmemRevoke`, its #[repr(C)] copy (layout checked against
+        // the uAPI header by `uapi_layout_matches_the_header`), with no
+        // pointer inside.
         let r = unsafe {
             self.ioctl(
                 "IOCTL_PRIVCMD_HOSTMEM_REVOKE",
@@ -298,7 +316,7 @@ impl Privcmd {
     }
 
     /// Lent pages and registrations of `dom`.
-    pub fn hostmem_query(&self, dom: u16) -> Result<HostmemState> {
+    pub fn hostmem_query(&self, dom: u16) -> Result<HostMemQuery> {
         let mut cap: u32 = 64;
         loop {
             let mut regions = vec![HostmemRegion::default(); cap as usize];
@@ -308,9 +326,11 @@ impl Privcmd {
                 regions: regions.as_mut_ptr() as u64,
                 ..HostmemQuery::default()
             };
-            // SAFETY: the argument is a `struct privcmd_hostmem_query` whose
-            // `regions` points to `cap` writable entries that live across
-            // the call.
+            // SAFETY: the argument is a `HostmemQuery`, the #[repr(C)] copy
+            // of `struct privcmd_hostmem_query`; its `regions` points to
+            // `cap` writable `HostmemRegion`s (the header's
+            // `struct privcmd_hostmem_region`) that live across the call,
+            // and the kernel writes at most `nr_regions` (= `cap`) of them.
             unsafe {
                 self.ioctl(
                     "IOCTL_PRIVCMD_HOSTMEM_QUERY",
@@ -320,9 +340,9 @@ impl Privcmd {
             };
             if arg.nr_regions <= cap {
                 regions.truncate(arg.nr_regions as usize);
-                return Ok(HostmemState {
+                return Ok(HostMemQuery {
                     lent_pages: arg.lent_pages,
-                    regions,
+                    regions: regions.into_iter().map(RegionInfo::from).collect(),
                 });
             }
             // More registrations than room: ask again with enough room.
@@ -362,34 +382,167 @@ mod tests {
         assert_eq!(IOCTL_PRIVCMD_HOSTMEM_QUERY, 0xc028_5044);
     }
 
-    /// Field offsets of include/uapi/xen/privcmd.h (kernel-patches/0003).
+    /// The uAPI header the kernel series exports, as shipped for backends.
+    const HEADER: &str = include_str!("../../../examples/privcmd-hostmem.h");
+
+    /// Fields of `struct NAME` in [`HEADER`]: (name, offset, size) with C's
+    /// natural alignment of the `__uN`/`domid_t` types used there, and the
+    /// struct's size (padded to its alignment).
+    fn c_layout(name: &str) -> (Vec<(String, usize, usize)>, usize) {
+        let start = format!("struct {name} {{");
+        let body = HEADER
+            .split(start.as_str())
+            .nth(1)
+            .and_then(|rest| rest.split("};").next())
+            .unwrap_or_else(|| panic!("struct {name} not in the header"));
+        let (mut fields, mut off, mut align) = (Vec::new(), 0usize, 1usize);
+        for line in body.lines() {
+            let decl = line.split("/*").next().unwrap_or("").trim();
+            let Some(decl) = decl.strip_suffix(';') else {
+                assert!(decl.is_empty(), "{name}: cannot read {line:?}");
+                continue;
+            };
+            let mut words = decl.split_whitespace();
+            let (ty, field) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let elem = match ty {
+                "__u64" => 8,
+                "__u32" => 4,
+                "__u16" | "domid_t" => 2,
+                "__u8" => 1,
+                _ => panic!("{name}: unknown type in {line:?}"),
+            };
+            let (field, count) = match field.split_once('[') {
+                Some((f, n)) => (f, n.trim_end_matches(']').parse::<usize>().expect("array")),
+                None => (field, 1),
+            };
+            off = off.next_multiple_of(elem);
+            align = align.max(elem);
+            fields.push((field.to_string(), off, elem * count));
+            off += elem * count;
+        }
+        (fields, off.next_multiple_of(align))
+    }
+
+    /// Every field of each #[repr(C)] struct sits at the offset, with the
+    /// size, that the uAPI header gives it, in the header's order, and
+    /// the structs have the header's size: the header, not a copy of its
+    /// numbers, is the reference.
     #[test]
-    fn uapi_offsets() {
-        use std::mem::offset_of;
-        assert_eq!(offset_of!(HostmemRegister, id), 24);
-        assert_eq!(offset_of!(HostmemRegister, dom), 28);
-        assert_eq!(offset_of!(HostmemRegister, flags), 30);
-        assert_eq!(offset_of!(HostmemRegister, unique_id), 32);
-        assert_eq!(offset_of!(HostmemRegister, reserved), 40);
-        assert_eq!(offset_of!(HostmemUnregister, dom), 4);
-        assert_eq!(offset_of!(HostmemUnregister, reserved), 8);
-        assert_eq!(offset_of!(HostmemLend, nr_pages), 16);
-        assert_eq!(offset_of!(HostmemLend, dom), 20);
-        assert_eq!(offset_of!(HostmemLend, nr_lent), 24);
-        assert_eq!(offset_of!(HostmemLend, unique_id), 32);
-        assert_eq!(offset_of!(HostmemLend, reserved), 40);
-        assert_eq!(offset_of!(HostmemRevoke, nr_pages), 8);
-        assert_eq!(offset_of!(HostmemRevoke, dom), 12);
-        assert_eq!(offset_of!(HostmemRevoke, flags), 14);
-        assert_eq!(offset_of!(HostmemRevoke, reserved), 16);
-        assert_eq!(offset_of!(HostmemQuery, nr_regions), 4);
-        assert_eq!(offset_of!(HostmemQuery, regions), 8);
-        assert_eq!(offset_of!(HostmemQuery, lent_pages), 16);
-        assert_eq!(offset_of!(HostmemQuery, reserved), 24);
-        assert_eq!(offset_of!(HostmemRegion, id), 24);
-        assert_eq!(offset_of!(HostmemRegion, owner_pid), 28);
-        assert_eq!(offset_of!(HostmemRegion, unique_id), 32);
-        assert_eq!(offset_of!(HostmemRegion, flags), 40);
+    fn uapi_layout_matches_the_header() {
+        macro_rules! rust_layout {
+            ($t:ty, $($f:ident),+) => {{
+                let v = <$t>::default();
+                let fields: Vec<(String, usize, usize)> = vec![$((
+                    stringify!($f).to_string(),
+                    std::mem::offset_of!($t, $f),
+                    std::mem::size_of_val(&v.$f),
+                )),+];
+                (fields, size_of::<$t>())
+            }};
+        }
+        let cases = [
+            (
+                "privcmd_hostmem_register",
+                rust_layout!(
+                    HostmemRegister,
+                    addr,
+                    size,
+                    offset,
+                    id,
+                    dom,
+                    flags,
+                    unique_id,
+                    reserved
+                ),
+            ),
+            (
+                "privcmd_hostmem_unregister",
+                rust_layout!(HostmemUnregister, id, dom, flags, reserved),
+            ),
+            (
+                "privcmd_hostmem_lend",
+                rust_layout!(
+                    HostmemLend,
+                    offset,
+                    gfn,
+                    nr_pages,
+                    dom,
+                    flags,
+                    nr_lent,
+                    pad,
+                    unique_id,
+                    reserved
+                ),
+            ),
+            (
+                "privcmd_hostmem_revoke",
+                rust_layout!(HostmemRevoke, gfn, nr_pages, dom, flags, reserved),
+            ),
+            (
+                "privcmd_hostmem_query",
+                rust_layout!(
+                    HostmemQuery,
+                    dom,
+                    flags,
+                    nr_regions,
+                    regions,
+                    lent_pages,
+                    reserved
+                ),
+            ),
+            (
+                "privcmd_hostmem_region",
+                rust_layout!(
+                    HostmemRegion,
+                    offset,
+                    size,
+                    lent_pages,
+                    id,
+                    owner_pid,
+                    unique_id,
+                    flags
+                ),
+            ),
+        ];
+        for (name, rust) in cases {
+            assert_eq!(
+                c_layout(name),
+                rust,
+                "struct {name}: (field, offset, size), size"
+            );
+        }
+    }
+
+    /// The reader of the header sees a changed field.
+    #[test]
+    fn header_layout_reader_follows_alignment() {
+        let (fields, size) = c_layout("privcmd_hostmem_query");
+        assert_eq!(fields[2], ("nr_regions".to_string(), 4, 4));
+        assert_eq!(fields[3], ("regions".to_string(), 8, 8));
+        assert_eq!(size, 40);
+    }
+
+    #[test]
+    fn a_kernel_region_converts_to_the_core_type() {
+        let r = HostmemRegion {
+            offset: 0x20_0000,
+            size: 0x10_0000,
+            lent_pages: 256,
+            id: 3,
+            owner_pid: 4242,
+            unique_id: 99,
+            flags: PRIVCMD_HOSTMEM_REGION_GONE,
+        };
+        assert_eq!(
+            RegionInfo::from(r),
+            RegionInfo {
+                id: 3,
+                offset: 0x20_0000,
+                size: 0x10_0000,
+                lent_pages: Some(256),
+                owner_pid: Some(4242),
+            }
+        );
     }
 
     #[test]

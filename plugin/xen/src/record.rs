@@ -119,6 +119,21 @@ pub fn take_state(xs: &Xenstore<'_>, domid: u16, new: &str) -> Result<Option<Str
     }
 }
 
+/// The xenstore node in which hvmloader reads the functions whose 64-bit
+/// memory BARs are memory rather than registers (xen-patches 0019,
+/// `HVM_XS_PCI_WB_BAR_DEVFNS`): it places them above 4 GiB, outside the
+/// ranges it makes UC in the guest's MTRRs, so the guest can map our BAR
+/// write-back.
+pub fn wb_bar_hint_path(domid: u16) -> String {
+    format!("/local/domain/{domid}/hvmloader/pci/wb-bar-devfns")
+}
+
+/// The value naming one function on bus 0 in [`wb_bar_hint_path`]: its
+/// devfn (`dev << 3 | func`) in C syntax, as hvmloader parses it.
+pub fn wb_bar_hint_value(dev: u8, func: u8) -> String {
+    format!("{:#04x}", (u32::from(dev) << 3) | u32::from(func & 7))
+}
+
 /// Removes `domid`'s whole record (absent is success).
 pub fn remove(xs: &Xenstore<'_>, domid: u16) -> Result<()> {
     xs.rm(&dir(domid))
@@ -135,6 +150,17 @@ mod tests {
             path(7, key::BAR_BASE),
             "/local/domain/0/gpu-hostmem/7/bar-base"
         );
+    }
+
+    #[test]
+    fn wb_bar_hint_names_the_function_as_hvmloader_parses_it() {
+        assert_eq!(
+            wb_bar_hint_path(7),
+            "/local/domain/7/hvmloader/pci/wb-bar-devfns"
+        );
+        assert_eq!(wb_bar_hint_value(7, 0), "0x38");
+        assert_eq!(wb_bar_hint_value(0, 1), "0x01");
+        assert_eq!(wb_bar_hint_value(31, 7), "0xff");
     }
 
     #[test]

@@ -76,7 +76,8 @@ fn cstring(op: &'static str, s: &str) -> Result<CString> {
 /// # Safety
 /// `p` must be NULL or a pointer returned by malloc and not freed yet.
 unsafe fn free(p: *mut c_void) {
-    // SAFETY: forwarded from the caller.
+    // SAFETY: the caller promises `p` is NULL (a no-op for free) or a live
+    // malloc'd pointer it gives up, so it is freed exactly once.
     unsafe { libc::free(p) }
 }
 
@@ -192,7 +193,9 @@ impl<'l> Xenstore<'l> {
 
     /// The fd to poll for fired watches.
     pub fn fd(&self) -> Result<BorrowedFd<'_>> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xs_open returned; only Drop closes
+        // it, and Drop cannot run while `&self` is borrowed. The call takes
+        // only the handle; what it returns is ours to check and free.
         let fd: RawFd = unsafe { (self.lib.xs_fileno)(self.h.as_ptr()) };
         if fd < 0 {
             return Err(XenError::last_os("xs_fileno"));
@@ -203,7 +206,9 @@ impl<'l> Xenstore<'l> {
 
     /// The next fired watch as (path, token), without blocking.
     pub fn check_watch(&self) -> Result<Option<(String, String)>> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xs_open returned; only Drop closes
+        // it, and Drop cannot run while `&self` is borrowed. The call takes
+        // only the handle; what it returns is ours to check and free.
         let v = unsafe { (self.lib.xs_check_watch)(self.h.as_ptr()) };
         if v.is_null() {
             let err = XenError::last_os("xs_check_watch");
@@ -229,7 +234,9 @@ impl<'l> Xenstore<'l> {
 
     /// Starts a transaction; aborted on drop unless committed.
     pub fn transaction(&self) -> Result<Transaction<'_>> {
-        // SAFETY: live handle.
+        // SAFETY: `self.h` is the handle xs_open returned; only Drop closes
+        // it, and Drop cannot run while `&self` is borrowed. The call takes
+        // only the handle; what it returns is ours to check and free.
         let t = unsafe { (self.lib.xs_transaction_start)(self.h.as_ptr()) };
         if t == XBT_NULL {
             return Err(XenError::last_os("xs_transaction_start"));

@@ -69,10 +69,10 @@ gh_hvm_cfg gh-libxl-default "gpu_hostmem = 1"
 cfg=$GH_CFG
 gh_xl_ok xl create -p "$cfg"
 d2=$(gh_domid gh-libxl-default) || fail "domain not created"
-gh_fake_log_has "^create domid=$d2 .* size=256 " || { gh_show_fake_log; fail "default BAR size is not 256 MiB"; }
+gh_fake_log_has "^create domid=$d2 .* size=2048 " || { gh_show_fake_log; fail "default BAR size is not 2048 MiB"; }
 gh_xl_ok xl destroy gh-libxl-default
 gh_wait_gone gh-libxl-default 30 || fail "gh-libxl-default still there"
-ok "default gpu_hostmem_size is 256 MiB"
+ok "default gpu_hostmem_size is 2048 MiB"
 
 # ------------------------------------------------------------ paging memory
 # Xen maps lent pages with 4 KiB p2m entries, whose page tables come from
@@ -85,18 +85,29 @@ shadow_kb() {
     gpu-hostmem status --json "$(gh_domid "$1")" 2>/dev/null |
         sed -n 's/.*"xen_paging_kib": \([0-9]*\).*/\1/p' | head -n1
 }
-declare -A pkb
-for v in off:"gpu_hostmem = 0" on:"gpu_hostmem_size = 4096" explicit:"shadow_memory = 12"; do
+# The largest BAR (64 GiB) too, with what its creation takes from the
+# host's free memory (xl info, MiB) against a guest without gpu_hostmem.
+declare -A pkb freed
+for v in off:"gpu_hostmem = 0" on:"gpu_hostmem_size = 4096" explicit:"shadow_memory = 12" \
+    max:"gpu_hostmem_size = 65536"; do
     n=gh-libxl-paging-${v%%:*}
     extra=("${v#*:}")
     [ "${v%%:*}" = off ] || extra+=("gpu_hostmem = 1")
     gh_hvm_cfg "$n" "${extra[@]}"
+    free0=$(xl info free_memory)
     gh_xl_ok xl create -p "$GH_CFG"
+    freed[${v%%:*}]=$((free0 - $(xl info free_memory)))
     pkb[${v%%:*}]=$(shadow_kb "$n")
     gh_xl_ok xl destroy "$n"
     gh_wait_gone "$n" 30 || fail "$n still there"
 done
-log "paging memory (KiB): without gpu_hostmem ${pkb[off]}, 4 GiB BAR ${pkb[on]}, explicit 12 MiB ${pkb[explicit]}"
+log "paging memory (KiB): without gpu_hostmem ${pkb[off]}, 4 GiB BAR ${pkb[on]}, explicit 12 MiB ${pkb[explicit]}, 64 GiB BAR ${pkb[max]}"
+log "host memory taken by creation (MiB): without gpu_hostmem ${freed[off]}, 4 GiB BAR ${freed[on]}, 64 GiB BAR ${freed[max]}"
+[ -n "${pkb[max]}" ] && [ "$((pkb[max] - pkb[off]))" = $((4 * (32768 + 64 + 1))) ] ||
+    fail "a 64 GiB BAR should add 131332 KiB of paging memory (got ${pkb[off]} -> ${pkb[max]})"
+d=$((freed[max] - freed[off]))
+[ "$d" -ge 120 ] && [ "$d" -le 136 ] ||
+    fail "a 64 GiB BAR should take about 128 MiB more of the host's memory (took $d MiB more)"
 [ -n "${pkb[off]}" ] && [ "$((pkb[on] - pkb[off]))" = $((4 * (2048 + 4 + 1))) ] ||
     fail "a 4 GiB BAR should add 8212 KiB of paging memory (got ${pkb[off]} -> ${pkb[on]})"
 [ "${pkb[explicit]}" = 12288 ] || fail "explicit shadow_memory = 12 gave ${pkb[explicit]} KiB"

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Scenario: the patched xen-privcmd module (kernel-patches/) in dom0.
 # timeout: 240
 #
@@ -26,6 +26,9 @@
 #   HOSTMEM_REQUIRE_LEND  1: fail, rather than skip, when lending cannot run
 #   HOSTMEM_SECONDS       duration of the concurrent stress (default 5)
 set -u
+# result: dom0/lib.sh.
+# shellcheck source=../dom0/lib.sh
+source /usr/lib/gpu-hostmem/e2e/lib.sh || exit 1
 
 fail=0
 
@@ -50,18 +53,18 @@ params=/sys/module/xen_privcmd/parameters
 where=$(modinfo -n xen-privcmd 2>/dev/null)
 if [ -e "$params/hostmem_max_regions" ]; then
     case "$where" in
-    */updates/*) echo "RESULT name=privcmd-hostmem-module ok=1 value=$where" ;;
-    *) echo "RESULT name=privcmd-hostmem-module ok=0 value=loaded-but-not-from-updates:$where"; fail=1 ;;
+    */updates/*) result privcmd-hostmem-module 1 "$where" ;;
+    *) result privcmd-hostmem-module 0 "loaded-but-not-from-updates:$where"; fail=1 ;;
     esac
 else
-    echo "RESULT name=privcmd-hostmem-module ok=0 value=stock-module:${where:-none}"
+    result privcmd-hostmem-module 0 "stock-module:${where:-none}"
     fail=1
 fi
 
 # 2. The selftest.
 bin=$(find_selftest)
 if [ -z "$bin" ]; then
-    echo "RESULT name=privcmd-hostmem-selftest ok=0 value=selftest-not-installed"
+    result privcmd-hostmem-selftest 0 selftest-not-installed
     exit 1
 fi
 set -- --seconds "${HOSTMEM_SECONDS:-5}"
@@ -85,13 +88,13 @@ rm -f "$out"
 if [ -n "$made" ] && command -v xl >/dev/null 2>&1; then
     if xl list "$made" >/dev/null 2>&1; then
         xl destroy "$made" >/dev/null 2>&1
-        echo "RESULT name=privcmd-hostmem-domain-cleaned ok=0 value=dom$made-left-behind"
+        result privcmd-hostmem-domain-cleaned 0 "dom$made-left-behind"
         fail=1
     else
-        echo "RESULT name=privcmd-hostmem-domain-cleaned ok=1 value=dom$made"
+        result privcmd-hostmem-domain-cleaned 1 "dom$made"
     fi
 fi
-echo "RESULT name=privcmd-hostmem-selftest ok=$([ $rc = 0 ] && echo 1 || echo 0) value=exit:$rc"
+result privcmd-hostmem-selftest "$([ $rc = 0 ] && echo 1 || echo 0)" "exit:$rc"
 [ $rc = 0 ] || fail=1
 
 # The kernel must not have complained while the selftest ran.
@@ -99,11 +102,11 @@ tmp=/tmp/privcmd-dmesg.$$
 dmesg 2>/dev/null | tail -n +"$((dmesg_before + 1))" |
     grep -E 'BUG:|WARNING:|Oops|circular locking|cannot revoke' >"$tmp"
 if [ -s "$tmp" ]; then
-    echo "RESULT name=privcmd-hostmem-dmesg-clean ok=0 value=$(head -n1 "$tmp" | tr ' ' '_')"
+    result privcmd-hostmem-dmesg-clean 0 "$(head -n1 "$tmp")"
     cat "$tmp"
     fail=1
 else
-    echo "RESULT name=privcmd-hostmem-dmesg-clean ok=1 value=-"
+    result privcmd-hostmem-dmesg-clean 1 -
 fi
 rm -f "$tmp"
 

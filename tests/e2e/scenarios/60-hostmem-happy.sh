@@ -86,15 +86,8 @@ check hm-status-faults "faults=$faults,lends=$lends,retries=$retries" \
 # registered pages, so every region is fully lent after the guest's pass).
 check hm-status-lent-pages "kernel=$klent,ledger=$ledger" [ "${klent:-0}" = "$want_pages" ]
 
-# Teardown.
-t=$(gh_now)
-if gh_guest_destroy "$name" && gh_wait_gone "$name" 30; then
-    result hm-destroy 1 "$(gh_since "$t")s"
-else
-    result hm-destroy 0 "$(gh_since "$t")s"
-fi
-for _ in $(seq 1 20); do [ -d "/proc/$ipid" ] || break; sleep 0.5; done
-check hm-destroy-clean "domid=$dom" hm_gone "$dom" "$ipid"
+# Teardown (hm-happy-destroy, hm-happy-clean).
+HM_DOM=$dom HM_IPID=$ipid hm_destroy_clean "$name"
 kill -0 "$bpid" 2>/dev/null
 result hm-backend-survives-destroy $([ $? = 0 ] && echo 1 || echo 0) "pid=$bpid"
 kill -TERM "$bpid"

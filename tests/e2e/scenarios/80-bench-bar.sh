@@ -69,8 +69,9 @@ report "" bar
 bench "bar_first_write_pass_mbps=$fw_first second_pass_mbps=$fw_second first_over_second=$fw_ratio"
 grep '^MEMTYPE ' "$o" | sed 's/^MEMTYPE /BENCH memtype /'
 grep '^guest: \(mtrr\|pat\|BAR0\|disabled MTRR\|could not\)' "$o" | sed 's/^/BENCH /'
-# The same rounds through a /dev/mem mapping the guest made write-back (after
-# lifting its own UC MTRR from the BAR), if the guest could make one.
+# The same rounds through a /dev/mem mapping the guest made write-back (as
+# the firmware left its MTRRs since xen-patches/0019; with an older hvmloader
+# after lifting the guest's own UC MTRR from the BAR), if it could make one.
 if grep -q '^RESULT name=bwwb-read-ratio ' "$o"; then
     T=bwwb
     grep '^RESULT name=bwwb-sample ' "$o" | sed 's/^RESULT name=bwwb-sample ok=1 value=/BENCH wb_round=/'

@@ -19,27 +19,26 @@ GH_SCENARIO=${GH_SCENARIO:-$(basename "$0" .sh)}
 GH_CFG=  # set by gh_hvm_cfg and gh_cfg
 export GH_CFG
 
-# Results go to stdout as "RESULT name=... ok=0|1 value=..." lines (the test
-# bed's convention), the narrative to stderr.  Any failure exits non-zero.
-gh_result() {
-    local v=$3
-    v=${v//[[:space:]]/_}
-    printf 'RESULT name=%s ok=%s value=%s\n' "$1" "$2" "$v"
-}
+# result, gh_wait_gone and the guest helpers: dom0/lib.sh.
+# shellcheck source=../dom0/lib.sh
+source /usr/lib/gpu-hostmem/e2e/lib.sh || exit 1
+
+# Results go to stdout as RESULT lines (result, dom0/lib.sh), the narrative
+# to stderr.  Any failure exits non-zero.
 log() { printf '[%s] %s\n' "$GH_SCENARIO" "$*" >&2; }
 fail() {
     printf '[%s] FAIL: %s\n' "$GH_SCENARIO" "$*" >&2
-    gh_result "$GH_SCENARIO" 0 "$*"
+    result "$GH_SCENARIO" 0 "$*"
     exit 1
 }
 skip() {
     printf '[%s] SKIP: %s\n' "$GH_SCENARIO" "$*" >&2
-    gh_result "$GH_SCENARIO" skip "$*"
+    result "$GH_SCENARIO" skip "$*"
     exit 77
 }
 ok() {
     printf '[%s] ok: %s\n' "$GH_SCENARIO" "$*" >&2
-    gh_result "$GH_SCENARIO" 1 "$*"
+    result "$GH_SCENARIO" 1 "$*"
 }
 
 # ------------------------------------------------------------------ plugin
@@ -188,16 +187,6 @@ gh_assert_only_dom0() {
     [ -z "$ld" ] || fail "xenstore /local/domain still has: $ld"
     lx=$(xenstore-list /libxl 2>/dev/null | grep -vx 0 || true)
     [ -z "$lx" ] || fail "xenstore /libxl still has: $lx"
-}
-
-# gh_wait_gone NAME SECONDS
-gh_wait_gone() {
-
-    for _ in $(seq "$2"); do
-        gh_domid "$1" >/dev/null || return 0
-        sleep 1
-    done
-    return 1
 }
 
 # gh_fake_log_has REGEX: the fake plugin's log has a matching line.
