@@ -260,6 +260,7 @@ static const char *ename(int e)
 	case EOPNOTSUPP: return "EOPNOTSUPP";
 	case EXDEV: return "EXDEV";
 	case ENOSYS: return "ENOSYS";
+	case ENXIO: return "ENXIO";
 	default:
 		snprintf(buf, sizeof(buf), "errno%d", e);
 		return buf;
@@ -1234,29 +1235,117 @@ static void test_lend_stress(void)
 
 static void *hbuf;
 
+/* A page Xen may read and write: arguments of raw hypercalls. */
+static int map_hbuf(void)
+{
+	int hfd;
+
+	if (hbuf)
+		return 0;
+	hfd = open("/dev/xen/hypercall", O_RDWR | O_CLOEXEC);
+	hbuf = hfd < 0 ? MAP_FAILED :
+	       mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, hfd, 0);
+	if (hfd >= 0)
+		close(hfd);
+	if (hbuf == MAP_FAILED) {
+		hbuf = NULL;
+		return errno;
+	}
+	return 0;
+}
+
 static int domctl(struct xen_domctl *d)
 {
 	struct privcmd_hypercall h = { .op = HYPERVISOR_domctl };
-	int rc;
+	int rc = map_hbuf();
 
-	if (!hbuf) {
-		int hfd = open("/dev/xen/hypercall", O_RDWR | O_CLOEXEC);
-
-		hbuf = hfd < 0 ? MAP_FAILED :
-		       mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, hfd, 0);
-		if (hfd >= 0)
-			close(hfd);
-		if (hbuf == MAP_FAILED) {
-			hbuf = NULL;
-			return errno;
-		}
-	}
+	if (rc)
+		return rc;
 	d->interface_version = XEN_DOMCTL_INTERFACE_VERSION;
 	memcpy(hbuf, d, sizeof(*d));
 	h.arg[0] = (uintptr_t)hbuf;
 	rc = ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &h) < 0 ? errno : 0;
 	memcpy(d, hbuf, sizeof(*d));
 	return rc;
+}
+
+/*
+ * Xen lends only inside the MMIO ranges which an ioreq server of the
+ * caller claims in the guest (ENXIO elsewhere), as a device model claims
+ * its BAR. dm_op() issues one DMOP of @len bytes (the struct xen_dm_op in
+ * @op) through the raw hypercall ioctl and copies it back.
+ */
+#define HYPERVISOR_dm_op 41
+#define XEN_DMOP_create_ioreq_server 1
+#define XEN_DMOP_map_io_range_to_ioreq_server 3
+#define XEN_DMOP_unmap_io_range_from_ioreq_server 4
+#define XEN_DMOP_IO_RANGE_MEMORY 1
+
+struct xen_dm_op_range {
+	uint32_t op, pad;
+	uint16_t id, pad2;
+	uint32_t type;
+	uint64_t start, end;
+};
+
+_Static_assert(sizeof(struct xen_dm_op_range) == 32, "dm_op range");
+
+static int dm_op(domid_t d, void *op, size_t len)
+{
+	struct privcmd_hypercall h = { .op = HYPERVISOR_dm_op };
+	uint64_t *bufs;
+	int rc = map_hbuf();
+
+	if (rc)
+		return rc;
+	bufs = hbuf;
+	bufs[0] = (uintptr_t)hbuf + 256;	/* xen_dm_op_buf: handle, size */
+	bufs[1] = 64;
+	memset((char *)hbuf + 256, 0, 64);
+	memcpy((char *)hbuf + 256, op, len);
+	h.arg[0] = d;
+	h.arg[1] = 1;
+	h.arg[2] = (uintptr_t)hbuf;
+	rc = ioctl(fd, IOCTL_PRIVCMD_HYPERCALL, &h) < 0 ? errno : 0;
+	memcpy(op, (char *)hbuf + 256, len);
+	return rc;
+}
+
+/* A new (never enabled) ioreq server of dom0 for @d, its id in *id. */
+static int ioreq_server(domid_t d, uint16_t *id)
+{
+	/* op, pad, then struct xen_dm_op_create_ioreq_server */
+	struct { uint32_t op, pad; uint8_t bufioreq, flags, pad2[2];
+		 uint16_t id; } c = { .op = XEN_DMOP_create_ioreq_server };
+	int rc = dm_op(d, &c, sizeof(c));
+
+	*id = c.id;
+	return rc;
+}
+
+/* Claim (@map) or give up pages [@gfn, @gfn + @n) of @d with server @id. */
+static int claim_on(domid_t d, uint16_t id, uint64_t gfn, uint64_t n,
+		    bool map)
+{
+	struct xen_dm_op_range r = {
+		.op = map ? XEN_DMOP_map_io_range_to_ioreq_server :
+			    XEN_DMOP_unmap_io_range_from_ioreq_server,
+		.id = id, .type = XEN_DMOP_IO_RANGE_MEMORY,
+		.start = gfn << 12, .end = ((gfn + n) << 12) - 1,
+	};
+
+	return dm_op(d, &r, sizeof(r));
+}
+
+/* The pages which this selftest lends at: [gfn_base, gfn_base + 64 Ki). */
+#define CLAIMED_PAGES 0x10000
+
+static int claim_lend_range(domid_t d)
+{
+	uint16_t id;
+	int rc = ioreq_server(d, &id);
+
+	return rc ? rc : claim_on(d, id, gfn_base, CLAIMED_PAGES, true);
 }
 
 /* A bare HVM domain; at domid *out if that is not 0. */
@@ -1412,12 +1501,17 @@ static void test_domid_reuse(void)
 	if (rc)
 		goto out;
 	uid_a = dom_uid = unique_id_of(dom);
+	/* A new instance: its device model claims the GFNs again. */
+	rc2 = claim_lend_range(dom);
 	reg(m, 2 * pg, 0, 95);
 	rc = lend(0, gfn_base, 2, &n);
-	result("reuse-lend", rc == 0 && n == 2 && uid_a,
-	       "rc=%s nr_lent=%u unique-id=%#" PRIx64, ename(rc), n, uid_a);
+	result("reuse-lend", rc2 == 0 && rc == 0 && n == 2 && uid_a,
+	       "claim:rc=%s rc=%s nr_lent=%u unique-id=%#" PRIx64, ename(rc2),
+	       ename(rc), n, uid_a);
 	rc = remake_domain(dom, &again);
 	uid_b = rc ? 0 : unique_id_of(dom);
+	if (!rc)
+		rc = claim_lend_range(dom);
 	result("reuse-same-domid", rc == 0 && again == dom && uid_b &&
 	       uid_b != uid_a, "rc=%s dom=%u unique-id:old=%#" PRIx64
 	       ",new=%#" PRIx64, ename(rc), again, uid_a, uid_b);
@@ -1458,6 +1552,44 @@ out_unreg:
 out:
 	munmap(m, 2 * pg);
 	munmap(p, pg);
+}
+
+/*
+ * Xen lends only where the caller's own ioreq server claims the guest's
+ * MMIO: outside [gfn_base, gfn_base + CLAIMED_PAGES), at a page claimed
+ * and given up again, the lend fails with ENXIO and nothing is lent; the
+ * same page inside the claimed range is the positive control.
+ */
+static void test_lend_unclaimed(void)
+{
+	char *m = map_anon(1, PROT_READ | PROT_WRITE);
+	const uint64_t out = gfn_base + CLAIMED_PAGES + 0x100;
+	uint32_t n1 = 9, n2 = 9, n3 = 9;
+	int rc1, rc2, rc3, rcs, rcm, rcu;
+	uint64_t lent1, lent2;
+	uint16_t id = 0;
+
+	fill(m, 1, 7);
+	reg(m, pg, 0, 48);
+	rc1 = lend(0, out, 1, &n1);
+	lent1 = lent_now();
+	rcs = ioreq_server(dom, &id);
+	rcm = rcs ? rcs : claim_on(dom, id, out + 1, 1, true);
+	rcu = rcm ? rcm : claim_on(dom, id, out + 1, 1, false);
+	rc2 = lend(0, out + 1, 1, &n2);
+	lent2 = lent_now();
+	revoke_all();
+	rc3 = lend(0, gfn_base + 0x40, 1, &n3);
+	revoke_all();
+	unreg(48);
+	munmap(m, pg);
+	result("lend-unclaimed-refused",
+	       rc1 == ENXIO && n1 == 0 && lent1 == 0 && rcu == 0 &&
+	       rc2 == ENXIO && n2 == 0 && lent2 == 0 && rc3 == 0 && n3 == 1,
+	       "unclaimed:rc=%s,nr_lent=%u,lent=%" PRIu64 " claim-unmap:rc=%s "
+	       "unmapped:rc=%s,nr_lent=%u,lent=%" PRIu64 " claimed:rc=%s,"
+	       "nr_lent=%u", ename(rc1), n1, lent1, ename(rcu), ename(rc2), n2,
+	       lent2, ename(rc3), n3);
 }
 
 /*
@@ -1558,6 +1690,7 @@ static void test_lending(void)
 		return;
 	}
 	test_relend_after_revoke();
+	test_lend_unclaimed();
 	test_lend_basic();
 	test_lend_owner_exit();
 	test_lend_fd_close();
@@ -1630,6 +1763,8 @@ int main(int argc, char **argv)
 		       "dom=%u unique-id=%#" PRIx64, dom, dom_uid);
 		if (!dom_uid)
 			return 1;
+		/* As the device model claims its BAR: the GFNs lent at. */
+		expect("lend-claim-range", claim_lend_range(dom), 0);
 	}
 
 	test_register_query_unregister();

@@ -25,6 +25,10 @@
  *       lend-driver-not-owned: agent D lends its own page to probe guest
  *       P, refused by Xen until dom0 makes D the device model of P
  *       (XEN_DOMCTL_set_target); C is a third domain D never serves;
+ *       (and once it is, only at GFNs its own ioreq server claims);
+ *       lend-driver-unclaimed: D may not lend into dom0's range of P nor
+ *       into a hole nobody claims (-ENXIO); lend-other-emulator: nor may
+ *       dom0 lend into D's range (-ENXIO);
  *       then longlived-*: dom0 lends D a page and D registers vcpu_info,
  *       its runstate and time areas and the FIFO event channel control
  *       block and array page there (refused, -EPERM) and on its own RAM
@@ -65,6 +69,12 @@
  *   lend-internal-mmio  lending at the LAPIC page: -EACCES
  *   lend-guest-ram   lending at a page of guest RAM: -EEXIST
  *   relend           a revoked frame can be lent again
+ *   lend-unclaimed   lending where no ioreq server of dom0 claims the
+ *                    guest's MMIO (a hole nobody claims, a page claimed
+ *                    and unmapped again, a page claimed only in its first
+ *                    half): -ENXIO, nothing lent ("lend" is the control)
+ *   revoke-unclaimed a page lent in a claimed range stays lent when the
+ *                    range is unmapped (a BAR move), its revocation works
  *   retry-lend       RETRY server: the guest read faults, the server lends
  *                    a page and answers RETRY, Xen completes the read from
  *                    it, the guest then reads RAM with no exit
@@ -97,6 +107,11 @@
  *                    destroyed guest's unique id (or 0) is refused with
  *                    EXDEV and changes nothing, the new domain's own id
  *                    lends (the positive control)
+ *
+ * Xen lends only inside MMIO ranges which an ioreq server of the caller
+ * claims in the target: every check which lends claims its GFNs first
+ * (claim(): one never-enabled server of dom0 per guest; agent_claim() for
+ * the agent).
  *
  * Every lend and revoke of these checks is a raw hypercall through
  * libxencall (IOCTL_PRIVCMD_HYPERCALL of an unrestricted privcmd file):
@@ -213,6 +228,8 @@ static struct {
     int (*dm_restrict)(void *, uint16_t);
     int (*dm_create)(void *, uint16_t, int, unsigned int, uint16_t *);
     int (*dm_map_range)(void *, uint16_t, uint16_t, int, uint64_t, uint64_t);
+    int (*dm_unmap_range)(void *, uint16_t, uint16_t, int, uint64_t,
+                          uint64_t);
     int (*dm_set_state)(void *, uint16_t, uint16_t, int);
     int (*dm_destroy)(void *, uint16_t, uint16_t);
     int (*dm_lend)(void *, uint16_t, uint64_t, uint64_t, uint32_t,
@@ -330,6 +347,8 @@ static void load_libs(void)
     *(void **)&X.dm_create = sym(l, "xendevicemodel_create_ioreq_server_flags");
     *(void **)&X.dm_map_range =
         sym(l, "xendevicemodel_map_io_range_to_ioreq_server");
+    *(void **)&X.dm_unmap_range =
+        sym(l, "xendevicemodel_unmap_io_range_from_ioreq_server");
     *(void **)&X.dm_set_state = sym(l, "xendevicemodel_set_ioreq_server_state");
     *(void **)&X.dm_destroy = sym(l, "xendevicemodel_destroy_ioreq_server");
     *(void **)&X.dm_lend = sym(l, "xendevicemodel_lend_pages");
@@ -866,6 +885,57 @@ static void server_stop(struct server *s)
     X.dm_destroy(dm, s->dom, s->id);
 }
 
+/*
+ * Lending is refused (-ENXIO) outside the MMIO ranges which the caller's
+ * own ioreq servers of the target claim.  claim() makes dom0 claim pages
+ * [gfn, gfn + n) of dom, as a device model claims its BARs, through one
+ * server per target domain (created on first use, never enabled: it gets
+ * no requests).  Returns 0 or -errno.  unclaim() gives a range up again.
+ */
+static struct { uint16_t dom, id; } claimers[8];
+static unsigned int nr_claimers;
+
+static int claimer_of(uint16_t dom, uint16_t *id)
+{
+    unsigned int i;
+
+    for ( i = 0; i < nr_claimers; i++ )
+        if ( claimers[i].dom == dom )
+        {
+            *id = claimers[i].id;
+            return 0;
+        }
+    if ( nr_claimers == sizeof(claimers) / sizeof(claimers[0]) )
+        return -ENOSPC;
+    if ( X.dm_create(dm, dom, 0, 0, id) )
+        return -errno;
+    claimers[nr_claimers].dom = dom;
+    claimers[nr_claimers++].id = *id;
+    return 0;
+}
+
+static int claim_bytes(uint16_t dom, uint64_t start, uint64_t end, bool map)
+{
+    uint16_t id;
+    int rc = claimer_of(dom, &id);
+
+    if ( rc )
+        return rc;
+    if ( map )
+        return X.dm_map_range(dm, dom, id, 1, start, end) ? -errno : 0;
+    return X.dm_unmap_range(dm, dom, id, 1, start, end) ? -errno : 0;
+}
+
+static int claim(uint16_t dom, uint64_t gfn, uint64_t n)
+{
+    return claim_bytes(dom, gfn << 12, ((gfn + n) << 12) - 1, true);
+}
+
+static int unclaim(uint16_t dom, uint64_t gfn, uint64_t n)
+{
+    return claim_bytes(dom, gfn << 12, ((gfn + n) << 12) - 1, false);
+}
+
 /* Serve requests for the given time. */
 static void server_run(struct server *s, double seconds)
 {
@@ -1365,6 +1435,45 @@ static int agent_call(uint16_t target, uint32_t op, uint64_t gfn,
     return rc;
 }
 
+/*
+ * The agent guest, device model of @target, creates an ioreq server of its
+ * own in @target (XEN_DMOP_create_ioreq_server, not enabled) and claims
+ * pages [gfn, gfn + n) with it (XEN_DMOP_map_io_range_to_ioreq_server,
+ * XEN_DMOP_IO_RANGE_MEMORY), as a device model in a driver domain claims
+ * its BARs.  Returns the first failing hypercall's value, else 0.
+ */
+#define XEN_DMOP_create_ioreq_server          1
+#define XEN_DMOP_map_io_range_to_ioreq_server 3
+static int agent_claim(uint16_t target, uint64_t gfn, uint64_t n)
+{
+    volatile uint32_t *o = agent + AGENT_OP / 4;
+    uint64_t start = gfn << 12, end = ((gfn + n) << 12) - 1;
+    unsigned int i;
+    uint32_t id;
+    int rc;
+
+    for ( i = 0; i < AGENT_OP_SIZE / 4; i++ )
+        o[i] = 0;
+    o[0] = XEN_DMOP_create_ioreq_server; /* no bufioreq, no flags */
+    rc = agent_hypercall(__HYPERVISOR_dm_op, target, 2,
+                         GUEST_BASE + AGENT_BUFS);
+    if ( rc )
+        return rc;
+    id = o[3] & 0xffff;                  /* .u.create_ioreq_server.id */
+
+    for ( i = 0; i < AGENT_OP_SIZE / 4; i++ )
+        o[i] = 0;
+    o[0] = XEN_DMOP_map_io_range_to_ioreq_server;
+    o[2] = id;                           /* .u.map_io_range.id, pad */
+    o[3] = 1;                            /* .type: XEN_DMOP_IO_RANGE_MEMORY */
+    o[4] = (uint32_t)start;
+    o[5] = start >> 32;
+    o[6] = (uint32_t)end;
+    o[7] = end >> 32;
+    return agent_hypercall(__HYPERVISOR_dm_op, target, 2,
+                           GUEST_BASE + AGENT_BUFS);
+}
+
 /* Wait up to 2 s for the probe guest to read want (its loop restarts). */
 static uint32_t probe_read(volatile uint32_t *probe, uint32_t want)
 {
@@ -1380,6 +1489,8 @@ static uint32_t probe_read(volatile uint32_t *probe, uint32_t want)
 
 /* A hole in every tiny guest (128 MiB of RAM). */
 #define SPARE_GFN 0x30000U
+/* A page of the probe guest which dom0 claims (not the agent). */
+#define DOM0_CLAIM_GFN ((GUEST_PROBE_ADDR >> 12) + 32)
 
 /*
  * foreign-map-lent: agent C, made privileged over agent D (set_target, as
@@ -1466,16 +1577,36 @@ static void guest_removes_lent_test(uint16_t p, uint16_t d,
     }
     t0 = tot_pages(0);
 
-    rcl = do_lend(d, SPARE_GFN, 1, &f, &done);
+    rcl = claim(d, SPARE_GFN, 1);
+    if ( !rcl )
+        rcl = do_lend(d, SPARE_GFN, 1, &f, &done);
     rcx = agent_remove_from_physmap(agent, SPARE_GFN);
-    rcl2 = do_lend(p, probe_gfn, 1, &f, &done);
+    /* At a page of P which dom0 claims (driver_test). */
+    rcl2 = do_lend(p, DOM0_CLAIM_GFN, 1, &f, &done);
     if ( rcl2 == 0 )
     {
-        /* Lent twice: wrong; read it for the log and take it back. */
-        r1 = probe_read(probe, AGENT_PATTERN ^ 0xffff);
-        do_revoke(p, probe_gfn, 1, &f, &done);
+        /* Lent twice: wrong; take it back. */
+        do_revoke(p, DOM0_CLAIM_GFN, 1, &f, &done);
     }
     rcr = do_revoke(d, SPARE_GFN, 1, &f, &done);
+
+    /*
+     * lend-other-emulator: the page is free again, but dom0 may not lend
+     * it at the GFN P reads: that is in the agent's range, not dom0's.
+     */
+    {
+        uint32_t d0 = 9;
+        int rco = do_lend(p, probe_gfn, 1, &f, &d0);
+
+        if ( rco == 0 )
+        {
+            r1 = probe_read(probe, AGENT_PATTERN ^ 0xffff);
+            do_revoke(p, probe_gfn, 1, &f, &done);
+        }
+        result("lend-other-emulator", rco == -ENXIO && d0 == 0,
+               "dom0-into-agent-range:rc=%d,done=%u,probe-read=%#x", rco,
+               d0, r1);
+    }
     rcf = X.xc_decrease(xch, DOMID_SELF, 1, 0, &ul) ? -errno : 0;
     t1 = tot_pages(0);
     t2 = t0 - t1;
@@ -1483,9 +1614,9 @@ static void guest_removes_lent_test(uint16_t p, uint16_t d,
     result("guest-removes-lent",
            rcl == 0 && rcx == -ENOENT && rcl2 == -EEXIST && rcr == 0 &&
            rcf == 0 && t2 == 1,
-           "lend:rc=%d,guest-remove:rc=%d,lend-again:rc=%d,probe-read=%#x,"
+           "lend:rc=%d,guest-remove:rc=%d,lend-again:rc=%d,"
            "revoke:rc=%d,free:rc=%d,dom0-pages-freed=%ld", rcl, rcx, rcl2,
-           r1, rcr, rcf, t2);
+           rcr, rcf, t2);
 }
 
 /*
@@ -1530,7 +1661,7 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
     const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
     volatile uint32_t *probe, *m;
     uint32_t done, c0, c1, r1, r2, r3;
-    int rc1, rct, rc2, rc2r, rc3, rc4;
+    int rc1, rct, rcac, rc2, rc2r, rc3, rc4;
 
     agent = map_page_of(d, GUEST_BASE >> 12, PROT_READ | PROT_WRITE);
     probe = map_page_of(p, GUEST_BASE >> 12, PROT_READ);
@@ -1553,8 +1684,12 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
            c1 != c0, "rc=%d,done=%u,probe-read=%#x,probe-loops=%u", rc1,
            done, r1, c1 - c0);
 
-    /* Device model of P: the same call succeeds, P reads D's page. */
+    /*
+     * Device model of P, claiming the GFN P reads with an ioreq server of
+     * its own: the same call succeeds, P reads D's page.
+     */
     rct = X.xc_set_target(xch, d, p) ? -errno : 0;
+    rcac = agent_claim(p, probe_gfn, 16);
     rc2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, AGENT_LEND_GFN,
                      &done);
     r2 = probe_read(probe, AGENT_PATTERN);
@@ -1562,10 +1697,36 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
                       &done);
     r3 = probe_read(probe, 0xffffffffU);
     result("lend-driver-domain",
-           rct == 0 && rc2 == 0 && r2 == AGENT_PATTERN && rc2r == 0 &&
-           r3 == 0xffffffffU,
-           "set-target=%d,lend:rc=%d,probe-read=%#x,revoke:rc=%d,"
-           "probe-read=%#x", rct, rc2, r2, rc2r, r3);
+           rct == 0 && rcac == 0 && rc2 == 0 && r2 == AGENT_PATTERN &&
+           rc2r == 0 && r3 == 0xffffffffU,
+           "set-target=%d,claim:rc=%d,lend:rc=%d,probe-read=%#x,revoke:rc=%d,"
+           "probe-read=%#x", rct, rcac, rc2, r2, rc2r, r3);
+
+    /*
+     * lend-driver-unclaimed: D, device model of P, may lend only in its
+     * own ranges: not at a page of P which dom0's server claims, nor at a
+     * hole nobody claims (-ENXIO, nothing lent, P still reads the hole).
+     */
+    {
+        uint32_t d0 = 9, d1 = 9;
+        int rcc = claim(p, DOM0_CLAIM_GFN, 1), rco, rcu;
+
+        rco = agent_call(p, XEN_DMOP_lend_pages, DOM0_CLAIM_GFN,
+                         AGENT_LEND_GFN, &d0);
+        if ( rco == 0 )
+            agent_call(p, XEN_DMOP_revoke_pages, DOM0_CLAIM_GFN,
+                       AGENT_LEND_GFN, &done);
+        rcu = agent_call(p, XEN_DMOP_lend_pages, probe_gfn + 64,
+                         AGENT_LEND_GFN, &d1);
+        if ( rcu == 0 )
+            agent_call(p, XEN_DMOP_revoke_pages, probe_gfn + 64,
+                       AGENT_LEND_GFN, &done);
+        result("lend-driver-unclaimed",
+               rcc == 0 && rco == -ENXIO && d0 == 0 && rcu == -ENXIO &&
+               d1 == 0,
+               "dom0-claim:rc=%d,into-dom0-range:rc=%d,done=%u,"
+               "unclaimed:rc=%d,done=%u", rcc, rco, d0, rcu, d1);
+    }
 
     /*
      * lend-limit-not-control: D, device model of P now, may lend to P but
@@ -1645,6 +1806,9 @@ static int dying_test(uint16_t v, uint16_t o, long third)
      * takes (about 365 leaf tables for this guest: run
      * 20261204-202956-6109 ran out).
      */
+    if ( claim(v, DYING_GFN0, last_gfn + 1 - DYING_GFN0) ||
+         claim(o, SPARE_GFN, 2) )
+        result("revoke-dying", false, "claim:%s", strerror(errno));
     rcl = do_lend(v, last_gfn, 1, last, &done);
     for ( i = 0; i < (int)DYING_BALLAST; i++ )
     {
@@ -1778,7 +1942,9 @@ static void longlived_test(uint16_t d)
         return;
     }
     fr[0] = ul[0];
-    rc = do_lend(d, lent, 1, fr, &done);
+    rc = claim(d, lent, 1);
+    if ( !rc )
+        rc = do_lend(d, lent, 1, fr, &done);
     result("longlived-setup", rc == 0 && done == 1, "lend:rc=%d,done=%u",
            rc, done);
     if ( !rc )
@@ -1993,6 +2159,9 @@ static int limit_test(uint16_t dom, uint64_t gfn, unsigned long limit)
     for ( i = 0; i < n; i++ )
         fr[i] = ul[i];
 
+    rc = claim(dom, gfn, n);
+    if ( rc )
+        result("lend-limit", false, "claim:rc=%d", rc);
     rc = do_lend(dom, gfn, n, fr, &done);
     rrc = do_revoke(dom, gfn, n, fr, &rdone);
     result("lend-limit", rc == -ENOSPC && done == limit && rrc == 0,
@@ -2128,6 +2297,21 @@ int main(int argc, char **argv)
                     "read check uses the lent page content anyway\n",
                     strerror(errno));
     }
+
+    /*
+     * Xen lends only inside MMIO ranges of the caller's own ioreq server:
+     * dom0 claims what the checks below lend at, as a device model claims
+     * its BAR (gfn .. gfn + 4 * NR_PAGES), and the LAPIC page and a page of
+     * guest RAM, which lend-internal-mmio and lend-guest-ram show refused
+     * for what they are, not for where.
+     */
+    rc = claim(dom, gfn, 4 * NR_PAGES);
+    if ( !rc )
+        rc = claim(dom, 0xfee00, 1);
+    if ( !rc )
+        rc = claim(dom, GUEST_BASE >> 12, 1);
+    if ( rc )
+        result("lend-claim", false, "rc=%d", rc);
 
     /*
      * lend-domain-limit: the toolstack's limit for this domain (16 pages)
@@ -2306,6 +2490,71 @@ int main(int argc, char **argv)
                rca);
         result("lend-guest-ram", rcb == -EEXIST, "gfn=%#x,rc=%d",
                GUEST_BASE >> 12, rcb);
+    }
+
+    /*
+     * lend-unclaimed: only inside a range which an ioreq server of the
+     * caller claims ("lend" is the positive control): a hole nobody
+     * claims, a page dom0 claimed and unmapped again, and a page claimed
+     * only in its first half are refused with -ENXIO, nothing lent.
+     */
+    {
+        const uint64_t u = gfn + 6 * NR_PAGES;
+        uint32_t d0 = 9, d1 = 9, d2 = 9, dx;
+        int rch, rcm, rcx, rcu, rcb, rcp;
+
+        rch = do_lend(dom, u, 1, &frames[5], &d0);
+        if ( rch == 0 )
+            do_revoke(dom, u, 1, &frames[5], &dx);
+        rcm = claim(dom, u + 1, 1);
+        rcx = unclaim(dom, u + 1, 1);
+        rcu = do_lend(dom, u + 1, 1, &frames[5], &d1);
+        if ( rcu == 0 )
+            do_revoke(dom, u + 1, 1, &frames[5], &dx);
+        rcb = claim_bytes(dom, (u + 2) << 12, ((u + 2) << 12) + 0x7ff, true);
+        rcp = do_lend(dom, u + 2, 1, &frames[5], &d2);
+        if ( rcp == 0 )
+            do_revoke(dom, u + 2, 1, &frames[5], &dx);
+        result("lend-unclaimed",
+               rch == -ENXIO && d0 == 0 && rcm == 0 && rcx == 0 &&
+               rcu == -ENXIO && d1 == 0 && rcb == 0 && rcp == -ENXIO &&
+               d2 == 0,
+               "hole:rc=%d,done=%u,claim:rc=%d,unclaim:rc=%d,"
+               "unclaimed:rc=%d,done=%u,half-claim:rc=%d,half:rc=%d,done=%u",
+               rch, d0, rcm, rcx, rcu, d1, rcb, rcp, d2);
+    }
+
+    /*
+     * revoke-unclaimed: a page lent inside a claimed range stays lent when
+     * the range is unmapped (as on a BAR move: lending is checked, not
+     * revocation), and its revocation still works and frees it.
+     */
+    {
+        const uint64_t w = gfn + 6 * NR_PAGES + 4;
+        const uint64_t g = gfn + 3 * NR_PAGES + 1;   /* claimed, a hole */
+        uint32_t dx;
+        int rcm, rcl, rcx, rcs, rcr, rca = 1;
+
+        rcm = claim(dom, w, 1);
+        rcl = do_lend(dom, w, 1, &frames[6], &dx);
+        rcx = unclaim(dom, w, 1);
+        /* Still lent at w: lending it in a claimed hole fails. */
+        rcs = do_lend(dom, g, 1, &frames[6], &dx);
+        if ( rcs == 0 )
+            do_revoke(dom, g, 1, &frames[6], &dx);
+        rcr = do_revoke(dom, w, 1, &frames[6], &dx);
+        /* Revoked: it can be lent there now. */
+        if ( rcr == 0 )
+        {
+            rca = do_lend(dom, g, 1, &frames[6], &dx);
+            if ( rca == 0 )
+                rca = do_revoke(dom, g, 1, &frames[6], &dx);
+        }
+        result("revoke-unclaimed",
+               rcm == 0 && rcl == 0 && rcx == 0 && rcs == -EEXIST &&
+               rcr == 0 && rca == 0,
+               "claim:rc=%d,lend:rc=%d,unclaim:rc=%d,still-lent:rc=%d,"
+               "revoke:rc=%d,relend:rc=%d", rcm, rcl, rcx, rcs, rcr, rca);
     }
 
     /* RETRY, with the guest looping on reads of GUEST_PROBE_ADDR. */
