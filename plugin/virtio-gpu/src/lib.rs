@@ -7,6 +7,10 @@
 //! - [`transport`]: the virtio-pci modern registers and the device status
 //!   state machine.
 //! - [`device`]: the virtio-gpu device's features, queues and config.
+//! - [`memory`]: guest memory as fallible copies ([`memory::SimMemory`]
+//!   for tests and the simulator).
+//! - [`queue`]: the device side of a split virtqueue, checked against a
+//!   hostile driver.
 //!
 //! [`VirtioGpuPci`] puts them together behind the calls an IOREQ server
 //! makes (config cycles, MMIO to BAR2) and answers with what to do (BAR
@@ -18,6 +22,8 @@
 pub mod config_space;
 pub mod device;
 pub mod layout;
+pub mod memory;
+pub mod queue;
 pub mod transport;
 
 use tracing::debug;
@@ -127,6 +133,13 @@ impl<D: VirtioDevice> VirtioGpuPci<D> {
     /// The device configuration changed: interrupt the driver.
     pub fn signal_config_change(&mut self) -> Action {
         let e = self.transport.signal_config_change();
+        self.finish(e)
+    }
+
+    /// A queue broke a rule (or its memory is unreachable): NEEDS_RESET
+    /// and a configuration interrupt; the caller stops using the queues.
+    pub fn device_error(&mut self) -> Action {
+        let e = self.transport.set_needs_reset();
         self.finish(e)
     }
 

@@ -235,6 +235,17 @@ impl<D: VirtioDevice> Transport<D> {
         self.raise(VIRTIO_PCI_ISR_CONFIG)
     }
 
+    /// The device met an error it cannot recover from (a ring that broke
+    /// a rule): set NEEDS_RESET and raise the configuration interrupt.
+    /// The device stops using its queues until the driver resets it.
+    pub fn set_needs_reset(&mut self) -> Effect {
+        if self.status & NEEDS_RESET != 0 {
+            return Effect::default();
+        }
+        self.status |= NEEDS_RESET;
+        self.signal_config_change()
+    }
+
     fn raise(&mut self, bits: u8) -> Effect {
         let was = self.isr != 0;
         self.isr |= bits;

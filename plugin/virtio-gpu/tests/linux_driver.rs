@@ -350,6 +350,23 @@ fn a_malformed_enabled_queue_at_driver_ok_means_needs_reset() {
 }
 
 #[test]
+fn a_queue_error_sets_needs_reset_once_and_stops_notifications() {
+    let mut g = Guest::boot(GpuConfig::default());
+    let (_, noff) = g.probe();
+    let a = g.dev.device_error();
+    assert_eq!(g.apply(a).intx, Some(true), "configuration interrupt");
+    assert_ne!(g.status() & NEEDS_RESET, 0);
+    assert_eq!(g.dev.device_error(), Action::default(), "only once");
+    assert_eq!(g.kick(noff[0], 0).notify, None);
+    assert_eq!(g.r(g.isr, 1), u64::from(VIRTIO_PCI_ISR_CONFIG));
+    assert!(
+        g.probe().0.activated,
+        "the driver's reset recovers the device"
+    );
+    assert_eq!(g.kick(noff[0], 0).notify, Some(0));
+}
+
+#[test]
 fn notifications_count_only_for_a_live_enabled_queue_with_bus_mastering() {
     let mut g = Guest::boot(GpuConfig::default());
     assert_eq!(g.kick(0, 0).notify, None, "not live");
