@@ -7,6 +7,7 @@
 //! - [`transport`]: the virtio-pci modern registers and the device status
 //!   state machine.
 //! - [`device`]: the virtio-gpu device's features, queues and config.
+//! - [`gpu2d`]: the 2D commands of the control queue.
 //! - [`memory`]: guest memory as fallible copies ([`memory::SimMemory`]
 //!   for tests and the simulator).
 //! - [`queue`]: the device side of a split virtqueue, checked against a
@@ -21,6 +22,7 @@
 
 pub mod config_space;
 pub mod device;
+pub mod gpu2d;
 pub mod layout;
 pub mod memory;
 pub mod queue;
