@@ -26,7 +26,7 @@ pub mod xenstore;
 pub use devicemodel::{DeviceModel, DeviceModelLib, IoreqServer};
 pub use error::{Result, XenError};
 pub use evtchn::{BoundPort, EventChannels, EvtchnLib};
-pub use foreignmemory::{ForeignMemory, ForeignMemoryLib, IoreqPage};
+pub use foreignmemory::{ForeignMemory, ForeignMemoryLib, GuestPages, IoreqPage};
 pub use ioreq::IoreqSlots;
 pub use privcmd::Privcmd;
 pub use xenctrl::{DomainInfo, Xenctrl, XenctrlLib};
