@@ -194,7 +194,8 @@ impl ForeignMemory<'_> {
 }
 
 /// Guest frames mapped by [`ForeignMemory::map_guest_pages`], unmapped on
-/// drop. Accesses copy with volatile byte loads and stores: the guest may
+/// drop; any of them, even all, may have failed to map
+/// ([`GuestPages::page_error`]). Accesses copy with volatile byte loads and stores: the guest may
 /// change its memory at any time, so no reference to it is ever made.
 #[derive(Debug)]
 pub struct GuestPages<'f> {
@@ -210,7 +211,7 @@ impl GuestPages<'_> {
         self.errs.len()
     }
 
-    /// Never true: at least one frame is mapped.
+    /// Never true: a mapping covers at least one frame (mapped or not).
     pub fn is_empty(&self) -> bool {
         self.errs.is_empty()
     }
