@@ -28,7 +28,9 @@ pub enum MemError {
     },
 }
 
-/// Copies to and from guest-physical memory.
+/// Copies to and from guest-physical memory. On an error a prefix of the
+/// range may have been copied (as a DMA that faults part way would); the
+/// caller then fails the request as a whole.
 pub trait GuestMemory {
     /// Fills `buf` from guest memory at `addr`.
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemError>;

@@ -12,6 +12,7 @@ pub mod devicemodel;
 pub mod error;
 pub mod evtchn;
 pub mod foreignmemory;
+pub mod guest_memory;
 pub mod ioreq;
 mod loader;
 pub mod platform;

@@ -125,3 +125,62 @@ fn guest_frames_map_page_by_page_and_unmap_on_drop() {
     drop(ro);
     assert_eq!(fake.guest_mapped(), 0);
 }
+
+#[test]
+fn foreign_guest_memory_maps_on_demand_within_its_bound() {
+    use gpu_hostmem_virtio_gpu::memory::{GuestMemory, MemError};
+    use gpu_hostmem_xen::guest_memory::ForeignGuestMemory;
+
+    let fake = Fake::load();
+    fake.set_domain(9);
+    let fml = ForeignMemoryLib::load_from(common::fake_lib()).expect("fm");
+    let fm = fml.open().expect("open");
+    let mut mem = ForeignGuestMemory::new(&fm, 9, 2);
+
+    // Across the boundary of frames 0x20 and 0x21.
+    let mut b = [0u8; 4];
+    mem.read(0x20ffe, &mut b).expect("read");
+    assert_eq!(
+        b,
+        [
+            0x20u8.wrapping_add(254),
+            0x20u8.wrapping_add(255),
+            0x21,
+            0x22
+        ]
+    );
+    assert_eq!(mem.mapped_pages(), 2);
+    // Writes reach the mapped frame (the fake's frames live while mapped).
+    mem.write(0x21010, b"ring").expect("write");
+    mem.read(0x21010, &mut b).expect("read");
+    assert_eq!(&b, b"ring");
+    // A third frame: the cache is emptied first, never above its bound.
+    mem.read(0x7f000, &mut b).expect("read");
+    assert_eq!(mem.mapped_pages(), 1);
+    assert_eq!(fake.guest_mapped(), 1);
+
+    // A frame that cannot be mapped fails and is not kept.
+    assert_eq!(
+        mem.read(0x1_0000_0000, &mut b),
+        Err(MemError::Unmapped { gfn: 0x10_0000 })
+    );
+    assert_eq!(
+        mem.write(0xffff_fffe, &[0; 4]),
+        Err(MemError::Unmapped { gfn: 0x10_0000 }),
+        "a write running into the hole"
+    );
+    assert!(matches!(
+        mem.read(u64::MAX - 1, &mut b),
+        Err(MemError::Overflow { .. })
+    ));
+    assert_eq!(fake.guest_mapped() as usize, mem.mapped_pages());
+    // Another domain's frames never map on this handle.
+    let mut other = ForeignGuestMemory::new(&fm, 10, 4);
+    assert_eq!(
+        other.read(0x20000, &mut b),
+        Err(MemError::Unmapped { gfn: 0x20 })
+    );
+    drop(mem);
+    drop(other);
+    assert_eq!(fake.guest_mapped(), 0, "every frame unmapped on drop");
+}
