@@ -7,6 +7,8 @@
 //! - [`transport`]: the virtio-pci modern registers and the device status
 //!   state machine.
 //! - [`device`]: the virtio-gpu device's features, queues and config.
+//! - [`engine`]: all of it as the IOREQ server drives it: queues built at
+//!   DRIVER_OK, served on notification, dropped on reset.
 //! - [`gpu2d`]: the 2D commands of the control queue.
 //! - [`memory`]: guest memory as fallible copies ([`memory::SimMemory`]
 //!   for tests and the simulator).
@@ -22,6 +24,7 @@
 
 pub mod config_space;
 pub mod device;
+pub mod engine;
 pub mod gpu2d;
 pub mod layout;
 pub mod memory;

@@ -1,0 +1,193 @@
+//! The whole stage-1 device as the IOREQ server will drive it: the PCI
+//! function and transport, the two split queues once the driver made the
+//! device live, and the 2D commands. An MMIO access to the register BAR
+//! may make the device live (queues built from what the driver
+//! configured), reset it (queues and resources dropped), or notify a
+//! queue, which is then served at once: each chain's request is copied
+//! out, answered, and returned, and the driver is interrupted unless it
+//! asked not to be. A queue that breaks a rule stops the device
+//! (NEEDS_RESET) until the driver resets it.
+//!
+//! Work per notification is bounded by the queue size: a driver cannot
+//! keep the server in one request forever.
+
+use tracing::debug;
+
+use gpu_hostmem_core::pci::PciError;
+
+use crate::device::{GpuConfig, GpuDevice, CONTROL_QUEUE, CURSOR_QUEUE};
+use crate::gpu2d::{Gpu2d, MAX_REQUEST_LEN};
+use crate::memory::GuestMemory;
+use crate::queue::{QueueError, SplitQueue};
+use crate::{Action, ConfigChange, VirtioGpuPci};
+
+/// The virtio-gpu device of stage 1.
+#[derive(Debug)]
+pub struct VirtioGpu {
+    pci: VirtioGpuPci<GpuDevice>,
+    queues: Option<Vec<SplitQueue>>,
+    gpu: Gpu2d,
+    served: u64,
+}
+
+/// Merges a later action into an earlier one: the INTx level the caller
+/// must end at is the last one reported.
+fn merge(a: Action, b: Action) -> Action {
+    Action {
+        intx: b.intx.or(a.intx),
+        notify: b.notify.or(a.notify),
+        activated: a.activated || b.activated,
+        reset: a.reset || b.reset,
+    }
+}
+
+impl VirtioGpu {
+    /// A device with a window of `window_size` bytes offering `cfg`, with
+    /// at most `resource_limit` bytes of 2D resources.
+    pub fn new(
+        window_size: u64,
+        subsystem: u16,
+        cfg: GpuConfig,
+        resource_limit: u64,
+    ) -> Result<Self, PciError> {
+        Ok(VirtioGpu {
+            pci: VirtioGpuPci::new(window_size, subsystem, GpuDevice::new(cfg))?,
+            queues: None,
+            gpu: Gpu2d::new(resource_limit, cfg.num_scanouts),
+            served: 0,
+        })
+    }
+
+    /// The PCI function and transport.
+    pub fn pci(&self) -> &VirtioGpuPci<GpuDevice> {
+        &self.pci
+    }
+
+    /// The 2D state.
+    pub fn gpu(&self) -> &Gpu2d {
+        &self.gpu
+    }
+
+    /// Requests answered since creation.
+    pub fn served(&self) -> u64 {
+        self.served
+    }
+
+    /// True while the queues are in use.
+    pub fn is_running(&self) -> bool {
+        self.queues.is_some()
+    }
+
+    /// A config read.
+    pub fn config_read(&self, reg: u32, size: u32) -> u32 {
+        self.pci.config_read(reg, size)
+    }
+
+    /// A config write.
+    pub fn config_write(&mut self, reg: u32, size: u32, value: u32) -> (ConfigChange, Action) {
+        self.pci.config_write(reg, size, value)
+    }
+
+    /// An MMIO read; `None` if `addr` is not in the register BAR.
+    pub fn mmio_read(&mut self, addr: u64, size: u32) -> Option<(u64, Action)> {
+        self.pci.mmio_read(addr, size)
+    }
+
+    /// An MMIO write, and whatever it starts; `None` if `addr` is not in
+    /// the register BAR. On `reset` the caller also drops its guest
+    /// memory mappings.
+    pub fn mmio_write(
+        &mut self,
+        mem: &mut impl GuestMemory,
+        addr: u64,
+        size: u32,
+        value: u64,
+    ) -> Option<Action> {
+        let a = self.pci.mmio_write(addr, size, value)?;
+        Some(self.after(mem, a))
+    }
+
+    fn after(&mut self, mem: &mut impl GuestMemory, a: Action) -> Action {
+        let mut out = a;
+        if a.reset {
+            self.queues = None;
+            self.gpu.reset();
+        }
+        if a.activated {
+            let built: Result<Vec<_>, _> = self
+                .pci
+                .transport()
+                .queues()
+                .iter()
+                .map(SplitQueue::new)
+                .collect();
+            match built {
+                Ok(q) => self.queues = Some(q),
+                Err(e) => {
+                    debug!(%e, "queues unusable at DRIVER_OK");
+                    out = merge(out, self.pci.device_error());
+                }
+            }
+        }
+        if let Some(q) = a.notify {
+            out = merge(out, self.service(mem, q));
+        }
+        out
+    }
+
+    /// Serves queue `index`: at most its size in chains.
+    fn service(&mut self, mem: &mut impl GuestMemory, index: u16) -> Action {
+        match self.try_service(mem, index) {
+            Ok(true) => self.pci.signal_used(),
+            Ok(false) => Action::default(),
+            Err(e) => {
+                debug!(queue = index, %e, "queue broke a rule: NEEDS_RESET");
+                self.queues = None;
+                self.pci.device_error()
+            }
+        }
+    }
+
+    /// Returns whether the driver is to be interrupted.
+    fn try_service(&mut self, mem: &mut impl GuestMemory, index: u16) -> Result<bool, QueueError> {
+        let Some(queues) = self.queues.as_mut() else {
+            return Ok(false);
+        };
+        let Some(q) = queues.get_mut(usize::from(index)) else {
+            return Ok(false);
+        };
+        let size = self
+            .pci
+            .transport()
+            .queues()
+            .get(usize::from(index))
+            .map_or(0, |c| c.size);
+        let mut used = 0u32;
+        for _ in 0..size {
+            let Some(chain) = q.pop(mem)? else { break };
+            let written = match index {
+                CONTROL_QUEUE => {
+                    // A request the device cannot read gets ERR_UNSPEC
+                    // (its header, and so its fence, is unknown); a
+                    // response it cannot write is returned empty. Only a
+                    // broken ring stops the device.
+                    let resp = match chain.read_to_vec(mem, MAX_REQUEST_LEN) {
+                        Ok(req) => self.gpu.handle(mem, &req),
+                        Err(e) => {
+                            debug!(%e, "request unreadable");
+                            self.gpu.handle(mem, &[])
+                        }
+                    };
+                    chain.write_from(mem, &resp).unwrap_or(0)
+                }
+                // Cursor updates need no answer: no display (headless).
+                CURSOR_QUEUE => 0,
+                _ => 0,
+            };
+            q.push_used(mem, chain.head, written)?;
+            self.served += 1;
+            used += 1;
+        }
+        Ok(used > 0 && q.wants_interrupt(mem)?)
+    }
+}
