@@ -36,6 +36,16 @@ pub struct ConfigChange {
     pub regs: BarChange,
 }
 
+/// The guest-written state of the function, for a restarted server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioGpuFunctionState {
+    /// [`PciFunction::saved`] of the inner function (COMMAND, window BAR,
+    /// scratch registers).
+    pub inner: String,
+    /// BAR2 as the guest wrote it.
+    pub bar2: u32,
+}
+
 /// The virtio-gpu PCI function's configuration space.
 #[derive(Clone, Debug)]
 pub struct VirtioGpuFunction {
@@ -123,6 +133,22 @@ impl VirtioGpuFunction {
         }
         let base = u64::from(self.bar2 & !0xf);
         (base != 0).then_some(base..base + REGS_BAR_SIZE)
+    }
+
+    /// The guest-written state.
+    pub fn state(&self) -> VirtioGpuFunctionState {
+        VirtioGpuFunctionState {
+            inner: self.inner.saved(),
+            bar2: self.bar2,
+        }
+    }
+
+    /// Takes a saved state: the inner function's writable bits, BAR2's
+    /// address bits. Refused (nothing changes) if the inner part is.
+    pub fn restore(&mut self, st: &VirtioGpuFunctionState) -> Result<(), PciError> {
+        self.inner.restore(&st.inner)?;
+        self.bar2 = st.bar2 & !((REGS_BAR_SIZE - 1) as u32);
+        Ok(())
     }
 
     /// Read `size` (1, 2 or 4) bytes at `reg`, as [`PciFunction::read`].

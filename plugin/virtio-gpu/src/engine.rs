@@ -19,13 +19,15 @@ use crate::device::{GpuConfig, GpuDevice, CONTROL_QUEUE, CURSOR_QUEUE};
 use crate::gpu2d::{Gpu2d, MAX_REQUEST_LEN};
 use crate::memory::GuestMemory;
 use crate::queue::{QueueError, SplitQueue};
-use crate::{Action, ConfigChange, VirtioGpuPci};
+use crate::transport::{QueueConfig, TransportState};
+use crate::{Action, ConfigChange, RestoreError, VirtioGpuFunctionState, VirtioGpuPci};
 
 /// The virtio-gpu device of stage 1.
 #[derive(Debug)]
 pub struct VirtioGpu {
     pci: VirtioGpuPci<GpuDevice>,
-    queues: Option<Vec<SplitQueue>>,
+    /// While live: each queue the driver enabled.
+    queues: Option<Vec<Option<SplitQueue>>>,
     gpu: Gpu2d,
     served: u64,
 }
@@ -114,13 +116,7 @@ impl VirtioGpu {
             self.gpu.reset();
         }
         if a.activated {
-            let built: Result<Vec<_>, _> = self
-                .pci
-                .transport()
-                .queues()
-                .iter()
-                .map(SplitQueue::new)
-                .collect();
+            let built = self.build_queues(None);
             match built {
                 Ok(q) => self.queues = Some(q),
                 Err(e) => {
@@ -133,6 +129,132 @@ impl VirtioGpu {
             out = merge(out, self.service(mem, q));
         }
         out
+    }
+
+    /// The enabled queues, at `positions` (next available, next used) or
+    /// from the start.
+    fn build_queues(
+        &self,
+        positions: Option<&[(u16, u16)]>,
+    ) -> Result<Vec<Option<SplitQueue>>, QueueError> {
+        self.pci
+            .transport()
+            .queues()
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| {
+                let (a, u) = positions.and_then(|p| p.get(i).copied()).unwrap_or((0, 0));
+                cfg.enabled
+                    .then(|| SplitQueue::resume(cfg, a, u))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// The state a restarted server needs to go on: PCI function,
+    /// transport and ring positions, as one line of fixed length for a
+    /// given device (so that it can be rewritten in place). 2D resources
+    /// are not in it: they live in the renderer process in the final split
+    /// (docs/virtio-gpu.md); here a restart loses them.
+    pub fn saved(&self) -> String {
+        let (f, t) = self.pci.state();
+        let mut out = format!(
+            "pci:{};bar2:{:08x};st:{:02x};gen:{:02x};isr:{:02x};feat:{:016x}",
+            f.inner, f.bar2, t.status, t.config_generation, t.isr, t.driver_features
+        );
+        for (i, q) in t.queues.iter().enumerate() {
+            let (a, u) = self
+                .queues
+                .as_ref()
+                .and_then(|qs| qs.get(i))
+                .and_then(|q| q.as_ref())
+                .map_or((0, 0), |q| (q.next_avail(), q.next_used()));
+            out.push_str(&format!(
+                ";q{i}:{:04x}/{}/{:016x}/{:016x}/{:016x}/{a:04x}/{u:04x}",
+                q.size,
+                u8::from(q.enabled),
+                q.desc,
+                q.driver,
+                q.device
+            ));
+        }
+        out
+    }
+
+    /// Takes what [`VirtioGpu::saved`] wrote; the device goes on where it
+    /// was (queues at their positions if it was live). Anything malformed
+    /// or that the device could not be in is refused and changes nothing.
+    /// The action re-asserts INTA if it was raised.
+    pub fn restore(&mut self, saved: &str) -> Result<Action, RestoreError> {
+        let bad = || RestoreError::Malformed(saved.chars().take(80).collect());
+        let mut fields = std::collections::HashMap::new();
+        for part in saved.trim().split(';') {
+            let (k, v) = part.split_once(':').ok_or_else(bad)?;
+            if fields.insert(k, v).is_some() {
+                return Err(bad());
+            }
+        }
+        let hex = |k: &str| -> Result<u64, RestoreError> {
+            fields
+                .get(k)
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .ok_or_else(bad)
+        };
+        let byte = |k: &str| hex(k).and_then(|v| u8::try_from(v).map_err(|_| bad()));
+        let function = VirtioGpuFunctionState {
+            inner: fields.get("pci").ok_or_else(bad)?.to_string(),
+            bar2: u32::try_from(hex("bar2")?).map_err(|_| bad())?,
+        };
+        let n = self.pci.transport().queues().len();
+        if fields.len() != 6 + n {
+            return Err(bad());
+        }
+        let mut queues = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (i, mine) in self.pci.transport().queues().iter().enumerate() {
+            let v = fields.get(format!("q{i}").as_str()).ok_or_else(bad)?;
+            let p: Vec<&str> = v.split('/').collect();
+            let [size, en, desc, drv, dev, a, u] = p[..] else {
+                return Err(bad());
+            };
+            let h16 = |s: &str| u16::from_str_radix(s, 16).map_err(|_| bad());
+            let h64 = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
+            queues.push(QueueConfig {
+                max_size: mine.max_size,
+                size: h16(size)?,
+                enabled: match en {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad()),
+                },
+                desc: h64(desc)?,
+                driver: h64(drv)?,
+                device: h64(dev)?,
+            });
+            positions.push((h16(a)?, h16(u)?));
+        }
+        let transport = TransportState {
+            status: byte("st")?,
+            driver_features: hex("feat")?,
+            config_generation: byte("gen")?,
+            isr: byte("isr")?,
+            queues,
+        };
+        let before = self.pci.state();
+        let action = self.pci.restore(&function, &transport)?;
+        if self.pci.transport().is_live() {
+            match self.build_queues(Some(&positions)) {
+                Ok(q) => self.queues = Some(q),
+                Err(_) => {
+                    // Cannot happen after the transport's checks; undo.
+                    let _ = self.pci.restore(&before.0, &before.1);
+                    return Err(bad());
+                }
+            }
+        } else {
+            self.queues = None;
+        }
+        Ok(action)
     }
 
     /// Serves queue `index`: at most its size in chains.
@@ -153,7 +275,7 @@ impl VirtioGpu {
         let Some(queues) = self.queues.as_mut() else {
             return Ok(false);
         };
-        let Some(q) = queues.get_mut(usize::from(index)) else {
+        let Some(Some(q)) = queues.get_mut(usize::from(index)) else {
             return Ok(false);
         };
         let size = self

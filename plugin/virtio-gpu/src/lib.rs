@@ -35,7 +35,21 @@ use tracing::debug;
 
 use gpu_hostmem_core::pci::PciError;
 
-pub use config_space::{ConfigChange, VirtioGpuFunction};
+pub use config_space::{ConfigChange, VirtioGpuFunction, VirtioGpuFunctionState};
+
+/// Why a saved state is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// The PCI part.
+    #[error("PCI state: {0}")]
+    Pci(#[from] PciError),
+    /// The transport part.
+    #[error("transport state: {0}")]
+    Transport(#[from] transport::StateError),
+    /// The text does not parse.
+    #[error("saved state {0:?} is malformed")]
+    Malformed(String),
+}
 pub use transport::{Effect, Transport, VirtioDevice};
 
 /// What the IOREQ server must do after an access.
@@ -139,6 +153,27 @@ impl<D: VirtioDevice> VirtioGpuPci<D> {
     pub fn signal_config_change(&mut self) -> Action {
         let e = self.transport.signal_config_change();
         self.finish(e)
+    }
+
+    /// The function's driver-written state and the transport's, for a
+    /// restarted server.
+    pub fn state(&self) -> (VirtioGpuFunctionState, transport::TransportState) {
+        (self.config.state(), self.transport.state())
+    }
+
+    /// Takes a saved state (nothing changes if either part is refused);
+    /// the action re-asserts INTA if the ISR says it was raised.
+    pub fn restore(
+        &mut self,
+        function: &VirtioGpuFunctionState,
+        transport: &transport::TransportState,
+    ) -> Result<Action, RestoreError> {
+        let mut config = self.config.clone();
+        config.restore(function)?;
+        self.transport.restore(transport)?;
+        self.config = config;
+        self.line = false;
+        Ok(self.finish(Effect::default()))
     }
 
     /// A queue broke a rule (or its memory is unreachable): NEEDS_RESET

@@ -113,6 +113,33 @@ impl QueueConfig {
     }
 }
 
+/// What a restarted server needs to go on with a live device: the
+/// driver-written state of the transport (see [`Transport::state`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportState {
+    /// `device_status`.
+    pub status: u8,
+    /// The driver's features.
+    pub driver_features: u64,
+    /// `config_generation`.
+    pub config_generation: u8,
+    /// The ISR byte.
+    pub isr: u8,
+    /// Every queue's configuration.
+    pub queues: Vec<QueueConfig>,
+}
+
+/// Why a saved transport state is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// Not the device's queue count or a queue beyond its maximum size.
+    #[error("saved queues do not fit the device")]
+    Queues,
+    /// Status bits out of order, or features the device would refuse.
+    #[error("saved status {0:#04x} is not one the device can be in")]
+    Status(u8),
+}
+
 /// What an access asks the caller to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Effect {
@@ -221,6 +248,55 @@ impl<D: VirtioDevice> Transport<D> {
     /// The ISR byte (without reading it, which would clear it).
     pub fn isr(&self) -> u8 {
         self.isr
+    }
+
+    /// The driver-written state, for a restarted server.
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            status: self.status,
+            driver_features: self.driver_features,
+            config_generation: self.config_generation,
+            isr: self.isr,
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// Takes a saved state, if it is one this device can be in (checked
+    /// as the state machine would have: status bits in order, features
+    /// acceptable once FEATURES_OK, queues of this device and well formed
+    /// once enabled on a live device). A refused state changes nothing.
+    pub fn restore(&mut self, st: &TransportState) -> Result<(), StateError> {
+        let known = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK | NEEDS_RESET | FAILED;
+        let s = st.status;
+        let in_order = s & !known == 0
+            && (s & DRIVER == 0 || s & ACKNOWLEDGE != 0)
+            && (s & FEATURES_OK == 0 || s & DRIVER != 0)
+            && (s & DRIVER_OK == 0 || s & FEATURES_OK != 0);
+        let features_ok = s & FEATURES_OK == 0 || {
+            let f = st.driver_features;
+            f & F_VERSION_1 != 0
+                && f & !self.device.features() == 0
+                && self.device.accept_features(f)
+        };
+        if !in_order || !features_ok {
+            return Err(StateError::Status(s));
+        }
+        let live = s & DRIVER_OK != 0 && s & (NEEDS_RESET | FAILED) == 0;
+        let fits = st.queues.len() == self.queues.len()
+            && st.queues.iter().zip(&self.queues).all(|(q, mine)| {
+                q.max_size == mine.max_size
+                    && q.size <= q.max_size
+                    && (!live || !q.enabled || q.is_well_formed())
+            });
+        if !fits {
+            return Err(StateError::Queues);
+        }
+        self.status = s;
+        self.driver_features = st.driver_features;
+        self.config_generation = st.config_generation;
+        self.isr = st.isr & (VIRTIO_PCI_ISR_QUEUE | VIRTIO_PCI_ISR_CONFIG);
+        self.queues = st.queues.clone();
+        Ok(())
     }
 
     /// The device used buffers of a queue: raise the queue interrupt.

@@ -258,3 +258,83 @@ fn a_malformed_queue_at_driver_ok_never_starts_the_device() {
     assert!(!g.dev.is_running());
     assert_eq!(g.w(NOTIFY, 2, 0).notify, None);
 }
+
+#[test]
+fn a_restarted_server_goes_on_from_the_saved_state() {
+    let mut g = Guest::new();
+    let fresh_len = g.dev.saved().len();
+    g.probe();
+    assert_eq!(g.command(&hdr(0x100, &[])).1, Some(resp::OK_DISPLAY_INFO));
+    assert_eq!(g.command(&hdr(0x100, &[])).1, Some(resp::OK_DISPLAY_INFO));
+    assert!(g.irq, "the ISR was not read: INTA is up");
+    let saved = g.dev.saved();
+    assert_eq!(saved.len(), fresh_len, "fixed length: rewritten in place");
+
+    // The worker dies; a new one restores what was saved.
+    let mut fresh = VirtioGpu::new(256 << 20, 1, GpuConfig::default(), 1 << 20).expect("device");
+    let a = fresh.restore(&saved).expect("restore");
+    assert_eq!(a.intx, Some(true), "INTA asserted again");
+    assert!(fresh.is_running());
+    assert_eq!(fresh.saved(), saved);
+    g.dev = fresh;
+    // The ring goes on at the third entry.
+    assert_eq!(g.command(&hdr(0x100, &[])).1, Some(resp::OK_DISPLAY_INFO));
+    assert_eq!(g.mem.read_u16(RINGS[0] + 0x2002), Ok(3));
+    assert_eq!(g.r(ISR, 1), u64::from(VIRTIO_PCI_ISR_QUEUE));
+}
+
+#[test]
+fn a_saved_state_the_device_could_not_be_in_is_refused() {
+    let mut g = Guest::new();
+    g.probe();
+    let good = g.dev.saved();
+    let with = |k: &str, v: &str| -> String {
+        good.split(';')
+            .map(|p| match p.split_once(':') {
+                Some((key, _)) if key == k => format!("{k}:{v}"),
+                _ => p.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    let q0 = good
+        .split(';')
+        .find_map(|p| p.strip_prefix("q0:"))
+        .expect("q0")
+        .to_string();
+    let q0_with = |i: usize, v: &str| {
+        let mut f: Vec<String> = q0.split('/').map(str::to_string).collect();
+        f[i] = v.to_string();
+        f.join("/")
+    };
+    let cases = [
+        ("garbage", "nonsense".to_string()),
+        ("empty", String::new()),
+        ("DRIVER_OK without FEATURES_OK", with("st", "07")),
+        ("unknown status bit", with("st", "1f")),
+        ("features not offered", with("feat", "0000000300000000")),
+        ("no VERSION_1", with("feat", "0000000000000018")),
+        ("queue above its maximum", with("q0", &q0_with(0, "0200"))),
+        (
+            "misaligned ring, live",
+            with("q0", &q0_with(2, "0000000000010008")),
+        ),
+        ("enabled not 0/1", with("q0", &q0_with(1, "2"))),
+        ("short queue", with("q0", "0010/1")),
+        ("bad inner PCI state", with("pci", "00=ffffffff")),
+        ("missing queue", good.replace(";q1:", ";qx:")),
+        ("duplicate key", format!("{good};gen:00")),
+    ];
+    for (name, s) in cases {
+        let mut fresh =
+            VirtioGpu::new(256 << 20, 1, GpuConfig::default(), 1 << 20).expect("device");
+        let before = fresh.saved();
+        assert!(fresh.restore(&s).is_err(), "{name} accepted");
+        assert_eq!(fresh.saved(), before, "{name} changed something");
+        assert!(!fresh.is_running(), "{name}");
+    }
+    // BAR2's bits below its size are not taken.
+    let mut fresh = VirtioGpu::new(256 << 20, 1, GpuConfig::default(), 1 << 20).expect("device");
+    fresh.restore(&with("bar2", "feb01234")).expect("restore");
+    assert_eq!(fresh.config_read(REG_BAR2, 4), 0xfeb0_0000);
+}
