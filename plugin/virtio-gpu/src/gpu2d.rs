@@ -237,10 +237,12 @@ impl Gpu2d {
         if !FORMATS.contains(&format) || width == 0 || height == 0 {
             return resp::ERR_INVALID_PARAMETER;
         }
-        let size = u64::from(width) * u64::from(height) * BPP;
-        if self.bytes + size > self.limit {
+        let size = u64::from(width)
+            .checked_mul(u64::from(height))
+            .and_then(|p| p.checked_mul(BPP));
+        let Some(size) = size.filter(|&n| self.bytes + n <= self.limit) else {
             return resp::ERR_OUT_OF_MEMORY;
-        }
+        };
         let Ok(n) = usize::try_from(size) else {
             return resp::ERR_OUT_OF_MEMORY;
         };

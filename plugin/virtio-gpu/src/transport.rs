@@ -498,7 +498,10 @@ impl<D: VirtioDevice> Transport<D> {
             return self.reset();
         }
         let old = self.status;
-        if new & old != old {
+        // NEEDS_RESET is the device's bit: a driver writing the status
+        // back without it clears nothing.
+        let driver_bits = old & !NEEDS_RESET;
+        if new & driver_bits != driver_bits {
             debug!(old, new, "driver cleared device status bits: ignored");
             return Effect::default();
         }

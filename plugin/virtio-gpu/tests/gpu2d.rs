@@ -167,6 +167,11 @@ fn refusals_leave_the_state_as_it_was() {
             resp::ERR_OUT_OF_MEMORY,
         ),
         (
+            "size overflows 64 bits",
+            create(8, u32::MAX, u32::MAX),
+            resp::ERR_OUT_OF_MEMORY,
+        ),
+        (
             "truncated create",
             hdr(CREATE_2D),
             resp::ERR_INVALID_PARAMETER,

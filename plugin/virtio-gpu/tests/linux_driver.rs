@@ -359,6 +359,10 @@ fn a_queue_error_sets_needs_reset_once_and_stops_notifications() {
     assert_eq!(g.dev.device_error(), Action::default(), "only once");
     assert_eq!(g.kick(noff[0], 0).notify, None);
     assert_eq!(g.r(g.isr, 1), u64::from(VIRTIO_PCI_ISR_CONFIG));
+    // The driver gives up: FAILED is taken, NEEDS_RESET stays.
+    let st = g.status() & !NEEDS_RESET;
+    g.set_status(st | 128);
+    assert_eq!(g.status(), st | 128 | NEEDS_RESET);
     assert!(
         g.probe().0.activated,
         "the driver's reset recovers the device"
