@@ -128,6 +128,10 @@ impl VirtioGpu {
         if let Some(q) = a.notify {
             out = merge(out, self.service(mem, q));
         }
+        // FAILED or NEEDS_RESET: the queues are no longer used.
+        if !self.pci.transport().is_live() {
+            self.queues = None;
+        }
         out
     }
 

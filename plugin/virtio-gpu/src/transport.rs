@@ -101,15 +101,22 @@ impl QueueConfig {
     }
 
     /// A split ring the device can use: a power-of-two size within the
-    /// maximum, and each area aligned as the spec requires (descriptor
-    /// table 16, driver area 2, device area 4).
+    /// maximum, each area aligned as the spec requires (descriptor table
+    /// 16, driver area 2, device area 4) and ending below 2^64 (16 bytes
+    /// a descriptor; flags, index, ring and event of 2 bytes each in the
+    /// driver area, 8 bytes an element in the device area).
     pub fn is_well_formed(&self) -> bool {
+        let n = u64::from(self.size);
+        let fits = |start: u64, len: u64| start.checked_add(len).is_some();
         self.size != 0
             && self.size.is_power_of_two()
             && self.size <= self.max_size
             && self.desc % 16 == 0
             && self.driver % 2 == 0
             && self.device % 4 == 0
+            && fits(self.desc, 16 * n)
+            && fits(self.driver, 6 + 2 * n)
+            && fits(self.device, 6 + 8 * n)
     }
 }
 

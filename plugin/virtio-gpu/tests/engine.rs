@@ -338,3 +338,77 @@ fn a_saved_state_the_device_could_not_be_in_is_refused() {
     fresh.restore(&with("bar2", "feb01234")).expect("restore");
     assert_eq!(fresh.config_read(REG_BAR2, 4), 0xfeb0_0000);
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Any value into any common-cfg field, at its own width.
+        Common(u64, u64),
+        Kick(u16),
+        /// Any bytes anywhere in the rings and the first buffers.
+        Poke(u64, Vec<u8>),
+        ReadIsr,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let fields = prop::sample::select(vec![
+            common::STATUS,
+            common::GFSELECT,
+            common::GF,
+            common::Q_SELECT,
+            common::Q_SIZE,
+            common::Q_ENABLE,
+            common::Q_DESCLO,
+            common::Q_DESCHI,
+            common::Q_AVAILLO,
+            common::Q_AVAILHI,
+            common::Q_USEDLO,
+            common::Q_USEDHI,
+        ]);
+        prop_oneof![
+            (fields, any::<u32>()).prop_map(|(f, v)| Op::Common(f, u64::from(v))),
+            (0u16..3).prop_map(Op::Kick),
+            (
+                0x1_0000u64..0x12_0000,
+                prop::collection::vec(any::<u8>(), 1..32)
+            )
+                .prop_map(|(a, b)| Op::Poke(a, b)),
+            Just(Op::ReadIsr),
+        ]
+    }
+
+    fn width(field: u64) -> u32 {
+        match field {
+            common::STATUS => 1,
+            common::Q_SELECT | common::Q_SIZE | common::Q_ENABLE => 2,
+            _ => 4,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// A live device under arbitrary register writes, ring contents
+        /// and kicks never panics, serves only while live, and keeps its
+        /// resources within the limit.
+        #[test]
+        fn arbitrary_drivers_never_break_the_device(ops in prop::collection::vec(op(), 1..120)) {
+            let mut g = Guest::new();
+            g.probe();
+            for o in ops {
+                match o {
+                    Op::Common(f, v) => { g.w(COMMON + f, width(f), v & 0xffff_ffff); }
+                    Op::Kick(q) => { g.w(NOTIFY + 4 * u64::from(q), 2, u64::from(q)); }
+                    Op::Poke(a, b) => { g.mem.write(a, &b).expect("inside RAM"); }
+                    Op::ReadIsr => { g.r(ISR, 1); }
+                }
+                if g.dev.is_running() {
+                    prop_assert!(g.dev.pci().transport().is_live());
+                }
+                prop_assert!(g.dev.gpu().bytes() <= 1 << 20);
+            }
+        }
+    }
+}

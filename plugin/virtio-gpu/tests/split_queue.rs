@@ -188,6 +188,20 @@ fn a_disabled_or_malformed_queue_is_refused() {
             device: cfg.device + 2,
             ..cfg
         },
+        // Rings that would end beyond 2^64: the device's index arithmetic
+        // must never overflow.
+        QueueConfig {
+            desc: u64::MAX - 15,
+            ..cfg
+        },
+        QueueConfig {
+            driver: u64::MAX - 1,
+            ..cfg
+        },
+        QueueConfig {
+            device: u64::MAX - 3,
+            ..cfg
+        },
     ] {
         assert_eq!(SplitQueue::new(&bad), Err(QueueError::Malformed), "{bad:?}");
     }
