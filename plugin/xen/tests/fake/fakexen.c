@@ -153,6 +153,38 @@ void *xenforeignmemory_map_resource(void *h, uint16_t d, unsigned t, unsigned id
 }
 int xenforeignmemory_unmap_resource(void *h, void *r) { mapped--; return 0; }
 int xenforeignmemory_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
+/* Guest frames: every frame of the fake guest below 0x100000 maps to a
+ * page whose byte j is (gfn + j) & 0xff; frames from 0x100000 up fail
+ * with -EFAULT in err[] (a hole), as privcmd reports a frame it cannot
+ * map. Another domain fails the whole call. */
+static int guest_mapped;
+int fake_guest_mapped(void) { return guest_mapped; }
+void *xenforeignmemory_map(void *h, uint32_t d, int prot, size_t n, const unsigned long *gfns,
+                           int *err)
+{
+    size_t i, j;
+    uint8_t *p;
+    if (!is_fake(d) || n == 0) {
+        errno = EBADF;
+        return NULL;
+    }
+    p = aligned_alloc(4096, n * 4096);
+    if (!p)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        err[i] = gfns[i] >= 0x100000 ? -EFAULT : 0;
+        for (j = 0; j < 4096; j++)
+            p[i * 4096 + j] = (uint8_t)(gfns[i] + j);
+    }
+    guest_mapped += (int)n;
+    return p;
+}
+int xenforeignmemory_unmap(void *h, void *addr, size_t n)
+{
+    free(addr);
+    guest_mapped -= (int)n;
+    return 0;
+}
 
 /* libxenevtchn: the fd is the read end of a pipe nobody writes to. */
 static int evtchn_pipe[2] = { -1, -1 };
