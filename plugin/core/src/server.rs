@@ -487,7 +487,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     /// unbacked, without the memory the server lent) at warn level each
     /// time their count goes up, and once that the counters cannot be
     /// read. [`Server::run_once`] calls it at most once per
-    /// [`RetryWatch::INTERVAL`]. Returns what was logged.
+    /// [`RetryWatch::INTERVAL`]. Returns the reading and what was logged.
     pub fn poll_xen_retry(
         &mut self,
         now: Instant,
