@@ -84,8 +84,15 @@ pub fn run(args: &Args, cfg: &Config) -> Result<(), Failure> {
         devicemodel = libs.devicemodel.soname(),
         xenctrl = libs.xenctrl.soname(),
         retry_call = libs.devicemodel.has_create_with_flags(),
+        retry_stats_call = libs.devicemodel.has_retry_stats(),
         "Xen libraries loaded"
     );
+    if !libs.devicemodel.has_retry_stats() {
+        info!(
+            devicemodel = libs.devicemodel.soname(),
+            "no xendevicemodel_get_retry_stats (a library without the gpu-hostmem Xen series): Xen's RETRY counters are not read, status shows them unavailable"
+        );
+    }
     let xs = match libs.xenstore.open() {
         Ok(x) => x,
         Err(e) => return Err(at("connect to xenstore")(e)),
