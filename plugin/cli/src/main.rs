@@ -2,7 +2,8 @@
 //!
 //! - `gpu-hostmem status DOMID [--json]`: the xenstore record, the IOREQ
 //!   server's own status (control socket: BAR address and size,
-//!   registrations, lent pages, faults, retries) and the kernel's view
+//!   registrations, lent pages, faults, retries, and Xen's counters of
+//!   how those RETRY answers ended) and the kernel's view
 //!   (`IOCTL_PRIVCMD_HOSTMEM_QUERY`). Each source is optional: what cannot
 //!   be reached is reported, not fatal.
 //! - `gpu-hostmem teardown DOMID`: what the plugin's destroy hook does,
@@ -339,6 +340,7 @@ mod tests {
         assert!(e.contains("cannot read"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+    use gpu_hostmem_core::platform::RetryStats;
     use gpu_hostmem_core::status::Counters;
 
     #[test]
@@ -376,6 +378,12 @@ mod tests {
                     retries: 3,
                     ..Counters::default()
                 },
+                xen_retry: Some(RetryStats {
+                    completed: 3,
+                    resent: 0,
+                    refused: 0,
+                }),
+                xen_retry_error: None,
             }),
             server_error: None,
             kernel: None,
@@ -389,6 +397,12 @@ mod tests {
     fn text_shows_every_source_or_why_it_is_missing() {
         let t = report().to_text();
         assert!(t.contains("state      running"), "{t}");
+        // Xen's RETRY counters beside the server's own.
+        assert!(
+            t.contains("  faults      3 (lends 0, retries 3")
+                && t.contains("  Xen RETRY   completed 3 (honoured), resent 0, refused 0"),
+            "{t}"
+        );
         assert!(t.contains("0xe0000000"), "{t}");
         assert!(
             t.contains("unavailable: open /dev/xen/privcmd failed"),
@@ -418,6 +432,8 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(report()).expect("json");
         assert_eq!(v["server"]["bar_base"], 0xe000_0000u64);
         assert_eq!(v["server"]["counters"]["retries"], 3);
+        assert_eq!(v["server"]["xen_retry"]["completed"], 3);
+        assert_eq!(v["server"]["xen_retry"]["refused"], 0);
         assert_eq!(v["xenstore"]["state"], "running");
         assert!(v["kernel"].is_null());
     }

@@ -9,6 +9,7 @@
 //! - [`ledger`]: what was lent where to the guest served.
 //! - [`limits`]: fault rate, lent-page cap, the paging memory of a BAR.
 //! - [`server`]: the IOREQ handling loop, setup stages and teardown.
+//! - [`retry_stats`]: watching Xen's counters of our RETRY answers.
 //! - [`config`]: the YAML configuration file.
 //! - [`status`]: the snapshot `gpu-hostmem status` prints.
 #![forbid(unsafe_code)]
@@ -22,5 +23,6 @@ pub mod limits;
 pub mod pci;
 pub mod platform;
 pub mod registry;
+pub mod retry_stats;
 pub mod server;
 pub mod status;

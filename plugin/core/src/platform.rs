@@ -295,6 +295,30 @@ pub trait DeviceModel {
     /// is the reason, for the platform's own records; the toolstack then
     /// applies the guest's `on_crash` action.
     fn crash_domain(&mut self, dom: &DomainIdentity, why: &str) -> PlatformResult<()>;
+
+    /// Xen's counters of how the domain's `STATE_IORESP_RETRY` answers
+    /// ended, for all its ioreq servers, since it was created
+    /// (`xendevicemodel_get_retry_stats`, `XEN_DMOP_get_retry_stats`).
+    /// `ENOSYS`: the library lacks the call; `EOPNOTSUPP`: the hypervisor
+    /// lacks the DMOP. Read only: the counters are Xen's, not ours.
+    fn retry_stats(&self, dom: &DomainIdentity) -> PlatformResult<RetryStats>;
+}
+
+/// Xen's per-domain counters of `STATE_IORESP_RETRY` answers
+/// (`struct xen_dm_op_get_retry_stats`). Every RETRY answer a server gives
+/// ends as exactly one of them, so over the life of a domain whose only
+/// RETRY server is ours, their sum is the number of RETRY answers we gave.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetryStats {
+    /// Answers Xen honoured: it completed the access from the memory now
+    /// at the address.
+    pub completed: u64,
+    /// Requests Xen sent again because no memory backed them yet.
+    pub resent: u64,
+    /// Requests Xen completed as unbacked (reads all ones, writes
+    /// dropped) after its resends, or because it cannot complete them
+    /// from memory: the server's answer was not honoured.
+    pub refused: u64,
 }
 
 /// Which pages to revoke.

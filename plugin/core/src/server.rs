@@ -30,10 +30,11 @@ use crate::ledger::DomainLedger;
 use crate::limits::{Limits, RateLimiter};
 use crate::pci::{BarChange, PciError, PciFunction, PciIds};
 use crate::platform::{
-    DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError, RegionInfo,
-    RevokeRange, Wake,
+    DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError,
+    PlatformResult, RegionInfo, RetryStats, RevokeRange, Wake,
 };
 use crate::registry::{Registration, Registry};
+use crate::retry_stats::{RetryNews, RetryWatch};
 use crate::status::{Counters, Status};
 
 /// How many times a lend that answered `EBUSY` is tried again at once.
@@ -186,6 +187,9 @@ impl Response {
 pub struct TeardownReport {
     /// Errors of individual steps, teardown went on after each.
     pub errors: Vec<PlatformError>,
+    /// Xen's RETRY counters of the domain, read before the server was
+    /// destroyed ([`Server::shutdown`] only; `None` if unreadable).
+    pub xen_retry: Option<RetryStats>,
 }
 
 impl TeardownReport {
@@ -241,6 +245,8 @@ pub struct Server<D: DeviceModel, H: HostMem> {
     deferred: Vec<Option<(Ioreq, Defer)>>,
     rate: RateLimiter,
     counters: Counters,
+    /// Xen's counters of our RETRY answers, as last read.
+    xen_retry: RetryWatch,
     gone: bool,
     stopped: bool,
     /// Called with [`PciFunction::saved`] after every config write that
@@ -308,6 +314,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             deferred: vec![None; nr_vcpus as usize],
             rate: RateLimiter::new(cfg.limits.fault_rate, cfg.limits.fault_burst),
             counters: Counters::default(),
+            xen_retry: RetryWatch::default(),
             cfg,
             gone: false,
             stopped: false,
@@ -394,6 +401,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             deferred: vec![None; nr_vcpus as usize],
             rate: RateLimiter::new(cfg.limits.fault_rate, cfg.limits.fault_burst),
             counters: Counters::default(),
+            xen_retry: RetryWatch::default(),
             cfg,
             gone: false,
             stopped: false,
@@ -464,9 +472,54 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         let Some(chan) = self.chan.as_mut() else {
             return Ok(Flow::DomainGone);
         };
-        match chan.wait(timeout)? {
-            Wake::Event | Wake::Timeout => self.drain(Instant::now()),
+        let flow = match chan.wait(timeout)? {
+            Wake::Event | Wake::Timeout => self.drain(Instant::now())?,
+        };
+        let now = Instant::now();
+        if flow == Flow::Continue && self.xen_retry.due(now) {
+            let _ = self.poll_xen_retry(now);
         }
+        Ok(flow)
+    }
+
+    /// Read Xen's counters of the domain's RETRY answers and log what the
+    /// operator must see: refused answers (Xen completed the access as
+    /// unbacked, without the memory the server lent) at warn level each
+    /// time their count goes up, and once that the counters cannot be
+    /// read. [`Server::run_once`] calls it at most once per
+    /// [`RetryWatch::INTERVAL`]. Returns the reading and what was logged.
+    pub fn poll_xen_retry(
+        &mut self,
+        now: Instant,
+    ) -> (PlatformResult<RetryStats>, Option<RetryNews>) {
+        let r = self.dm.retry_stats(&self.dom);
+        let news = self.xen_retry.observe(&r, now);
+        let dom = self.dom;
+        match &news {
+            Some(RetryNews::Refused { by, now }) => warn!(
+                %dom, new_refused = by, refused = now.refused, completed = now.completed,
+                resent = now.resent, server_retries = self.counters.retries,
+                "Xen completed RETRY answers as unbacked (all ones, writes dropped): the guest's access bypassed the lent memory"
+            ),
+            Some(RetryNews::RefusedBefore(st)) => warn!(
+                %dom, refused = st.refused, completed = st.completed, resent = st.resent,
+                "Xen already completed RETRY answers of this domain as unbacked before this server read its counters"
+            ),
+            Some(RetryNews::Unavailable(e)) if e.errno == Errno::ENOSYS => info!(
+                %dom, error = %e,
+                "Xen's RETRY counters are not available (libxendevicemodel without xendevicemodel_get_retry_stats): not shown in status"
+            ),
+            Some(RetryNews::Unavailable(e)) => warn!(
+                %dom, error = %e,
+                "Xen's RETRY counters cannot be read (hypervisor without XEN_DMOP_get_retry_stats?): not shown in status"
+            ),
+            None => {
+                if let Err(e) = &r {
+                    debug!(%dom, error = %e, "reading Xen's RETRY counters failed");
+                }
+            }
+        }
+        (r, news)
     }
 
     /// Handle every READY slot once. A domain that goes away meanwhile
@@ -1049,6 +1102,11 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
 
     /// A status snapshot. `ask_kernel` adds the kernel's view.
     pub fn status(&mut self, ask_kernel: bool) -> Status {
+        // Once known to be unreadable, not asked again (nor logged).
+        let xen_retry = match self.xen_retry.unavailable() {
+            Some(e) => Err(e.clone()),
+            None => self.poll_xen_retry(Instant::now()).0,
+        };
         let mut kernel_lent = None;
         let mut regs: Vec<RegionInfo> = Vec::new();
         if ask_kernel {
@@ -1088,6 +1146,8 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             ledger_lent_pages: self.ledger.lent_pages(),
             kernel_lent_pages: kernel_lent,
             counters: self.counters,
+            xen_retry: xen_retry.as_ref().ok().copied(),
+            xen_retry_error: xen_retry.err().map(|e| e.to_string()),
         }
     }
 
@@ -1098,6 +1158,19 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         let mut report = TeardownReport::default();
         let dom = self.dom;
         let id = self.id;
+        // Xen's counters first, while the domain and the server exist: a
+        // last refused answer is warned about like any other.
+        if self.xen_retry.unavailable().is_none() {
+            if let (Ok(x), _) = self.poll_xen_retry(Instant::now()) {
+                info!(
+                    %dom, completed = x.completed, resent = x.resent, refused = x.refused,
+                    server_retries = self.counters.retries, faults = self.counters.bar_faults,
+                    lends = self.counters.lends,
+                    "Xen's RETRY counters of the domain at teardown"
+                );
+                report.xen_retry = Some(x);
+            }
+        }
         info!(%dom, id, "shutting down: disabling ioreq server");
         report.note(self.dm.set_server_state(&dom, id, false));
         info!(%dom, "revoking every lent page");

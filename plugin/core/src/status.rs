@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::platform::RegionInfo;
+use crate::platform::{RegionInfo, RetryStats};
 
 /// Event counters of a server.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +73,13 @@ pub struct Status {
     pub kernel_lent_pages: Option<u64>,
     /// Counters.
     pub counters: Counters,
+    /// Xen's counters of how the domain's RETRY answers ended
+    /// (`XEN_DMOP_get_retry_stats`), if Xen could be asked.
+    #[serde(default)]
+    pub xen_retry: Option<RetryStats>,
+    /// Why `xen_retry` is missing (operation and errno).
+    #[serde(default)]
+    pub xen_retry_error: Option<String>,
 }
 
 impl Status {
@@ -118,6 +125,29 @@ impl Status {
             c.bar_faults, c.lends, c.retries, c.unbacked_reads, c.unbacked_writes,
             c.deferred, c.rate_limited, c.limit_deferred, c.evicted_pages, c.lend_errors
         );
+        match (&self.xen_retry, &self.xen_retry_error) {
+            (Some(x), _) => {
+                let _ = writeln!(
+                    s,
+                    "Xen RETRY   completed {} (honoured), resent {}, refused {}{}",
+                    x.completed,
+                    x.resent,
+                    x.refused,
+                    if x.refused > 0 {
+                        " (completed as unbacked: all ones, writes dropped)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            (None, e) => {
+                let _ = writeln!(
+                    s,
+                    "Xen RETRY   unavailable: {}",
+                    e.as_deref().unwrap_or("not asked")
+                );
+            }
+        }
         let _ = writeln!(s, "registrations {}", self.registrations.len());
         for r in &self.registrations {
             let _ = writeln!(
@@ -163,6 +193,12 @@ mod tests {
                 retries: 1,
                 ..Counters::default()
             },
+            xen_retry: Some(RetryStats {
+                completed: 1,
+                resent: 16,
+                refused: 2,
+            }),
+            xen_retry_error: None,
         }
     }
 
@@ -183,6 +219,52 @@ mod tests {
         let mut s = sample();
         s.bar_base = None;
         assert!(s.to_text().contains("BAR         unmapped (1024 MiB)"));
+    }
+
+    #[test]
+    fn text_shows_xen_retry_counters_or_why_not() {
+        let t = sample().to_text();
+        assert!(
+            t.contains(
+                "Xen RETRY   completed 1 (honoured), resent 16, refused 2 (completed as unbacked"
+            ),
+            "{t}"
+        );
+        let mut s = sample();
+        s.xen_retry = Some(RetryStats {
+            completed: 5,
+            ..RetryStats::default()
+        });
+        let t = s.to_text();
+        assert!(
+            t.contains("Xen RETRY   completed 5 (honoured), resent 0, refused 0\n"),
+            "{t}"
+        );
+        s.xen_retry = None;
+        s.xen_retry_error = Some("xendevicemodel_get_retry_stats failed: ENOSYS (38)".into());
+        assert!(
+            s.to_text().contains(
+                "Xen RETRY   unavailable: xendevicemodel_get_retry_stats failed: ENOSYS (38)"
+            ),
+            "{}",
+            s.to_text()
+        );
+    }
+
+    #[test]
+    fn json_names_xen_counters_and_reads_a_status_without_them() {
+        let j = serde_json::to_string(&sample()).expect("serialize");
+        assert!(
+            j.contains("\"xen_retry\":{\"completed\":1,\"resent\":16,\"refused\":2}"),
+            "{j}"
+        );
+        // A status from a server that predates the counters still parses.
+        let v: serde_json::Value = serde_json::from_str(&j).expect("json");
+        let mut m = v.as_object().cloned().expect("object");
+        m.remove("xen_retry");
+        m.remove("xen_retry_error");
+        let old: Status = serde_json::from_value(serde_json::Value::Object(m)).expect("old form");
+        assert_eq!(old.xen_retry, None);
     }
 
     #[test]

@@ -123,6 +123,8 @@ mod tests {
             ledger_lent_pages: 512,
             kernel_lent_pages: Some(512),
             counters: Counters::default(),
+            xen_retry: None,
+            xen_retry_error: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! every lent page, unmap, destroy).
 
 use crate::control::ControlSocket;
+use crate::qemu_slots;
 use crate::Args;
 use gpu_hostmem_core::config::{Config, DEFAULT_BAR_SIZE_MIB};
 use gpu_hostmem_core::ioreq::Sbdf;
@@ -83,8 +84,15 @@ pub fn run(args: &Args, cfg: &Config) -> Result<(), Failure> {
         devicemodel = libs.devicemodel.soname(),
         xenctrl = libs.xenctrl.soname(),
         retry_call = libs.devicemodel.has_create_with_flags(),
+        retry_stats_call = libs.devicemodel.has_retry_stats(),
         "Xen libraries loaded"
     );
+    if !libs.devicemodel.has_retry_stats() {
+        info!(
+            devicemodel = libs.devicemodel.soname(),
+            "no xendevicemodel_get_retry_stats (a library without the gpu-hostmem Xen series): Xen's RETRY counters are not read, status shows them unavailable"
+        );
+    }
     let xs = match libs.xenstore.open() {
         Ok(x) => x,
         Err(e) => return Err(at("connect to xenstore")(e)),
@@ -176,6 +184,12 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         )));
     }
     info!(%dom, vcpus = info.nr_vcpus, "serving domain");
+
+    // Stage: the slot is one QEMU left free. A restarted worker (attach)
+    // serves a slot already claimed and checked at the first start.
+    if !args.attach {
+        check_qemu_slot(domid, scfg.sbdf, &args.config)?;
+    }
 
     // Stage: open the handles the server uses; privcmd restricted at once.
     let dm = libs.devicemodel.open().map_err(at("open devicemodel"))?;
@@ -360,6 +374,58 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
 /// The ioreq server id the record names, for a re-attach: only from a
 /// record of this domain in state `running` (a server that was stopped
 /// was destroyed, and Xen may have given its id to someone else).
+/// How long QEMU may take to answer the slot check.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Refuses a `pci_slot` in which the guest's QEMU placed a device of its
+/// own: once the server claims the slot, Xen sends its config cycles to us
+/// and that device would vanish from the guest without an error. When
+/// QEMU cannot be asked (no QMP socket, e.g. a stub-domain device model,
+/// or no answer in time) the slot is not checked, which the log says.
+fn check_qemu_slot(domid: u16, sbdf: Sbdf, config: &std::path::Path) -> Result<(), Failure> {
+    if sbdf.seg != 0 || sbdf.bus != 0 {
+        return Ok(());
+    }
+    let path = qemu_slots::socket_path(domid);
+    if !path.exists() {
+        info!(
+            path = %path.display(),
+            "no QMP socket of the guest's QEMU: pci_slot not checked against QEMU's devices"
+        );
+        return Ok(());
+    }
+    let functions = match qemu_slots::query_bus0(&path, QMP_TIMEOUT) {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(error = %e, "could not ask QEMU for its PCI devices: pci_slot not checked");
+            return Ok(());
+        }
+    };
+    let taken: Vec<String> = functions
+        .iter()
+        .filter(|f| f.slot == sbdf.dev)
+        .map(ToString::to_string)
+        .collect();
+    let mut used: Vec<u8> = functions.iter().map(|f| f.slot).collect();
+    used.sort_unstable();
+    used.dedup();
+    let used = used
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if taken.is_empty() {
+        info!(slot = sbdf.dev, qemu_slots = %used, "pci_slot is free of QEMU's devices");
+        return Ok(());
+    }
+    Err(at("PCI slot")(format!(
+        "slot {} of bus 0 is taken by the guest's QEMU device {}: set pci_slot in {} to a slot QEMU leaves free (its devices are in slots {used})",
+        sbdf.dev,
+        taken.join(", "),
+        config.display()
+    )))
+}
+
 fn recorded_ioservid(xs: &Xenstore<'_>, domid: u16, dom: &DomainIdentity) -> Result<u16, Failure> {
     let f = at("re-attach ioreq server");
     let rec = record::Record::read(xs, domid)

@@ -11,6 +11,7 @@
 mod control;
 mod daemon;
 mod logging;
+mod qemu_slots;
 mod sandbox;
 mod supervisor;
 

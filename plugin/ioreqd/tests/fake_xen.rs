@@ -400,3 +400,61 @@ fn restarts_a_killed_worker_then_gives_up_after_the_bound() {
     );
     assert!(!r.dir.join("run/45.pci").exists(), "PCI state file removed");
 }
+
+#[test]
+fn shows_xens_retry_counters_and_warns_when_refused_goes_up() {
+    let mut r = Run::start("xenretry", 46, UUID, true);
+    r.wait_state("running");
+    // What the fake Xen counted: 5 honoured, 2 resent, none refused.
+    fs::write(r.dir.join("xs/.retry-stats"), "5 2 0\n").expect("counters");
+    let sock = PathBuf::from(r.key("control").expect("control key"));
+    let status = || -> Status {
+        let reply = control::request(&sock, control::REQUEST_STATUS, Duration::from_secs(5))
+            .expect("status");
+        serde_json::from_str(&reply).expect("status JSON")
+    };
+    let st = status();
+    let x = st.xen_retry.expect("Xen's counters in the status");
+    assert_eq!((x.completed, x.resent, x.refused), (5, 2, 0));
+    assert_eq!(st.xen_retry_error, None);
+    assert!(r.log().contains("retry_stats_call=true"), "{}", r.log());
+
+    // Xen refuses 3 answers: the loop's next reading warns, once.
+    fs::write(r.dir.join("xs/.retry-stats"), "5 10 3\n").expect("counters");
+    let t = Instant::now();
+    while !r.log().contains("new_refused=3") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no warning; log:\n{}",
+            r.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = r.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("new_refused=3"))
+        .expect("the line");
+    assert!(
+        line.contains("WARN") && line.contains("refused=3"),
+        "{line}"
+    );
+
+    sigterm(r.child.id());
+    let status = r.wait_exit();
+    let log = r.log();
+    assert!(status.success(), "exit {status}; log:\n{log}");
+    assert_eq!(
+        log.matches("new_refused=").count(),
+        1,
+        "warned once; log:\n{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("RETRY counters of the domain at teardown"))
+        .unwrap_or_else(|| panic!("teardown line; log:\n{log}"));
+    assert!(
+        line.contains("completed=5") && line.contains("resent=10") && line.contains("refused=3"),
+        "{line}"
+    );
+}

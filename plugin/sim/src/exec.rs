@@ -38,7 +38,7 @@ use gpu_hostmem_core::ioreq::{
     STATE_IORESP_READY,
 };
 use gpu_hostmem_core::limits::XEN_IOREQ_MAX_RETRIES;
-use gpu_hostmem_core::platform::{DomainIdentity, IoServId};
+use gpu_hostmem_core::platform::{DomainIdentity, IoServId, RetryStats};
 
 use crate::faults::Fault;
 use crate::world::RetryRule;
@@ -494,20 +494,26 @@ impl Sim {
             let all_mapped = self.world.borrow().range_mapped(dom.domid, lo, len);
             match rule {
                 RetryRule::Contract => {
+                    // Xen counts how each answer ends, as
+                    // ioreq_complete_retry() does.
                     if req.kind == IOREQ_TYPE_COPY && all_mapped {
                         rep.from_memory += 1;
+                        self.count_retry(dom, |c| &mut c.completed);
                         return self.perform(dom, &req);
                     }
                     resends += 1;
                     if resends > RESEND_GUARD {
                         // Not Xen: a guard far above its bound, so that a
                         // broken bound shows in the tests, not as a hang.
+                        self.count_retry(dom, |c| &mut c.refused);
                         return self.complete_unbacked(dom, &req, rep);
                     }
                     if req.kind != IOREQ_TYPE_COPY || resends > XEN_IOREQ_MAX_RETRIES {
+                        self.count_retry(dom, |c| &mut c.refused);
                         return self.complete_unbacked(dom, &req, rep);
                     }
                     rep.resends += 1;
+                    self.count_retry(dom, |c| &mut c.resent);
                 }
                 RetryRule::Reexecute => {
                     let n = {
@@ -541,6 +547,13 @@ impl Sim {
                     rep.resends += 1;
                 }
             }
+        }
+    }
+
+    /// Count one end of a RETRY answer in the domain's counters.
+    fn count_retry(&self, dom: &DomainIdentity, which: fn(&mut RetryStats) -> &mut u64) {
+        if let Some(d) = live(&mut self.world.borrow_mut().domains, dom) {
+            *which(&mut d.retry_stats) += 1;
         }
     }
 

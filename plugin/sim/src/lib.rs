@@ -175,6 +175,7 @@ impl Sim {
                 p2m: Default::default(),
                 registrations: Default::default(),
                 unbacked: 0,
+                retry_stats: Default::default(),
                 vcpu_retries: vec![0; nr_vcpus as usize],
                 ram: Default::default(),
                 crashed: None,

@@ -9,7 +9,7 @@ use gpu_hostmem_core::ioreq::{
 };
 use gpu_hostmem_core::platform::{
     DeviceModel, DomainIdentity, Errno, HostMem, HostMemQuery, IoServId, IoreqChannel,
-    PlatformError, PlatformResult, RegionInfo, RevokeRange, Wake,
+    PlatformError, PlatformResult, RegionInfo, RetryStats, RevokeRange, Wake,
 };
 
 use crate::faults::Fault;
@@ -234,6 +234,15 @@ impl DeviceModel for SimDeviceModel {
         let d = w.domain_mut(dom, OP)?;
         d.crashed.get_or_insert_with(|| why.to_owned());
         Ok(())
+    }
+
+    fn retry_stats(&self, dom: &DomainIdentity) -> PlatformResult<RetryStats> {
+        const OP: &str = "xendevicemodel_get_retry_stats";
+        let w = self.world.borrow();
+        if w.opts.no_retry_stats_call {
+            return Err(err(OP, Errno::ENOSYS));
+        }
+        Ok(w.domain(dom, OP)?.retry_stats)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gpu_hostmem_core::ioreq::{Sbdf, IOREQ_SIZE};
-use gpu_hostmem_core::platform::{DomainIdentity, Errno, IoServId, PlatformError};
+use gpu_hostmem_core::platform::{DomainIdentity, Errno, IoServId, PlatformError, RetryStats};
 
 use crate::faults::FaultPlan;
 
@@ -133,6 +133,9 @@ pub struct Domain {
     pub registrations: BTreeMap<u32, SimRegistration>,
     /// Xen's per-domain counter of accesses completed as unbacked.
     pub unbacked: u64,
+    /// Xen's per-domain counters of how RETRY answers ended
+    /// (`XEN_DMOP_get_retry_stats`; kept under [`RetryRule::Contract`]).
+    pub retry_stats: RetryStats,
     /// Consecutive retries per vCPU ([`RetryRule::Reexecute`] only).
     pub vcpu_retries: Vec<u32>,
     /// Guest RAM, by GFN (pages the test added).
@@ -181,6 +184,9 @@ pub struct SimOptions {
     pub kernel_lent_limit: u64,
     /// BREAK I5 on purpose: act on the domid without checking the uid.
     pub broken_skip_identity_check: bool,
+    /// A libxendevicemodel without `xendevicemodel_get_retry_stats` (not
+    /// the gpu-hostmem series): reading the RETRY counters gives `ENOSYS`.
+    pub no_retry_stats_call: bool,
 }
 
 /// The whole simulated machine.

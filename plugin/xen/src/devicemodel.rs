@@ -3,6 +3,7 @@
 use crate::error::{Result, XenError};
 use crate::loader::{self, library};
 use gpu_hostmem_core::ioreq::Sbdf;
+use gpu_hostmem_core::platform::RetryStats;
 use std::ffi::{c_int, c_uint, c_void};
 use std::ptr::{self, NonNull};
 
@@ -43,6 +44,10 @@ library! {
         // from stock libraries, in which case RETRY is not available.
         ?xendevicemodel_create_ioreq_server_flags:
             fn(*mut XdmHandle, u16, c_int, c_uint, *mut u16) -> c_int;
+        // Same series (its libxendevicemodel patch): Xen's counters of the
+        // domain's RETRY answers; absent, they are not shown.
+        ?xendevicemodel_get_retry_stats:
+            fn(*mut XdmHandle, u16, *mut u64, *mut u64, *mut u64) -> c_int;
     }
 }
 
@@ -63,6 +68,11 @@ impl DeviceModelLib {
     /// Whether the library offers `xendevicemodel_create_ioreq_server_flags`.
     pub fn has_create_with_flags(&self) -> bool {
         self.xendevicemodel_create_ioreq_server_flags.is_some()
+    }
+
+    /// Whether the library offers `xendevicemodel_get_retry_stats`.
+    pub fn has_retry_stats(&self) -> bool {
+        self.xendevicemodel_get_retry_stats.is_some()
     }
 
     /// Opens a device model handle.
@@ -151,6 +161,31 @@ impl<'l> DeviceModel<'l> {
             id,
             retry,
         })
+    }
+
+    /// Reads Xen's counters of how `domid`'s RETRY answers ended (all its
+    /// servers, since it was created). `ENOSYS` if the library lacks the
+    /// call (not the gpu-hostmem series); an unpatched hypervisor answers
+    /// `EOPNOTSUPP`.
+    pub fn retry_stats(&self, domid: u16) -> Result<RetryStats> {
+        const OP: &str = "xendevicemodel_get_retry_stats";
+        let get = self
+            .lib
+            .xendevicemodel_get_retry_stats
+            .ok_or_else(|| XenError::from_errno(OP, libc::ENOSYS))?;
+        let mut c = RetryStats::default();
+        // SAFETY: live handle; the three pointers are distinct valid
+        // `u64`s of `c`, written by the call before it returns.
+        check(OP, unsafe {
+            get(
+                self.h.as_ptr(),
+                domid,
+                &mut c.completed,
+                &mut c.resent,
+                &mut c.refused,
+            )
+        })?;
+        Ok(c)
     }
 
     /// Takes charge of an existing server `id` of `domid` (created by a

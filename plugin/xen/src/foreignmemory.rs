@@ -1,4 +1,6 @@
-//! libxenforeignmemory.so.1: mapping the ioreq server's ioreq page.
+//! libxenforeignmemory.so.1: mapping the ioreq server's ioreq page, and
+//! guest frames for a device model that reads the guest's memory
+//! (virtqueues, `docs/virtio-gpu.md`).
 
 use crate::error::{Result, XenError};
 use crate::ioreq::{IoreqSlots, MAX_SLOTS};
@@ -33,6 +35,10 @@ library! {
         ) -> *mut XfmResource;
         xenforeignmemory_unmap_resource: fn(*mut XfmHandle, *mut XfmResource) -> c_int;
         xenforeignmemory_restrict: fn(*mut XfmHandle, u16) -> c_int;
+        xenforeignmemory_map: fn(
+            *mut XfmHandle, u32, c_int, usize, *const c_ulong, *mut c_int
+        ) -> *mut c_void;
+        xenforeignmemory_unmap: fn(*mut XfmHandle, *mut c_void, usize) -> c_int;
     }
 }
 
@@ -129,6 +135,148 @@ impl<'l> ForeignMemory<'l> {
             res,
             slots,
         })
+    }
+}
+
+/// Most guest frames one [`ForeignMemory::map_guest_pages`] maps.
+pub const MAX_GUEST_PAGES: usize = 1024;
+
+const PAGE_SIZE: usize = 4096;
+
+impl ForeignMemory<'_> {
+    /// Maps guest frames `gfns` of `domid` (read-only unless `writable`)
+    /// at consecutive pages. A frame that cannot be mapped (a hole, MMIO,
+    /// a page lent through gpu-hostmem, which Xen refuses to foreign-map)
+    /// does not fail the call: [`GuestPages::page_error`] reports it and
+    /// the page cannot be accessed. On a restricted handle only the
+    /// restricted domain's frames map.
+    pub fn map_guest_pages(
+        &self,
+        domid: u16,
+        gfns: &[u64],
+        writable: bool,
+    ) -> Result<GuestPages<'_>> {
+        if gfns.is_empty() || gfns.len() > MAX_GUEST_PAGES {
+            return Err(XenError::invalid(
+                "xenforeignmemory_map",
+                format!("{} frames: one call maps 1..={MAX_GUEST_PAGES}", gfns.len()),
+            ));
+        }
+        let frames: Vec<c_ulong> = gfns.iter().map(|&g| g as c_ulong).collect();
+        let mut errs: Vec<c_int> = vec![0; gfns.len()];
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: live handle; `frames` and `errs` hold `gfns.len()`
+        // entries each and outlive the call; the library writes only
+        // `errs`.
+        let addr = unsafe {
+            (self.lib.xenforeignmemory_map)(
+                self.h.as_ptr(),
+                u32::from(domid),
+                prot,
+                gfns.len(),
+                frames.as_ptr(),
+                errs.as_mut_ptr(),
+            )
+        };
+        let base = NonNull::new(addr.cast::<u8>())
+            .ok_or_else(|| XenError::last_os("xenforeignmemory_map"))?;
+        Ok(GuestPages {
+            fm: self,
+            base,
+            errs,
+            writable,
+        })
+    }
+}
+
+/// Guest frames mapped by [`ForeignMemory::map_guest_pages`], unmapped on
+/// drop; any of them, even all, may have failed to map
+/// ([`GuestPages::page_error`]). Accesses copy with volatile byte loads and stores: the guest may
+/// change its memory at any time, so no reference to it is ever made.
+#[derive(Debug)]
+pub struct GuestPages<'f> {
+    fm: &'f ForeignMemory<'f>,
+    base: NonNull<u8>,
+    errs: Vec<c_int>,
+    writable: bool,
+}
+
+impl GuestPages<'_> {
+    /// How many frames were asked for.
+    pub fn len(&self) -> usize {
+        self.errs.len()
+    }
+
+    /// Never true: a mapping covers at least one frame (mapped or not).
+    pub fn is_empty(&self) -> bool {
+        self.errs.is_empty()
+    }
+
+    /// The errno of page `i` if it could not be mapped (`None` if it is
+    /// mapped or `i` is out of range).
+    pub fn page_error(&self, i: usize) -> Option<i32> {
+        self.errs.get(i).filter(|&&e| e != 0).map(|&e| e.abs())
+    }
+
+    /// Checks that `[offset, offset + len)` lies within mapped page `page`.
+    fn span(&self, op: &'static str, page: usize, offset: usize, len: usize) -> Result<usize> {
+        match self.errs.get(page) {
+            None => Err(XenError::invalid(
+                op,
+                format!("page {page} not in the mapping"),
+            )),
+            Some(&e) if e != 0 => Err(XenError::from_errno(op, e.abs())),
+            Some(_) if !matches!(offset.checked_add(len), Some(end) if end <= PAGE_SIZE) => Err(
+                XenError::invalid(op, format!("{len} bytes at {offset} leave the page")),
+            ),
+            Some(_) => Ok(page * PAGE_SIZE + offset),
+        }
+    }
+
+    /// Copies bytes of mapped page `page` at `offset` into `buf`.
+    pub fn read(&self, page: usize, offset: usize, buf: &mut [u8]) -> Result<()> {
+        let at = self.span("guest page read", page, offset, buf.len())?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: `span` checked that page `page` is mapped (its error
+            // is 0) and that `at + i` stays inside it; the mapping lives as
+            // long as `self`. A volatile load of a byte the guest may be
+            // writing is what a device model can do; no reference is made.
+            *b = unsafe { ptr::read_volatile(self.base.as_ptr().add(at + i)) };
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` into mapped page `page` at `offset` (writable mappings
+    /// only).
+    pub fn write(&self, page: usize, offset: usize, buf: &[u8]) -> Result<()> {
+        if !self.writable {
+            return Err(XenError::invalid("guest page write", "mapped read-only"));
+        }
+        let at = self.span("guest page write", page, offset, buf.len())?;
+        for (i, b) in buf.iter().enumerate() {
+            // SAFETY: as in `read`; the mapping is writable (PROT_WRITE).
+            unsafe { ptr::write_volatile(self.base.as_ptr().add(at + i), *b) };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GuestPages<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `base` and the page count are what xenforeignmemory_map
+        // returned on this handle; unmapped once, and no access can follow
+        // (every access borrows `self`).
+        unsafe {
+            (self.fm.lib.xenforeignmemory_unmap)(
+                self.fm.h.as_ptr(),
+                self.base.as_ptr().cast(),
+                self.errs.len(),
+            )
+        };
     }
 }
 

@@ -17,7 +17,7 @@ use crate::xenctrl::{DomainInfo, Xenctrl};
 use gpu_hostmem_core::ioreq::{Ioreq, Sbdf};
 use gpu_hostmem_core::platform::{
     DeviceModel, DomainIdentity, Errno, HostMem, HostMemQuery, IoServId, IoreqChannel,
-    PlatformError, PlatformResult, RevokeRange, Wake,
+    PlatformError, PlatformResult, RetryStats, RevokeRange, Wake,
 };
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
@@ -263,6 +263,12 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
         let op = "xendevicemodel_shutdown";
         check(self.xc, dom, op)?;
         Ok(self.dm.shutdown(dom.domid, SHUTDOWN_CRASH)?)
+    }
+
+    fn retry_stats(&self, dom: &DomainIdentity) -> PlatformResult<RetryStats> {
+        let op = "xendevicemodel_get_retry_stats";
+        check(self.xc, dom, op)?;
+        Ok(self.dm.retry_stats(dom.domid)?)
     }
 }
 

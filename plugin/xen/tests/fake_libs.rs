@@ -7,7 +7,7 @@ use gpu_hostmem_xen::{
 };
 
 mod common;
-use common::fake_lib;
+use common::{fake_lib, fake_lib_without_retry_stats};
 
 fn errno(e: XenError) -> Option<i32> {
     e.errno()
@@ -83,6 +83,27 @@ fn devicemodel_methods_fail_cleanly() {
     let e = dm.create_ioreq_server(1, false).unwrap_err();
     assert_eq!(e.op(), "xendevicemodel_create_ioreq_server");
     assert_eq!(e.errno(), Some(libc::EBADF));
+    assert!(lib.has_retry_stats());
+    let e = dm.retry_stats(1).unwrap_err();
+    assert_eq!(
+        (e.op(), e.errno()),
+        ("xendevicemodel_get_retry_stats", Some(libc::EBADF))
+    );
+}
+
+#[test]
+fn a_library_without_the_retry_counters_still_loads() {
+    // A libxendevicemodel without the series' counters call: the rest
+    // works, reading them is ENOSYS naming the call, never a crash.
+    let lib = DeviceModelLib::load_from(fake_lib_without_retry_stats()).expect("loads");
+    assert!(!lib.has_retry_stats());
+    assert!(lib.has_create_with_flags());
+    let dm = lib.open().expect("open");
+    let e = dm.retry_stats(1).unwrap_err();
+    assert_eq!(
+        (e.op(), e.errno()),
+        ("xendevicemodel_get_retry_stats", Some(libc::ENOSYS))
+    );
 }
 
 #[test]

@@ -112,6 +112,17 @@ fn platform_on_fake_xen() {
     assert_eq!(ch.state(2).unwrap_err().errno, Errno::EINVAL);
     assert_eq!(ch.notify(0).unwrap_err().op, "xenevtchn_notify");
 
+    // Xen's RETRY counters: read for the current instance only (I5).
+    assert_eq!(
+        p.retry_stats(&dom).expect("retry stats"),
+        gpu_hostmem_core::platform::RetryStats::default()
+    );
+    let e = p.retry_stats(&stranger).unwrap_err();
+    assert_eq!(
+        (e.op, e.errno),
+        ("xendevicemodel_get_retry_stats", Errno::ESRCH)
+    );
+
     p.set_server_state(&dom, id, true).expect("enable");
     assert_eq!(
         p.set_server_state(&stranger, id, true).unwrap_err().errno,

@@ -18,6 +18,18 @@ got_sum=$(sha256sum <"$mod" | cut -d' ' -f1)
 check privcmd-file-is-ours "$got_sum" [ "$got_sum" = "$(cat /etc/gpu-hostmem/privcmd-sha256)" ]
 taint=$(cat /sys/module/xen_privcmd/taint 2>/dev/null)
 check privcmd-loaded-out-of-tree "taint=$taint" sh -c "case '$taint' in *O*) true ;; *) false ;; esac"
+# The hand-kept copy of the privcmd uAPI (examples/privcmd-hostmem.h, which
+# examples, tests and the plugin's Rust structs follow) is the patched
+# kernel header's: tests/kernel/uapi-layout.c checks layouts at compile
+# time (a mismatch leaves it out of dom0) and ioctl numbers when run.
+if command -v uapi-layout >/dev/null 2>&1; then
+    uapi-layout >/tmp/uapi-layout 2>&1
+    rc=$?
+    cat /tmp/uapi-layout
+else
+    rc=missing
+fi
+check uapi-copy-matches-kernel "rc=$rc" [ "$rc" = 0 ]
 xl_path=$(readlink -f /usr/lib/xen-4.20/bin/xl)
 check xl-is-ours "$(cat /etc/gpu-hostmem/tools-key)" \
     cmp -s /usr/lib/xen-4.20/bin/xl /usr/lib/gpu-hostmem/built/xl

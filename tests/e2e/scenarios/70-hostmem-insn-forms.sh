@@ -26,5 +26,23 @@ check "$name-guest-forms-run" "forms_ok=$forms" [ "$forms" -ge 42 ]
 retries=$(hm_counter "$HM_DOM" retries)
 check "$name-completed-from-memory" "retries=$retries" [ "$retries" -gt 0 ]
 gpu-hostmem status "$HM_DOM" 2>&1 | sed 's/^/[status] /'
+# Xen's counters of the domain's RETRY answers (XEN_DMOP_get_retry_stats, in
+# the server's status): every answer the server gave ended one way in Xen
+# (completed from memory, sent again, completed as unbacked), so they add up
+# to the server's own count; refused ones are warned about in its log.
+j=$(hm_status_json "$HM_DOM")
+retries=$(hm_counter "$HM_DOM" retries)
+xc=$(hm_field "$j" completed)
+xr=$(hm_field "$j" resent)
+xf=$(hm_field "$j" refused)
+sum=none
+[ -n "$xc" -a -n "$xr" -a -n "$xf" ] && sum=$((xc + xr + xf))
+check "$name-xen-retry-accounting" \
+    "xen_completed=${xc:-none},xen_resent=${xr:-none},xen_refused=${xf:-none},sum=$sum,server_retries=$retries" \
+    [ "$sum" = "$retries" -a "${xc:-0}" != 0 ]
+if [ "${xf:-0}" -gt 0 ] 2>/dev/null; then
+    check "$name-refused-warned" "refused=$xf" \
+        grep -q 'WARN.*RETRY answers .*as unbacked' "/var/log/xen/gpu-hostmem-$HM_DOM.log"
+fi
 hm_destroy_clean "$name"
 exit "$GH_FAILED"

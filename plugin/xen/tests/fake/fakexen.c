@@ -113,6 +113,31 @@ int xendevicemodel_destroy_ioreq_server(void *h, uint16_t d, uint16_t id)
     }
     return 0;
 }
+#ifndef FAKE_NO_RETRY_STATS
+/* Xen's RETRY counters of the fake guest: zero, or what the file
+ * $FAKEXS_ROOT/.retry-stats says ("completed resent refused"), so that a
+ * test can make them move. Built with -DFAKE_NO_RETRY_STATS, the library
+ * lacks the call, as one without the gpu-hostmem series does. */
+int xendevicemodel_get_retry_stats(void *h, uint16_t d, uint64_t *c, uint64_t *r, uint64_t *f)
+{
+    char p[PATH_MAX];
+    unsigned long long v[3] = { 0, 0, 0 };
+    FILE *fp;
+    if (!is_fake(d))
+        FAIL(EBADF);
+    if (getenv("FAKEXS_ROOT") &&
+        snprintf(p, sizeof(p), "%s/.retry-stats", getenv("FAKEXS_ROOT")) < (int)sizeof(p) &&
+        (fp = fopen(p, "r"))) {
+        if (fscanf(fp, "%llu %llu %llu", &v[0], &v[1], &v[2]) != 3)
+            v[0] = v[1] = v[2] = 0;
+        fclose(fp);
+    }
+    *c = v[0];
+    *r = v[1];
+    *f = v[2];
+    return 0;
+}
+#endif
 int xendevicemodel_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
 static int shutdowns, shutdown_reason = -1;
 int fake_shutdowns(void) { return shutdowns; }
@@ -153,6 +178,38 @@ void *xenforeignmemory_map_resource(void *h, uint16_t d, unsigned t, unsigned id
 }
 int xenforeignmemory_unmap_resource(void *h, void *r) { mapped--; return 0; }
 int xenforeignmemory_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
+/* Guest frames: every frame of the fake guest below 0x100000 maps to a
+ * page whose byte j is (gfn + j) & 0xff; frames from 0x100000 up fail
+ * with -EFAULT in err[] (a hole), as privcmd reports a frame it cannot
+ * map. Another domain fails the whole call. */
+static int guest_mapped;
+int fake_guest_mapped(void) { return guest_mapped; }
+void *xenforeignmemory_map(void *h, uint32_t d, int prot, size_t n, const unsigned long *gfns,
+                           int *err)
+{
+    size_t i, j;
+    uint8_t *p;
+    if (!is_fake(d) || n == 0) {
+        errno = EBADF;
+        return NULL;
+    }
+    p = aligned_alloc(4096, n * 4096);
+    if (!p)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        err[i] = gfns[i] >= 0x100000 ? -EFAULT : 0;
+        for (j = 0; j < 4096; j++)
+            p[i * 4096 + j] = (uint8_t)(gfns[i] + j);
+    }
+    guest_mapped += (int)n;
+    return p;
+}
+int xenforeignmemory_unmap(void *h, void *addr, size_t n)
+{
+    free(addr);
+    guest_mapped -= (int)n;
+    return 0;
+}
 
 /* libxenevtchn: the fd is the read end of a pipe nobody writes to. */
 static int evtchn_pipe[2] = { -1, -1 };

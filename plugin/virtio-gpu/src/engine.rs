@@ -1,0 +1,319 @@
+//! The whole stage-1 device as the IOREQ server will drive it: the PCI
+//! function and transport, the two split queues once the driver made the
+//! device live, and the 2D commands. An MMIO access to the register BAR
+//! may make the device live (queues built from what the driver
+//! configured), reset it (queues and resources dropped), or notify a
+//! queue, which is then served at once: each chain's request is copied
+//! out, answered, and returned, and the driver is interrupted unless it
+//! asked not to be. A queue that breaks a rule stops the device
+//! (NEEDS_RESET) until the driver resets it.
+//!
+//! Work per notification is bounded by the queue size: a driver cannot
+//! keep the server in one request forever.
+
+use tracing::debug;
+
+use gpu_hostmem_core::pci::PciError;
+
+use crate::device::{GpuConfig, GpuDevice, CONTROL_QUEUE, CURSOR_QUEUE};
+use crate::gpu2d::{Gpu2d, MAX_REQUEST_LEN};
+use crate::memory::GuestMemory;
+use crate::queue::{QueueError, SplitQueue};
+use crate::transport::{QueueConfig, TransportState};
+use crate::{Action, ConfigChange, RestoreError, VirtioGpuFunctionState, VirtioGpuPci};
+
+/// The virtio-gpu device of stage 1.
+#[derive(Debug)]
+pub struct VirtioGpu {
+    pci: VirtioGpuPci<GpuDevice>,
+    /// While live: each queue the driver enabled.
+    queues: Option<Vec<Option<SplitQueue>>>,
+    gpu: Gpu2d,
+    served: u64,
+}
+
+/// Merges a later action into an earlier one: the INTx level the caller
+/// must end at is the last one reported.
+fn merge(a: Action, b: Action) -> Action {
+    Action {
+        intx: b.intx.or(a.intx),
+        notify: b.notify.or(a.notify),
+        activated: a.activated || b.activated,
+        reset: a.reset || b.reset,
+    }
+}
+
+impl VirtioGpu {
+    /// A device with a window of `window_size` bytes offering `cfg`, with
+    /// at most `resource_limit` bytes of 2D resources.
+    pub fn new(
+        window_size: u64,
+        subsystem: u16,
+        cfg: GpuConfig,
+        resource_limit: u64,
+    ) -> Result<Self, PciError> {
+        Ok(VirtioGpu {
+            pci: VirtioGpuPci::new(window_size, subsystem, GpuDevice::new(cfg))?,
+            queues: None,
+            gpu: Gpu2d::new(resource_limit, cfg.num_scanouts),
+            served: 0,
+        })
+    }
+
+    /// The PCI function and transport.
+    pub fn pci(&self) -> &VirtioGpuPci<GpuDevice> {
+        &self.pci
+    }
+
+    /// The 2D state.
+    pub fn gpu(&self) -> &Gpu2d {
+        &self.gpu
+    }
+
+    /// Requests answered since creation.
+    pub fn served(&self) -> u64 {
+        self.served
+    }
+
+    /// True while the queues are in use.
+    pub fn is_running(&self) -> bool {
+        self.queues.is_some()
+    }
+
+    /// A config read.
+    pub fn config_read(&self, reg: u32, size: u32) -> u32 {
+        self.pci.config_read(reg, size)
+    }
+
+    /// A config write.
+    pub fn config_write(&mut self, reg: u32, size: u32, value: u32) -> (ConfigChange, Action) {
+        self.pci.config_write(reg, size, value)
+    }
+
+    /// An MMIO read; `None` if `addr` is not in the register BAR.
+    pub fn mmio_read(&mut self, addr: u64, size: u32) -> Option<(u64, Action)> {
+        self.pci.mmio_read(addr, size)
+    }
+
+    /// An MMIO write, and whatever it starts; `None` if `addr` is not in
+    /// the register BAR. On `reset` the caller also drops its guest
+    /// memory mappings.
+    pub fn mmio_write(
+        &mut self,
+        mem: &mut impl GuestMemory,
+        addr: u64,
+        size: u32,
+        value: u64,
+    ) -> Option<Action> {
+        let a = self.pci.mmio_write(addr, size, value)?;
+        Some(self.after(mem, a))
+    }
+
+    fn after(&mut self, mem: &mut impl GuestMemory, a: Action) -> Action {
+        let mut out = a;
+        if a.reset {
+            self.queues = None;
+            self.gpu.reset();
+        }
+        if a.activated {
+            let built = self.build_queues(None);
+            match built {
+                Ok(q) => self.queues = Some(q),
+                Err(e) => {
+                    debug!(%e, "queues unusable at DRIVER_OK");
+                    out = merge(out, self.pci.device_error());
+                }
+            }
+        }
+        if let Some(q) = a.notify {
+            out = merge(out, self.service(mem, q));
+        }
+        // FAILED or NEEDS_RESET: the queues are no longer used.
+        if !self.pci.transport().is_live() {
+            self.queues = None;
+        }
+        out
+    }
+
+    /// The enabled queues, at `positions` (next available, next used) or
+    /// from the start.
+    fn build_queues(
+        &self,
+        positions: Option<&[(u16, u16)]>,
+    ) -> Result<Vec<Option<SplitQueue>>, QueueError> {
+        self.pci
+            .transport()
+            .queues()
+            .iter()
+            .enumerate()
+            .map(|(i, cfg)| {
+                let (a, u) = positions.and_then(|p| p.get(i).copied()).unwrap_or((0, 0));
+                cfg.enabled
+                    .then(|| SplitQueue::resume(cfg, a, u))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// The state a restarted server needs to go on: PCI function,
+    /// transport and ring positions, as one line of fixed length for a
+    /// given device (so that it can be rewritten in place). 2D resources
+    /// are not in it: they live in the renderer process in the final split
+    /// (docs/virtio-gpu.md); here a restart loses them.
+    pub fn saved(&self) -> String {
+        let (f, t) = self.pci.state();
+        let mut out = format!(
+            "pci:{};bar2:{:08x};st:{:02x};gen:{:02x};isr:{:02x};feat:{:016x}",
+            f.inner, f.bar2, t.status, t.config_generation, t.isr, t.driver_features
+        );
+        for (i, q) in t.queues.iter().enumerate() {
+            let (a, u) = self
+                .queues
+                .as_ref()
+                .and_then(|qs| qs.get(i))
+                .and_then(|q| q.as_ref())
+                .map_or((0, 0), |q| (q.next_avail(), q.next_used()));
+            out.push_str(&format!(
+                ";q{i}:{:04x}/{}/{:016x}/{:016x}/{:016x}/{a:04x}/{u:04x}",
+                q.size,
+                u8::from(q.enabled),
+                q.desc,
+                q.driver,
+                q.device
+            ));
+        }
+        out
+    }
+
+    /// Takes what [`VirtioGpu::saved`] wrote; the device goes on where it
+    /// was (queues at their positions if it was live). Anything malformed
+    /// or that the device could not be in is refused and changes nothing.
+    /// The action re-asserts INTA if it was raised.
+    pub fn restore(&mut self, saved: &str) -> Result<Action, RestoreError> {
+        let bad = || RestoreError::Malformed(saved.chars().take(80).collect());
+        let mut fields = std::collections::HashMap::new();
+        for part in saved.trim().split(';') {
+            let (k, v) = part.split_once(':').ok_or_else(bad)?;
+            if fields.insert(k, v).is_some() {
+                return Err(bad());
+            }
+        }
+        let hex = |k: &str| -> Result<u64, RestoreError> {
+            fields
+                .get(k)
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .ok_or_else(bad)
+        };
+        let byte = |k: &str| hex(k).and_then(|v| u8::try_from(v).map_err(|_| bad()));
+        let function = VirtioGpuFunctionState {
+            inner: fields.get("pci").ok_or_else(bad)?.to_string(),
+            bar2: u32::try_from(hex("bar2")?).map_err(|_| bad())?,
+        };
+        let n = self.pci.transport().queues().len();
+        if fields.len() != 6 + n {
+            return Err(bad());
+        }
+        let mut queues = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for (i, mine) in self.pci.transport().queues().iter().enumerate() {
+            let v = fields.get(format!("q{i}").as_str()).ok_or_else(bad)?;
+            let p: Vec<&str> = v.split('/').collect();
+            let [size, en, desc, drv, dev, a, u] = p[..] else {
+                return Err(bad());
+            };
+            let h16 = |s: &str| u16::from_str_radix(s, 16).map_err(|_| bad());
+            let h64 = |s: &str| u64::from_str_radix(s, 16).map_err(|_| bad());
+            queues.push(QueueConfig {
+                max_size: mine.max_size,
+                size: h16(size)?,
+                enabled: match en {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad()),
+                },
+                desc: h64(desc)?,
+                driver: h64(drv)?,
+                device: h64(dev)?,
+            });
+            positions.push((h16(a)?, h16(u)?));
+        }
+        let transport = TransportState {
+            status: byte("st")?,
+            driver_features: hex("feat")?,
+            config_generation: byte("gen")?,
+            isr: byte("isr")?,
+            queues,
+        };
+        let before = self.pci.state();
+        let action = self.pci.restore(&function, &transport)?;
+        if self.pci.transport().is_live() {
+            match self.build_queues(Some(&positions)) {
+                Ok(q) => self.queues = Some(q),
+                Err(_) => {
+                    // Cannot happen after the transport's checks; undo.
+                    let _ = self.pci.restore(&before.0, &before.1);
+                    return Err(bad());
+                }
+            }
+        } else {
+            self.queues = None;
+        }
+        Ok(action)
+    }
+
+    /// Serves queue `index`: at most its size in chains.
+    fn service(&mut self, mem: &mut impl GuestMemory, index: u16) -> Action {
+        match self.try_service(mem, index) {
+            Ok(true) => self.pci.signal_used(),
+            Ok(false) => Action::default(),
+            Err(e) => {
+                debug!(queue = index, %e, "queue broke a rule: NEEDS_RESET");
+                self.queues = None;
+                self.pci.device_error()
+            }
+        }
+    }
+
+    /// Returns whether the driver is to be interrupted.
+    fn try_service(&mut self, mem: &mut impl GuestMemory, index: u16) -> Result<bool, QueueError> {
+        let Some(queues) = self.queues.as_mut() else {
+            return Ok(false);
+        };
+        let Some(Some(q)) = queues.get_mut(usize::from(index)) else {
+            return Ok(false);
+        };
+        let size = self
+            .pci
+            .transport()
+            .queues()
+            .get(usize::from(index))
+            .map_or(0, |c| c.size);
+        let mut used = 0u32;
+        for _ in 0..size {
+            let Some(chain) = q.pop(mem)? else { break };
+            let written = match index {
+                CONTROL_QUEUE => {
+                    // A request the device cannot read gets ERR_UNSPEC
+                    // (its header, and so its fence, is unknown); a
+                    // response it cannot write is returned empty. Only a
+                    // broken ring stops the device.
+                    let resp = match chain.read_to_vec(mem, MAX_REQUEST_LEN) {
+                        Ok(req) => self.gpu.handle(mem, &req),
+                        Err(e) => {
+                            debug!(%e, "request unreadable");
+                            self.gpu.handle(mem, &[])
+                        }
+                    };
+                    chain.write_from(mem, &resp).unwrap_or(0)
+                }
+                // Cursor updates need no answer: no display (headless).
+                CURSOR_QUEUE => 0,
+                _ => 0,
+            };
+            q.push_used(mem, chain.head, written)?;
+            self.served += 1;
+            used += 1;
+        }
+        Ok(used > 0 && q.wants_interrupt(mem)?)
+    }
+}
