@@ -739,7 +739,7 @@ static int mtrr_lift(uint64_t base, uint64_t size)
 /* Returns a write-back /dev/mem mapping of the first BYTES of the BAR (NULL
  * if the guest kernel made none), for a bandwidth run through a mapping the
  * guest kernel made WB: the first write-back request if it got WB (the BAR
- * outside the guest's UC MTRRs, xen-patches 0019), else, if LIFT, the same
+ * outside the guest's UC MTRRs, xen-patches 0012), else, if LIFT, the same
  * request after lifting the UC MTRRs inside the BAR. Sets *BAR_BASE. */
 static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes, int lift,
                                         uint64_t *bar_base)

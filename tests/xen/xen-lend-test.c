@@ -1545,7 +1545,7 @@ static void foreign_map_lent_test(uint16_t p, uint16_t d, uint16_t c,
 /*
  * guest-removes-lent: dom0 lends one of its pages to agent D, which tries
  * to remove it from its own physmap (XENMEM_remove_from_physmap on the lent
- * GFN).  Xen looks the GFN up for that without P2M_LENT (xen-patches/0007),
+ * GFN).  Xen looks the GFN up for that without P2M_LENT (xen-patches/0001),
  * so a lent GFN is a hole to it: -ENOENT, and the entry stays lent (lending
  * the page elsewhere is -EEXIST).  The lender's revocation then removes it,
  * and once dom0 frees the page, dom0's page count drops by one (no

@@ -110,8 +110,8 @@ impl Default for Limits {
 /// of each level, at least one of each however small it is.
 ///
 /// libxl-patches/0005 (`libxl__gpu_hostmem_paging_memkb`) computes the same
-/// for whole MiB when it sizes the pool; for BARs of 2 MiB and more the two
-/// agree.
+/// in whole MiB when it sizes the pool, for every size libxl accepts (1 MiB
+/// to 64 GiB); 20-libxl-05 checks what libxl gives against this formula.
 pub fn bar_paging_kib(bar_size: u64) -> u64 {
     let tables =
         bar_size.div_ceil(2 << 20) + bar_size.div_ceil(1 << 30) + bar_size.div_ceil(512 << 30);

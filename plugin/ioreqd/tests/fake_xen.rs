@@ -173,7 +173,7 @@ fn runs_reports_and_stops_on_sigterm() {
     assert_eq!(r.key("bdf").as_deref(), Some("0000:00:05.0"));
     assert_eq!(r.key("bar-size").as_deref(), Some("67108864"));
     assert_eq!(r.key("bar-base").as_deref(), Some("unmapped"));
-    // hvmloader's hint (xen-patches 0019): slot 5, function 0 is devfn 0x28.
+    // hvmloader's hint (xen-patches 0012): slot 5, function 0 is devfn 0x28.
     let hint = r
         .dir
         .join("xs/local/domain/41/hvmloader/pci/wb-bar-devfns/.value");

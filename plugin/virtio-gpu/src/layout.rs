@@ -20,7 +20,7 @@
 //! Our function keeps BAR0/BAR1, the 64-bit prefetchable window of today's
 //! device, and adds BAR2, a 32-bit non-prefetchable memory BAR with the
 //! registers. BAR2 is 32-bit on purpose: hvmloader's write-back placement
-//! (xen-patches 0019) takes only the 64-bit BARs of the function out of the
+//! (xen-patches 0012) takes only the 64-bit BARs of the function out of the
 //! uncached low hole, and registers must stay uncached.
 
 /// PCI capability id of a vendor-specific capability.

@@ -124,7 +124,7 @@ pub fn take_state(xs: &Xenstore<'_>, domid: u16, new: &str) -> Result<Option<Str
 }
 
 /// The xenstore node in which hvmloader reads the functions whose 64-bit
-/// memory BARs are memory rather than registers (xen-patches 0019,
+/// memory BARs are memory rather than registers (xen-patches 0012,
 /// `HVM_XS_PCI_WB_BAR_DEVFNS`): it places them above 4 GiB, outside the
 /// ranges it makes UC in the guest's MTRRs, so the guest can map our BAR
 /// write-back.

@@ -77,41 +77,62 @@ ok "default gpu_hostmem_size is 2048 MiB"
 # ------------------------------------------------------------ paging memory
 # Xen maps lent pages with 4 KiB p2m entries, whose page tables come from
 # the guest's paging memory: libxl adds the BAR's share to the default
-# (2 KiB per MiB of BAR plus two pages per GiB, libxl-patches/0005), and
-# leaves an explicit shadow_memory alone. Paused guests, same memory and
-# vCPUs; the value is Xen's (xc_get_paging_mempool_size, through
-# gpu-hostmem status, which reports it even when nothing else is found).
+# (libxl-patches/0005), and leaves an explicit shadow_memory alone. Paused
+# guests, same memory and vCPUs; the value is Xen's
+# (xc_get_paging_mempool_size, through gpu-hostmem status, which reports it
+# even when nothing else is found).
 shadow_kb() {
     gpu-hostmem status --json "$(gh_domid "$1")" 2>/dev/null |
         sed -n 's/.*"xen_paging_kib": \([0-9]*\).*/\1/p' | head -n1
 }
-# The largest BAR (64 GiB) too, with what its creation takes from the
+# What a fully lent BAR of $1 MiB needs, by the formula of
+# gpu_hostmem_core::limits::bar_paging_kib (plugin/core/src/limits.rs), not
+# libxl's: one 4 KiB table per 2 MiB, per GiB and per 512 GiB the BAR
+# touches, at least one of each (a BAR is aligned to its size).
+bar_paging_kib() {
+    local b=$(($1 << 20)) l1=$((2 << 20)) l2=$((1 << 30)) l3=$((512 << 30))
+    echo $((4 * ((b + l1 - 1) / l1 + (b + l2 - 1) / l2 + (b + l3 - 1) / l3)))
+}
+# The smallest BARs (1 MiB, under one L1 table's span, and 2 MiB), 4 GiB
+# and the largest (64 GiB), with what the largest's creation takes from the
 # host's free memory (xl info, MiB) against a guest without gpu_hostmem.
 declare -A pkb freed
-for v in off:"gpu_hostmem = 0" on:"gpu_hostmem_size = 4096" explicit:"shadow_memory = 12" \
-    max:"gpu_hostmem_size = 65536"; do
-    n=gh-libxl-paging-${v%%:*}
-    extra=("${v#*:}")
-    [ "${v%%:*}" = off ] || extra+=("gpu_hostmem = 1")
+sizes=(min:1 small:2 on:4096 max:65536)
+for v in off:"gpu_hostmem = 0" explicit:"shadow_memory = 12" "${sizes[@]}"; do
+    k=${v%%:*}
+    n=gh-libxl-paging-$k
+    case "${v#*:}" in
+    [0-9]*) extra=("gpu_hostmem = 1" "gpu_hostmem_size = ${v#*:}") ;;
+    "gpu_hostmem = 0") extra=("${v#*:}") ;;
+    *) extra=("${v#*:}" "gpu_hostmem = 1") ;;
+    esac
     gh_hvm_cfg "$n" "${extra[@]}"
     free0=$(xl info free_memory)
     gh_xl_ok xl create -p "$GH_CFG"
-    freed[${v%%:*}]=$((free0 - $(xl info free_memory)))
-    pkb[${v%%:*}]=$(shadow_kb "$n")
+    freed[$k]=$((free0 - $(xl info free_memory)))
+    pkb[$k]=$(shadow_kb "$n")
     gh_xl_ok xl destroy "$n"
     gh_wait_gone "$n" 30 || fail "$n still there"
 done
-log "paging memory (KiB): without gpu_hostmem ${pkb[off]}, 4 GiB BAR ${pkb[on]}, explicit 12 MiB ${pkb[explicit]}, 64 GiB BAR ${pkb[max]}"
-log "host memory taken by creation (MiB): without gpu_hostmem ${freed[off]}, 4 GiB BAR ${freed[on]}, 64 GiB BAR ${freed[max]}"
-[ -n "${pkb[max]}" ] && [ "$((pkb[max] - pkb[off]))" = $((4 * (32768 + 64 + 1))) ] ||
-    fail "a 64 GiB BAR should add 131332 KiB of paging memory (got ${pkb[off]} -> ${pkb[max]})"
+log "paging memory (KiB): without gpu_hostmem ${pkb[off]}, explicit 12 MiB ${pkb[explicit]}," \
+    "1 MiB BAR ${pkb[min]}, 2 MiB ${pkb[small]}, 4 GiB ${pkb[on]}, 64 GiB ${pkb[max]}"
+log "host memory taken by creation (MiB): without gpu_hostmem ${freed[off]}, 64 GiB BAR ${freed[max]}"
+[ -n "${pkb[off]}" ] || fail "no paging memory reported for the guest without gpu_hostmem"
+[ "$(bar_paging_kib 65536)" = $((4 * (32768 + 64 + 1))) ] || fail "bar_paging_kib here is not limits.rs's"
+bad=
+for v in "${sizes[@]}"; do
+    k=${v%%:*} mib=${v#*:}
+    want=$(bar_paging_kib "$mib")
+    got=$((${pkb[$k]:-0} - pkb[off]))
+    [ -n "${pkb[$k]}" ] && [ "$got" = "$want" ] ||
+        { log "a $mib MiB BAR should add $want KiB of paging memory, it added $got"; bad+=" $mib"; }
+done
+[ -z "$bad" ] || fail "paging memory wrong for BARs of$bad MiB (${pkb[off]} KiB without a BAR)"
 d=$((freed[max] - freed[off]))
 [ "$d" -ge 120 ] && [ "$d" -le 136 ] ||
     fail "a 64 GiB BAR should take about 128 MiB more of the host's memory (took $d MiB more)"
-[ -n "${pkb[off]}" ] && [ "$((pkb[on] - pkb[off]))" = $((4 * (2048 + 4 + 1))) ] ||
-    fail "a 4 GiB BAR should add 8212 KiB of paging memory (got ${pkb[off]} -> ${pkb[on]})"
 [ "${pkb[explicit]}" = 12288 ] || fail "explicit shadow_memory = 12 gave ${pkb[explicit]} KiB"
-ok "paging memory: a 4 GiB BAR adds 8212 KiB to the default, an explicit shadow_memory is kept"
+ok "paging memory: BARs of 1 MiB, 2 MiB, 4 GiB, 64 GiB add $(bar_paging_kib 1), $(bar_paging_kib 2), $(bar_paging_kib 4096), $(bar_paging_kib 65536) KiB; an explicit shadow_memory is kept"
 
 # ------------------------------------------------------------ death without xl destroy
 kernel=

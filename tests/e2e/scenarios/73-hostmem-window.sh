@@ -13,7 +13,7 @@
 #     every page, and the backend sees the stamps in its own memory;
 #   - xenstore bar-base (what the IOREQ server decodes) is the high address;
 #   - xl destroy leaves nothing behind.
-# Before xen-patches 0019 the BAR sat at 0xe0000000, under a UC MTRR, and the
+# Before xen-patches 0012 the BAR sat at 0xe0000000, under a UC MTRR, and the
 # mapping was UC- (run 20261204-231114-14335, on 385c954).
 # timeout: 900
 set -u

@@ -70,7 +70,7 @@ bench "bar_first_write_pass_mbps=$fw_first second_pass_mbps=$fw_second first_ove
 grep '^MEMTYPE ' "$o" | sed 's/^MEMTYPE /BENCH memtype /'
 grep '^guest: \(mtrr\|pat\|BAR0\|disabled MTRR\|could not\)' "$o" | sed 's/^/BENCH /'
 # The same rounds through a /dev/mem mapping the guest made write-back (as
-# the firmware left its MTRRs since xen-patches/0019; with an older hvmloader
+# the firmware left its MTRRs since xen-patches/0012; with an older hvmloader
 # after lifting the guest's own UC MTRR from the BAR), if it could make one.
 if grep -q '^RESULT name=bwwb-read-ratio ' "$o"; then
     T=bwwb
