@@ -787,6 +787,8 @@ static void case_oom_reap(int fd, uint16_t dom, const char *mode)
 		struct iovec rv = { .iov_base = (void *)(uintptr_t)info.hold,
 				    .iov_len = 1 };
 
+		/* Only we keep the userfaultfd: closing it must let go. */
+		close(uffd);
 		_exit(process_vm_readv(pid, &l, 1, &rv, 1, 0) == 1 ? 0 : 1);
 	}
 	/* The holder's fault is pending: it holds the victim's mm. */
@@ -837,8 +839,10 @@ static void case_oom_reap(int fd, uint16_t dom, const char *mode)
 	/* Now the victim's mm goes (exit_mmap, blockable). */
 	close(uffd);
 	uffd = -1;
-	if (!wait_for(holder, &hst, 30))
+	if (!wait_for(holder, &hst, 30)) {
 		kill(holder, SIGKILL);
+		waitpid(holder, &hst, 0);
+	}
 	holder = -1;
 	lent_exit = reg_lent(fd, dom, 3);
 	u.id = 3;
@@ -846,14 +850,14 @@ static void case_oom_reap(int fd, uint16_t dom, const char *mode)
 	snprintf(what, sizeof(what),
 		 "status:%#x oom-log:%d oom_kill:%ld->%ld reaper:%s lent:%ld->%ld->%ld"
 		 " guest-bad:%" PRIu64 "/%lu guest-passes-meanwhile:%" PRIu64
-		 " unregister:%d", st, by_oom, kills0, kills1,
+		 " holder:%#x unregister:%d", st, by_oom, kills0, kills1,
 		 reaped ? "reaped" : gave_up ? "gave-up" : "did-not-run",
 		 lent0, lent_reaped, lent_exit, bad, DATA_PAGES,
-		 ctl[CTL_PASSES] - passes0, urc);
+		 ctl[CTL_PASSES] - passes0, hst, urc);
 	if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && by_oom &&
 	    (sysrq || kills1 > kills0) && reaped &&
 	    lent0 == (long)DATA_PAGES && lent_reaped == 0 && acked && !bad &&
-	    lent_exit == 0 && !urc) {
+	    WIFEXITED(hst) && lent_exit == 0 && !urc) {
 		printf("RESULT name=stale-oom-reap ok=1 value=%s\n", what);
 	} else {
 		printf("RESULT name=stale-oom-reap ok=0 value=%s%s\n", what,
