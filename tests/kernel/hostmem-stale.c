@@ -6,6 +6,11 @@
  * owner maps at each offset, never a frame the owner has let go.
  *
  *   hostmem-stale -d DOMID -u UNIQUE_ID [-s STRESS_SECONDS] [-w ACK_TIMEOUT]
+ *                 [-c CASE] [-m CGROUP_DIR|sysrq]
+ *
+ * -c: run only CASE. -m: also run oom-reap, the owner being OOM-killed in
+ * the memory cgroup v2 CGROUP_DIR (made and limited by the caller), or by
+ * a forced global OOM kill (sysrq f) with "sysrq".
  *
  * UNIQUE_ID: the guest instance the memory is registered for (Xen's
  * unique id, as gpu-hostmem-ioreqd records it), as hostmem-backend takes it.
@@ -30,7 +35,10 @@
  * pageout (MADV_PAGEOUT; needs swap), memfd-truncate (another process
  * truncates a memfd mapped shared), stress (random invalidations while the
  * guest reads, then a full check), owner-exit (a child owning the data
- * region is killed while the guest faults: all pages read unbacked).
+ * region is killed while the guest faults: all pages read unbacked),
+ * oom-reap (the owner is OOM-killed and the OOM reaper unmaps its memory
+ * before it exits: the reaper's non-blockable invalidation must revoke, or
+ * refuse and leave the pages mapped; see case_oom_reap()).
  *
  * Output: "RESULT name=stale-<case> ok=0|1 value=..." and "SKIP
  * name=stale-<case> reason=..." lines; exit status 0 if no case failed.
@@ -41,6 +49,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -50,6 +60,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +72,12 @@
 #endif
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_getfd
+#define SYS_pidfd_getfd 438
 #endif
 #ifndef MPOL_MF_MOVE
 #define MPOL_MF_MOVE (1 << 1)
@@ -82,6 +99,13 @@ static unsigned int ack_timeout = 180, stress_seconds = 10;
 static int failures;
 static uint64_t unique_id;	/* the guest instance registered for */
 static uint64_t pfn_before[DATA_PAGES];
+static const char *only_case;	/* -c */
+static const char *oom_mode;	/* -m: a cgroup v2 directory or "sysrq" */
+
+static bool want(const char *name)
+{
+	return !only_case || !strcmp(only_case, name);
+}
 
 static uint64_t pattern(uint64_t off)
 {
@@ -555,6 +579,314 @@ static void case_owner_exit(int fd, uint16_t dom)
 	}
 }
 
+
+/* Pages the kernel counts as lent from registration @id at DATA_OFF (-1: none). */
+static long reg_lent(int fd, uint16_t dom, uint32_t id)
+{
+	static struct privcmd_hostmem_region regs[64];
+	struct privcmd_hostmem_query q = {
+		.dom = dom, .nr_regions = 64, .regions = (uintptr_t)regs,
+	};
+
+	if (ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_QUERY, &q))
+		return -1;
+	for (uint32_t i = 0; i < q.nr_regions && i < 64; i++)
+		if (regs[i].id == id && regs[i].offset == DATA_OFF)
+			return regs[i].lent_pages;
+	return -1;
+}
+
+/* Does a record of the kernel log contain @what? */
+static bool kmsg_has(const char *what)
+{
+	int f = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	bool found = false;
+	char rec[2048];
+	ssize_t n;
+
+	while (f >= 0 && !found) {
+		n = read(f, rec, sizeof(rec) - 1);
+		if (n < 0 && errno == EPIPE)
+			continue;	/* overwritten while we read */
+		if (n <= 0)
+			break;
+		rec[n] = 0;
+		found = strstr(rec, what);
+	}
+	if (f >= 0)
+		close(f);
+	return found;
+}
+
+/* The oom_kill count of the memory cgroup @cg (-1: unreadable). */
+static long oom_kills(const char *cg)
+{
+	char path[512], line[128];
+	long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/memory.events", cg);
+	f = fopen(path, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "oom_kill %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* waitpid() for at most @secs seconds; false if @pid is still there. */
+static bool wait_for(pid_t pid, int *st, int secs)
+{
+	for (int i = 0; i < secs * 10; i++) {
+		pid_t r = waitpid(pid, st, WNOHANG);
+
+		if (r == pid || (r < 0 && errno != EINTR))
+			return r == pid;
+		usleep(100000);
+	}
+	return false;
+}
+
+struct oom_child {
+	int ok, uffd;		/* the child's userfaultfd, as its fd number */
+	uint64_t hold;		/* a page it handles with that userfaultfd */
+};
+
+/*
+ * The owner of lent pages is OOM-killed and the OOM reaper unmaps its
+ * memory: __oom_reap_task_mm() invalidates with a non-blockable range, and
+ * privcmd must then either revoke before returning (the pages are freed
+ * right after) or refuse, leaving them mapped for exit_mmap().
+ *
+ * A victim that exits on its own unmaps everything itself (blockable) before
+ * the reaper's delay is up, so the victim's mm is kept from exit_mmap(): a
+ * second process reads (process_vm_readv) a page the victim handles with
+ * userfaultfd, which holds mm_users until the fault is answered or the
+ * userfaultfd released; we keep a copy of that fd (pidfd_getfd) until the
+ * checks are done. The registration is made on our privcmd file, so it
+ * outlives the victim's files too: before the holder lets go, only the
+ * reaper can have revoked the pages.
+ *
+ * Checked: the victim died of SIGKILL from the OOM killer ("Killed process
+ * PID" in the kernel log; with a cgroup, its oom_kill count went up), the
+ * reaper reaped it ("oom_reaper: reaped process PID"), the kernel counts no
+ * page of it lent any more, the guest reads every page as unbacked (not
+ * the dead owner's data, nor a reused frame), and after the holder goes
+ * (exit_mmap) the registration is still at 0 and unregisters.
+ */
+static void case_oom_reap(int fd, uint16_t dom, const char *mode)
+{
+	struct privcmd_hostmem_unregister u = { .id = 2, .dom = dom };
+	bool sysrq = !strcmp(mode, "sysrq"), reaped, gave_up, by_oom;
+	int ready[2], go[2], st = 0, hst = 0, pidfd = -1, uffd = -1, urc;
+	long lent0, lent_reaped, lent_exit, kills0 = 0, kills1 = 0;
+	uint64_t g = gen + 1, bad = 0, passes0;
+	struct pollfd pf = { .events = POLLIN };
+	struct oom_child info = { 0 };
+	char msg[96], what[384];
+	pid_t pid, holder = -1;
+	bool acked = false;
+	time_t end;
+
+	if (ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &u) && errno != ENOENT) {
+		printf("RESULT name=stale-oom-reap ok=0 value=unregister:%s\n",
+		       strerror(errno));
+		failures++;
+		return;
+	}
+	if (pipe(ready) || pipe(go)) {
+		printf("RESULT name=stale-oom-reap ok=0 value=pipe:%s\n",
+		       strerror(errno));
+		failures++;
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		struct privcmd_hostmem_register r = { 0 };
+		struct uffdio_api api = { .api = UFFD_API };
+		struct uffdio_register ur = { 0 };
+		char path[512], c;
+		uint64_t *m;
+		char *hold;
+
+		close(ready[0]);
+		close(go[1]);
+		/* Into the cgroup first: what we touch from now on is charged there. */
+		snprintf(path, sizeof(path), "%s/cgroup.procs", mode);
+		if (!sysrq && write_str(path, "0"))
+			_exit(10);
+		write_str("/proc/self/oom_score_adj", "1000");
+		m = mmap(NULL, DATA_SIZE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		hold = mmap(NULL, PG, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		info.uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
+		if (m == MAP_FAILED || hold == MAP_FAILED || info.uffd < 0 ||
+		    ioctl(info.uffd, UFFDIO_API, &api))
+			_exit(11);
+		ur.range.start = (uintptr_t)hold;
+		ur.range.len = PG;
+		ur.mode = UFFDIO_REGISTER_MODE_MISSING;
+		if (ioctl(info.uffd, UFFDIO_REGISTER, &ur))
+			_exit(12);
+		madvise(m, DATA_SIZE, MADV_NOHUGEPAGE);
+		for (uint64_t i = 0; i < DATA_SIZE / 8; i++)
+			m[i] = value(g, FOLLOW_PATTERN, DATA_OFF + i * 8);
+		/* On the parent's file (inherited): it outlives us. */
+		r.addr = (uintptr_t)m;
+		r.size = DATA_SIZE;
+		r.offset = DATA_OFF;
+		r.id = 3;
+		r.dom = dom;
+		r.unique_id = unique_id;
+		info.ok = !ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_REGISTER, &r);
+		info.hold = (uintptr_t)hold;
+		if (write(ready[1], &info, sizeof(info)) != sizeof(info) ||
+		    read(go[0], &c, 1) != 1)
+			_exit(13);
+		if (sysrq)
+			for (;;)
+				pause();
+		/* Allocate until the OOM killer takes us. */
+		for (;;) {
+			char *p = mmap(NULL, 1UL << 20, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+			if (p == MAP_FAILED)
+				_exit(14);
+			memset(p, 0x5a, 1UL << 20);
+		}
+	}
+	close(ready[1]);
+	close(go[0]);
+	if (pid < 0 || read(ready[0], &info, sizeof(info)) != sizeof(info) ||
+	    !info.ok) {
+		printf("RESULT name=stale-oom-reap ok=0 value=child-not-ready\n");
+		goto fail_kill;
+	}
+	pidfd = syscall(SYS_pidfd_open, pid, 0);
+	uffd = pidfd < 0 ? -1 : syscall(SYS_pidfd_getfd, pidfd, info.uffd, 0);
+	if (uffd < 0) {
+		printf("RESULT name=stale-oom-reap ok=0 value=pidfd_getfd:%s\n",
+		       strerror(errno));
+		goto fail_kill;
+	}
+	/* Every page of the child's lent to the guest. */
+	gen = g;
+	if (!publish(gen, FOLLOW_PATTERN) || ctl[CTL_BAD]) {
+		printf("RESULT name=stale-oom-reap-setup ok=0 value=ack:%d bad:%"
+		       PRIu64 "\n", ctl[CTL_ACK] == gen, ctl[CTL_BAD]);
+		goto fail_kill;
+	}
+	lent0 = reg_lent(fd, dom, 3);
+	holder = fork();
+	if (holder == 0) {
+		char b;
+		struct iovec l = { .iov_base = &b, .iov_len = 1 };
+		struct iovec rv = { .iov_base = (void *)(uintptr_t)info.hold,
+				    .iov_len = 1 };
+
+		/* Only we keep the userfaultfd: closing it must let go. */
+		close(uffd);
+		_exit(process_vm_readv(pid, &l, 1, &rv, 1, 0) == 1 ? 0 : 1);
+	}
+	/* The holder's fault is pending: it holds the victim's mm. */
+	pf.fd = uffd;
+	if (holder < 0 || poll(&pf, 1, 10000) != 1) {
+		printf("RESULT name=stale-oom-reap ok=0 value=holder-not-blocked\n");
+		goto fail_kill;
+	}
+	/* The guest faulting all the time while the owner is killed. */
+	passes0 = ctl[CTL_PASSES];
+	publish(++gen, FOLLOW_STRESS);
+	sleep(1);
+	if (!sysrq)
+		kills0 = oom_kills(mode);
+	if (write(go[1], "g", 1) != 1 ||
+	    (sysrq && write_str("/proc/sysrq-trigger", "f"))) {
+		printf("RESULT name=stale-oom-reap ok=0 value=trigger:%s\n",
+		       strerror(errno));
+		goto fail_kill;
+	}
+	if (!wait_for(pid, &st, 60)) {
+		printf("RESULT name=stale-oom-reap ok=0 value=not-oom-killed-in-60s\n");
+		goto fail_kill;
+	}
+	if (!sysrq)
+		kills1 = oom_kills(mode);
+	snprintf(msg, sizeof(msg), "Killed process %d (", (int)pid);
+	by_oom = kmsg_has(msg);
+	/*
+	 * The reaper starts OOM_REAPER_DELAY (2 s) after the kill, and retries
+	 * a refused or contended mm 10 times, 100 ms apart.
+	 */
+	reaped = gave_up = false;
+	for (end = time(NULL) + 30; time(NULL) < end && !reaped && !gave_up;
+	     usleep(200000)) {
+		snprintf(msg, sizeof(msg), "oom_reaper: reaped process %d (",
+			 (int)pid);
+		reaped = kmsg_has(msg);
+		snprintf(msg, sizeof(msg), "oom_reaper: unable to reap pid:%d (",
+			 (int)pid);
+		gave_up = kmsg_has(msg);
+	}
+	lent_reaped = reg_lent(fd, dom, 3);
+	/* Before the holder lets go: what the guest sees after the reaper. */
+	gen++;
+	acked = publish(gen, FOLLOW_UNBACKED);
+	bad = ctl[CTL_BAD];
+	/* Now the victim's mm goes (exit_mmap, blockable). */
+	close(uffd);
+	uffd = -1;
+	if (!wait_for(holder, &hst, 30)) {
+		kill(holder, SIGKILL);
+		waitpid(holder, &hst, 0);
+	}
+	holder = -1;
+	lent_exit = reg_lent(fd, dom, 3);
+	u.id = 3;
+	urc = ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &u) ? errno : 0;
+	snprintf(what, sizeof(what),
+		 "status:%#x oom-log:%d oom_kill:%ld->%ld reaper:%s lent:%ld->%ld->%ld"
+		 " guest-bad:%" PRIu64 "/%lu guest-passes-meanwhile:%" PRIu64
+		 " holder:%#x unregister:%d", st, by_oom, kills0, kills1,
+		 reaped ? "reaped" : gave_up ? "gave-up" : "did-not-run",
+		 lent0, lent_reaped, lent_exit, bad, DATA_PAGES,
+		 ctl[CTL_PASSES] - passes0, hst, urc);
+	if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && by_oom &&
+	    (sysrq || kills1 > kills0) && reaped &&
+	    lent0 == (long)DATA_PAGES && lent_reaped == 0 && acked && !bad &&
+	    WIFEXITED(hst) && lent_exit == 0 && !urc) {
+		printf("RESULT name=stale-oom-reap ok=1 value=%s\n", what);
+	} else {
+		printf("RESULT name=stale-oom-reap ok=0 value=%s%s\n", what,
+		       acked ? "" : " guest-did-not-ack");
+		failures++;
+	}
+	close(pidfd);
+	close(go[1]);
+	close(ready[0]);
+	return;
+
+fail_kill:
+	failures++;
+	if (pid > 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	if (uffd >= 0)
+		close(uffd);
+	if (holder > 0)
+		waitpid(holder, NULL, 0);
+	if (pidfd >= 0)
+		close(pidfd);
+	close(go[1]);
+	close(ready[0]);
+	u.id = 3;
+	ioctl(fd, IOCTL_PRIVCMD_HOSTMEM_UNREGISTER, &u);
+}
+
 int main(int argc, char **argv)
 {
 	struct privcmd_hostmem_register r = { 0 };
@@ -563,7 +895,7 @@ int main(int argc, char **argv)
 	char *res;
 	int fd, opt;
 
-	while ((opt = getopt(argc, argv, "d:u:s:w:")) != -1) {
+	while ((opt = getopt(argc, argv, "d:u:s:w:c:m:")) != -1) {
 		switch (opt) {
 		case 'd':
 			domid = strtol(optarg, NULL, 0);
@@ -577,13 +909,19 @@ int main(int argc, char **argv)
 		case 'w':
 			ack_timeout = strtoul(optarg, NULL, 0);
 			break;
+		case 'c':
+			only_case = optarg;
+			break;
+		case 'm':
+			oom_mode = optarg;
+			break;
 		default:
 			domid = -1;
 			optind = argc;
 		}
 	}
 	if (domid <= 0 || domid >= 0x7ff0 || !unique_id) {
-		fprintf(stderr, "usage: %s -d DOMID -u UNIQUE_ID [-s STRESS_SECONDS] [-w ACK_TIMEOUT]\n",
+		fprintf(stderr, "usage: %s -d DOMID -u UNIQUE_ID [-s STRESS_SECONDS] [-w ACK_TIMEOUT] [-c CASE] [-m CGROUP_DIR|sysrq]\n",
 			argv[0]);
 		return 2;
 	}
@@ -629,14 +967,24 @@ int main(int argc, char **argv)
 	}
 	printf("READY\n");
 
-	case_fork_cow();
-	case_ksm();
-	case_thp();
-	case_migrate();
-	case_pageout();
-	case_memfd_truncate();
-	case_stress();
-	case_owner_exit(fd, dom);
+	if (want("fork-cow"))
+		case_fork_cow();
+	if (want("ksm"))
+		case_ksm();
+	if (want("thp"))
+		case_thp();
+	if (want("migrate"))
+		case_migrate();
+	if (want("pageout"))
+		case_pageout();
+	if (want("memfd-truncate"))
+		case_memfd_truncate();
+	if (want("stress"))
+		case_stress();
+	if (want("owner-exit"))
+		case_owner_exit(fd, dom);
+	if (oom_mode && want("oom-reap"))
+		case_oom_reap(fd, dom, oom_mode);
 
 	ctl[CTL_MODE] = FOLLOW_DONE;
 	__atomic_store_n(&ctl[CTL_GEN], ++gen, __ATOMIC_SEQ_CST);
