@@ -149,6 +149,22 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        // A worker outlives its supervisor: stop the one this run started
+        // (its command line names the run's directory), then the rest.
+        let dir = self.dir.display().to_string();
+        let workers = [
+            worker_of(self.child.id()),
+            self.key("worker-pid").and_then(|p| p.trim().parse().ok()),
+        ];
+        for w in workers.into_iter().flatten() {
+            if let Ok(Some(p)) = gpu_hostmem_xen::process::Pidfd::open(w) {
+                if p.cmdline()
+                    .is_some_and(|a| a.iter().any(|x| x.contains(&dir)))
+                {
+                    let _ = p.send_signal(libc::SIGKILL);
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
