@@ -587,6 +587,39 @@ mod tests {
         }
     }
 
+    /// The worker reports a lost supervisor once, and looks at most every
+    /// SUPERVISOR_CHECK; a live one is never reported.
+    #[test]
+    fn a_lost_supervisor_is_reported_once() {
+        let t0 = Instant::now();
+        let mut lost = SupervisorWatch {
+            pid: 1,
+            pidfd: None,
+            next: t0 + SUPERVISOR_CHECK,
+            reported: false,
+        };
+        assert!(!lost.gone_now(t0), "not checked before its time");
+        assert!(lost.gone_now(t0 + SUPERVISOR_CHECK));
+        assert!(!lost.gone_now(t0 + SUPERVISOR_CHECK * 4), "reported once");
+
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let mut live = SupervisorWatch {
+            pid: child.id(),
+            pidfd: Pidfd::open(child.id()).expect("pidfd"),
+            next: t0,
+            reported: false,
+        };
+        assert!(!live.gone_now(t0), "alive");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!live.gone_now(t0), "not checked again before its time");
+        assert!(live.gone_now(t0 + SUPERVISOR_CHECK), "its death is seen");
+        assert!(live.pidfd.is_none(), "the pidfd is closed");
+    }
+
     #[test]
     fn stop_reasons_read_well() {
         assert_eq!(Stop::Signal.to_string(), "SIGTERM");
