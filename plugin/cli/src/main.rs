@@ -87,10 +87,6 @@ struct RecordView {
     control: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    worker_pid: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    supervisor: Option<String>,
 }
 
 impl From<Record> for RecordView {
@@ -105,8 +101,6 @@ impl From<Record> for RecordView {
             ioservid: r.ioservid,
             control: r.control,
             restarts: r.restarts,
-            worker_pid: r.worker_pid,
-            supervisor: r.supervisor,
         }
     }
 }
@@ -153,16 +147,6 @@ impl Report {
                     ("control", &r.control),
                 ] {
                     let _ = writeln!(s, "  {k:<10} {}", v.as_deref().unwrap_or("-"));
-                }
-                if let Some(p) = &r.worker_pid {
-                    let _ = writeln!(s, "  {:<10} {p}", "worker-pid");
-                }
-                if let Some(v) = &r.supervisor {
-                    let _ = writeln!(
-                        s,
-                        "  {:<10} {v} (the worker serves on; a crash of it is no longer restarted)",
-                        "supervisor"
-                    );
                 }
                 if let Some(n) = &r.restarts {
                     let _ = writeln!(
@@ -429,28 +413,6 @@ mod tests {
             "{t}"
         );
         assert!(report().found_anything());
-        assert!(!t.contains("supervisor"), "supervised: no line: {t}");
-    }
-
-    /// Issue 16: a worker that outlived its supervisor says so.
-    #[test]
-    fn text_and_json_say_the_supervisor_is_gone() {
-        let mut r = report();
-        if let Some(x) = r.xenstore.as_mut() {
-            x.worker_pid = Some("812".into());
-            x.supervisor = Some("gone".into());
-        }
-        let t = r.to_text();
-        assert!(t.contains("  worker-pid 812"), "{t}");
-        assert!(
-            t.contains(
-                "  supervisor gone (the worker serves on; a crash of it is no longer restarted)"
-            ),
-            "{t}"
-        );
-        let j = serde_json::to_string(&r).expect("json");
-        assert!(j.contains("\"supervisor\":\"gone\""), "{j}");
-        assert!(j.contains("\"worker_pid\":\"812\""), "{j}");
     }
 
     #[test]

@@ -17,9 +17,7 @@ use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
 use gpu_hostmem_xen::platform::{self, XenDeviceModel, XenHostMem};
-use gpu_hostmem_xen::process::Pidfd;
 use gpu_hostmem_xen::record::{self, key, state};
-use gpu_hostmem_xen::teardown::{role_of, Role};
 use gpu_hostmem_xen::{Privcmd, XenError, XenLibs, Xenstore};
 use std::fmt;
 use std::io::{self, Read};
@@ -27,62 +25,14 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tracing::{error, info, info_span, warn};
+use std::time::Duration;
+use tracing::{info, info_span, warn};
 
 /// Token of the `@releaseDomain` watch.
 const RELEASE_TOKEN: &str = "gpu-hostmem-release";
 /// Longest sleep of the loop without any event (signals and watches wake
 /// it at once through their fds; this only bounds a missed wake-up).
 const LOOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the worker looks whether its supervisor is still there (one
-/// poll(2) of a pidfd; the loop runs at least every [`LOOP_TIMEOUT`]).
-const SUPERVISOR_CHECK: Duration = Duration::from_millis(500);
-
-/// A worker's watch on its supervisor (issue 16): a pidfd opened while
-/// the supervisor is its parent, before the sandbox, and polled by the
-/// loop. The worker outlives a killed supervisor and serves on; it only
-/// loses restart-on-crash, which it reports once.
-struct SupervisorWatch {
-    pid: u32,
-    pidfd: Option<Pidfd>,
-    next: Instant,
-    reported: bool,
-}
-
-impl SupervisorWatch {
-    /// Opens the watch on the parent, if it is our supervisor for `domid`
-    /// (else it died before: reported at the first check).
-    fn open(domid: u16) -> SupervisorWatch {
-        let pid = std::os::unix::process::parent_id();
-        let pidfd = Pidfd::open(pid)
-            .ok()
-            .flatten()
-            .filter(|p| role_of(p, domid) == Some(Role::Supervisor));
-        SupervisorWatch {
-            pid,
-            pidfd,
-            next: Instant::now(),
-            reported: false,
-        }
-    }
-
-    /// True once: at the first check (at most every [`SUPERVISOR_CHECK`])
-    /// that finds the supervisor gone.
-    fn gone_now(&mut self, now: Instant) -> bool {
-        if self.reported || now < self.next {
-            return false;
-        }
-        self.next = now + SUPERVISOR_CHECK;
-        let alive = self.pidfd.as_ref().is_some_and(|p| !p.has_exited());
-        if alive {
-            return false;
-        }
-        self.pidfd = None;
-        self.reported = true;
-        true
-    }
-}
 
 /// A failed stage, with its reason.
 #[derive(Debug)]
@@ -338,10 +288,6 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         std::process::id()
     }
     .to_string();
-    let worker_pid = std::process::id().to_string();
-    // The worker watches its supervisor (a pidfd, opened now: the /proc
-    // read that checks it is ours is not allowed under the filter).
-    let mut watch = args.worker.then(|| SupervisorWatch::open(domid));
 
     // Stage: least privilege. Everything is open; what touches the guest
     // is restricted to it. Drop to the unprivileged user, then the
@@ -377,7 +323,6 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
             (key::UUID, &handle),
             (key::UNIQUE_ID, &unique_id),
             (key::PID, &pid),
-            (key::WORKER_PID, &worker_pid),
             (key::BDF, &bdf),
             (key::BAR_SIZE, &bar_size),
             (key::BAR_BASE, "unmapped"),
@@ -399,7 +344,7 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         }
     }
 
-    let outcome = event_loop(&mut server, xs, &sig_r, &ctl, &stop, &mut watch);
+    let outcome = event_loop(&mut server, xs, &sig_r, &ctl, &stop);
     match &outcome {
         Ok(why) => info!(%dom, reason = %why, "stopping"),
         Err(e) => warn!(%dom, error = %e, "stopping after an error"),
@@ -558,31 +503,10 @@ fn event_loop(
     sig_r: &UnixStream,
     ctl: &ControlSocket,
     stop: &AtomicBool,
-    watch: &mut Option<SupervisorWatch>,
 ) -> Result<Stop, LoopError> {
     let domid = server.domain().domid;
     let mut bar_base: Option<u64> = None;
     loop {
-        let lost = watch
-            .as_mut()
-            .and_then(|w| w.gone_now(Instant::now()).then_some(w.pid));
-        if let Some(supervisor) = lost {
-            // Serve on: the guest keeps its memory and never waits on a
-            // request nobody answers. Teardown finds this worker by the
-            // record's worker-pid.
-            error!(
-                domid,
-                supervisor,
-                "the supervisor is gone: serving on without restart-on-crash \
-                 (xl destroy or gpu-hostmem teardown stops this worker)"
-            );
-            if let Err(e) = xs.write(
-                &record::path(domid, key::SUPERVISOR),
-                record::supervisor::GONE,
-            ) {
-                warn!(domid, error = %e, "cannot record the supervisor's loss");
-            }
-        }
         match server.run_once(Some(LOOP_TIMEOUT)) {
             Ok(Flow::Continue) => {}
             Ok(Flow::DomainGone) => return Ok(Stop::DomainGone),
@@ -651,39 +575,6 @@ mod tests {
             let e = server_config(&args(&["--bar-size-mib", bad]), &cfg).unwrap_err();
             assert!(e.to_string().contains("--bar-size-mib"), "{e}");
         }
-    }
-
-    /// The worker reports a lost supervisor once, and looks at most every
-    /// SUPERVISOR_CHECK; a live one is never reported.
-    #[test]
-    fn a_lost_supervisor_is_reported_once() {
-        let t0 = Instant::now();
-        let mut lost = SupervisorWatch {
-            pid: 1,
-            pidfd: None,
-            next: t0 + SUPERVISOR_CHECK,
-            reported: false,
-        };
-        assert!(!lost.gone_now(t0), "not checked before its time");
-        assert!(lost.gone_now(t0 + SUPERVISOR_CHECK));
-        assert!(!lost.gone_now(t0 + SUPERVISOR_CHECK * 4), "reported once");
-
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let mut live = SupervisorWatch {
-            pid: child.id(),
-            pidfd: Pidfd::open(child.id()).expect("pidfd"),
-            next: t0,
-            reported: false,
-        };
-        assert!(!live.gone_now(t0), "alive");
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(!live.gone_now(t0), "not checked again before its time");
-        assert!(live.gone_now(t0 + SUPERVISOR_CHECK), "its death is seen");
-        assert!(live.pidfd.is_none(), "the pidfd is closed");
     }
 
     #[test]

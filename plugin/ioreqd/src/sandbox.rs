@@ -224,6 +224,7 @@ pub fn filter() -> Result<BpfProgram, String> {
 pub fn enter(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
     let prog = filter()?;
     install_sigsys_reporter()?;
+    let parent = std::os::unix::process::parent_id();
     let os = |op: &str| format!("{op}: {}", std::io::Error::last_os_error());
     // SAFETY: plain system calls with integer arguments (a NULL, empty
     // group list for setgroups); glibc applies the id changes to every
@@ -238,6 +239,22 @@ pub fn enter(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
         if libc::setresuid(uid, uid, uid) != 0 {
             return Err(os("setresuid"));
         }
+        // The kernel clears the parent-death signal when credentials
+        // change: set it again, so that the worker still dies with its
+        // supervisor, and stop if the supervisor died meanwhile.
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(os("prctl(PR_SET_PDEATHSIG)"));
+        }
+    }
+    if std::os::unix::process::parent_id() != parent {
+        return Err("the supervisor died during the drop".into());
     }
     let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
     let field = |k: &str| {

@@ -11,13 +11,9 @@
 //! (`gpu-hostmem status`, the log). It also cleans up what a dead worker
 //! left when the domain goes away or on SIGTERM.
 //!
-//! The record's `pid` names the supervisor: teardown signals it and it
-//! forwards SIGTERM to the worker. The worker does not die with its
-//! supervisor (no `PR_SET_PDEATHSIG`): if the supervisor is killed, the
-//! worker serves on and only loses restart-on-crash, which it reports
-//! (the record's `supervisor` key, its log). Teardown then finds it by the
-//! record's `worker-pid` and stops it by identity through a pidfd (issue
-//! 16: never a vCPU left waiting on a request nobody will answer).
+//! The record's `pid` names the supervisor: teardown signals it, it
+//! forwards SIGTERM to the worker, and the worker dies with it
+//! (`PR_SET_PDEATHSIG`), so no worker outlives its supervisor.
 
 use crate::Args;
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
@@ -31,7 +27,7 @@ use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -147,8 +143,23 @@ fn spawn_worker(attach: bool, unique_id: u64) -> io::Result<Child> {
     if attach {
         cmd.arg("--attach");
     }
-    // No parent-death signal: a worker outlives a killed supervisor and
-    // keeps answering the guest (see the module comment).
+    // SAFETY: runs in the forked child before exec; prctl(2) is
+    // async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.spawn()
 }
 

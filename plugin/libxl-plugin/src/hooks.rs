@@ -4,7 +4,7 @@ use crate::abi::{GpuHostmemDomain, GPU_HOSTMEM_PLUGIN_ABI_VERSION};
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::DomainIdentity;
 use gpu_hostmem_xen::record::{self, key, state, Record};
-use gpu_hostmem_xen::teardown::{self, TeardownError, Timeouts};
+use gpu_hostmem_xen::teardown::{self, is_our_ioreqd, TeardownError, Timeouts};
 use gpu_hostmem_xen::{process, XenError, XenctrlLib, Xenstore, XenstoreLib};
 use std::fmt;
 use std::fs::OpenOptions;
@@ -148,12 +148,11 @@ pub fn create(d: &Domain) -> Result<(), HookError> {
         // "Already served" only for a record of the instance that has the
         // domid now, by Xen's unique id (the UUID is not unique: xl keeps it
         // across a reboot, users may set it), whose process is still our
-        // server, its supervisor or a worker that outlived it (checked
-        // through a pidfd, so a reused pid never counts).
+        // server (checked through a pidfd, so a reused pid never counts).
         let xc = XenctrlLib::load()?;
         let current = xc.open()?.unique_id(d.domid)?;
         let same = current.is_some() && rec.unique_id() == current;
-        let live = teardown::server_alive(&rec, d.domid);
+        let live = rec.pid().is_some_and(|p| is_our_ioreqd(p, d.domid));
         if same && live {
             return Err(HookError::new(
                 libc::EEXIST,

@@ -1,6 +1,6 @@
 //! The per-guest xenstore record (docs/interfaces.md section 4):
-//! `/local/domain/0/gpu-hostmem/<domid>/{uuid,unique-id,pid,worker-pid,
-//! state,bdf,bar-size,bar-base,ioservid,control,restarts,supervisor}`. `unique-id` (decimal) is Xen's
+//! `/local/domain/0/gpu-hostmem/<domid>/{uuid,unique-id,pid,state,bdf,
+//! bar-size,bar-base,ioservid,control}`. `unique-id` (decimal) is Xen's
 //! unique id of the guest instance served: the identity teardown and the
 //! backends go by; `uuid` is informational (not unique).
 
@@ -23,19 +23,6 @@ pub mod key {
     pub const CONTROL: &str = "control";
     /// Worker deaths in the supervisor's window (absent until one).
     pub const RESTARTS: &str = "restarts";
-    /// The ioreqd worker that serves the guest (the supervisor's child);
-    /// teardown stops it by identity when its supervisor is gone.
-    pub const WORKER_PID: &str = "worker-pid";
-    /// Written by a worker that saw its supervisor die
-    /// ([`super::supervisor::GONE`]); absent while it is supervised.
-    pub const SUPERVISOR: &str = "supervisor";
-}
-
-/// `supervisor` values.
-pub mod supervisor {
-    /// The supervisor died: the worker serves on, but a crash of it is no
-    /// longer restarted.
-    pub const GONE: &str = "gone";
 }
 
 /// `state` values.
@@ -70,8 +57,6 @@ pub struct Record {
     pub ioservid: Option<String>,
     pub control: Option<String>,
     pub restarts: Option<String>,
-    pub worker_pid: Option<String>,
-    pub supervisor: Option<String>,
 }
 
 impl Record {
@@ -92,8 +77,6 @@ impl Record {
             ioservid: get(key::IOSERVID)?,
             control: get(key::CONTROL)?,
             restarts: get(key::RESTARTS)?,
-            worker_pid: get(key::WORKER_PID)?,
-            supervisor: get(key::SUPERVISOR)?,
         }))
     }
 
@@ -106,19 +89,10 @@ impl Record {
             .filter(|id| *id != 0)
     }
 
-    /// The recorded pid (the supervisor), if it parses.
+    /// The recorded pid, if it parses.
     pub fn pid(&self) -> Option<u32> {
-        parse_pid(self.pid.as_deref())
+        self.pid.as_deref().and_then(|p| p.trim().parse().ok())
     }
-
-    /// The recorded worker pid, if it parses.
-    pub fn worker_pid(&self) -> Option<u32> {
-        parse_pid(self.worker_pid.as_deref())
-    }
-}
-
-fn parse_pid(v: Option<&str>) -> Option<u32> {
-    v.and_then(|p| p.trim().parse().ok()).filter(|p| *p > 0)
 }
 
 /// Writes several keys of `domid`'s record atomically (one transaction,
@@ -202,10 +176,6 @@ mod tests {
         assert_eq!(r.pid(), Some(123));
         r.pid = Some("x".into());
         assert_eq!(r.pid(), None);
-        r.pid = Some("0".into());
-        assert_eq!(r.pid(), None, "pid 0 names no process");
-        r.worker_pid = Some(" 456".into());
-        assert_eq!(r.worker_pid(), Some(456));
     }
 }
 

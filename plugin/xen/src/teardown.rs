@@ -1,8 +1,7 @@
 //! Total, idempotent teardown of one guest's gpu-hostmem state from outside
 //! the IOREQ server process (the plugin's destroy hook and `gpu-hostmem
-//! teardown`): stop the processes (the supervisor, and a worker that
-//! outlived it), revoke every lent page, destroy a server a killed process
-//! left, remove the xenstore record and control socket.
+//! teardown`): stop the process, revoke every lent page, destroy a server a
+//! killed process left, remove the xenstore record and control socket.
 //! Never acts on a domain whose identity differs from the recorded one (I5):
 //! the identity is the domid plus Xen's unique id of the instance, recorded
 //! by the IOREQ server as `unique-id` (the UUID is not unique: xl keeps it
@@ -70,65 +69,25 @@ pub struct Outcome {
     pub actions: Vec<String>,
 }
 
-/// Which of gpu-hostmem-ioreqd's processes a command line is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The process the plugin starts (the record's `pid`).
-    Supervisor,
-    /// Its child that serves the guest (`--worker`), for the instance
-    /// named by `--unique-id` (the record's `worker-pid`).
-    Worker { unique_id: Option<u64> },
+/// Whether `pid` runs our IOREQ server for `domid`.
+pub fn is_our_ioreqd(pid: u32, domid: u16) -> bool {
+    Pidfd::open(pid)
+        .ok()
+        .flatten()
+        .is_some_and(|p| runs_our_ioreqd(&p, domid))
 }
 
-/// The role of a process with command line `args` if it is
-/// gpu-hostmem-ioreqd for `domid`, else None.
-pub fn ioreqd_role(args: &[String], domid: u16) -> Option<Role> {
+/// Whether the process behind `p` is our IOREQ server for `domid`.
+fn runs_our_ioreqd(p: &Pidfd, domid: u16) -> bool {
+    let Some(args) = p.cmdline() else {
+        return false;
+    };
     let name_ok = args
         .first()
         .and_then(|a| a.rsplit('/').next())
         .is_some_and(|n| n == IOREQD_NAME);
     let dom = domid.to_string();
-    if !name_ok || !args.windows(2).any(|w| w[0] == "--domid" && w[1] == dom) {
-        return None;
-    }
-    if !args.iter().any(|a| a == "--worker") {
-        return Some(Role::Supervisor);
-    }
-    let unique_id = args
-        .windows(2)
-        .find(|w| w[0] == "--unique-id")
-        .and_then(|w| w[1].parse().ok());
-    Some(Role::Worker { unique_id })
-}
-
-/// The role of the process behind `p` (read from `/proc`, confirmed
-/// through the pidfd), None if it is gone or not ours for `domid`.
-pub fn role_of(p: &Pidfd, domid: u16) -> Option<Role> {
-    ioreqd_role(&p.cmdline()?, domid)
-}
-
-/// Whether `pid` runs our IOREQ server (its supervisor) for `domid`.
-pub fn is_our_ioreqd(pid: u32, domid: u16) -> bool {
-    Pidfd::open(pid)
-        .ok()
-        .flatten()
-        .is_some_and(|p| role_of(&p, domid) == Some(Role::Supervisor))
-}
-
-/// Whether a process of the record still serves `domid`: its supervisor,
-/// or a worker that outlived it (of the recorded instance).
-pub fn server_alive(rec: &Record, domid: u16) -> bool {
-    let is = |pid: Option<u32>, want: Role| {
-        pid.and_then(|p| Pidfd::open(p).ok().flatten())
-            .is_some_and(|p| role_of(&p, domid) == Some(want))
-    };
-    is(rec.pid(), Role::Supervisor)
-        || is(
-            rec.worker_pid(),
-            Role::Worker {
-                unique_id: rec.unique_id(),
-            },
-        )
+    name_ok && args.windows(2).any(|w| w[0] == "--domid" && w[1] == dom)
 }
 
 /// What [`stop_process`] found and did.
@@ -152,65 +111,35 @@ impl Stopped {
     }
 }
 
-/// Whether the server's processes, as [`stop_server`] found them, left
-/// state behind (an ioreq server to destroy): unless the worker exited
-/// on SIGTERM (it shut its server down), or the supervisor did (it stopped
-/// its worker, or cleaned up after a dead one) and no worker was left that
-/// had to be killed.
-pub fn server_left_state(supervisor: Option<Stopped>, worker: Option<Stopped>) -> bool {
-    match (supervisor, worker) {
-        (_, Some(Stopped::Exited)) => false,
-        (_, Some(Stopped::Killed)) => true,
-        (Some(Stopped::Exited), _) => false,
-        _ => true,
-    }
-}
-
-/// Stops the recorded IOREQ server process (the supervisor): SIGTERM,
-/// then SIGKILL after `t.term`, both through a pidfd opened before the
-/// identity check, so a pid reused meanwhile is never signalled.
+/// Stops the recorded IOREQ server process: SIGTERM, then SIGKILL after
+/// `t.term`, both through a pidfd opened before the identity check, so a
+/// pid reused meanwhile is never signalled.
 pub fn stop_process(
     pid: u32,
     domid: u16,
     t: Timeouts,
     out: &mut Outcome,
 ) -> Result<Stopped, XenError> {
-    stop_as(pid, domid, Role::Supervisor, t, out)
-}
-
-/// Stops `pid` as [`stop_process`] does, only if it is gpu-hostmem-ioreqd
-/// for `domid` in role `want` (a worker: of the same instance).
-pub fn stop_as(
-    pid: u32,
-    domid: u16,
-    want: Role,
-    t: Timeouts,
-    out: &mut Outcome,
-) -> Result<Stopped, XenError> {
-    let what = match want {
-        Role::Supervisor => IOREQD_NAME.to_owned(),
-        Role::Worker { .. } => format!("{IOREQD_NAME} worker"),
-    };
     let Some(p) = Pidfd::open(pid)?.filter(|p| !p.has_exited()) else {
-        out.actions.push(format!("{what} {pid} already gone"));
+        out.actions.push(format!("process {pid} already gone"));
         return Ok(Stopped::AlreadyGone);
     };
-    if role_of(&p, domid) != Some(want) {
+    if !runs_our_ioreqd(&p, domid) {
         if p.has_exited() {
-            out.actions.push(format!("{what} {pid} already gone"));
+            out.actions.push(format!("process {pid} already gone"));
             return Ok(Stopped::AlreadyGone);
         }
         out.actions.push(format!(
-            "pid {pid} is not the {what} of domain {domid}: left alone"
+            "pid {pid} is not {IOREQD_NAME} for domain {domid}: left alone"
         ));
         return Ok(Stopped::NotOurs);
     }
     if !p.send_signal(libc::SIGTERM)? {
-        out.actions.push(format!("{what} {pid} already gone"));
+        out.actions.push(format!("process {pid} already gone"));
         return Ok(Stopped::AlreadyGone);
     }
     out.actions
-        .push(format!("sent SIGTERM to {what} (pid {pid})"));
+        .push(format!("sent SIGTERM to {IOREQD_NAME} (pid {pid})"));
     if p.wait_exit(t.term) {
         out.actions.push(format!("pid {pid} exited"));
         return Ok(Stopped::Exited);
@@ -227,32 +156,6 @@ pub fn stop_as(
         ));
     }
     Ok(Stopped::Killed)
-}
-
-/// Stops the server's processes the record names: the supervisor (`pid`;
-/// it stops its worker), then a worker (`worker-pid`) still running, which
-/// outlives a supervisor that was killed. Each is signalled only through
-/// a pidfd and only if it is ours (a worker: of the recorded instance).
-/// Returns whether they left state behind ([`server_left_state`]), None
-/// when the record names no process.
-pub fn stop_server(
-    rec: &Record,
-    domid: u16,
-    t: Timeouts,
-    out: &mut Outcome,
-) -> Result<Option<bool>, XenError> {
-    let sup = rec
-        .pid()
-        .map(|pid| stop_as(pid, domid, Role::Supervisor, t, out))
-        .transpose()?;
-    let want = Role::Worker {
-        unique_id: rec.unique_id(),
-    };
-    let worker = rec
-        .worker_pid()
-        .map(|pid| stop_as(pid, domid, want, t, out))
-        .transpose()?;
-    Ok((sup.is_some() || worker.is_some()).then(|| server_left_state(sup, worker)))
 }
 
 /// The domain teardown may act on, decided by unique ids alone.
@@ -318,7 +221,7 @@ pub fn teardown(
     // the process leaves; any other state means the process (or an earlier
     // teardown) stopped, and destroyed that server, already.
     let mut took_running = false;
-    let mut left = None;
+    let mut stopped = None;
     if let Some(rec) = &rec {
         out.actions.push(format!(
             "found record {} (state {})",
@@ -329,7 +232,9 @@ pub fn teardown(
             Ok(prev) => took_running = prev.as_deref() == Some(record::state::RUNNING),
             Err(e) => out.actions.push(format!("could not mark it stopping: {e}")),
         }
-        left = stop_server(rec, domid, t, &mut out)?;
+        if let Some(pid) = rec.pid() {
+            stopped = Some(stop_process(pid, domid, t, &mut out)?);
+        }
     }
 
     let mut errors = Vec::new();
@@ -351,7 +256,8 @@ pub fn teardown(
             // A server the process destroyed itself needs nothing; one a
             // dead process left is adopted only from a record we took over
             // in state `running` whose identity is this domain's.
-            let leftover = took_running && recorded_id == Some(id) && left == Some(true);
+            let leftover =
+                took_running && recorded_id == Some(id) && stopped.is_some_and(Stopped::left_state);
             let servid = rec
                 .as_ref()
                 .filter(|_| leftover)
@@ -437,151 +343,6 @@ mod tests {
         // published it): the domain there now, which revoking cannot harm.
         assert_eq!(target(None, Some(42)), Target::ActOn(42));
         assert_eq!(target(None, None), Target::Gone);
-    }
-
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|a| (*a).to_owned()).collect()
-    }
-
-    #[test]
-    fn roles_are_read_from_the_command_line() {
-        let sup = args(&[
-            "/usr/lib/xen/gpu-hostmem/gpu-hostmem-ioreqd",
-            "--domid",
-            "3",
-            "--uuid",
-            "u",
-        ]);
-        assert_eq!(ioreqd_role(&sup, 3), Some(Role::Supervisor));
-        assert_eq!(ioreqd_role(&sup, 4), None, "another domain's");
-        let mut w = sup.clone();
-        w.extend(args(&["--worker", "--unique-id", "77"]));
-        assert_eq!(
-            ioreqd_role(&w, 3),
-            Some(Role::Worker {
-                unique_id: Some(77)
-            })
-        );
-        let w = args(&["gpu-hostmem-ioreqd", "--domid", "3", "--worker"]);
-        assert_eq!(ioreqd_role(&w, 3), Some(Role::Worker { unique_id: None }));
-        let other = args(&["/bin/sleep", "--domid", "3"]);
-        assert_eq!(ioreqd_role(&other, 3), None);
-        // "--domid" followed by the domid, not "3" anywhere.
-        let loose = args(&["gpu-hostmem-ioreqd", "--uuid", "3", "--domid", "30"]);
-        assert_eq!(ioreqd_role(&loose, 3), None);
-    }
-
-    /// A stand-in with the worker's command line (`sh` run as
-    /// gpu-hostmem-ioreqd), looping until signalled.
-    fn fake_worker(domid: u16, unique_id: u64) -> std::process::Child {
-        use std::os::unix::process::CommandExt;
-        Command::new("sh")
-            .arg0(IOREQD_NAME)
-            .args(["-c", "while :; do sleep 0.05; done", IOREQD_NAME, "--domid"])
-            .arg(domid.to_string())
-            .args(["--worker", "--unique-id"])
-            .arg(unique_id.to_string())
-            .spawn()
-            .expect("spawn sh")
-    }
-
-    fn wait_cmdline(pid: u32) {
-        let t = std::time::Instant::now();
-        while !process::cmdline(pid).is_some_and(|a| a.first().is_some_and(|n| n == IOREQD_NAME)) {
-            assert!(t.elapsed() < Duration::from_secs(2), "no cmdline for {pid}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Issue 16: a worker that outlived its killed supervisor is found by
-    /// the record's worker-pid and stopped, by identity: never another
-    /// instance's worker, never the supervisor's pid taken for a worker.
-    #[test]
-    fn teardown_stops_a_worker_that_outlived_its_supervisor() {
-        let t = Timeouts {
-            term: Duration::from_secs(5),
-            kill: Duration::from_secs(2),
-        };
-        let mut dead = Command::new("true").spawn().expect("spawn true");
-        let dead_pid = dead.id();
-        dead.wait().expect("reap");
-
-        // Another instance's worker (unique id 8, the record says 7): left.
-        let mut other = fake_worker(3, 8);
-        wait_cmdline(other.id());
-        let rec = Record {
-            pid: Some(dead_pid.to_string()),
-            worker_pid: Some(other.id().to_string()),
-            unique_id: Some("7".into()),
-            ..Record::default()
-        };
-        let mut out = Outcome::default();
-        let left = stop_server(&rec, 3, t, &mut out).expect("stop");
-        assert_eq!(left, Some(true), "nobody cleaned up: {out:?}");
-        assert!(process::is_running(other.id()), "not signalled: {out:?}");
-        // Nor as a supervisor: a worker's pid in `pid` is not the supervisor.
-        let rec2 = Record {
-            pid: Some(other.id().to_string()),
-            ..Record::default()
-        };
-        assert_eq!(
-            stop_server(&rec2, 3, t, &mut out).expect("stop"),
-            Some(true)
-        );
-        assert!(process::is_running(other.id()), "not signalled: {out:?}");
-        let _ = other.kill();
-        let _ = other.wait();
-
-        // The recorded instance's worker: SIGTERM, it exits, nothing left.
-        let mut ours = fake_worker(3, 7);
-        wait_cmdline(ours.id());
-        let rec = Record {
-            worker_pid: Some(ours.id().to_string()),
-            ..rec
-        };
-        let mut out = Outcome::default();
-        let left = stop_server(&rec, 3, t, &mut out).expect("stop");
-        assert_eq!(left, Some(false), "it exited on SIGTERM: {out:?}");
-        assert!(
-            out.actions
-                .iter()
-                .any(|a| a.contains("sent SIGTERM to gpu-hostmem-ioreqd worker")),
-            "{out:?}"
-        );
-        let _ = ours.wait();
-        assert_eq!(
-            stop_server(&Record::default(), 3, t, &mut out).expect("stop"),
-            None,
-            "no process recorded"
-        );
-    }
-
-    #[test]
-    fn whether_the_server_left_state_depends_on_who_exited() {
-        use Stopped::*;
-        // The worker shut its server down itself.
-        for s in [
-            None,
-            Some(AlreadyGone),
-            Some(NotOurs),
-            Some(Killed),
-            Some(Exited),
-        ] {
-            assert!(!server_left_state(s, Some(Exited)), "{s:?}");
-        }
-        // The supervisor stopped its worker (or cleaned up after it).
-        for w in [None, Some(AlreadyGone), Some(NotOurs)] {
-            assert!(!server_left_state(Some(Exited), w), "{w:?}");
-        }
-        // A worker that had to be killed left its server.
-        assert!(server_left_state(Some(Exited), Some(Killed)));
-        // Both gone without cleaning up (the supervisor killed, the worker
-        // too, or no worker recorded).
-        for s in [None, Some(AlreadyGone), Some(NotOurs), Some(Killed)] {
-            for w in [None, Some(AlreadyGone), Some(NotOurs), Some(Killed)] {
-                assert!(server_left_state(s, w), "{s:?} {w:?}");
-            }
-        }
     }
 
     #[test]
