@@ -300,15 +300,33 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             let _ = dm.destroy_server(&dom, id);
             return Err((fail(Stage::Enable, e), dm, hm));
         }
+        Ok(Server::assemble(dm, hm, dom, id, chan, cfg, pci, None))
+    }
+
+    /// A server over handles set up by [`Server::start`] or
+    /// [`Server::attach`]: the function and BAR range as they are now,
+    /// everything else fresh (no registration, nothing lent, nothing
+    /// pending, counters at zero).
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dm: D,
+        hm: H,
+        dom: DomainIdentity,
+        id: IoServId,
+        chan: D::Channel,
+        cfg: ServerConfig,
+        pci: PciFunction,
+        mmio: Option<Range<u64>>,
+    ) -> Self {
         let nr_vcpus = chan.nr_vcpus();
-        Ok(Server {
+        Server {
             dm,
             hm,
             dom,
             id,
             chan: Some(chan),
             pci,
-            mmio: None,
+            mmio,
             registry: Registry::new(),
             ledger: DomainLedger::default(),
             deferred: vec![None; nr_vcpus as usize],
@@ -319,7 +337,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             gone: false,
             stopped: false,
             save_pci: None,
-        })
+        }
     }
 
     /// Take over server `id` of `dom`, which a process that died (SIGKILL,
@@ -388,25 +406,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 return Err((fail(Stage::OpenChannel, e), dm, hm));
             }
         }
-        Ok(Server {
-            dm,
-            hm,
-            dom,
-            id,
-            chan: Some(chan),
-            pci,
-            mmio,
-            registry: Registry::new(),
-            ledger: DomainLedger::default(),
-            deferred: vec![None; nr_vcpus as usize],
-            rate: RateLimiter::new(cfg.limits.fault_rate, cfg.limits.fault_burst),
-            counters: Counters::default(),
-            xen_retry: RetryWatch::default(),
-            cfg,
-            gone: false,
-            stopped: false,
-            save_pci: None,
-        })
+        Ok(Server::assemble(dm, hm, dom, id, chan, cfg, pci, mmio))
     }
 
     /// Save the guest-written PCI state with `f` after every config write
