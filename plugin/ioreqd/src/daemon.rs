@@ -16,7 +16,7 @@ use gpu_hostmem_core::ioreq::Sbdf;
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
-use gpu_hostmem_xen::platform::{self, XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::record::{self, key, state};
 use gpu_hostmem_xen::{Privcmd, XenError, XenLibs, Xenstore};
 use std::fmt;
@@ -193,6 +193,26 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
 
     // Stage: open the handles the server uses; privcmd restricted at once.
     let dm = libs.devicemodel.open().map_err(at("open devicemodel"))?;
+    // From here on the identity checks ask Xen through the device-model
+    // handle (restricted to the guest below) when Xen and the library
+    // offer XEN_DMOP_get_instance; the xenctrl handle, whose privcmd fd
+    // allows every hypercall of dom0, is closed before any request of the
+    // guest is read. Without the call, xenctrl stays (and the log says so).
+    let xc = match instance_by_dmop(&dm, &dom) {
+        Ok(()) => {
+            drop(xc);
+            info!(%dom, "identity checks by XEN_DMOP_get_instance: no xenctrl handle kept");
+            None
+        }
+        Err(why) => {
+            warn!(%dom, %why, "identity checks need xenctrl: its unrestricted handle stays open");
+            Some(xc)
+        }
+    };
+    let identity = match &xc {
+        Some(xc) => Identity::Xenctrl(xc),
+        None => Identity::DeviceModel(&dm),
+    };
     let fm = libs
         .foreignmemory
         .open()
@@ -221,11 +241,11 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
 
     // Stage: the ioreq server (create with RETRY, ioreq page + event
     // channels, PCI function, enable), undone by itself on failure.
-    let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
+    let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, identity);
     pdm.add_wake_fd(xs_fd);
     pdm.add_wake_fd(sig_r.as_fd());
     pdm.add_wake_fd(ctl.as_fd());
-    let hm = XenHostMem::new(privcmd, &xc);
+    let hm = XenHostMem::new(privcmd, identity);
     let mut server = if args.attach {
         // A restart after a crash: the same Xen server, its id recorded.
         let id = recorded_ioservid(xs, domid, &dom)?;
@@ -368,6 +388,25 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
             report.errors.len()
         ))),
         Err(e) => Err(at("event loop")(e)),
+    }
+}
+
+/// Whether `XEN_DMOP_get_instance` answers for `dom` (the library has
+/// the call, Xen implements it, and it names the instance we checked with
+/// xenctrl): then the device-model handle alone can check identity.
+fn instance_by_dmop(
+    dm: &gpu_hostmem_xen::DeviceModel<'_>,
+    dom: &DomainIdentity,
+) -> Result<(), String> {
+    match dm.instance(dom.domid) {
+        Ok(Some(i)) if i.unique_id == dom.unique_id() => Ok(()),
+        Ok(Some(i)) => Err(format!(
+            "XEN_DMOP_get_instance names instance {}, xenctrl {}",
+            i.unique_id,
+            dom.unique_id()
+        )),
+        Ok(None) => Err("XEN_DMOP_get_instance: no such domain".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -20,7 +20,7 @@ use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
 use gpu_hostmem_core::server::{self, unbacked_answer};
 use gpu_hostmem_xen::control::{control_dir, pci_state_path, socket_path};
-use gpu_hostmem_xen::platform::{self, XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::process::Pidfd;
 use gpu_hostmem_xen::record::{self, key, state, Record};
 use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
@@ -379,8 +379,8 @@ fn cleanup(libs: &XenLibs, xs: &Xenstore<'_>, dom: &DomainIdentity) {
                 (Ok(f), Ok(e)) => (f, e),
                 _ => return,
             };
-            let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
-            let mut hm = XenHostMem::new(pc, &xc);
+            let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, Identity::Xenctrl(&xc));
+            let mut hm = XenHostMem::new(pc, Identity::Xenctrl(&xc));
             if let Some(id) = servid {
                 let _ = pdm.adopt(dom, id);
             }
@@ -452,8 +452,8 @@ fn give_up(
     if let Err(e) = pc.restrict(dom.domid) {
         warn!(%dom, error = %e, "supervisor: cannot restrict privcmd");
     }
-    let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
-    let mut hm = XenHostMem::new(pc, &xc);
+    let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, Identity::Xenctrl(&xc));
+    let mut hm = XenHostMem::new(pc, Identity::Xenctrl(&xc));
     let mut fallback = || -> Result<(), String> {
         pdm.adopt(dom, id).map_err(|e| e.to_string())?;
         let mut chan = pdm.open_channel(dom, id).map_err(|e| e.to_string())?;

@@ -94,6 +94,7 @@ impl Run {
         .env("GPU_HOSTMEM_PRIVCMD", &privcmd)
         .env("FAKE_PRIVCMD", &privcmd)
         .env("FAKE_PRIVCMD_LOG", dir.join("privcmd.log"))
+        .env("FAKE_XC_LOG", dir.join("xc.log"))
         .env("GPU_HOSTMEM_RUN_DIR", dir.join("run"))
         .env("GPU_HOSTMEM_LOG", "debug")
         .stdin(Stdio::null())
@@ -198,6 +199,23 @@ fn runs_reports_and_stops_on_sigterm() {
         privcmd.contains("restrict dom=41"),
         "privcmd restricted: {privcmd}"
     );
+
+    // Least privilege: the worker serving the guest holds no xenctrl
+    // handle (its privcmd fd would allow every hypercall of dom0); its
+    // identity checks go through the restricted device-model handle.
+    let w = wait_worker(&r, None);
+    let xc = fs::read_to_string(r.dir.join("xc.log")).unwrap_or_default();
+    let held = xc
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, pid)| *pid == w.to_string())
+        .fold(0i32, |n, (what, _)| n + if what == "open" { 1 } else { -1 });
+    assert!(
+        xc.contains(&format!("open {w}")),
+        "the worker checked with xenctrl first: {xc}"
+    );
+    assert_eq!(held, 0, "xenctrl handles the worker {w} holds: {xc}");
+    assert!(r.log().contains("no xenctrl handle kept"), "{}", r.log());
 
     sigterm(r.child.id());
     let status = r.wait_exit();

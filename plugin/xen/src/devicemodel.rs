@@ -40,6 +40,7 @@ library! {
         xendevicemodel_destroy_ioreq_server: fn(*mut XdmHandle, u16, u16) -> c_int;
         xendevicemodel_restrict: fn(*mut XdmHandle, u16) -> c_int;
         xendevicemodel_shutdown: fn(*mut XdmHandle, u16, c_uint) -> c_int;
+        xendevicemodel_nr_vcpus: fn(*mut XdmHandle, u16, *mut c_uint) -> c_int;
         // Added by the gpu-hostmem Xen series (new version node): absent
         // from stock libraries, in which case RETRY is not available.
         ?xendevicemodel_create_ioreq_server_flags:
@@ -48,6 +49,9 @@ library! {
         // domain's RETRY answers; absent, they are not shown.
         ?xendevicemodel_get_retry_stats:
             fn(*mut XdmHandle, u16, *mut u64, *mut u64, *mut u64) -> c_int;
+        // Same series: the unique id of the domain a domid names now, on a
+        // handle restricted to it; absent, identity needs xenctrl.
+        ?xendevicemodel_get_instance: fn(*mut XdmHandle, u16, *mut u64, *mut c_uint) -> c_int;
     }
 }
 
@@ -75,6 +79,11 @@ impl DeviceModelLib {
         self.xendevicemodel_get_retry_stats.is_some()
     }
 
+    /// Whether the library offers `xendevicemodel_get_instance`.
+    pub fn has_get_instance(&self) -> bool {
+        self.xendevicemodel_get_instance.is_some()
+    }
+
     /// Opens a device model handle.
     pub fn open(&self) -> Result<DeviceModel<'_>> {
         // SAFETY: a NULL logger selects the library's default logger; the
@@ -83,6 +92,22 @@ impl DeviceModelLib {
         let h = NonNull::new(h).ok_or_else(|| XenError::last_os("xendevicemodel_open"))?;
         Ok(DeviceModel { lib: self, h })
     }
+}
+
+/// `XEN_DMOP_INSTANCE_DYING`: the domain is being destroyed.
+pub const XEN_DMOP_INSTANCE_DYING: c_uint = 1 << 0;
+/// `XEN_DMOP_INSTANCE_SHUTDOWN`: the domain is shutting down or shut down.
+pub const XEN_DMOP_INSTANCE_SHUTDOWN: c_uint = 1 << 1;
+
+/// What `XEN_DMOP_get_instance` says of the domain a domid names now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    /// Xen's unique id of the domain (never 0, never reused).
+    pub unique_id: u64,
+    /// The domain is being destroyed.
+    pub dying: bool,
+    /// The domain is shutting down or shut down.
+    pub shutdown: bool,
 }
 
 /// An open `xendevicemodel_handle`, closed on drop.
@@ -186,6 +211,48 @@ impl<'l> DeviceModel<'l> {
             )
         })?;
         Ok(c)
+    }
+
+    /// Which instance of the domain `domid` names now
+    /// (`XEN_DMOP_get_instance`), or `None` when no domain has it. Allowed
+    /// on a handle restricted to `domid`, so a deprivileged device model
+    /// needs no xenctrl handle to tell its guest from a new domain given
+    /// the domid. `ENOSYS` if the library lacks the call; an unpatched
+    /// hypervisor answers `EOPNOTSUPP`.
+    pub fn instance(&self, domid: u16) -> Result<Option<Instance>> {
+        const OP: &str = "xendevicemodel_get_instance";
+        let get = self
+            .lib
+            .xendevicemodel_get_instance
+            .ok_or_else(|| XenError::from_errno(OP, libc::ENOSYS))?;
+        let mut unique_id = 0u64;
+        let mut flags: c_uint = 0;
+        // SAFETY: live handle; both pointers are valid locals, written by
+        // the call before it returns.
+        let rc = unsafe { get(self.h.as_ptr(), domid, &mut unique_id, &mut flags) };
+        if rc != 0 {
+            let e = XenError::last_os(OP);
+            if e.errno() == Some(libc::ESRCH) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(Instance {
+            unique_id,
+            dying: flags & XEN_DMOP_INSTANCE_DYING != 0,
+            shutdown: flags & XEN_DMOP_INSTANCE_SHUTDOWN != 0,
+        }))
+    }
+
+    /// The number of vCPUs of `domid` (`XEN_DMOP_nr_vcpus`; allowed on a
+    /// handle restricted to `domid`).
+    pub fn nr_vcpus(&self, domid: u16) -> Result<u32> {
+        let mut n: c_uint = 0;
+        // SAFETY: live handle; `n` is a valid out pointer.
+        check("xendevicemodel_nr_vcpus", unsafe {
+            (self.lib.xendevicemodel_nr_vcpus)(self.h.as_ptr(), domid, &mut n)
+        })?;
+        Ok(n)
     }
 
     /// Takes charge of an existing server `id` of `domid` (created by a

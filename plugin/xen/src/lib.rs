@@ -24,7 +24,7 @@ pub mod testenv;
 pub mod xenctrl;
 pub mod xenstore;
 
-pub use devicemodel::{DeviceModel, DeviceModelLib, IoreqServer};
+pub use devicemodel::{DeviceModel, DeviceModelLib, Instance, IoreqServer};
 pub use error::{Result, XenError};
 pub use evtchn::{BoundPort, EventChannels, EvtchnLib};
 pub use foreignmemory::{ForeignMemory, ForeignMemoryLib, GuestPages, IoreqPage};

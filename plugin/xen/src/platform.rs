@@ -3,9 +3,9 @@
 //! [`XenDeviceModel`] and [`XenHostMem`] borrow handles that the caller
 //! opened (and later restricts and closes), so the caller's stack decides the
 //! order of teardown. Every operation naming a guest first checks the
-//! domain's identity with `xc_domain_getinfolist` (domid plus domain handle,
-//! our unique id on Xen 4.20) and answers `ESRCH` when the domid is gone or
-//! now names another domain (invariant I5).
+//! domain's identity (domid plus Xen's unique id) through an [`Identity`]
+//! and answers `ESRCH` when the domid is gone or now names another domain
+//! (invariant I5).
 
 use crate::devicemodel::{DeviceModel as XdmHandle, IoreqServer, SHUTDOWN_CRASH};
 use crate::error::XenError;
@@ -49,11 +49,64 @@ pub fn current(
     }
 }
 
-/// Checks that `dom` still is the domain with its domid and is not dying.
-fn check(xc: &Xenctrl<'_>, dom: &DomainIdentity, op: &'static str) -> PlatformResult<DomainInfo> {
-    match current(xc, dom.domid)? {
-        Some((id, info)) if id == *dom && !info.dying => Ok(info),
-        _ => Err(PlatformError::new(op, Errno::ESRCH)),
+/// Where the identity checks of [`XenDeviceModel`] and [`XenHostMem`] ask
+/// which domain a domid names now.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity<'a> {
+    /// A xenctrl handle (`XEN_DOMCTL_get_domain_state` and
+    /// `getdomaininfo`): unrestricted hypercalls, for the privileged
+    /// supervisor and teardown.
+    Xenctrl(&'a Xenctrl<'a>),
+    /// The device-model handle, which may be restricted to the guest
+    /// (`XEN_DMOP_get_instance`, `XEN_DMOP_nr_vcpus`): all the
+    /// deprivileged worker keeps.
+    DeviceModel(&'a XdmHandle<'a>),
+}
+
+/// What an identity check learns of the domain a domid names now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    /// The domain, by domid and unique id.
+    pub dom: DomainIdentity,
+    /// It is being destroyed.
+    pub dying: bool,
+}
+
+impl Identity<'_> {
+    /// The domain `domid` names now, or `None` if no domain has it.
+    pub fn current(&self, domid: u16) -> PlatformResult<Option<Current>> {
+        match self {
+            Identity::Xenctrl(xc) => Ok(current(xc, domid)?.map(|(dom, info)| Current {
+                dom,
+                dying: info.dying,
+            })),
+            Identity::DeviceModel(dm) => Ok(dm.instance(domid)?.map(|i| Current {
+                dom: DomainIdentity::from_unique_id(domid, i.unique_id),
+                dying: i.dying,
+            })),
+        }
+    }
+
+    /// The number of vCPUs of `domid`.
+    pub fn nr_vcpus(&self, domid: u16) -> PlatformResult<u32> {
+        match self {
+            Identity::Xenctrl(xc) => Ok(xc.domain_info(domid)?.map_or(0, |info| info.nr_vcpus)),
+            Identity::DeviceModel(dm) => Ok(dm.nr_vcpus(domid)?),
+        }
+    }
+
+    /// Whether `dom` is the domain with its domid (dying or not).
+    fn is(&self, dom: &DomainIdentity) -> PlatformResult<bool> {
+        Ok(matches!(self.current(dom.domid)?, Some(c) if c.dom == *dom))
+    }
+
+    /// Checks that `dom` still is the domain with its domid and is not
+    /// dying.
+    fn check(&self, dom: &DomainIdentity, op: &'static str) -> PlatformResult<()> {
+        match self.current(dom.domid)? {
+            Some(c) if c.dom == *dom && !c.dying => Ok(()),
+            _ => Err(PlatformError::new(op, Errno::ESRCH)),
+        }
     }
 }
 
@@ -66,16 +119,16 @@ pub struct XenDeviceModel<'a> {
     dm: &'a XdmHandle<'a>,
     fm: &'a ForeignMemory<'a>,
     xce: &'a EventChannels<'a>,
-    xc: &'a Xenctrl<'a>,
+    id: Identity<'a>,
 }
 
 impl<'a> XenDeviceModel<'a> {
-    /// Uses the given open handles.
+    /// Uses the given open handles; `id` answers the identity checks.
     pub fn new(
         dm: &'a XdmHandle<'a>,
         fm: &'a ForeignMemory<'a>,
         xce: &'a EventChannels<'a>,
-        xc: &'a Xenctrl<'a>,
+        id: Identity<'a>,
     ) -> Self {
         Self {
             servers: Vec::new(),
@@ -83,7 +136,7 @@ impl<'a> XenDeviceModel<'a> {
             dm,
             fm,
             xce,
-            xc,
+            id,
         }
     }
 
@@ -110,9 +163,8 @@ impl<'a> XenDeviceModel<'a> {
     /// `dom`, so that [`DeviceModel::destroy_server`] can destroy it.
     /// Refused (`ESRCH`) unless `dom` is the current domain with its domid.
     pub fn adopt(&mut self, dom: &DomainIdentity, id: IoServId) -> PlatformResult<()> {
-        match current(self.xc, dom.domid)? {
-            Some((cur, _)) if cur == *dom => {}
-            _ => return Err(PlatformError::new("adopt ioreq server", Errno::ESRCH)),
+        if !self.id.is(dom)? {
+            return Err(PlatformError::new("adopt ioreq server", Errno::ESRCH));
         }
         if self.server(dom, id, "adopt ioreq server").is_err() {
             self.servers.push(self.dm.adopt_ioreq_server(dom.domid, id));
@@ -143,16 +195,16 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
     type Channel = XenChannel<'a>;
 
     fn lookup(&self, domid: u16) -> PlatformResult<Option<DomainIdentity>> {
-        Ok(current(self.xc, domid)?.map(|(id, _)| id))
+        Ok(self.id.current(domid)?.map(|c| c.dom))
     }
 
     fn is_alive(&self, dom: &DomainIdentity) -> PlatformResult<bool> {
-        Ok(matches!(current(self.xc, dom.domid)?, Some((id, info)) if id == *dom && !info.dying))
+        Ok(matches!(self.id.current(dom.domid)?, Some(c) if c.dom == *dom && !c.dying))
     }
 
     fn create_server(&mut self, dom: &DomainIdentity, retry: bool) -> PlatformResult<IoServId> {
         let op = "xendevicemodel_create_ioreq_server";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         let server = self.dm.create_ioreq_server(dom.domid, retry)?;
         let id = server.id();
         self.servers.push(server);
@@ -165,15 +217,16 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
         id: IoServId,
     ) -> PlatformResult<XenChannel<'a>> {
         let op = "xenforeignmemory_map_resource";
-        let info = check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         self.server(dom, id, op)?;
-        if info.nr_vcpus == 0 || info.nr_vcpus > MAX_SLOTS {
+        let nr_vcpus = self.id.nr_vcpus(dom.domid)?;
+        if nr_vcpus == 0 || nr_vcpus > MAX_SLOTS {
             return Err(PlatformError::new(op, Errno::EINVAL));
         }
-        let page = self.fm.map_ioreq_page(dom.domid, id, info.nr_vcpus)?;
+        let page = self.fm.map_ioreq_page(dom.domid, id, nr_vcpus)?;
         let mut ch = XenChannel {
-            ports: (0..info.nr_vcpus).map(|_| None).collect(),
-            unbound: info.nr_vcpus,
+            ports: (0..nr_vcpus).map(|_| None).collect(),
+            unbound: nr_vcpus,
             page,
             xce: self.xce,
             domid: dom.domid,
@@ -192,13 +245,13 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
         enabled: bool,
     ) -> PlatformResult<()> {
         let op = "xendevicemodel_set_ioreq_server_state";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         Ok(self.server(dom, id, op)?.set_enabled(enabled)?)
     }
 
     fn map_pcidev(&mut self, dom: &DomainIdentity, id: IoServId, sbdf: Sbdf) -> PlatformResult<()> {
         let op = "xendevicemodel_map_pcidev_to_ioreq_server";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         Ok(self.server(dom, id, op)?.map_pcidev(sbdf)?)
     }
 
@@ -209,7 +262,7 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
         sbdf: Sbdf,
     ) -> PlatformResult<()> {
         let op = "xendevicemodel_unmap_pcidev_from_ioreq_server";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         Ok(self.server(dom, id, op)?.unmap_pcidev(sbdf)?)
     }
 
@@ -221,7 +274,7 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
         end: u64,
     ) -> PlatformResult<()> {
         let op = "xendevicemodel_map_io_range_to_ioreq_server";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         Ok(self.server(dom, id, op)?.map_io_range(true, start, end)?)
     }
 
@@ -233,7 +286,7 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
         end: u64,
     ) -> PlatformResult<()> {
         let op = "xendevicemodel_unmap_io_range_from_ioreq_server";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         Ok(self.server(dom, id, op)?.unmap_io_range(true, start, end)?)
     }
 
@@ -247,9 +300,9 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
             return Err(PlatformError::new(op, Errno::ENOENT));
         };
         let server = self.servers.swap_remove(pos);
-        match current(self.xc, dom.domid)? {
+        match self.id.current(dom.domid)? {
             // Still our domain (maybe dying): destroy for real.
-            Some((cur, _)) if cur == *dom => Ok(server.destroy()?),
+            Some(c) if c.dom == *dom => Ok(server.destroy()?),
             // Gone, or the domid names another domain: Xen destroyed our
             // server with the domain; never touch the stranger.
             _ => {
@@ -261,13 +314,13 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
     fn crash_domain(&mut self, dom: &DomainIdentity, _why: &str) -> PlatformResult<()> {
         // The caller logs the reason; Xen records only the shutdown code.
         let op = "xendevicemodel_shutdown";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         Ok(self.dm.shutdown(dom.domid, SHUTDOWN_CRASH)?)
     }
 
     fn retry_stats(&self, dom: &DomainIdentity) -> PlatformResult<RetryStats> {
         let op = "xendevicemodel_get_retry_stats";
-        check(self.xc, dom, op)?;
+        self.id.check(dom, op)?;
         Ok(self.dm.retry_stats(dom.domid)?)
     }
 }
@@ -398,13 +451,14 @@ impl IoreqChannel for XenChannel<'_> {
 #[derive(Debug)]
 pub struct XenHostMem<'a> {
     privcmd: Privcmd,
-    xc: &'a Xenctrl<'a>,
+    id: Identity<'a>,
 }
 
 impl<'a> XenHostMem<'a> {
-    /// Uses an open privcmd fd (restricted to the guest by the caller).
-    pub fn new(privcmd: Privcmd, xc: &'a Xenctrl<'a>) -> Self {
-        Self { privcmd, xc }
+    /// Uses an open privcmd fd (restricted to the guest by the caller);
+    /// `id` answers the identity checks.
+    pub fn new(privcmd: Privcmd, id: Identity<'a>) -> Self {
+        Self { privcmd, id }
     }
 
     /// The privcmd fd.
@@ -421,7 +475,7 @@ impl HostMem for XenHostMem<'_> {
         gfn: u64,
         nr_pages: u32,
     ) -> PlatformResult<u32> {
-        check(self.xc, dom, "IOCTL_PRIVCMD_HOSTMEM_LEND")?;
+        self.id.check(dom, "IOCTL_PRIVCMD_HOSTMEM_LEND")?;
         // The kernel lends only registrations made for this instance, and
         // Xen checks the instance again at the hypercall (EXDEV).
         Ok(self
@@ -430,12 +484,11 @@ impl HostMem for XenHostMem<'_> {
     }
 
     fn revoke(&mut self, dom: &DomainIdentity, range: RevokeRange) -> PlatformResult<()> {
-        match current(self.xc, dom.domid)? {
-            // Our domain (even dying): revoke; ESRCH is success.
-            Some((cur, _)) if cur == *dom => {}
-            // Gone: Xen's teardown dropped every reference. Another domain
-            // with the same domid: not ours to touch.
-            _ => return Ok(()),
+        // Our domain (even dying): revoke; ESRCH is success. Gone: Xen's
+        // teardown dropped every reference. Another domain with the same
+        // domid: not ours to touch.
+        if !self.id.is(dom)? {
+            return Ok(());
         }
         match range {
             RevokeRange::All => self.privcmd.hostmem_revoke_all(dom.domid)?,
@@ -450,14 +503,11 @@ impl HostMem for XenHostMem<'_> {
     }
 
     fn query(&self, dom: &DomainIdentity) -> PlatformResult<HostMemQuery> {
-        match current(self.xc, dom.domid)? {
-            Some((cur, _)) if cur == *dom => {}
-            _ => {
-                return Err(PlatformError::new(
-                    "IOCTL_PRIVCMD_HOSTMEM_QUERY",
-                    Errno::ESRCH,
-                ))
-            }
+        if !self.id.is(dom)? {
+            return Err(PlatformError::new(
+                "IOCTL_PRIVCMD_HOSTMEM_QUERY",
+                Errno::ESRCH,
+            ));
         }
         Ok(self.privcmd.hostmem_query(dom.domid)?)
     }

@@ -15,7 +15,7 @@
 //! may have given to another emulator since).
 
 use crate::control;
-use crate::platform::{XenDeviceModel, XenHostMem};
+use crate::platform::{Identity, XenDeviceModel, XenHostMem};
 use crate::privcmd::Privcmd;
 use crate::process::Pidfd;
 use crate::record::{self, parse_uuid, Record};
@@ -249,10 +249,10 @@ pub fn teardown(
             let dm = libs.devicemodel.open()?;
             let fm = libs.foreignmemory.open()?;
             let xce = libs.evtchn.open()?;
-            let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, &xc);
+            let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, Identity::Xenctrl(&xc));
             let privcmd = Privcmd::open()?;
             privcmd.restrict(domid)?;
-            let mut hm = XenHostMem::new(privcmd, &xc);
+            let mut hm = XenHostMem::new(privcmd, Identity::Xenctrl(&xc));
             // A server the process destroyed itself needs nothing; one a
             // dead process left is adopted only from a record we took over
             // in state `running` whose identity is this domain's.

@@ -8,7 +8,7 @@ use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IORESP_READY};
 use gpu_hostmem_core::platform::{
     DeviceModel, DomainIdentity, Errno, HostMem, IoreqChannel, RevokeRange, Wake,
 };
-use gpu_hostmem_xen::platform::{XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::platform::{Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::{DeviceModelLib, EvtchnLib, ForeignMemoryLib, Privcmd, XenctrlLib};
 use std::ffi::c_int;
 use std::time::Duration;
@@ -64,7 +64,7 @@ fn platform_on_fake_xen() {
     let fm = fml.open().expect("open");
     let xce = evl.open().expect("open");
     let xc = xcl.open().expect("open");
-    let mut p = XenDeviceModel::new(&dm, &fm, &xce, &xc);
+    let mut p = XenDeviceModel::new(&dm, &fm, &xce, Identity::Xenctrl(&xc));
 
     // The fake's unique id is the first 8 bytes of the handle: a new
     // handle at domid 7 is another instance.
@@ -188,7 +188,10 @@ fn platform_on_fake_xen() {
 
     // Host memory: identity first, then the (here absent) ioctl.
     fake.set_domain(7, UUID, 1, false);
-    let mut hm = XenHostMem::new(Privcmd::open_path("/dev/null").expect("null"), &xc);
+    let mut hm = XenHostMem::new(
+        Privcmd::open_path("/dev/null").expect("null"),
+        Identity::Xenctrl(&xc),
+    );
     assert_eq!(
         hm.lend(&stranger, 0, 0x1000, 1).unwrap_err().errno,
         Errno::ESRCH
@@ -204,6 +207,69 @@ fn platform_on_fake_xen() {
         "IOCTL_PRIVCMD_HOSTMEM_REVOKE"
     );
     assert_eq!(hm.query(&stranger).unwrap_err().errno, Errno::ESRCH);
+    drop(hm);
+    drop(p);
+
+    // The same checks with no xenctrl handle at all, through the
+    // device-model handle (XEN_DMOP_get_instance, XEN_DMOP_nr_vcpus), as
+    // the deprivileged worker makes them.
+    drop(xc);
+    let calls = fake.counter(b"fake_instance_calls\0");
+    fake.set_domain(7, UUID, 2, false);
+    let mut p = XenDeviceModel::new(&dm, &fm, &xce, Identity::DeviceModel(&dm));
+    assert_eq!(p.lookup(7).expect("lookup"), Some(dom));
+    assert_eq!(p.lookup(8).expect("lookup"), None);
+    assert!(p.is_alive(&dom).expect("alive"));
+    assert!(!p.is_alive(&stranger).expect("alive"));
+    assert_eq!(
+        p.create_server(&stranger, false).unwrap_err().errno,
+        Errno::ESRCH
+    );
+    let id = p.create_server(&dom, false).expect("create");
+    let ch = p.open_channel(&dom, id).expect("channel");
+    assert_eq!(ch.nr_vcpus(), 2, "vCPUs from XEN_DMOP_nr_vcpus");
+    drop(ch);
+    assert_eq!(p.retry_stats(&stranger).unwrap_err().errno, Errno::ESRCH);
+    // Domid reuse: the server is forgotten, never destroyed on the stranger.
+    let destroyed = fake.counter(b"fake_destroyed\0");
+    fake.set_domain(7, OTHER, 1, false);
+    assert_eq!(p.destroy_server(&dom, id).unwrap_err().errno, Errno::ESRCH);
+    assert_eq!(fake.counter(b"fake_destroyed\0"), destroyed);
+    assert_eq!(
+        p.crash_domain(&dom, "test").unwrap_err().errno,
+        Errno::ESRCH
+    );
+    // Dying: no new server, not alive; adopt still works for the instance.
+    fake.set_domain(7, UUID, 1, true);
+    assert!(!p.is_alive(&dom).expect("alive"));
+    assert_eq!(
+        p.create_server(&dom, false).unwrap_err().errno,
+        Errno::ESRCH
+    );
+    assert_eq!(p.adopt(&stranger, 3).unwrap_err().errno, Errno::ESRCH);
+    p.adopt(&dom, 3).expect("adopt");
+    p.destroy_server(&dom, 3).expect("destroy adopted");
+    assert_eq!(fake.counter(b"fake_destroyed\0"), destroyed + 1);
+    fake.set_domain(7, UUID, 1, false);
+    let mut hm = XenHostMem::new(
+        Privcmd::open_path("/dev/null").expect("null"),
+        Identity::DeviceModel(&dm),
+    );
+    assert_eq!(
+        hm.lend(&stranger, 0, 0x1000, 1).unwrap_err().errno,
+        Errno::ESRCH
+    );
+    assert_eq!(
+        hm.lend(&dom, 0, 0x1000, 1).unwrap_err().errno,
+        Errno(libc::ENOTTY)
+    );
+    hm.revoke(&stranger, RevokeRange::All)
+        .expect("revoking for a domain that is not there is vacuous");
+    assert_eq!(hm.query(&stranger).unwrap_err().errno, Errno::ESRCH);
+    assert!(
+        fake.counter(b"fake_instance_calls\0") > calls + 10,
+        "every check asked XEN_DMOP_get_instance"
+    );
     drop(hm);
     drop(p);
 }

@@ -139,6 +139,38 @@ int xendevicemodel_get_retry_stats(void *h, uint16_t d, uint64_t *c, uint64_t *r
 }
 #endif
 int xendevicemodel_restrict(void *h, uint16_t d) { if (!is_fake(d)) FAIL(EBADF); return 0; }
+
+int xendevicemodel_nr_vcpus(void *h, uint16_t d, unsigned *n)
+{
+    if (!is_fake(d))
+        FAIL(ESRCH);
+    *n = fake_max_vcpu_id + 1;
+    return 0;
+}
+
+#ifndef FAKE_NO_RETRY_STATS
+/* XEN_DMOP_get_instance of the fake guest: as xc_domain_get_domain_state
+ * (unique id = first 8 bytes of the handle; FAKE_DOMID and .gone apply),
+ * flags bit 0 = dying. Calls are counted, so that a test can tell which
+ * source answered the identity checks. Absent with FAKE_NO_RETRY_STATS,
+ * as from a library without the gpu-hostmem series. */
+int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info);
+static int instance_calls;
+int fake_instance_calls(void) { return instance_calls; }
+int xendevicemodel_get_instance(void *h, uint16_t d, uint64_t *uid, unsigned *flags)
+{
+    uint8_t info[112];
+
+    instance_calls++;
+    (void)xc_domain_getinfolist(h, d, 1, info);
+    if (!is_fake(d))
+        FAIL(ESRCH);
+    memcpy(uid, fake_handle, 8);
+    if (flags)
+        *flags = fake_flags & 1u;
+    return 0;
+}
+#endif
 static int shutdowns, shutdown_reason = -1;
 int fake_shutdowns(void) { return shutdowns; }
 int fake_shutdown_reason(void) { return shutdown_reason; }
@@ -339,8 +371,20 @@ bool xs_transaction_end(void *h, uint32_t t, bool a) { if (xs_root()) return tru
 
 /* libxenctrl: getinfolist answers with the next domain, as Xen does when
  * the asked one does not exist. */
-void *xc_interface_open(void *l, void *d, unsigned f) { return H; }
-int xc_interface_close(void *h) { closes++; return 0; }
+/* With FAKE_XC_LOG set, each xenctrl handle opened or closed appends
+ * "open PID" or "close PID" to that file: a test counts the handles a
+ * process holds. */
+static void xc_log(const char *what)
+{
+    const char *p = getenv("FAKE_XC_LOG");
+    FILE *fp;
+    if (p && (fp = fopen(p, "a"))) {
+        fprintf(fp, "%s %d\n", what, (int)getpid());
+        fclose(fp);
+    }
+}
+void *xc_interface_open(void *l, void *d, unsigned f) { xc_log("open"); return H; }
+int xc_interface_close(void *h) { xc_log("close"); closes++; return 0; }
 int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
 {
     uint16_t next = (uint16_t)(first + 1);
