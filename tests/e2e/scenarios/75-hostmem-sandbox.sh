@@ -3,7 +3,9 @@
 # (65534:65534) in /etc/xen/gpu-hostmem.yaml (60 and 65 check the default,
 # nobody): the ioreqd worker drops to uid 65534 with no supplementary group,
 # no capability and a seccomp filter (Seccomp: 2 in /proc/PID/status) while
-# the guest reads and stamps its region; the supervisor keeps root. On
+# the guest reads and stamps its region, and holds no privcmd or evtchn fd
+# that reaches beyond its guest (the probe, checked against a process with
+# an unrestricted privcmd fd); the supervisor keeps root. On
 # destroy the worker stops under the filter (the supervisor logs its exit
 # code, not a signal, and no "seccomp: system call N is not allowed" line:
 # a call outside the allow-list would kill it with SIGSYS), and nothing is
@@ -26,6 +28,19 @@ fi
 w=$(hm_worker "$HM_IPID")
 check "$name-worker-sandboxed" "pid=${w:-none}" hm_sandboxed "${w:-none}"
 check "$name-supervisor-root" "pid=$HM_IPID" grep -qE '^Uid:\s+0\s' "/proc/$HM_IPID/status"
+# The probe of hm_sandboxed catches what it looks for: a process holding
+# an unrestricted privcmd fd (as the worker did with its xenctrl handle).
+sleep 120 3</dev/xen/privcmd &
+holder=$!
+fdp_catches() {
+    local out rc
+    out=$(fd-privilege "$holder")
+    rc=$?
+    printf '%s\n' "$out" | sed "s/^/[fd-privilege control] /"
+    [ "$rc" = 1 ] && grep -q '^fd 3 /dev/xen/privcmd: UNRESTRICTED' <<<"$out"
+}
+check "$name-fd-probe-catches-unrestricted-privcmd" "pid=$holder" fdp_catches
+kill "$holder" 2>/dev/null
 gh_guest_wait "$name" 300 || result "$name-guest-run" 0 "did-not-finish"
 check "$name-guest-read" "$(gh_guest_result "$name" guest-reads-pattern)" gh_guest_result "$name" guest-reads-pattern
 hm_destroy_clean "$name"
