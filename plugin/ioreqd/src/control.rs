@@ -48,11 +48,6 @@ impl ControlSocket {
         })
     }
 
-    /// The socket path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Answers every pending client; `status` builds the reply on demand.
     pub fn serve(&self, mut status: impl FnMut() -> Status) {
         loop {

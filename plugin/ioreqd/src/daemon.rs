@@ -10,6 +10,7 @@
 
 use crate::control::ControlSocket;
 use crate::qemu_slots;
+use crate::report::{Report, Reporter};
 use crate::Args;
 use gpu_hostmem_core::config::{Config, DEFAULT_BAR_SIZE_MIB};
 use gpu_hostmem_core::ioreq::Sbdf;
@@ -18,21 +19,22 @@ use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
 use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::record::{self, key, state};
-use gpu_hostmem_xen::{Privcmd, XenError, XenLibs, Xenstore};
+use gpu_hostmem_xen::{Privcmd, XenLibs};
 use std::fmt;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{info, info_span, warn};
 
-/// Token of the `@releaseDomain` watch.
-const RELEASE_TOKEN: &str = "gpu-hostmem-release";
-/// Longest sleep of the loop without any event (signals and watches wake
-/// it at once through their fds; this only bounds a missed wake-up).
+/// Longest sleep of the loop without any event (signals wake it at once
+/// through their fd; this bounds a missed wake-up and how late the
+/// domain's death is noticed when nobody stops the server).
 const LOOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the loop asks Xen whether the domain is still there.
+const ALIVE_CHECK: Duration = Duration::from_secs(1);
 
 /// A failed stage, with its reason.
 #[derive(Debug)]
@@ -68,46 +70,39 @@ pub fn report_failure(domid: u16, reason: &str) {
 }
 
 /// Runs the server for `args.domid` until SIGTERM or the domain's death.
-pub fn run(args: &Args, cfg: &Config) -> Result<(), Failure> {
+/// Reports go to the supervisor over `reporter` (it writes the record).
+pub fn run(args: &Args, cfg: &Config, reporter: &Reporter) -> Result<(), Failure> {
     let span = info_span!("domain", domid = args.domid);
     let _enter = span.enter();
     // Stage: open the Xen libraries (all five, or a clear error).
-    let libs = match XenLibs::load() {
-        Ok(l) => l,
-        Err(e) => {
-            let f = at("open Xen libraries")(e);
-            report_failure(args.domid, &f.to_string());
-            return Err(f);
-        }
-    };
-    info!(
-        devicemodel = libs.devicemodel.soname(),
-        xenctrl = libs.xenctrl.soname(),
-        retry_call = libs.devicemodel.has_create_with_flags(),
-        retry_stats_call = libs.devicemodel.has_retry_stats(),
-        "Xen libraries loaded"
-    );
-    if !libs.devicemodel.has_retry_stats() {
-        info!(
-            devicemodel = libs.devicemodel.soname(),
-            "no xendevicemodel_get_retry_stats (a library without the gpu-hostmem Xen series): Xen's RETRY counters are not read, status shows them unavailable"
-        );
-    }
-    let xs = match libs.xenstore.open() {
-        Ok(x) => x,
-        Err(e) => return Err(at("connect to xenstore")(e)),
-    };
-    let r = serve(args, cfg, &libs, &xs);
+    let r = XenLibs::load()
+        .map_err(at("open Xen libraries"))
+        .and_then(|libs| {
+            info!(
+                devicemodel = libs.devicemodel.soname(),
+                xenctrl = libs.xenctrl.soname(),
+                retry_call = libs.devicemodel.has_create_with_flags(),
+                retry_stats_call = libs.devicemodel.has_retry_stats(),
+                instance_call = libs.devicemodel.has_get_instance(),
+                "Xen libraries loaded"
+            );
+            if !libs.devicemodel.has_retry_stats() {
+                info!(
+                    devicemodel = libs.devicemodel.soname(),
+                    "no xendevicemodel_get_retry_stats (a library without the gpu-hostmem Xen series): Xen's RETRY counters are not read, status shows them unavailable"
+                );
+            }
+            serve(args, cfg, &libs, reporter)
+        });
     if let Err(f) = &r {
         warn!(reason = %f, "setup or service failed");
-        if args.attach {
-            // The supervisor decides: try again, or give up.
-            return r;
+        // A re-attaching worker leaves the decision to the supervisor (try
+        // again, or give up); a first one reports why it stopped.
+        if !args.attach {
+            if let Err(e) = reporter.send(&Report::Failed(f.to_string())) {
+                warn!(error = %e, "cannot report the failure to the supervisor");
+            }
         }
-        let _ = xs.write(
-            &record::path(args.domid, key::STATE),
-            &format!("{}{f}", state::FAILED_PREFIX),
-        );
     }
     r
 }
@@ -144,7 +139,7 @@ fn server_config(args: &Args, cfg: &Config) -> Result<ServerConfig, Failure> {
     })
 }
 
-fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result<(), Failure> {
+fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Result<(), Failure> {
     let domid = args.domid;
     let scfg = server_config(args, cfg)?;
     // Who to run as once set up: resolved now, while the user database
@@ -231,24 +226,20 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         let w = sig_w.try_clone().map_err(at("signal pipe"))?;
         signal_hook::low_level::pipe::register(sig, w).map_err(at("signal handler"))?;
     }
-    // The watch fd first: libxenstore signals it only for watches that
-    // fire once it exists.
-    let xs_fd = xs.fd().map_err(at("xenstore fd"))?;
-    let _release = xs
-        .watch("@releaseDomain", RELEASE_TOKEN)
-        .map_err(at("watch @releaseDomain"))?;
     let ctl = ControlSocket::bind(domid).map_err(at("control socket"))?;
 
     // Stage: the ioreq server (create with RETRY, ioreq page + event
     // channels, PCI function, enable), undone by itself on failure.
     let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, identity);
-    pdm.add_wake_fd(xs_fd);
     pdm.add_wake_fd(sig_r.as_fd());
     pdm.add_wake_fd(ctl.as_fd());
     let hm = XenHostMem::new(privcmd, identity);
     let mut server = if args.attach {
-        // A restart after a crash: the same Xen server, its id recorded.
-        let id = recorded_ioservid(xs, domid, &dom)?;
+        // A restart after a crash: the same Xen server, whose id the
+        // supervisor took from the record of this instance.
+        let id = args
+            .ioservid
+            .ok_or_else(|| at("re-attach ioreq server")("no --ioservid"))?;
         let saved = crate::supervisor::read_pci_state(domid);
         pdm.adopt(&dom, id).map_err(at("adopt ioreq server"))?;
         match Server::attach(pdm, hm, dom, id, scfg, saved.as_deref()) {
@@ -288,26 +279,20 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
     // guest has not run yet: the plugin unpauses it only once we are running.
     // A restarted worker (attach) finds the guest running: its firmware is
     // long done, and the server must not be shut down for a failed hint.
+    // The xenstore connection is opened for this write only and closed at
+    // once: the worker keeps none (report.rs).
     if !args.attach && scfg.sbdf.seg == 0 && scfg.sbdf.bus == 0 {
-        let hinted = xs.write(
-            &record::wb_bar_hint_path(domid),
-            &record::wb_bar_hint_value(scfg.sbdf.dev, scfg.sbdf.func),
-        );
+        let hinted = libs.xenstore.open().and_then(|xs| {
+            xs.write(
+                &record::wb_bar_hint_path(domid),
+                &record::wb_bar_hint_value(scfg.sbdf.dev, scfg.sbdf.func),
+            )
+        });
         if let Err(e) = hinted {
             let _ = server.shutdown();
             return Err(at("hvmloader hint")(e));
         }
     }
-
-    // Supervised, the record names the supervisor: teardown signals it,
-    // and it stops this worker. Read before the seccomp filter, which
-    // does not allow getppid(2) (the one call it killed on real Xen).
-    let pid = if args.worker {
-        std::os::unix::process::parent_id()
-    } else {
-        std::process::id()
-    }
-    .to_string();
 
     // Stage: least privilege. Everything is open; what touches the guest
     // is restricted to it. Drop to the unprivileged user, then the
@@ -330,27 +315,14 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         None => warn!(%dom, "run_as: root: running with every privilege and no seccomp filter"),
     }
 
-    // Stage: tell the plugin we are running.
-    let bar_size = scfg.bar_size.to_string();
-    let ioservid = server.ioservid().to_string();
+    // Stage: tell the plugin we are running (the supervisor publishes the
+    // record).
     let bdf = scfg.sbdf.to_string();
-    let ctl_path = ctl.path().display().to_string();
-    let unique_id = dom.unique_id().to_string();
-    let published = record::write(
-        xs,
-        domid,
-        &[
-            (key::UUID, &handle),
-            (key::UNIQUE_ID, &unique_id),
-            (key::PID, &pid),
-            (key::BDF, &bdf),
-            (key::BAR_SIZE, &bar_size),
-            (key::BAR_BASE, "unmapped"),
-            (key::IOSERVID, &ioservid),
-            (key::CONTROL, &ctl_path),
-            (key::STATE, state::RUNNING),
-        ],
-    );
+    let published = reporter.send(&Report::Running {
+        ioservid: server.ioservid(),
+        sbdf: scfg.sbdf,
+        bar_size: scfg.bar_size,
+    });
     if let Err(e) = published {
         let _ = server.shutdown();
         return Err(at("publish state")(e));
@@ -364,12 +336,14 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         }
     }
 
-    let outcome = event_loop(&mut server, xs, &sig_r, &ctl, &stop);
+    let outcome = event_loop(&mut server, reporter, &sig_r, &ctl, &stop);
     match &outcome {
         Ok(why) => info!(%dom, reason = %why, "stopping"),
         Err(e) => warn!(%dom, error = %e, "stopping after an error"),
     }
-    let _ = xs.write(&record::path(domid, key::STATE), state::STOPPING);
+    if let Err(e) = reporter.send(&Report::Stopping) {
+        warn!(%dom, error = %e, "cannot report stopping to the supervisor");
+    }
     let (pdm, hm, report) = server.shutdown();
     drop(hm);
     drop(pdm);
@@ -377,8 +351,8 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, xs: &Xenstore<'_>) -> Result
         warn!(%dom, error = %e, "teardown step failed");
     }
     match outcome {
+        // The supervisor removes the record when we exit 0.
         Ok(_) if report.is_clean() => {
-            record::remove(xs, domid).map_err(at("remove xenstore record"))?;
             crate::supervisor::remove_pci_state(domid);
             info!(%dom, "stopped cleanly");
             Ok(())
@@ -410,9 +384,6 @@ fn instance_by_dmop(
     }
 }
 
-/// The ioreq server id the record names, for a re-attach: only from a
-/// record of this domain in state `running` (a server that was stopped
-/// was destroyed, and Xen may have given its id to someone else).
 /// How long QEMU may take to answer the slot check.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -465,34 +436,6 @@ fn check_qemu_slot(domid: u16, sbdf: Sbdf, config: &std::path::Path) -> Result<(
     )))
 }
 
-fn recorded_ioservid(xs: &Xenstore<'_>, domid: u16, dom: &DomainIdentity) -> Result<u16, Failure> {
-    let f = at("re-attach ioreq server");
-    let rec = record::Record::read(xs, domid)
-        .map_err(at("re-attach ioreq server"))?
-        .ok_or_else(|| f(format!("no record for domain {domid}")))?;
-    let f = at("re-attach ioreq server");
-    // The instance by Xen's unique id (the UUID is not unique: xl keeps
-    // it across a reboot): a record of an earlier instance of the domid
-    // names a server Xen destroyed with it.
-    if rec.unique_id() != Some(dom.unique_id()) {
-        return Err(f(format!(
-            "the record names instance {:?}, not {}",
-            rec.unique_id,
-            dom.unique_id()
-        )));
-    }
-    if rec.state.as_deref() != Some(state::RUNNING) {
-        return Err(at("re-attach ioreq server")(format!(
-            "record state {:?}, not running",
-            rec.state
-        )));
-    }
-    rec.ioservid
-        .as_deref()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| at("re-attach ioreq server")(format!("ioservid {:?}", rec.ioservid)))
-}
-
 /// Why the loop ended.
 #[derive(Debug)]
 enum Stop {
@@ -513,14 +456,12 @@ impl fmt::Display for Stop {
 #[derive(Debug)]
 enum LoopError {
     Server(ServerError),
-    Xen(XenError),
 }
 
 impl fmt::Display for LoopError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LoopError::Server(e) => e.fmt(f),
-            LoopError::Xen(e) => e.fmt(f),
         }
     }
 }
@@ -538,13 +479,14 @@ fn drain_pipe(mut r: &UnixStream) {
 
 fn event_loop(
     server: &mut Server<XenDeviceModel<'_>, XenHostMem<'_>>,
-    xs: &Xenstore<'_>,
+    reporter: &Reporter,
     sig_r: &UnixStream,
     ctl: &ControlSocket,
     stop: &AtomicBool,
 ) -> Result<Stop, LoopError> {
     let domid = server.domain().domid;
     let mut bar_base: Option<u64> = None;
+    let mut checked = Instant::now();
     loop {
         match server.run_once(Some(LOOP_TIMEOUT)) {
             Ok(Flow::Continue) => {}
@@ -558,16 +500,15 @@ fn event_loop(
         if stop.load(Ordering::Acquire) {
             return Ok(Stop::Signal);
         }
-        while let Some((_path, token)) = xs.check_watch().map_err(LoopError::Xen)? {
-            if token == RELEASE_TOKEN {
-                let dom = *server.domain();
-                match server.device_model().is_alive(&dom) {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(Stop::DomainGone),
-                    Err(e) => {
-                        warn!(%dom, error = %e, "cannot check the domain after @releaseDomain")
-                    }
-                }
+        // The domain's death: asked of Xen through the restricted handle
+        // (no xenstore watch: the worker has no xenstore connection).
+        if checked.elapsed() >= ALIVE_CHECK {
+            checked = Instant::now();
+            let dom = *server.domain();
+            match server.device_model().is_alive(&dom) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Stop::DomainGone),
+                Err(e) => warn!(%dom, error = %e, "cannot check whether the domain is alive"),
             }
         }
         ctl.serve(|| server.status(true));
@@ -576,8 +517,8 @@ fn event_loop(
             bar_base = now;
             let v = now.map_or_else(|| "unmapped".to_owned(), |b| format!("{b:#x}"));
             info!(domid, bar_base = %v, "BAR moved");
-            if let Err(e) = xs.write(&record::path(domid, key::BAR_BASE), &v) {
-                warn!(domid, error = %e, "cannot record bar-base");
+            if let Err(e) = reporter.send(&Report::BarBase(now)) {
+                warn!(domid, error = %e, "cannot report bar-base to the supervisor");
             }
         }
     }

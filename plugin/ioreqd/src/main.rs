@@ -3,15 +3,19 @@
 //! `gpu-hostmem-ioreqd --domid N --uuid U [--config PATH] [--bar-size-mib M]`
 //!
 //! Started by the libxl plugin (detached, stdio to
-//! `/var/log/xen/gpu-hostmem-<domid>.log`) before the guest is unpaused. It
-//! sets up in explicit stages, reports `state = running` in xenstore, serves
-//! ioreqs until SIGTERM or the domain's death, then revokes everything,
-//! destroys the ioreq server and removes its xenstore record.
+//! `/var/log/xen/gpu-hostmem-<domid>.log`) before the guest is unpaused.
+//! The process the plugin starts is the supervisor (root, supervisor.rs):
+//! it keeps the xenstore record and runs the server as a worker child
+//! (daemon.rs), which sets up in explicit stages, drops its privileges
+//! (sandbox.rs), reports `running` to the supervisor (report.rs), serves
+//! ioreqs until SIGTERM or the domain's death, then revokes everything and
+//! destroys the ioreq server; the supervisor then removes the record.
 
 mod control;
 mod daemon;
 mod logging;
 mod qemu_slots;
+mod report;
 mod sandbox;
 mod supervisor;
 
@@ -50,6 +54,10 @@ pub struct Args {
     /// domid, and re-attaches only to a record of this one.
     #[arg(long, hide = true, requires = "worker")]
     pub unique_id: Option<u64>,
+    /// Internal (with --attach): the ioreq server to take over, from the
+    /// record of this instance (the supervisor read it).
+    #[arg(long, hide = true, requires = "attach")]
+    pub ioservid: Option<u16>,
 }
 
 fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {
@@ -72,7 +80,16 @@ fn main() -> ExitCode {
     if !args.worker {
         return supervisor::run(&args);
     }
-    match daemon::run(&args, &cfg) {
+    // The worker reports to its supervisor, which keeps the record: it
+    // holds no xenstore connection of its own (report.rs).
+    let reporter = match report::Reporter::inherited() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(domid = args.domid, error = %e, "no report socket from the supervisor");
+            return ExitCode::FAILURE;
+        }
+    };
+    match daemon::run(&args, &cfg, &reporter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(domid = args.domid, error = %e, "gpu-hostmem-ioreqd failed");

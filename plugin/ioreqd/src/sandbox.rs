@@ -7,13 +7,13 @@
 //! that allows only the system calls its loop makes; any other call kills
 //! the process (SIGSYS), which the supervisor logs and counts as a death.
 //!
-//! What stays: the xenstore connection (the record's `bar-base` and its
-//! removal at the end), which libxenstore cannot narrow (an open fd the
-//! dropped uid could not reopen). The xenctrl handle, whose privcmd fd
-//! allows every hypercall of dom0, is closed before the drop: identity
-//! checks go through the restricted device-model handle
-//! (`XEN_DMOP_get_instance`, xen-patches/0014). Only with a Xen or library
-//! without that operation does the worker keep xenctrl, and says so.
+//! What does not stay: the xenctrl handle, whose privcmd fd allows every
+//! hypercall of dom0, is closed before the drop (identity checks go
+//! through the restricted device-model handle, `XEN_DMOP_get_instance`,
+//! xen-patches/0014; only with a Xen or library without that operation
+//! does the worker keep xenctrl, and says so), and the worker holds no
+//! xenstore connection (a dom0 connection cannot be narrowed): it reports
+//! to the supervisor, which writes the record (report.rs).
 //! The supervisor, which restarts the worker and cleans up after it, keeps
 //! root and parses nothing the guest controls.
 

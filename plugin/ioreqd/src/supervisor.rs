@@ -15,6 +15,7 @@
 //! forwards SIGTERM to the worker, and the worker dies with it
 //! (`PR_SET_PDEATHSIG`), so no worker outlives its supervisor.
 
+use crate::report::{Lines, Report, REPORT_FD};
 use crate::Args;
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
@@ -26,7 +27,9 @@ use gpu_hostmem_xen::record::{self, key, state, Record};
 use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitCode, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,8 +136,17 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-fn spawn_worker(attach: bool, unique_id: u64) -> io::Result<Child> {
+/// Starts a worker, with the child's end of a new report socket on
+/// [`REPORT_FD`]; returns it and the supervisor's end.
+fn spawn_worker(
+    attach: bool,
+    unique_id: u64,
+    ioservid: Option<u16>,
+) -> io::Result<(Child, UnixStream)> {
     let exe = std::env::current_exe()?;
+    let (ours, theirs) = UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let theirs_fd = theirs.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.args(std::env::args_os().skip(1))
         .arg("--worker")
@@ -142,11 +154,15 @@ fn spawn_worker(attach: bool, unique_id: u64) -> io::Result<Child> {
         .arg(unique_id.to_string());
     if attach {
         cmd.arg("--attach");
+        if let Some(id) = ioservid {
+            cmd.arg("--ioservid").arg(id.to_string());
+        }
     }
-    // SAFETY: runs in the forked child before exec; prctl(2) is
-    // async-signal-safe and allocates nothing.
+    // SAFETY: runs in the forked child before exec; prctl(2), dup2(2) and
+    // fcntl(2) are async-signal-safe and allocate nothing. `theirs_fd` is
+    // open in the child (inherited; close-on-exec only).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -157,10 +173,129 @@ fn spawn_worker(attach: bool, unique_id: u64) -> io::Result<Child> {
             {
                 return Err(io::Error::last_os_error());
             }
+            // dup2 leaves the copy without close-on-exec; the same fd
+            // number keeps its flag, so clear it there.
+            let rc = if theirs_fd == REPORT_FD {
+                libc::fcntl(REPORT_FD, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(theirs_fd, REPORT_FD)
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    drop(theirs);
+    Ok((child, ours))
+}
+
+/// Writes the record from the worker's reports: the worker holds no
+/// xenstore connection (report.rs). What the supervisor knows itself (the
+/// domain's handle and unique id, its own pid, the control socket) is
+/// never taken from the worker; a line that is not a report is logged and
+/// dropped.
+struct Publisher<'a> {
+    xs: &'a Xenstore<'a>,
+    dom: DomainIdentity,
+    uuid: String,
+    sock: UnixStream,
+    lines: Lines,
+}
+
+impl Publisher<'_> {
+    /// Applies everything the worker sent so far.
+    fn pump(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    for line in self.lines.push(&buf[..n]) {
+                        self.apply(&line);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn apply(&self, line: &str) {
+        let dom = &self.dom;
+        let domid = dom.domid;
+        let report = match Report::parse(line) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(%dom, error = %e, "supervisor: dropped a report of the worker");
+                return;
+            }
+        };
+        let written = match &report {
+            Report::Running {
+                ioservid,
+                sbdf,
+                bar_size,
+            } => record::write(
+                self.xs,
+                domid,
+                &[
+                    (key::UUID, &self.uuid),
+                    (key::UNIQUE_ID, &dom.unique_id().to_string()),
+                    (key::PID, &std::process::id().to_string()),
+                    (key::BDF, &sbdf.to_string()),
+                    (key::BAR_SIZE, &bar_size.to_string()),
+                    (key::BAR_BASE, "unmapped"),
+                    (key::IOSERVID, &ioservid.to_string()),
+                    (key::CONTROL, &socket_path(domid).display().to_string()),
+                    (key::STATE, state::RUNNING),
+                ],
+            ),
+            Report::BarBase(b) => self.xs.write(
+                &record::path(domid, key::BAR_BASE),
+                &b.map_or_else(|| "unmapped".to_owned(), |b| format!("{b:#x}")),
+            ),
+            Report::Stopping => self
+                .xs
+                .write(&record::path(domid, key::STATE), state::STOPPING),
+            Report::Failed(why) => self.xs.write(
+                &record::path(domid, key::STATE),
+                &format!("{}{why}", state::FAILED_PREFIX),
+            ),
+        };
+        if let Err(e) = written {
+            warn!(%dom, error = %e, report = %report, "supervisor: cannot write the record");
+        }
+    }
+}
+
+/// The ioreq server a restarted worker takes over: only from a record of
+/// the instance we serve (by Xen's unique id: the UUID is not unique) in
+/// state `running` (a server that was stopped was destroyed, and Xen may
+/// have given its id to someone else).
+fn recorded_ioservid(xs: &Xenstore<'_>, dom: &DomainIdentity) -> Option<u16> {
+    Record::read(xs, dom.domid)
+        .ok()
+        .flatten()
+        .filter(|r| r.unique_id() == Some(dom.unique_id()))
+        .filter(|r| r.state.as_deref() == Some(state::RUNNING))
+        .and_then(|r| r.ioservid)
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Removes the record if it is one of the instance we serve.
+fn remove_record(xs: &Xenstore<'_>, dom: &DomainIdentity) {
+    let ours = Record::read(xs, dom.domid)
+        .ok()
+        .flatten()
+        .and_then(|r| r.unique_id())
+        == Some(dom.unique_id());
+    if ours {
+        if let Err(e) = record::remove(xs, dom.domid) {
+            warn!(%dom, error = %e, "supervisor: cannot remove the record");
+        }
+    }
 }
 
 /// Whether the instance we serve (by Xen's unique id) still has its domid
@@ -234,8 +369,14 @@ pub fn run(args: &Args) -> ExitCode {
     }
     let mut deaths = Deaths::default();
     let mut attach = false;
+    let uuid = DomainIdentity::new(domid, args.uuid).uid_string();
     loop {
-        let mut child = match spawn_worker(attach, dom.unique_id()) {
+        let ioservid = if attach {
+            recorded_ioservid(&xs, &dom)
+        } else {
+            None
+        };
+        let (mut child, sock) = match spawn_worker(attach, dom.unique_id(), ioservid) {
             Ok(c) => c,
             Err(e) => {
                 error!(%dom, error = %e, "supervisor: cannot start the worker");
@@ -253,7 +394,14 @@ pub fn run(args: &Args) -> ExitCode {
             }
         };
         info!(%dom, worker = child.id(), attach, "supervisor: worker started");
-        let status = match wait_worker(&mut child, &stop) {
+        let mut publisher = Publisher {
+            xs: &xs,
+            dom,
+            uuid: uuid.clone(),
+            sock,
+            lines: Lines::default(),
+        };
+        let status = match wait_worker(&mut child, &stop, &mut publisher) {
             Ok(s) => s,
             Err(e) => {
                 error!(%dom, error = %e, "supervisor: cannot wait for the worker");
@@ -262,11 +410,16 @@ pub fn run(args: &Args) -> ExitCode {
                 return cleanup_exit(&libs, &xs, &dom, ExitCode::FAILURE);
             }
         };
+        // What it said last (`stopping`, `failed: ...`) is in the record
+        // before its death is read.
+        publisher.pump();
+        drop(publisher);
         let how = death(status, attach);
         if stop.load(Ordering::Acquire) {
             info!(%dom, status = %describe(status), "supervisor: worker stopped on request");
             return match how {
                 Death::Stopped => {
+                    remove_record(&xs, &dom);
                     remove_pci_state(args.domid);
                     let _ = fs::remove_file(socket_path(args.domid));
                     ExitCode::SUCCESS
@@ -277,7 +430,9 @@ pub fn run(args: &Args) -> ExitCode {
         match how {
             Death::Stopped => {
                 info!(%dom, "supervisor: worker stopped cleanly");
-                // Files the unprivileged worker cannot unlink.
+                // The record, and files the unprivileged worker cannot
+                // unlink.
+                remove_record(&xs, &dom);
                 remove_pci_state(args.domid);
                 let _ = fs::remove_file(socket_path(args.domid));
                 return ExitCode::SUCCESS;
@@ -330,10 +485,15 @@ pub fn run(args: &Args) -> ExitCode {
 /// Waits for the worker; forwards SIGTERM to it once a stop is asked,
 /// through a pidfd opened while the child is certainly ours (not reaped
 /// yet), so that no other process can ever be signalled.
-fn wait_worker(child: &mut Child, stop: &AtomicBool) -> io::Result<ExitStatus> {
+fn wait_worker(
+    child: &mut Child,
+    stop: &AtomicBool,
+    publisher: &mut Publisher<'_>,
+) -> io::Result<ExitStatus> {
     let pidfd = Pidfd::open(child.id()).ok().flatten();
     let mut forwarded = false;
     loop {
+        publisher.pump();
         if let Some(s) = child.try_wait()? {
             return Ok(s);
         }

@@ -1,13 +1,17 @@
 //! gpu-hostmem-ioreqd as a process, against the fake Xen of
 //! plugin/xen/tests/fake (loaded through LD_LIBRARY_PATH, and preloaded to
 //! answer the privcmd ioctls): the setup stages, the xenstore record,
-//! the control socket, SIGTERM, the domain's death through @releaseDomain,
-//! and refused setups. No Xen needed.
+//! the control socket, SIGTERM, the domain's death (asked of Xen), and
+//! refused setups. No Xen needed.
 
 use gpu_hostmem_core::status::Status;
 use gpu_hostmem_xen::control;
 use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::symlink;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -53,6 +57,9 @@ struct Run {
     dir: PathBuf,
     domid: u16,
     child: Child,
+    /// A worker started directly (`--worker`): our end of its report
+    /// socket, as a supervisor holds it.
+    report: Option<UnixStream>,
 }
 
 impl Run {
@@ -103,8 +110,37 @@ impl Run {
         if retry {
             cmd.env("FAKE_RETRY", "1");
         }
+        let mut report = None;
+        if extra.contains(&"--worker") {
+            let (ours, theirs) = UnixStream::pair().expect("socketpair");
+            let fd = theirs.as_raw_fd();
+            // SAFETY: dup2(2) in the forked child before exec, on an fd
+            // open there; async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            report = Some(ours);
+            let child = cmd.spawn().expect("spawn gpu-hostmem-ioreqd");
+            drop(theirs);
+            return Run {
+                dir,
+                domid,
+                child,
+                report,
+            };
+        }
         let child = cmd.spawn().expect("spawn gpu-hostmem-ioreqd");
-        Run { dir, domid, child }
+        Run {
+            dir,
+            domid,
+            child,
+            report,
+        }
     }
 
     fn key(&self, k: &str) -> Option<String> {
@@ -205,16 +241,34 @@ fn runs_reports_and_stops_on_sigterm() {
     // identity checks go through the restricted device-model handle.
     let w = wait_worker(&r, None);
     let xc = fs::read_to_string(r.dir.join("xc.log")).unwrap_or_default();
-    let held = xc
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, pid)| *pid == w.to_string())
-        .fold(0i32, |n, (what, _)| n + if what == "open" { 1 } else { -1 });
+    let held = |open: &str, close: &str| {
+        xc.lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, pid)| *pid == w.to_string())
+            .fold(0i32, |n, (what, _)| {
+                n + i32::from(what == open) - i32::from(what == close)
+            })
+    };
     assert!(
-        xc.contains(&format!("open {w}")),
+        xc.lines().any(|l| l == format!("open {w}")),
         "the worker checked with xenctrl first: {xc}"
     );
-    assert_eq!(held, 0, "xenctrl handles the worker {w} holds: {xc}");
+    assert_eq!(
+        held("open", "close"),
+        0,
+        "xenctrl handles the worker {w} holds: {xc}"
+    );
+    // Nor a xenstore connection: it reports to the supervisor, which
+    // writes the record (the hvmloader hint's connection is closed).
+    assert!(
+        xc.lines().any(|l| l == format!("xs-open {w}")),
+        "the worker wrote the hint: {xc}"
+    );
+    assert_eq!(
+        held("xs-open", "xs-close"),
+        0,
+        "xenstore connections of the worker {w}: {xc}"
+    );
     assert!(r.log().contains("no xenctrl handle kept"), "{}", r.log());
 
     sigterm(r.child.id());
@@ -276,9 +330,16 @@ fn a_worker_refuses_another_instance_of_its_domid() {
     );
     let status = r.wait_exit();
     assert!(!status.success());
-    let state = r.key("state").unwrap_or_default();
-    assert!(state.starts_with("failed: domain identity:"), "{state}");
-    assert!(state.contains("not instance 7"), "{state}");
+    // The worker reports to its supervisor (here: us), never to xenstore.
+    let mut said = String::new();
+    r.report
+        .take()
+        .expect("report socket")
+        .read_to_string(&mut said)
+        .expect("read reports");
+    assert!(said.starts_with("failed domain identity:"), "{said}");
+    assert!(said.contains("not instance 7"), "{said}");
+    assert_eq!(r.key("state"), None, "no record written by the worker");
     let log = r.log();
     assert!(!log.contains("creating ioreq server"), "{log}");
 }

@@ -113,14 +113,14 @@ hm_worker() { pgrep -P "$1" -f gpu-hostmem-ioreqd | head -n1; }
 # groups), with no effective capability and a seccomp filter (issue 19),
 # and no Xen handle it holds reaches beyond its guest: a dom0 hypercall
 # through each of its privcmd fds and a dom0 event channel through its
-# evtchn fd are refused (tests/kernel/fd-privilege.c, through the
-# process's own open files). Its xenstore connection is still dom0's
-# (docs/status.md, Known gaps): listed, not refused.
+# evtchn fd are refused, and it holds no xenstore connection (dom0's would
+# let it rewrite any node): tests/kernel/fd-privilege.c, through the
+# process's own open files.
 # The worker drops before it publishes `running`; a worker that was just
 # restarted gets a few seconds.
 hm_sandboxed() {
     hm_sandboxed_ids "$1" || return 1
-    fd-privilege --allow-xenstore "$1" | sed "s/^/[fd-privilege $1] /"
+    fd-privilege "$1" | sed "s/^/[fd-privilege $1] /"
     [ "${PIPESTATUS[0]}" = 0 ]
 }
 hm_sandboxed_ids() {

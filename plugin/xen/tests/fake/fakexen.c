@@ -296,8 +296,9 @@ static int mkdirs(char *path)
 }
 static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f) { return remove(p); }
 
-void *xs_open(unsigned long f) { return H; }
-void xs_close(void *h) { closes++; }
+static void xc_log(const char *what);
+void *xs_open(unsigned long f) { xc_log("xs-open"); return H; }
+void xs_close(void *h) { xc_log("xs-close"); closes++; }
 void *xs_read(void *h, uint32_t t, const char *p, unsigned *len)
 {
     char node[PATH_MAX], val[PATH_MAX + 8];
@@ -371,9 +372,9 @@ bool xs_transaction_end(void *h, uint32_t t, bool a) { if (xs_root()) return tru
 
 /* libxenctrl: getinfolist answers with the next domain, as Xen does when
  * the asked one does not exist. */
-/* With FAKE_XC_LOG set, each xenctrl handle opened or closed appends
- * "open PID" or "close PID" to that file: a test counts the handles a
- * process holds. */
+/* With FAKE_XC_LOG set, each xenctrl handle (xenstore connection) opened
+ * or closed appends "open PID" or "close PID" ("xs-open PID", "xs-close
+ * PID") to that file: a test counts the handles a process holds. */
 static void xc_log(const char *what)
 {
     const char *p = getenv("FAKE_XC_LOG");

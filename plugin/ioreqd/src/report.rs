@@ -1,0 +1,260 @@
+//! What the worker tells its supervisor, which keeps the xenstore record.
+//!
+//! The worker parses guest-controlled requests and runs unprivileged; a
+//! xenstore connection of dom0 would let it rewrite any node of any domain
+//! (xenstored cannot narrow a dom0 connection). So it holds none once set
+//! up: it reports over a socket it inherits from the supervisor (fd
+//! [`REPORT_FD`]), one line per event, and the supervisor, which keeps
+//! root, checks each line and writes the record. Keys the supervisor knows
+//! itself (the domain's handle and unique id, its own pid, the control
+//! socket path) are never taken from the worker.
+
+use gpu_hostmem_core::ioreq::Sbdf;
+use std::fmt;
+use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+/// The fd on which a worker finds its report socket.
+pub const REPORT_FD: i32 = 3;
+
+/// Longest line accepted; longer input is cut there.
+pub const MAX_LINE: usize = 1024;
+
+/// One event of the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Set up and serving: the ioreq server, the PCI function, the BAR.
+    Running {
+        /// Xen's ioreq server id.
+        ioservid: u16,
+        /// The emulated function.
+        sbdf: Sbdf,
+        /// BAR size in bytes.
+        bar_size: u64,
+    },
+    /// The guest placed the BAR here (`None`: unmapped).
+    BarBase(Option<u64>),
+    /// Tearing down.
+    Stopping,
+    /// Setup or service failed; the reason, for the operator.
+    Failed(String),
+}
+
+impl fmt::Display for Report {
+    /// The line sent (without its newline).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Report::Running {
+                ioservid,
+                sbdf,
+                bar_size,
+            } => write!(f, "running {ioservid} {:#x} {bar_size}", sbdf.to_u32()),
+            Report::BarBase(None) => f.write_str("bar-base unmapped"),
+            Report::BarBase(Some(b)) => write!(f, "bar-base {b:#x}"),
+            Report::Stopping => f.write_str("stopping"),
+            Report::Failed(why) => write!(f, "failed {}", printable(why)),
+        }
+    }
+}
+
+/// `s` with control characters replaced (one line, nothing a terminal or
+/// xenstore reader would interpret), cut at [`MAX_LINE`] bytes.
+fn printable(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
+fn hex_u64(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+impl Report {
+    /// Parses one line from a worker, which the supervisor does not trust:
+    /// anything but the forms above is refused.
+    pub fn parse(line: &str) -> Result<Report, String> {
+        let bad = || format!("unrecognised report {:?}", printable(line));
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "running" => {
+                let f: Vec<&str> = rest.split(' ').collect();
+                let [id, sbdf, size] = f[..] else {
+                    return Err(bad());
+                };
+                let sbdf = hex_u64(sbdf)
+                    .and_then(|v| u32::try_from(v).ok())
+                    .map(Sbdf::from_u32)
+                    .ok_or_else(bad)?;
+                Ok(Report::Running {
+                    ioservid: id.parse().map_err(|_| bad())?,
+                    sbdf,
+                    bar_size: size.parse().map_err(|_| bad())?,
+                })
+            }
+            "bar-base" if rest == "unmapped" => Ok(Report::BarBase(None)),
+            "bar-base" => Ok(Report::BarBase(Some(hex_u64(rest).ok_or_else(bad)?))),
+            "stopping" if rest.is_empty() => Ok(Report::Stopping),
+            "failed" if !rest.is_empty() => Ok(Report::Failed(printable(rest))),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// The worker's end: sends reports; a failed send is logged by the caller
+/// (the supervisor may be gone, and then the worker dies with it).
+#[derive(Debug)]
+pub struct Reporter {
+    sock: UnixStream,
+}
+
+impl Reporter {
+    /// Uses `sock`, the worker's end of the report socket.
+    pub fn new(sock: UnixStream) -> Self {
+        Self { sock }
+    }
+
+    /// The socket the supervisor left on [`REPORT_FD`]. Refused unless
+    /// that fd is open and a socket (a worker started by hand, or with the
+    /// fd taken by something else).
+    pub fn inherited() -> io::Result<Self> {
+        // SAFETY: fstat(2) on an fd number only fills `st`, a valid local.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(REPORT_FD, &mut st) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {REPORT_FD} is not the supervisor's report socket"),
+            ));
+        }
+        // SAFETY: REPORT_FD is open (fstat succeeded) and nothing else in
+        // this process owns it: the supervisor put it there for us alone,
+        // and it is taken once, at start.
+        let fd = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+        // SAFETY: fcntl(2) on an fd we own; no pointer.
+        unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(Self::new(UnixStream::from(fd)))
+    }
+
+    /// Sends one report.
+    pub fn send(&self, r: &Report) -> io::Result<()> {
+        let mut line = r.to_string();
+        line.push('\n');
+        (&self.sock).write_all(line.as_bytes())
+    }
+}
+
+/// The supervisor's end: splits what arrived into lines. Reads never
+/// block; a line longer than [`MAX_LINE`] is cut there and its rest
+/// dropped.
+#[derive(Debug, Default)]
+pub struct Lines {
+    buf: Vec<u8>,
+    skipping: bool,
+}
+
+impl Lines {
+    /// Adds bytes read from the socket; returns the complete lines.
+    pub fn push(&mut self, data: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        for &b in data {
+            if b == b'\n' {
+                if !self.skipping || !self.buf.is_empty() {
+                    out.push(String::from_utf8_lossy(&self.buf).into_owned());
+                }
+                self.buf.clear();
+                self.skipping = false;
+            } else if self.buf.len() < MAX_LINE {
+                self.buf.push(b);
+            } else {
+                self.skipping = true;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_report_survives_the_line() {
+        for r in [
+            Report::Running {
+                ioservid: 3,
+                sbdf: Sbdf {
+                    seg: 0,
+                    bus: 0,
+                    dev: 5,
+                    func: 0,
+                },
+                bar_size: 2 << 30,
+            },
+            Report::BarBase(None),
+            Report::BarBase(Some(0x1_0000_0000)),
+            Report::Stopping,
+            Report::Failed("ioreq server: CreateServer: EINVAL".into()),
+        ] {
+            assert_eq!(Report::parse(&r.to_string()), Ok(r.clone()), "{r}");
+        }
+    }
+
+    #[test]
+    fn a_hostile_worker_gets_nothing_else_through() {
+        for bad in [
+            "",
+            "running",
+            "running 3 0x28",
+            "running 70000 0x28 4096",
+            "running 3 0x1_0000_0000 4096",
+            "running 3 0x28 4096 extra",
+            "running 3 40 4096",
+            "bar-base",
+            "bar-base 4096",
+            "bar-base 0xzz",
+            "stopping now",
+            "failed",
+            "state running",
+            "set /local/domain/0/x y",
+        ] {
+            assert!(Report::parse(bad).is_err(), "{bad:?}");
+        }
+        // A reason cannot smuggle a second line or control characters.
+        let r = Report::Failed("a\nstopping\u{1b}[2J".into()).to_string();
+        assert!(!r.contains('\n') && !r.contains('\u{1b}'), "{r:?}");
+        assert_eq!(
+            Report::parse(&r),
+            Ok(Report::Failed("a stopping [2J".into()))
+        );
+    }
+
+    #[test]
+    fn lines_are_split_and_bounded() {
+        let mut l = Lines::default();
+        assert_eq!(l.push(b"stop"), Vec::<String>::new());
+        assert_eq!(
+            l.push(b"ping\nbar-base unmapped\n"),
+            ["stopping", "bar-base unmapped"]
+        );
+        let mut long = vec![b'x'; MAX_LINE + 100];
+        long.push(b'\n');
+        long.extend_from_slice(b"stopping\n");
+        let got = l.push(&long);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), MAX_LINE, "cut at the bound");
+        assert_eq!(got[1], "stopping");
+    }
+}
