@@ -1,9 +1,9 @@
-//! Server side of the control socket (`gpu_hostmem_xen::control` has the
+//! Server side of the control socket (`gpu_hostmem_host::control` has the
 //! path and the client): answers `status` with the JSON of the core's
 //! status snapshot. Served from the event loop, never blocking it for long.
 
 use gpu_hostmem_core::status::Status;
-use gpu_hostmem_xen::control::{control_dir, socket_path, REQUEST_STATUS};
+use gpu_hostmem_host::control::{control_dir, socket_path, REQUEST_STATUS};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -103,7 +103,7 @@ impl Drop for ControlSocket {
 mod tests {
     use super::*;
     use gpu_hostmem_core::status::Counters;
-    use gpu_hostmem_xen::control::request;
+    use gpu_hostmem_host::control::request;
 
     fn sample() -> Status {
         Status {

@@ -61,7 +61,7 @@ pub struct Args {
 }
 
 fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {
-    gpu_hostmem_xen::record::parse_uuid(s)
+    gpu_hostmem_host::record::parse_uuid(s)
         .ok_or_else(|| format!("{s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))
 }
 

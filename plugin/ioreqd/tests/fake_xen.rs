@@ -5,7 +5,7 @@
 //! refused setups. No Xen needed.
 
 use gpu_hostmem_core::status::Status;
-use gpu_hostmem_xen::control;
+use gpu_hostmem_host::control;
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;

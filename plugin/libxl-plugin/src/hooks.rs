@@ -3,9 +3,10 @@
 use crate::abi::{GpuHostmemDomain, GPU_HOSTMEM_PLUGIN_ABI_VERSION};
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::DomainIdentity;
-use gpu_hostmem_xen::record::{self, key, state, Record};
-use gpu_hostmem_xen::teardown::{self, is_our_ioreqd, TeardownError, Timeouts};
-use gpu_hostmem_xen::{process, XenError, XenctrlLib, Xenstore, XenstoreLib};
+use gpu_hostmem_host::process;
+use gpu_hostmem_host::record::{self, key, state, Record};
+use gpu_hostmem_host::teardown::{self, is_our_ioreqd, TeardownError, Timeouts};
+use gpu_hostmem_xen::{XenError, XenctrlLib, Xenstore, XenstoreLib};
 use std::fmt;
 use std::fs::OpenOptions;
 use std::path::PathBuf;

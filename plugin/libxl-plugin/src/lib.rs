@@ -6,7 +6,7 @@
 //! checks, `catch_unwind`, the error buffer); [`hooks`] is the safe logic:
 //! create spawns `gpu-hostmem-ioreqd` detached and waits (bounded) for
 //! `state = running` in xenstore, destroy runs the shared teardown of
-//! `gpu_hostmem_xen::teardown`.
+//! `gpu_hostmem_host::teardown`.
 //!
 //! The only `unsafe` here is the C boundary itself (reading the caller's
 //! struct, writing its error buffer, exporting unmangled symbols); every

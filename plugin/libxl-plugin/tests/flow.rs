@@ -4,11 +4,11 @@
 //! its state like the real one. The hooks run in a child copy of this test
 //! binary started with LD_LIBRARY_PATH pointing at the fake libraries.
 
+use gpu_hostmem_host::process::is_running;
 use gpu_hostmem_plugin::abi::{
     gpu_hostmem_plugin_create, gpu_hostmem_plugin_destroy, GpuHostmemDomain,
     GPU_HOSTMEM_PLUGIN_ABI_VERSION,
 };
-use gpu_hostmem_xen::process::is_running;
 use std::ffi::{c_char, c_int};
 use std::fs;
 use std::os::unix::fs::symlink;

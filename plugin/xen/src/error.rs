@@ -38,8 +38,9 @@ pub enum XenError {
 }
 
 impl XenError {
-    /// An error from the current thread's errno, as left by a C call.
-    pub(crate) fn last_os(op: &'static str) -> Self {
+    /// An error from the current thread's errno, as left by a C call (or
+    /// a libc call of `gpu-hostmem-host`).
+    pub fn last_os(op: &'static str) -> Self {
         XenError::Os {
             op,
             source: io::Error::last_os_error(),
@@ -54,7 +55,9 @@ impl XenError {
         }
     }
 
-    pub(crate) fn invalid(op: &'static str, reason: impl Into<String>) -> Self {
+    /// An argument refused, or a result found inconsistent, before or
+    /// after the call `op`.
+    pub fn invalid(op: &'static str, reason: impl Into<String>) -> Self {
         XenError::Invalid {
             op,
             reason: reason.into(),

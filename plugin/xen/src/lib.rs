@@ -1,4 +1,8 @@
-//! gpu-hostmem-xen: the only crate with `unsafe` FFI.
+//! gpu-hostmem-xen: the Xen and privcmd bindings, the crate with the
+//! `unsafe` FFI, and the core's platform traits implemented on them
+//! ([`platform`]). What the host programs build on top (the xenstore
+//! record, the control socket, process handling, teardown) is in
+//! `gpu-hostmem-host`.
 //!
 //! The Xen tool libraries are loaded at run time with libloading (nothing of
 //! Xen is needed to build), one struct per library holding every symbol,
@@ -7,7 +11,6 @@
 //! not `Clone`, released in reverse order of creation by `Drop`, which never
 //! panics. Errors carry the operation and the errno.
 
-pub mod control;
 pub mod devicemodel;
 pub mod error;
 pub mod evtchn;
@@ -17,9 +20,6 @@ pub mod ioreq;
 mod loader;
 pub mod platform;
 pub mod privcmd;
-pub mod process;
-pub mod record;
-pub mod teardown;
 pub mod testenv;
 pub mod xenctrl;
 pub mod xenstore;

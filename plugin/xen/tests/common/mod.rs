@@ -1,4 +1,5 @@
-//! Builds the fake Xen library (tests/fake/fakexen.c) once per test binary.
+//! Builds the fake Xen library (plugin/xen/tests/fake/fakexen.c) once per
+//! test binary. Shared with the tests of gpu-hostmem-host (`#[path]`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,7 +20,7 @@ pub fn fake_lib_without_retry_stats() -> &'static str {
 }
 
 fn build(suffix: &str, defines: &[&str]) -> String {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake/fakexen.c");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../xen/tests/fake/fakexen.c");
     let exe = std::env::current_exe().expect("test binary path");
     let stem = exe
         .file_stem()

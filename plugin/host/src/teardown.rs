@@ -15,13 +15,13 @@
 //! may have given to another emulator since).
 
 use crate::control;
-use crate::platform::{Identity, XenDeviceModel, XenHostMem};
-use crate::privcmd::Privcmd;
 use crate::process::Pidfd;
 use crate::record::{self, parse_uuid, Record};
-use crate::{XenError, XenLibs};
 use gpu_hostmem_core::platform::DomainIdentity;
 use gpu_hostmem_core::server;
+use gpu_hostmem_xen::platform::{Identity, XenDeviceModel, XenHostMem};
+use gpu_hostmem_xen::Privcmd;
+use gpu_hostmem_xen::{XenError, XenLibs};
 use std::time::Duration;
 
 /// The IOREQ server program name, checked before signalling a recorded pid.

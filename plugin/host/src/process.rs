@@ -2,7 +2,7 @@
 //! signalling a recorded pid only if it still is the program we expect,
 //! through a pidfd, so that a pid reused meanwhile is never signalled.
 
-use crate::error::{Result, XenError};
+use gpu_hostmem_xen::{Result, XenError};
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;

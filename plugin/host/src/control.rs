@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Directory of the control sockets.
 pub const CONTROL_DIR: &str = "/run/gpu-hostmem";
 /// Test-only override of [`CONTROL_DIR`] (`test-env` builds only, see
-/// [`crate::testenv`]).
+/// [`gpu_hostmem_xen::testenv`]).
 pub const CONTROL_DIR_ENV: &str = "GPU_HOSTMEM_RUN_DIR";
 
 /// The status request line.
@@ -22,7 +22,7 @@ pub const MAX_REPLY: usize = 16 << 20;
 /// The directory of the control sockets ([`CONTROL_DIR`], or
 /// `$GPU_HOSTMEM_RUN_DIR` for tests).
 pub fn control_dir() -> PathBuf {
-    crate::testenv::var_os(CONTROL_DIR_ENV)
+    gpu_hostmem_xen::testenv::var_os(CONTROL_DIR_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(CONTROL_DIR))
 }
@@ -80,7 +80,7 @@ mod tests {
         let r = request(&path, REQUEST_STATUS, Duration::from_secs(5)).expect("request");
         assert_eq!(r, "{\"ok\":1}");
         t.join().expect("server thread");
-        if crate::testenv::var_os(CONTROL_DIR_ENV).is_none() {
+        if gpu_hostmem_xen::testenv::var_os(CONTROL_DIR_ENV).is_none() {
             assert_eq!(socket_path(7), PathBuf::from("/run/gpu-hostmem/7.sock"));
         }
         let _ = std::fs::remove_dir_all(&dir);

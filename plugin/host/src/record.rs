@@ -4,8 +4,8 @@
 //! unique id of the guest instance served: the identity teardown and the
 //! backends go by; `uuid` is informational (not unique).
 
-use crate::error::Result;
-use crate::xenstore::Xenstore;
+use gpu_hostmem_xen::Result;
+use gpu_hostmem_xen::Xenstore;
 
 /// Root of every record.
 pub const ROOT: &str = "/local/domain/0/gpu-hostmem";

@@ -1,0 +1,23 @@
+//! gpu-hostmem-host: what the libxl plugin, `gpu-hostmem-ioreqd` and the
+//! `gpu-hostmem` CLI share on the host side, above the Xen bindings of
+//! `gpu-hostmem-xen`.
+//!
+//! - [`record`]: the per-guest xenstore record (docs/interfaces.md
+//!   section 4), its keys and states;
+//! - [`control`]: the control socket of the IOREQ server (its path and the
+//!   client side of its protocol);
+//! - [`process`]: detached spawning and signalling a process through a
+//!   pidfd;
+//! - [`teardown`]: the total, idempotent teardown of one guest from outside
+//!   the IOREQ server process.
+//!
+//! Its only `unsafe` is in [`process`] (libc calls: `setsid`, `kill`,
+//! `pidfd_open`, `pidfd_send_signal`, `poll`); every Xen call goes through
+//! `gpu-hostmem-xen`. The test-only environment overrides (the control
+//! directory among them) are those of `gpu_hostmem_xen::testenv`, live only
+//! with that crate's `test-env` feature.
+
+pub mod control;
+pub mod process;
+pub mod record;
+pub mod teardown;
