@@ -17,8 +17,13 @@
  * never be lent to a later guest that happens to get the same domid.
  *
  * OFFSET and SIZE take k/M/G suffixes and must be page aligned.  The backend
- *   1. opens /dev/xen/privcmd and restricts it to DOMID, so this fd can never
- *      act on another domain;
+ *   1. takes the privcmd fd it was given in GPU_HOSTMEM_PRIVCMD_FD (started
+ *      by "gpu-hostmem backend", which opens /dev/xen/privcmd, restricts it
+ *      to DOMID and narrows it to registering memory: this process can then
+ *      neither act on another domain nor act as the guest's device model,
+ *      and needs no access to /dev/xen/privcmd nor root; the unique id then
+ *      comes in GPU_HOSTMEM_UNIQUE_ID, so -u may be left out), or else opens
+ *      /dev/xen/privcmd itself and restricts it to DOMID;
  *   2. maps each region, fills word i of BAR offset o with pattern(o + 8 * i),
  *      and registers it at its BAR offset (the kernel watches the range with
  *      an MMU notifier; nothing is pinned);
@@ -114,7 +119,9 @@ static int parse_region(const char *arg, struct region *r)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE [-r ...] [-t SECONDS]\n");
+            "usage: hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE [-r ...] [-t SECONDS]\n"
+            "       (-u from GPU_HOSTMEM_UNIQUE_ID and the privcmd fd from\n"
+            "        GPU_HOSTMEM_PRIVCMD_FD when started by gpu-hostmem backend)\n");
     exit(2);
 }
 
@@ -204,6 +211,8 @@ int main(int argc, char **argv)
             usage();
         }
     }
+    if (!unique_id && getenv("GPU_HOSTMEM_UNIQUE_ID"))
+        unique_id = strtoull(getenv("GPU_HOSTMEM_UNIQUE_ID"), NULL, 0);
     if (domid <= 0 || domid >= 0x7ff0 || nr == 0 || unique_id == 0)
         usage();
     dom = (uint16_t)domid;
@@ -215,15 +224,25 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
-    fd = open("/dev/xen/privcmd", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-        perror("backend: open /dev/xen/privcmd");
-        return 1;
-    }
-    /* From here on this fd can only name @dom. */
-    if (ioctl(fd, IOCTL_PRIVCMD_RESTRICT, &dom)) {
-        perror("backend: IOCTL_PRIVCMD_RESTRICT");
-        return 1;
+    if (getenv("GPU_HOSTMEM_PRIVCMD_FD")) {
+        /* Restricted and narrowed by whoever started us. */
+        fd = atoi(getenv("GPU_HOSTMEM_PRIVCMD_FD"));
+        if (fcntl(fd, F_SETFD, FD_CLOEXEC)) {
+            perror("backend: GPU_HOSTMEM_PRIVCMD_FD");
+            return 1;
+        }
+        printf("backend: using the narrowed privcmd fd %d\n", fd);
+    } else {
+        fd = open("/dev/xen/privcmd", O_RDWR | O_CLOEXEC);
+        if (fd < 0) {
+            perror("backend: open /dev/xen/privcmd");
+            return 1;
+        }
+        /* From here on this fd can only name @dom. */
+        if (ioctl(fd, IOCTL_PRIVCMD_RESTRICT, &dom)) {
+            perror("backend: IOCTL_PRIVCMD_RESTRICT");
+            return 1;
+        }
     }
 
     for (i = 0; i < nr; i++) {

@@ -85,6 +85,7 @@ struct privcmd_hostmem_query {
     _IOW('P', 67, struct privcmd_hostmem_revoke)
 #define IOCTL_PRIVCMD_HOSTMEM_QUERY \
     _IOWR('P', 68, struct privcmd_hostmem_query)
+#define IOCTL_PRIVCMD_HOSTMEM_BACKEND _IO('P', 69)
 #endif
 
 #endif /* PRIVCMD_HOSTMEM_H */

@@ -11,6 +11,9 @@
  * - /dev/xen/privcmd: IOCTL_PRIVCMD_HYPERCALL xen_version(XENVER_version).
  *   A file restricted to one domain refuses every such hypercall (EPERM); an
  *   unrestricted one lets its holder issue any hypercall of dom0.
+ *   With --backend DOMID, also IOCTL_PRIVCMD_DM_OP (no buffer) for DOMID:
+ *   a backend's file (IOCTL_PRIVCMD_HOSTMEM_BACKEND) refuses it (EPERM),
+ *   one with the device model's rights accepts it.
  * - /dev/xen/evtchn: IOCTL_EVTCHN_BIND_UNBOUND_PORT for dom0 (the port is
  *   unbound again at once).  A restricted file refuses it.
  * - /dev/xen/xenbus, or a unix socket whose peer is xenstored's
@@ -20,9 +23,10 @@
  *   listed for the log.
  *
  * One line per fd, "fd N TARGET: VERDICT", and a summary line
- * "unrestricted=N xenstore=N".  Exit status: 0 when no fd is unrestricted
- * and none is a xenstore connection (with --allow-xenstore: whatever the
- * xenstore count), 1 otherwise, 2 on a usage or system error.
+ * "unrestricted=N xenstore=N dm=N".  Exit status: 0 when no fd is
+ * unrestricted, none is a xenstore connection (with --allow-xenstore:
+ * whatever the xenstore count) and, with --backend, none accepts a DMOP;
+ * 1 otherwise, 2 on a usage or system error.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -57,6 +61,13 @@ struct privcmd_hypercall {
 	_IOC(_IOC_NONE, 'P', 0, sizeof(struct privcmd_hypercall))
 #define HYPERVISOR_xen_version 17
 #define XENVER_version 0
+struct privcmd_dm_op {
+	uint16_t dom;
+	uint16_t num;
+	uint64_t ubufs;
+};
+#define IOCTL_PRIVCMD_DM_OP \
+	_IOC(_IOC_NONE, 'P', 5, sizeof(struct privcmd_dm_op))
 
 /* include/uapi/xen/evtchn.h */
 struct ioctl_evtchn_bind_unbound_port {
@@ -145,19 +156,28 @@ static const struct usock *unix_socket(unsigned int ino)
 int main(int argc, char **argv)
 {
 	char dir[64], link[PATH_MAX + 1], target[PATH_MAX + 1];
-	int unrestricted = 0, xenbus = 0, allow_xenstore = 0;
+	int unrestricted = 0, xenbus = 0, allow_xenstore = 0, dm = 0;
+	long backend = -1;
 	struct dirent *de;
 	long pid;
 	int pidfd;
 	DIR *d;
 
-	if (argc == 3 && !strcmp(argv[1], "--allow-xenstore")) {
-		allow_xenstore = 1;
-		argv++;
-		argc--;
+	while (argc > 2) {
+		if (!strcmp(argv[1], "--allow-xenstore")) {
+			allow_xenstore = 1;
+			argv++;
+			argc--;
+		} else if (argc > 3 && !strcmp(argv[1], "--backend")) {
+			backend = strtol(argv[2], NULL, 10);
+			argv += 2;
+			argc -= 2;
+		} else {
+			break;
+		}
 	}
 	if (argc != 2 || (pid = strtol(argv[1], NULL, 10)) <= 0) {
-		fprintf(stderr, "usage: fd-privilege [--allow-xenstore] PID\n");
+		fprintf(stderr, "usage: fd-privilege [--allow-xenstore] [--backend DOMID] PID\n");
 		return 2;
 	}
 	if (load_unix_sockets() < 0)
@@ -213,6 +233,18 @@ int main(int argc, char **argv)
 				       tfd, target, strerror(errno));
 				unrestricted++;
 			}
+			if (backend >= 0) {
+				struct privcmd_dm_op op = { .dom = (uint16_t)backend };
+
+				if (ioctl(fd, IOCTL_PRIVCMD_DM_OP, &op) == 0) {
+					printf("fd %ld %s: DEVICE MODEL rights (DMOPs on dom%ld accepted)\n",
+					       tfd, target, backend);
+					dm++;
+				} else {
+					printf("fd %ld %s: no DMOP on dom%ld (%s)\n",
+					       tfd, target, backend, strerror(errno));
+				}
+			}
 		} else if (!strcmp(target, "/dev/xen/evtchn")) {
 			struct ioctl_evtchn_bind_unbound_port b = { .remote_domain = 0 };
 			long rc = ioctl(fd, IOCTL_EVTCHN_BIND_UNBOUND_PORT, &b);
@@ -251,6 +283,6 @@ int main(int argc, char **argv)
 		close(fd);
 	}
 	closedir(d);
-	printf("unrestricted=%d xenstore=%d\n", unrestricted, xenbus);
-	return unrestricted || (xenbus && !allow_xenstore) ? 1 : 0;
+	printf("unrestricted=%d xenstore=%d dm=%d\n", unrestricted, xenbus, dm);
+	return unrestricted || dm || (xenbus && !allow_xenstore) ? 1 : 0;
 }

@@ -131,6 +131,16 @@ _Static_assert(sizeof(struct privcmd_hostmem_query) == 40, "query");
 	_IOW('P', 67, struct privcmd_hostmem_revoke)
 #define IOCTL_PRIVCMD_HOSTMEM_QUERY \
 	_IOWR('P', 68, struct privcmd_hostmem_query)
+#define IOCTL_PRIVCMD_HOSTMEM_BACKEND _IO('P', 69)
+
+struct privcmd_dm_op {
+	domid_t dom;
+	uint16_t num;
+	uint64_t ubufs;
+};
+
+#define IOCTL_PRIVCMD_DM_OP \
+	_IOC(_IOC_NONE, 'P', 5, sizeof(struct privcmd_dm_op))
 
 /*
  * --make-domain: a bare HVM domain to lend to, made with raw domctls of
@@ -692,6 +702,69 @@ static void test_ownership(void)
 	expect("unregister-by-registering-file", unreg(32), 0);
 	close(other);
 	munmap(m, 2 * pg);
+}
+
+/*
+ * A backend's file (IOCTL_PRIVCMD_HOSTMEM_BACKEND) registers, unregisters
+ * and queries for its guest and nothing else, for good: none of the device
+ * model's rights (lend, revoke, DMOPs), no hypercall, no foreign mapping.
+ * Only a file restricted to a guest can be narrowed. The same DMOP on a
+ * file that is only restricted is the control.
+ */
+static void test_backend_fd(void)
+{
+	int bfd = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	int rfd = open(PRIVCMD, O_RDWR | O_CLOEXEC);
+	char *m = map_anon(2, PROT_READ | PROT_WRITE);
+	struct snapshot *s = malloc(sizeof(*s));
+	struct privcmd_hypercall h = { .op = 17 };	/* xen_version */
+	struct privcmd_dm_op none = { .dom = dom, .num = 0 };
+	domid_t d = dom;
+	uint32_t n;
+	void *p;
+
+	expect("backend-unrestricted-file-refused",
+	       xioctl(bfd, IOCTL_PRIVCMD_HOSTMEM_BACKEND, NULL), EINVAL);
+	if (bfd < 0 || rfd < 0 || xioctl(bfd, IOCTL_PRIVCMD_RESTRICT, &d) ||
+	    xioctl(rfd, IOCTL_PRIVCMD_RESTRICT, &d)) {
+		result("backend-fd", false, "open/restrict:%s", strerror(errno));
+		goto out;
+	}
+	expect("backend-control-restricted-dm-op",
+	       xioctl(rfd, IOCTL_PRIVCMD_DM_OP, &none), 0);
+	expect("backend-narrow", xioctl(bfd, IOCTL_PRIVCMD_HOSTMEM_BACKEND, NULL),
+	       0);
+	expect("backend-narrow-again",
+	       xioctl(bfd, IOCTL_PRIVCMD_HOSTMEM_BACKEND, NULL), 0);
+	expect("backend-register", reg_on(bfd, m, 2 * pg, 0, 40, dom), 0);
+	expect("backend-query", query_on(bfd, dom, s), 0);
+	result("backend-query-sees-registration", s->nr == 1 && s->r[0].id == 40,
+	       "nr=%u", s->nr);
+	expect("backend-lend-refused", lend_on(bfd, 0, gfn_base, 1, dom, &n),
+	       EPERM);
+	expect("backend-revoke-refused", revoke_on(bfd, gfn_base, 1, 0, dom),
+	       EPERM);
+	expect("backend-revoke-all-refused",
+	       revoke_on(bfd, 0, 0, PRIVCMD_HOSTMEM_REVOKE_ALL, dom), EPERM);
+	expect("backend-dm-op-refused", xioctl(bfd, IOCTL_PRIVCMD_DM_OP, &none),
+	       EPERM);
+	expect("backend-hypercall-refused",
+	       xioctl(bfd, IOCTL_PRIVCMD_HYPERCALL, &h), EPERM);
+	expect("backend-restrict-refused",
+	       xioctl(bfd, IOCTL_PRIVCMD_RESTRICT, &d), EPERM);
+	p = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, bfd, 0);
+	result("backend-mmap-refused", p == MAP_FAILED && errno == EPERM, "%s",
+	       p == MAP_FAILED ? strerror(errno) : "mapped");
+	if (p != MAP_FAILED)
+		munmap(p, pg);
+	expect("backend-unregister", unreg_on(bfd, 40, dom), 0);
+out:
+	if (bfd >= 0)
+		close(bfd);
+	if (rfd >= 0)
+		close(rfd);
+	munmap(m, 2 * pg);
+	free(s);
 }
 
 /* The hostmem ioctls do not use 'P' 11 and 13 (other privcmd series do). */
@@ -1771,6 +1844,7 @@ int main(int argc, char **argv)
 	test_bad_inputs();
 	test_memory_kinds();
 	test_restricted_fd();
+	test_backend_fd();
 	test_ownership();
 	test_ioctl_numbers();
 	test_lend_revoke_args();

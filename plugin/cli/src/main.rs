@@ -12,6 +12,11 @@
 //! - `gpu-hostmem check-config [FILE]`: parse and check a configuration file
 //!   (default `/etc/xen/gpu-hostmem.yaml`) as the IOREQ server would, so that
 //!   a mistake shows before `xl create`.
+//! - `gpu-hostmem backend DOMID [--user USER] -- COMMAND [ARG...]`: run a
+//!   backend with only a backend's rights: a privcmd fd restricted to the
+//!   guest and narrowed to registering memory (`IOCTL_PRIVCMD_HOSTMEM_BACKEND`),
+//!   inherited as `GPU_HOSTMEM_PRIVCMD_FD` with the guest's unique id in
+//!   `GPU_HOSTMEM_UNIQUE_ID`, as USER (default nobody) with no capability.
 
 use clap::{Parser, Subcommand};
 use gpu_hostmem_core::limits::bar_paging_kib;
@@ -22,7 +27,10 @@ use gpu_hostmem_host::record::Record;
 use gpu_hostmem_host::teardown::{self, Timeouts};
 use gpu_hostmem_xen::{Privcmd, XenctrlLib, XenstoreLib};
 use serde::Serialize;
+use std::ffi::OsString;
 use std::fmt::Write as _;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,6 +66,73 @@ enum Cmd {
         #[arg(default_value = gpu_hostmem_core::config::DEFAULT_PATH)]
         file: PathBuf,
     },
+    /// Run a backend with a backend's rights only: a privcmd fd narrowed to
+    /// registering memory for the guest, as an unprivileged user.
+    Backend {
+        /// Guest domain id.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..0x7ff0))]
+        domid: u16,
+        /// User to run as: NAME or UID:GID (no supplementary group).
+        #[arg(long, default_value = "nobody")]
+        user: String,
+        /// The backend and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+/// `backend`: the narrowed fd and the guest's unique id, then the drop.
+/// Returns only on failure (the exec replaces the process).
+fn run_backend(domid: u16, user: &str, command: &[OsString]) -> String {
+    let ids = match gpu_hostmem_host::users::resolve(user) {
+        Ok(Some(ids)) => ids,
+        Ok(None) => {
+            return "--user root would give the backend every right: name another user".into()
+        }
+        Err(e) => return e,
+    };
+    // The instance the memory is for: the domain that has the domid now.
+    let unique_id = match XenctrlLib::load().map_err(|e| e.to_string()).and_then(|l| {
+        l.open()
+            .and_then(|xc| xc.unique_id(domid))
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(Some(id)) => id,
+        Ok(None) => return format!("no domain {domid}"),
+        Err(e) => return format!("domain {domid}: {e}"),
+    };
+    let fd: OwnedFd = match Privcmd::open().and_then(|p| {
+        p.restrict(domid)?;
+        p.narrow_to_backend()?;
+        Ok(p.into_fd())
+    }) {
+        Ok(f) => f,
+        Err(e) => return format!("privcmd for domain {domid}: {e}"),
+    };
+    if let Err(e) = gpu_hostmem_host::users::drop_to(ids.0, ids.1) {
+        return format!("drop to {user}: {e}");
+    }
+    let Some((prog, args)) = command.split_first() else {
+        return "no command".into();
+    };
+    let raw = fd.as_raw_fd();
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(args)
+        .env("GPU_HOSTMEM_PRIVCMD_FD", raw.to_string())
+        .env("GPU_HOSTMEM_UNIQUE_ID", unique_id.to_string())
+        .env("GPU_HOSTMEM_DOMID", domid.to_string());
+    // SAFETY: fcntl(2) in the child before exec, on an fd open there; it
+    // only clears close-on-exec so that the backend inherits the fd.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let e = cmd.exec();
+    format!("exec {}: {e}", prog.to_string_lossy())
 }
 
 /// `check-config`: the error, or a summary of the settings in effect.
@@ -304,6 +379,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Backend {
+            domid,
+            user,
+            command,
+        } => {
+            let e = run_backend(domid, &user, &command);
+            eprintln!("gpu-hostmem backend {domid}: {e}");
+            ExitCode::FAILURE
+        }
         Cmd::Teardown { domid } => match teardown::teardown(domid, None, Timeouts::default()) {
             Ok(out) => {
                 for a in &out.actions {
@@ -323,6 +407,26 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_takes_a_command_and_never_runs_it_as_root() {
+        let cli = Cli::try_parse_from(["gpu-hostmem", "backend", "5", "--", "b", "-d", "5"])
+            .expect("parse");
+        let Cmd::Backend {
+            domid,
+            user,
+            command,
+        } = cli.cmd
+        else {
+            panic!("not backend");
+        };
+        assert_eq!((domid, user.as_str(), command.len()), (5, "nobody", 3));
+        assert!(Cli::try_parse_from(["gpu-hostmem", "backend", "5"]).is_err());
+        let e = run_backend(5, "root", &command);
+        assert!(e.contains("every right"), "{e}");
+        let e = run_backend(5, "0:0", &command);
+        assert!(e.contains("uid or gid 0"), "{e}");
+    }
 
     #[test]
     fn check_config_accepts_the_example_and_names_the_bad_key() {

@@ -9,10 +9,12 @@
 //! - [`process`]: detached spawning and signalling a process through a
 //!   pidfd;
 //! - [`teardown`]: the total, idempotent teardown of one guest from outside
-//!   the IOREQ server process.
+//!   the IOREQ server process;
+//! - [`users`]: the unprivileged user a process drops to.
 //!
 //! Its only `unsafe` is in [`process`] (libc calls: `setsid`, `kill`,
-//! `pidfd_open`, `pidfd_send_signal`, `poll`); every Xen call goes through
+//! `pidfd_open`, `pidfd_send_signal`, `poll`) and [`users`]
+//! (`getpwnam_r`, the id changes); every Xen call goes through
 //! `gpu-hostmem-xen`. The test-only environment overrides (the control
 //! directory among them) are those of `gpu_hostmem_xen::testenv`, live only
 //! with that crate's `test-env` feature.
@@ -21,3 +23,4 @@ pub mod control;
 pub mod process;
 pub mod record;
 pub mod teardown;
+pub mod users;

@@ -19,55 +19,9 @@
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
 use std::collections::BTreeMap;
-use std::ffi::CString;
 
 /// The ids to drop to, or `None` for `run_as: root` (no drop, no filter).
-pub fn resolve(run_as: &str) -> Result<Option<(libc::uid_t, libc::gid_t)>, String> {
-    let bad = |why: &str| format!("run_as {run_as:?}: {why}");
-    if run_as == "root" {
-        return Ok(None);
-    }
-    let (uid, gid) = if let Some((u, g)) = run_as.split_once(':') {
-        (
-            u.parse().map_err(|_| bad("UID:GID must be numbers"))?,
-            g.parse().map_err(|_| bad("UID:GID must be numbers"))?,
-        )
-    } else {
-        lookup_user(run_as).ok_or_else(|| bad("no such user"))?
-    };
-    if uid == 0 || gid == 0 {
-        return Err(bad(
-            "must not be uid or gid 0 (write root to run without a drop)",
-        ));
-    }
-    Ok(Some((uid, gid)))
-}
-
-fn lookup_user(name: &str) -> Option<(libc::uid_t, libc::gid_t)> {
-    let cname = CString::new(name).ok()?;
-    let mut pw: libc::passwd = unsafe_zeroed_passwd();
-    let mut buf = vec![0 as libc::c_char; 16384];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `pw` and `out` are live
-    // locals, `buf` is a live buffer of `buf.len()` bytes; the strings the
-    // result points to live in `buf`, which we do not read.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut out,
-        )
-    };
-    (rc == 0 && !out.is_null()).then_some((pw.pw_uid, pw.pw_gid))
-}
-
-fn unsafe_zeroed_passwd() -> libc::passwd {
-    // SAFETY: `passwd` is a plain C struct of integers and pointers, for
-    // which all-zero bytes (NULL pointers, zero ids) are a valid value.
-    unsafe { std::mem::zeroed() }
-}
+pub use gpu_hostmem_host::users::resolve;
 
 /// The system calls of the worker's loop (poll, the event channel and
 /// privcmd ioctls, xenstore and control-socket I/O, logging, allocation,
@@ -227,49 +181,28 @@ pub fn enter(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
     let prog = filter()?;
     install_sigsys_reporter()?;
     let parent = std::os::unix::process::parent_id();
-    let os = |op: &str| format!("{op}: {}", std::io::Error::last_os_error());
-    // SAFETY: plain system calls with integer arguments (a NULL, empty
-    // group list for setgroups); glibc applies the id changes to every
-    // thread of the process.
-    unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(os("setgroups"));
-        }
-        if libc::setresgid(gid, gid, gid) != 0 {
-            return Err(os("setresgid"));
-        }
-        if libc::setresuid(uid, uid, uid) != 0 {
-            return Err(os("setresuid"));
-        }
-        // The kernel clears the parent-death signal when credentials
-        // change: set it again, so that the worker still dies with its
-        // supervisor, and stop if the supervisor died meanwhile.
-        if libc::prctl(
+    gpu_hostmem_host::users::drop_to(uid, gid)?;
+    // The kernel clears the parent-death signal when credentials change:
+    // set it again, so that the worker still dies with its supervisor, and
+    // stop if the supervisor died meanwhile.
+    // SAFETY: prctl(2) with integer arguments.
+    if unsafe {
+        libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,
             0,
             0,
             0,
-        ) != 0
-        {
-            return Err(os("prctl(PR_SET_PDEATHSIG)"));
-        }
+        )
+    } != 0
+    {
+        return Err(format!(
+            "prctl(PR_SET_PDEATHSIG): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     if std::os::unix::process::parent_id() != parent {
         return Err("the supervisor died during the drop".into());
-    }
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-    let field = |k: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.trim().to_owned())
-    };
-    if field("CapEff:").as_deref() != Some("0000000000000000") {
-        return Err(format!(
-            "capabilities left after the drop: {:?}",
-            field("CapEff:")
-        ));
     }
     seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))
 }
@@ -306,7 +239,7 @@ mod tests {
         assert!(resolve("5:0").is_err());
         assert!(resolve("x:y").is_err());
         assert!(resolve("no-such-user-gpu-hostmem").is_err());
-        if let Some((u, _)) = lookup_user("nobody") {
+        if let Some((u, _)) = gpu_hostmem_host::users::lookup_user("nobody") {
             assert_ne!(u, 0);
         }
     }

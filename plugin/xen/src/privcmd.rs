@@ -141,6 +141,8 @@ pub const IOCTL_PRIVCMD_HOSTMEM_REVOKE: u64 = ioc(IOC_WRITE, b'P', 67, size_of::
 /// `_IOWR('P', 68, struct privcmd_hostmem_query)`
 pub const IOCTL_PRIVCMD_HOSTMEM_QUERY: u64 =
     ioc(IOC_READ | IOC_WRITE, b'P', 68, size_of::<HostmemQuery>());
+/// `_IO('P', 69)`
+pub const IOCTL_PRIVCMD_HOSTMEM_BACKEND: u64 = ioc(IOC_NONE, b'P', 69, 0);
 
 /// An open privcmd device.
 #[derive(Debug)]
@@ -192,6 +194,30 @@ impl Privcmd {
         // SAFETY: IOCTL_PRIVCMD_RESTRICT reads one domid_t (a u16) through
         // its argument, and `d` is a live u16.
         unsafe { self.ioctl("IOCTL_PRIVCMD_RESTRICT", IOCTL_PRIVCMD_RESTRICT, &mut d) }
+    }
+
+    /// Narrows this fd, already restricted to a guest, to a backend's
+    /// rights for good: registering, unregistering and querying host
+    /// memory for that guest; every other ioctl and `mmap` then fail with
+    /// EPERM (`IOCTL_PRIVCMD_HOSTMEM_BACKEND`, kernel-patches 0008).
+    pub fn narrow_to_backend(&self) -> Result<()> {
+        // SAFETY: IOCTL_PRIVCMD_HOSTMEM_BACKEND takes no argument.
+        let rc = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                IOCTL_PRIVCMD_HOSTMEM_BACKEND as _,
+                0 as libc::c_ulong,
+            )
+        };
+        if rc < 0 {
+            return Err(XenError::last_os("IOCTL_PRIVCMD_HOSTMEM_BACKEND"));
+        }
+        Ok(())
+    }
+
+    /// The fd, for a process it is handed to.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
     }
 
     /// Registers host memory for a guest (backend side).
@@ -381,6 +407,7 @@ mod tests {
         assert_eq!(IOCTL_PRIVCMD_HOSTMEM_LEND, 0xc030_5042);
         assert_eq!(IOCTL_PRIVCMD_HOSTMEM_REVOKE, 0x4020_5043);
         assert_eq!(IOCTL_PRIVCMD_HOSTMEM_QUERY, 0xc028_5044);
+        assert_eq!(IOCTL_PRIVCMD_HOSTMEM_BACKEND, 0x5045);
     }
 
     /// The uAPI header the kernel series exports, as shipped for backends.

@@ -2,8 +2,11 @@
 # Scenario (issue 7, 1): the whole feature, happy path.
 #   - xl create -p of an HVM guest with gpu_hostmem = 1: the plugin starts
 #     gpu-hostmem-ioreqd for it;
-#   - examples/hostmem-backend in dom0 registers four regions of its own
-#     memory for that domid, filled with a per-offset pattern;
+#   - examples/hostmem-backend in dom0, started by `gpu-hostmem backend` as
+#     nobody with a privcmd fd narrowed to registering memory for the guest
+#     (no other Xen right: checked with fd-privilege), registers four
+#     regions of its own memory for that domid, filled with a per-offset
+#     pattern;
 #   - xl unpause: the guest (tests/guest/hostmem-guest check) maps the BAR
 #     through sysfs, reads the pattern of every region and stamps each page;
 #   - the backend sees the guest's writes in its own memory (SIGUSR1 report);
@@ -36,7 +39,7 @@ wpid=$(hm_worker "$ipid")
 check hm-ioreqd-worker-sandboxed "pid=${wpid:-none}" hm_sandboxed "${wpid:-none}"
 
 bout=/tmp/$name.backend
-if hm_backend "$dom" "$bout" "${regions[@]}"; then
+if HM_BACKEND_USER=nobody hm_backend "$dom" "$bout" "${regions[@]}"; then
     result hm-backend-ready 1 "pid=$HM_BPID,regions=${#regions[@]}"
 else
     result hm-backend-ready 0 "backend-not-ready"
@@ -44,6 +47,15 @@ else
 fi
 bpid=$HM_BPID
 sed 's/^/[backend] /' "$bout"
+# The backend has a backend's rights and no more: uid nobody, and its only
+# Xen handle refuses hypercalls and DMOPs on the guest (it cannot act as
+# the guest's device model).
+check hm-backend-unprivileged "pid=$bpid" grep -qE '^Uid:\s+65534\s' "/proc/$bpid/status"
+backend_narrow() {
+    fd-privilege --backend "$dom" "$bpid" | sed "s/^/[fd-privilege backend] /"
+    [ "${PIPESTATUS[0]}" = 0 ] && grep -q 'narrowed privcmd fd' "$bout"
+}
+check hm-backend-fd-narrowed "pid=$bpid" backend_narrow
 
 xl unpause "$name"
 t=$(gh_now)

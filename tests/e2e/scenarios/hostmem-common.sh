@@ -72,7 +72,15 @@ hm_backend() {
         echo "[backend] no unique-id in dom$dom's gpu-hostmem record" >&2
         return 1
     fi
-    hostmem-backend -d "$dom" -u "$uid" "${args[@]}" >"$out" 2>&1 &
+    # HM_BACKEND_USER: run it as a backend should run, through `gpu-hostmem
+    # backend`: as that user, with a privcmd fd narrowed to registering
+    # memory for the guest (kernel-patches 0008) and the unique id given.
+    if [ -n "${HM_BACKEND_USER:-}" ]; then
+        gpu-hostmem backend "$dom" --user "$HM_BACKEND_USER" -- \
+            hostmem-backend -d "$dom" "${args[@]}" >"$out" 2>&1 &
+    else
+        hostmem-backend -d "$dom" -u "$uid" "${args[@]}" >"$out" 2>&1 &
+    fi
     HM_BPID=$!
     HM_BACKEND_PIDS+=("$HM_BPID")
     for i in $(seq 1 100); do
