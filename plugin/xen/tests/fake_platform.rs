@@ -51,6 +51,27 @@ impl Fake {
 const UUID: [u8; 16] = [0x11; 16];
 const OTHER: [u8; 16] = [0x22; 16];
 
+/// Host memory: identity first (`dom` current, `stranger` not), then the
+/// (here absent) ioctl.
+fn host_mem_checks_identity(id: Identity<'_>, dom: &DomainIdentity, stranger: &DomainIdentity) {
+    let mut hm = XenHostMem::new(Privcmd::open_path("/dev/null").expect("null"), id);
+    assert_eq!(
+        hm.lend(stranger, 0, 0x1000, 1).unwrap_err().errno,
+        Errno::ESRCH
+    );
+    assert_eq!(
+        hm.lend(dom, 0, 0x1000, 1).unwrap_err().errno,
+        Errno(libc::ENOTTY)
+    );
+    hm.revoke(stranger, RevokeRange::All)
+        .expect("revoking for a domain that is not there is vacuous");
+    assert_eq!(
+        hm.revoke(dom, RevokeRange::All).unwrap_err().op,
+        "IOCTL_PRIVCMD_HOSTMEM_REVOKE"
+    );
+    assert_eq!(hm.query(stranger).unwrap_err().errno, Errno::ESRCH);
+}
+
 #[test]
 fn platform_on_fake_xen() {
     let fake = Fake::load();
@@ -188,26 +209,7 @@ fn platform_on_fake_xen() {
 
     // Host memory: identity first, then the (here absent) ioctl.
     fake.set_domain(7, UUID, 1, false);
-    let mut hm = XenHostMem::new(
-        Privcmd::open_path("/dev/null").expect("null"),
-        Identity::Xenctrl(&xc),
-    );
-    assert_eq!(
-        hm.lend(&stranger, 0, 0x1000, 1).unwrap_err().errno,
-        Errno::ESRCH
-    );
-    assert_eq!(
-        hm.lend(&dom, 0, 0x1000, 1).unwrap_err().errno,
-        Errno(libc::ENOTTY)
-    );
-    hm.revoke(&stranger, RevokeRange::All)
-        .expect("revoking for a domain that is not there is vacuous");
-    assert_eq!(
-        hm.revoke(&dom, RevokeRange::All).unwrap_err().op,
-        "IOCTL_PRIVCMD_HOSTMEM_REVOKE"
-    );
-    assert_eq!(hm.query(&stranger).unwrap_err().errno, Errno::ESRCH);
-    drop(hm);
+    host_mem_checks_identity(Identity::Xenctrl(&xc), &dom, &stranger);
     drop(p);
 
     // The same checks with no xenctrl handle at all, through the
@@ -251,25 +253,10 @@ fn platform_on_fake_xen() {
     p.destroy_server(&dom, 3).expect("destroy adopted");
     assert_eq!(fake.counter(b"fake_destroyed\0"), destroyed + 1);
     fake.set_domain(7, UUID, 1, false);
-    let mut hm = XenHostMem::new(
-        Privcmd::open_path("/dev/null").expect("null"),
-        Identity::DeviceModel(&dm),
-    );
-    assert_eq!(
-        hm.lend(&stranger, 0, 0x1000, 1).unwrap_err().errno,
-        Errno::ESRCH
-    );
-    assert_eq!(
-        hm.lend(&dom, 0, 0x1000, 1).unwrap_err().errno,
-        Errno(libc::ENOTTY)
-    );
-    hm.revoke(&stranger, RevokeRange::All)
-        .expect("revoking for a domain that is not there is vacuous");
-    assert_eq!(hm.query(&stranger).unwrap_err().errno, Errno::ESRCH);
+    host_mem_checks_identity(Identity::DeviceModel(&dm), &dom, &stranger);
     assert!(
         fake.counter(b"fake_instance_calls\0") > calls + 10,
         "every check asked XEN_DMOP_get_instance"
     );
-    drop(hm);
     drop(p);
 }
