@@ -140,12 +140,17 @@ int main(void)
 {
 	static const char *const ioctl_name[] = {
 		"REGISTER", "UNREGISTER", "LEND", "REVOKE", "QUERY", "RESTRICT",
+		"BACKEND",
 	};
 	static const char *const flag_name[] = {
 		"REVOKE_ALL", "REGION_GONE",
 	};
 	int bad = 0;
 	size_t i;
+
+	_Static_assert(sizeof(ioctl_name) / sizeof(ioctl_name[0]) ==
+		       sizeof(k_ioctl) / sizeof(k_ioctl[0]) &&
+		       sizeof(ex_ioctl) == sizeof(k_ioctl), "one name per ioctl");
 
 	for (i = 0; i < sizeof(k_ioctl) / sizeof(k_ioctl[0]); i++) {
 		int ok = k_ioctl[i] == ex_ioctl[i];
