@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 /// The fd on which a worker finds its report socket.
 pub const REPORT_FD: i32 = 3;
@@ -107,6 +108,45 @@ impl Report {
             "failed" if !rest.is_empty() => Ok(Report::Failed(printable(rest))),
             _ => Err(bad()),
         }
+    }
+}
+
+/// Reports applied per [`BUDGET_WINDOW`]: a worker sends a handful in its
+/// life, plus one per BAR move, which the guest controls.
+pub const BUDGET: u32 = 32;
+/// The window of [`BUDGET`].
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(1);
+
+/// How many reports the supervisor applies, so that neither a guest moving
+/// its BAR in a loop nor a compromised worker can turn into a flood of
+/// xenstore writes.
+#[derive(Debug)]
+pub struct Budget {
+    start: Instant,
+    used: u32,
+}
+
+impl Budget {
+    /// A full budget from `now`.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            start: now,
+            used: 0,
+        }
+    }
+
+    /// Takes one report's worth at `now`; false when the window's budget
+    /// is spent.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.start) >= BUDGET_WINDOW {
+            self.start = now;
+            self.used = 0;
+        }
+        if self.used >= BUDGET {
+            return false;
+        }
+        self.used += 1;
+        true
     }
 }
 
@@ -239,6 +279,17 @@ mod tests {
             Report::parse(&r),
             Ok(Report::Failed("a stopping [2J".into()))
         );
+    }
+
+    #[test]
+    fn the_budget_bounds_reports_per_window() {
+        let t0 = Instant::now();
+        let mut b = Budget::new(t0);
+        for _ in 0..BUDGET {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0 + Duration::from_millis(999)), "spent");
+        assert!(b.take(t0 + BUDGET_WINDOW), "a new window");
     }
 
     #[test]

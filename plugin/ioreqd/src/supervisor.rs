@@ -15,7 +15,7 @@
 //! forwards SIGTERM to the worker, and the worker dies with it
 //! (`PR_SET_PDEATHSIG`), so no worker outlives its supervisor.
 
-use crate::report::{Lines, Report, REPORT_FD};
+use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
@@ -202,29 +202,56 @@ struct Publisher<'a> {
     uuid: String,
     sock: UnixStream,
     lines: Lines,
+    budget: Budget,
+    /// The latest BAR address reported and not yet written (the budget
+    /// was spent): only the latest matters.
+    bar_base: Option<Report>,
+    dropped: u64,
 }
 
 impl Publisher<'_> {
-    /// Applies everything the worker sent so far.
+    fn new<'a>(
+        xs: &'a Xenstore<'a>,
+        dom: DomainIdentity,
+        uuid: String,
+        sock: UnixStream,
+    ) -> Publisher<'a> {
+        Publisher {
+            xs,
+            dom,
+            uuid,
+            sock,
+            lines: Lines::default(),
+            budget: Budget::new(Instant::now()),
+            bar_base: None,
+            dropped: 0,
+        }
+    }
+
+    /// Applies everything the worker sent so far, within the budget.
     fn pump(&mut self) {
         let mut buf = [0u8; 4096];
         loop {
             match self.sock.read(&mut buf) {
-                Ok(0) => return,
+                Ok(0) => break,
                 Ok(n) => {
                     for line in self.lines.push(&buf[..n]) {
-                        self.apply(&line);
+                        self.take(&line);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(_) => break,
+            }
+        }
+        if self.bar_base.is_some() && self.budget.take(Instant::now()) {
+            if let Some(r) = self.bar_base.take() {
+                self.apply(&r);
             }
         }
     }
 
-    fn apply(&self, line: &str) {
-        let dom = &self.dom;
-        let domid = dom.domid;
+    fn take(&mut self, line: &str) {
+        let dom = self.dom;
         let report = match Report::parse(line) {
             Ok(r) => r,
             Err(e) => {
@@ -232,7 +259,27 @@ impl Publisher<'_> {
                 return;
             }
         };
-        let written = match &report {
+        if matches!(report, Report::BarBase(_)) {
+            // Written by pump() once the budget allows; a later one
+            // replaces it.
+            self.bar_base = Some(report);
+            return;
+        }
+        if !self.budget.take(Instant::now()) {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                warn!(%dom, dropped = self.dropped, report = %report,
+                      "supervisor: the worker reports faster than the budget; dropped");
+            }
+            return;
+        }
+        self.apply(&report);
+    }
+
+    fn apply(&self, report: &Report) {
+        let dom = &self.dom;
+        let domid = dom.domid;
+        let written = match report {
             Report::Running {
                 ioservid,
                 sbdf,
@@ -394,13 +441,7 @@ pub fn run(args: &Args) -> ExitCode {
             }
         };
         info!(%dom, worker = child.id(), attach, "supervisor: worker started");
-        let mut publisher = Publisher {
-            xs: &xs,
-            dom,
-            uuid: uuid.clone(),
-            sock,
-            lines: Lines::default(),
-        };
+        let mut publisher = Publisher::new(&xs, dom, uuid.clone(), sock);
         let status = match wait_worker(&mut child, &stop, &mut publisher) {
             Ok(s) => s,
             Err(e) => {
