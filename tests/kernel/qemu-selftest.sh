@@ -57,6 +57,11 @@ echo "QEMU-SELFTEST-EXIT=\$?"
 if [ -e /proc/lockdep_stats ]; then
     grep -E 'debug_locks|dependency chains' /proc/lockdep_stats
     grep -qE 'debug_locks: +0' /proc/lockdep_stats && echo "QEMU-SELFTEST: kernel complained (lockdep is off)"
+    # What lockdep learnt about privcmd's locks: each class with the locks
+    # taken under it, and whether reclaim (fs_reclaim) is known to take them.
+    echo "# lockdep classes of privcmd's hostmem locks:"
+    awk '/^[0-9a-f]+ FD:/ { ours = / (&reg->lock|&fresh->lock|&data->hostmem_lock|hostmem_guests_lock)\$/; rec = / fs_reclaim\$/ }
+        ours || (rec && /FD:|reg->lock|fresh->lock|hostmem/)' /proc/lockdep
 fi
 dmesg | grep -E 'BUG:|WARNING:|Oops|cannot revoke' && echo "QEMU-SELFTEST: kernel complained"
 poweroff -f
