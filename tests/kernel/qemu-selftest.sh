@@ -9,7 +9,8 @@
 #   XEN       multiboot hypervisor image (e.g. the test bed's xen/<key>/xen,
 #             or the gunzipped /boot/xen-4.20-amd64.gz of trixie)
 #   VMLINUZ   trixie dom0 kernel matching MODULE's vermagic
-#   MODULE    xen-privcmd.ko (tests/kernel/build-module.sh)
+#   MODULE    xen-privcmd.ko (tests/kernel/build-module.sh), or - for a
+#             kernel with privcmd built in (tests/kernel/lockdep-kernel.sh)
 #   SELFTEST  hostmem-selftest, linked statically
 #   pv|pvh    dom0 mode (default pv); pvh adds an emulated VT-d IOMMU, which
 #             Xen requires for a PVH dom0
@@ -34,7 +35,12 @@ trap 'rm -rf "$work"' EXIT
 root=$work/root
 mkdir -p "$root"/{bin,proc,sys,dev,tmp}
 cp "$busybox" "$root/bin/busybox"
-cp "$module" "$root/xen-privcmd.ko"
+insmod="insmod /xen-privcmd.ko || echo \"QEMU-SELFTEST: insmod failed\""
+if [ "$module" = - ]; then
+    insmod=": privcmd built in"
+else
+    cp "$module" "$root/xen-privcmd.ko"
+fi
 cp "$selftest" "$root/hostmem-selftest"
 cat >"$root/init" <<EOF
 #!/bin/busybox sh
@@ -43,9 +49,20 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
-insmod /xen-privcmd.ko || echo "QEMU-SELFTEST: insmod failed"
+$insmod
 /hostmem-selftest $args
 echo "QEMU-SELFTEST-EXIT=\$?"
+# A lockdep kernel: debug_locks 0 means lockdep turned itself off (after
+# a report, or out of room) and checked nothing from then on.
+if [ -e /proc/lockdep_stats ]; then
+    grep -E 'debug_locks|dependency chains' /proc/lockdep_stats
+    grep -qE 'debug_locks: +0' /proc/lockdep_stats && echo "QEMU-SELFTEST: kernel complained (lockdep is off)"
+    # What lockdep learnt about privcmd's locks: each class with the locks
+    # taken under it, and whether reclaim (fs_reclaim) is known to take them.
+    echo "# lockdep classes of privcmd's hostmem locks:"
+    awk '/^[0-9a-f]+ FD:/ { ours = / (&reg->lock|&fresh->lock|&data->hostmem_lock|hostmem_guests_lock)\$/; rec = / fs_reclaim\$/ }
+        ours || (rec && /FD:|reg->lock|fresh->lock|hostmem/)' /proc/lockdep
+fi
 dmesg | grep -E 'BUG:|WARNING:|Oops|cannot revoke' && echo "QEMU-SELFTEST: kernel complained"
 poweroff -f
 EOF
