@@ -42,7 +42,7 @@ hm_install || exit 1
 t=$(gh_now)
 # hm_guest_create runs in a subshell: record the guest for hm_cleanup here.
 HM_GUESTS+=("$name")
-if ! dom=$(hm_guest_create "$name" "hostmem-guest,softreset,$HM_VENDOR,$HM_DEVICE,0,0x200000,300" \
+if ! dom=$(hm_guest_create "$name" "hostmem-guest,softreset,$HM_VENDOR,$HM_DEVICE,0,0x200000,480" \
     'on_soft_reset = "soft-reset"'); then
     result "$name-create" 0 "xl-create-failed"
     exit 1
