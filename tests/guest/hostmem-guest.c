@@ -36,6 +36,11 @@
  *                         where the registered memory ends (unregistered above);
  *                         BOUNDARY: where one registration ends and the next
  *                         begins (above OFFSET+SIZE), for straddling accesses
+ *   hostmem-guest softreset VENDOR DEVICE OFFSET SIZE SECONDS   check's
+ *                         pattern and stamps, then survive a soft reset of the
+ *                         domain that dom0 triggers and check the region
+ *                         again once the backend replaced its memory
+ *                         (results on Xen's debug port 0xe9, see soft_reset())
  *   hostmem-guest bench   VENDOR DEVICE OFFSET SIZE ROUNDS   read/write
  *                         bandwidth through the BAR against guest RAM
  *   hostmem-guest bwsuite VENDOR DEVICE OFFSET SIZE BENCH ROUNDS PASSES UNREG COUNT
@@ -63,10 +68,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/io.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <x86intrin.h>
 
 #define PAGE 4096ULL
 
@@ -274,6 +281,128 @@ static int revoke_watch(volatile uint64_t *bar, uint64_t off, uint64_t size, int
     printf("RESULT name=guest-revoke-no-other ok=%d value=%" PRIu64 "\n", other == 0, other);
     free(isnew);
     return seen_new == pages && back_to_old == 0 && other == 0 ? 0 : 1;
+}
+
+/* Soft reset (scenario 20-libxl-09). A soft reset (what Linux asks for
+ * before it jumps into a kexec'd kernel) keeps the domain and its memory
+ * but closes the guest's event channels and unmaps its vcpu_info: this
+ * kernel has no console (hvc0), no timer and no clock from then on. So:
+ * check the region (pattern, stamps: every page is then lent), say
+ * GH-GUEST-SOFTRESET-READY on the console, and from there make no system
+ * call: watch the first word of every page, timed by the TSC alone (for
+ * SECONDS the guest runs, pauses not counted), until
+ * each shows the backend's replacement (pattern ^ REPLACED: dom0 replaces
+ * the memory once the soft reset is done), then check every page whole and
+ * stamp it with ~pattern again (the backend counts those stamps; its
+ * replacement erased the first ones). Results go to Xen's debug port 0xe9
+ * (dom0 reads them with xl dmesg, "(dN)" lines), ending with
+ * GH-GUEST-SOFTRESET-DONE rc=N. Values seen while waiting may only be the
+ * guest's own stamp (before the replacement) or the replacement. */
+static void e9_puts(const char *s)
+{
+    while (*s)
+        outb((unsigned char)*s++, 0xe9);
+}
+
+static int soft_reset(volatile uint64_t *bar, uint64_t off, uint64_t size, int seconds)
+{
+    uint64_t pages = size / PAGE, i, seen_new = 0, other = 0, back = 0, polls = 0;
+    uint64_t good = 0, stamped = 0, tsc_hz, t0, last, ran, deadline, last_other = 0;
+    static unsigned char isnew[1 << 18];
+    char line[256];
+    double c0;
+    int rc;
+
+    if (pages == 0 || pages > sizeof(isnew)) {
+        printf("RESULT name=guest-args ok=0 value=region-size\n");
+        return 2;
+    }
+    if (ioperm(0xe9, 1, 1)) {
+        printf("RESULT name=guest-softreset-ioperm ok=0 value=%s\n", strerror(errno));
+        return 1;
+    }
+    rc = check(bar, off, size);
+    /* The TSC's rate, while the clock still runs. */
+    c0 = now();
+    t0 = __rdtsc();
+    while (now() - c0 < 0.2)
+        ;
+    tsc_hz = (uint64_t)((double)(__rdtsc() - t0) / (now() - c0));
+    printf("guest: TSC %" PRIu64 " Hz; waiting up to %d s for the soft reset and the"
+           " backend's replacement\n", tsc_hz, seconds);
+    printf("GH-GUEST-SOFTRESET-READY\n");
+    fflush(stdout);
+    /* Leave the console time to drain before it goes away. */
+    sleep(1);
+    /* Time the guest ran, not wall time: a round that took more than a
+     * second was a pause (the soft reset), counted as one second, and a TSC
+     * that went back counts as nothing. */
+    deadline = tsc_hz * (uint64_t)seconds;
+    ran = 0;
+    last = __rdtsc();
+    e9_puts("GH-GUEST-SOFTRESET-WAITING\n");
+    while (seen_new < pages && ran < deadline) {
+        uint64_t t = __rdtsc();
+
+        if (t > last)
+            ran += t - last < tsc_hz ? t - last : tsc_hz;
+        last = t;
+        for (i = 0; i < pages; i++) {
+            uint64_t a = off + i * PAGE, v = bar[a / 8];
+
+            if (v == (pattern(a) ^ REPLACED)) {
+                if (!isnew[i])
+                    seen_new++;
+                isnew[i] = 1;
+            } else if (v == ~pattern(a)) {
+                if (isnew[i])
+                    back++;
+            } else {
+                other++;
+                last_other = v;
+            }
+        }
+        polls++;
+    }
+    snprintf(line, sizeof(line), "RESULT name=guest-softreset-sees-new ok=%d value=%" PRIu64
+             "/%" PRIu64 " ran=%.3fs polls=%" PRIu64 "\n", seen_new == pages, seen_new,
+             pages, (double)ran / (double)tsc_hz, polls);
+    e9_puts(line);
+    snprintf(line, sizeof(line), "RESULT name=guest-softreset-never-old ok=%d value=%" PRIu64
+             "\n", back == 0, back);
+    e9_puts(line);
+    snprintf(line, sizeof(line), "RESULT name=guest-softreset-no-other ok=%d value=%" PRIu64
+             " last=0x%" PRIx64 "\n", other == 0, other, last_other);
+    e9_puts(line);
+    /* Every page whole, then the stamps the backend counts. */
+    for (i = 0; i < pages; i++) {
+        uint64_t a = off + i * PAGE, w, ok = 1;
+
+        for (w = 0; w < PAGE; w += 512)
+            if (bar[(a + w) / 8] != (pattern(a + w) ^ REPLACED))
+                ok = 0;
+        good += ok;
+    }
+    for (i = 0; i < pages; i++) {
+        uint64_t a = off + i * PAGE;
+
+        bar[a / 8] = ~pattern(a);
+        if (bar[a / 8] == ~pattern(a))
+            stamped++;
+    }
+    snprintf(line, sizeof(line), "RESULT name=guest-softreset-reads-new ok=%d value=%" PRIu64
+             "/%" PRIu64 "\n", good == pages, good, pages);
+    e9_puts(line);
+    snprintf(line, sizeof(line), "RESULT name=guest-softreset-stamps ok=%d value=%" PRIu64
+             "/%" PRIu64 "\n", stamped == pages, stamped, pages);
+    e9_puts(line);
+    rc |= seen_new == pages && back == 0 && other == 0 && good == pages && stamped == pages ? 0 : 1;
+    snprintf(line, sizeof(line), "GH-GUEST-SOFTRESET-DONE rc=%d\n", rc);
+    e9_puts(line);
+    /* Nothing this kernel can do any more: stay here until destroyed. */
+    for (;;)
+        __builtin_ia32_pause();
+    return rc;
 }
 
 /* Stale-page checks driven by tests/kernel/hostmem-stale.c in dom0 (scenario
@@ -1290,6 +1419,8 @@ int main(int argc, char **argv)
         return hammer(bar, off, size, strtoull(argv[6], NULL, 0));
     if (!strcmp(argv[1], "revoke") && argc > 6)
         return revoke_watch(bar, off, size, atoi(argv[6]));
+    if (!strcmp(argv[1], "softreset") && argc > 6)
+        return soft_reset(bar, off, size, atoi(argv[6]));
     if (!strcmp(argv[1], "loop"))
         return loop_reads(bar, off, size);
     if (!strcmp(argv[1], "follow") && argc > 7) {
