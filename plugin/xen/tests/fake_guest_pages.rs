@@ -7,15 +7,21 @@ mod common;
 use gpu_hostmem_xen::{ForeignMemoryLib, XenError};
 use std::ffi::c_int;
 
+/// The fake library's counters and its guest are process-wide: the tests
+/// that use them take turns (the test harness runs tests in parallel).
+static FAKE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Fake {
     lib: libloading::Library,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Fake {
     fn load() -> Self {
+        let turn = FAKE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: the fake library has no constructors.
         let lib = unsafe { libloading::Library::new(common::fake_lib()) }.expect("load fake");
-        Fake { lib }
+        Fake { lib, _turn: turn }
     }
 
     fn set_domain(&self, domid: c_int) {
