@@ -452,6 +452,20 @@ impl fmt::Display for Stop {
     }
 }
 
+/// A loop error: the server or one of our fds failed.
+#[derive(Debug)]
+enum LoopError {
+    Server(ServerError),
+}
+
+impl fmt::Display for LoopError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoopError::Server(e) => e.fmt(f),
+        }
+    }
+}
+
 fn drain_pipe(mut r: &UnixStream) {
     let mut buf = [0u8; 64];
     loop {
@@ -469,7 +483,7 @@ fn event_loop(
     sig_r: &UnixStream,
     ctl: &ControlSocket,
     stop: &AtomicBool,
-) -> Result<Stop, ServerError> {
+) -> Result<Stop, LoopError> {
     let domid = server.domain().domid;
     let mut bar_base: Option<u64> = None;
     let mut checked = Instant::now();
@@ -480,7 +494,7 @@ fn event_loop(
             Err(ServerError::Platform(e)) if e.errno == Errno::ESRCH => {
                 return Ok(Stop::DomainGone)
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(LoopError::Server(e)),
         }
         drain_pipe(sig_r);
         if stop.load(Ordering::Acquire) {
