@@ -322,23 +322,28 @@ impl Publisher<'_> {
 /// state `running` (a server that was stopped was destroyed, and Xen may
 /// have given its id to someone else).
 fn recorded_ioservid(xs: &Xenstore<'_>, dom: &DomainIdentity) -> Option<u16> {
+    own_record(xs, dom).as_ref().and_then(running_ioservid)
+}
+
+/// The record of `domid`, only if it is one of the instance we serve.
+fn own_record(xs: &Xenstore<'_>, dom: &DomainIdentity) -> Option<Record> {
     Record::read(xs, dom.domid)
         .ok()
         .flatten()
         .filter(|r| r.unique_id() == Some(dom.unique_id()))
-        .filter(|r| r.state.as_deref() == Some(state::RUNNING))
-        .and_then(|r| r.ioservid)
-        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The ioreq server a record in state `running` names.
+fn running_ioservid(r: &Record) -> Option<u16> {
+    if r.state.as_deref() != Some(state::RUNNING) {
+        return None;
+    }
+    r.ioservid.as_deref().and_then(|v| v.trim().parse().ok())
 }
 
 /// Removes the record if it is one of the instance we serve.
 fn remove_record(xs: &Xenstore<'_>, dom: &DomainIdentity) {
-    let ours = Record::read(xs, dom.domid)
-        .ok()
-        .flatten()
-        .and_then(|r| r.unique_id())
-        == Some(dom.unique_id());
-    if ours {
+    if own_record(xs, dom).is_some() {
         if let Err(e) = record::remove(xs, dom.domid) {
             warn!(%dom, error = %e, "supervisor: cannot remove the record");
         }
@@ -558,17 +563,11 @@ fn wait_worker(
 /// What a dead worker left: every lent page, the ioreq server (from a
 /// record still `running`), the record, the files.
 fn cleanup(libs: &XenLibs, xs: &Xenstore<'_>, dom: &DomainIdentity) {
-    let rec = Record::read(xs, dom.domid).ok().flatten();
     // Only a record of the instance we serve (by unique id).
-    let ours = rec.as_ref().and_then(Record::unique_id) == Some(dom.unique_id());
-    if !ours {
+    let Some(rec) = own_record(xs, dom) else {
         return;
-    }
-    let servid = rec
-        .as_ref()
-        .filter(|r| r.state.as_deref() == Some(state::RUNNING))
-        .and_then(|r| r.ioservid.as_deref())
-        .and_then(|v| v.trim().parse().ok());
+    };
+    let servid = running_ioservid(&rec);
     let _ = xs.write(&record::path(dom.domid, key::STATE), state::STOPPING);
     match (
         libs.devicemodel.open(),
@@ -625,13 +624,7 @@ fn give_up(
         RESTART_WINDOW.as_secs()
     );
     error!(%dom, %reason, "supervisor: giving up the IOREQ server");
-    let servid: Option<u16> = Record::read(xs, dom.domid)
-        .ok()
-        .flatten()
-        .filter(|r| r.state.as_deref() == Some(state::RUNNING))
-        .filter(|r| r.unique_id() == Some(dom.unique_id()))
-        .and_then(|r| r.ioservid)
-        .and_then(|v| v.trim().parse().ok());
+    let servid = recorded_ioservid(xs, dom);
     let _ = xs.write(
         &record::path(dom.domid, key::STATE),
         &format!("{}{reason}", state::FAILED_PREFIX),
