@@ -452,20 +452,6 @@ impl fmt::Display for Stop {
     }
 }
 
-/// A loop error: the server or one of our fds failed.
-#[derive(Debug)]
-enum LoopError {
-    Server(ServerError),
-}
-
-impl fmt::Display for LoopError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LoopError::Server(e) => e.fmt(f),
-        }
-    }
-}
-
 fn drain_pipe(mut r: &UnixStream) {
     let mut buf = [0u8; 64];
     loop {
@@ -483,7 +469,7 @@ fn event_loop(
     sig_r: &UnixStream,
     ctl: &ControlSocket,
     stop: &AtomicBool,
-) -> Result<Stop, LoopError> {
+) -> Result<Stop, ServerError> {
     let domid = server.domain().domid;
     let mut bar_base: Option<u64> = None;
     let mut checked = Instant::now();
@@ -494,7 +480,7 @@ fn event_loop(
             Err(ServerError::Platform(e)) if e.errno == Errno::ESRCH => {
                 return Ok(Stop::DomainGone)
             }
-            Err(e) => return Err(LoopError::Server(e)),
+            Err(e) => return Err(e),
         }
         drain_pipe(sig_r);
         if stop.load(Ordering::Acquire) {
