@@ -165,6 +165,9 @@
 /* The hypercall: eax, then ebx, ecx, edx, esi, edi. */
 #define AGENT_HC_NR       0x910U
 #define AGENT_HC_ARG(n)   (0x914U + 4 * (n))
+/* Nonzero: repeat the hypercall until dom0 clears it; count of repeats. */
+#define AGENT_REPEAT      0x930U
+#define AGENT_REPEATS     0x934U
 #define AGENT_SCRATCH     0xb00U  /* arguments of other hypercalls */
 #define AGENT_BUFS        0xa00U  /* 2 x compat xen_dm_op_buf (32-bit) */
 #define AGENT_OP          0xa40U  /* struct xen_dm_op */
@@ -175,6 +178,8 @@
 #define AGENT_LEND_GFN    ((GUEST_BASE >> 12) + 0x10)
 #define AGENT_PATTERN     0xd0d0beefU
 #define __HYPERVISOR_memory_op 12
+#define __HYPERVISOR_xen_version 17
+#define XENVER_capabilities 3
 #define __HYPERVISOR_dm_op 41
 #define __HYPERVISOR_vcpu_op 24
 #define __HYPERVISOR_event_channel_op 32
@@ -655,17 +660,20 @@ static void probe_code(struct code *c)
  *        mov eax, [CMD_SEQ]
  *        cmp eax, [ACK_SEQ]
  *        je loop
- *        mov eax, [HC_NR]
+ * again: mov eax, [HC_NR]
  *        mov ebx, [HC_ARG(0)] ... mov edi, [HC_ARG(4)]
  *        vmmcall / vmcall
  *        mov [RC], eax
+ *        inc dword [REPEATS]
+ *        cmp dword [REPEAT], 0
+ *        jne again
  *        mov eax, [CMD_SEQ]
  *        mov [ACK_SEQ], eax
  *        jmp loop
  */
 static void agent_code(struct code *c, bool amd)
 {
-    const uint8_t *loop;
+    const uint8_t *loop, *again;
 
     op1(c, 0xfa);
     loop = c->p;
@@ -673,6 +681,7 @@ static void agent_code(struct code *c, bool amd)
     op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
     op1(c, 0x3b); op1(c, 0x05); imm32(c, GUEST_BASE + AGENT_ACK_SEQ);
     jrel8(c, 0x74, loop);
+    again = c->p;
     op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_HC_NR);
     /* mov ebx/ecx/edx/esi/edi, [HC_ARG(n)]: ModRM 0x1d/0x0d/0x15/0x35/0x3d */
     op1(c, 0x8b); op1(c, 0x1d); imm32(c, GUEST_BASE + AGENT_HC_ARG(0));
@@ -682,6 +691,9 @@ static void agent_code(struct code *c, bool amd)
     op1(c, 0x8b); op1(c, 0x3d); imm32(c, GUEST_BASE + AGENT_HC_ARG(4));
     op1(c, 0x0f); op1(c, 0x01); op1(c, amd ? 0xd9 : 0xc1);
     op1(c, 0xa3); imm32(c, GUEST_BASE + AGENT_RC);
+    op1(c, 0xff); op1(c, 0x05); imm32(c, GUEST_BASE + AGENT_REPEATS);
+    op1(c, 0x83); op1(c, 0x3d); imm32(c, GUEST_BASE + AGENT_REPEAT); op1(c, 0);
+    jrel8(c, 0x75, again);
     op1(c, 0xa1); imm32(c, GUEST_BASE + AGENT_CMD_SEQ);
     op1(c, 0xa3); imm32(c, GUEST_BASE + AGENT_ACK_SEQ);
     jrel8(c, 0xeb, loop);
@@ -1990,6 +2002,127 @@ static void longlived_test(uint16_t d)
     X.xc_setmaxmem(xch, 0, max0 * (PAGE_SIZE / 1024));
 }
 
+/*
+ * revoke-hcall-race: a hypercall buffer on a lent GFN racing its
+ * revocation.  The agent guest D loops on xen_version(XENVER_capabilities)
+ * with its 1 KiB output buffer in a page dom0 lent it (Xen copies into it
+ * with __hvm_copy(), which may use lent pages).  dom0 waits until a copy
+ * has landed in the page, revokes it, at once fills it with a canary
+ * through its own mapping and watches the canary for a while, then lends
+ * the page again; many times.  Once revoke has returned, Xen must not write
+ * into the page any more (a copy that looked the GFN up before the entry
+ * went must have finished: xen-patches/0003 waits for every vCPU of D to be
+ * descheduled); a changed canary is such a late write.  The count of
+ * copies seen while lent is the positive control.
+ */
+#define RACE_CANARY 0x5aU
+#define RACE_BYTES  1024U
+
+static bool race_canary_intact(const volatile uint8_t *p)
+{
+    unsigned int i;
+
+    for ( i = 0; i < RACE_BYTES; i++ )
+        if ( p[i] != RACE_CANARY )
+            return false;
+    return true;
+}
+
+static void revoke_hcall_race_test(uint16_t d)
+{
+    const uint64_t g = (GUEST_PROBE_ADDR >> 12) + 1;
+    long max0 = dom_pages(0, true);
+    unsigned int iters = 0, written = 0, late = 0, errs = 0, i;
+    uint32_t seq, done = 0, reps0;
+    volatile uint8_t *m = NULL;
+    unsigned long ul[1];
+    uint64_t fr[1];
+    double end;
+    int err[1], rc;
+
+    if ( !agent || max0 <= 0 ||
+         X.xc_setmaxmem(xch, 0, (max0 + 64) * (PAGE_SIZE / 1024)) ||
+         X.xc_increase(xch, DOMID_SELF, 1, 0, 0, ul) )
+    {
+        result("revoke-hcall-race", false, "setup:%s", strerror(errno));
+        return;
+    }
+    fr[0] = ul[0];
+    m = X.fm_map(fm, DOMID_SELF, PROT_READ | PROT_WRITE, 1, ul, err);
+    rc = m ? claim(d, g, 1) : -errno;
+    if ( !rc )
+        rc = do_lend(d, g, 1, fr, &done);
+    if ( rc || done != 1 )
+    {
+        result("revoke-hcall-race", false, "setup:map=%s,lend:rc=%d,done=%u",
+               m ? "ok" : "failed", rc, done);
+        goto out;
+    }
+
+    /* The agent: xen_version(XENVER_capabilities, g << 12), repeated. */
+    seq = agent[AGENT_CMD_SEQ / 4] + 1;
+    agent[AGENT_HC_NR / 4] = __HYPERVISOR_xen_version;
+    agent[AGENT_HC_ARG(0) / 4] = XENVER_capabilities;
+    agent[AGENT_HC_ARG(1) / 4] = (uint32_t)(g << 12);
+    agent[AGENT_HC_ARG(2) / 4] = 0;
+    agent[AGENT_HC_ARG(3) / 4] = 0;
+    agent[AGENT_HC_ARG(4) / 4] = 0;
+    agent[AGENT_REPEAT / 4] = 1;
+    reps0 = agent[AGENT_REPEATS / 4];
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    agent[AGENT_CMD_SEQ / 4] = seq;
+
+    end = now() + 20;
+    while ( iters < 3000 && now() < end )
+    {
+        double t;
+
+        /* Lent: wait (bounded) for a copy to land over the canary. */
+        memset((void *)m, RACE_CANARY, RACE_BYTES);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for ( t = now() + 0.05; now() < t && race_canary_intact(m); )
+            ;
+        if ( !race_canary_intact(m) )
+            written++;
+
+        if ( do_revoke(d, g, 1, fr, &done) || done != 1 )
+        {
+            errs++;
+            break;
+        }
+        /* Revoked: nothing in Xen may write into the page from now on. */
+        memset((void *)m, RACE_CANARY, RACE_BYTES);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for ( t = now() + 0.002; now() < t; )
+            ;
+        if ( !race_canary_intact(m) )
+            late++;
+        iters++;
+        if ( do_lend(d, g, 1, fr, &done) || done != 1 )
+        {
+            errs++;
+            break;
+        }
+    }
+
+    /* Stop the agent, then take the page back for good. */
+    agent[AGENT_REPEAT / 4] = 0;
+    for ( i = 0; i < 5000 && agent[AGENT_ACK_SEQ / 4] != seq; i++ )
+        usleep(1000);
+    rc = do_revoke(d, g, 1, fr, &done);
+    result("revoke-hcall-race",
+           late == 0 && errs == 0 && written > iters / 2 && iters >= 100 &&
+           agent[AGENT_ACK_SEQ / 4] == seq && rc == 0,
+           "iterations=%u,copies-while-lent=%u,writes-after-revoke=%u,"
+           "errors=%u,hypercalls=%u,final-revoke:rc=%d", iters, written,
+           late, errs, agent[AGENT_REPEATS / 4] - reps0, rc);
+ out:
+    if ( m )
+        X.fm_unmap(fm, (void *)m, 1);
+    X.xc_decrease(xch, DOMID_SELF, 1, 0, ul);
+    X.xc_setmaxmem(xch, 0, max0 * (PAGE_SIZE / 1024));
+}
+
 #define NR_PAGES 1024U
 
 /*
@@ -2252,6 +2385,7 @@ int main(int argc, char **argv)
         int rc = driver_test(dom, driver, third);
 
         longlived_test(driver);
+        revoke_hcall_race_test(driver);
         return rc || failures ? 1 : 0;
     }
     if ( other >= 0 )
