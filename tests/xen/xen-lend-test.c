@@ -32,7 +32,9 @@
  *       then longlived-*: dom0 lends D a page and D registers vcpu_info,
  *       its runstate and time areas and the FIFO event channel control
  *       block and array page there (refused, -EPERM) and on its own RAM
- *       (accepted)
+ *       (accepted); revoke-hcall-race: D loops on a hypercall whose
+ *       output buffer is a page dom0 lent it, dom0 revokes and lends it
+ *       again 3000 times: no write lands after a revoke returned
  *       then foreign-map-lent (C, made privileged over D, cannot map the
  *       page D lent: p2m_add_foreign() refuses lent pages; C must be an
  *       agent too), guest-removes-lent (D tries to remove a GFN dom0 lent
