@@ -2,7 +2,7 @@
 # Scenario (issue 16, the give-up path): a worker that keeps dying is given
 # up after the bound (more than 5 deaths within 60 s), and the guest is
 # never left hanging. The guest reads 2 MiB of the BAR, none of it
-# registered, one word per page and round, for 75 s: every read is an ioreq
+# registered, one word per page and round, for 45 s: every read is an ioreq
 # and must read all ones. The worker is killed (kill -9) six times, each
 # time once its successor runs. Asserted: after the sixth death the record
 # says `failed: ... given up ...`, no worker runs, the supervisor stays,
@@ -14,7 +14,7 @@ set -u
 source "$(dirname "$0")/hostmem-common.sh"
 name=hm-gup
 kills=6
-hm_start "$name" "hostmem-guest,loopcheck,$HM_VENDOR,$HM_DEVICE,0,0x200000,0,75" || exit 1
+hm_start "$name" "hostmem-guest,loopcheck,$HM_VENDOR,$HM_DEVICE,0,0x200000,0,45" || exit 1
 xsdir=/local/domain/0/gpu-hostmem/$HM_DOM
 if ! hm_wait_marker "$name" '^guest: loop round' 240; then
     result "$name-guest-looping" 0 "no-progress-line"; hm_console "$name"; exit 1
