@@ -8,6 +8,10 @@ got_xen=$(xl info | awk -F': ' '$1 ~ /^xen_version/ { print $2 }')
 got_extra=$(xl info | awk -F': ' '$1 ~ /^xen_extra/ { print $2 }')
 check xen-is-ours "want=$want_xen,got=$got_xen" [ "$got_xen" = "$want_xen" ]
 check xen-extra "$got_extra" [ "4.20$got_extra" = "$want_xen" ]
+# dom0 is of the kind tests/e2e/run booted (GPU_HOSTMEM_DOM0: pv or pvh).
+want_dom0=$(cat /etc/gpu-hostmem/dom0-mode 2>/dev/null || echo pv)
+got_dom0=$(cat /sys/hypervisor/guest_type 2>/dev/null)
+check dom0-mode "want=$want_dom0,got=$got_dom0" [ "${got_dom0,,}" = "$want_dom0" ]
 check xen-hap "$(xl info | awk -F': ' '$1 ~ /^virt_caps/ { print $2 }' | tr ' ' ,)" \
     sh -c 'xl info | grep -E "^virt_caps" | grep -qw hap'
 mod=$(modinfo -n xen-privcmd 2>/dev/null)
