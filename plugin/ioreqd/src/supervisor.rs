@@ -1,6 +1,7 @@
-//! The process the plugin starts: it runs the IOREQ server as a worker
-//! child (`--worker`) and restarts it, with backoff, when it dies without
-//! having stopped (a signal such as SIGKILL or SIGSYS, a panic). The new
+//! The process libxl starts (with the plugin's command line): it runs the
+//! IOREQ server as a worker child (`--worker`) and restarts it, with
+//! backoff, when it dies without having stopped (a signal such as SIGKILL
+//! or SIGSYS, a panic). The new
 //! worker re-attaches to the same Xen ioreq server (`--attach`: its id is
 //! in the xenstore record, the PCI state in a file the worker keeps
 //! current) and answers the request that was in flight. A worker that
