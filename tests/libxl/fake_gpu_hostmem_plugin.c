@@ -29,8 +29,8 @@
  *
  * The server is a shell whose command line names FAKE_SERVER_TAG and the
  * domid; create records its pid (the process libxl execs it in) in
- * FAKE_DIR/server.<domid>, and destroy kills it, as the real plugin's
- * teardown stops the real server.
+ * FAKE_DIR/server.<domid>, and destroy kills its process group, as the
+ * real plugin's teardown stops the real server.
  *
  * The test bed (tests/e2e/build, progs) builds it into dom0's
  * /usr/local/bin/fake_gpu_hostmem_plugin with these extra flags:
@@ -142,17 +142,22 @@ static void server_pidfile(uint32_t domid, char *buf, size_t len)
     snprintf(buf, len, FAKE_DIR "/server.%u", domid);
 }
 
-/* Shell scripts of the server modes; $1 is libxl's ready path. */
+/*
+ * Shell scripts of the server modes; $1 is libxl's ready path.  The shell
+ * stays (no exec), so that the server's command line keeps FAKE_SERVER_TAG
+ * for the scenarios; destroy kills its process group (libxl made it a
+ * session leader), sleep included.
+ */
 static const char *server_script(const char *mode)
 {
     if (!strcmp(mode, "never"))
-        return "exec sleep 1000";
+        return "while :; do sleep 1000; done";
     if (!strcmp(mode, "exit"))
         return "echo 'fake server: exiting at once' >&2; exit 3";
     if (!strcmp(mode, "fail"))
         return "xenstore-write \"$1\" 'failed: fake server: cannot serve on purpose'"
-               " && exec sleep 1000";
-    return "xenstore-write \"$1\" running && exec sleep 1000";
+               " && while :; do sleep 1000; done";
+    return "xenstore-write \"$1\" running && while :; do sleep 1000; done";
 }
 
 int gpu_hostmem_plugin_create(const struct gpu_hostmem_domain *dom,
@@ -212,8 +217,8 @@ int gpu_hostmem_plugin_destroy(const struct gpu_hostmem_domain *dom,
         close(fd);
         buf[n > 0 ? n : 0] = '\0';
         pid = atoi(buf);
-        if (pid > 0)
-            kill(pid, SIGKILL);
+        if (pid > 1)
+            kill(-pid, SIGKILL);
         unlink(pidfile);
     }
     return behave("destroy", dom, NULL, err, errlen);
