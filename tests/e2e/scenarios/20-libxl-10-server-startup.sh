@@ -9,7 +9,10 @@
 #   - exits at once: xl create fails at once, naming the exit status;
 #   - writes "failed: <reason>": xl create fails at once with that reason;
 # and in every case nothing is left: no domain, no xenstore state (the
-# destroy hook of the half-built domain ran), no server process.
+# destroy hook of the half-built domain ran), no server process.  A create
+# hook that hangs (create=hang) fails xl create after the same timeout and
+# is ended by libxl's alarm() in the spawn's child, which the timeout
+# itself does not kill.
 # shellcheck source=lib-20-libxl.sh
 . "$(dirname "$0")/lib-20-libxl.sh" || exit 1
 
@@ -26,7 +29,7 @@ dt=
 check_case() {
     local mode=$1 pat=$2 max=$3 t0 c left
     log "server=$mode"
-    gh_use_fake_plugin create=ok destroy=ok "server=$mode"
+    gh_use_fake_plugin "create=${CREATE:-ok}" destroy=ok "server=$mode"
     t0=$(date +%s)
     gh_xl_fails "$pat" xl create "$cfg"
     dt=$(($(date +%s) - t0))
@@ -51,3 +54,10 @@ ok "a server that exits at once: xl create fails with its exit status, nothing l
 
 check_case fail "gpu_hostmem: the server failed: fake server: cannot serve on purpose" 25
 ok "a server that reports a failure: xl create fails with its reason, nothing left"
+
+log "create hook hangs"
+CREATE=hang check_case ready "gpu_hostmem: the server was not ready within 30 seconds|gpu-hostmem server \[[0-9]+\]: died during startup due to fatal signal Alarm clock" 75
+sleep 3
+left=$(pgrep -af -- "xl create $cfg" || true)
+[ -z "$left" ] || fail "the spawn child hung in the create hook is still there: $left"
+ok "a hanging create hook: xl create fails after libxl's timeout, the child is ended, nothing left"
