@@ -6,13 +6,12 @@
 //!   section 4), its keys and states;
 //! - [`control`]: the control socket of the IOREQ server (its path and the
 //!   client side of its protocol);
-//! - [`process`]: detached spawning and signalling a process through a
-//!   pidfd;
+//! - [`process`]: signalling a process through a pidfd;
 //! - [`teardown`]: the total, idempotent teardown of one guest from outside
 //!   the IOREQ server process;
 //! - [`users`]: the unprivileged user a process drops to.
 //!
-//! Its only `unsafe` is in [`process`] (libc calls: `setsid`, `kill`,
+//! Its only `unsafe` is in [`process`] (libc calls: `kill`,
 //! `pidfd_open`, `pidfd_send_signal`, `poll`) and [`users`]
 //! (`getpwnam_r`, the id changes); every Xen call goes through
 //! `gpu-hostmem-xen`. The test-only environment overrides (the control

@@ -1,10 +1,14 @@
 //! gpu-hostmem-ioreqd: the IOREQ server of one guest.
 //!
-//! `gpu-hostmem-ioreqd --domid N --uuid U [--config PATH] [--bar-size-mib M]`
+//! `gpu-hostmem-ioreqd --domid N --uuid U [--config PATH] [--bar-size-mib M]
+//! [--ready-path XSPATH]`
 //!
-//! Started by the libxl plugin (detached, stdio to
-//! `/var/log/xen/gpu-hostmem-<domid>.log`) before the guest is unpaused.
-//! The process the plugin starts is the supervisor (root, supervisor.rs):
+//! Started by libxl (libxl__spawn_spawn, with the command line the plugin's
+//! create hook gives, stdio to `/var/log/xen/gpu-hostmem-<domid>.log`)
+//! before the guest is unpaused. It runs in the foreground: libxl detaches
+//! it once it wrote `running` into XSPATH, or fails the creation when it
+//! writes `failed: <reason>` there, exits, or is late.
+//! The process libxl starts is the supervisor (root, supervisor.rs):
 //! it keeps the xenstore record and runs the server as a worker child
 //! (daemon.rs), which sets up in explicit stages, drops its privileges
 //! (sandbox.rs), reports `running` to the supervisor (report.rs), serves
@@ -41,6 +45,11 @@ pub struct Args {
     /// passes); without it, DEFAULT_BAR_SIZE_MIB (libxl's default).
     #[arg(long)]
     pub bar_size_mib: Option<u64>,
+    /// The xenstore node libxl watches for startup: the supervisor writes
+    /// `running` there once the server serves the guest, or
+    /// `failed: <reason>`, once (gpu_hostmem_plugin.h).
+    #[arg(long, value_parser = parse_ready_path)]
+    pub ready_path: Option<String>,
     /// Internal: run as the worker of a supervisor (the process the plugin
     /// starts), which restarts it if it dies.
     #[arg(long, hide = true)]
@@ -65,6 +74,14 @@ fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {
         .ok_or_else(|| format!("{s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))
 }
 
+fn parse_ready_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.len() > 1 && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} is not an absolute xenstore path"))
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let explicit = args.config.as_os_str() != DEFAULT_PATH;
@@ -72,7 +89,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("gpu-hostmem-ioreqd: {e}");
-            daemon::report_failure(args.domid, &format!("configuration: {e}"));
+            supervisor::setup_failed(&args, &format!("configuration: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -115,6 +132,21 @@ mod tests {
         assert_eq!(ok.domid, 3);
         assert_eq!(ok.uuid[15], 0xff);
         assert_eq!(ok.config, PathBuf::from(DEFAULT_PATH));
+        assert_eq!(ok.ready_path, None);
+        let with = Args::try_parse_from([
+            "x",
+            "--domid",
+            "3",
+            "--uuid",
+            "00112233-4455-6677-8899-aabbccddeeff",
+            "--ready-path",
+            "/libxl/3/gpu-hostmem/state",
+        ])
+        .expect("parse");
+        assert_eq!(
+            with.ready_path.as_deref(),
+            Some("/libxl/3/gpu-hostmem/state")
+        );
         for bad in [
             vec![
                 "x",
@@ -132,6 +164,15 @@ mod tests {
             ],
             vec!["x", "--domid", "3", "--uuid", "not-a-uuid"],
             vec!["x", "--domid", "3"],
+            vec![
+                "x",
+                "--domid",
+                "3",
+                "--uuid",
+                "00112233-4455-6677-8899-aabbccddeeff",
+                "--ready-path",
+                "libxl/3",
+            ],
         ] {
             assert!(Args::try_parse_from(&bad).is_err(), "{bad:?}");
         }

@@ -1,6 +1,7 @@
-//! The process the plugin starts: it runs the IOREQ server as a worker
-//! child (`--worker`) and restarts it, with backoff, when it dies without
-//! having stopped (a signal such as SIGKILL or SIGSYS, a panic). The new
+//! The process libxl starts (with the plugin's command line): it runs the
+//! IOREQ server as a worker child (`--worker`) and restarts it, with
+//! backoff, when it dies without having stopped (a signal such as SIGKILL
+//! or SIGSYS, a panic). The new
 //! worker re-attaches to the same Xen ioreq server (`--attach`: its id is
 //! in the xenstore record, the PCI state in a file the worker keeps
 //! current) and answers the request that was in flight. A worker that
@@ -207,6 +208,9 @@ struct Publisher<'a> {
     /// was spent): only the latest matters.
     bar_base: Option<Report>,
     dropped: u64,
+    /// libxl's startup node, until the first worker's `running` or
+    /// `failed` is announced there.
+    ready_path: Option<String>,
 }
 
 impl Publisher<'_> {
@@ -215,6 +219,7 @@ impl Publisher<'_> {
         dom: DomainIdentity,
         uuid: String,
         sock: UnixStream,
+        ready_path: Option<String>,
     ) -> Publisher<'a> {
         Publisher {
             xs,
@@ -225,6 +230,7 @@ impl Publisher<'_> {
             budget: Budget::new(Instant::now()),
             bar_base: None,
             dropped: 0,
+            ready_path,
         }
     }
 
@@ -276,7 +282,7 @@ impl Publisher<'_> {
         self.apply(&report);
     }
 
-    fn apply(&self, report: &Report) {
+    fn apply(&mut self, report: &Report) {
         let dom = &self.dom;
         let domid = dom.domid;
         let written = match report {
@@ -314,6 +320,63 @@ impl Publisher<'_> {
         if let Err(e) = written {
             warn!(%dom, error = %e, report = %report, "supervisor: cannot write the record");
         }
+        let startup = match report {
+            Report::Running { .. } => Some(state::RUNNING.to_owned()),
+            Report::Failed(why) => Some(format!("{}{why}", state::FAILED_PREFIX)),
+            _ => None,
+        };
+        if let (Some(value), Some(path)) = (startup, &self.ready_path) {
+            announce(self.xs, path, &value);
+            self.ready_path = None;
+        }
+    }
+}
+
+/// Writes `value` into libxl's startup node `path`, only while its parent
+/// exists: libxl creates it before starting us and removes it with the
+/// domain's directory, which a late write must not bring back.
+fn announce(xs: &Xenstore<'_>, path: &str, value: &str) {
+    let parent = path.rsplit_once('/').map_or("/", |(p, _)| p);
+    let written = (|| -> gpu_hostmem_xen::Result<bool> {
+        loop {
+            let t = xs.transaction()?;
+            if t.read(parent)?.is_none() {
+                return Ok(false);
+            }
+            t.write(path, value)?;
+            if t.commit()? {
+                return Ok(true);
+            }
+        }
+    })();
+    match written {
+        Ok(true) => info!(path, value, "supervisor: startup announced to libxl"),
+        Ok(false) => warn!(
+            path,
+            "supervisor: libxl's startup node is gone; not announced"
+        ),
+        Err(e) => warn!(path, error = %e, "supervisor: cannot announce the startup to libxl"),
+    }
+}
+
+/// A failure before the server runs: in the record (for the operator and
+/// `gpu-hostmem status`) and, from the supervisor, in libxl's startup node,
+/// which fails the domain's creation with this reason.
+pub fn setup_failed(args: &Args, reason: &str) {
+    crate::daemon::report_failure(args.domid, reason);
+    if args.worker {
+        return;
+    }
+    let Some(path) = &args.ready_path else {
+        return;
+    };
+    match gpu_hostmem_xen::XenstoreLib::load().and_then(|l| {
+        let xs = l.open()?;
+        announce(&xs, path, &format!("{}{reason}", state::FAILED_PREFIX));
+        Ok(())
+    }) {
+        Ok(()) => {}
+        Err(e) => warn!(path, error = %e, "supervisor: cannot announce the failure to libxl"),
     }
 }
 
@@ -392,7 +455,7 @@ pub fn run(args: &Args) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             error!(domid, error = %e, "supervisor: cannot open the Xen libraries");
-            crate::daemon::report_failure(args.domid, &format!("open Xen libraries: {e}"));
+            setup_failed(args, &format!("open Xen libraries: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -407,7 +470,7 @@ pub fn run(args: &Args) -> ExitCode {
         Ok(d) => d,
         Err(e) => {
             error!(domid, error = %e, "supervisor: domain identity");
-            crate::daemon::report_failure(domid, &format!("domain identity: {e}"));
+            setup_failed(args, &format!("domain identity: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -433,7 +496,7 @@ pub fn run(args: &Args) -> ExitCode {
             Err(e) => {
                 error!(%dom, error = %e, "supervisor: cannot start the worker");
                 if !attach {
-                    crate::daemon::report_failure(args.domid, &format!("start worker: {e}"));
+                    setup_failed(args, &format!("start worker: {e}"));
                     return ExitCode::FAILURE;
                 }
                 // Counted as a death below.
@@ -446,7 +509,9 @@ pub fn run(args: &Args) -> ExitCode {
             }
         };
         info!(%dom, worker = child.id(), attach, "supervisor: worker started");
-        let mut publisher = Publisher::new(&xs, dom, uuid.clone(), sock);
+        // Only the first worker's setup is libxl's startup.
+        let ready = args.ready_path.clone().filter(|_| !attach);
+        let mut publisher = Publisher::new(&xs, dom, uuid.clone(), sock, ready);
         let status = match wait_worker(&mut child, &stop, &mut publisher) {
             Ok(s) => s,
             Err(e) => {
@@ -498,10 +563,10 @@ pub fn run(args: &Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
         if !attach && st.as_deref() != Some(state::RUNNING) {
-            // It died before it was running: the plugin sees the failure.
+            // It died before it was running: libxl sees the failure.
             error!(%dom, status = %describe(status), "supervisor: worker died during setup");
-            crate::daemon::report_failure(
-                args.domid,
+            setup_failed(
+                args,
                 &format!("worker died during setup ({})", describe(status)),
             );
             return ExitCode::FAILURE;

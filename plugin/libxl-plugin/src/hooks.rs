@@ -3,16 +3,11 @@
 use crate::abi::{GpuHostmemDomain, GPU_HOSTMEM_PLUGIN_ABI_VERSION};
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::DomainIdentity;
-use gpu_hostmem_host::process;
 use gpu_hostmem_host::record::{self, key, state, Record};
 use gpu_hostmem_host::teardown::{self, is_our_ioreqd, TeardownError, Timeouts};
-use gpu_hostmem_xen::{XenError, XenctrlLib, Xenstore, XenstoreLib};
+use gpu_hostmem_xen::{XenError, XenctrlLib, XenstoreLib};
 use std::fmt;
-use std::fs::OpenOptions;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
 
 /// Where the IOREQ server is installed.
 pub const IOREQD_PATH: &str = "/usr/lib/xen/gpu-hostmem/gpu-hostmem-ioreqd";
@@ -22,8 +17,8 @@ pub const IOREQD_ENV: &str = "GPU_HOSTMEM_IOREQD";
 pub const LOG_DIR: &str = "/var/log/xen";
 /// Test-only override of [`LOG_DIR`] (`test-env` builds only).
 pub const LOG_DIR_ENV: &str = "GPU_HOSTMEM_LOG_DIR";
-/// How long create waits for `state = running`.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest absolute xenstore path (`XENSTORE_ABS_PATH_MAX`).
+const XENSTORE_ABS_PATH_MAX: usize = 3072;
 /// First domid Xen reserves (`DOMID_FIRST_RESERVED`).
 const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
 
@@ -127,22 +122,66 @@ pub fn log_path(domid: u16) -> PathBuf {
     dir.join(format!("gpu-hostmem-{domid}.log"))
 }
 
-/// The IOREQ server command line for `d`.
-pub fn ioreqd_command(d: &Domain) -> Command {
-    let mut cmd = Command::new(ioreqd_path());
-    cmd.arg("--domid")
-        .arg(d.domid.to_string())
-        .arg("--uuid")
-        .arg(d.uuid_string());
-    if d.bar_size_mib != 0 {
-        cmd.arg("--bar-size-mib").arg(d.bar_size_mib.to_string());
-    }
-    cmd
+/// The IOREQ server libxl is to execute for a guest (the create hook's
+/// answer: `struct gpu_hostmem_server`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// The program.
+    pub path: PathBuf,
+    /// Its arguments, `argv[0]` first.
+    pub argv: Vec<String>,
+    /// The file for its stdout and stderr.
+    pub log: PathBuf,
 }
 
-/// Create hook: spawn the IOREQ server detached and wait until it reports
-/// `running`; on any failure leave nothing behind.
-pub fn create(d: &Domain) -> Result<(), HookError> {
+/// The IOREQ server command line for `d`; it writes its readiness into
+/// `ready_path`, which libxl watches.
+pub fn server(d: &Domain, ready_path: &str) -> Server {
+    let path = ioreqd_path();
+    let mut argv = vec![
+        path.display().to_string(),
+        "--domid".into(),
+        d.domid.to_string(),
+        "--uuid".into(),
+        d.uuid_string(),
+    ];
+    if d.bar_size_mib != 0 {
+        argv.push("--bar-size-mib".into());
+        argv.push(d.bar_size_mib.to_string());
+    }
+    argv.push("--ready-path".into());
+    argv.push(ready_path.to_owned());
+    Server {
+        path,
+        argv,
+        log: log_path(d.domid),
+    }
+}
+
+/// Checks the xenstore path libxl chose for the server's readiness: an
+/// absolute path, as xenstore takes it.
+fn check_ready_path(p: &str) -> Result<(), HookError> {
+    let ok = p.starts_with('/')
+        && p.len() <= XENSTORE_ABS_PATH_MAX
+        && p.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(HookError::new(
+            libc::EINVAL,
+            format!("ready path {p:?}: must be an absolute xenstore path"),
+        ))
+    }
+}
+
+/// Create hook: clear what an earlier domain with this domid left, record
+/// that the calling process (which libxl then execs the server in) serves
+/// the guest, and describe the server. It neither forks nor waits: libxl
+/// starts the server and watches `ready_path` (libxl__spawn_spawn); if the
+/// server fails or is late, libxl destroys the domain, which calls
+/// [`destroy`] with this record.
+pub fn create(d: &Domain, ready_path: &str) -> Result<Server, HookError> {
+    check_ready_path(ready_path)?;
     let lib = XenstoreLib::load()?;
     let xs = lib.open()?;
     if let Some(rec) = Record::read(&xs, d.domid)? {
@@ -165,25 +204,8 @@ pub fn create(d: &Domain) -> Result<(), HookError> {
         teardown::teardown(d.domid, None, Timeouts::default())
             .map_err(|e| HookError::new(libc::EBUSY, format!("stale gpu-hostmem state: {e}")))?;
     }
-    record::write(
-        &xs,
-        d.domid,
-        &[(key::UUID, &d.uuid_string()), (key::STATE, state::STARTING)],
-    )?;
-    match spawn_and_wait(&xs, d) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            if let Err(t) = teardown::teardown(d.domid, Some(d.uuid), Timeouts::default()) {
-                return Err(HookError::new(e.errno, format!("{e}; cleanup: {t}")));
-            }
-            Err(e)
-        }
-    }
-}
-
-fn spawn_and_wait(xs: &Xenstore<'_>, d: &Domain) -> Result<(), HookError> {
-    let log = log_path(d.domid);
-    if let Some(dir) = log.parent() {
+    let srv = server(d, ready_path);
+    if let Some(dir) = srv.log.parent() {
         std::fs::create_dir_all(dir).map_err(|e| {
             HookError::new(
                 e.raw_os_error().unwrap_or(libc::EIO),
@@ -191,75 +213,18 @@ fn spawn_and_wait(xs: &Xenstore<'_>, d: &Domain) -> Result<(), HookError> {
             )
         })?;
     }
-    let out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|e| {
-            HookError::new(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                format!("open {}: {e}", log.display()),
-            )
-        })?;
-    let err = out.try_clone().map_err(|e| {
-        HookError::new(
-            e.raw_os_error().unwrap_or(libc::EIO),
-            format!("dup log fd: {e}"),
-        )
-    })?;
-    let mut cmd = ioreqd_command(d);
-    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-    let mut child = process::spawn_detached(&mut cmd).map_err(|e| {
-        HookError::new(
-            e.errno().unwrap_or(libc::EIO),
-            format!("cannot start {}: {e}", ioreqd_path().display()),
-        )
-    })?;
-    let _ = xs.write(&record::path(d.domid, key::PID), &child.id().to_string());
-    let r = wait_running(xs, d.domid, &mut child, START_TIMEOUT);
-    if r.is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    r.map_err(|e| HookError::new(e.errno, format!("{e} (see {})", log.display())))
-}
-
-/// Waits until `domid`'s record says `running`, the server reports a
-/// failure, exits, or `timeout` passes.
-pub fn wait_running(
-    xs: &Xenstore<'_>,
-    domid: u16,
-    child: &mut Child,
-    timeout: Duration,
-) -> Result<(), HookError> {
-    let start = Instant::now();
-    let state_key = record::path(domid, key::STATE);
-    loop {
-        let st = xs.read(&state_key)?;
-        match st.as_deref() {
-            Some(state::RUNNING) => return Ok(()),
-            Some(s) if s.starts_with(state::FAILED_PREFIX) => {
-                return Err(HookError::new(libc::EIO, format!("gpu-hostmem-ioreqd {s}")));
-            }
-            _ => {}
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(HookError::new(
-                libc::EIO,
-                format!(
-                    "gpu-hostmem-ioreqd exited ({status}) before it was running (state {})",
-                    st.as_deref().unwrap_or("absent")
-                ),
-            ));
-        }
-        if start.elapsed() >= timeout {
-            return Err(HookError::new(
-                libc::ETIMEDOUT,
-                format!("gpu-hostmem-ioreqd not running after {timeout:?}"),
-            ));
-        }
-        sleep(Duration::from_millis(50));
-    }
+    // The pid is this process's: libxl execs the server in it. Teardown
+    // signals it only once it runs the server (its command line).
+    record::write(
+        &xs,
+        d.domid,
+        &[
+            (key::UUID, &d.uuid_string()),
+            (key::PID, &std::process::id().to_string()),
+            (key::STATE, state::STARTING),
+        ],
+    )?;
+    Ok(srv)
 }
 
 /// Destroy hook: the shared teardown, refusing a record of another domain.
@@ -288,26 +253,39 @@ mod tests {
     }
 
     #[test]
-    fn command_line_names_the_domain_and_bar_size() {
-        let args = |d: &Domain| -> Vec<String> {
-            ioreqd_command(d)
-                .get_args()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect()
-        };
+    fn command_line_names_the_domain_bar_size_and_ready_path() {
+        let ready = "/libxl/9/gpu-hostmem/state";
+        let s = server(&dom(0), ready);
+        assert_eq!(s.argv[0], s.path.display().to_string());
         assert_eq!(
-            args(&dom(0)),
+            s.argv[1..],
             [
                 "--domid",
                 "9",
                 "--uuid",
-                "abababab-abab-abab-abab-abababababab"
+                "abababab-abab-abab-abab-abababababab",
+                "--ready-path",
+                ready
             ]
         );
-        assert_eq!(args(&dom(64))[4..], ["--bar-size-mib", "64"]);
+        assert_eq!(
+            server(&dom(64), ready).argv[5..],
+            ["--bar-size-mib", "64", "--ready-path", ready]
+        );
+        assert_eq!(s.log, log_path(9));
         assert_eq!(
             log_path(9).file_name().and_then(|n| n.to_str()),
             Some("gpu-hostmem-9.log")
         );
+    }
+
+    #[test]
+    fn ready_path_must_be_an_absolute_xenstore_path() {
+        assert!(check_ready_path("/libxl/9/gpu-hostmem/state").is_ok());
+        for bad in ["", "libxl/9", "/a b", "/a\nb"] {
+            let e = check_ready_path(bad).expect_err(bad);
+            assert_eq!(e.errno, libc::EINVAL, "{bad}");
+        }
+        assert!(check_ready_path(&format!("/{}", "x".repeat(XENSTORE_ABS_PATH_MAX))).is_err());
     }
 }

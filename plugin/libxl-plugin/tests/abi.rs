@@ -2,7 +2,7 @@
 //! the built cdylib loaded the way libxl loads it (a C program using the
 //! header's symbol names). Needs the system C compiler, nothing of Xen.
 
-use gpu_hostmem_plugin::abi::GpuHostmemDomain;
+use gpu_hostmem_plugin::abi::{GpuHostmemDomain, GpuHostmemServer};
 use std::mem::{align_of, offset_of, size_of};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,7 +48,8 @@ fn run(exe: &Path, args: &[&Path]) -> String {
 fn struct_layout_matches_the_header() {
     let out = run(&checker(), &[]);
     let rust = format!(
-        "size {} align {}\nabi_version {} domid {} uuid {} bar_size_mib {} max_vcpus {} flags {}\n",
+        "size {} align {}\nabi_version {} domid {} uuid {} bar_size_mib {} max_vcpus {} flags {}\n\
+         server size {} path {} argv {} log_path {}\n",
         size_of::<GpuHostmemDomain>(),
         align_of::<GpuHostmemDomain>(),
         offset_of!(GpuHostmemDomain, abi_version),
@@ -57,6 +58,10 @@ fn struct_layout_matches_the_header() {
         offset_of!(GpuHostmemDomain, bar_size_mib),
         offset_of!(GpuHostmemDomain, max_vcpus),
         offset_of!(GpuHostmemDomain, flags),
+        size_of::<GpuHostmemServer>(),
+        offset_of!(GpuHostmemServer, path),
+        offset_of!(GpuHostmemServer, argv),
+        offset_of!(GpuHostmemServer, log_path),
     );
     assert_eq!(out, rust, "C (left) and Rust (right) disagree");
 }
@@ -73,8 +78,9 @@ fn libxl_style_loading_finds_three_hooks_and_the_version() {
         .find(|p| p.exists())
         .expect("libgpu_hostmem_plugin.so is built with the tests");
     let out = run(&checker(), &[&so]);
-    assert!(out.contains("version 1 header 1\n"), "{out}");
+    assert!(out.contains("version 2 header 2\n"), "{out}");
     assert!(out.contains("create-flags -22 EINVAL\n"), "{out}");
     assert!(out.contains("reason flags 0x1: must be 0\n"), "{out}");
+    assert!(out.contains("server none\n"), "{out}");
     assert!(out.contains("destroy-null -22 EINVAL\n"), "{out}");
 }

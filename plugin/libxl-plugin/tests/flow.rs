@@ -2,18 +2,20 @@
 //! are the fake of plugin/xen/tests/fake (its xenstore a directory tree
 //! shared between processes), and gpu-hostmem-ioreqd is a fake that writes
 //! its state like the real one. The hooks run in a child copy of this test
-//! binary started with LD_LIBRARY_PATH pointing at the fake libraries.
+//! binary started with LD_LIBRARY_PATH pointing at the fake libraries; the
+//! create hook runs in `tests/c/spawn_server.c`, which does what libxl's
+//! spawn child does (call the hook, exec the server it describes), and the
+//! test waits for the server on libxl's ready node as libxl does.
 
 use gpu_hostmem_host::process::is_running;
 use gpu_hostmem_plugin::abi::{
-    gpu_hostmem_plugin_create, gpu_hostmem_plugin_destroy, GpuHostmemDomain,
-    GPU_HOSTMEM_PLUGIN_ABI_VERSION,
+    gpu_hostmem_plugin_destroy, GpuHostmemDomain, GPU_HOSTMEM_PLUGIN_ABI_VERSION,
 };
 use std::ffi::{c_char, c_int};
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "GH_PLUGIN_FLOW_CHILD";
@@ -67,6 +69,26 @@ fn create_and_destroy_against_fake_xen() {
     }
     let ioreqd = bin.join("gpu-hostmem-ioreqd");
     cc(&["-w"], &ioreqd, &fake.join("fake_ioreqd.c"));
+    let spawner = bin.join("spawn_server");
+    let include = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../include");
+    cc(
+        &[
+            "-Wall",
+            "-Werror",
+            "-ldl",
+            "-I",
+            &include.display().to_string(),
+        ],
+        &spawner,
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/c/spawn_server.c"),
+    );
+    let exe = std::env::current_exe().expect("test exe");
+    let deps = exe.parent().expect("deps dir");
+    let plugin = [deps.to_path_buf(), deps.join("..")]
+        .iter()
+        .map(|d| d.join("libgpu_hostmem_plugin.so"))
+        .find(|p| p.exists())
+        .expect("libgpu_hostmem_plugin.so is built with the tests");
 
     let privcmd = tmp.join("privcmd");
     fs::write(&privcmd, b"").expect("privcmd marker");
@@ -82,6 +104,8 @@ fn create_and_destroy_against_fake_xen() {
         .env("FAKEXS_ROOT", &xs)
         .env("GPU_HOSTMEM_IOREQD", &ioreqd)
         .env("GPU_HOSTMEM_LOG_DIR", &logs)
+        .env("GH_SPAWN_SERVER", &spawner)
+        .env("GH_PLUGIN_SO", &plugin)
         .output()
         .expect("run child");
     let text = format!(
@@ -92,6 +116,76 @@ fn create_and_destroy_against_fake_xen() {
     assert!(out.status.success(), "child flow failed:\n{text}");
     assert!(text.contains("1 passed"), "child flow did not run:\n{text}");
     let _ = fs::remove_dir_all(&tmp);
+}
+
+/// What libxl sees of a server it starts.
+#[derive(Debug)]
+enum Started {
+    /// `running` on the ready node; the server's pid.
+    Ready(u32),
+    /// The process exited first, with this code and stderr (the hook's
+    /// reason when it failed), and the ready node's value.
+    Exited(Option<i32>, String, Option<String>),
+}
+
+fn xs_root() -> PathBuf {
+    PathBuf::from(std::env::var_os("FAKEXS_ROOT").expect("FAKEXS_ROOT"))
+}
+
+fn ready_path(domid: u32) -> String {
+    format!("/libxl/{domid}/gpu-hostmem/state")
+}
+
+fn ready_value(domid: u32) -> Option<String> {
+    fs::read_to_string(xs_root().join(&ready_path(domid)[1..]).join(".value")).ok()
+}
+
+/// Starts the server of `domid` as libxl does: its record node first, then
+/// the spawn child (create hook, exec); waits for the ready node or the
+/// process's exit, at most 5 s.
+fn start(domid: u32, uuid: [u8; 16]) -> Started {
+    let parent = xs_root().join(format!("libxl/{domid}/gpu-hostmem"));
+    fs::create_dir_all(&parent).expect("mkdir");
+    let _ = fs::remove_dir_all(parent.join("state"));
+    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+    let var = |k: &str| std::env::var_os(k).unwrap_or_else(|| panic!("{k}"));
+    let mut child: Child = Command::new(var("GH_SPAWN_SERVER"))
+        .arg(var("GH_PLUGIN_SO"))
+        .arg(domid.to_string())
+        .arg(hex)
+        .arg(ready_path(domid))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn_server");
+    let t = Instant::now();
+    loop {
+        if ready_value(domid).as_deref() == Some("running") {
+            let pid = child.id();
+            // Detached, as libxl detaches it; reaped whenever it exits.
+            std::thread::spawn(move || child.wait());
+            return Started::Ready(pid);
+        }
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            let out = child.wait_with_output().expect("output");
+            return Started::Exited(
+                st.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+                ready_value(domid),
+            );
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "server of {domid} neither ready nor gone"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn start_ok(domid: u32, uuid: [u8; 16]) -> u32 {
+    match start(domid, uuid) {
+        Started::Ready(pid) => pid,
+        other => panic!("server of domain {domid} did not start: {other:?}"),
+    }
 }
 
 fn call(
@@ -119,8 +213,7 @@ fn call(
 }
 
 fn node(domid: u32, key: &str) -> PathBuf {
-    let root = PathBuf::from(std::env::var_os("FAKEXS_ROOT").expect("FAKEXS_ROOT"));
-    let mut p = root.join(format!("local/domain/0/gpu-hostmem/{domid}"));
+    let mut p = xs_root().join(format!("local/domain/0/gpu-hostmem/{domid}"));
     if !key.is_empty() {
         p = p.join(key);
     }
@@ -147,18 +240,29 @@ fn child_flow() {
     // The domain does not exist for the fake xenctrl (no FAKE_DOMID): the
     // teardown has nothing lent to revoke and needs no privcmd.
 
-    // 1. create starts the server and waits for "running"; destroy stops it
-    //    and leaves nothing; destroy again is fine.
+    // 1. The server the create hook describes, executed in the process
+    //    that called it, becomes ready on libxl's node; the record names
+    //    that process. destroy stops it and leaves nothing; destroy again
+    //    is fine.
     std::env::set_var("FAKE_IOREQD_MODE", "ok");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 5, UUID_A);
-    assert_eq!(rc, 0, "create: {msg}");
+    let spawned = start_ok(5, UUID_A);
     assert_eq!(read(5, "state").as_deref(), Some("running"));
     assert_eq!(
         read(5, "uuid").as_deref(),
         Some("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa")
     );
     let pid: u32 = read(5, "pid").expect("pid").parse().expect("pid number");
+    assert_eq!(pid, spawned, "the record names the process libxl started");
     assert!(is_running(pid));
+    let log = fs::read_to_string(
+        PathBuf::from(std::env::var_os("GPU_HOSTMEM_LOG_DIR").expect("log dir"))
+            .join("gpu-hostmem-5.log"),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.contains("fake ioreqd for domain 5"),
+        "server log: {log:?}"
+    );
     // (A second create for the same running instance is refused: step 9,
     // where the fake domain exists and has a unique id.)
     // destroy with another domain's uuid: refused, nothing touched.
@@ -176,23 +280,30 @@ fn child_flow() {
     let (rc, msg) = call(gpu_hostmem_plugin_destroy, 5, UUID_A);
     assert_eq!(rc, 0, "destroy is idempotent: {msg}");
 
-    // 2. A server that reports a failure: create fails with its reason and
-    //    leaves nothing behind.
+    // 2. A server that reports a failure: libxl's node says why and the
+    //    process exits; the destroy hook libxl then calls leaves nothing.
     std::env::set_var("FAKE_IOREQD_MODE", "fail");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 6, UUID_A);
-    assert_eq!(rc, -libc::EIO, "{msg}");
-    assert!(msg.contains("setup stage CreateServer"), "{msg}");
-    assert!(msg.contains("gpu-hostmem-6.log"), "{msg}");
-    assert!(
-        !node(6, "").exists(),
-        "no record left after a failed create"
-    );
+    match start(6, UUID_A) {
+        Started::Exited(Some(1), _, Some(why)) => {
+            assert!(why.starts_with("failed: "), "{why}");
+            assert!(why.contains("setup stage CreateServer"), "{why}");
+        }
+        other => panic!("a failing server: {other:?}"),
+    }
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 6, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
+    assert!(!node(6, "").exists(), "no record left after a failed start");
 
-    // 3. A server that exits without running.
+    // 3. A server that exits without running: nothing on libxl's node;
+    //    the record of the process that started is cleaned by destroy.
     std::env::set_var("FAKE_IOREQD_MODE", "exit");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 7, UUID_A);
-    assert_eq!(rc, -libc::EIO, "{msg}");
-    assert!(msg.contains("exited"), "{msg}");
+    match start(7, UUID_A) {
+        Started::Exited(Some(0), _, None) => {}
+        other => panic!("an exiting server: {other:?}"),
+    }
+    assert_eq!(read(7, "state").as_deref(), Some("starting"));
+    let (rc, msg) = call(gpu_hostmem_plugin_destroy, 7, UUID_A);
+    assert_eq!(rc, 0, "{msg}");
     assert!(!node(7, "").exists());
 
     // 4. Stale state of an earlier domain with the same domid (dead pid)
@@ -206,8 +317,7 @@ fn child_flow() {
     .expect("w");
     fs::create_dir_all(node(8, "pid")).expect("mkdir");
     fs::write(node(8, "pid").join(".value"), "999999999").expect("w");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 8, UUID_A);
-    assert_eq!(rc, 0, "create over stale state: {msg}");
+    start_ok(8, UUID_A);
     assert_eq!(
         read(8, "uuid").as_deref(),
         Some("aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa")
@@ -219,8 +329,7 @@ fn child_flow() {
     assert_eq!(rc, 0, "{msg}");
     assert!(wait_dead(pid));
     std::env::set_var("FAKE_IOREQD_MODE", "stubborn");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 9, UUID_A);
-    assert_eq!(rc, 0, "{msg}");
+    start_ok(9, UUID_A);
     let pid: u32 = read(9, "pid").expect("pid").parse().expect("pid number");
     let t = Instant::now();
     let (rc, msg) = call(gpu_hostmem_plugin_destroy, 9, UUID_A);
@@ -238,8 +347,7 @@ fn child_flow() {
     //    destroyed, for that domain only.
     std::env::set_var("FAKE_DOMID", "10");
     std::env::set_var("FAKE_UUID", "aa".repeat(16));
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
-    assert_eq!(rc, 0, "{msg}");
+    start_ok(10, UUID_A);
     let pid: u32 = read(10, "pid").expect("pid").parse().expect("pid number");
     let (rc, msg) = call(gpu_hostmem_plugin_destroy, 10, UUID_A);
     assert_eq!(rc, 0, "{msg}");
@@ -328,16 +436,22 @@ fn child_flow() {
     //    earlier instance of domid 10 (same UUID, as xl keeps it across a
     //    reboot, another unique id) is stopped and a new one started.
     std::env::set_var("FAKE_IOREQD_MODE", "ok");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
-    assert_eq!(rc, 0, "{msg}");
+    start_ok(10, UUID_A);
     assert_eq!(read(10, "unique-id").as_deref(), Some(UNIQUE_ID));
     let first: u32 = read(10, "pid").expect("pid").parse().expect("pid number");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
-    assert_eq!(rc, -libc::EEXIST, "same instance, server live: {msg}");
+    match start(10, UUID_A) {
+        Started::Exited(Some(1), msg, _) => {
+            assert!(
+                msg.contains("File exists") && msg.contains("already runs"),
+                "{msg}"
+            )
+        }
+        other => panic!("same instance, server live: {other:?}"),
+    }
     assert!(is_running(first), "the live server was left alone");
+    assert_eq!(read(10, "pid").as_deref(), Some(first.to_string().as_str()));
     fs::write(node(10, "unique-id").join(".value"), "1").expect("w");
-    let (rc, msg) = call(gpu_hostmem_plugin_create, 10, UUID_A);
-    assert_eq!(rc, 0, "a record of an earlier instance is stale: {msg}");
+    start_ok(10, UUID_A);
     assert!(
         wait_dead(first),
         "the earlier instance's server was stopped"

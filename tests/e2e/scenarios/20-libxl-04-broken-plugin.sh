@@ -35,9 +35,9 @@ gh_xl_fails "gpu_hostmem: $GH_PLUGIN is not a gpu-hostmem plugin: no symbol gpu_
 gh_assert_only_dom0
 ok "shared object without plugin symbols refused"
 
-log "the fake plugin with ABI version 2"
-gh_use_fake_plugin abi=2
-gh_xl_fails "gpu_hostmem: plugin $GH_PLUGIN has ABI version 2, libxl needs version 1; install a matching plugin" \
+log "the fake plugin with ABI version 1"
+gh_use_fake_plugin abi=1
+gh_xl_fails "gpu_hostmem: plugin $GH_PLUGIN has ABI version 1, libxl needs version 2; install a matching plugin" \
     xl create "$cfg"
 gh_assert_only_dom0
 gh_fake_log_has '^create ' && { gh_show_fake_log; fail "create hook called despite the ABI mismatch"; }
@@ -49,14 +49,14 @@ gh_xl_fails "gpu_hostmem: plugin create hook failed \(Input/output error\): fake
     xl create "$cfg"
 gh_assert_only_dom0
 gh_show_fake_log
-gh_fake_log_has '^create domid=[0-9]+ .* size=64 vcpus=2 abi=1 flags=0$' || fail "create hook not called"
+gh_fake_log_has '^create domid=[0-9]+ .* size=64 vcpus=2 abi=2 flags=0 ready=/libxl/[0-9]+/gpu-hostmem/state$' || fail "create hook not called"
 c=$(awk '/^create /{ print $2 " " $3 }' "$GH_FAKE_LOG")
 gh_fake_log_has "^destroy $c " || fail "no destroy hook for the half-built domain ($c)"
 ok "failing create hook: plugin's reason reported, half-built domain destroyed with the destroy hook"
 
 log "the fake plugin's create hook crashes"
 gh_use_fake_plugin create=crash
-gh_xl_fails "gpu_hostmem plugin create hook .*(died due to fatal signal|signal)" xl create "$cfg"
+gh_xl_fails "gpu-hostmem server \[[0-9]+\]: died during startup due to fatal signal" xl create "$cfg"
 gh_assert_only_dom0
 ok "crashing create hook: xl create fails cleanly"
 

@@ -23,12 +23,21 @@ gh_xl_ok xl create -p "$cfg"
 domid=$(gh_domid "$name") || fail "domain not created"
 uuid=$(gh_uuid "$name")
 gh_show_fake_log
-gh_fake_log_has "^create domid=$domid uuid=$uuid size=64 vcpus=2 abi=1 flags=0\$" ||
+gh_fake_log_has "^create domid=$domid uuid=$uuid size=64 vcpus=2 abi=2 flags=0 ready=/libxl/$domid/gpu-hostmem/state\$" ||
     fail "no create hook call for domid=$domid uuid=$uuid size=64 vcpus=2"
 [ "$(grep -c . "$GH_FAKE_LOG")" = 1 ] || fail "expected exactly one plugin call after xl create"
 [ "$(xenstore-read "/libxl/$domid/gpu-hostmem" 2>/dev/null)" = 64 ] ||
     fail "/libxl/$domid/gpu-hostmem does not record the BAR size"
 ok "xl create: create hook for domain $domid ($uuid), 64 MiB, 2 vCPUs"
+
+# libxl started the server the hook described (libxl__spawn_spawn), saw it
+# ready on its own node, recorded its pid and detached it.
+ready=$(xenstore-read "/libxl/$domid/gpu-hostmem/state" 2>/dev/null) || ready=
+[ "$ready" = running ] || fail "/libxl/$domid/gpu-hostmem/state is '$ready', expected running"
+spid=$(xenstore-read "/libxl/$domid/gpu-hostmem/pid" 2>/dev/null) || spid=
+[ -n "$spid" ] && grep -aq fake-gpu-hostmem-server "/proc/$spid/cmdline" 2>/dev/null ||
+    fail "/libxl/$domid/gpu-hostmem/pid ($spid) is not the fake server"
+ok "xl create: libxl started the server ($spid), saw it ready and detached it"
 
 # ------------------------------------------------------------ save, migrate
 gh_xl_fails "domain $domid uses gpu_hostmem: it cannot be saved, migrated or replicated" \
@@ -58,9 +67,11 @@ ok "xl migrate refused, domain kept"
 gh_xl_ok xl destroy "$name"
 gh_wait_gone "$name" 30 || fail "domain still there after xl destroy"
 gh_show_fake_log
-gh_fake_log_has "^destroy domid=$domid uuid=$uuid size=64 vcpus=2 abi=1 flags=0\$" ||
+gh_fake_log_has "^destroy domid=$domid uuid=$uuid size=64 vcpus=2 abi=2 flags=0\$" ||
     fail "no destroy hook call for domid=$domid uuid=$uuid"
 gh_assert_only_dom0
+[ -d "/proc/$spid" ] && grep -aq fake-gpu-hostmem-server "/proc/$spid/cmdline" 2>/dev/null &&
+    fail "the fake server $spid still runs after xl destroy"
 ok "xl destroy: destroy hook for domain $domid ($uuid), nothing left"
 
 # ------------------------------------------------------------ default size

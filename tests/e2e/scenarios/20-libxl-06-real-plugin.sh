@@ -48,6 +48,10 @@ bdf=$(xenstore-read "$dir/bdf" 2>/dev/null) || fail "no $dir/bdf"
 bar_size=$(xenstore-read "$dir/bar-size" 2>/dev/null) || fail "no $dir/bar-size"
 [ "$bar_size" = $((64 << 20)) ] || fail "$dir/bar-size is $bar_size, expected 64 MiB"
 xenstore-read "$dir/ioservid" >/dev/null 2>&1 || fail "no $dir/ioservid"
+[ "$(xenstore-read "/libxl/$domid/gpu-hostmem/state" 2>/dev/null)" = running ] ||
+    fail "ioreqd did not report its startup on libxl's node /libxl/$domid/gpu-hostmem/state"
+[ "$(xenstore-read "/libxl/$domid/gpu-hostmem/pid" 2>/dev/null)" = "$pid" ] ||
+    fail "libxl's /libxl/$domid/gpu-hostmem/pid is not ioreqd's pid $pid"
 ok "xl create: ioreqd $pid running for domain $domid, xenstore state complete"
 
 # hvmloader enumerates PCI before anything boots: "pci dev SS:F bar RR size S: B".

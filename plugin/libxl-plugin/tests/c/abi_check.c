@@ -16,6 +16,7 @@ int main(int argc, char **argv)
     gpu_hostmem_plugin_create_fn create;
     gpu_hostmem_plugin_destroy_fn destroy;
     struct gpu_hostmem_domain d;
+    struct gpu_hostmem_server srv;
     char err[128];
     int rc;
 
@@ -27,6 +28,10 @@ int main(int argc, char **argv)
            offsetof(struct gpu_hostmem_domain, bar_size_mib),
            offsetof(struct gpu_hostmem_domain, max_vcpus),
            offsetof(struct gpu_hostmem_domain, flags));
+    printf("server size %zu path %zu argv %zu log_path %zu\n", sizeof(srv),
+           offsetof(struct gpu_hostmem_server, path),
+           offsetof(struct gpu_hostmem_server, argv),
+           offsetof(struct gpu_hostmem_server, log_path));
     if (argc < 2)
         return 0;
 
@@ -49,9 +54,11 @@ int main(int argc, char **argv)
     d.abi_version = GPU_HOSTMEM_PLUGIN_ABI_VERSION;
     d.domid = 3;
     d.flags = 1;
-    rc = create(&d, err, sizeof(err));
+    memset(&srv, 0, sizeof(srv));
+    rc = create(&d, "/libxl/3/gpu-hostmem/state", &srv, err, sizeof(err));
     printf("create-flags %d %s\n", rc, rc == -EINVAL ? "EINVAL" : "other");
     printf("reason %s\n", err);
+    printf("server %s\n", srv.path ? "described" : "none");
     rc = destroy(NULL, err, sizeof(err));
     printf("destroy-null %d %s\n", rc, rc == -EINVAL ? "EINVAL" : "other");
     return 0;

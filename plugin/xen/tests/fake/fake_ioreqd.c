@@ -3,7 +3,8 @@
  * xenstore of fakexen.c (FAKEXS_ROOT) as the real one would, by mode
  * (FAKE_IOREQD_MODE): ok = running until SIGTERM, then remove the record;
  * fail = record "failed: ..." and exit 1; exit = exit 0 without running;
- * stubborn = running, ignores SIGTERM. */
+ * stubborn = running, ignores SIGTERM. With --ready-path P it also writes
+ * "running" (ok, stubborn) or the failure (fail) into P, libxl's node. */
 #define _XOPEN_SOURCE 700
 #include <ftw.h>
 #include <limits.h>
@@ -34,21 +35,32 @@ static void put(const char *dir, const char *key, const char *val)
 int main(int argc, char **argv)
 {
     const char *root = getenv("FAKEXS_ROOT"), *mode = getenv("FAKE_IOREQD_MODE");
-    const char *domid = NULL;
-    char dir[PATH_MAX], pid[32];
+    const char *domid = NULL, *ready = NULL;
+    char dir[PATH_MAX], rdir[PATH_MAX], pid[32];
     int i;
 
-    for (i = 1; i + 1 < argc; i++)
+    for (i = 1; i + 1 < argc; i++) {
         if (!strcmp(argv[i], "--domid"))
             domid = argv[i + 1];
+        if (!strcmp(argv[i], "--ready-path"))
+            ready = argv[i + 1];
+    }
     if (!root || !domid)
         return 2;
     if (!mode)
         mode = "ok";
     snprintf(dir, sizeof(dir), "%s/local/domain/0/gpu-hostmem/%s", root, domid);
     fprintf(stderr, "fake ioreqd for domain %s, mode %s\n", domid, mode);
+    /* put() creates one level: the ready node's parent is libxl's. */
+    if (ready)
+        snprintf(rdir, sizeof(rdir), "%s%s", root, ready);
+    if (ready && strrchr(rdir, '/'))
+        *strrchr(rdir, '/') = '\0';
     if (!strcmp(mode, "fail")) {
         put(dir, "state", "failed: ioreq server: setup stage CreateServer: ENOSYS");
+        if (ready)
+            put(rdir, strrchr(ready, '/') + 1,
+                "failed: ioreq server: setup stage CreateServer: ENOSYS");
         return 1;
     }
     if (!strcmp(mode, "exit"))
@@ -77,6 +89,8 @@ int main(int argc, char **argv)
     }
     put(dir, "ioservid", "3");
     put(dir, "state", "running");
+    if (ready)
+        put(rdir, strrchr(ready, '/') + 1, "running");
     while (!stop)
         pause();
     nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
