@@ -8,6 +8,8 @@
 //!   client side of its protocol);
 //! - [`process`]: detached spawning and signalling a process through a
 //!   pidfd;
+//! - [`identity`]: a process named by its pid and start time, found again
+//!   only if it is that very process;
 //! - [`teardown`]: the total, idempotent teardown of one guest from outside
 //!   the IOREQ server process;
 //! - [`users`]: the unprivileged user a process drops to.
@@ -20,6 +22,7 @@
 //! with that crate's `test-env` feature.
 
 pub mod control;
+pub mod identity;
 pub mod process;
 pub mod record;
 pub mod teardown;
