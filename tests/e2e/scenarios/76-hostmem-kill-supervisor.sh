@@ -76,14 +76,20 @@ sreg=$(gpu-hostmem status "$HM_DOM" 2>/dev/null | awk '/^IOREQ server:/ { s = 1 
 noleak() { [ -n "$1" ] && [ "$1" -le 512 ] && [ "$2" = 1 ] && [ "$3" = 1 ]; }
 check "$name-no-leak-before-destroy" "kernel_lent=${klent:-?},kernel_regs=${kreg:-?},server_regs=${sreg:-?}" \
     noleak "$klent" "${kreg:-x}" "${sreg:-x}"
-hm_destroy_clean "$name"
+# The destroy hook must find the worker itself: a hook that fails still
+# lets libxl destroy the domain, after which the worker stops on its own
+# ("domain gone"), which would hide the failure.
+hm_destroy_clean "$name" >"/tmp/$name.destroy" 2>&1
+cat "/tmp/$name.destroy"
+check "$name-destroy-hook-ok" "no-hook-error" eval '! grep -q "hook failed" "/tmp/$name.destroy"'
 for _ in $(seq 1 20); do alive "${w:-none}" || break; sleep 0.5; done
 check "$name-worker-stopped" "pid=${w:-none}" eval '! alive "${w:-none}"'
 hm_ioreqd_log "$HM_DOM" 400 | grep -E 'supervisor|stopping|stopped|teardown' | tail -n 20
-# The orphaned worker was stopped by SIGTERM and cleaned up itself (its
-# ioreq server destroyed, every page revoked), not killed.
-check "$name-worker-stopped-cleanly" "log" \
-    sh -c "tail -n 400 /var/log/xen/gpu-hostmem-$HM_DOM.log | grep -q 'stopped cleanly'"
+# The orphaned worker was stopped by the destroy hook's SIGTERM and cleaned
+# up itself (its ioreq server destroyed, every page revoked), not killed.
+after_loss() { awk '/the supervisor is gone/ { s = 1 } s' "/var/log/xen/gpu-hostmem-$HM_DOM.log"; }
+check "$name-worker-stopped-by-teardown" "log" eval 'after_loss | grep -q "reason=SIGTERM"'
+check "$name-worker-stopped-cleanly" "log" eval 'after_loss | grep -q "stopped cleanly"'
 kill -TERM "$HM_BPID" 2>/dev/null
 for _ in $(seq 1 50); do kill -0 "$HM_BPID" 2>/dev/null || break; sleep 0.1; done
 kreg=$(hm_kernel_regions "$HM_DOM")
