@@ -23,6 +23,7 @@ use gpu_hostmem_core::limits::bar_paging_kib;
 use gpu_hostmem_core::platform::HostMemQuery;
 use gpu_hostmem_core::status::Status;
 use gpu_hostmem_host::control::{self, REQUEST_STATUS};
+use gpu_hostmem_host::identity::Found;
 use gpu_hostmem_host::record::Record;
 use gpu_hostmem_host::teardown::{self, Timeouts};
 use gpu_hostmem_xen::{Privcmd, XenctrlLib, XenstoreLib};
@@ -162,6 +163,17 @@ struct RecordView {
     control: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_pid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_start: Option<String>,
+    /// Whether `pid` still runs our supervisor for the domain (None: no
+    /// pid recorded). Not a key: seen by `status` through a pidfd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    supervisor_running: Option<bool>,
+    /// Whether the recorded worker (pid and start time) still runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_running: Option<bool>,
 }
 
 impl From<Record> for RecordView {
@@ -176,6 +188,10 @@ impl From<Record> for RecordView {
             ioservid: r.ioservid,
             control: r.control,
             restarts: r.restarts,
+            worker_pid: r.worker_pid,
+            worker_start: r.worker_start,
+            supervisor_running: None,
+            worker_running: None,
         }
     }
 }
@@ -222,6 +238,16 @@ impl Report {
                     ("control", &r.control),
                 ] {
                     let _ = writeln!(s, "  {k:<10} {}", v.as_deref().unwrap_or("-"));
+                }
+                if let Some(p) = &r.worker_pid {
+                    let _ = writeln!(s, "  {:<10} {p}", "worker-pid");
+                }
+                if r.supervisor_running == Some(false) && r.worker_running == Some(true) {
+                    let _ = writeln!(
+                        s,
+                        "  supervisor gone: the worker serves on, but a crash of it is no longer \
+                         restarted (xl destroy stops it)"
+                    );
                 }
                 if let Some(n) = &r.restarts {
                     let _ = writeln!(
@@ -299,11 +325,24 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
+/// The record, and whether the processes it names still run (each
+/// checked through a pidfd: the supervisor by its command line, the
+/// worker by its pid and start time).
+fn view_with_processes(r: Record, domid: u16) -> RecordView {
+    let supervisor_running = r.pid().map(|p| teardown::is_our_ioreqd(p, domid));
+    let worker_running = r.worker().map(|w| matches!(w.find(), Ok(Found::Same(_))));
+    RecordView {
+        supervisor_running,
+        worker_running,
+        ..RecordView::from(r)
+    }
+}
+
 fn gather(domid: u16) -> Report {
     let (xenstore, xenstore_error) = match XenstoreLib::load()
         .and_then(|lib| lib.open().and_then(|xs| Record::read(&xs, domid)))
     {
-        Ok(r) => (r.map(RecordView::from), None),
+        Ok(r) => (r.map(|r| view_with_processes(r, domid)), None),
         Err(e) => (None, Some(e.to_string())),
     };
     let sock = xenstore
@@ -517,6 +556,35 @@ mod tests {
             "{t}"
         );
         assert!(report().found_anything());
+    }
+
+    /// Issue 19: a worker that outlived its supervisor is shown so.
+    #[test]
+    fn text_and_json_say_the_supervisor_is_gone() {
+        let supervised = report().to_text();
+        assert!(!supervised.contains("supervisor gone"), "{supervised}");
+        let mut r = report();
+        if let Some(x) = r.xenstore.as_mut() {
+            x.worker_pid = Some("812".into());
+            x.worker_start = Some("4242".into());
+            x.supervisor_running = Some(true);
+            x.worker_running = Some(true);
+        }
+        let t = r.to_text();
+        assert!(t.contains("  worker-pid 812"), "{t}");
+        assert!(!t.contains("supervisor gone"), "both run: {t}");
+        if let Some(x) = r.xenstore.as_mut() {
+            x.supervisor_running = Some(false);
+        }
+        let t = r.to_text();
+        assert!(
+            t.contains("  supervisor gone: the worker serves on, but a crash of it is no longer restarted (xl destroy stops it)"),
+            "{t}"
+        );
+        let v: serde_json::Value = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["xenstore"]["supervisor_running"], false);
+        assert_eq!(v["xenstore"]["worker_running"], true);
+        assert_eq!(v["xenstore"]["worker_pid"], "812");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`control`]: the control socket of the IOREQ server (its path and the
 //!   client side of its protocol);
 //! - [`process`]: signalling a process through a pidfd;
+//! - [`identity`]: a process named by its pid and start time, found again
+//!   only if it is that very process;
 //! - [`teardown`]: the total, idempotent teardown of one guest from outside
 //!   the IOREQ server process;
 //! - [`users`]: the unprivileged user a process drops to.
@@ -19,6 +21,7 @@
 //! with that crate's `test-env` feature.
 
 pub mod control;
+pub mod identity;
 pub mod process;
 pub mod record;
 pub mod teardown;

@@ -61,7 +61,12 @@ pub struct Pidfd {
 }
 
 impl Pidfd {
-    /// Opens a pidfd for `pid`; `None` if no such process exists.
+    /// Opens a pidfd for `pid`; `None` if no process has that pid: none
+    /// at all (ESRCH), or, on kernels before 6.9 or so (dom0's 6.12
+    /// included; 6.18 says ESRCH), a pid that lives on only as the session
+    /// or process group id of others, or as a thread's id (EINVAL with our
+    /// valid pid and flags 0). A killed ioreqd supervisor leaves its pid
+    /// so: it led the session its worker still runs in.
     pub fn open(pid: u32) -> Result<Option<Pidfd>> {
         let raw = libc::pid_t::try_from(pid)
             .ok()
@@ -73,7 +78,7 @@ impl Pidfd {
         if rc < 0 {
             let err = XenError::last_os("pidfd_open");
             return match err.errno() {
-                Some(libc::ESRCH) => Ok(None),
+                Some(libc::ESRCH | libc::EINVAL) => Ok(None),
                 _ => Err(err),
             };
         }
@@ -216,6 +221,47 @@ mod tests {
         assert!(!pfd
             .send_signal(libc::SIGKILL)
             .expect("ESRCH is not an error"));
+    }
+
+    /// A session leader that exited while a process of its session runs:
+    /// its pid names no process (pidfd_open says EINVAL), which is what
+    /// teardown finds for a killed ioreqd supervisor whose worker serves
+    /// on. It is "gone", not an error.
+    #[test]
+    fn pidfd_of_a_dead_session_leader_is_none() {
+        use std::io::Read;
+        use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])
+            .stdout(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setsid(), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut leader = cmd.spawn().expect("spawn sh");
+        let mut out = String::new();
+        leader
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read");
+        let member: u32 = out.trim().parse().expect("pid of sleep");
+        let member = Pidfd::open(member).expect("pidfd").expect("sleep runs");
+        leader.wait().expect("reap the leader");
+        let gone = Pidfd::open(leader.id());
+        let _ = member.send_signal(libc::SIGKILL);
+        assert!(
+            gone.expect("not an error").is_none(),
+            "a dead session leader's pid names no process"
+        );
     }
 
     #[test]

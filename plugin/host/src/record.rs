@@ -1,9 +1,11 @@
 //! The per-guest xenstore record (docs/interfaces.md section 4):
-//! `/local/domain/0/gpu-hostmem/<domid>/{uuid,unique-id,pid,state,bdf,
-//! bar-size,bar-base,ioservid,control}`. `unique-id` (decimal) is Xen's
-//! unique id of the guest instance served: the identity teardown and the
-//! backends go by; `uuid` is informational (not unique).
+//! `/local/domain/0/gpu-hostmem/<domid>/{uuid,unique-id,pid,worker-pid,
+//! worker-start,state,bdf,bar-size,bar-base,ioservid,control,restarts}`.
+//! `unique-id` (decimal) is Xen's unique id of the guest instance served:
+//! the identity teardown and the backends go by; `uuid` is informational
+//! (not unique).
 
+use crate::identity::ProcessIdentity;
 use gpu_hostmem_xen::Result;
 use gpu_hostmem_xen::Xenstore;
 
@@ -23,6 +25,15 @@ pub mod key {
     pub const CONTROL: &str = "control";
     /// Worker deaths in the supervisor's window (absent until one).
     pub const RESTARTS: &str = "restarts";
+    /// The worker that serves the guest (the supervisor's child), written
+    /// by the supervisor when it starts one: teardown stops a worker that
+    /// outlived its supervisor by this pid and [`WORKER_START`].
+    pub const WORKER_PID: &str = "worker-pid";
+    /// The worker's start time (clock ticks after boot, field 22 of
+    /// `/proc/PID/stat`), read by the supervisor while the worker was its
+    /// unreaped child: with [`WORKER_PID`], an identity no other process
+    /// can have, and that the worker cannot change.
+    pub const WORKER_START: &str = "worker-start";
 }
 
 /// `state` values.
@@ -57,6 +68,8 @@ pub struct Record {
     pub ioservid: Option<String>,
     pub control: Option<String>,
     pub restarts: Option<String>,
+    pub worker_pid: Option<String>,
+    pub worker_start: Option<String>,
 }
 
 impl Record {
@@ -77,6 +90,8 @@ impl Record {
             ioservid: get(key::IOSERVID)?,
             control: get(key::CONTROL)?,
             restarts: get(key::RESTARTS)?,
+            worker_pid: get(key::WORKER_PID)?,
+            worker_start: get(key::WORKER_START)?,
         }))
     }
 
@@ -89,9 +104,21 @@ impl Record {
             .filter(|id| *id != 0)
     }
 
-    /// The recorded pid, if it parses.
+    /// The recorded pid (the supervisor's), if it parses.
     pub fn pid(&self) -> Option<u32> {
         self.pid.as_deref().and_then(|p| p.trim().parse().ok())
+    }
+
+    /// The recorded worker, if both its pid (never 0) and its start time
+    /// parse: a worker recorded without its start time is never named.
+    pub fn worker(&self) -> Option<ProcessIdentity> {
+        let pid = self
+            .worker_pid
+            .as_deref()
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|p| *p != 0)?;
+        let start = self.worker_start.as_deref()?.trim().parse().ok()?;
+        Some(ProcessIdentity { pid, start })
     }
 }
 
@@ -176,6 +203,28 @@ mod tests {
         assert_eq!(r.pid(), Some(123));
         r.pid = Some("x".into());
         assert_eq!(r.pid(), None);
+    }
+
+    #[test]
+    fn the_worker_is_named_only_with_its_start_time() {
+        let mut r = Record {
+            worker_pid: Some(" 456\n".into()),
+            ..Record::default()
+        };
+        assert_eq!(r.worker(), None, "no start time: no identity");
+        r.worker_start = Some("789".into());
+        assert_eq!(
+            r.worker(),
+            Some(ProcessIdentity {
+                pid: 456,
+                start: 789
+            })
+        );
+        r.worker_start = Some("-1".into());
+        assert_eq!(r.worker(), None);
+        r.worker_start = Some("789".into());
+        r.worker_pid = Some("0".into());
+        assert_eq!(r.worker(), None, "pid 0 names no process");
     }
 }
 

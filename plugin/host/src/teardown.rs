@@ -1,7 +1,8 @@
 //! Total, idempotent teardown of one guest's gpu-hostmem state from outside
 //! the IOREQ server process (the plugin's destroy hook and `gpu-hostmem
-//! teardown`): stop the process, revoke every lent page, destroy a server a
-//! killed process left, remove the xenstore record and control socket.
+//! teardown`): stop the processes (the supervisor, and its worker, which
+//! outlives a killed supervisor), revoke every lent page, destroy a server
+//! a killed process left, remove the xenstore record and control socket.
 //! Never acts on a domain whose identity differs from the recorded one (I5):
 //! the identity is the domid plus Xen's unique id of the instance, recorded
 //! by the IOREQ server as `unique-id` (the UUID is not unique: xl keeps it
@@ -15,6 +16,7 @@
 //! may have given to another emulator since).
 
 use crate::control;
+use crate::identity::{Found, ProcessIdentity};
 use crate::process::Pidfd;
 use crate::record::{self, parse_uuid, Record};
 use gpu_hostmem_core::platform::DomainIdentity;
@@ -111,9 +113,9 @@ impl Stopped {
     }
 }
 
-/// Stops the recorded IOREQ server process: SIGTERM, then SIGKILL after
-/// `t.term`, both through a pidfd opened before the identity check, so a
-/// pid reused meanwhile is never signalled.
+/// Stops the recorded IOREQ server process (the supervisor): SIGTERM,
+/// then SIGKILL after `t.term`, both through a pidfd opened before the
+/// identity check, so a pid reused meanwhile is never signalled.
 pub fn stop_process(
     pid: u32,
     domid: u16,
@@ -134,12 +136,46 @@ pub fn stop_process(
         ));
         return Ok(Stopped::NotOurs);
     }
+    stop_pidfd(&p, IOREQD_NAME, t, out)
+}
+
+/// Stops the worker the record names, a worker that may have outlived its
+/// supervisor, only if it is that very process: the pid *and* the start
+/// time the supervisor recorded when it started it (a pid given to
+/// another process since is left alone, and the worker, which runs
+/// unprivileged and parses what the guest sends, has no say in either).
+pub fn stop_worker(
+    w: ProcessIdentity,
+    t: Timeouts,
+    out: &mut Outcome,
+) -> Result<Stopped, XenError> {
+    match w.find()? {
+        Found::Gone => {
+            out.actions
+                .push(format!("{IOREQD_NAME} worker ({w}) already gone"));
+            Ok(Stopped::AlreadyGone)
+        }
+        Found::Other => {
+            out.actions.push(format!(
+                "pid {} is not the recorded worker ({w}): left alone",
+                w.pid
+            ));
+            Ok(Stopped::NotOurs)
+        }
+        Found::Same(p) => stop_pidfd(&p, &format!("{IOREQD_NAME} worker"), t, out),
+    }
+}
+
+/// SIGTERM to the process behind `p` (already known to be ours), then
+/// SIGKILL after `t.term`.
+fn stop_pidfd(p: &Pidfd, what: &str, t: Timeouts, out: &mut Outcome) -> Result<Stopped, XenError> {
+    let pid = p.pid();
     if !p.send_signal(libc::SIGTERM)? {
         out.actions.push(format!("process {pid} already gone"));
         return Ok(Stopped::AlreadyGone);
     }
     out.actions
-        .push(format!("sent SIGTERM to {IOREQD_NAME} (pid {pid})"));
+        .push(format!("sent SIGTERM to {what} (pid {pid})"));
     if p.wait_exit(t.term) {
         out.actions.push(format!("pid {pid} exited"));
         return Ok(Stopped::Exited);
@@ -156,6 +192,53 @@ pub fn stop_process(
         ));
     }
     Ok(Stopped::Killed)
+}
+
+/// Whether the server's processes, as [`stop_server`] found them, left
+/// state behind (an ioreq server to destroy): not if the worker exited on
+/// SIGTERM (it shut its server down), nor if the supervisor did and no
+/// worker had to be killed (it stopped its worker, or cleaned up after a
+/// dead one).
+pub fn server_left_state(supervisor: Option<Stopped>, worker: Option<Stopped>) -> bool {
+    match (supervisor, worker) {
+        (_, Some(Stopped::Exited)) => false,
+        (_, Some(Stopped::Killed)) => true,
+        (Some(s), _) => s.left_state(),
+        (None, _) => true,
+    }
+}
+
+/// Stops the processes of `rec`'s server: the supervisor (`pid`; it
+/// forwards SIGTERM to its worker and waits for it), then the worker
+/// (`worker-pid`, `worker-start`) if it still runs, which it does when
+/// its supervisor was killed. The worker's identity is taken from
+/// `latest()` (the record read again once the supervisor is stopped: it
+/// may have restarted its worker meanwhile), else from `rec`. A process
+/// that cannot be stopped is an error in `errors` and counts as one that
+/// was killed. Returns whether they left state behind
+/// ([`server_left_state`]), None when the record names no process.
+pub fn stop_server(
+    rec: &Record,
+    domid: u16,
+    latest: impl FnOnce() -> Option<Record>,
+    t: Timeouts,
+    out: &mut Outcome,
+    errors: &mut Vec<String>,
+) -> Option<bool> {
+    let mut stopped = |r: Result<Stopped, XenError>| {
+        r.unwrap_or_else(|e| {
+            errors.push(e.to_string());
+            Stopped::Killed
+        })
+    };
+    let sup = rec
+        .pid()
+        .map(|pid| stopped(stop_process(pid, domid, t, out)));
+    let worker = latest()
+        .and_then(|r| r.worker())
+        .or_else(|| rec.worker())
+        .map(|w| stopped(stop_worker(w, t, out)));
+    (sup.is_some() || worker.is_some()).then(|| server_left_state(sup, worker))
 }
 
 /// The domain teardown may act on, decided by unique ids alone.
@@ -221,7 +304,8 @@ pub fn teardown(
     // the process leaves; any other state means the process (or an earlier
     // teardown) stopped, and destroyed that server, already.
     let mut took_running = false;
-    let mut stopped = None;
+    let mut left = None;
+    let mut errors = Vec::new();
     if let Some(rec) = &rec {
         out.actions.push(format!(
             "found record {} (state {})",
@@ -232,12 +316,12 @@ pub fn teardown(
             Ok(prev) => took_running = prev.as_deref() == Some(record::state::RUNNING),
             Err(e) => out.actions.push(format!("could not mark it stopping: {e}")),
         }
-        if let Some(pid) = rec.pid() {
-            stopped = Some(stop_process(pid, domid, t, &mut out)?);
-        }
+        // A process that cannot be stopped is an error, but every lent
+        // page is still revoked below.
+        let latest = || Record::read(&xs, domid).ok().flatten();
+        left = stop_server(rec, domid, latest, t, &mut out, &mut errors);
     }
 
-    let mut errors = Vec::new();
     // Checked again after stopping the process: the domain may have gone.
     let act = match act {
         Target::ActOn(id) if xc.unique_id(domid)? == Some(id) => act,
@@ -256,8 +340,7 @@ pub fn teardown(
             // A server the process destroyed itself needs nothing; one a
             // dead process left is adopted only from a record we took over
             // in state `running` whose identity is this domain's.
-            let leftover =
-                took_running && recorded_id == Some(id) && stopped.is_some_and(Stopped::left_state);
+            let leftover = took_running && recorded_id == Some(id) && left == Some(true);
             let servid = rec
                 .as_ref()
                 .filter(|_| leftover)
@@ -343,6 +426,164 @@ mod tests {
         // published it): the domain there now, which revoking cannot harm.
         assert_eq!(target(None, Some(42)), Target::ActOn(42));
         assert_eq!(target(None, None), Target::Gone);
+    }
+
+    fn quick() -> Timeouts {
+        Timeouts {
+            term: Duration::from_secs(5),
+            kill: Duration::from_secs(2),
+        }
+    }
+
+    fn dead_pid() -> u32 {
+        let mut dead = Command::new("true").spawn().expect("spawn true");
+        let pid = dead.id();
+        dead.wait().expect("reap");
+        pid
+    }
+
+    fn worker_record(pid: u32, w: ProcessIdentity) -> Record {
+        Record {
+            pid: Some(pid.to_string()),
+            worker_pid: Some(w.pid.to_string()),
+            worker_start: Some(w.start.to_string()),
+            ..Record::default()
+        }
+    }
+
+    /// Issue 19: a worker that outlived its killed supervisor is found by
+    /// the record's worker-pid and worker-start and stopped through a
+    /// pidfd; a process that has the pid but another start time (a pid
+    /// given again, or a record naming someone else) is never signalled.
+    #[test]
+    fn a_worker_that_outlived_its_supervisor_is_stopped_by_identity() {
+        let mut w = Command::new("sleep").arg("30").spawn().expect("spawn");
+        let id = ProcessIdentity::of(w.id()).expect("identity");
+
+        // The pid with another start time: left alone, and the server's
+        // state is then still there to clean up.
+        let wrong = ProcessIdentity {
+            start: id.start + 1,
+            ..id
+        };
+        let (mut out, mut errors) = (Outcome::default(), Vec::new());
+        let left = stop_server(
+            &worker_record(dead_pid(), wrong),
+            3,
+            || None,
+            quick(),
+            &mut out,
+            &mut errors,
+        );
+        assert_eq!(left, Some(true), "nobody cleaned up: {out:?}");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(process::is_running(w.id()), "not signalled: {out:?}");
+        assert!(
+            out.actions
+                .iter()
+                .any(|a| a.contains("is not the recorded worker")),
+            "{out:?}"
+        );
+
+        // The recorded worker: SIGTERM through the pidfd; it exits, so it
+        // shut its server down itself (nothing left).
+        let (mut out, mut errors) = (Outcome::default(), Vec::new());
+        let left = stop_server(
+            &worker_record(dead_pid(), id),
+            3,
+            || None,
+            quick(),
+            &mut out,
+            &mut errors,
+        );
+        assert_eq!(left, Some(false), "it exited on SIGTERM: {out:?}");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(
+            out.actions
+                .iter()
+                .any(|a| a.contains(&format!("sent SIGTERM to {IOREQD_NAME} worker"))),
+            "{out:?}"
+        );
+        let status = w.wait().expect("reap");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGTERM)
+        );
+
+        // Gone (reaped): nothing to stop, the state it left is there.
+        let (mut out, mut errors) = (Outcome::default(), Vec::new());
+        let rec = worker_record(dead_pid(), id);
+        assert_eq!(
+            stop_server(&rec, 3, || None, quick(), &mut out, &mut errors),
+            Some(true)
+        );
+        assert!(
+            out.actions.iter().any(|a| a.contains("already gone")),
+            "{out:?}"
+        );
+        assert_eq!(
+            stop_server(
+                &Record::default(),
+                3,
+                || None,
+                quick(),
+                &mut out,
+                &mut errors
+            ),
+            None,
+            "no process recorded"
+        );
+    }
+
+    /// The worker a supervisor restarted while teardown stopped it is the
+    /// one the record names afterwards: that one is stopped.
+    #[test]
+    fn the_latest_recorded_worker_is_stopped() {
+        let mut old = Command::new("true").spawn().expect("spawn");
+        let old_id = ProcessIdentity::of(old.id()).expect("identity");
+        old.wait().expect("reap");
+        let mut w = Command::new("sleep").arg("30").spawn().expect("spawn");
+        let id = ProcessIdentity::of(w.id()).expect("identity");
+        let (mut out, mut errors) = (Outcome::default(), Vec::new());
+        let left = stop_server(
+            &worker_record(dead_pid(), old_id),
+            3,
+            || Some(worker_record(dead_pid(), id)),
+            quick(),
+            &mut out,
+            &mut errors,
+        );
+        assert_eq!(left, Some(false), "{out:?}");
+        w.wait().expect("reap");
+    }
+
+    #[test]
+    fn whether_the_server_left_state_depends_on_who_exited() {
+        use Stopped::*;
+        let all = [
+            None,
+            Some(AlreadyGone),
+            Some(NotOurs),
+            Some(Killed),
+            Some(Exited),
+        ];
+        // The worker shut its server down itself.
+        for s in all {
+            assert!(!server_left_state(s, Some(Exited)), "{s:?}");
+        }
+        // The supervisor stopped its worker (or cleaned up after it).
+        for w in [None, Some(AlreadyGone), Some(NotOurs)] {
+            assert!(!server_left_state(Some(Exited), w), "{w:?}");
+        }
+        // A worker that had to be killed left its server.
+        assert!(server_left_state(Some(Exited), Some(Killed)));
+        // Both gone without cleaning up (the supervisor killed, the worker
+        // too, or no worker recorded).
+        for s in [None, Some(AlreadyGone), Some(NotOurs), Some(Killed)] {
+            for w in [None, Some(AlreadyGone), Some(NotOurs), Some(Killed)] {
+                assert!(server_left_state(s, w), "{s:?} {w:?}");
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use crate::control::ControlSocket;
 use crate::qemu_slots;
-use crate::report::{Report, Reporter};
+use crate::report::{Report, Reporter, Sent};
 use crate::Args;
 use gpu_hostmem_core::config::{Config, DEFAULT_BAR_SIZE_MIB};
 use gpu_hostmem_core::ioreq::Sbdf;
@@ -27,7 +27,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, info_span, warn};
+use tracing::{error, info, info_span, warn};
 
 /// Longest sleep of the loop without any event (signals wake it at once
 /// through their fd; this bounds a missed wake-up and how late the
@@ -316,13 +316,24 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
     }
 
     // Stage: tell the plugin we are running (the supervisor publishes the
-    // record).
+    // record). A first worker whose supervisor is gone stops: nobody can
+    // publish the record, so the plugin fails the creation and the guest
+    // never runs. A restarted one serves on: the guest runs, and its
+    // supervisor recorded it when it started it (teardown finds it).
     let bdf = scfg.sbdf.to_string();
     let published = reporter.send(&Report::Running {
         ioservid: server.ioservid(),
         sbdf: scfg.sbdf,
         bar_size: scfg.bar_size,
     });
+    let published = match published {
+        Ok(Sent::SupervisorGone) if !args.attach => Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the supervisor is gone before the guest ran",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
     if let Err(e) = published {
         let _ = server.shutdown();
         return Err(at("publish state")(e));
@@ -473,6 +484,7 @@ fn event_loop(
     let domid = server.domain().domid;
     let mut bar_base: Option<u64> = None;
     let mut checked = Instant::now();
+    let mut orphan = false;
     loop {
         match server.run_once(Some(LOOP_TIMEOUT)) {
             Ok(Flow::Continue) => {}
@@ -491,6 +503,15 @@ fn event_loop(
         if checked.elapsed() >= ALIVE_CHECK {
             checked = Instant::now();
             let dom = *server.domain();
+            // The supervisor's death: the worker serves on (the guest
+            // keeps its memory and never waits on a request nobody
+            // answers), with the privileges it has, and says so once.
+            if !orphan && reporter.supervisor_gone() {
+                orphan = true;
+                error!(%dom,
+                       "the supervisor is gone: serving on without restart-on-crash \
+                        (xl destroy or gpu-hostmem teardown stops this worker)");
+            }
             match server.device_model().is_alive(&dom) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Stop::DomainGone),

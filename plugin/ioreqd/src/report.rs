@@ -7,12 +7,18 @@
 //! [`REPORT_FD`]), one line per event, and the supervisor, which keeps
 //! root, checks each line and writes the record. Keys the supervisor knows
 //! itself (the domain's handle and unique id, its own pid, the control
-//! socket path) are never taken from the worker.
+//! socket path, the worker's own pid and start time) are never taken from
+//! the worker.
+//!
+//! A report that cannot be delivered because the supervisor is gone (it
+//! was killed) is not an error: the worker serves on without it (see
+//! supervisor.rs), and [`Reporter`] says once that the supervisor is gone.
 
 use gpu_hostmem_core::ioreq::Sbdf;
+use std::cell::Cell;
 use std::fmt;
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -150,17 +156,31 @@ impl Budget {
     }
 }
 
-/// The worker's end: sends reports; a failed send is logged by the caller
-/// (the supervisor may be gone, and then the worker dies with it).
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// It is on its way to the supervisor.
+    Delivered,
+    /// The supervisor is gone (its end of the socket is closed): nobody
+    /// will read it, and nobody will restart the worker.
+    SupervisorGone,
+}
+
+/// The worker's end: sends reports, and tells whether the supervisor is
+/// still there.
 #[derive(Debug)]
 pub struct Reporter {
     sock: UnixStream,
+    gone: Cell<bool>,
 }
 
 impl Reporter {
     /// Uses `sock`, the worker's end of the report socket.
     pub fn new(sock: UnixStream) -> Self {
-        Self { sock }
+        Self {
+            sock,
+            gone: Cell::new(false),
+        }
     }
 
     /// The socket the supervisor left on [`REPORT_FD`]. Refused unless
@@ -188,12 +208,51 @@ impl Reporter {
         Ok(Self::new(UnixStream::from(fd)))
     }
 
-    /// Sends one report.
-    pub fn send(&self, r: &Report) -> io::Result<()> {
+    /// Sends one report. A supervisor that is gone is no error
+    /// ([`Sent::SupervisorGone`]); any other failure is.
+    pub fn send(&self, r: &Report) -> io::Result<Sent> {
+        if self.gone.get() {
+            return Ok(Sent::SupervisorGone);
+        }
         let mut line = r.to_string();
         line.push('\n');
-        (&self.sock).write_all(line.as_bytes())
+        match (&self.sock).write_all(line.as_bytes()) {
+            Ok(()) => Ok(Sent::Delivered),
+            Err(e) if is_hang_up(&e) => {
+                self.gone.set(true);
+                Ok(Sent::SupervisorGone)
+            }
+            Err(e) => Err(e),
+        }
     }
+
+    /// Whether the supervisor is gone: a report found its end closed, or
+    /// the socket says so now (a hang-up; the supervisor never writes to
+    /// the worker). Never blocks.
+    pub fn supervisor_gone(&self) -> bool {
+        if self.gone.get() {
+            return true;
+        }
+        let mut p = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on a socket we own; a zero timeout.
+        let rc = unsafe { libc::poll(&mut p, 1, 0) };
+        if rc > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            self.gone.set(true);
+        }
+        self.gone.get()
+    }
+}
+
+/// Whether a failed send means the other end is closed.
+fn is_hang_up(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
 }
 
 /// The supervisor's end: splits what arrived into lines. Reads never
@@ -290,6 +349,33 @@ mod tests {
         }
         assert!(!b.take(t0 + Duration::from_millis(999)), "spent");
         assert!(b.take(t0 + BUDGET_WINDOW), "a new window");
+    }
+
+    /// A killed supervisor is no error for the worker: its reports then
+    /// go nowhere, and it can tell the supervisor is gone without sending.
+    #[test]
+    fn a_supervisor_that_is_gone_is_seen_and_is_no_error() {
+        let (theirs, ours) = UnixStream::pair().expect("pair");
+        let r = Reporter::new(theirs);
+        assert!(!r.supervisor_gone(), "the supervisor's end is open");
+        assert_eq!(r.send(&Report::Stopping).expect("send"), Sent::Delivered);
+        assert!(!r.supervisor_gone(), "data in flight is no hang-up");
+        drop(ours);
+        assert!(r.supervisor_gone(), "its end closed: a hang-up");
+        assert_eq!(
+            r.send(&Report::BarBase(None)).expect("no error"),
+            Sent::SupervisorGone
+        );
+
+        // Seen by a send first (no poll before it).
+        let (theirs, ours) = UnixStream::pair().expect("pair");
+        let r = Reporter::new(theirs);
+        drop(ours);
+        assert_eq!(
+            r.send(&Report::Stopping).expect("no error"),
+            Sent::SupervisorGone
+        );
+        assert!(r.supervisor_gone());
     }
 
     #[test]

@@ -180,30 +180,9 @@ pub fn filter() -> Result<BpfProgram, String> {
 pub fn enter(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
     let prog = filter()?;
     install_sigsys_reporter()?;
-    let parent = std::os::unix::process::parent_id();
+    // No parent-death signal to set again after the drop: the worker
+    // outlives a killed supervisor (supervisor.rs).
     gpu_hostmem_host::users::drop_to(uid, gid)?;
-    // The kernel clears the parent-death signal when credentials change:
-    // set it again, so that the worker still dies with its supervisor, and
-    // stop if the supervisor died meanwhile.
-    // SAFETY: prctl(2) with integer arguments.
-    if unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    } != 0
-    {
-        return Err(format!(
-            "prctl(PR_SET_PDEATHSIG): {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    if std::os::unix::process::parent_id() != parent {
-        return Err("the supervisor died during the drop".into());
-    }
     seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))
 }
 

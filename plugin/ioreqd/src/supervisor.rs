@@ -12,9 +12,17 @@
 //! (`gpu-hostmem status`, the log). It also cleans up what a dead worker
 //! left when the domain goes away or on SIGTERM.
 //!
-//! The record's `pid` names the supervisor: teardown signals it, it
-//! forwards SIGTERM to the worker, and the worker dies with it
-//! (`PR_SET_PDEATHSIG`), so no worker outlives its supervisor.
+//! The record's `pid` names the supervisor: teardown signals it and it
+//! forwards SIGTERM to the worker. The worker does not die with its
+//! supervisor (no parent-death signal): if the supervisor is killed, the
+//! worker, which is what answers the guest, serves on with the privileges
+//! it had and only loses restart-on-crash, which it logs (its reports go
+//! nowhere from then on). Never is a vCPU left waiting on a request nobody
+//! will answer because a process that does not answer requests died. The
+//! supervisor records each worker it starts by identity (`worker-pid`,
+//! `worker-start`: its pid and its start time, read while it is our
+//! unreaped child), and teardown finds an orphaned worker by that identity
+//! alone and stops it through a pidfd.
 
 use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
@@ -22,6 +30,7 @@ use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
 use gpu_hostmem_core::server::{self, unbacked_answer};
 use gpu_hostmem_host::control::{control_dir, pci_state_path, socket_path};
+use gpu_hostmem_host::identity::ProcessIdentity;
 use gpu_hostmem_host::process::Pidfd;
 use gpu_hostmem_host::record::{self, key, state, Record};
 use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
@@ -159,21 +168,13 @@ fn spawn_worker(
             cmd.arg("--ioservid").arg(id.to_string());
         }
     }
-    // SAFETY: runs in the forked child before exec; prctl(2), dup2(2) and
-    // fcntl(2) are async-signal-safe and allocate nothing. `theirs_fd` is
-    // open in the child (inherited; close-on-exec only).
+    // No parent-death signal: a worker outlives a killed supervisor and
+    // keeps answering the guest (see the module comment).
+    // SAFETY: runs in the forked child before exec; dup2(2) and fcntl(2)
+    // are async-signal-safe and allocate nothing. `theirs_fd` is open in
+    // the child (inherited; close-on-exec only).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
             // dup2 leaves the copy without close-on-exec; the same fd
             // number keeps its flag, so clear it there.
             let rc = if theirs_fd == REPORT_FD {
@@ -201,6 +202,8 @@ struct Publisher<'a> {
     xs: &'a Xenstore<'a>,
     dom: DomainIdentity,
     uuid: String,
+    /// The worker whose reports these are, as recorded for teardown.
+    worker: Option<ProcessIdentity>,
     sock: UnixStream,
     lines: Lines,
     budget: Budget,
@@ -218,6 +221,7 @@ impl Publisher<'_> {
         xs: &'a Xenstore<'a>,
         dom: DomainIdentity,
         uuid: String,
+        worker: Option<ProcessIdentity>,
         sock: UnixStream,
         ready_path: Option<String>,
     ) -> Publisher<'a> {
@@ -225,6 +229,7 @@ impl Publisher<'_> {
             xs,
             dom,
             uuid,
+            worker,
             sock,
             lines: Lines::default(),
             budget: Budget::new(Instant::now()),
@@ -290,21 +295,32 @@ impl Publisher<'_> {
                 ioservid,
                 sbdf,
                 bar_size,
-            } => record::write(
-                self.xs,
-                domid,
-                &[
-                    (key::UUID, &self.uuid),
-                    (key::UNIQUE_ID, &dom.unique_id().to_string()),
-                    (key::PID, &std::process::id().to_string()),
-                    (key::BDF, &sbdf.to_string()),
-                    (key::BAR_SIZE, &bar_size.to_string()),
+            } => {
+                let (unique_id, pid) =
+                    (dom.unique_id().to_string(), std::process::id().to_string());
+                let (bdf, size, id) =
+                    (sbdf.to_string(), bar_size.to_string(), ioservid.to_string());
+                let control = socket_path(domid).display().to_string();
+                let mut kvs = vec![
+                    (key::UUID, self.uuid.as_str()),
+                    (key::UNIQUE_ID, &unique_id),
+                    (key::PID, &pid),
+                    (key::BDF, &bdf),
+                    (key::BAR_SIZE, &size),
                     (key::BAR_BASE, "unmapped"),
-                    (key::IOSERVID, &ioservid.to_string()),
-                    (key::CONTROL, &socket_path(domid).display().to_string()),
-                    (key::STATE, state::RUNNING),
-                ],
-            ),
+                    (key::IOSERVID, &id),
+                    (key::CONTROL, &control),
+                ];
+                let worker = self
+                    .worker
+                    .map(|w| (w.pid.to_string(), w.start.to_string()));
+                if let Some((wpid, wstart)) = &worker {
+                    kvs.push((key::WORKER_PID, wpid));
+                    kvs.push((key::WORKER_START, wstart));
+                }
+                kvs.push((key::STATE, state::RUNNING));
+                record::write(self.xs, domid, &kvs)
+            }
             Report::BarBase(b) => self.xs.write(
                 &record::path(domid, key::BAR_BASE),
                 &b.map_or_else(|| "unmapped".to_owned(), |b| format!("{b:#x}")),
@@ -511,7 +527,8 @@ pub fn run(args: &Args) -> ExitCode {
         info!(%dom, worker = child.id(), attach, "supervisor: worker started");
         // Only the first worker's setup is libxl's startup.
         let ready = args.ready_path.clone().filter(|_| !attach);
-        let mut publisher = Publisher::new(&xs, dom, uuid.clone(), sock, ready);
+        let worker = record_worker(&xs, &dom, &child, attach);
+        let mut publisher = Publisher::new(&xs, dom, uuid.clone(), worker, sock, ready);
         let status = match wait_worker(&mut child, &stop, &mut publisher) {
             Ok(s) => s,
             Err(e) => {
@@ -591,6 +608,39 @@ pub fn run(args: &Args) -> ExitCode {
         }
         attach = true;
     }
+}
+
+/// The identity of the worker just started, for teardown: read while it
+/// is our unreaped child (its pid names it and nobody else). A first
+/// worker's is written with the record it reports `running` for; a
+/// restarted worker's at once, into the record of the instance we serve,
+/// so that a worker that loses its supervisor before it reports is named
+/// too.
+fn record_worker(
+    xs: &Xenstore<'_>,
+    dom: &DomainIdentity,
+    child: &Child,
+    attach: bool,
+) -> Option<ProcessIdentity> {
+    let Some(w) = ProcessIdentity::of(child.id()) else {
+        warn!(%dom, worker = child.id(),
+              "supervisor: cannot read the worker's start time: teardown cannot stop it if it outlives us");
+        return None;
+    };
+    if attach && own_record(xs, dom).is_some() {
+        let written = record::write(
+            xs,
+            dom.domid,
+            &[
+                (key::WORKER_PID, &w.pid.to_string()),
+                (key::WORKER_START, &w.start.to_string()),
+            ],
+        );
+        if let Err(e) = written {
+            warn!(%dom, error = %e, "supervisor: cannot record the worker");
+        }
+    }
+    Some(w)
 }
 
 /// Waits for the worker; forwards SIGTERM to it once a stop is asked,

@@ -427,6 +427,15 @@ fn restarts_a_killed_worker_then_gives_up_after_the_bound() {
     assert!(cmdline(w2).contains("--attach"), "{}", cmdline(w2));
     assert_eq!(r.key("state").as_deref(), Some("running"));
     assert_eq!(
+        r.key("worker-pid"),
+        Some(w2.to_string()),
+        "the record names the restarted worker"
+    );
+    assert_eq!(
+        r.key("worker-start").and_then(|s| s.parse().ok()),
+        gpu_hostmem_host::identity::start_time(w2)
+    );
+    assert_eq!(
         r.key("pid"),
         Some(sup.to_string()),
         "the record names the supervisor"
@@ -535,5 +544,88 @@ fn shows_xens_retry_counters_and_warns_when_refused_goes_up() {
     assert!(
         line.contains("completed=5") && line.contains("resent=10") && line.contains("refused=3"),
         "{line}"
+    );
+}
+
+/// Kills a process on drop (a worker that outlived its supervisor is not
+/// the test's child: `Run` does not stop it).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(Some(p)) = gpu_hostmem_host::process::Pidfd::open(self.0) {
+            let _ = p.send_signal(libc::SIGKILL);
+        }
+    }
+}
+
+/// Issue 19: a SIGKILL of the supervisor leaves the worker serving (never
+/// a vCPU waiting on a request nobody answers). The record names the
+/// worker by pid and start time (written by the supervisor); the worker
+/// says it lost its supervisor (its log), still answers on its control
+/// socket, and teardown's process step finds it by that identity and
+/// stops it; it then cleans up itself (every lent page revoked).
+#[test]
+fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
+    use gpu_hostmem_host::record::Record;
+    use gpu_hostmem_host::teardown::{self, Outcome, Timeouts};
+    let mut r = Run::start("orphan", 47, UUID, true);
+    r.wait_state("running");
+    let sup = r.child.id();
+    let w = wait_worker(&r, None);
+    let _guard = KillOnDrop(w);
+    assert_eq!(
+        r.key("worker-pid"),
+        Some(w.to_string()),
+        "record names the worker"
+    );
+    let start = gpu_hostmem_host::identity::start_time(w).expect("start time");
+    assert_eq!(r.key("worker-start"), Some(start.to_string()));
+
+    sigkill(sup);
+    r.wait_exit();
+    let t = Instant::now();
+    while !r.log().contains("the supervisor is gone") {
+        assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        gpu_hostmem_host::process::is_running(w),
+        "the worker outlives its supervisor; log:\n{}",
+        r.log()
+    );
+    assert_eq!(r.key("state").as_deref(), Some("running"));
+    let sock = PathBuf::from(r.key("control").expect("control key"));
+    let reply =
+        control::request(&sock, control::REQUEST_STATUS, Duration::from_secs(5)).expect("status");
+    let st: Status = serde_json::from_str(&reply).expect("status JSON");
+    assert_eq!(st.state, "running", "it still serves");
+
+    // Teardown's process step, from the record as xenstore holds it.
+    let rec = Record {
+        pid: r.key("pid"),
+        worker_pid: r.key("worker-pid"),
+        worker_start: r.key("worker-start"),
+        unique_id: r.key("unique-id"),
+        ..Record::default()
+    };
+    let (mut out, mut errors) = (Outcome::default(), Vec::new());
+    let left = teardown::stop_server(
+        &rec,
+        47,
+        || None,
+        Timeouts::default(),
+        &mut out,
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(left, Some(false), "the worker cleaned up itself: {out:?}");
+    assert!(!gpu_hostmem_host::process::is_running(w), "{out:?}");
+    let log = r.log();
+    assert!(log.contains("stopped cleanly"), "{log}");
+    let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
+    assert!(
+        privcmd.contains("revoke dom=47 flags=1"),
+        "every lent page revoked: {privcmd}"
     );
 }
