@@ -183,6 +183,11 @@ hm_wait_marker() {
         xl domid "$name" >/dev/null 2>&1 || return 1
         sleep 0.5
     done
+    # The domain and the console so far, for tests/e2e/classify-failure
+    # (signature C: a guest hung in its kernel's first boot steps).
+    echo "still waiting for $name: $(xl list "$name" 2>&1 | tail -n1)"
+    echo "guest $name did not print its marker ($re) within $tmo s"
+    hm_console "$name"
     return 1
 }
 
