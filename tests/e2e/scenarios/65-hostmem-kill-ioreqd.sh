@@ -49,17 +49,7 @@ check "$name-supervisor-kept" "pid=$HM_IPID" [ -d "/proc/$HM_IPID" ]
 n=$(xenstore-read "$xsdir/restarts" 2>/dev/null || true)
 check "$name-restarts-recorded" "restarts=${n:-none}" [ "${n:-0}" = "$kills" ]
 gpu-hostmem status "$HM_DOM" 2>&1 | sed 's/^/[status] /'
-t=$(gh_now)
-if gh_guest_wait "$name" 240; then
-    result "$name-guest-run" 1 "$(gh_since "$t")s"
-else
-    result "$name-guest-run" 0 "$(gh_since "$t")s"
-    hm_diag "$name" "$HM_DOM"
-fi
-grep '^RESULT name=guest-loopcheck' "/tmp/$name.out" || true
-grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "/tmp/$name.out" | tail -n1)
-check "$name-guest-every-value-right" "rc=${grc:-none}" \
-    grep -q '^RESULT name=guest-loopcheck ok=1' "/tmp/$name.out"
+hm_loopcheck_done "$name" 240
 hm_ioreqd_log "$HM_DOM" 400 | grep -E 'died|re-attach|restarting|took' | tail -n 20
 # Nothing leaked across the restarts: the kernel holds the backend's one
 # registration and at most its 512 pages lent (each new worker revoked what

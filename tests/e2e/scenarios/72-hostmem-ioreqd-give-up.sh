@@ -19,7 +19,6 @@ xsdir=/local/domain/0/gpu-hostmem/$HM_DOM
 if ! hm_wait_marker "$name" '^guest: loop round' 240; then
     result "$name-guest-looping" 0 "no-progress-line"; hm_console "$name"; exit 1
 fi
-rounds() { tr -d '\r' <"$GH_CONSOLE_DIR/guest-$name.log" 2>/dev/null | grep -c '^guest: loop round' || true; }
 killed=0
 for k in $(seq 1 "$kills"); do
     w=
@@ -58,19 +57,11 @@ gpu-hostmem status "$HM_DOM" >"/tmp/$name.status" 2>&1
 sed 's/^/[status] /' "/tmp/$name.status"
 check "$name-status-says-given-up" "gpu-hostmem-status" grep -q 'state .*given up' "/tmp/$name.status"
 # Never a hang: the guest's loop goes on after the give-up.
-r0=$(rounds)
+r0=$(hm_loop_rounds "$name")
 sleep 6
-r1=$(rounds)
+r1=$(hm_loop_rounds "$name")
 check "$name-guest-progresses-after-give-up" "rounds=$r0->$r1" [ "$r1" -gt "$r0" ]
-t=$(gh_now)
-if gh_guest_wait "$name" 240; then
-    result "$name-guest-run" 1 "$(gh_since "$t")s"
-else
-    result "$name-guest-run" 0 "$(gh_since "$t")s"
-    hm_diag "$name" "$HM_DOM"
-fi
-grep '^RESULT name=guest-loopcheck' "/tmp/$name.out" || true
-check "$name-guest-every-value-right" "all-ones" grep -q '^RESULT name=guest-loopcheck ok=1' "/tmp/$name.out"
+hm_loopcheck_done "$name" 240
 hm_ioreqd_log "$HM_DOM" 400 | grep -E 'died|giving up|given up|fallback' | tail -n 20
 hm_destroy_clean "$name"
 exit "$GH_FAILED"

@@ -23,7 +23,6 @@ xsdir=/local/domain/0/gpu-hostmem/$HM_DOM
 if ! hm_wait_marker "$name" '^guest: loop round' 240; then
     result "$name-guest-looping" 0 "no-progress-line"; hm_console "$name"; exit 1
 fi
-rounds() { tr -d '\r' <"$GH_CONSOLE_DIR/guest-$name.log" 2>/dev/null | grep -c '^guest: loop round' || true; }
 # alive PID: the process exists and is not a zombie.
 alive() { [ -r "/proc/$1/stat" ] && ! awk '{ sub(/.*\) /, ""); exit !($1 == "Z" || $1 == "X") }' "/proc/$1/stat"; }
 # start PID: the process's start time (clock ticks since boot, field 22 of
@@ -54,20 +53,11 @@ gpu-hostmem status "$HM_DOM" >"/tmp/$name.status" 2>&1
 sed 's/^/[status] /' "/tmp/$name.status"
 check "$name-status-says-unsupervised" "gpu-hostmem-status" grep -q '^  supervisor gone' "/tmp/$name.status"
 # Never a hang: the guest's loop goes on after the kill.
-r0=$(rounds)
+r0=$(hm_loop_rounds "$name")
 sleep 5
-r1=$(rounds)
+r1=$(hm_loop_rounds "$name")
 check "$name-guest-progresses" "rounds=$r0->$r1" [ "$r1" -gt "$r0" ]
-t=$(gh_now)
-if gh_guest_wait "$name" 150; then
-    result "$name-guest-run" 1 "$(gh_since "$t")s"
-else
-    result "$name-guest-run" 0 "$(gh_since "$t")s"
-    hm_diag "$name" "$HM_DOM"
-fi
-grep '^RESULT name=guest-loopcheck' "/tmp/$name.out" || true
-check "$name-guest-every-value-right" "loopcheck" \
-    grep -q '^RESULT name=guest-loopcheck ok=1' "/tmp/$name.out"
+hm_loopcheck_done "$name" 150
 # Nothing leaked: the backend's one registration, at most its 512 pages
 # lent, and the worker knows the one registration.
 klent=$(hm_kernel_lent "$HM_DOM")

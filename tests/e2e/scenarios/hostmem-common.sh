@@ -191,6 +191,30 @@ hm_wait_marker() {
     return 1
 }
 
+# hm_loop_rounds NAME: the guest's "guest: loop round" lines so far.
+hm_loop_rounds() {
+    tr -d '\r' <"$GH_CONSOLE_DIR/guest-$1.log" 2>/dev/null | grep -c '^guest: loop round' || true
+}
+
+# hm_loopcheck_done NAME TIMEOUT: wait (at most TIMEOUT s) for the guest's
+# `hostmem-guest loopcheck` to finish (NAME-guest-run, diagnostics if it
+# does not), then check that it read every value right
+# (NAME-guest-every-value-right, the guest's exit status as its value).
+hm_loopcheck_done() {
+    local name=$1 tmo=$2 t grc
+    t=$(gh_now)
+    if gh_guest_wait "$name" "$tmo"; then
+        result "$name-guest-run" 1 "$(gh_since "$t")s"
+    else
+        result "$name-guest-run" 0 "$(gh_since "$t")s"
+        hm_diag "$name" "$HM_DOM"
+    fi
+    grep '^RESULT name=guest-loopcheck' "/tmp/$name.out" || true
+    grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "/tmp/$name.out" | tail -n1)
+    check "$name-guest-every-value-right" "rc=${grc:-none}" \
+        grep -q '^RESULT name=guest-loopcheck ok=1' "/tmp/$name.out"
+}
+
 # hm_console NAME: the guest's console so far, prefixed.
 hm_console() {
     local log=$GH_CONSOLE_DIR/guest-$1.log
