@@ -91,14 +91,17 @@ xen-dm-shutdown "$dom" soft_reset || { result "$name-soft-reset" 0 "dm-shutdown-
 done_reset=0
 for _ in $(seq 1 360); do
     qemu1=$(gh_dm_pid "$dom")
-    st=$(xl list "$name" 2>/dev/null | awk 'NR == 2 { print $5 }')
+    # By domid: libxl removes and rewrites the domain's xenstore directory
+    # (its name with it) during the soft reset, so a lookup by name fails
+    # for a moment although the domain is alive (lost the CI of stop 24).
+    st=$(xl list "$dom" 2>/dev/null | awk 'NR == 2 { print $5 }')
     dms=$(xenstore-read "/local/domain/0/device-model/$dom/state" 2>/dev/null)
     if [ -n "$qemu1" ] && [ "$qemu1" != "$qemu0" ] && [ "$dms" = running ] &&
         [ -n "$st" ] && [ "${st#*s}" = "$st" ]; then
         done_reset=1
         break
     fi
-    xl domid "$name" >/dev/null 2>&1 || break
+    xl list "$dom" >/dev/null 2>&1 || break
     sleep 0.5
 done
 echo "---- xl's monitor"
