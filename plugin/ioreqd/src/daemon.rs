@@ -99,9 +99,10 @@ pub fn run(args: &Args, cfg: &Config, reporter: &Reporter) -> Result<(), Failure
         // A re-attaching worker leaves the decision to the supervisor (try
         // again, or give up); a first one reports why it stopped.
         if !args.attach {
-            if let Err(e) = reporter.send(&Report::Failed(f.to_string())) {
-                warn!(error = %e, "cannot report the failure to the supervisor");
-            }
+            let sent = reporter
+                .send(&Report::Failed(f.to_string()))
+                .and_then(|_| reporter.flush_within(LAST_REPORT_WAIT));
+            report_outcome(sent, "the failure");
         }
     }
     r
@@ -352,9 +353,10 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
         Ok(why) => info!(%dom, reason = %why, "stopping"),
         Err(e) => warn!(%dom, error = %e, "stopping after an error"),
     }
-    if let Err(e) = reporter.send(&Report::Stopping) {
-        warn!(%dom, error = %e, "cannot report stopping to the supervisor");
-    }
+    let sent = reporter
+        .send(&Report::Stopping)
+        .and_then(|_| reporter.flush_within(LAST_REPORT_WAIT));
+    report_outcome(sent, "stopping");
     let (pdm, hm, report) = server.shutdown();
     drop(hm);
     drop(pdm);
@@ -527,7 +529,25 @@ fn event_loop(
             if let Err(e) = reporter.send(&Report::BarBase(now)) {
                 warn!(domid, error = %e, "cannot report bar-base to the supervisor");
             }
+        } else if let Err(e) = reporter.flush() {
+            warn!(domid, error = %e, "cannot report to the supervisor");
         }
+    }
+}
+
+/// How long a worker about to exit waits for a supervisor that is not
+/// reading to take its last report.
+const LAST_REPORT_WAIT: Duration = Duration::from_secs(1);
+
+/// Logs what became of a worker's last report.
+fn report_outcome(sent: io::Result<Sent>, what: &str) {
+    match sent {
+        Ok(Sent::Delivered) | Ok(Sent::SupervisorGone) => {}
+        Ok(Sent::Queued) => warn!(
+            "the supervisor did not read the report of {what} within {:?}: lost",
+            LAST_REPORT_WAIT
+        ),
+        Err(e) => warn!(error = %e, "cannot report {what} to the supervisor"),
     }
 }
 

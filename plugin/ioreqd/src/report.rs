@@ -13,9 +13,17 @@
 //! A report that cannot be delivered because the supervisor is gone (it
 //! was killed) is not an error: the worker serves on without it (see
 //! supervisor.rs), and [`Reporter`] says once that the supervisor is gone.
+//!
+//! Nor does a supervisor that stops reading (stopped, or stuck in a slow
+//! xenstore write) stall the worker: the worker's end never blocks. What
+//! the socket cannot take yet waits in the worker and goes out with the
+//! next report or [`Reporter::flush`] (the event loop calls it on every
+//! round), BAR moves coalesced to the latest while it waits, so the guest,
+//! which moves its BAR at will, can neither stop its own service through
+//! the reports nor make the worker's memory grow.
 
 use gpu_hostmem_core::ioreq::Sbdf;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -161,26 +169,45 @@ impl Budget {
 pub enum Sent {
     /// It is on its way to the supervisor.
     Delivered,
+    /// The socket is full (the supervisor is not reading): the report
+    /// waits in the worker and goes out with a later
+    /// [`Reporter::send`] or [`Reporter::flush`], a BAR move replaced by a
+    /// later one.
+    Queued,
     /// The supervisor is gone (its end of the socket is closed): nobody
     /// will read it, and nobody will restart the worker.
     SupervisorGone,
 }
 
-/// The worker's end: sends reports, and tells whether the supervisor is
-/// still there.
+/// Reports the worker holds while the socket is full.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Bytes of reports other than BAR moves (a handful in a worker's
+    /// life: running, stopping, failed), in order, not yet written.
+    bytes: Vec<u8>,
+    /// The latest BAR move not yet written: only the last one matters.
+    bar: Option<Report>,
+}
+
+/// The worker's end: sends reports without ever blocking, and tells
+/// whether the supervisor is still there.
 #[derive(Debug)]
 pub struct Reporter {
     sock: UnixStream,
     gone: Cell<bool>,
+    backlog: RefCell<Backlog>,
 }
 
 impl Reporter {
-    /// Uses `sock`, the worker's end of the report socket.
-    pub fn new(sock: UnixStream) -> Self {
-        Self {
+    /// Uses `sock`, the worker's end of the report socket, which it makes
+    /// non-blocking.
+    pub fn new(sock: UnixStream) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        Ok(Self {
             sock,
             gone: Cell::new(false),
-        }
+            backlog: RefCell::new(Backlog::default()),
+        })
     }
 
     /// The socket the supervisor left on [`REPORT_FD`]. Refused unless
@@ -205,24 +232,85 @@ impl Reporter {
         let fd = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
         // SAFETY: fcntl(2) on an fd we own; no pointer.
         unsafe { libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
-        Ok(Self::new(UnixStream::from(fd)))
+        Self::new(UnixStream::from(fd))
     }
 
-    /// Sends one report. A supervisor that is gone is no error
-    /// ([`Sent::SupervisorGone`]); any other failure is.
+    /// Sends one report, or queues it when the socket is full
+    /// ([`Sent::Queued`]); never blocks. A supervisor that is gone is no
+    /// error ([`Sent::SupervisorGone`]); any other failure is.
     pub fn send(&self, r: &Report) -> io::Result<Sent> {
+        {
+            let mut b = self.backlog.borrow_mut();
+            if let Report::BarBase(_) = r {
+                b.bar = Some(r.clone());
+            } else {
+                // An earlier BAR move goes first, as it happened.
+                if let Some(bar) = b.bar.take() {
+                    b.bytes.extend_from_slice(format!("{bar}\n").as_bytes());
+                }
+                b.bytes.extend_from_slice(format!("{r}\n").as_bytes());
+            }
+        }
+        self.flush()
+    }
+
+    /// Writes what waits, as far as the socket takes it without blocking:
+    /// [`Sent::Delivered`] when nothing is left, [`Sent::Queued`] when
+    /// something is.
+    pub fn flush(&self) -> io::Result<Sent> {
         if self.gone.get() {
             return Ok(Sent::SupervisorGone);
         }
-        let mut line = r.to_string();
-        line.push('\n');
-        match (&self.sock).write_all(line.as_bytes()) {
-            Ok(()) => Ok(Sent::Delivered),
-            Err(e) if is_hang_up(&e) => {
-                self.gone.set(true);
-                Ok(Sent::SupervisorGone)
+        let mut b = self.backlog.borrow_mut();
+        if b.bytes.is_empty() {
+            if let Some(bar) = b.bar.take() {
+                b.bytes = format!("{bar}\n").into_bytes();
             }
-            Err(e) => Err(e),
+        }
+        while !b.bytes.is_empty() {
+            match (&self.sock).write(&b.bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    b.bytes.drain(..n);
+                    if b.bytes.is_empty() {
+                        if let Some(bar) = b.bar.take() {
+                            b.bytes = format!("{bar}\n").into_bytes();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Sent::Queued),
+                Err(e) if is_hang_up(&e) => {
+                    self.gone.set(true);
+                    *b = Backlog::default();
+                    return Ok(Sent::SupervisorGone);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Sent::Delivered)
+    }
+
+    /// [`Reporter::flush`], waiting up to `limit` for the socket to take
+    /// what is left: for the last report of a worker that is about to
+    /// exit. Gives up (the reports are lost, [`Sent::Queued`]) rather
+    /// than wait longer on a supervisor that does not read.
+    pub fn flush_within(&self, limit: Duration) -> io::Result<Sent> {
+        let until = Instant::now() + limit;
+        loop {
+            let sent = self.flush()?;
+            let left = until.saturating_duration_since(Instant::now());
+            if sent != Sent::Queued || left.is_zero() {
+                return Ok(sent);
+            }
+            let mut p = libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd on a socket we own.
+            unsafe { libc::poll(&mut p, 1, ms) };
         }
     }
 
@@ -356,7 +444,7 @@ mod tests {
     #[test]
     fn a_supervisor_that_is_gone_is_seen_and_is_no_error() {
         let (theirs, ours) = UnixStream::pair().expect("pair");
-        let r = Reporter::new(theirs);
+        let r = Reporter::new(theirs).expect("reporter");
         assert!(!r.supervisor_gone(), "the supervisor's end is open");
         assert_eq!(r.send(&Report::Stopping).expect("send"), Sent::Delivered);
         assert!(!r.supervisor_gone(), "data in flight is no hang-up");
@@ -369,13 +457,120 @@ mod tests {
 
         // Seen by a send first (no poll before it).
         let (theirs, ours) = UnixStream::pair().expect("pair");
-        let r = Reporter::new(theirs);
+        let r = Reporter::new(theirs).expect("reporter");
         drop(ours);
         assert_eq!(
             r.send(&Report::Stopping).expect("no error"),
             Sent::SupervisorGone
         );
         assert!(r.supervisor_gone());
+    }
+
+    /// Runs `f` on another thread; fails the test (instead of hanging it)
+    /// if `f` has not returned within 30 s.
+    fn must_return<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the worker's reporter blocked")
+    }
+
+    /// Reads everything the socket holds now.
+    fn drain(sock: &mut UnixStream, lines: &mut Lines, got: &mut Vec<String>) {
+        use std::io::Read;
+        sock.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 65536];
+        loop {
+            match sock.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => got.extend(lines.push(&buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// A supervisor that stops reading (stopped, stuck in xenstore) must
+    /// not stall the worker, whose guest moves its BAR at will: sends never
+    /// block, BAR moves queue as the latest only, other reports keep their
+    /// order, and everything left goes out once the supervisor reads.
+    #[test]
+    fn a_supervisor_that_does_not_read_never_blocks_the_worker() {
+        const MOVES: u64 = 200_000;
+        let (theirs, mut ours) = UnixStream::pair().expect("pair");
+        let (r, queued) = must_return(move || {
+            let r = Reporter::new(theirs).expect("reporter");
+            let mut queued = 0u64;
+            for i in 0..MOVES {
+                let sent = r.send(&Report::BarBase(Some(i << 32))).expect("send");
+                queued += u64::from(sent == Sent::Queued);
+            }
+            (r, queued)
+        });
+        assert!(
+            queued > 0,
+            "the socket never filled: the test proves nothing"
+        );
+        assert_eq!(
+            r.send(&Report::Stopping).expect("send"),
+            Sent::Queued,
+            "stopping waits behind the full socket"
+        );
+
+        let mut lines = Lines::default();
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            drain(&mut ours, &mut lines, &mut got);
+            if r.flush().expect("flush") == Sent::Delivered {
+                break;
+            }
+        }
+        drain(&mut ours, &mut lines, &mut got);
+        assert_eq!(r.flush().expect("flush"), Sent::Delivered);
+
+        let parsed: Vec<Report> = got
+            .iter()
+            .map(|l| Report::parse(l).expect("a whole report"))
+            .collect();
+        assert!(
+            (parsed.len() as u64) < MOVES,
+            "moves queued while full were coalesced ({} lines)",
+            parsed.len()
+        );
+        let (last, bars) = parsed.split_last().expect("lines");
+        assert_eq!(*last, Report::Stopping, "stopping comes last");
+        assert_eq!(
+            bars.last(),
+            Some(&Report::BarBase(Some((MOVES - 1) << 32))),
+            "the latest BAR move is never lost"
+        );
+        let mut prev = None;
+        for b in bars {
+            let Report::BarBase(Some(v)) = b else {
+                panic!("not a BAR move: {b}");
+            };
+            assert!(prev < Some(*v), "BAR moves in the order they happened");
+            prev = Some(*v);
+        }
+    }
+
+    /// A worker about to exit waits a bounded time for its last report,
+    /// then gives it up rather than hang on a supervisor that never reads.
+    #[test]
+    fn the_last_report_is_given_up_after_the_limit() {
+        let (theirs, _ours) = UnixStream::pair().expect("pair");
+        let sent = must_return(move || {
+            let r = Reporter::new(theirs).expect("reporter");
+            let mut i = 0u64;
+            while r.send(&Report::BarBase(Some(i << 32))).expect("send") != Sent::Queued {
+                i += 1;
+            }
+            r.send(&Report::Stopping).expect("send");
+            r.flush_within(Duration::from_millis(50)).expect("flush")
+        });
+        assert_eq!(sent, Sent::Queued);
     }
 
     #[test]
