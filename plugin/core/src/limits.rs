@@ -76,6 +76,44 @@ impl RateLimiter {
     }
 }
 
+/// Bounds how often a message the guest can trigger at will is logged, so
+/// that a guest cannot fill dom0's log or disk with it (a BAR moved in a
+/// loop logs a line per move). As Xen's `printk_ratelimit()`: at most
+/// [`LogLimit::BURST`] messages per [`LogLimit::WINDOW`]; the first one
+/// logged after some were left out says how many.
+#[derive(Clone, Debug, Default)]
+pub struct LogLimit {
+    start: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// Messages logged per window.
+    pub const BURST: u32 = 10;
+    /// The window.
+    pub const WINDOW: Duration = Duration::from_secs(5);
+
+    /// Whether to log a message at `now`: `Some(n)` to log it, saying that
+    /// `n` were left out before it; `None` to leave it out.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        let fresh = match self.start {
+            None => true,
+            Some(s) => now.saturating_duration_since(s) >= Self::WINDOW,
+        };
+        if fresh {
+            self.start = Some(now);
+            self.used = 0;
+        }
+        if self.used >= Self::BURST {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// The limits in force for one domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -121,6 +159,24 @@ pub fn bar_paging_kib(bar_size: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_limit_admits_a_burst_per_window_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::default();
+        for _ in 0..LogLimit::BURST {
+            assert_eq!(l.admit(t0), Some(0));
+        }
+        // A guest looping: a million more in the same window, none logged.
+        for i in 0..1_000_000u64 {
+            let at = t0 + Duration::from_nanos(i);
+            assert_eq!(l.admit(at), None);
+        }
+        // The next window: the first line says what was left out.
+        let t1 = t0 + LogLimit::WINDOW;
+        assert_eq!(l.admit(t1), Some(1_000_000));
+        assert_eq!(l.admit(t1), Some(0), "counted once");
+    }
 
     #[test]
     fn paging_memory_of_a_bar() {

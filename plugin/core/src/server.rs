@@ -27,7 +27,7 @@ use crate::ioreq::{
     STATE_IORESP_READY, STATE_IORESP_RETRY,
 };
 use crate::ledger::DomainLedger;
-use crate::limits::{Limits, RateLimiter};
+use crate::limits::{Limits, LogLimit, RateLimiter};
 use crate::pci::{BarChange, PciError, PciFunction, PciIds};
 use crate::platform::{
     DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError,
@@ -241,6 +241,8 @@ pub struct Server<D: DeviceModel, H: HostMem> {
     mmio: Option<Range<u64>>,
     registry: Registry,
     ledger: DomainLedger,
+    /// Bounds the log lines of BAR moves, which the guest makes at will.
+    bar_log: LogLimit,
     /// Requests left pending, at most one per vCPU.
     deferred: Vec<Option<(Ioreq, Defer)>>,
     rate: RateLimiter,
@@ -329,6 +331,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             mmio,
             registry: Registry::new(),
             ledger: DomainLedger::default(),
+            bar_log: LogLimit::default(),
             deferred: vec![None; nr_vcpus as usize],
             rate: RateLimiter::new(cfg.limits.fault_rate, cfg.limits.fault_burst),
             counters: Counters::default(),
@@ -662,7 +665,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     ) -> Result<Response, ServerError> {
         self.counters.requests += 1;
         match req.kind {
-            IOREQ_TYPE_PCI_CONFIG => self.pci_config(req),
+            IOREQ_TYPE_PCI_CONFIG => self.pci_config(req, now),
             IOREQ_TYPE_COPY => Ok(self.bar_access(vcpu, req, now)),
             IOREQ_TYPE_TIMEOFFSET | IOREQ_TYPE_INVALIDATE => Ok(Response::ready(req.data)),
             IOREQ_TYPE_PIO => {
@@ -678,7 +681,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         }
     }
 
-    fn pci_config(&mut self, req: &Ioreq) -> Result<Response, ServerError> {
+    fn pci_config(&mut self, req: &Ioreq, now: Instant) -> Result<Response, ServerError> {
         self.counters.pci_config += 1;
         let a = req.pci_config_address();
         if a.sbdf != self.cfg.sbdf {
@@ -690,7 +693,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         }
         let before = self.pci.saved();
         let change = self.pci.write(a.reg, req.size, req.data as u32);
-        self.apply_bar_change(change)?;
+        self.apply_bar_change(change, now)?;
         if self.save_pci.is_some() && self.pci.saved() != before {
             self.save_pci_state();
         }
@@ -698,14 +701,19 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     }
 
     /// Apply a config-write diff: revoke and unmap the old range, then map
-    /// the new one.
-    fn apply_bar_change(&mut self, change: BarChange) -> Result<(), ServerError> {
+    /// the new one. Logged within [`LogLimit`]: the guest moves its BAR at
+    /// will.
+    fn apply_bar_change(&mut self, change: BarChange, now: Instant) -> Result<(), ServerError> {
         if change.is_empty() {
             return Ok(());
         }
         self.counters.bar_moves += 1;
+        let log = self.bar_log.admit(now);
         if let Some(old) = change.mmio_remove {
-            info!(dom = %self.dom, start = old.start, end = old.end, "BAR range no longer decoded: revoking and unmapping");
+            if let Some(left_out) = log {
+                info!(dom = %self.dom, start = old.start, end = old.end, moves = self.counters.bar_moves,
+                      not_logged_before = left_out, "BAR range no longer decoded: revoking and unmapping");
+            }
             self.revoke_range(old.clone())?;
             if self.mmio.as_ref() == Some(&old) {
                 if let Err(e) = self
@@ -719,7 +727,10 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             }
         }
         if let Some(new) = change.mmio_add {
-            info!(dom = %self.dom, start = new.start, end = new.end, "BAR range decoded: mapping");
+            if let Some(left_out) = log {
+                info!(dom = %self.dom, start = new.start, end = new.end, moves = self.counters.bar_moves,
+                      not_logged_before = left_out, "BAR range decoded: mapping");
+            }
             match self.dm.map_mmio(&self.dom, self.id, new.start, new.end - 1) {
                 Ok(()) => self.mmio = Some(new),
                 // A restarted server re-applying the write its predecessor

@@ -525,7 +525,9 @@ fn event_loop(
         if now != bar_base {
             bar_base = now;
             let v = now.map_or_else(|| "unmapped".to_owned(), |b| format!("{b:#x}"));
-            info!(domid, bar_base = %v, "BAR moved");
+            // The server logs the move within its limit (the guest moves
+            // its BAR at will); this one only at debug level.
+            tracing::debug!(domid, bar_base = %v, "BAR moved");
             if let Err(e) = reporter.send(&Report::BarBase(now)) {
                 warn!(domid, error = %e, "cannot report bar-base to the supervisor");
             }
