@@ -41,6 +41,12 @@
  *                         domain that dom0 triggers and check the region
  *                         again once the backend replaced its memory
  *                         (results on Xen's debug port 0xe9, see soft_reset())
+ *   hostmem-guest barmove VENDOR DEVICE OFFSET SIZE COUNT   check's pattern
+ *                         and stamps, then move the BAR COUNT times through
+ *                         the function's config space (upper dword of BAR0:
+ *                         8 GiB up, back, ...), ending where it began, reading
+ *                         the region back every 256 moves; then every page
+ *                         once more (see bar_moves())
  *   hostmem-guest bench   VENDOR DEVICE OFFSET SIZE ROUNDS   read/write
  *                         bandwidth through the BAR against guest RAM
  *   hostmem-guest bwsuite VENDOR DEVICE OFFSET SIZE BENCH ROUNDS PASSES UNREG COUNT
@@ -187,6 +193,81 @@ static int check(volatile uint64_t *bar, uint64_t off, uint64_t size)
     printf("RESULT name=guest-stamps-pages ok=%d value=%" PRIu64 " offset=0x%" PRIx64 "\n",
            stamped == size / PAGE, stamped, off);
     return bad == 0 && good > 0 && stamped == size / PAGE ? 0 : 1;
+}
+
+/* Reads the first two words of every page of a checked region: the stamp
+ * check() left (~pattern) and the backend's pattern 512 bytes in. Returns
+ * the pages that differ. */
+static uint64_t stamped_region_bad(volatile uint64_t *bar, uint64_t off, uint64_t size)
+{
+    uint64_t page, bad = 0;
+
+    for (page = off; page < off + size; page += PAGE)
+        if (bar[page / 8] != ~pattern(page) || bar[(page + 512) / 8] != pattern(page + 512))
+            bad++;
+    return bad;
+}
+
+/* A guest moving its BAR at will (hostile, or a driver gone wrong): COUNT
+ * rewrites of BAR0's upper dword through sysfs config (each a config write
+ * the IOREQ server handles: revoke and unmap the old range, map the new),
+ * alternating between where the BAR is and 8 GiB above, ending where it
+ * began. Every 256 moves, once back in place, one page is read back (lent
+ * again); at the end every page is. The lent memory must read right
+ * throughout, and the loop must finish: a server that stalls on the moves
+ * (its reports, its log) stalls the guest. */
+static int bar_moves(const char *res, volatile uint64_t *bar, uint64_t off, uint64_t size,
+                     uint64_t count)
+{
+    char cfg[512];
+    size_t n = strlen(res);
+    uint32_t hi0, hi;
+    uint64_t i, mid_bad = 0, mid_reads = 0, bad;
+    double t0, dt;
+    int fd;
+
+    if (check(bar, off, size))
+        return 1;
+    if (n < 9 || strcmp(res + n - 9, "resource0")) {
+        printf("RESULT name=guest-bar-moves ok=0 value=bad-path\n");
+        return 1;
+    }
+    snprintf(cfg, sizeof(cfg), "%.*sconfig", (int)(n - 9), res);
+    fd = open(cfg, O_RDWR);
+    if (fd < 0 || pread(fd, &hi0, 4, 0x14) != 4) {
+        printf("RESULT name=guest-bar-moves ok=0 value=config:%s\n", strerror(errno));
+        return 1;
+    }
+    t0 = now();
+    for (i = 1; i <= count; i++) {
+        hi = (i == count || !(i & 1)) ? hi0 : hi0 + 2;
+        if (pwrite(fd, &hi, 4, 0x14) != 4) {
+            printf("RESULT name=guest-bar-moves ok=0 value=write:%s,at=%" PRIu64 "\n",
+                   strerror(errno), i);
+            close(fd);
+            return 1;
+        }
+        if (hi == hi0 && i % 256 == 0) {
+            uint64_t page = off + (i / 256 * PAGE) % size;
+
+            mid_reads++;
+            if (bar[page / 8] != ~pattern(page))
+                mid_bad++;
+        }
+    }
+    dt = now() - t0;
+    if (pread(fd, &hi, 4, 0x14) != 4)
+        hi = ~0u;
+    close(fd);
+    printf("guest: %" PRIu64 " BAR moves in %.3f s, upper dword 0x%x -> 0x%x\n", count, dt,
+           hi0, hi);
+    printf("RESULT name=guest-bar-moves ok=%d value=%" PRIu64 " seconds=%.3f back=%d\n",
+           hi == hi0, count, dt, hi == hi0);
+    bad = stamped_region_bad(bar, off, size);
+    printf("RESULT name=guest-bar-data-after-moves ok=%d value=bad=%" PRIu64
+           ",mid_reads=%" PRIu64 ",mid_bad=%" PRIu64 "\n",
+           bad == 0 && mid_bad == 0, bad, mid_reads, mid_bad);
+    return hi == hi0 && bad == 0 && mid_bad == 0 ? 0 : 1;
 }
 
 static int touch(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t stride)
@@ -1419,6 +1500,8 @@ int main(int argc, char **argv)
         return hammer(bar, off, size, strtoull(argv[6], NULL, 0));
     if (!strcmp(argv[1], "revoke") && argc > 6)
         return revoke_watch(bar, off, size, atoi(argv[6]));
+    if (!strcmp(argv[1], "barmove") && argc > 6)
+        return bar_moves(res, bar, off, size, strtoull(argv[6], NULL, 0));
     if (!strcmp(argv[1], "softreset") && argc > 6)
         return soft_reset(bar, off, size, atoi(argv[6]));
     if (!strcmp(argv[1], "loop"))
