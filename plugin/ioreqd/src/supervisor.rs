@@ -211,6 +211,9 @@ struct Publisher<'a> {
     /// was spent): only the latest matters.
     bar_base: Option<Report>,
     dropped: u64,
+    /// Lines that were no report (a compromised worker's): logged at
+    /// powers of two only, so that it cannot flood the log through us.
+    refused: u64,
     /// libxl's startup node, until the first worker's `running` or
     /// `failed` is announced there.
     ready_path: Option<String>,
@@ -235,6 +238,7 @@ impl Publisher<'_> {
             budget: Budget::new(Instant::now()),
             bar_base: None,
             dropped: 0,
+            refused: 0,
             ready_path,
         }
     }
@@ -266,7 +270,11 @@ impl Publisher<'_> {
         let report = match Report::parse(line) {
             Ok(r) => r,
             Err(e) => {
-                warn!(%dom, error = %e, "supervisor: dropped a report of the worker");
+                self.refused += 1;
+                if self.refused.is_power_of_two() {
+                    warn!(%dom, error = %e, refused = self.refused,
+                          "supervisor: dropped a line of the worker that is no report");
+                }
                 return;
             }
         };
