@@ -195,6 +195,31 @@ static int check(volatile uint64_t *bar, uint64_t off, uint64_t size)
     return bad == 0 && good > 0 && stamped == size / PAGE ? 0 : 1;
 }
 
+/* The config file of the function whose resource0 is RES, opened for
+ * FLAGS; -1 if RES does not end in resource0 or it cannot be opened. */
+static int open_config(const char *res, int flags)
+{
+    char cfg[512];
+    size_t n = strlen(res);
+
+    if (n < 9 || strcmp(res + n - 9, "resource0"))
+        return -1;
+    snprintf(cfg, sizeof(cfg), "%.*sconfig", (int)(n - 9), res);
+    return open(cfg, flags);
+}
+
+/* The function's first config dword (device << 16 | vendor) read now, from
+ * config space itself (a config cycle, which the IOREQ server answers
+ * while it claims the function); all ones if it cannot be read. */
+static uint32_t config_id(int fd)
+{
+    uint32_t id;
+
+    if (fd < 0 || pread(fd, &id, 4, 0) != 4)
+        return ~0u;
+    return id;
+}
+
 /* Reads the first two words of every page of a checked region: the stamp
  * check() left (~pattern) and the backend's pattern 512 bytes in. Returns
  * the pages that differ. */
@@ -219,8 +244,6 @@ static uint64_t stamped_region_bad(volatile uint64_t *bar, uint64_t off, uint64_
 static int bar_moves(const char *res, volatile uint64_t *bar, uint64_t off, uint64_t size,
                      uint64_t count)
 {
-    char cfg[512];
-    size_t n = strlen(res);
     uint32_t hi0, hi;
     uint64_t i, mid_bad = 0, mid_reads = 0, bad;
     double t0, dt;
@@ -228,12 +251,7 @@ static int bar_moves(const char *res, volatile uint64_t *bar, uint64_t off, uint
 
     if (check(bar, off, size))
         return 1;
-    if (n < 9 || strcmp(res + n - 9, "resource0")) {
-        printf("RESULT name=guest-bar-moves ok=0 value=bad-path\n");
-        return 1;
-    }
-    snprintf(cfg, sizeof(cfg), "%.*sconfig", (int)(n - 9), res);
-    fd = open(cfg, O_RDWR);
+    fd = open_config(res, O_RDWR);
     if (fd < 0 || pread(fd, &hi0, 4, 0x14) != 4) {
         printf("RESULT name=guest-bar-moves ok=0 value=config:%s\n", strerror(errno));
         return 1;
@@ -583,11 +601,12 @@ static int loop_reads(volatile uint64_t *bar, uint64_t off, uint64_t size)
 /* Like loop_reads, for a bounded time, checking every value read: the
  * backend's pattern below REGEND, all-ones above (unregistered). The word
  * read in each page moves every round. One RESULT line at the end. */
-static int loop_check(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t regend,
-                      int seconds)
+static int loop_check(const char *res, volatile uint64_t *bar, uint64_t off, uint64_t size,
+                      uint64_t regend, int seconds)
 {
     uint64_t a, w, v, want, rounds = 0, reads = 0, bad = 0, first_bad = 0;
     double next = now() + 1, end = now() + seconds;
+    int cfd = open_config(res, O_RDONLY);
 
     while (now() < end) {
         w = (rounds % (PAGE / 8)) * 8;
@@ -603,13 +622,16 @@ static int loop_check(volatile uint64_t *bar, uint64_t off, uint64_t size, uint6
         }
         rounds++;
         if (now() >= next) {
-            printf("guest: loop round %" PRIu64 " bad %" PRIu64 "\n", rounds, bad);
+            printf("guest: loop round %" PRIu64 " bad %" PRIu64 " id 0x%08x\n", rounds, bad,
+                   config_id(cfd));
             fflush(stdout);
             next = now() + 1;
         }
     }
     printf("RESULT name=guest-loopcheck ok=%d value=%" PRIu64 " reads=%" PRIu64 " bad=%" PRIu64
            " first_bad=0x%" PRIx64 "\n", bad == 0 && rounds > 0, rounds, reads, bad, first_bad);
+    if (cfd >= 0)
+        close(cfd);
     return bad == 0 && rounds > 0 ? 0 : 1;
 }
 
@@ -1516,7 +1538,7 @@ int main(int argc, char **argv)
         return follow(bar, off, data, size, atoi(argv[7]));
     }
     if (!strcmp(argv[1], "loopcheck") && argc > 7)
-        return loop_check(bar, off, size, strtoull(argv[6], NULL, 0), atoi(argv[7]));
+        return loop_check(res, bar, off, size, strtoull(argv[6], NULL, 0), atoi(argv[7]));
     if (!strcmp(argv[1], "suite") && argc > 9) {
         /* The in-guest benchmarks in one run (tests/e2e/scenarios/80-bench-*):
          * first touch of OFFSET..+SIZE (one read per 4 KiB page), bandwidth

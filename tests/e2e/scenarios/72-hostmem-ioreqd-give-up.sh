@@ -8,7 +8,11 @@
 # says `failed: ... given up ...`, no worker runs, the supervisor stays,
 # `gpu-hostmem status` says it; the guest keeps making progress after the
 # give-up (new "loop round" lines: its accesses are answered, as unbacked)
-# and finishes with every value right; xl destroy cleans up everything.
+# and finishes with every value right; the function's config space, which
+# the guest reads at each progress line, showed its ids while served and
+# reads all ones once given up (the disabled server no longer claims it, so
+# the function is gone, as a surprise-removed device is); xl destroy
+# cleans up everything.
 # timeout: 480
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
@@ -41,6 +45,16 @@ for k in $(seq 1 "$kills"); do
     done
 done
 check "$name-killed" "killed=$killed/$kills" [ "$killed" = "$kills" ]
+# last_id: the config id (device << 16 | vendor) of the guest's latest
+# progress line.
+last_id() {
+    tr -d '\r' <"$GH_CONSOLE_DIR/guest-$name.log" 2>/dev/null |
+        sed -n 's/^guest: loop round .* id \(0x[0-9a-f]*\)$/\1/p' | tail -n1
+}
+served_id=$(tr -d '\r' <"$GH_CONSOLE_DIR/guest-$name.log" 2>/dev/null |
+    sed -n 's/^guest: loop round .* id \(0x[0-9a-f]*\)$/\1/p' | head -n1)
+want_id=$(printf '0x%04x%04x' "$HM_DEVICE" "$HM_VENDOR")
+check "$name-config-while-served" "id=${served_id:-none},want=$want_id" [ "$served_id" = "$want_id" ]
 st=
 for _ in $(seq 1 150); do
     st=$(xenstore-read "$xsdir/state" 2>/dev/null || true)
@@ -61,6 +75,8 @@ r0=$(hm_loop_rounds "$name")
 sleep 6
 r1=$(hm_loop_rounds "$name")
 check "$name-guest-progresses-after-give-up" "rounds=$r0->$r1" [ "$r1" -gt "$r0" ]
+gone_id=$(last_id)
+check "$name-config-gone-after-give-up" "id=${gone_id:-none}" [ "$gone_id" = 0xffffffff ]
 hm_loopcheck_done "$name" 240
 hm_ioreqd_log "$HM_DOM" 400 | grep -E 'died|giving up|given up|fallback' | tail -n 20
 hm_destroy_clean "$name"
