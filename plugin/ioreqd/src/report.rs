@@ -246,9 +246,9 @@ impl Reporter {
             } else {
                 // An earlier BAR move goes first, as it happened.
                 if let Some(bar) = b.bar.take() {
-                    b.bytes.extend_from_slice(format!("{bar}\n").as_bytes());
+                    b.bytes.extend(line(&bar));
                 }
-                b.bytes.extend_from_slice(format!("{r}\n").as_bytes());
+                b.bytes.extend(line(r));
             }
         }
         self.flush()
@@ -262,21 +262,18 @@ impl Reporter {
             return Ok(Sent::SupervisorGone);
         }
         let mut b = self.backlog.borrow_mut();
-        if b.bytes.is_empty() {
-            if let Some(bar) = b.bar.take() {
-                b.bytes = format!("{bar}\n").into_bytes();
+        loop {
+            // The ordered reports first, then the latest BAR move.
+            if b.bytes.is_empty() {
+                match b.bar.take() {
+                    Some(bar) => b.bytes = line(&bar),
+                    None => return Ok(Sent::Delivered),
+                }
             }
-        }
-        while !b.bytes.is_empty() {
             match (&self.sock).write(&b.bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     b.bytes.drain(..n);
-                    if b.bytes.is_empty() {
-                        if let Some(bar) = b.bar.take() {
-                            b.bytes = format!("{bar}\n").into_bytes();
-                        }
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Sent::Queued),
@@ -288,7 +285,6 @@ impl Reporter {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Sent::Delivered)
     }
 
     /// [`Reporter::flush`], waiting up to `limit` for the socket to take
@@ -333,6 +329,11 @@ impl Reporter {
         }
         self.gone.get()
     }
+}
+
+/// The bytes of `r` on the socket: its line and the newline.
+fn line(r: &Report) -> Vec<u8> {
+    format!("{r}\n").into_bytes()
 }
 
 /// Whether a failed send means the other end is closed.

@@ -45,14 +45,13 @@ for k in $(seq 1 "$kills"); do
     done
 done
 check "$name-killed" "killed=$killed/$kills" [ "$killed" = "$kills" ]
-# last_id: the config id (device << 16 | vendor) of the guest's latest
-# progress line.
-last_id() {
+# config_ids: the config ids (device << 16 | vendor) of the guest's
+# progress lines so far, in order.
+config_ids() {
     tr -d '\r' <"$GH_CONSOLE_DIR/guest-$name.log" 2>/dev/null |
-        sed -n 's/^guest: loop round .* id \(0x[0-9a-f]*\)$/\1/p' | tail -n1
+        sed -n 's/^guest: loop round .* id \(0x[0-9a-f]*\)$/\1/p'
 }
-served_id=$(tr -d '\r' <"$GH_CONSOLE_DIR/guest-$name.log" 2>/dev/null |
-    sed -n 's/^guest: loop round .* id \(0x[0-9a-f]*\)$/\1/p' | head -n1)
+served_id=$(config_ids | head -n1)
 want_id=$(printf '0x%04x%04x' "$HM_DEVICE" "$HM_VENDOR")
 check "$name-config-while-served" "id=${served_id:-none},want=$want_id" [ "$served_id" = "$want_id" ]
 st=
@@ -75,7 +74,7 @@ r0=$(hm_loop_rounds "$name")
 sleep 6
 r1=$(hm_loop_rounds "$name")
 check "$name-guest-progresses-after-give-up" "rounds=$r0->$r1" [ "$r1" -gt "$r0" ]
-gone_id=$(last_id)
+gone_id=$(config_ids | tail -n1)
 check "$name-config-gone-after-give-up" "id=${gone_id:-none}" [ "$gone_id" = 0xffffffff ]
 hm_loopcheck_done "$name" 240
 hm_ioreqd_log "$HM_DOM" 400 | grep -E 'died|giving up|given up|fallback' | tail -n 20
