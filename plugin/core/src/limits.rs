@@ -114,6 +114,27 @@ impl LogLimit {
     }
 }
 
+/// Counts a repeated event that another party controls (a compromised
+/// worker's garbage lines, reports over the budget, requests a fallback
+/// answers) and says when to log it: the 1st, 2nd, 4th, 8th... time, as Xen
+/// logs its unbacked RETRY completions. Logging each one would let that
+/// party write dom0's log at its own rate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally(u64);
+
+impl Tally {
+    /// Counts one more; `Some(total)` when this one is to be logged.
+    pub fn note(&mut self) -> Option<u64> {
+        self.0 = self.0.saturating_add(1);
+        self.0.is_power_of_two().then_some(self.0)
+    }
+
+    /// How many were counted.
+    pub fn total(&self) -> u64 {
+        self.0
+    }
+}
+
 /// The limits in force for one domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -159,6 +180,18 @@ pub fn bar_paging_kib(bar_size: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tally_logs_at_powers_of_two_only() {
+        let mut t = Tally::default();
+        let logged: Vec<u64> = (0..1000).filter_map(|_| t.note()).collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]);
+        assert_eq!(t.total(), 1000);
+        let mut full = Tally(u64::MAX - 1);
+        assert_eq!(full.note(), None);
+        assert_eq!(full.note(), None, "saturates, never wraps to log again");
+        assert_eq!(full.total(), u64::MAX);
+    }
 
     #[test]
     fn log_limit_admits_a_burst_per_window_and_counts_the_rest() {

@@ -27,6 +27,7 @@
 use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
+use gpu_hostmem_core::limits::Tally;
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
 use gpu_hostmem_core::server::{self, unbacked_answer};
 use gpu_hostmem_host::control::{control_dir, pci_state_path, socket_path};
@@ -210,10 +211,11 @@ struct Publisher<'a> {
     /// The latest BAR address reported and not yet written (the budget
     /// was spent): only the latest matters.
     bar_base: Option<Report>,
-    dropped: u64,
+    /// Reports over the budget.
+    dropped: Tally,
     /// Lines that were no report (a compromised worker's): logged at
     /// powers of two only, so that it cannot flood the log through us.
-    refused: u64,
+    refused: Tally,
     /// libxl's startup node, until the first worker's `running` or
     /// `failed` is announced there.
     ready_path: Option<String>,
@@ -237,8 +239,8 @@ impl Publisher<'_> {
             lines: Lines::default(),
             budget: Budget::new(Instant::now()),
             bar_base: None,
-            dropped: 0,
-            refused: 0,
+            dropped: Tally::default(),
+            refused: Tally::default(),
             ready_path,
         }
     }
@@ -270,9 +272,8 @@ impl Publisher<'_> {
         let report = match Report::parse(line) {
             Ok(r) => r,
             Err(e) => {
-                self.refused += 1;
-                if self.refused.is_power_of_two() {
-                    warn!(%dom, error = %e, refused = self.refused,
+                if let Some(refused) = self.refused.note() {
+                    warn!(%dom, error = %e, refused,
                           "supervisor: dropped a line of the worker that is no report");
                 }
                 return;
@@ -285,9 +286,8 @@ impl Publisher<'_> {
             return;
         }
         if !self.budget.take(Instant::now()) {
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                warn!(%dom, dropped = self.dropped, report = %report,
+            if let Some(dropped) = self.dropped.note() {
+                warn!(%dom, dropped, report = %report,
                       "supervisor: the worker reports faster than the budget; dropped");
             }
             return;
@@ -779,7 +779,7 @@ fn give_up(
         hm.revoke(dom, RevokeRange::All)
             .map_err(|e| e.to_string())?;
         info!(%dom, "supervisor: fallback running: server disabled, pages revoked");
-        let mut answered = 0u64;
+        let mut answered = Tally::default();
         while !stop.load(Ordering::Acquire) && pdm.is_alive(dom).unwrap_or(true) {
             let _ = chan.wait(Some(Duration::from_millis(200)));
             for vcpu in 0..chan.nr_vcpus() {
@@ -792,8 +792,7 @@ fn give_up(
                 chan.complete(vcpu, resp.data, resp.state)
                     .map_err(|e| e.to_string())?;
                 chan.notify(vcpu).map_err(|e| e.to_string())?;
-                answered += 1;
-                if answered.is_power_of_two() {
+                if let Some(answered) = answered.note() {
                     info!(%dom, answered, "supervisor: fallback answered requests as unbacked");
                 }
             }
