@@ -21,10 +21,11 @@
  *   hostmem-guest follow  VENDOR DEVICE OFFSET SIZE DATA SECONDS  stale-page
  *                         checks driven by dom0's hostmem-stale: control page
  *                         at OFFSET, data at DATA..+SIZE (see follow())
- *   hostmem-guest loopcheck VENDOR DEVICE OFFSET SIZE REGEND SECONDS  read
+ *   hostmem-guest loopcheck VENDOR DEVICE OFFSET SIZE REGEND SECONDS [RATE]  read
  *                         one word per page of the region, round after round
  *                         for SECONDS, each against the backend's pattern
- *                         (below REGEND) or all-ones (unregistered, above)
+ *                         (below REGEND) or all-ones (unregistered, above);
+ *                         at most RATE rounds a second if given
  *   hostmem-guest suite   VENDOR DEVICE OFFSET SIZE BENCH ROUNDS UNREG COUNT
  *                         the in-guest benchmarks in one run (see main)
  *   hostmem-guest insn    VENDOR DEVICE OFFSET SIZE REGEND [BOUNDARY]...  every instruction
@@ -600,12 +601,16 @@ static int loop_reads(volatile uint64_t *bar, uint64_t off, uint64_t size)
 
 /* Like loop_reads, for a bounded time, checking every value read: the
  * backend's pattern below REGEND, all-ones above (unregistered). The word
- * read in each page moves every round. One RESULT line at the end. */
+ * read in each page moves every round. One RESULT line at the end.
+ * RATE > 0 bounds the rounds per second: a scenario that needs the guest to
+ * keep making progress, not volume, keeps its count of exits (each read of
+ * an unlent page is one) small; on the test bed every exit is a chance of the
+ * emulator's fault (docs/testbed-fault.md). */
 static int loop_check(const char *res, volatile uint64_t *bar, uint64_t off, uint64_t size,
-                      uint64_t regend, int seconds)
+                      uint64_t regend, int seconds, double rate)
 {
     uint64_t a, w, v, want, rounds = 0, reads = 0, bad = 0, first_bad = 0;
-    double next = now() + 1, end = now() + seconds;
+    double start = now(), next = start + 1, end = start + seconds, due; /* due: seconds */
     int cfd = open_config(res, O_RDONLY);
 
     while (now() < end) {
@@ -621,6 +626,8 @@ static int loop_check(const char *res, volatile uint64_t *bar, uint64_t off, uin
             }
         }
         rounds++;
+        if (rate > 0 && (due = start + rounds / rate - now()) > 0)
+            usleep((useconds_t)(due * 1e6));
         if (now() >= next) {
             printf("guest: loop round %" PRIu64 " bad %" PRIu64 " id 0x%08x\n", rounds, bad,
                    config_id(cfd));
@@ -1538,7 +1545,8 @@ int main(int argc, char **argv)
         return follow(bar, off, data, size, atoi(argv[7]));
     }
     if (!strcmp(argv[1], "loopcheck") && argc > 7)
-        return loop_check(res, bar, off, size, strtoull(argv[6], NULL, 0), atoi(argv[7]));
+        return loop_check(res, bar, off, size, strtoull(argv[6], NULL, 0), atoi(argv[7]),
+                          argc > 8 ? atof(argv[8]) : 0);
     if (!strcmp(argv[1], "suite") && argc > 9) {
         /* The in-guest benchmarks in one run (tests/e2e/scenarios/80-bench-*):
          * first touch of OFFSET..+SIZE (one read per 4 KiB page), bandwidth
