@@ -545,6 +545,7 @@ mod tests {
                     refused: 0,
                 }),
                 xen_retry_error: None,
+                device: None,
             }),
             server_error: None,
             kernel: None,
