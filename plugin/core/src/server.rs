@@ -832,7 +832,14 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
                     .unmap_mmio(&self.dom, self.id, old.start, old.end - 1)
                 {
                     self.note_gone(&e);
-                    warn!(dom = %self.dom, error = %e, "unmapping old register BAR range failed");
+                    // ENOENT: a range Xen refused to map (the guest put
+                    // BAR2 over the window); the guest may do it at will,
+                    // so it is not worth a warning each time.
+                    if e.errno == Errno::ENOENT {
+                        debug!(dom = %self.dom, error = %e, "old register BAR range was not mapped");
+                    } else {
+                        warn!(dom = %self.dom, error = %e, "unmapping old register BAR range failed");
+                    }
                 }
                 self.regs_mmio = None;
             }

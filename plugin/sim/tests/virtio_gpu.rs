@@ -595,3 +595,47 @@ fn the_window_still_lends_behind_a_virtio_gpu_function() {
     assert_eq!(vm.sim.lent_pages(&vm.dom), 0);
     assert!(*vm.forgotten.borrow() > before);
 }
+
+#[test]
+fn bar2_placed_over_the_window_is_harmless_and_can_move_away() {
+    let mut vm = Vm::new();
+    // The window moved below 4 GiB, BAR2 inside it: Xen refuses the
+    // overlapping range (EEXIST within one server); the window's range
+    // still brings those accesses to the server, which serves the
+    // registers first.
+    let low = 0xe000_0000u64;
+    vm.cfg_w(REG_BAR1, 4, 0);
+    vm.cfg_w(REG_BAR0, 4, low as u32 | 0xc);
+    vm.cfg_w(REG_BAR2, 4, (low as u32) | 0x10_0000);
+    assert_eq!(vm.r(low + 0x10_0000 + common::NUMQ, 2), 2);
+    // Moved away (the range Xen never mapped is not unmapped), it is
+    // routed and served again.
+    vm.cfg_w(REG_BAR2, 4, REGS as u32);
+    assert_eq!(vm.r(COMMON + common::NUMQ, 2), 2);
+    vm.probe();
+    assert_eq!(
+        vm.command(&hdr(GET_DISPLAY_INFO, &[])),
+        Some(resp::OK_DISPLAY_INFO)
+    );
+    // BAR2 over guest RAM: RAM wins, as on Xen; nothing reaches the server.
+    let before = vm
+        .server
+        .as_mut()
+        .expect("server")
+        .status(false)
+        .counters
+        .register_accesses;
+    vm.cfg_w(REG_BAR2, 4, 0x20_0000);
+    assert!(!matches!(
+        vm.access(0x20_0000 + common::NUMQ, 2, None),
+        Access::Emulated { value: 2 }
+    ));
+    let after = vm
+        .server
+        .as_mut()
+        .expect("server")
+        .status(false)
+        .counters
+        .register_accesses;
+    assert_eq!(before, after);
+}
