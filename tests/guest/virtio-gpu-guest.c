@@ -4,7 +4,7 @@
  * Runs inside an HVM guest (busybox initramfs) whose gpu-hostmem function
  * is a virtio-gpu device (device: virtio-gpu in dom0's gpu-hostmem.yaml).
  *
- *   virtio-gpu-guest probe
+ *   virtio-gpu-guest probe [RESTART_WAIT]
  *
  * Loads the unmodified virtio_gpu driver and its dependencies from
  * /lib/modules/gh (in this order: virtio_dma_buf drm drm_kms_helper
@@ -14,7 +14,9 @@
  * 2D resource (the driver creates it on the host and attaches its backing
  * pages), MAP + mmap to write a pattern into the backing, TRANSFER_TO_HOST
  * and WAIT. The host answers each command; an error answer shows in the
- * kernel log as "response 0x... (command 0x...)", which is checked.
+ * kernel log as "response 0x... (command 0x...)", which is checked. Then
+ * it prints GH-VG-PHASE1-DONE, sleeps RESTART_WAIT seconds (dom0 kills the
+ * IOREQ server's worker meanwhile) and draws a second resource.
  * Prints "RESULT name=... ok=0|1 value=..." lines; exit status 0 if all ok.
  */
 #include <errno.h>
@@ -139,7 +141,73 @@ static int getparam(int fd, uint64_t param, int *value)
     return ioctl(fd, DRM_IOCTL_VIRTGPU_GETPARAM, &gp);
 }
 
-static int probe(void)
+/* Creates a 64x64 2D resource (the driver attaches its backing), writes a
+ * pattern through its mapping and transfers it to the host; RESULT lines
+ * prefixed with `tag`. The resource stays (the fd holds it). */
+static int draw(int fd, const char *tag)
+{
+    char name[96];
+    char *log = klog();
+    int errors_before = log ? klog_lines(log, "response 0x", 0) : 0;
+    free(log);
+
+    struct drm_virtgpu_resource_create rc = {
+        .target = 2, /* PIPE_TEXTURE_2D */
+        .format = FORMAT_BGRX,
+        .bind = 2, /* VIRGL_BIND_RENDER_TARGET */
+        .width = W,
+        .height = H,
+        .depth = 1,
+        .array_size = 1,
+        .size = W * H * 4,
+        .stride = W * 4,
+    };
+    snprintf(name, sizeof(name), "%s-resource-create", tag);
+    if (ioctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE, &rc) != 0) {
+        result(name, 0, "errno-%d", errno);
+        return 1;
+    }
+    result(name, 1, "bo=%u,res=%u", rc.bo_handle, rc.res_handle);
+
+    snprintf(name, sizeof(name), "%s-map", tag);
+    struct drm_virtgpu_map map = {.handle = rc.bo_handle};
+    if (ioctl(fd, DRM_IOCTL_VIRTGPU_MAP, &map) != 0) {
+        result(name, 0, "errno-%d", errno);
+        return 1;
+    }
+    uint32_t *px = mmap(NULL, W * H * 4, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)map.offset);
+    if (px == MAP_FAILED) {
+        result(name, 0, "mmap-errno-%d", errno);
+        return 1;
+    }
+    for (uint32_t i = 0; i < W * H; i++)
+        px[i] = 0x9e3779b9u * (i + rc.res_handle);
+    result(name, 1, "offset=0x%llx", (unsigned long long)map.offset);
+
+    struct drm_virtgpu_3d_transfer_to_host t = {
+        .bo_handle = rc.bo_handle,
+        .box = {.x = 0, .y = 0, .z = 0, .w = W, .h = H, .d = 1},
+    };
+    int trc = ioctl(fd, DRM_IOCTL_VIRTGPU_TRANSFER_TO_HOST, &t);
+    snprintf(name, sizeof(name), "%s-transfer-to-host", tag);
+    result(name, trc == 0, "%d", trc == 0 ? 0 : errno);
+    struct drm_virtgpu_3d_wait wt = {.handle = rc.bo_handle};
+    int wrc = ioctl(fd, DRM_IOCTL_VIRTGPU_WAIT, &wt);
+    snprintf(name, sizeof(name), "%s-wait", tag);
+    result(name, wrc == 0, "%d", wrc == 0 ? 0 : errno);
+    /* Let the control queue's answers arrive, then check that none was an
+     * error (the driver logs those as "response 0x... (command 0x...)"). */
+    usleep(500000);
+    log = klog();
+    int errors = log ? klog_lines(log, "response 0x", 0) - errors_before : -1;
+    free(log);
+    snprintf(name, sizeof(name), "%s-no-error-responses", tag);
+    result(name, errors == 0, "%d", errors);
+    munmap(px, W * H * 4);
+    return failed;
+}
+
+static int probe(int restart_wait)
 {
     if (load_modules() != 0)
         return 1;
@@ -172,56 +240,18 @@ static int probe(void)
     result("guest-getparam", rc1 == 0 && rc2 == 0 && blob == 1 && host_visible == 1,
            "resource_blob=%d,host_visible=%d", blob, host_visible);
 
-    struct drm_virtgpu_resource_create rc = {
-        .target = 2, /* PIPE_TEXTURE_2D */
-        .format = FORMAT_BGRX,
-        .bind = 2, /* VIRGL_BIND_RENDER_TARGET */
-        .width = W,
-        .height = H,
-        .depth = 1,
-        .array_size = 1,
-        .size = W * H * 4,
-        .stride = W * 4,
-    };
-    if (ioctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE, &rc) != 0) {
-        result("guest-resource-create", 0, "errno-%d", errno);
+    if (draw(fd, "guest") != 0)
         return 1;
-    }
-    result("guest-resource-create", 1, "bo=%u,res=%u", rc.bo_handle, rc.res_handle);
-
-    struct drm_virtgpu_map map = {.handle = rc.bo_handle};
-    if (ioctl(fd, DRM_IOCTL_VIRTGPU_MAP, &map) != 0) {
-        result("guest-map", 0, "errno-%d", errno);
+    /* Phase 2 (scenario 79 kills the IOREQ server's worker meanwhile; its
+     * supervisor restarts it from the saved state): the queues go on where
+     * they were and a new resource is drawn. The first resource is gone on
+     * the host (2D resources live in the worker until stage 2), so it is
+     * not used again. */
+    printf("GH-VG-PHASE1-DONE\n");
+    fflush(stdout);
+    sleep(restart_wait);
+    if (draw(fd, "guest-after-restart") != 0)
         return 1;
-    }
-    uint32_t *px = mmap(NULL, W * H * 4, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)map.offset);
-    if (px == MAP_FAILED) {
-        result("guest-map", 0, "mmap-errno-%d", errno);
-        return 1;
-    }
-    for (uint32_t i = 0; i < W * H; i++)
-        px[i] = 0x9e3779b9u * (i + 1);
-    result("guest-map", 1, "offset=0x%llx", (unsigned long long)map.offset);
-
-    struct drm_virtgpu_3d_transfer_to_host t = {
-        .bo_handle = rc.bo_handle,
-        .box = {.x = 0, .y = 0, .z = 0, .w = W, .h = H, .d = 1},
-    };
-    int trc = ioctl(fd, DRM_IOCTL_VIRTGPU_TRANSFER_TO_HOST, &t);
-    result("guest-transfer-to-host", trc == 0, "%d", trc == 0 ? 0 : errno);
-    struct drm_virtgpu_3d_wait wt = {.handle = rc.bo_handle};
-    int wrc = ioctl(fd, DRM_IOCTL_VIRTGPU_WAIT, &wt);
-    result("guest-wait", wrc == 0, "%d", wrc == 0 ? 0 : errno);
-    /* Let the control queue's answers arrive, then check that none was an
-     * error (the driver logs those). */
-    usleep(500000);
-    log = klog();
-    int errors = log ? klog_lines(log, "response 0x", 0) : -1;
-    if (log)
-        klog_lines(log, "response 0x", 0);
-    result("guest-no-error-responses", errors == 0, "%d", errors);
-    free(log);
-    munmap(px, W * H * 4);
     close(fd);
     return failed;
 }
@@ -230,7 +260,7 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc >= 2 && strcmp(argv[1], "probe") == 0)
-        return probe();
-    fprintf(stderr, "usage: virtio-gpu-guest probe\n");
+        return probe(argc >= 3 ? atoi(argv[2]) : 0);
+    fprintf(stderr, "usage: virtio-gpu-guest probe [RESTART_WAIT_SECONDS]\n");
     return 2;
 }

@@ -11,8 +11,12 @@
 #     64x64 2D resource (the driver attaches its backing), writes a pattern
 #     through its mapping and transfers it to the host: every command is
 #     answered without an error response (the driver logs those);
-#   - gpu-hostmem status shows the device running, the requests answered
-#     and the resource's bytes; the worker runs as nobody with Seccomp 2
+#   - kill -9 of the IOREQ server's worker once the guest drew: the
+#     supervisor restarts it from the saved state (function, transport,
+#     ring positions), and the guest's second resource, drawn through the
+#     same queues, is answered without an error too;
+#   - gpu-hostmem status shows the device running and the requests the
+#     restarted worker answered; the workers run as nobody with Seccomp 2
 #     and no system call was refused;
 #   - xl destroy: nothing left.
 # timeout: 1500
@@ -31,7 +35,7 @@ name=vg-probe
 hm_install || exit 1
 t=$(gh_now)
 HM_GUESTS+=("$name")
-if ! HM_DOM=$(hm_guest_create "$name" "virtio-gpu-guest,probe"); then
+if ! HM_DOM=$(hm_guest_create "$name" "virtio-gpu-guest,probe,${VG_RESTART_WAIT:-20}"); then
     result vg-create 0 "xl-create-failed"
     exit 1
 fi
@@ -45,6 +49,26 @@ check vg-worker-sandboxed "pid=${wpid:-none}" hm_sandboxed_ids "${wpid:-none}"
 
 xl unpause "$name"
 t=$(gh_now)
+# Once the guest drew its first resource, the worker dies (SIGKILL); the
+# supervisor starts another that re-attaches from the saved state while
+# the guest waits to draw its second.
+if hm_wait_marker "$name" '^GH-VG-PHASE1-DONE' "${HM_GUEST_WAIT:-1200}"; then
+    result vg-guest-phase1 1 "$(gh_since "$t")s"
+    kill -9 "$wpid"
+    nw=
+    for _ in $(seq 1 100); do
+        nw=$(hm_worker "$HM_IPID")
+        [ -n "$nw" ] && [ "$nw" != "$wpid" ] && [ "$(xenstore-read "$xsdir/state" 2>/dev/null)" = running ] && break
+        nw=
+        sleep 0.1
+    done
+    check vg-worker-restarted "old=$wpid,new=${nw:-none}" test -n "$nw"
+    wpid=$nw
+    n=$(xenstore-read "$xsdir/restarts" 2>/dev/null || true)
+    check vg-restart-recorded "restarts=${n:-none}" [ "${n:-0}" = 1 ]
+else
+    result vg-guest-phase1 0 "$(gh_since "$t")s"
+fi
 if gh_guest_wait "$name" "${HM_GUEST_WAIT:-1200}"; then
     result vg-guest-run 1 "$(gh_since "$t")s"
 else
@@ -74,23 +98,29 @@ same_window() {
 }
 check vg-host-memory-window "guest=${window:-none},bar-base=$bar_base,bar-size=$bar_size" same_window
 for r in guest-modules guest-drm-nodes guest-host-memory-window guest-getparam guest-resource-create \
-    guest-map guest-transfer-to-host guest-wait guest-no-error-responses; do
+    guest-map guest-transfer-to-host guest-wait guest-no-error-responses \
+    guest-after-restart-resource-create guest-after-restart-map guest-after-restart-transfer-to-host \
+    guest-after-restart-wait guest-after-restart-no-error-responses; do
     check "vg-$r" "$(grep "^RESULT name=$r " "$out" | tail -n1 | sed 's/.* value=//')" gh_guest_result "$name" "$r"
 done
 grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "$out" | tail -n1)
 check vg-guest-rc "rc=${grc:-none}" [ "${grc:-1}" = 0 ]
 
-# The host's side: the device model answered.
+# The host's side: the restarted worker's device model answered the
+# second resource's commands (create, attach, transfer) and, when the
+# program exited, the unreferences of both (the first one as an unknown
+# resource: 2D resources live in the worker until stage 2).
 echo "---- gpu-hostmem status $dom"
 gpu-hostmem status "$dom" 2>&1 | sed 's/^/[status] /'
 model=$(gpu-hostmem status "$dom" 2>/dev/null | sed -n 's/^ *model *//p' | head -n1)
 answered=$(printf '%s' "$model" | sed -n 's/.*requests answered \([0-9]*\).*/\1/p')
 check vg-status-running "$model" sh -c "printf '%s' '$model' | grep -q 'virtio-gpu status 0x0f (running)'"
 check vg-status-answered "answered=${answered:-none}" [ "${answered:-0}" -ge 3 ]
-check vg-status-resource "$model" sh -c "printf '%s' '$model' | grep -q '2D resource bytes 16384'"
+check vg-status-resources-released "$model" sh -c "printf '%s' '$model' | grep -q '2D resource bytes 0,'"
 log=/var/log/xen/gpu-hostmem-$dom.log
-grep -E 'virtio-gpu|seccomp|INTA' "$log" | tail -n 10 | sed "s/^/[ioreqd $dom] /"
+grep -E 'virtio-gpu|seccomp|INTA|re-attach|worker' "$log" | tail -n 16 | sed "s/^/[ioreqd $dom] /"
 check vg-log-driver-ok "log" grep -q 'the driver started the device (DRIVER_OK)' "$log"
+check vg-log-reattached "log" grep -q 're-attaching to ioreq server' "$log"
 check vg-worker-still-sandboxed "pid=${wpid:-none}" hm_sandboxed "${wpid:-none}"
 check vg-no-call-refused "log" sh -c "! grep -q 'seccomp: system call' '$log'"
 
