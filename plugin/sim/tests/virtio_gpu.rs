@@ -639,3 +639,27 @@ fn bar2_placed_over_the_window_is_harmless_and_can_move_away() {
         .register_accesses;
     assert_eq!(before, after);
 }
+
+#[test]
+fn intx_disable_in_command_lowers_and_restores_the_line() {
+    use gpu_hostmem_core::pci::COMMAND_INTX_DISABLE;
+    let mut vm = Vm::new();
+    vm.probe();
+    assert_eq!(
+        vm.command(&hdr(GET_DISPLAY_INFO, &[])),
+        Some(resp::OK_DISPLAY_INFO)
+    );
+    assert!(vm.intx());
+    let on = COMMAND_MEMORY | COMMAND_MASTER;
+    vm.cfg_w(REG_COMMAND, 2, u32::from(on | COMMAND_INTX_DISABLE));
+    assert!(!vm.intx(), "INTX_DISABLE masks the line");
+    vm.cfg_w(REG_COMMAND, 2, u32::from(on));
+    assert!(vm.intx(), "the ISR is still set: the line comes back");
+    assert_eq!(vm.r(ISR, 1), u64::from(VIRTIO_PCI_ISR_QUEUE));
+    assert!(!vm.intx());
+    // Bus mastering off: a notification is ignored (the device may not
+    // touch guest memory), nothing is answered.
+    vm.cfg_w(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
+    assert_eq!(vm.command(&hdr(GET_DISPLAY_INFO, &[])), None);
+    assert!(!vm.intx());
+}
