@@ -139,12 +139,17 @@ fn run_backend(domid: u16, user: &str, command: &[OsString]) -> String {
 /// `check-config`: the error, or a summary of the settings in effect.
 fn check_config(file: &std::path::Path) -> Result<String, String> {
     let cfg = gpu_hostmem_core::config::Config::load(file, true).map_err(|e| e.to_string())?;
+    let (vendor, device) = match cfg.device {
+        gpu_hostmem_core::config::Device::Hostmem => (cfg.vendor_id, cfg.device_id),
+        gpu_hostmem_core::config::Device::VirtioGpu => (0x1af4, 0x1050),
+    };
     Ok(format!(
-        "{}: valid (pci_slot {}, ids {:04x}:{:04x}, fault_around_kib {}, run_as {})",
+        "{}: valid (device {}, pci_slot {}, ids {:04x}:{:04x}, fault_around_kib {}, run_as {})",
         file.display(),
+        cfg.device.name(),
         cfg.pci_slot,
-        cfg.vendor_id,
-        cfg.device_id,
+        vendor,
+        device,
         cfg.fault_around_kib,
         cfg.run_as
     ))
@@ -479,6 +484,19 @@ mod tests {
         std::fs::write(&bad, "limits:\n  fault_burst: lots\n").expect("write");
         let e = check_config(&bad).unwrap_err();
         assert!(e.contains("limits.fault_burst"), "{e}");
+        let gpu = dir.join("gpu.yaml");
+        std::fs::write(&gpu, "device: virtio-gpu\n").expect("write");
+        let ok = check_config(&gpu).expect("valid");
+        assert!(
+            ok.contains("device virtio-gpu") && ok.contains("ids 1af4:1050"),
+            "{ok}"
+        );
+        std::fs::write(&bad, "device: virtio-gpu\ndevice_id: 0x10f1\n").expect("write");
+        let e = check_config(&bad).unwrap_err();
+        assert!(
+            e.contains("device_id") && e.contains("device: hostmem"),
+            "{e}"
+        );
         let e = check_config(&dir.join("missing.yaml")).unwrap_err();
         assert!(e.contains("cannot read"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -527,6 +545,7 @@ mod tests {
                     refused: 0,
                 }),
                 xen_retry_error: None,
+                device: None,
             }),
             server_error: None,
             kernel: None,

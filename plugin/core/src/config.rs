@@ -91,6 +91,30 @@ impl Default for LogConfig {
     }
 }
 
+/// Which device the guest sees in `pci_slot`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Device {
+    /// The plain gpu-hostmem function: the window BAR only, with
+    /// `vendor_id`/`device_id` (default).
+    #[default]
+    Hostmem,
+    /// A virtio-gpu device (1af4:1050) whose host-visible shared memory
+    /// region is the window BAR (docs/virtio-gpu.md): the guest's
+    /// unmodified `virtio_gpu` driver binds to it.
+    VirtioGpu,
+}
+
+impl Device {
+    /// The name the file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Hostmem => "hostmem",
+            Device::VirtioGpu => "virtio-gpu",
+        }
+    }
+}
+
 /// `limits:` section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -125,6 +149,8 @@ pub struct Config {
     /// file's `bar_size_mib` (which never applied: libxl always passes
     /// the size) is refused with a message saying so.
     bar_size_mib: Option<u64>,
+    /// The device the guest sees.
+    pub device: Device,
     /// PCI slot (device number) on bus 0.
     pub pci_slot: u64,
     /// Vendor id.
@@ -151,6 +177,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             bar_size_mib: None,
+            device: Device::Hostmem,
             pci_slot: 5,
             vendor_id: 0x1af4,
             device_id: 0x10f0,
@@ -319,6 +346,27 @@ impl Config {
                 "device_id",
                 self.device_id,
                 "not 0x0001 or 0x0002 with vendor_id 0x5853 (the Xen platform device)",
+            ));
+        }
+        // A virtio-gpu function has the ids the virtio specification
+        // gives it; ids set for the plain function would be ignored.
+        let plain = Config::default();
+        if self.device == Device::VirtioGpu
+            && (self.vendor_id, self.device_id) != (plain.vendor_id, plain.device_id)
+        {
+            return Err(err(
+                if self.vendor_id != plain.vendor_id {
+                    "vendor_id"
+                } else {
+                    "device_id"
+                },
+                if self.vendor_id != plain.vendor_id {
+                    self.vendor_id
+                } else {
+                    self.device_id
+                },
+                "left at its default with device: virtio-gpu (the function is then \
+                 1af4:1050, the virtio-gpu ids; vendor_id and device_id apply to device: hostmem)",
             ));
         }
         if self.subsystem_id > 0xffff {
@@ -532,6 +580,39 @@ mod tests {
                  PIIX3 and Xen platform device)"
             )
         );
+    }
+
+    #[test]
+    fn device_selects_hostmem_or_virtio_gpu() {
+        assert_eq!(parse("").expect("defaults").device, Device::Hostmem);
+        assert_eq!(
+            parse("device: hostmem\n").expect("valid").device,
+            Device::Hostmem
+        );
+        let c = parse("device: virtio-gpu\nsubsystem_id: 0x1100\n").expect("valid");
+        assert_eq!(c.device, Device::VirtioGpu);
+        assert_eq!(c.device.name(), "virtio-gpu");
+        // The example's explicit default ids are fine with either device.
+        assert!(parse("device: virtio-gpu\nvendor_id: 0x1af4\ndevice_id: 0x10f0\n").is_ok());
+        match parse("device: virtio_gpu\n") {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.starts_with("key `device`:"), "{message}");
+                assert!(message.contains("virtio-gpu"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            range_key("device: virtio-gpu\ndevice_id: 0x1050\n"),
+            "device_id"
+        );
+        assert_eq!(
+            range_key("device: virtio-gpu\nvendor_id: 0x1234\n"),
+            "vendor_id"
+        );
+        let msg = parse("device: virtio-gpu\ndevice_id: 0x1050\n")
+            .map_err(|e| e.to_string())
+            .unwrap_err();
+        assert!(msg.contains("device: hostmem"), "{msg}");
     }
 
     #[test]

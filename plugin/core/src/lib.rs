@@ -20,6 +20,7 @@ pub mod fault_around;
 pub mod ioreq;
 pub mod ledger;
 pub mod limits;
+pub mod model;
 pub mod pci;
 pub mod platform;
 pub mod registry;

@@ -286,6 +286,17 @@ pub trait DeviceModel {
         end: u64,
     ) -> PlatformResult<()>;
 
+    /// Set INTA of `sbdf` to `level` (`xendevicemodel_set_pci_intx_level`,
+    /// `XEN_DMOP_set_pci_intx_level`). Xen routes it to the ISA IRQ the
+    /// firmware chose for the slot; asserting a line already asserted
+    /// changes nothing.
+    fn set_pci_intx_level(
+        &mut self,
+        dom: &DomainIdentity,
+        sbdf: Sbdf,
+        level: bool,
+    ) -> PlatformResult<()>;
+
     /// Destroy the server. `ESRCH` (domain gone) counts as done for callers.
     fn destroy_server(&mut self, dom: &DomainIdentity, id: IoServId) -> PlatformResult<()>;
 

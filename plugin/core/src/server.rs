@@ -28,6 +28,7 @@ use crate::ioreq::{
 };
 use crate::ledger::DomainLedger;
 use crate::limits::{Limits, LogLimit, RateLimiter};
+use crate::model::{FunctionModel, MmioAnswer, ModelChange};
 use crate::pci::{BarChange, PciError, PciFunction, PciIds};
 use crate::platform::{
     DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError,
@@ -98,6 +99,9 @@ pub enum ServerError {
     /// A platform call failed while running.
     #[error("{0}")]
     Platform(#[from] PlatformError),
+    /// A restarted server's saved device state was refused.
+    #[error("saved device state refused: {0}")]
+    Restore(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Lent pages at a range the BAR no longer decodes could not be
     /// revoked: the server must stop and the domain be torn down.
     #[error("revoking pages of the old BAR range failed: {0}")]
@@ -229,16 +233,19 @@ pub fn teardown<D: DeviceModel, H: HostMem>(
     report
 }
 
-/// One IOREQ server for one domain.
-pub struct Server<D: DeviceModel, H: HostMem> {
+/// One IOREQ server for one domain, presenting the device `F` (the plain
+/// window function by default, see [`crate::model`]).
+pub struct Server<D: DeviceModel, H: HostMem, F: FunctionModel = PciFunction> {
     dm: D,
     hm: H,
     dom: DomainIdentity,
     id: IoServId,
     chan: Option<D::Channel>,
     cfg: ServerConfig,
-    pci: PciFunction,
+    func: F,
     mmio: Option<Range<u64>>,
+    /// The register BAR's range while routed to us.
+    regs_mmio: Option<Range<u64>>,
     registry: Registry,
     ledger: DomainLedger,
     /// Bounds the log lines of BAR moves, which the guest makes at will.
@@ -251,9 +258,10 @@ pub struct Server<D: DeviceModel, H: HostMem> {
     xen_retry: RetryWatch,
     gone: bool,
     stopped: bool,
-    /// Called with [`PciFunction::saved`] after every config write that
-    /// changed the function, before the write is completed: a server
-    /// restarted after a crash restores it ([`Server::attach`]).
+    /// Called with [`FunctionModel::saved`] after every config write (or
+    /// register access) that changed the device, before the access is
+    /// completed: a server restarted after a crash restores it
+    /// ([`Server::attach`]).
     save_pci: Option<SavePci>,
 }
 
@@ -261,20 +269,52 @@ pub struct Server<D: DeviceModel, H: HostMem> {
 /// [`Server::set_pci_saver`]).
 pub type SavePci = Box<dyn FnMut(&str) -> Result<(), String>>;
 
-impl<D: DeviceModel, H: HostMem> Server<D, H> {
-    /// Set the server up for `dom`. On failure, the stages already done are
-    /// undone and the platform handles are returned with the error.
+impl<D: DeviceModel, H: HostMem> Server<D, H, PciFunction> {
+    /// Set the server up for `dom`, presenting the plain window function.
+    /// On failure, the stages already done are undone and the platform
+    /// handles are returned with the error.
     #[allow(clippy::result_large_err)]
     pub fn start(
-        mut dm: D,
+        dm: D,
         hm: H,
         dom: DomainIdentity,
         cfg: ServerConfig,
     ) -> Result<Self, (ServerError, D, H)> {
-        let pci = match PciFunction::new(cfg.ids, cfg.bar_size) {
-            Ok(p) => p,
-            Err(e) => return Err((e.into(), dm, hm)),
-        };
+        match PciFunction::new(cfg.ids, cfg.bar_size) {
+            Ok(pci) => Server::start_with(dm, hm, dom, cfg, pci),
+            Err(e) => Err((e.into(), dm, hm)),
+        }
+    }
+
+    /// [`Server::attach_with`] for the plain window function.
+    #[allow(clippy::result_large_err)]
+    pub fn attach(
+        dm: D,
+        hm: H,
+        dom: DomainIdentity,
+        id: IoServId,
+        cfg: ServerConfig,
+        pci_saved: Option<&str>,
+    ) -> Result<Self, (ServerError, D, H)> {
+        match PciFunction::new(cfg.ids, cfg.bar_size) {
+            Ok(pci) => Server::attach_with(dm, hm, dom, id, cfg, pci, pci_saved),
+            Err(e) => Err((e.into(), dm, hm)),
+        }
+    }
+}
+
+impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
+    /// Set the server up for `dom`, presenting `func`. On failure, the
+    /// stages already done are undone and the platform handles are
+    /// returned with the error.
+    #[allow(clippy::result_large_err)]
+    pub fn start_with(
+        mut dm: D,
+        hm: H,
+        dom: DomainIdentity,
+        cfg: ServerConfig,
+        func: F,
+    ) -> Result<Self, (ServerError, D, H)> {
         let fail = |stage, error| ServerError::Setup { stage, error };
         info!(%dom, "creating ioreq server with RETRY");
         let id = match dm.create_server(&dom, true) {
@@ -302,7 +342,9 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             let _ = dm.destroy_server(&dom, id);
             return Err((fail(Stage::Enable, e), dm, hm));
         }
-        Ok(Server::assemble(dm, hm, dom, id, chan, cfg, pci, None))
+        Ok(Server::assemble(
+            dm, hm, dom, id, chan, cfg, func, None, None,
+        ))
     }
 
     /// A server over handles set up by [`Server::start`] or
@@ -317,8 +359,9 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         id: IoServId,
         chan: D::Channel,
         cfg: ServerConfig,
-        pci: PciFunction,
+        func: F,
         mmio: Option<Range<u64>>,
+        regs_mmio: Option<Range<u64>>,
     ) -> Self {
         let nr_vcpus = chan.nr_vcpus();
         Server {
@@ -327,8 +370,9 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             dom,
             id,
             chan: Some(chan),
-            pci,
+            func,
             mmio,
+            regs_mmio,
             registry: Registry::new(),
             ledger: DomainLedger::default(),
             bar_log: LogLimit::default(),
@@ -355,22 +399,23 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     /// answers it with the requests still READY. On failure nothing of the
     /// server is undone (a later attempt may succeed): the handles are
     /// returned with the error.
+    /// A device with a register BAR has it routed again too, and its
+    /// INTA set to the level the saved state says.
     #[allow(clippy::result_large_err)]
-    pub fn attach(
+    pub fn attach_with(
         mut dm: D,
         mut hm: H,
         dom: DomainIdentity,
         id: IoServId,
         cfg: ServerConfig,
+        mut func: F,
         pci_saved: Option<&str>,
     ) -> Result<Self, (ServerError, D, H)> {
-        let mut pci = match PciFunction::new(cfg.ids, cfg.bar_size) {
-            Ok(p) => p,
-            Err(e) => return Err((e.into(), dm, hm)),
-        };
+        let mut intx = false;
         if let Some(saved) = pci_saved {
-            if let Err(e) = pci.restore(saved) {
-                return Err((e.into(), dm, hm));
+            match func.restore(saved) {
+                Ok(level) => intx = level,
+                Err(e) => return Err((ServerError::Restore(Box::new(e)), dm, hm)),
             }
         }
         let fail = |stage, error| ServerError::Setup { stage, error };
@@ -383,8 +428,12 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         if let Err(e) = hm.revoke(&dom, RevokeRange::All) {
             return Err((ServerError::RevokeFailed(e), dm, hm));
         }
-        let mut mmio = None;
-        if let Some(bar) = pci.active_bar() {
+        let mut ranges = [None, None];
+        for (slot, bar) in ranges
+            .iter_mut()
+            .zip([func.window().active_bar(), func.regs()])
+        {
+            let Some(bar) = bar else { continue };
             // Still routed to us unless the process died between the
             // change and its save: EEXIST is the usual answer.
             match dm.map_mmio(&dom, id, bar.start, bar.end - 1) {
@@ -392,7 +441,14 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 Err(e) if e.errno == Errno::EEXIST => {}
                 Err(e) => return Err((fail(Stage::MapPciDev, e), dm, hm)),
             }
-            mmio = Some(bar);
+            *slot = Some(bar);
+        }
+        let [mmio, regs_mmio] = ranges;
+        if func.regs().is_some() || intx {
+            // Xen keeps the line's level; set it to what the device says.
+            if let Err(e) = dm.set_pci_intx_level(&dom, cfg.sbdf, intx) {
+                return Err((fail(Stage::MapPciDev, e), dm, hm));
+            }
         }
         let nr_vcpus = chan.nr_vcpus();
         for vcpu in 0..nr_vcpus {
@@ -409,20 +465,23 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 return Err((fail(Stage::OpenChannel, e), dm, hm));
             }
         }
-        Ok(Server::assemble(dm, hm, dom, id, chan, cfg, pci, mmio))
+        Ok(Server::assemble(
+            dm, hm, dom, id, chan, cfg, func, mmio, regs_mmio,
+        ))
     }
 
-    /// Save the guest-written PCI state with `f` after every config write
-    /// that changes it, before that write is completed (and once now), so
+    /// Save the guest-written device state with `f` after every access
+    /// that changes it, before that access is completed (and once now), so
     /// that [`Server::attach`] in a restarted process finds the BAR where
-    /// the guest put it. A failed save is logged; the server goes on.
+    /// the guest put it (and a virtio device where its driver left it). A
+    /// failed save is logged; the server goes on.
     pub fn set_pci_saver(&mut self, f: SavePci) {
         self.save_pci = Some(f);
         self.save_pci_state();
     }
 
     fn save_pci_state(&mut self) {
-        let state = self.pci.saved();
+        let state = self.func.saved();
         if let Some(f) = self.save_pci.as_mut() {
             if let Err(e) = f(&state) {
                 warn!(dom = %self.dom, error = %e, "cannot save the PCI state: a restarted server would not find the BAR");
@@ -445,9 +504,14 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         &self.counters
     }
 
-    /// The PCI function.
+    /// The PCI function that owns the window BAR.
     pub fn pci(&self) -> &PciFunction {
-        &self.pci
+        self.func.window()
+    }
+
+    /// The device model.
+    pub fn model(&self) -> &F {
+        &self.func
     }
 
     /// The ledger.
@@ -666,6 +730,9 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         self.counters.requests += 1;
         match req.kind {
             IOREQ_TYPE_PCI_CONFIG => self.pci_config(req, now),
+            IOREQ_TYPE_COPY if self.func.regs().is_some_and(|r| r.contains(&req.addr)) => {
+                Ok(self.regs_access(vcpu, req))
+            }
             IOREQ_TYPE_COPY => Ok(self.bar_access(vcpu, req, now)),
             IOREQ_TYPE_TIMEOFFSET | IOREQ_TYPE_INVALIDATE => Ok(Response::ready(req.data)),
             IOREQ_TYPE_PIO => {
@@ -689,15 +756,105 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             return Ok(Response::ready(ones_if_read(req)));
         }
         if req.is_read() {
-            return Ok(Response::ready(u64::from(self.pci.read(a.reg, req.size))));
+            return Ok(Response::ready(u64::from(
+                self.func.config_read(a.reg, req.size),
+            )));
         }
-        let before = self.pci.saved();
-        let change = self.pci.write(a.reg, req.size, req.data as u32);
-        self.apply_bar_change(change, now)?;
-        if self.save_pci.is_some() && self.pci.saved() != before {
+        let before = self.func.saved();
+        let ModelChange { window, regs, intx } =
+            self.func.config_write(a.reg, req.size, req.data as u32);
+        self.apply_bar_change(window, now)?;
+        self.apply_regs_change(regs);
+        self.set_intx(intx);
+        if self.save_pci.is_some() && self.func.saved() != before {
             self.save_pci_state();
         }
         Ok(Response::ready(0))
+    }
+
+    /// An access to the device's register BAR: emulated, one element of
+    /// 1, 2, 4 or 8 bytes. Anything else (a string or `data_is_ptr`
+    /// request, which Linux never makes to registers) completes as
+    /// unbacked without reaching the device.
+    fn regs_access(&mut self, vcpu: u32, req: &Ioreq) -> Response {
+        self.counters.register_accesses += 1;
+        if let Some(slot) = self.deferred.get_mut(vcpu as usize) {
+            // A new request from this vCPU: any older one is finished.
+            *slot = None;
+        }
+        if req.data_is_ptr || req.count > 1 || !matches!(req.size, 1 | 2 | 4 | 8) {
+            self.counters.unsupported += 1;
+            debug!(dom = %self.dom, vcpu, addr = req.addr, size = req.size, count = req.count,
+                   "register access of a form Linux never makes: unbacked");
+            return unbacked_answer(req);
+        }
+        let before = self.save_pci.is_some().then(|| self.func.saved());
+        let write = (!req.is_read()).then_some(req.data);
+        let answer = self
+            .func
+            .mmio(req.addr, req.size, write)
+            .unwrap_or(MmioAnswer {
+                data: ones_if_read(req),
+                intx: None,
+            });
+        self.set_intx(answer.intx);
+        if before.is_some_and(|b| b != self.func.saved()) {
+            self.save_pci_state();
+        }
+        Response::ready(if req.is_read() {
+            answer.data & size_mask(req.size)
+        } else {
+            0
+        })
+    }
+
+    /// Drive the function's INTA (`XEN_DMOP_set_pci_intx_level`). A failure
+    /// is logged: the guest's driver then polls or times out, the server
+    /// goes on.
+    fn set_intx(&mut self, level: Option<bool>) {
+        let Some(level) = level else { return };
+        self.counters.intx_changes += 1;
+        if let Err(e) = self.dm.set_pci_intx_level(&self.dom, self.cfg.sbdf, level) {
+            self.note_gone(&e);
+            if !e.is_gone() {
+                warn!(dom = %self.dom, level, error = %e, "cannot set INTA");
+            }
+        }
+    }
+
+    /// Route the register BAR where it decodes now. It is emulated, never
+    /// lent: there is nothing to revoke.
+    fn apply_regs_change(&mut self, change: BarChange) {
+        if let Some(old) = change.mmio_remove {
+            if self.regs_mmio.as_ref() == Some(&old) {
+                if let Err(e) = self
+                    .dm
+                    .unmap_mmio(&self.dom, self.id, old.start, old.end - 1)
+                {
+                    self.note_gone(&e);
+                    // ENOENT: a range Xen refused to map (the guest put
+                    // BAR2 over the window); the guest may do it at will,
+                    // so it is not worth a warning each time.
+                    if e.errno == Errno::ENOENT {
+                        debug!(dom = %self.dom, error = %e, "old register BAR range was not mapped");
+                    } else {
+                        warn!(dom = %self.dom, error = %e, "unmapping old register BAR range failed");
+                    }
+                }
+                self.regs_mmio = None;
+            }
+        }
+        if let Some(new) = change.mmio_add {
+            debug!(dom = %self.dom, start = new.start, end = new.end, "register BAR decoded: mapping");
+            match self.dm.map_mmio(&self.dom, self.id, new.start, new.end - 1) {
+                Ok(()) => self.regs_mmio = Some(new),
+                Err(e) if e.errno == Errno::EEXIST => self.regs_mmio = Some(new),
+                Err(e) => {
+                    self.note_gone(&e);
+                    warn!(dom = %self.dom, error = %e, "mapping register BAR range failed: accesses will not reach us");
+                }
+            }
+        }
     }
 
     /// Apply a config-write diff: revoke and unmap the old range, then map
@@ -848,7 +1005,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
     /// guard against a flooding guest (rate, lent-page limit) delays the
     /// request, it never answers with made-up data.
     fn bar_answer(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Response {
-        let Some(bar) = self.pci.active_bar() else {
+        let Some(bar) = self.func.window().active_bar() else {
             return self.unbacked(vcpu, req, Unbacked::NotDecoded);
         };
         if !bar.contains(&req.addr) {
@@ -1150,7 +1307,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
                 "running".into()
             },
             bdf: self.cfg.sbdf.to_string(),
-            bar_base: self.pci.active_bar().map(|r| r.start),
+            bar_base: self.func.window().active_bar().map(|r| r.start),
             bar_size: self.cfg.bar_size,
             ioservid: Some(self.id),
             registrations: regs,
@@ -1159,6 +1316,7 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
             counters: self.counters,
             xen_retry: xen_retry.as_ref().ok().copied(),
             xen_retry_error: xen_retry.err().map(|e| e.to_string()),
+            device: self.func.summary(),
         }
     }
 
@@ -1190,6 +1348,10 @@ impl<D: DeviceModel, H: HostMem> Server<D, H> {
         if let Some(r) = self.mmio.take() {
             report.note(self.dm.unmap_mmio(&dom, id, r.start, r.end - 1));
         }
+        if let Some(r) = self.regs_mmio.take() {
+            report.note(self.dm.unmap_mmio(&dom, id, r.start, r.end - 1));
+        }
+        self.func.release();
         report.note(self.dm.unmap_pcidev(&dom, id, self.cfg.sbdf));
         drop(self.chan.take());
         info!(%dom, id, "destroying ioreq server");

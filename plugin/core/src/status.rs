@@ -45,6 +45,12 @@ pub struct Counters {
     pub revokes: u64,
     /// Requests of a type we do not handle.
     pub unsupported: u64,
+    /// Accesses to the device's register BAR (virtio-gpu's BAR2).
+    #[serde(default)]
+    pub register_accesses: u64,
+    /// Changes of the function's INTA level asked of Xen.
+    #[serde(default)]
+    pub intx_changes: u64,
 }
 
 /// Status of one guest.
@@ -80,6 +86,10 @@ pub struct Status {
     /// Why `xen_retry` is missing (operation and errno).
     #[serde(default)]
     pub xen_retry_error: Option<String>,
+    /// The device model's own state (virtio-gpu), if it has any beyond
+    /// the window.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 impl Status {
@@ -148,6 +158,13 @@ impl Status {
                 );
             }
         }
+        if let Some(d) = &self.device {
+            let _ = writeln!(
+                s,
+                "model       {d} (register accesses {}, INTA changes {})",
+                self.counters.register_accesses, self.counters.intx_changes
+            );
+        }
         let _ = writeln!(s, "registrations {}", self.registrations.len());
         for r in &self.registrations {
             let _ = writeln!(
@@ -199,7 +216,22 @@ mod tests {
                 refused: 2,
             }),
             xen_retry_error: None,
+            device: None,
         }
+    }
+
+    #[test]
+    fn text_shows_the_device_model_only_when_there_is_one() {
+        assert!(!sample().to_text().contains("model"));
+        let mut s = sample();
+        s.device = Some("virtio-gpu status 0x0f".into());
+        s.counters.register_accesses = 40;
+        s.counters.intx_changes = 6;
+        let t = s.to_text();
+        assert!(
+            t.contains("model       virtio-gpu status 0x0f (register accesses 40, INTA changes 6)"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -120,6 +120,7 @@ mod tests {
             counters: Counters::default(),
             xen_retry: None,
             xen_retry_error: None,
+            device: None,
         }
     }
 

@@ -12,12 +12,16 @@ use crate::control::ControlSocket;
 use crate::qemu_slots;
 use crate::report::{Report, Reporter, Sent};
 use crate::Args;
-use gpu_hostmem_core::config::{Config, DEFAULT_BAR_SIZE_MIB};
+use gpu_hostmem_core::config::{Config, Device, DEFAULT_BAR_SIZE_MIB};
 use gpu_hostmem_core::ioreq::Sbdf;
+use gpu_hostmem_core::model::FunctionModel;
+use gpu_hostmem_core::pci::PciFunction;
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
 use gpu_hostmem_host::record::{self, key, state};
+use gpu_hostmem_virtio_gpu::model::GpuModel;
+use gpu_hostmem_xen::guest_memory::ForeignGuestMemory;
 use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::{Privcmd, XenLibs};
 use std::fmt;
@@ -28,6 +32,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{error, info, info_span, warn};
+
+/// Guest frames the virtio-gpu device keeps mapped at most (its rings,
+/// and the pages of the request being served): 4 MiB of mappings.
+const GUEST_PAGE_CACHE: usize = 1024;
 
 /// Longest sleep of the loop without any event (signals wake it at once
 /// through their fd; this bounds a missed wake-up and how late the
@@ -235,15 +243,83 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
     pdm.add_wake_fd(sig_r.as_fd());
     pdm.add_wake_fd(ctl.as_fd());
     let hm = XenHostMem::new(privcmd, identity);
+    let saved = if args.attach {
+        crate::supervisor::read_pci_state(domid)
+    } else {
+        None
+    };
+    let restrict = || {
+        dm.restrict(domid)
+            .and_then(|()| fm.restrict(domid))
+            .and_then(|()| xce.restrict(domid))
+    };
+    let ctx = Ctx {
+        args,
+        libs,
+        dom,
+        scfg,
+        run_as,
+        reporter,
+        sig_r: &sig_r,
+        ctl: &ctl,
+        stop: &stop,
+    };
+    match cfg.device {
+        Device::Hostmem => {
+            let func = PciFunction::new(scfg.ids, scfg.bar_size).map_err(at("PCI function"))?;
+            let server = start_server(&ctx, pdm, hm, func, saved.as_deref())?;
+            run_server(&ctx, server, restrict)
+        }
+        Device::VirtioGpu => {
+            // The rings and buffers the guest's driver names are mapped
+            // on demand through the foreignmemory handle, which is
+            // restricted to the guest before any request is read.
+            let mem = ForeignGuestMemory::new(&fm, domid, GUEST_PAGE_CACHE);
+            let func = GpuModel::new(scfg.bar_size, scfg.ids.subsystem, mem)
+                .map_err(at("virtio-gpu function"))?;
+            info!(%dom, "device: virtio-gpu (1af4:1050), the window is its host-visible region");
+            let server = start_server(&ctx, pdm, hm, func, saved.as_deref())?;
+            run_server(&ctx, server, restrict)
+        }
+    }
+}
+
+/// What the stages after the server's start need.
+struct Ctx<'a> {
+    args: &'a Args,
+    libs: &'a XenLibs,
+    dom: DomainIdentity,
+    scfg: ServerConfig,
+    run_as: Option<(u32, u32)>,
+    reporter: &'a Reporter,
+    sig_r: &'a UnixStream,
+    ctl: &'a ControlSocket,
+    stop: &'a AtomicBool,
+}
+
+type XenServer<'x, F> = Server<XenDeviceModel<'x>, XenHostMem<'x>, F>;
+
+/// Stage: the ioreq server (create with RETRY, ioreq page + event
+/// channels, PCI function, enable), undone by itself on failure; or, for a
+/// restarted worker, the same Xen server taken over with the device state
+/// its predecessor saved. The state is saved from now on.
+fn start_server<'x, F: FunctionModel>(
+    ctx: &Ctx<'_>,
+    mut pdm: XenDeviceModel<'x>,
+    hm: XenHostMem<'x>,
+    func: F,
+    saved: Option<&str>,
+) -> Result<XenServer<'x, F>, Failure> {
+    let (args, dom, scfg) = (ctx.args, ctx.dom, ctx.scfg);
+    let domid = dom.domid;
     let mut server = if args.attach {
         // A restart after a crash: the same Xen server, whose id the
         // supervisor took from the record of this instance.
         let id = args
             .ioservid
             .ok_or_else(|| at("re-attach ioreq server")("no --ioservid"))?;
-        let saved = crate::supervisor::read_pci_state(domid);
         pdm.adopt(&dom, id).map_err(at("adopt ioreq server"))?;
-        match Server::attach(pdm, hm, dom, id, scfg, saved.as_deref()) {
+        match Server::attach_with(pdm, hm, dom, id, scfg, func, saved) {
             Ok(s) => s,
             Err((e, mut pdm, _)) => {
                 pdm.forget(&dom, id);
@@ -251,7 +327,7 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             }
         }
     } else {
-        Server::start(pdm, hm, dom, scfg).map_err(|(e, _, _)| at("ioreq server")(e))?
+        Server::start_with(pdm, hm, dom, scfg, func).map_err(|(e, _, _)| at("ioreq server")(e))?
     };
     let pci_file = crate::supervisor::open_pci_state(domid, !args.attach);
     match pci_file {
@@ -265,12 +341,19 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
         }
     }
 
+    Ok(server)
+}
+
+/// The stages from the deprivileging of the handles to the teardown.
+fn run_server<F: FunctionModel>(
+    ctx: &Ctx<'_>,
+    mut server: XenServer<'_, F>,
+    restrict: impl FnOnce() -> Result<(), gpu_hostmem_xen::XenError>,
+) -> Result<(), Failure> {
+    let (args, libs, dom, scfg, reporter) = (ctx.args, ctx.libs, ctx.dom, ctx.scfg, ctx.reporter);
+    let domid = dom.domid;
     // Stage: deprivilege the handles that touch the guest.
-    let restricted = dm
-        .restrict(domid)
-        .and_then(|()| fm.restrict(domid))
-        .and_then(|()| xce.restrict(domid));
-    if let Err(e) = restricted {
+    if let Err(e) = restrict() {
         let _ = server.shutdown();
         return Err(at("restrict handles")(e));
     }
@@ -299,7 +382,7 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
     // is restricted to it. Drop to the unprivileged user, then the
     // seccomp filter (issue 19), before `running` is published and before
     // any request of the guest is read.
-    match run_as {
+    match ctx.run_as {
         Some((uid, gid)) => {
             if let Err(e) = crate::sandbox::enter(uid, gid) {
                 if args.attach {
@@ -348,7 +431,7 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
         }
     }
 
-    let outcome = event_loop(&mut server, reporter, &sig_r, &ctl, &stop);
+    let outcome = event_loop(&mut server, reporter, ctx.sig_r, ctx.ctl, ctx.stop);
     match &outcome {
         Ok(why) => info!(%dom, reason = %why, "stopping"),
         Err(e) => warn!(%dom, error = %e, "stopping after an error"),
@@ -476,8 +559,8 @@ fn drain_pipe(mut r: &UnixStream) {
     }
 }
 
-fn event_loop(
-    server: &mut Server<XenDeviceModel<'_>, XenHostMem<'_>>,
+fn event_loop<F: FunctionModel>(
+    server: &mut XenServer<'_, F>,
     reporter: &Reporter,
     sig_r: &UnixStream,
     ctl: &ControlSocket,

@@ -68,6 +68,18 @@ impl Run {
     }
 
     fn start_with(name: &str, domid: u16, uuid: &str, retry: bool, extra: &[&str]) -> Run {
+        Run::start_config(name, domid, uuid, retry, extra, "")
+    }
+
+    /// `config` is added to the configuration file.
+    fn start_config(
+        name: &str,
+        domid: u16,
+        uuid: &str,
+        retry: bool,
+        extra: &[&str],
+        config: &str,
+    ) -> Run {
         let lib = fake_libdir();
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("ioreqd-{name}-{}", std::process::id()));
@@ -78,7 +90,7 @@ impl Run {
         fs::write(dir.join("privcmd"), b"").expect("privcmd marker");
         // The fake xenstore is a directory tree: it needs file system
         // calls that the worker's seccomp filter (rightly) forbids.
-        fs::write(dir.join("config.yaml"), b"run_as: root\n").expect("config");
+        fs::write(dir.join("config.yaml"), format!("run_as: root\n{config}")).expect("config");
         let privcmd = dir.join("privcmd").canonicalize().expect("canonical");
         let log = fs::File::create(dir.join("ioreqd.log")).expect("log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-hostmem-ioreqd"));
@@ -283,6 +295,43 @@ fn runs_reports_and_stops_on_sigterm() {
         "every lent page revoked: {privcmd}"
     );
     assert!(log.contains("reason=SIGTERM"), "{log}");
+}
+
+/// `device: virtio-gpu`: the server runs with the virtio-gpu model (its
+/// status has the model's line, nothing driven yet) and stops cleanly.
+#[test]
+fn serves_the_virtio_gpu_device_when_configured() {
+    let mut r = Run::start_config("vgpu", 47, UUID, true, &[], "device: virtio-gpu\n");
+    r.wait_state("running");
+    let sock = PathBuf::from(r.key("control").expect("control key"));
+    let reply =
+        control::request(&sock, control::REQUEST_STATUS, Duration::from_secs(5)).expect("status");
+    let st: Status = serde_json::from_str(&reply).expect("status JSON");
+    let model = st.device.expect("a model line");
+    assert!(model.starts_with("virtio-gpu status 0x00,"), "{model}");
+    assert!(
+        r.log().contains("device: virtio-gpu (1af4:1050)"),
+        "{}",
+        r.log()
+    );
+    sigterm(r.child.id());
+    let status = r.wait_exit();
+    assert!(status.success(), "exit {status}; log:\n{}", r.log());
+}
+
+/// A device the server does not know fails the start, naming the key.
+#[test]
+fn refuses_an_unknown_device() {
+    let mut r = Run::start_config("vgpu-bad", 48, UUID, true, &[], "device: virtio_gpu\n");
+    let status = r.wait_exit();
+    assert!(!status.success());
+    let state = r.key("state").unwrap_or_default();
+    let log = r.log();
+    assert!(
+        state.contains("device") || log.contains("key `device`"),
+        "state {state:?}; log:\n{log}"
+    );
+    assert!(!log.contains("creating ioreq server"), "{log}");
 }
 
 #[test]

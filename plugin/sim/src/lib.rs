@@ -179,6 +179,7 @@ impl Sim {
                 vcpu_retries: vec![0; nr_vcpus as usize],
                 ram: Default::default(),
                 crashed: None,
+                intx: Default::default(),
             },
         );
         Ok(ident)
@@ -393,6 +394,87 @@ impl Sim {
     /// neither.
     pub fn mem_write(&self, dom: &DomainIdentity, gpa: u64, data: &[u8]) -> bool {
         self.world.borrow_mut().phys_write(dom.domid, gpa, data)
+    }
+
+    /// The INTA level of `sbdf` in `dom` as device models last set it,
+    /// and how many times they set it (`(false, 0)` if never).
+    pub fn intx(&self, dom: &DomainIdentity, sbdf: gpu_hostmem_core::ioreq::Sbdf) -> (bool, u64) {
+        let w = self.world.borrow();
+        w.domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)
+            .and_then(|d| d.intx.get(&sbdf).copied())
+            .unwrap_or((false, 0))
+    }
+
+    /// Copy guest RAM as a device model's foreign mapping would: only
+    /// pages of the guest's own RAM map (a lent page, MMIO or a hole does
+    /// not; xen-patches 0001 refuses foreign mappings of lent pages).
+    /// `Err(gfn)` names the first page that does not map.
+    pub fn foreign_read(&self, dom: &DomainIdentity, gpa: u64, buf: &mut [u8]) -> Result<(), u64> {
+        self.foreign_copy(dom, gpa, buf.len(), |page, off, at, n| {
+            buf[at..at + n].copy_from_slice(&page[off..off + n]);
+        })
+    }
+
+    /// Write guest RAM as a foreign mapping would (see
+    /// [`Sim::foreign_read`]).
+    pub fn foreign_write(&self, dom: &DomainIdentity, gpa: u64, data: &[u8]) -> Result<(), u64> {
+        self.foreign_copy_mut(dom, gpa, data.len(), |page, off, at, n| {
+            page[off..off + n].copy_from_slice(&data[at..at + n]);
+        })
+    }
+
+    fn foreign_copy(
+        &self,
+        dom: &DomainIdentity,
+        gpa: u64,
+        len: usize,
+        mut f: impl FnMut(&[u8; world::PAGE_BYTES], usize, usize, usize),
+    ) -> Result<(), u64> {
+        let w = self.world.borrow();
+        let d = w
+            .domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid && !d.dying)
+            .ok_or(gpa / PAGE)?;
+        let end = gpa.checked_add(len as u64).ok_or(gpa / PAGE)?;
+        let mut at = gpa;
+        while at < end {
+            let gfn = at / PAGE;
+            let off = (at % PAGE) as usize;
+            let n = ((PAGE - at % PAGE).min(end - at)) as usize;
+            let page = d.ram.get(&gfn).ok_or(gfn)?;
+            f(page, off, (at - gpa) as usize, n);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    fn foreign_copy_mut(
+        &self,
+        dom: &DomainIdentity,
+        gpa: u64,
+        len: usize,
+        mut f: impl FnMut(&mut [u8; world::PAGE_BYTES], usize, usize, usize),
+    ) -> Result<(), u64> {
+        let mut w = self.world.borrow_mut();
+        let d = w
+            .domains
+            .get_mut(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid && !d.dying)
+            .ok_or(gpa / PAGE)?;
+        let end = gpa.checked_add(len as u64).ok_or(gpa / PAGE)?;
+        let mut at = gpa;
+        while at < end {
+            let gfn = at / PAGE;
+            let off = (at % PAGE) as usize;
+            let n = ((PAGE - at % PAGE).min(end - at)) as usize;
+            let page = d.ram.get_mut(&gfn).ok_or(gfn)?;
+            f(page, off, (at - gpa) as usize, n);
+            at += n as u64;
+        }
+        Ok(())
     }
 
     /// The reason a device model gave for crashing `dom`, if it did.

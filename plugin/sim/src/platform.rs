@@ -218,6 +218,23 @@ impl DeviceModel for SimDeviceModel {
         Ok(())
     }
 
+    fn set_pci_intx_level(
+        &mut self,
+        dom: &DomainIdentity,
+        sbdf: Sbdf,
+        level: bool,
+    ) -> PlatformResult<()> {
+        const OP: &str = "xendevicemodel_set_pci_intx_level";
+        let mut w = self.world.borrow_mut();
+        let d = w.domain_mut(dom, OP)?;
+        if sbdf.seg != 0 || sbdf.bus != 0 || sbdf.dev > 31 {
+            return Err(err(OP, Errno::EINVAL));
+        }
+        let e = d.intx.entry(sbdf).or_insert((false, 0));
+        *e = (level, e.1 + 1);
+        Ok(())
+    }
+
     fn destroy_server(&mut self, dom: &DomainIdentity, id: IoServId) -> PlatformResult<()> {
         const OP: &str = "xendevicemodel_destroy_ioreq_server";
         let mut w = self.world.borrow_mut();

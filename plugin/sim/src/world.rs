@@ -144,6 +144,9 @@ pub struct Domain {
     /// (`xendevicemodel_shutdown(SHUTDOWN_crash)`): its vCPUs no longer
     /// run, the platform operations still work until it is destroyed.
     pub crashed: Option<String>,
+    /// INTA levels set by device models (`XEN_DMOP_set_pci_intx_level`),
+    /// by function, and how many times each was set.
+    pub intx: BTreeMap<gpu_hostmem_core::ioreq::Sbdf, (bool, u64)>,
 }
 
 /// An operation the platform applied to a domain, for I5 checks.

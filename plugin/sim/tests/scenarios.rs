@@ -790,5 +790,13 @@ fn attach_refuses_a_malformed_saved_pci_state() {
         cfg,
         Some("10=zz"),
     );
-    assert!(matches!(r, Err((ServerError::Pci(_), _, _))));
+    match r {
+        Err((ServerError::Restore(e), _, _)) => assert!(
+            e.downcast_ref::<gpu_hostmem_core::pci::PciError>()
+                .is_some(),
+            "{e}"
+        ),
+        Err((e, _, _)) => panic!("refused for another reason: {e}"),
+        Ok(_) => panic!("a malformed saved state was taken"),
+    }
 }

@@ -12,13 +12,16 @@
 //! - [`gpu2d`]: the 2D commands of the control queue.
 //! - [`memory`]: guest memory as fallible copies ([`memory::SimMemory`]
 //!   for tests and the simulator).
+//! - [`model`]: the device as the IOREQ server's `FunctionModel`.
 //! - [`queue`]: the device side of a split virtqueue, checked against a
 //!   hostile driver.
 //!
 //! [`VirtioGpuPci`] puts them together behind the calls an IOREQ server
 //! makes (config cycles, MMIO to BAR2) and answers with what to do (BAR
-//! ranges to route, the INTx level, a queue to service). Nothing here is
-//! wired into `gpu-hostmem-ioreqd` yet: today's device is unchanged.
+//! ranges to route, the INTx level, a queue to service).
+//! [`model::GpuModel`] is what `gpu-hostmem-ioreqd` serves with
+//! `device: virtio-gpu`; with `device: hostmem` (the default) nothing here
+//! is used.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -28,6 +31,7 @@ pub mod engine;
 pub mod gpu2d;
 pub mod layout;
 pub mod memory;
+pub mod model;
 pub mod queue;
 pub mod transport;
 

@@ -37,6 +37,11 @@ pub trait GuestMemory {
     /// Writes `buf` to guest memory at `addr`.
     fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), MemError>;
 
+    /// Drops every mapping held (the device was reset or detached): a
+    /// mapping keeps a reference to the guest's page. Nothing to do for
+    /// memory that maps nothing.
+    fn forget_mappings(&mut self) {}
+
     /// Reads a little-endian u16.
     fn read_u16(&mut self, addr: u64) -> Result<u16, MemError> {
         let mut b = [0; 2];

@@ -40,6 +40,8 @@ library! {
         xendevicemodel_destroy_ioreq_server: fn(*mut XdmHandle, u16, u16) -> c_int;
         xendevicemodel_restrict: fn(*mut XdmHandle, u16) -> c_int;
         xendevicemodel_shutdown: fn(*mut XdmHandle, u16, c_uint) -> c_int;
+        xendevicemodel_set_pci_intx_level:
+            fn(*mut XdmHandle, u16, u16, u8, u8, u8, c_uint) -> c_int;
         xendevicemodel_nr_vcpus: fn(*mut XdmHandle, u16, *mut c_uint) -> c_int;
         // Added by the gpu-hostmem Xen series (new version node): absent
         // from stock libraries, in which case RETRY is not available.
@@ -142,6 +144,27 @@ impl<'l> DeviceModel<'l> {
         // SAFETY: `h` is a live handle owned by `self`; integer arguments.
         check("xendevicemodel_shutdown", unsafe {
             (self.lib.xendevicemodel_shutdown)(self.h.as_ptr(), domid, reason)
+        })
+    }
+
+    /// Sets INTA of `sbdf` in `domid` to `level`
+    /// (`XEN_DMOP_set_pci_intx_level`; allowed on a handle restricted to
+    /// `domid`). Xen takes the slot's INTA to the ISA IRQ its PCI link
+    /// routes it to; the function number does not matter to it.
+    pub fn set_pci_intx_level(&self, domid: u16, sbdf: Sbdf, level: bool) -> Result<()> {
+        /// INTA (Xen's `intx` counts from 0 for INTA).
+        const INTA: u8 = 0;
+        // SAFETY: `h` is a live handle owned by `self`; integer arguments.
+        check("xendevicemodel_set_pci_intx_level", unsafe {
+            (self.lib.xendevicemodel_set_pci_intx_level)(
+                self.h.as_ptr(),
+                domid,
+                sbdf.seg,
+                sbdf.bus,
+                sbdf.dev,
+                INTA,
+                c_uint::from(level),
+            )
         })
     }
 

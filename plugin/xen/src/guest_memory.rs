@@ -93,6 +93,10 @@ impl<'f> ForeignGuestMemory<'f> {
 }
 
 impl GuestMemory for ForeignGuestMemory<'_> {
+    fn forget_mappings(&mut self) {
+        self.clear();
+    }
+
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.each_page(addr, buf.len(), |p, off, r| {
             let gfn = (addr + r.start as u64) >> PAGE_SHIFT;

@@ -311,6 +311,17 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
             }
         }
     }
+    fn set_pci_intx_level(
+        &mut self,
+        dom: &DomainIdentity,
+        sbdf: Sbdf,
+        level: bool,
+    ) -> PlatformResult<()> {
+        let op = "xendevicemodel_set_pci_intx_level";
+        self.id.check(dom, op)?;
+        Ok(self.dm.set_pci_intx_level(dom.domid, sbdf, level)?)
+    }
+
     fn crash_domain(&mut self, dom: &DomainIdentity, _why: &str) -> PlatformResult<()> {
         // The caller logs the reason; Xen records only the shutdown code.
         let op = "xendevicemodel_shutdown";

@@ -75,6 +75,17 @@ fn devicemodel_methods_fail_cleanly() {
         (e.op(), e.errno()),
         ("xendevicemodel_shutdown", Some(libc::EBADF))
     );
+    let sbdf = gpu_hostmem_core::ioreq::Sbdf {
+        seg: 0,
+        bus: 0,
+        dev: 5,
+        func: 0,
+    };
+    let e = dm.set_pci_intx_level(1, sbdf, true).unwrap_err();
+    assert_eq!(
+        (e.op(), e.errno()),
+        ("xendevicemodel_set_pci_intx_level", Some(libc::EBADF))
+    );
     // An unpatched hypervisor refuses the RETRY flag with EINVAL: reported
     // as such (falling back is the caller's choice).
     let e = dm.create_ioreq_server(1, true).unwrap_err();

@@ -174,6 +174,19 @@ int xendevicemodel_get_instance(void *h, uint16_t d, uint64_t *uid, unsigned *fl
 static int shutdowns, shutdown_reason = -1;
 int fake_shutdowns(void) { return shutdowns; }
 int fake_shutdown_reason(void) { return shutdown_reason; }
+static int intx_level = -1;
+int fake_intx_level(void) { return intx_level; }
+int xendevicemodel_set_pci_intx_level(void *h, uint16_t d, uint16_t seg, uint8_t bus,
+                                      uint8_t dev, uint8_t intx, unsigned int level)
+{
+    (void)h; (void)seg; (void)bus; (void)dev;
+    if (!is_fake(d))
+        FAIL(EBADF);
+    if (intx > 3)
+        FAIL(EINVAL);
+    intx_level = (int)level;
+    return 0;
+}
 int xendevicemodel_shutdown(void *h, uint16_t d, unsigned int reason)
 {
     (void)h;

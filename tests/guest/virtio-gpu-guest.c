@@ -1,0 +1,266 @@
+// SPDX-License-Identifier: MIT
+/*
+ * virtio-gpu-guest: the guest side of e2e scenario 79 (issue 18 stage 1).
+ * Runs inside an HVM guest (busybox initramfs) whose gpu-hostmem function
+ * is a virtio-gpu device (device: virtio-gpu in dom0's gpu-hostmem.yaml).
+ *
+ *   virtio-gpu-guest probe [RESTART_WAIT]
+ *
+ * Loads the unmodified virtio_gpu driver and its dependencies from
+ * /lib/modules/gh (in this order: virtio_dma_buf drm drm_kms_helper
+ * drm_shmem_helper virtio-gpu), waits for the DRM nodes, prints the
+ * kernel's log lines of the probe ("KLOG ..."), then through the DRM uAPI
+ * only: GETPARAM (RESOURCE_BLOB, HOST_VISIBLE), RESOURCE_CREATE of a 64x64
+ * 2D resource (the driver creates it on the host and attaches its backing
+ * pages), MAP + mmap to write a pattern into the backing, TRANSFER_TO_HOST
+ * and WAIT. The host answers each command; an error answer shows in the
+ * kernel log as "response 0x... (command 0x...)", which is checked. Then
+ * it prints GH-VG-PHASE1-DONE, sleeps RESTART_WAIT seconds (dom0 kills the
+ * IOREQ server's worker meanwhile) and draws a second resource.
+ * Prints "RESULT name=... ok=0|1 value=..." lines; exit status 0 if all ok.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <drm/drm.h>
+#include <drm/virtgpu_drm.h>
+
+#define MODDIR "/lib/modules/gh"
+#define W 64
+#define H 64
+/* VIRTIO_GPU_FORMAT_B8G8R8X8_UNORM */
+#define FORMAT_BGRX 2
+
+static int failed;
+
+static void result(const char *name, int ok, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void result(const char *name, int ok, const char *fmt, ...)
+{
+    va_list ap;
+    printf("RESULT name=%s ok=%d value=", name, ok);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+    if (!ok)
+        failed = 1;
+}
+
+static int load_modules(void)
+{
+    static const char *const mods[] = {"virtio_dma_buf", "drm", "drm_kms_helper",
+                                       "drm_shmem_helper", "virtio-gpu"};
+    char path[128];
+    for (size_t i = 0; i < sizeof(mods) / sizeof(mods[0]); i++) {
+        snprintf(path, sizeof(path), MODDIR "/%s.ko", mods[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            result("guest-modules", 0, "open-%s-errno-%d", mods[i], errno);
+            return -1;
+        }
+        long rc = syscall(SYS_finit_module, fd, "", 0);
+        int e = errno;
+        close(fd);
+        if (rc != 0 && e != EEXIST) {
+            result("guest-modules", 0, "load-%s-errno-%d", mods[i], e);
+            return -1;
+        }
+    }
+    result("guest-modules", 1, "5");
+    return 0;
+}
+
+static int wait_node(const char *path, int seconds)
+{
+    struct stat st;
+    for (int i = 0; i < seconds * 10; i++) {
+        if (stat(path, &st) == 0)
+            return 0;
+        usleep(100000);
+    }
+    return -1;
+}
+
+/* The kernel log, or NULL. */
+static char *klog(void)
+{
+    int len = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+    if (len <= 0)
+        len = 1 << 20;
+    char *buf = calloc(1, (size_t)len + 1);
+    if (!buf)
+        return NULL;
+    int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, len);
+    if (n < 0) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    return buf;
+}
+
+/* Prints the log lines about the device and counts those with `needle`. */
+static int klog_lines(const char *log, const char *needle, int print)
+{
+    int count = 0;
+    const char *p = log;
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        char line[512];
+        size_t l = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
+        memcpy(line, p, l);
+        line[l] = 0;
+        if (print && (strstr(line, "virtio") || strstr(line, "drm") || strstr(line, "Host memory") ||
+                      strstr(line, "0000:00:05")))
+            printf("KLOG %s\n", line);
+        if (needle && strstr(line, needle))
+            count++;
+        p = nl ? nl + 1 : NULL;
+    }
+    fflush(stdout);
+    return count;
+}
+
+static int getparam(int fd, uint64_t param, int *value)
+{
+    struct drm_virtgpu_getparam gp = {.param = param, .value = (uint64_t)(uintptr_t)value};
+    return ioctl(fd, DRM_IOCTL_VIRTGPU_GETPARAM, &gp);
+}
+
+/* Creates a 64x64 2D resource (the driver attaches its backing), writes a
+ * pattern through its mapping and transfers it to the host; RESULT lines
+ * prefixed with `tag`. The resource stays (the fd holds it). */
+static int draw(int fd, const char *tag)
+{
+    char name[96];
+    char *log = klog();
+    int errors_before = log ? klog_lines(log, "response 0x", 0) : 0;
+    free(log);
+
+    struct drm_virtgpu_resource_create rc = {
+        .target = 2, /* PIPE_TEXTURE_2D */
+        .format = FORMAT_BGRX,
+        .bind = 2, /* VIRGL_BIND_RENDER_TARGET */
+        .width = W,
+        .height = H,
+        .depth = 1,
+        .array_size = 1,
+        .size = W * H * 4,
+        .stride = W * 4,
+    };
+    snprintf(name, sizeof(name), "%s-resource-create", tag);
+    if (ioctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE, &rc) != 0) {
+        result(name, 0, "errno-%d", errno);
+        return 1;
+    }
+    result(name, 1, "bo=%u,res=%u", rc.bo_handle, rc.res_handle);
+
+    snprintf(name, sizeof(name), "%s-map", tag);
+    struct drm_virtgpu_map map = {.handle = rc.bo_handle};
+    if (ioctl(fd, DRM_IOCTL_VIRTGPU_MAP, &map) != 0) {
+        result(name, 0, "errno-%d", errno);
+        return 1;
+    }
+    uint32_t *px = mmap(NULL, W * H * 4, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)map.offset);
+    if (px == MAP_FAILED) {
+        result(name, 0, "mmap-errno-%d", errno);
+        return 1;
+    }
+    for (uint32_t i = 0; i < W * H; i++)
+        px[i] = 0x9e3779b9u * (i + rc.res_handle);
+    result(name, 1, "offset=0x%llx", (unsigned long long)map.offset);
+
+    struct drm_virtgpu_3d_transfer_to_host t = {
+        .bo_handle = rc.bo_handle,
+        .box = {.x = 0, .y = 0, .z = 0, .w = W, .h = H, .d = 1},
+    };
+    int trc = ioctl(fd, DRM_IOCTL_VIRTGPU_TRANSFER_TO_HOST, &t);
+    snprintf(name, sizeof(name), "%s-transfer-to-host", tag);
+    result(name, trc == 0, "%d", trc == 0 ? 0 : errno);
+    struct drm_virtgpu_3d_wait wt = {.handle = rc.bo_handle};
+    int wrc = ioctl(fd, DRM_IOCTL_VIRTGPU_WAIT, &wt);
+    snprintf(name, sizeof(name), "%s-wait", tag);
+    result(name, wrc == 0, "%d", wrc == 0 ? 0 : errno);
+    /* Let the control queue's answers arrive, then check that none was an
+     * error (the driver logs those as "response 0x... (command 0x...)"). */
+    usleep(500000);
+    log = klog();
+    int errors = log ? klog_lines(log, "response 0x", 0) - errors_before : -1;
+    free(log);
+    snprintf(name, sizeof(name), "%s-no-error-responses", tag);
+    result(name, errors == 0, "%d", errors);
+    munmap(px, W * H * 4);
+    return failed;
+}
+
+static int probe(int restart_wait)
+{
+    if (load_modules() != 0)
+        return 1;
+    int have_render = wait_node("/dev/dri/renderD128", 20) == 0;
+    int have_card = wait_node("/dev/dri/card0", 1) == 0;
+    result("guest-drm-nodes", have_render, "renderD128=%d,card0=%d", have_render, have_card);
+
+    char *log = klog();
+    if (!log) {
+        result("guest-klog", 0, "errno-%d", errno);
+        return 1;
+    }
+    klog_lines(log, NULL, 1);
+    int window = klog_lines(log, "Host memory window: 0x", 0);
+    int features = klog_lines(log, "+resource_blob +host_visible", 0);
+    result("guest-host-memory-window", window > 0, "%d", window);
+    result("guest-features-blob-host-visible", features > 0, "%d", features);
+    free(log);
+    if (!have_render)
+        return 1;
+
+    int fd = open("/dev/dri/renderD128", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        result("guest-open-render-node", 0, "errno-%d", errno);
+        return 1;
+    }
+    int blob = -1, host_visible = -1;
+    int rc1 = getparam(fd, VIRTGPU_PARAM_RESOURCE_BLOB, &blob);
+    int rc2 = getparam(fd, VIRTGPU_PARAM_HOST_VISIBLE, &host_visible);
+    result("guest-getparam", rc1 == 0 && rc2 == 0 && blob == 1 && host_visible == 1,
+           "resource_blob=%d,host_visible=%d", blob, host_visible);
+
+    if (draw(fd, "guest") != 0)
+        return 1;
+    /* Phase 2 (scenario 79 kills the IOREQ server's worker meanwhile; its
+     * supervisor restarts it from the saved state): the queues go on where
+     * they were and a new resource is drawn. The first resource is gone on
+     * the host (2D resources live in the worker until stage 2), so it is
+     * not used again. */
+    printf("GH-VG-PHASE1-DONE\n");
+    fflush(stdout);
+    sleep(restart_wait);
+    if (draw(fd, "guest-after-restart") != 0)
+        return 1;
+    close(fd);
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 2 && strcmp(argv[1], "probe") == 0)
+        return probe(argc >= 3 ? atoi(argv[2]) : 0);
+    fprintf(stderr, "usage: virtio-gpu-guest probe [RESTART_WAIT_SECONDS]\n");
+    return 2;
+}
