@@ -28,9 +28,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use gpu_hostmem_core::ioreq::{
-    size_mask, Ioreq, PciConfigAddress, IOREQ_READ, IOREQ_STATE_OFFSET, IOREQ_TYPE_PCI_CONFIG,
-    IOREQ_WRITE, STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE, STATE_IOREQ_READY, STATE_IORESP_READY,
-    STATE_IORESP_RETRY,
+    size_mask, Ioreq, PciConfigAddress, IOREQ_READ, IOREQ_SIZE, IOREQ_STATE_OFFSET,
+    IOREQ_TYPE_PCI_CONFIG, IOREQ_WRITE, STATE_IOREQ_INPROCESS, STATE_IOREQ_NONE, STATE_IOREQ_READY,
+    STATE_IORESP_READY, STATE_IORESP_RETRY,
 };
 use gpu_hostmem_core::platform::{DomainIdentity, Errno, IoServId, PlatformError};
 
@@ -496,6 +496,41 @@ impl Sim {
             .filter(|d| d.ident.uid == dom.uid)?;
         let slot = d.servers.get(&id)?.slots.get(vcpu as usize)?;
         Some(slot[IOREQ_STATE_OFFSET] & 0x0f)
+    }
+
+    /// The whole of `vcpu`'s slot in server `id` of `dom` (the request and
+    /// its state), or `None` if there is no such slot.
+    pub fn slot(&self, dom: &DomainIdentity, id: IoServId, vcpu: u32) -> Option<[u8; IOREQ_SIZE]> {
+        let w = self.world.borrow();
+        let d = w
+            .domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)?;
+        d.servers.get(&id)?.slots.get(vcpu as usize).copied()
+    }
+
+    /// Put `bytes` back into `vcpu`'s slot: with [`Sim::slot`], undoes a
+    /// server's completion, as if the process had died after acting on
+    /// the request and before answering it. False if there is no such slot.
+    pub fn set_slot(
+        &self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        vcpu: u32,
+        bytes: [u8; IOREQ_SIZE],
+    ) -> bool {
+        let mut w = self.world.borrow_mut();
+        let Some(slot) = w
+            .domains
+            .get_mut(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)
+            .and_then(|d| d.servers.get_mut(&id))
+            .and_then(|s| s.slots.get_mut(vcpu as usize))
+        else {
+            return false;
+        };
+        *slot = bytes;
+        true
     }
 
     /// Set the state nibble of `vcpu`'s slot in server `id` of `dom`, as

@@ -800,3 +800,105 @@ fn attach_refuses_a_malformed_saved_pci_state() {
         Ok(_) => panic!("a malformed saved state was taken"),
     }
 }
+
+/// The server is killed after it applied a BAR move in Xen (old range
+/// unmapped, new one mapped) but before it saved the PCI state and
+/// completed the config write. The restarted server restores the stale
+/// state (the BAR where it was), routes that range again, and then handles
+/// the write still in flight: it converges on the new range alone, with
+/// nothing lent at the old one and nothing left routed there.
+#[test]
+fn killed_between_a_bar_move_and_its_save_the_restart_converges() {
+    use gpu_hostmem_core::ioreq::{PciConfigAddress, STATE_IOREQ_INPROCESS};
+    use gpu_hostmem_core::pci::REG_BAR1;
+    use gpu_hostmem_core::server::Server;
+    use gpu_hostmem_sim::harness::TEST_SBDF;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    let (sim, mut g) = setup();
+    sim.register(&g.ident, 1, 0, 1024, 100).expect("register");
+    let saved = Rc::new(RefCell::new(String::new()));
+    let frozen = Rc::new(Cell::new(false));
+    let (to, dead) = (Rc::clone(&saved), Rc::clone(&frozen));
+    g.server
+        .as_mut()
+        .expect("server")
+        .set_pci_saver(Box::new(move |s| {
+            if !dead.get() {
+                *to.borrow_mut() = s.to_owned();
+            }
+            Ok(())
+        }));
+    let r = g.read(&sim, 0, BASE + 0x1000, 8);
+    assert!(matches!(r.access, Access::Ram { .. }), "{r:?}");
+    assert_eq!(sim.lent_pages(&g.ident), 16);
+
+    let (ident, servid) = (g.ident, g.servid.expect("servid"));
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut server = g.server.take();
+    let mut killed = false;
+    let mut run = || {
+        if !killed {
+            killed = true;
+            // The old process applies the move; its save is lost with it,
+            // and so is its completion: the slot is still the dead one's.
+            frozen.set(true);
+            let request = sim.slot(&ident, servid, 0).expect("slot");
+            server
+                .as_mut()
+                .expect("server")
+                .drain(Instant::now())
+                .expect("drain");
+            assert!(sim.set_slot(&ident, servid, 0, request));
+            assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
+            drop(server.take());
+            let s = Server::attach(
+                sim.device_model(),
+                sim.host_mem(),
+                ident,
+                servid,
+                cfg,
+                Some(saved.borrow().as_str()),
+            )
+            .map_err(|(e, _, _)| e)
+            .expect("attach with the stale state");
+            server = Some(s);
+        }
+        if let Some(s) = server.as_mut() {
+            s.drain(Instant::now()).expect("drain");
+        }
+    };
+    // The high dword moves the BAR from 0x1_0000_0000 to 0x2_0000_0000.
+    let at = PciConfigAddress {
+        sbdf: TEST_SBDF,
+        reg: REG_BAR1,
+    };
+    let a = sim.pci_config(&ident, 0, at, 4, Some(2), &mut run);
+    assert!(killed);
+    assert_eq!(a, Access::Emulated { value: 0 });
+    let new_base = 0x2_0000_0000;
+    let routed = sim.with_world(|w| w.domains[&ident.domid].servers[&servid].mmio.clone());
+    assert_eq!(
+        routed,
+        vec![(new_base, new_base + 64 * MIB - 1)],
+        "only the new range is routed to the server"
+    );
+    assert_eq!(sim.lent_pages(&g.ident), 0, "nothing lent at the old range");
+    g.server = server;
+    let r = g.read(&sim, 1, new_base + 0x1000, 8);
+    assert_eq!(r.access.value(), Some(backend_u64(&sim, &g, 0x1000)));
+    let r = g.read(&sim, 1, BASE + 0x1000, 8);
+    assert!(
+        !matches!(r.access, Access::Ram { .. } | Access::Emulated { .. }),
+        "the old range reaches nothing: {r:?}"
+    );
+    // The restarted server knows the new range is its own: the next move
+    // unroutes it.
+    g.program_bar(&sim, BASE);
+    let routed = sim.with_world(|w| w.domains[&ident.domid].servers[&servid].mmio.clone());
+    assert_eq!(routed, vec![(BASE, BASE + 64 * MIB - 1)]);
+    assert!(g.destroy_hook(&sim).is_clean());
+    sim.check_consistency().expect("consistent");
+}
