@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Scenario (issue 7, 7): misbehaviour. With a fault rate limit of 200/s
-# (burst 200, /etc/xen/gpu-hostmem.yaml), the guest makes 20000 accesses to
-# unregistered BAR pages. Every read is all-ones (a guest never reaches
+# (burst 200, /etc/xen/gpu-hostmem.yaml), the guest makes 4000 accesses to
+# unregistered BAR pages (about 20 s at that rate: the limit engages after
+# the burst, and the guest still hammers through the 10 s dom0 is probed;
+# 20000 took 100 s of CI for nothing more). Every read is all-ones (a guest never reaches
 # memory not registered for it), the server counts rate-limited faults, and
 # dom0 stays responsive (xl list while the guest hammers), nothing is lent.
 # timeout: 420
@@ -14,7 +16,7 @@ trap restore EXIT
 mkdir -p /etc/xen
 printf 'limits:\n  fault_rate: 200\n  fault_burst: 200\n' >"$cfg"
 name=hm-ham
-hm_start "$name" "hostmem-guest,hammer,$HM_VENDOR,$HM_DEVICE,0x800000,0x800000,20000" 0:1M || exit 1
+hm_start "$name" "hostmem-guest,hammer,$HM_VENDOR,$HM_DEVICE,0x800000,0x800000,4000" 0:1M || exit 1
 worst=0
 for _ in $(seq 1 10); do
     t0=$(date +%s%N); timeout 30 xl list >/dev/null 2>&1; t1=$(date +%s%N)
