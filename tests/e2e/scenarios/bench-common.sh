@@ -23,8 +23,6 @@ bench_touch_seconds() {
 BENCH_FAILED=0
 
 # BENCH_GUEST_EXTRA: kernel command line words added to bench guests.
-# (Every HVM test guest now has pci=noearly, gh_guest_cfg; kept here so that
-# the benchmarks say what they ran with.)
 # pci=noearly skips the kernel's early PCI quirk scan (config reads through
 # port 0xcfc in setup_arch, where docs/status.md places the triple fault); a
 # workaround tried to get the benchmarks through while the bug is open, not a
