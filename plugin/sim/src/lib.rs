@@ -489,13 +489,8 @@ impl Sim {
     /// The state nibble of `vcpu`'s slot in server `id` of `dom` (what
     /// Xen sees), or `None` if there is no such slot.
     pub fn slot_state(&self, dom: &DomainIdentity, id: IoServId, vcpu: u32) -> Option<u8> {
-        let w = self.world.borrow();
-        let d = w
-            .domains
-            .get(&dom.domid)
-            .filter(|d| d.ident.uid == dom.uid)?;
-        let slot = d.servers.get(&id)?.slots.get(vcpu as usize)?;
-        Some(slot[IOREQ_STATE_OFFSET] & 0x0f)
+        self.slot(dom, id, vcpu)
+            .map(|slot| slot[IOREQ_STATE_OFFSET] & 0x0f)
     }
 
     /// The whole of `vcpu`'s slot in server `id` of `dom` (the request and
@@ -519,36 +514,35 @@ impl Sim {
         vcpu: u32,
         bytes: [u8; IOREQ_SIZE],
     ) -> bool {
-        let mut w = self.world.borrow_mut();
-        let Some(slot) = w
-            .domains
-            .get_mut(&dom.domid)
-            .filter(|d| d.ident.uid == dom.uid)
-            .and_then(|d| d.servers.get_mut(&id))
-            .and_then(|s| s.slots.get_mut(vcpu as usize))
-        else {
-            return false;
-        };
-        *slot = bytes;
-        true
+        self.with_slot_mut(dom, id, vcpu, |slot| *slot = bytes)
     }
 
     /// Set the state nibble of `vcpu`'s slot in server `id` of `dom`, as
     /// a server process does (READY -> INPROCESS) before it dies. False if
     /// there is no such slot.
     pub fn set_slot_state(&self, dom: &DomainIdentity, id: IoServId, vcpu: u32, state: u8) -> bool {
+        self.with_slot_mut(dom, id, vcpu, |slot| {
+            slot[IOREQ_STATE_OFFSET] = (slot[IOREQ_STATE_OFFSET] & 0xf0) | (state & 0x0f);
+        })
+    }
+
+    /// Applies `f` to `vcpu`'s slot in server `id` of `dom`; false if
+    /// there is no such slot.
+    fn with_slot_mut(
+        &self,
+        dom: &DomainIdentity,
+        id: IoServId,
+        vcpu: u32,
+        f: impl FnOnce(&mut [u8; IOREQ_SIZE]),
+    ) -> bool {
         let mut w = self.world.borrow_mut();
-        let Some(slot) = w
+        let slot = w
             .domains
             .get_mut(&dom.domid)
             .filter(|d| d.ident.uid == dom.uid)
             .and_then(|d| d.servers.get_mut(&id))
-            .and_then(|s| s.slots.get_mut(vcpu as usize))
-        else {
-            return false;
-        };
-        slot[IOREQ_STATE_OFFSET] = (slot[IOREQ_STATE_OFFSET] & 0xf0) | (state & 0x0f);
-        true
+            .and_then(|s| s.slots.get_mut(vcpu as usize));
+        slot.map(f).is_some()
     }
 
     /// Xen's count of accesses it completed as unbacked.
