@@ -683,6 +683,27 @@ fn domain_going_away_mid_request_is_not_a_crash() {
     assert_eq!(sim.crash_reason(&g.ident), None);
 }
 
+/// A new server process attaching to the Xen server `servid` of `ident`
+/// with the PCI state its dead predecessor saved.
+fn reattach(
+    sim: &Sim,
+    ident: gpu_hostmem_core::platform::DomainIdentity,
+    servid: gpu_hostmem_core::platform::IoServId,
+    cfg: gpu_hostmem_core::server::ServerConfig,
+    saved: &str,
+) -> gpu_hostmem_sim::harness::SimServer {
+    gpu_hostmem_core::server::Server::attach(
+        sim.device_model(),
+        sim.host_mem(),
+        ident,
+        servid,
+        cfg,
+        Some(saved),
+    )
+    .map_err(|(e, _, _)| e)
+    .expect("attach with the saved state")
+}
+
 /// Issue 16: the IOREQ server process is killed while a vCPU waits for
 /// it, either before it saw the request (slot READY) or after it took it
 /// (slot INPROCESS). A new process attaches to the same Xen server with
@@ -691,7 +712,6 @@ fn domain_going_away_mid_request_is_not_a_crash() {
 #[test]
 fn restarted_server_reattaches_and_answers_the_request_in_flight() {
     use gpu_hostmem_core::ioreq::STATE_IOREQ_INPROCESS;
-    use gpu_hostmem_core::server::Server;
     use std::cell::RefCell;
     use std::rc::Rc;
     use std::time::Instant;
@@ -728,17 +748,7 @@ fn restarted_server_reattaches_and_answers_the_request_in_flight() {
                     assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
                 }
                 drop(server.take()); // SIGKILL: its handles close
-                let s = Server::attach(
-                    sim.device_model(),
-                    sim.host_mem(),
-                    ident,
-                    servid,
-                    cfg,
-                    Some(saved.borrow().as_str()),
-                )
-                .map_err(|(e, _, _)| e)
-                .expect("attach");
-                server = Some(s);
+                server = Some(reattach(&sim, ident, servid, cfg, &saved.borrow()));
             }
             if let Some(s) = server.as_mut() {
                 s.drain(Instant::now()).expect("drain");
@@ -811,7 +821,6 @@ fn attach_refuses_a_malformed_saved_pci_state() {
 fn killed_between_a_bar_move_and_its_save_the_restart_converges() {
     use gpu_hostmem_core::ioreq::{PciConfigAddress, STATE_IOREQ_INPROCESS};
     use gpu_hostmem_core::pci::REG_BAR1;
-    use gpu_hostmem_core::server::Server;
     use gpu_hostmem_sim::harness::TEST_SBDF;
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
@@ -854,17 +863,7 @@ fn killed_between_a_bar_move_and_its_save_the_restart_converges() {
             assert!(sim.set_slot(&ident, servid, 0, request));
             assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
             drop(server.take());
-            let s = Server::attach(
-                sim.device_model(),
-                sim.host_mem(),
-                ident,
-                servid,
-                cfg,
-                Some(saved.borrow().as_str()),
-            )
-            .map_err(|(e, _, _)| e)
-            .expect("attach with the stale state");
-            server = Some(s);
+            server = Some(reattach(&sim, ident, servid, cfg, &saved.borrow()));
         }
         if let Some(s) = server.as_mut() {
             s.drain(Instant::now()).expect("drain");
