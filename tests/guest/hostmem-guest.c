@@ -36,7 +36,11 @@
  *                         byte for byte against the backend's memory; REGEND:
  *                         where the registered memory ends (unregistered above);
  *                         BOUNDARY: where one registration ends and the next
- *                         begins (above OFFSET+SIZE), for straddling accesses
+ *                         begins (above OFFSET+SIZE), for straddling accesses;
+ *                         or reg:START:END, a registration above REGEND after
+ *                         a hole, whose start gets straddling accesses too;
+ *                         rep movsq/stosq whose first element straddles a
+ *                         boundary are checked at REGEND and START
  *   hostmem-guest softreset VENDOR DEVICE OFFSET SIZE SECONDS   check's
  *                         pattern and stamps, then survive a soft reset of the
  *                         domain that dom0 triggers and check the region
@@ -1086,14 +1090,21 @@ static volatile uint64_t *memtype_probe(const char *res, uint64_t bytes, int lif
 static uint64_t insn_next;           /* next fresh chunk (BAR offset) */
 static uint64_t insn_end;            /* end of the registered region */
 static uint64_t insn_regend;         /* end of registered memory in the BAR */
+static uint64_t insn_reg2, insn_reg2end;  /* a registration above a hole */
 static int insn_failed;
 
-/* The byte the backend holds at BAR offset b (or all ones above regend). */
+static int registered(uint64_t b)
+{
+    return b < insn_regend || (b >= insn_reg2 && b < insn_reg2end);
+}
+
+/* The byte the backend holds at BAR offset b (all ones where nobody
+ * registered). */
 static uint8_t backend_byte(uint64_t b)
 {
     uint64_t w;
 
-    if (b >= insn_regend)
+    if (!registered(b))
         return 0xff;
     w = pattern(b & ~7ULL);
     return (uint8_t)(w >> (8 * (b & 7)));
@@ -1153,6 +1164,11 @@ static void rep_movsq(volatile void *dst, const volatile void *src, uint64_t n)
 static void rep_movsb_down(volatile void *dst, const volatile void *src, uint64_t n)
 {
     asm volatile("std; rep movsb; cld" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
+}
+
+static void rep_movsq_down(volatile void *dst, const volatile void *src, uint64_t n)
+{
+    asm volatile("std; rep movsq; cld" : "+D"(dst), "+S"(src), "+c"(n) : : "memory");
 }
 
 static void rep_stosb(volatile void *dst, uint8_t v, uint64_t n)
@@ -1372,7 +1388,7 @@ static void straddle(volatile uint64_t *bar, uint64_t at, const char *what, cons
 
         for (i = 0; i < 8; i++) {
             uint64_t o = at - 3 + i;
-            uint8_t want = o >= insn_regend ? 0xff : o < at + 3 ? written_byte(o) :
+            uint8_t want = !registered(o) ? 0xff : o < at + 3 ? written_byte(o) :
                            backend_byte(o);
 
             bad += ram[i] != want;
@@ -1395,12 +1411,103 @@ static void straddle(volatile uint64_t *bar, uint64_t at, const char *what, cons
 
         for (i = 0; i < 8; i++) {
             uint64_t o = at - 5 + i;
-            uint8_t want = o >= insn_regend ? 0xff : written_byte(o);
+            uint8_t want = !registered(o) ? 0xff : written_byte(o);
 
             bad += ram[i] != want;
         }
         printf("RESULT name=guest-insn-%s-%s ok=%d value=%" PRIu64 " offset=0x%" PRIx64 "\n",
                n, when, bad == 0, bad, at - 5);
+        insn_failed |= bad != 0;
+    }
+}
+
+/* Count the bytes at BAR offsets o.. (read back with plain byte loads, or
+ * copied to ram if got is not NULL) that differ from want(o + i) where
+ * registered, from all ones elsewhere; print the form's RESULT. */
+static void rep_check(volatile uint8_t *b, const uint8_t *got, uint64_t o, uint64_t len,
+                      uint8_t (*want)(uint64_t), const char *form, const char *what,
+                      const char *when)
+{
+    uint64_t i, bad = 0;
+
+    for (i = 0; i < len; i++) {
+        uint8_t w = registered(o + i) ? want(o + i) : 0xff;
+
+        bad += (got ? got[i] : b[o + i]) != w;
+    }
+    printf("RESULT name=guest-insn-straddle-%s-%s-%s ok=%d value=%" PRIu64 " offset=0x%" PRIx64
+           "\n", form, what, when, bad == 0, bad, o);
+    insn_failed |= bad != 0;
+}
+
+static uint64_t stos_value, stos_at;  /* what rep stosq stored, from where */
+
+static uint8_t stos_byte(uint64_t b)
+{
+    return (uint8_t)(stos_value >> (8 * ((b - stos_at) & 7)));
+}
+
+/* String instructions whose first 8-byte element straddles the boundary at
+ * BAR offset at (3 bytes below it, 5 above), two elements: rep stosq, rep
+ * movsq to the BAR, rep movsq from it, and from it with DF set (the first
+ * element the straddling one, the second below it).  Xen must split the
+ * straddling element at the page boundary (each part to its own owner):
+ * sent as one request over both pages, the registered part read all ones
+ * or was dropped. */
+static void straddle_rep(volatile uint64_t *bar, uint64_t at, const char *what,
+                         const char *when, uint8_t *ram, uint8_t *src)
+{
+    volatile uint8_t *b = (volatile uint8_t *)bar;
+    uint64_t o = at - 3, i;
+
+    /* a value of its own per boundary and per call */
+    stos_value = 0x3c5a96e1d2b4f087ULL ^ (at << 7) ^ (*when == 'l' ? 0x0101010101010101ULL : 0);
+    stos_at = o;
+    rep_stosq(b + o, stos_value, 2);
+    rep_check(b, NULL, o, 16, stos_byte, "rep-stosq", what, when);
+
+    for (i = 0; i < 16; i++)
+        src[i] = written_byte(o + i) ^ (*when == 'l');
+    rep_movsq(b + o, src, 2);
+    {
+        uint64_t bad = 0;
+
+        for (i = 0; i < 16; i++)
+            bad += b[o + i] != (registered(o + i) ? src[i] : 0xff);
+        printf("RESULT name=guest-insn-straddle-rep-movsq-to-bar-%s-%s ok=%d value=%" PRIu64
+               " offset=0x%" PRIx64 "\n", what, when, bad == 0, bad, o);
+        insn_failed |= bad != 0;
+    }
+    /* the BAR now holds src's bytes where registered */
+    memset(ram, 0, 32);
+    rep_movsq(ram, b + o, 2);
+    {
+        uint64_t bad = 0;
+
+        for (i = 0; i < 16; i++)
+            bad += ram[i] != (registered(o + i) ? src[i] : 0xff);
+        printf("RESULT name=guest-insn-straddle-rep-movsq-from-bar-%s-%s ok=%d value=%" PRIu64
+               " offset=0x%" PRIx64 "\n", what, when, bad == 0, bad, o);
+        insn_failed |= bad != 0;
+    }
+    /* DF set: the straddling element at o first, then the one at o - 8,
+     * whose bytes (some written by straddle()) are read first with plain
+     * byte loads */
+    for (i = 0; i < 8; i++)
+        src[16 + i] = b[o - 8 + i];
+    memset(ram, 0, 32);
+    rep_movsq_down(ram + 8, b + o, 2);
+    {
+        uint64_t bad = 0;
+
+        for (i = 0; i < 16; i++) {
+            uint64_t x = o - 8 + i;
+            uint8_t w = x < o ? src[16 + i] : registered(x) ? src[x - o] : 0xff;
+
+            bad += ram[i] != w;
+        }
+        printf("RESULT name=guest-insn-straddle-std-rep-movsq-from-bar-%s-%s ok=%d value=%" PRIu64
+               " offset=0x%" PRIx64 "\n", what, when, bad == 0, bad, o - 8);
         insn_failed |= bad != 0;
     }
 }
@@ -1419,6 +1526,18 @@ static int insn(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t re
     insn_next = off;
     insn_end = off + size;
     insn_regend = regend;
+    for (f = 0; f < (unsigned)nbounds; f++) {
+        char *e;
+
+        if (strncmp(bounds[f], "reg:", 4))
+            continue;
+        insn_reg2 = strtoull(bounds[f] + 4, &e, 0);
+        insn_reg2end = *e == ':' ? strtoull(e + 1, NULL, 0) : 0;
+        if (insn_reg2 < regend + 4096 || insn_reg2end < insn_reg2 + 4096) {
+            printf("RESULT name=guest-args ok=0 value=insn-registration\n");
+            return 2;
+        }
+    }
     printf("guest: insn: chunks 0x%" PRIx64 "..0x%" PRIx64 ", registered up to 0x%" PRIx64
            ", avx=%d\n", off, off + size, regend, avx);
     for (f = 0; f < F_NR; f++) {
@@ -1451,10 +1570,15 @@ static int insn(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t re
         straddle(bar, c + CHUNK, "chunks", "lent", ram);
         straddle(bar, regend, "registration-end", "first", ram);
         straddle(bar, regend, "registration-end", "lent", ram);
+        straddle_rep(bar, regend, "registration-end", "first", ram, src);
+        straddle_rep(bar, regend, "registration-end", "lent", ram, src);
     }
     /* More boundaries (between two registrations), untouched so far. */
     for (f = 0; f < (unsigned)nbounds; f++) {
         uint64_t at = strtoull(bounds[f], NULL, 0);
+
+        if (!strncmp(bounds[f], "reg:", 4))
+            continue;
 
         if (at < insn_end + CHUNK || at + CHUNK > regend) {
             printf("RESULT name=guest-args ok=0 value=insn-boundary\n");
@@ -1462,6 +1586,15 @@ static int insn(volatile uint64_t *bar, uint64_t off, uint64_t size, uint64_t re
         }
         straddle(bar, at, "registrations", "first", ram);
         straddle(bar, at, "registrations", "lent", ram);
+    }
+    /* A registration above a hole ("reg:START:END"): its start has an
+     * unregistered page below, which stays emulated, so a straddling
+     * element there is always sent as a request. */
+    if (insn_reg2) {
+        straddle(bar, insn_reg2, "hole-to-registration", "first", ram);
+        straddle(bar, insn_reg2, "hole-to-registration", "lent", ram);
+        straddle_rep(bar, insn_reg2, "hole-to-registration", "first", ram, src);
+        straddle_rep(bar, insn_reg2, "hole-to-registration", "lent", ram, src);
     }
     printf("RESULT name=guest-insn-all ok=%d value=%s\n", !insn_failed,
            insn_failed ? "some-form-wrong" : "every-form-exact");

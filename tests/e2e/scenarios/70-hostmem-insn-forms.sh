@@ -5,24 +5,32 @@
 # the chunk is lent: libc memcpy, rep movsb/movsq both ways, with the
 # direction flag set, BAR to BAR across two chunks, rep stosb/stosq, movsq
 # without rep, SSE (and AVX where the CPU has it), unaligned loads and stores
-# straddling two chunks, two registrations, and the end of the registered
-# memory. Every byte is compared with the backend's memory (the guest reads
-# the lent pages back with plain loads). A rep movsb from a fresh chunk gave
-# zeros for its first page before Xen completed such accesses from memory.
+# straddling two chunks, two registrations, the end of the registered
+# memory and the start of a registration above a hole; and rep movsq/stosq
+# whose first element straddles those last two boundaries. Every byte is
+# compared with the backend's memory (the guest reads the lent pages back
+# with plain loads). A rep movsb from a fresh chunk gave zeros for its first
+# page before Xen completed such accesses from memory; a straddling rep
+# element read all ones for its registered bytes (or dropped them) before
+# Xen split it at the page boundary (xen-patches 0017).
 # timeout: 1100
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
 name=hm-insn
-# Registered: 0..48M and 48M..64M (two registrations); unregistered above.
-# The guest takes fresh 2 MiB chunks from 0..40M, then straddles 48M and 64M.
+# Registered: 0..48M and 48M..64M (two registrations), 72M..80M after a
+# hole; unregistered elsewhere. The guest takes fresh 2 MiB chunks from
+# 0..40M, then straddles 48M, 64M and 72M.
 HM_BAR_MIB=128 hm_start "$name" \
-    "hostmem-guest,insn,$HM_VENDOR,$HM_DEVICE,0,0x2800000,0x4000000,0x3000000" \
-    0:48M 48M:16M || exit 1
+    "hostmem-guest,insn,$HM_VENDOR,$HM_DEVICE,0,0x2800000,0x4000000,0x3000000,reg:0x4800000:0x5000000" \
+    0:48M 48M:16M 72M:8M || exit 1
 gh_guest_wait "$name" "${HM_GUEST_WAIT:-900}" || result "$name-guest-run" 0 "did-not-finish"
 forms=$(grep -c '^RESULT name=guest-insn-.* ok=1' "/tmp/$name.out" || true)
 check "$name-guest-all-exact" "forms_ok=$forms" grep -q '^RESULT name=guest-insn-all ok=1' "/tmp/$name.out"
-# 15 forms (17 with AVX) x 2, and 3 straddles x 2 x load/store: at least 42.
-check "$name-guest-forms-run" "forms_ok=$forms" [ "$forms" -ge 42 ]
+# 15 forms (17 with AVX) x 2, 4 straddles x 2 x load/store, and 2 rep
+# straddles x 2 x 4 forms: at least 62.
+check "$name-guest-forms-run" "forms_ok=$forms" [ "$forms" -ge 62 ]
+rep_ok=$(grep -c '^RESULT name=guest-insn-straddle-.*rep-.* ok=1' "/tmp/$name.out" || true)
+check "$name-guest-rep-straddles" "rep_straddles_ok=$rep_ok" [ "$rep_ok" = 16 ]
 retries=$(hm_counter "$HM_DOM" retries)
 check "$name-completed-from-memory" "retries=$retries" [ "$retries" -gt 0 ]
 gpu-hostmem status "$HM_DOM" 2>&1 | sed 's/^/[status] /'
