@@ -20,8 +20,10 @@
 //!   and store; with neither, a memory copy.
 //! - A repeated request is truncated at the page boundary of its first
 //!   element on the emulated side (`hvmemul_do_io`), so it touches one
-//!   page, or two for a single straddling element; the rest of the
-//!   instruction goes as further requests.
+//!   page; a first element straddling two pages on the emulated side goes
+//!   as a plain load and store instead (the rep hooks decline it,
+//!   xen-patches 0017), split at the boundary like any plain access; the
+//!   rest of the instruction goes as further requests.
 //! - Element `i` of a request is at `addr + i * size`, or `addr - i * size`
 //!   with `df` (and likewise `data`).
 //!
@@ -346,8 +348,10 @@ impl Sim {
             } else {
                 self.claimant(dom, a)?
             };
-            let Some(sid) = sid else {
-                // Memory (or nothing there): one element as a plain store.
+            let (Some(sid), false) = (sid, straddles(a, size)) else {
+                // Memory (or nothing there), or an emulated element
+                // straddling two pages (hvmemul_rep_stos declines it): one
+                // element as a plain store, split at the page boundary.
                 let mut b = bytes[..size as usize].to_vec();
                 self.plain(dom, vcpu, a, &mut b, false, run, rep)?;
                 i += 1;
@@ -407,10 +411,13 @@ impl Sim {
                     .borrow()
                     .range_mapped(dom.domid, ram, u64::from(size))
             });
-            let (Some((m, ram, dir)), Some(sid), true) = (mmio, sid, ram_ok) else {
-                // Both memory, both emulated, no server, or a RAM side
-                // that is not all memory: one element as a plain load and
-                // store.
+            let straddle = mmio.is_some_and(|(m, _, _)| straddles(m, size));
+            let (Some((m, ram, dir)), Some(sid), true, false) = (mmio, sid, ram_ok, straddle)
+            else {
+                // Both memory, both emulated, no server, a RAM side that
+                // is not all memory, or an emulated element straddling two
+                // pages (hvmemul_rep_movs declines it): one element as a
+                // plain load and store, each split at page boundaries.
                 let mut b = vec![0u8; size as usize];
                 self.plain(dom, vcpu, sa, &mut b, true, run, rep)?;
                 self.plain(dom, vcpu, da, &mut b, false, run, rep)?;
@@ -626,9 +633,16 @@ impl Sim {
     }
 }
 
+/// Does the element of `size` bytes at `addr` straddle a page boundary?
+/// Xen's rep hooks decline such a first element on their emulated side
+/// (xen-patches 0017), so no request spans two pages.
+fn straddles(addr: u64, size: u32) -> bool {
+    PAGE - addr % PAGE < u64::from(size)
+}
+
 /// Xen truncates a repeated MMIO request at the page boundary of its
-/// first element (`hvmemul_do_io`): one request never spans two pages,
-/// except a single element that straddles them.
+/// first element (`hvmemul_do_io`); a first element straddling the
+/// boundary never gets here ([`straddles`]).
 fn mmio_clip(addr: u64, size: u32, reps: u64, df: bool) -> u64 {
     if reps <= 1 {
         return reps;
