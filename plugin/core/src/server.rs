@@ -50,8 +50,9 @@ pub const ENOSPC_EVICTIONS: u32 = 8;
 pub const DEFER_POLL: Duration = Duration::from_millis(10);
 
 /// Bytes one BAR request may touch at most. Xen truncates a string request
-/// at the page boundary of its first element (one page, or two for a single
-/// straddling element); this bound only refuses nonsense.
+/// at the page boundary of its first element, and with xen-patches/0017
+/// splits a straddling element like a plain access (before, a single
+/// straddling element touched two pages); this bound only refuses nonsense.
 pub const MAX_REQUEST_BYTES: u64 = 4096 * 8;
 
 /// Parameters of one server.
