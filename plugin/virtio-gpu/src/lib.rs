@@ -12,6 +12,8 @@
 //! - [`gpu2d`]: the 2D commands of the control queue.
 //! - [`blob`]: contexts, capsets and host-visible blobs (stage 2).
 //! - [`renderer`]: what the device asks of the renderer process.
+//! - [`renderer_proto`]: the socket protocol to that process, and the
+//!   device's side of it.
 //! - [`memory`]: guest memory as fallible copies ([`memory::SimMemory`]
 //!   for tests and the simulator).
 //! - [`model`]: the device as the IOREQ server's `FunctionModel`.
@@ -37,6 +39,7 @@ pub mod memory;
 pub mod model;
 pub mod queue;
 pub mod renderer;
+pub mod renderer_proto;
 pub mod transport;
 
 use tracing::debug;
