@@ -99,6 +99,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("GPU_HOSTMEM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
