@@ -21,6 +21,7 @@
 //! compromised worker cannot make it register over itself.
 
 pub mod memfd;
+pub mod sandbox;
 
 use std::collections::HashMap;
 use std::ffi::CString;

@@ -4,7 +4,8 @@
 //! -- gpu-hostmem-renderer ...` (`GPU_HOSTMEM_PRIVCMD_FD`, restricted to
 //! the guest and narrowed to registering memory, with
 //! `GPU_HOSTMEM_UNIQUE_ID` and `GPU_HOSTMEM_DOMID`). It refuses to run as
-//! root: it needs no privilege beyond that file.
+//! root: it needs no privilege beyond that file. Once set up it serves
+//! under a seccomp filter (`sandbox.rs`).
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
@@ -80,7 +81,8 @@ fn run() -> Result<(), String> {
     let sock = UnixDatagram::from(take_fd(socket_fd, true)?);
     let reg = PrivcmdRegistrar::new(privcmd, dom, unique_id);
     let mut state = RendererState::new(reg, RendererLimits::default());
-    info!(dom, unique_id, "serving the device");
+    gpu_hostmem_renderer::sandbox::enter()?;
+    info!(dom, unique_id, "serving the device (seccomp filter on)");
     let r = serve(&sock, &mut state);
     let s = state.stats();
     info!(
