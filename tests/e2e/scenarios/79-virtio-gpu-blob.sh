@@ -3,7 +3,8 @@
 # With device: virtio-gpu, virtio_gpu.renderer and virtio_gpu.test_capset
 # in /etc/xen/gpu-hostmem.yaml:
 #   - the supervisor starts gpu-hostmem-renderer beside the worker, as
-#     nobody with no capability and no_new_privs, holding a privcmd file
+#     nobody with no capability, no_new_privs and its seccomp filter,
+#     holding a privcmd file
 #     restricted to the guest and narrowed to a backend's rights
 #     (tests/kernel/fd-privilege --backend) and its socket;
 #     the worker stays sandboxed as before;
@@ -56,7 +57,7 @@ renderer_unprivileged() {
     grep -E '^(Uid|Gid|Groups|CapEff|NoNewPrivs|Seccomp):' "$st" | tr '\t' ' ' | sed "s/^/[renderer $1] /"
     grep -qE '^Uid:\s+65534\s+65534\s+65534\s+65534\s*$' "$st" &&
         grep -qE '^CapEff:\s+0+$' "$st" && grep -qE '^Groups:\s*$' "$st" &&
-        grep -qE '^NoNewPrivs:\s+1$' "$st" || return 1
+        grep -qE '^NoNewPrivs:\s+1$' "$st" && grep -qE '^Seccomp:\s+2$' "$st" || return 1
     ls -l "/proc/$1/fd" | sed "s/^/[renderer fds] /"
     # Its privcmd file reaches no other domain (dom0 hypercall refused)
     # and has only a backend's rights for this one (no DMOP).
