@@ -4,9 +4,8 @@
 # in /etc/xen/gpu-hostmem.yaml:
 #   - the supervisor starts gpu-hostmem-renderer beside the worker, as
 #     nobody with no capability, no_new_privs and its seccomp filter,
-#     holding a privcmd file
-#     restricted to the guest and narrowed to a backend's rights
-#     (tests/kernel/fd-privilege --backend) and its socket;
+#     holding its socket and a privcmd file restricted to the guest and
+#     narrowed to a backend's rights (tests/kernel/fd-privilege --backend);
 #     the worker stays sandboxed as before;
 #   - tests/guest/virtio-gpu-blob, through the DRM uAPI only: GETPARAM
 #     (3D, RESOURCE_BLOB, HOST_VISIBLE, CONTEXT_INIT, the test capset),
