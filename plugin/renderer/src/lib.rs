@@ -145,9 +145,11 @@ pub struct RendererLimits {
 }
 
 impl Default for RendererLimits {
+    /// 256 MiB of blobs: the test capset's blobs are host memory the
+    /// renderer fills (so commits) at creation, which a guest controls.
     fn default() -> Self {
         RendererLimits {
-            bytes: 1 << 30,
+            bytes: 256 << 20,
             blobs: 4096,
             contexts: 64,
         }
