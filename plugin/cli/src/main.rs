@@ -143,8 +143,22 @@ fn check_config(file: &std::path::Path) -> Result<String, String> {
         gpu_hostmem_core::config::Device::Hostmem => (cfg.vendor_id, cfg.device_id),
         gpu_hostmem_core::config::Device::VirtioGpu => (0x1af4, 0x1050),
     };
+    let vg = &cfg.virtio_gpu;
+    let renderer = match &vg.renderer {
+        Some(p) => format!(
+            ", renderer {} as {}{}",
+            p.display(),
+            vg.renderer_user,
+            if vg.test_capset {
+                ", test capset offered"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    };
     Ok(format!(
-        "{}: valid (device {}, pci_slot {}, ids {:04x}:{:04x}, fault_around_kib {}, run_as {})",
+        "{}: valid (device {}, pci_slot {}, ids {:04x}:{:04x}, fault_around_kib {}, run_as {}{renderer})",
         file.display(),
         cfg.device.name(),
         cfg.pci_slot,

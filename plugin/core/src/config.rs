@@ -115,6 +115,35 @@ impl Device {
     }
 }
 
+/// `virtio_gpu:` section (only with `device: virtio-gpu`): the renderer
+/// process that serves contexts and host-visible blobs
+/// (docs/virtio-gpu.md, stage 2).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VirtioGpuConfig {
+    /// The renderer executable (absolute), started per guest by the IOREQ
+    /// server's supervisor with a privcmd file restricted to the guest and
+    /// narrowed to registering memory. None: no renderer, every context
+    /// and blob command refused.
+    pub renderer: Option<PathBuf>,
+    /// The user the renderer runs as (a name or `UID:GID`, never root).
+    pub renderer_user: String,
+    /// Offer the test-only capset (a context type whose blobs are plain
+    /// renderer memory with a pattern), for the end-to-end test. Off by
+    /// default; needs `renderer`.
+    pub test_capset: bool,
+}
+
+impl Default for VirtioGpuConfig {
+    fn default() -> Self {
+        VirtioGpuConfig {
+            renderer: None,
+            renderer_user: "nobody".into(),
+            test_capset: false,
+        }
+    }
+}
+
 /// `limits:` section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -171,6 +200,8 @@ pub struct Config {
     /// restricted to the guest: a user name, `UID:GID`, or `root` (no drop,
     /// no seccomp filter: for debugging only).
     pub run_as: String,
+    /// The virtio-gpu device's renderer.
+    pub virtio_gpu: VirtioGpuConfig,
 }
 
 impl Default for Config {
@@ -187,6 +218,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             run_as: "nobody".into(),
+            virtio_gpu: VirtioGpuConfig::default(),
         }
     }
 }
@@ -367,6 +399,30 @@ impl Config {
                 },
                 "left at its default with device: virtio-gpu (the function is then \
                  1af4:1050, the virtio-gpu ids; vendor_id and device_id apply to device: hostmem)",
+            ));
+        }
+        let vg = &self.virtio_gpu;
+        let parse_err = |message: &str| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: message.into(),
+        };
+        if self.device != Device::VirtioGpu && *vg != VirtioGpuConfig::default() {
+            return Err(parse_err(
+                "virtio_gpu: applies to device: virtio-gpu only; remove it or set the device",
+            ));
+        }
+        if vg.renderer.as_deref().is_some_and(|p| !p.is_absolute()) {
+            return Err(parse_err("virtio_gpu.renderer must be an absolute path"));
+        }
+        if vg.test_capset && vg.renderer.is_none() {
+            return Err(parse_err(
+                "virtio_gpu.test_capset needs virtio_gpu.renderer (the renderer serves it)",
+            ));
+        }
+        if vg.renderer_user == "root" || vg.renderer_user.starts_with("0:") {
+            return Err(parse_err(
+                "virtio_gpu.renderer_user must not be root: the renderer needs no privilege \
+                 beyond the privcmd file it is handed",
             ));
         }
         if self.subsystem_id > 0xffff {
@@ -580,6 +636,50 @@ mod tests {
                  PIIX3 and Xen platform device)"
             )
         );
+    }
+
+    #[test]
+    fn the_renderer_section_is_checked() {
+        let c = parse(
+            "device: virtio-gpu\nvirtio_gpu:\n  renderer: /usr/lib/gpu-hostmem/bin/gpu-hostmem-renderer\n  test_capset: true\n",
+        )
+        .expect("valid");
+        assert!(c.virtio_gpu.test_capset);
+        assert_eq!(c.virtio_gpu.renderer_user, "nobody");
+        assert_eq!(
+            parse("").expect("defaults").virtio_gpu,
+            VirtioGpuConfig::default()
+        );
+        assert!(!VirtioGpuConfig::default().test_capset, "off by default");
+        for (bad, why) in [
+            (
+                "virtio_gpu:\n  test_capset: false\n  renderer: /bin/r\n",
+                "applies to device: virtio-gpu",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: bin/r\n",
+                "absolute",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  test_capset: true\n",
+                "needs virtio_gpu.renderer",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  renderer_user: root\n",
+                "must not be root",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  renderer_user: \"0:0\"\n",
+                "must not be root",
+            ),
+        ] {
+            match parse(bad) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains(why), "{bad}: {message}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

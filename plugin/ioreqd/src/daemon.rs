@@ -20,7 +20,10 @@ use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
 use gpu_hostmem_host::record::{self, key, state};
+use gpu_hostmem_virtio_gpu::device::GpuConfig;
 use gpu_hostmem_virtio_gpu::model::GpuModel;
+use gpu_hostmem_virtio_gpu::renderer::{NoRenderer, Renderer};
+use gpu_hostmem_virtio_gpu::renderer_proto::SocketRenderer;
 use gpu_hostmem_xen::guest_memory::ForeignGuestMemory;
 use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::{Privcmd, XenLibs};
@@ -275,13 +278,64 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             // on demand through the foreignmemory handle, which is
             // restricted to the guest before any request is read.
             let mem = ForeignGuestMemory::new(&fm, domid, GUEST_PAGE_CACHE);
-            let func = GpuModel::new(scfg.bar_size, scfg.ids.subsystem, mem)
-                .map_err(at("virtio-gpu function"))?;
+            // The renderer the supervisor started, if configured: contexts
+            // and blobs go to it over the inherited socket (connected and
+            // checked here, before the privilege drop; afterwards only
+            // sendto/recvfrom on it, which the filter allows).
+            let (renderer, gcfg): (Box<dyn Renderer>, GpuConfig) = match args.renderer_fd {
+                Some(fd) => {
+                    let sock = inherited_socket(fd).map_err(at("renderer socket"))?;
+                    let r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
+                    let gcfg = if cfg.virtio_gpu.test_capset {
+                        warn!(%dom, "virtio-gpu: offering the test-only capset (virtio_gpu.test_capset)");
+                        GpuConfig::default().with_test_capset()
+                    } else {
+                        GpuConfig::default()
+                    };
+                    info!(%dom, "virtio-gpu: renderer connected");
+                    (Box::new(r), gcfg)
+                }
+                None => (Box::new(NoRenderer), GpuConfig::default()),
+            };
+            let func =
+                GpuModel::with_renderer(scfg.bar_size, scfg.ids.subsystem, mem, gcfg, renderer)
+                    .map_err(at("virtio-gpu function"))?;
             info!(%dom, "device: virtio-gpu (1af4:1050), the window is its host-visible region");
             let server = start_server(&ctx, pdm, hm, func, saved.as_deref())?;
             run_server(&ctx, server, restrict)
         }
     }
+}
+
+/// The renderer socket the supervisor left on `fd`: refused unless it is
+/// an open `SOCK_SEQPACKET` socket.
+fn inherited_socket(fd: i32) -> Result<std::os::unix::net::UnixDatagram, String> {
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return Err(format!("fd {fd} is a standard stream"));
+    }
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one int into `ty`, whose size is `len`; on a
+    // closed fd the call fails and nothing is written.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 || ty != libc::SOCK_SEQPACKET {
+        return Err(format!("fd {fd} is not a SOCK_SEQPACKET socket"));
+    }
+    // SAFETY: an open socket the supervisor left for us and nothing else
+    // in this process uses; owned from here.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: FD_CLOEXEC on the fd we own.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(std::os::unix::net::UnixDatagram::from(owned))
 }
 
 /// What the stages after the server's start need.

@@ -67,6 +67,11 @@ pub struct Args {
     /// record of this instance (the supervisor read it).
     #[arg(long, hide = true, requires = "attach")]
     pub ioservid: Option<u16>,
+    /// Internal (with --worker): the fd of the connected socket to the
+    /// renderer process the supervisor started (device: virtio-gpu with a
+    /// `virtio_gpu.renderer`).
+    #[arg(long, hide = true, requires = "worker")]
+    pub renderer_fd: Option<i32>,
 }
 
 fn parse_uuid_arg(s: &str) -> Result<[u8; 16], String> {
@@ -95,7 +100,7 @@ fn main() -> ExitCode {
     };
     logging::init(&cfg.log);
     if !args.worker {
-        return supervisor::run(&args);
+        return supervisor::run(&args, &cfg);
     }
     // The worker reports to its supervisor, which keeps the record: it
     // holds no xenstore connection of its own (report.rs).

@@ -26,6 +26,7 @@
 
 use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
+use gpu_hostmem_core::config::{Config, Device};
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::limits::Tally;
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
@@ -38,7 +39,7 @@ use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -147,12 +148,175 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// Where a worker finds its end of the renderer socket.
+pub const RENDERER_FD: i32 = 4;
+/// Where the renderer finds its socket and its privcmd file.
+const RENDERER_SOCKET_FD: i32 = 3;
+const RENDERER_PRIVCMD_FD: i32 = 4;
+/// How long a renderer whose worker is gone may take to exit on its own
+/// (it unregisters its blobs on the socket's end) before it is killed.
+const RENDERER_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// In a forked child before exec: puts each `(from, to)` fd at `to`,
+/// without close-on-exec, whatever the numbers (a `from` may be another
+/// pair's `to`: everything is first copied above them).
+///
+/// # Safety
+/// Only async-signal-safe calls (fcntl, dup2, close); call it in a child
+/// between fork and exec, with every `from` open.
+unsafe fn place_fds(pairs: &[(i32, i32)]) -> io::Result<()> {
+    let mut high = [-1i32; 4];
+    for (i, &(from, _)) in pairs.iter().enumerate().take(high.len()) {
+        // SAFETY: fcntl on an open fd; the copy is above every target.
+        let h = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 64) };
+        if h < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        high[i] = h;
+    }
+    for (i, &(_, to)) in pairs.iter().enumerate().take(high.len()) {
+        // SAFETY: dup2 between fds of this process; the copy at `to` has
+        // no close-on-exec.
+        if unsafe { libc::dup2(high[i], to) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the temporary copy made above.
+        unsafe { libc::close(high[i]) };
+    }
+    Ok(())
+}
+
+/// The renderer process of one worker's life: it serves the worker's
+/// virtio-gpu device over a `SOCK_SEQPACKET` pair and exits when the
+/// worker's end closes (unregistering every blob first). Dropping this
+/// waits [`RENDERER_EXIT_WAIT`] for that, then kills it.
+pub struct RendererProcess {
+    child: Child,
+}
+
+impl Drop for RendererProcess {
+    fn drop(&mut self) {
+        let until = Instant::now() + RENDERER_EXIT_WAIT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => {
+                    info!(renderer = self.child.id(), status = %describe(st), "supervisor: renderer exited");
+                    return;
+                }
+                Ok(None) if Instant::now() < until => sleep(POLL),
+                _ => break,
+            }
+        }
+        warn!(
+            renderer = self.child.id(),
+            "supervisor: renderer still running without its worker: killing it"
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the renderer of `dom` as the configured user, with no
+/// capability and no_new_privs, holding only its socket end and a privcmd
+/// file restricted to the guest and narrowed to registering memory (what
+/// `gpu-hostmem backend` hands a backend). Returns it and the worker's end
+/// of the socket.
+fn spawn_renderer(
+    path: &std::path::Path,
+    user: &str,
+    dom: &DomainIdentity,
+) -> io::Result<(RendererProcess, OwnedFd)> {
+    let other = |e: String| io::Error::other(e);
+    let (uid, gid) = gpu_hostmem_host::users::resolve(user)
+        .map_err(other)?
+        .ok_or_else(|| {
+            other(format!(
+                "renderer_user {user:?}: the renderer never runs as root"
+            ))
+        })?;
+    let mut fds = [0i32; 2];
+    // SAFETY: socketpair writes two new fds into `fds`.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are new and owned by nobody else.
+    let (worker_end, renderer_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let privcmd = Privcmd::open()
+        .and_then(|p| {
+            p.restrict(dom.domid)?;
+            p.narrow_to_backend()?;
+            Ok(p.into_fd())
+        })
+        .map_err(|e| other(format!("privcmd for the renderer: {e}")))?;
+    let (sock_raw, priv_raw) = (renderer_end.as_raw_fd(), privcmd.as_raw_fd());
+    let mut cmd = Command::new(path);
+    cmd.arg("--socket-fd")
+        .arg(RENDERER_SOCKET_FD.to_string())
+        .env_clear()
+        .env("GPU_HOSTMEM_PRIVCMD_FD", RENDERER_PRIVCMD_FD.to_string())
+        .env("GPU_HOSTMEM_UNIQUE_ID", dom.unique_id().to_string())
+        .env("GPU_HOSTMEM_DOMID", dom.domid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .uid(uid)
+        .gid(gid);
+    if let Some(l) = std::env::var_os(crate::logging::LOG_ENV) {
+        cmd.env(crate::logging::LOG_ENV, l);
+    }
+    // SAFETY: runs in the forked child before exec, after std dropped the
+    // groups and set the gid and uid (so every capability is gone);
+    // prctl, fcntl, dup2 and close are async-signal-safe and allocate
+    // nothing; both fds are open in the child (close-on-exec only).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            place_fds(&[
+                (sock_raw, RENDERER_SOCKET_FD),
+                (priv_raw, RENDERER_PRIVCMD_FD),
+            ])?;
+            // Nothing else crosses the exec, whatever we inherited
+            // without close-on-exec (close_range's CLOEXEC flag, Linux
+            // 5.11: std's own exec-error pipe keeps working).
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            if libc::syscall(
+                libc::SYS_close_range,
+                (RENDERER_PRIVCMD_FD + 1) as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            ) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // Our copies go: the renderer's end must close when the renderer dies,
+    // and the supervisor keeps no privcmd file for the guest.
+    drop(renderer_end);
+    drop(privcmd);
+    Ok((RendererProcess { child }, worker_end))
+}
+
 /// Starts a worker, with the child's end of a new report socket on
-/// [`REPORT_FD`]; returns it and the supervisor's end.
+/// [`REPORT_FD`] and, if given, its end of the renderer socket on
+/// [`RENDERER_FD`]; returns it and the supervisor's end.
 fn spawn_worker(
     attach: bool,
     unique_id: u64,
     ioservid: Option<u16>,
+    renderer: Option<&OwnedFd>,
 ) -> io::Result<(Child, UnixStream)> {
     let exe = std::env::current_exe()?;
     let (ours, theirs) = UnixStream::pair()?;
@@ -169,24 +333,19 @@ fn spawn_worker(
             cmd.arg("--ioservid").arg(id.to_string());
         }
     }
+    let renderer_raw = renderer.map(|f| f.as_raw_fd());
+    if renderer_raw.is_some() {
+        cmd.arg("--renderer-fd").arg(RENDERER_FD.to_string());
+    }
     // No parent-death signal: a worker outlives a killed supervisor and
     // keeps answering the guest (see the module comment).
     // SAFETY: runs in the forked child before exec; dup2(2) and fcntl(2)
     // are async-signal-safe and allocate nothing. `theirs_fd` is open in
     // the child (inherited; close-on-exec only).
     unsafe {
-        cmd.pre_exec(move || {
-            // dup2 leaves the copy without close-on-exec; the same fd
-            // number keeps its flag, so clear it there.
-            let rc = if theirs_fd == REPORT_FD {
-                libc::fcntl(REPORT_FD, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(theirs_fd, REPORT_FD)
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+        cmd.pre_exec(move || match renderer_raw {
+            Some(r) => place_fds(&[(theirs_fd, REPORT_FD), (r, RENDERER_FD)]),
+            None => place_fds(&[(theirs_fd, REPORT_FD)]),
         });
     }
     let child = cmd.spawn()?;
@@ -473,7 +632,7 @@ fn recorded_state(xs: &Xenstore<'_>, domid: u16) -> Option<String> {
 }
 
 /// Runs the supervisor; returns the exit code of the whole server.
-pub fn run(args: &Args) -> ExitCode {
+pub fn run(args: &Args, cfg: &Config) -> ExitCode {
     let domid = args.domid;
     let libs = match XenLibs::load() {
         Ok(l) => l,
@@ -515,7 +674,43 @@ pub fn run(args: &Args) -> ExitCode {
         } else {
             None
         };
-        let (mut child, sock) = match spawn_worker(attach, dom.unique_id(), ioservid) {
+        // device: virtio-gpu with a renderer: one renderer per worker,
+        // started first (the worker says hello during its setup).
+        let renderer = match (cfg.device, &cfg.virtio_gpu.renderer) {
+            (Device::VirtioGpu, Some(path)) => {
+                match spawn_renderer(path, &cfg.virtio_gpu.renderer_user, &dom) {
+                    Ok((p, end)) => {
+                        info!(%dom, renderer = p.child.id(), path = %path.display(), "supervisor: renderer started");
+                        Some((p, end))
+                    }
+                    Err(e) => {
+                        error!(%dom, error = %e, "supervisor: cannot start the renderer");
+                        if !attach {
+                            setup_failed(args, &format!("start renderer: {e}"));
+                            return ExitCode::FAILURE;
+                        }
+                        let n = deaths.record(Instant::now());
+                        if n > RESTART_LIMIT {
+                            return give_up(&libs, &xs, &dom, n, &stop);
+                        }
+                        sleep(backoff(n));
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (renderer, worker_end) = match renderer {
+            Some((p, end)) => (Some(p), Some(end)),
+            None => (None, None),
+        };
+        let spawned = spawn_worker(attach, dom.unique_id(), ioservid, worker_end.as_ref());
+        // Only the worker holds its end from here: the renderer sees the
+        // worker's death as the end of its socket.
+        drop(worker_end);
+        // Lives until this worker is reaped (the end of this iteration).
+        let _renderer = renderer;
+        let (mut child, sock) = match spawned {
             Ok(c) => c,
             Err(e) => {
                 error!(%dom, error = %e, "supervisor: cannot start the worker");

@@ -678,3 +678,157 @@ fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
         "every lent page revoked: {privcmd}"
     );
 }
+
+/// The renderer binary of this workspace, built beside this test's (by
+/// `cargo test --workspace`, as tests/run does).
+fn renderer_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("gpu-hostmem-renderer");
+    assert!(
+        p.exists(),
+        "{} not built: run cargo test --workspace (or cargo build -p gpu-hostmem-renderer) first",
+        p.display()
+    );
+    p
+}
+
+/// The children of `sup` whose command line contains `what`.
+fn children_with(sup: u32, what: &str) -> Vec<u32> {
+    let Ok(d) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    d.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut f = rest.split_whitespace();
+            let state = f.next()?;
+            let ppid: u32 = f.next()?.parse().ok()?;
+            (ppid == sup && state != "Z" && cmdline(pid).contains(what)).then_some(pid)
+        })
+        .collect()
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{what}; log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stage 2 wiring (docs/virtio-gpu.md): with `virtio_gpu.renderer` the
+/// supervisor starts one renderer per worker, as the configured user,
+/// without capabilities and with no_new_privs, holding a privcmd file
+/// restricted to the guest and narrowed to a backend's rights; the worker
+/// connects to it before its privilege drop and offers the test capset
+/// (the model line counts contexts and blobs). A killed worker's renderer
+/// exits with it and the restarted worker gets a new one; on SIGTERM
+/// everything stops.
+#[test]
+fn starts_a_renderer_for_each_worker_when_configured() {
+    let renderer = renderer_exe();
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let user = if uid == 0 {
+        "nobody".to_string()
+    } else {
+        format!("{uid}:{gid}")
+    };
+    let cfg = format!(
+        "device: virtio-gpu\nvirtio_gpu:\n  renderer: {}\n  renderer_user: \"{user}\"\n  test_capset: true\n",
+        renderer.display()
+    );
+    let mut r = Run::start_config("vgpu-renderer", 49, UUID, true, &[], &cfg);
+    r.wait_state("running");
+    let sup = r.child.id();
+    let log = || fs::read_to_string(r.dir.join("ioreqd.log")).unwrap_or_default();
+    wait_for(
+        "the worker connects to its renderer",
+        || log().contains("virtio-gpu: renderer connected"),
+        log,
+    );
+    let rens = children_with(sup, "--socket-fd");
+    assert_eq!(rens.len(), 1, "one renderer: {rens:?}; log:\n{}", log());
+    let ren = rens[0];
+    assert_eq!(
+        cmdline(ren),
+        format!("{} --socket-fd 3 ", renderer.display())
+    );
+    if uid == 0 {
+        assert!(
+            !status_field(ren, "Uid:").starts_with("0"),
+            "renderer runs as nobody"
+        );
+    }
+    assert_eq!(status_field(ren, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(ren, "CapEff:"), "0000000000000000");
+    let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
+    assert!(
+        privcmd.contains("restrict dom=49") && privcmd.contains("narrow-to-backend"),
+        "{privcmd}"
+    );
+    // Only its socket and privcmd file besides stdio, whatever this test
+    // process left open without close-on-exec.
+    let fds: Vec<String> = fs::read_dir(format!("/proc/{ren}/fd"))
+        .expect("fds")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut fds: Vec<u32> = fds.iter().filter_map(|f| f.parse().ok()).collect();
+    fds.sort_unstable();
+
+    assert_eq!(fds, [0, 1, 2, 3, 4], "renderer fds");
+
+    let sock = PathBuf::from(r.key("control").expect("control key"));
+    let reply =
+        control::request(&sock, control::REQUEST_STATUS, Duration::from_secs(5)).expect("status");
+    let st: Status = serde_json::from_str(&reply).expect("status JSON");
+    let model = st.device.expect("a model line");
+    assert!(model.contains("contexts 0, blobs 0"), "{model}");
+
+    // A killed worker takes its renderer with it; the new one gets its own.
+    let w1 = children_with(sup, "--worker")[0];
+    sigkill(w1);
+    wait_for(
+        "the first renderer exits with its worker",
+        || {
+            !Path::new(&format!("/proc/{ren}/cmdline")).exists()
+                || status_field(ren, "State:").starts_with('Z')
+        },
+        log,
+    );
+    wait_for(
+        "a new renderer for the restarted worker",
+        || {
+            children_with(sup, "--socket-fd").iter().any(|p| *p != ren)
+                && log().matches("virtio-gpu: renderer connected").count() == 2
+        },
+        log,
+    );
+    let ren2 = children_with(sup, "--socket-fd")[0];
+    sigterm(sup);
+    let status = r.wait_exit();
+    assert!(status.success(), "exit {status}; log:\n{}", r.log());
+    assert!(
+        !Path::new(&format!("/proc/{ren2}/cmdline")).exists(),
+        "renderer gone"
+    );
+}

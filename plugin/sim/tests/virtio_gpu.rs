@@ -19,10 +19,15 @@ use gpu_hostmem_core::platform::DomainIdentity;
 use gpu_hostmem_core::server::Server;
 use gpu_hostmem_sim::harness::{test_config, TEST_SBDF};
 use gpu_hostmem_sim::{Access, Insn, Sim, SimDeviceModel, SimHostMem, SimOptions};
+use gpu_hostmem_virtio_gpu::blob::{self, TEST_CAPSET_ID};
+use gpu_hostmem_virtio_gpu::device::GpuConfig;
 use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
 use gpu_hostmem_virtio_gpu::layout::*;
 use gpu_hostmem_virtio_gpu::memory::{GuestMemory, MemError};
 use gpu_hostmem_virtio_gpu::model::GpuModel;
+use gpu_hostmem_virtio_gpu::renderer::{
+    BlobHandle, BlobRequest, MapCache, Renderer, RendererError,
+};
 
 const MIB: u64 = 1 << 20;
 const WINDOW: u64 = 0x1_0000_0000;
@@ -89,12 +94,19 @@ impl Vm {
     /// placement: the window high, BAR2 in the low hole, decode and bus
     /// mastering on.
     fn new() -> Vm {
+        Vm::with(model)
+    }
+
+    /// As [`Vm::new`] with the device `make` builds.
+    fn with(
+        make: impl FnOnce(&Sim, DomainIdentity, &Rc<RefCell<u32>>) -> GpuModel<SimGuestMemory>,
+    ) -> Vm {
         let sim = Sim::new(SimOptions::default());
         let dom = sim.create_domain(4, 1).expect("domain");
         sim.add_guest_ram(&dom, 0, RAM_PAGES);
         let forgotten = Rc::new(RefCell::new(0));
         let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
-        let func = model(&sim, dom, &forgotten);
+        let func = make(&sim, dom, &forgotten);
         let server = Server::start_with(sim.device_model(), sim.host_mem(), dom, cfg, func)
             .map_err(|(e, _, _)| e)
             .expect("server");
@@ -662,4 +674,168 @@ fn intx_disable_in_command_lowers_and_restores_the_line() {
     vm.cfg_w(REG_COMMAND, 2, u32::from(COMMAND_MEMORY));
     assert_eq!(vm.command(&hdr(GET_DISPLAY_INFO, &[])), None);
     assert!(!vm.intx());
+}
+
+/// A renderer whose blobs are the simulator's backend memory: mapping a
+/// blob registers fresh pages at its window offset, unmapping or
+/// destroying it unregisters them (the notifier revokes what was lent), as
+/// `gpu-hostmem-renderer` does with privcmd.
+#[derive(Debug)]
+struct SimRenderer {
+    sim: SimHandle,
+    dom: DomainIdentity,
+    /// handle -> (pages, registered)
+    blobs: std::collections::HashMap<u64, (u64, bool)>,
+    next: u64,
+}
+
+/// `Sim` without `Debug`.
+#[derive(Clone)]
+struct SimHandle(Sim);
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sim")
+    }
+}
+
+impl Renderer for SimRenderer {
+    fn create_context(&mut self, _: u32, capset: u32) -> Result<(), RendererError> {
+        assert_eq!(capset, TEST_CAPSET_ID);
+        Ok(())
+    }
+    fn destroy_context(&mut self, _: u32) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn create_blob(&mut self, r: BlobRequest) -> Result<BlobHandle, RendererError> {
+        self.next += 1;
+        self.blobs.insert(self.next, (r.size / 4096, false));
+        Ok(BlobHandle(self.next))
+    }
+    fn map_blob(&mut self, h: BlobHandle, offset: u64) -> Result<MapCache, RendererError> {
+        let b = self.blobs.get_mut(&h.0).expect("blob");
+        self.sim
+            .0
+            .register(&self.dom, h.0 as u32, offset, b.0, 4242)
+            .map_err(|e| RendererError::Refused {
+                op: "register",
+                errno: e.errno.0,
+            })?;
+        b.1 = true;
+        Ok(MapCache::Cached)
+    }
+    fn unmap_blob(&mut self, h: BlobHandle) -> Result<(), RendererError> {
+        let b = self.blobs.get_mut(&h.0).expect("blob");
+        if b.1 {
+            b.1 = false;
+            let _ = self.sim.0.unregister(&self.dom, h.0 as u32);
+        }
+        Ok(())
+    }
+    fn destroy_blob(&mut self, h: BlobHandle) -> Result<(), RendererError> {
+        self.unmap_blob(h)?;
+        self.blobs.remove(&h.0);
+        Ok(())
+    }
+}
+
+fn blob_model(
+    sim: &Sim,
+    dom: DomainIdentity,
+    forgotten: &Rc<RefCell<u32>>,
+) -> GpuModel<SimGuestMemory> {
+    let mem = SimGuestMemory {
+        sim: sim.clone(),
+        dom,
+        forgotten: forgotten.clone(),
+    };
+    let r = SimRenderer {
+        sim: SimHandle(sim.clone()),
+        dom,
+        blobs: Default::default(),
+        next: 0,
+    };
+    GpuModel::with_renderer(
+        64 * MIB,
+        1,
+        mem,
+        GpuConfig::default().with_test_capset(),
+        Box::new(r),
+    )
+    .expect("model")
+}
+
+fn ctx_hdr(ty: u32, ctx: u32, words: &[u32]) -> Vec<u8> {
+    let mut v = hdr(ty, words);
+    v[16..20].copy_from_slice(&ctx.to_le_bytes());
+    v
+}
+
+#[test]
+fn a_mapped_blob_is_lent_on_fault_and_revoked_by_unref() {
+    let mut vm = Vm::with(blob_model);
+    vm.probe();
+    let mut ctx = ctx_hdr(0x200, 1, &[4, TEST_CAPSET_ID]);
+    ctx.extend_from_slice(&[b'x'; 64]);
+    assert_eq!(vm.command(&ctx), Some(resp::OK_NODATA));
+    let blob = |id: u32, pages: u64| {
+        let mut v = ctx_hdr(0x10c, 1, &[id, 2, 1, 0]);
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&(pages * 4096).to_le_bytes());
+        v
+    };
+    let map = |id: u32, offset: u64| {
+        let mut v = hdr(0x208, &[id, 0]);
+        v.extend_from_slice(&offset.to_le_bytes());
+        v
+    };
+    assert_eq!(vm.command(&blob(5, 4)), Some(resp::OK_NODATA));
+    assert_eq!(vm.command(&blob(6, 4)), Some(resp::OK_NODATA));
+    assert_eq!(
+        vm.command(&map(5, 0x10_0000)),
+        Some(blob::resp::OK_MAP_INFO)
+    );
+    // Another blob over it is refused before the renderer is asked.
+    assert_eq!(
+        vm.command(&map(6, 0x10_2000)),
+        Some(resp::ERR_INVALID_PARAMETER)
+    );
+    // Nothing is lent until the guest touches the blob; then the server
+    // lends the renderer's pages and the access completes from RAM.
+    assert_eq!(vm.sim.lent_pages(&vm.dom), 0);
+    match vm.access(WINDOW + 0x10_1008, 8, Some(0x1122_3344_5566_7788)) {
+        Access::Ram { .. } => {}
+        a => panic!("blob write: {a:?}"),
+    }
+    assert!(vm.sim.lent_pages(&vm.dom) > 0);
+    assert_eq!(
+        vm.sim.backend_bytes(&vm.dom, 0x10_1008, 2),
+        [Some(0x88), Some(0x77)],
+        "the renderer sees the guest's bytes"
+    );
+    let st = vm.server.as_mut().expect("server").status(false);
+    assert!(st.counters.lends > 0, "{:?}", st.counters);
+    let d = st.device.expect("summary");
+    assert!(
+        d.contains("contexts 1, blobs 2 (32768 bytes), mapped 1 (16384 bytes)"),
+        "{d}"
+    );
+    // UNREF of the mapped blob unregisters it: nothing stays lent and
+    // the window reads as unbacked there again.
+    assert_eq!(vm.command(&hdr(0x102, &[5, 0])), Some(resp::OK_NODATA));
+    assert_eq!(vm.sim.lent_pages(&vm.dom), 0);
+    assert_eq!(vm.sim.backend_bytes(&vm.dom, 0x10_1008, 1), [None]);
+    let a = vm.access(WINDOW + 0x10_1008, 8, None);
+    assert!(
+        !matches!(a, Access::Ram { .. }),
+        "revoked blob still backed: {a:?}"
+    );
+    // The offset is free for the other blob.
+    assert_eq!(
+        vm.command(&map(6, 0x10_2000)),
+        Some(blob::resp::OK_MAP_INFO)
+    );
+    let (_, _, report) = vm.server.take().expect("server").shutdown();
+    assert!(report.is_clean(), "{:?}", report.errors);
+    assert_eq!(vm.sim.lent_pages(&vm.dom), 0);
 }

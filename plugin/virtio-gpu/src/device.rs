@@ -43,6 +43,23 @@ pub struct GpuConfig {
     pub num_scanouts: u32,
     /// `num_capsets`.
     pub num_capsets: u32,
+    /// Offer the test-only capset (`blob::TEST_CAPSET_ID`). Off by
+    /// default; see [`GpuConfig::with_test_capset`].
+    pub test_capset: bool,
+}
+
+impl GpuConfig {
+    /// Stage 2's test configuration: the test-only capset, and VIRGL with
+    /// it (Linux refuses `HOST3D` blobs and CONTEXT_INIT without VIRGL).
+    /// Never the default: the capset is ours and only for tests.
+    pub fn with_test_capset(self) -> Self {
+        GpuConfig {
+            features: self.features | F_VIRGL,
+            num_capsets: 1,
+            test_capset: true,
+            ..self
+        }
+    }
 }
 
 impl Default for GpuConfig {
@@ -53,6 +70,7 @@ impl Default for GpuConfig {
             features: F_RESOURCE_BLOB | F_CONTEXT_INIT,
             num_scanouts: 0,
             num_capsets: 0,
+            test_capset: false,
         }
     }
 }

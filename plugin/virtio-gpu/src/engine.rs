@@ -15,10 +15,12 @@ use tracing::debug;
 
 use gpu_hostmem_core::pci::PciError;
 
+use crate::blob::{is_blob_command, Blobs, TEST_CAPSET_ID};
 use crate::device::{GpuConfig, GpuDevice, CONTROL_QUEUE, CURSOR_QUEUE};
-use crate::gpu2d::{Gpu2d, MAX_REQUEST_LEN};
+use crate::gpu2d::{resp, respond, Gpu2d, HDR_LEN, MAX_REQUEST_LEN};
 use crate::memory::GuestMemory;
 use crate::queue::{QueueError, SplitQueue};
+use crate::renderer::{NoRenderer, Renderer};
 use crate::transport::{QueueConfig, TransportState};
 use crate::{Action, ConfigChange, RestoreError, VirtioGpuFunctionState, VirtioGpuPci};
 
@@ -29,8 +31,13 @@ pub struct VirtioGpu {
     /// While live: each queue the driver enabled.
     queues: Option<Vec<Option<SplitQueue>>>,
     gpu: Gpu2d,
+    blobs: Blobs,
     served: u64,
 }
+
+const CREATE_2D: u32 =
+    virtio_bindings::virtio_gpu::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_2D;
+const UNREF: u32 = virtio_bindings::virtio_gpu::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNREF;
 
 /// Merges a later action into an earlier one: the INTx level the caller
 /// must end at is the last one reported.
@@ -52,10 +59,34 @@ impl VirtioGpu {
         cfg: GpuConfig,
         resource_limit: u64,
     ) -> Result<Self, PciError> {
+        Self::with_renderer(
+            window_size,
+            subsystem,
+            cfg,
+            resource_limit,
+            Box::new(NoRenderer),
+        )
+    }
+
+    /// A device as [`VirtioGpu::new`] whose contexts and blobs `renderer`
+    /// serves; at most `window_size` bytes of blobs.
+    pub fn with_renderer(
+        window_size: u64,
+        subsystem: u16,
+        cfg: GpuConfig,
+        resource_limit: u64,
+        renderer: Box<dyn Renderer>,
+    ) -> Result<Self, PciError> {
+        let capsets: &[u32] = if cfg.test_capset {
+            &[TEST_CAPSET_ID]
+        } else {
+            &[]
+        };
         Ok(VirtioGpu {
             pci: VirtioGpuPci::new(window_size, subsystem, GpuDevice::new(cfg))?,
             queues: None,
             gpu: Gpu2d::new(resource_limit, cfg.num_scanouts),
+            blobs: Blobs::new(renderer, capsets, window_size, window_size),
             served: 0,
         })
     }
@@ -68,6 +99,11 @@ impl VirtioGpu {
     /// The 2D state.
     pub fn gpu(&self) -> &Gpu2d {
         &self.gpu
+    }
+
+    /// Contexts and blobs.
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
     }
 
     /// Requests answered since creation.
@@ -114,6 +150,7 @@ impl VirtioGpu {
         if a.reset {
             self.queues = None;
             self.gpu.reset();
+            self.blobs.reset();
         }
         if a.activated {
             let built = self.build_queues(None);
@@ -298,10 +335,10 @@ impl VirtioGpu {
                     // response it cannot write is returned empty. Only a
                     // broken ring stops the device.
                     let resp = match chain.read_to_vec(mem, MAX_REQUEST_LEN) {
-                        Ok(req) => self.gpu.handle(mem, &req),
+                        Ok(req) => answer(&mut self.gpu, &mut self.blobs, mem, &req),
                         Err(e) => {
                             debug!(%e, "request unreadable");
-                            self.gpu.handle(mem, &[])
+                            respond(&[], resp::ERR_UNSPEC, &[])
                         }
                     };
                     chain.write_from(mem, &resp).unwrap_or(0)
@@ -316,4 +353,28 @@ impl VirtioGpu {
         }
         Ok(used > 0 && q.wants_interrupt(mem)?)
     }
+}
+
+/// Answers one control-queue request: contexts and blobs to [`Blobs`], the
+/// rest to [`Gpu2d`]; 2D resources and blobs share one id space.
+fn answer(gpu: &mut Gpu2d, blobs: &mut Blobs, mem: &mut impl GuestMemory, req: &[u8]) -> Vec<u8> {
+    if req.len() < HDR_LEN {
+        return respond(req, resp::ERR_UNSPEC, &[]);
+    }
+    let word = |at: usize| {
+        req.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
+    };
+    let (cmd, id) = (word(0), word(HDR_LEN));
+    let (ty, body) = if is_blob_command(cmd) {
+        blobs.handle(req, |i| gpu.contains(i))
+    } else if cmd == UNREF && req.len() >= HDR_LEN + 8 && blobs.contains(id) {
+        (blobs.unref(id), Vec::new())
+    } else if cmd == CREATE_2D && req.len() >= HDR_LEN + 4 && blobs.contains(id) {
+        (resp::ERR_INVALID_RESOURCE_ID, Vec::new())
+    } else {
+        gpu.command(mem, req)
+    };
+    respond(req, ty, &body)
 }

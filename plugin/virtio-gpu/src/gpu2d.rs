@@ -158,9 +158,21 @@ impl Gpu2d {
 
     /// Handles one control-queue request; returns the response.
     pub fn handle(&mut self, mem: &mut impl GuestMemory, req: &[u8]) -> Vec<u8> {
+        let (ty, body) = self.command(mem, req);
+        respond(req, ty, &body)
+    }
+
+    /// True if `id` is a 2D resource.
+    pub fn contains(&self, id: u32) -> bool {
+        self.resources.contains_key(&id)
+    }
+
+    /// Handles one control-queue request; returns the response type and
+    /// the bytes after the response header.
+    pub fn command(&mut self, mem: &mut impl GuestMemory, req: &[u8]) -> (u32, Vec<u8>) {
         let f = Fields(req);
         let cmd = f.u32(0);
-        let (ty, body) = if req.len() < HDR_LEN {
+        if req.len() < HDR_LEN {
             (resp::ERR_UNSPEC, Vec::new())
         } else {
             match cmd {
@@ -190,29 +202,7 @@ impl Gpu2d {
                 }
                 _ => (resp::ERR_UNSPEC, Vec::new()),
             }
-        };
-        let mut out = Vec::with_capacity(HDR_LEN + body.len());
-        out.extend_from_slice(&ty.to_le_bytes());
-        // A fenced request gets its fence back (5.7.6.7); with
-        // INFO_RING_IDX its ring index too.
-        let flags = if req.len() >= HDR_LEN { f.u32(4) } else { 0 };
-        let fenced = flags & g::VIRTIO_GPU_FLAG_FENCE != 0;
-        let keep = if fenced {
-            flags & (g::VIRTIO_GPU_FLAG_FENCE | g::VIRTIO_GPU_FLAG_INFO_RING_IDX)
-        } else {
-            0
-        };
-        out.extend_from_slice(&keep.to_le_bytes());
-        out.extend_from_slice(&(if fenced { f.u64(8) } else { 0 }).to_le_bytes());
-        out.extend_from_slice(&(if fenced { f.u32(16) } else { 0 }).to_le_bytes());
-        let ring_idx = if keep & g::VIRTIO_GPU_FLAG_INFO_RING_IDX != 0 {
-            req[20]
-        } else {
-            0
-        };
-        out.extend_from_slice(&[ring_idx, 0, 0, 0]);
-        out.extend_from_slice(&body);
-        out
+        }
     }
 
     fn display_info(&self) -> Vec<u8> {
@@ -379,6 +369,33 @@ impl Gpu2d {
         }
         resp::OK_NODATA
     }
+}
+
+/// The response to `req`: header of type `ty` (a fenced request gets its
+/// fence back, 5.7.6.7; with INFO_RING_IDX its ring index too), then
+/// `body`.
+pub fn respond(req: &[u8], ty: u32, body: &[u8]) -> Vec<u8> {
+    let f = Fields(req);
+    let mut out = Vec::with_capacity(HDR_LEN + body.len());
+    out.extend_from_slice(&ty.to_le_bytes());
+    let flags = if req.len() >= HDR_LEN { f.u32(4) } else { 0 };
+    let fenced = flags & g::VIRTIO_GPU_FLAG_FENCE != 0;
+    let keep = if fenced {
+        flags & (g::VIRTIO_GPU_FLAG_FENCE | g::VIRTIO_GPU_FLAG_INFO_RING_IDX)
+    } else {
+        0
+    };
+    out.extend_from_slice(&keep.to_le_bytes());
+    out.extend_from_slice(&(if fenced { f.u64(8) } else { 0 }).to_le_bytes());
+    out.extend_from_slice(&(if fenced { f.u32(16) } else { 0 }).to_le_bytes());
+    let ring_idx = if keep & g::VIRTIO_GPU_FLAG_INFO_RING_IDX != 0 {
+        req[20]
+    } else {
+        0
+    };
+    out.extend_from_slice(&[ring_idx, 0, 0, 0]);
+    out.extend_from_slice(body);
+    out
 }
 
 /// Reads `buf.len()` bytes at `offset` of the scatter list `backing`.

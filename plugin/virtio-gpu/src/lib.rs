@@ -10,6 +10,10 @@
 //! - [`engine`]: all of it as the IOREQ server drives it: queues built at
 //!   DRIVER_OK, served on notification, dropped on reset.
 //! - [`gpu2d`]: the 2D commands of the control queue.
+//! - [`blob`]: contexts, capsets and host-visible blobs (stage 2).
+//! - [`renderer`]: what the device asks of the renderer process.
+//! - [`renderer_proto`]: the socket protocol to that process, and the
+//!   device's side of it.
 //! - [`memory`]: guest memory as fallible copies ([`memory::SimMemory`]
 //!   for tests and the simulator).
 //! - [`model`]: the device as the IOREQ server's `FunctionModel`.
@@ -25,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blob;
 pub mod config_space;
 pub mod device;
 pub mod engine;
@@ -33,6 +38,8 @@ pub mod layout;
 pub mod memory;
 pub mod model;
 pub mod queue;
+pub mod renderer;
+pub mod renderer_proto;
 pub mod transport;
 
 use tracing::debug;

@@ -14,6 +14,7 @@ use gpu_hostmem_core::pci::{PciError, PciFunction};
 use crate::device::GpuConfig;
 use crate::engine::VirtioGpu;
 use crate::memory::GuestMemory;
+use crate::renderer::Renderer;
 use crate::{Action, RestoreError};
 
 /// Bytes of 2D resources a guest may have at a time (stage 1 keeps them
@@ -35,6 +36,23 @@ impl<M: GuestMemory> GpuModel<M> {
     pub fn new(window_size: u64, subsystem: u16, mem: M) -> Result<Self, PciError> {
         Ok(GpuModel {
             dev: VirtioGpu::new(window_size, subsystem, GpuConfig::default(), RESOURCE_LIMIT)?,
+            mem,
+            activations: 0,
+            resets: 0,
+        })
+    }
+
+    /// A device offering `cfg` whose contexts and blobs `renderer` serves
+    /// (stage 2; with `cfg.test_capset` the test-only capset).
+    pub fn with_renderer(
+        window_size: u64,
+        subsystem: u16,
+        mem: M,
+        cfg: GpuConfig,
+        renderer: Box<dyn Renderer>,
+    ) -> Result<Self, PciError> {
+        Ok(GpuModel {
+            dev: VirtioGpu::with_renderer(window_size, subsystem, cfg, RESOURCE_LIMIT, renderer)?,
             mem,
             activations: 0,
             resets: 0,
@@ -124,8 +142,17 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
 
     fn summary(&self) -> Option<String> {
         let t = self.dev.pci().transport();
+        let b = self.dev.blobs().stats();
+        let blobs = if self.dev.blobs().capsets().is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", contexts {}, blobs {} ({} bytes), mapped {} ({} bytes), renderer errors {}",
+                b.contexts, b.blobs, b.bytes, b.mapped, b.mapped_bytes, b.renderer_errors
+            )
+        };
         Some(format!(
-            "virtio-gpu status {:#04x}{}, requests answered {}, 2D resource bytes {}, started {}, resets {}, INTA {}",
+            "virtio-gpu status {:#04x}{}, requests answered {}, 2D resource bytes {}, started {}, resets {}, INTA {}{blobs}",
             t.status(),
             if self.dev.is_running() { " (running)" } else { "" },
             self.dev.served(),

@@ -5,11 +5,15 @@
 //! reset.
 
 use gpu_hostmem_core::pci::{COMMAND_MASTER, COMMAND_MEMORY, REG_COMMAND};
+use gpu_hostmem_virtio_gpu::blob::{self, TEST_CAPSET_ID};
 use gpu_hostmem_virtio_gpu::device::GpuConfig;
 use gpu_hostmem_virtio_gpu::engine::VirtioGpu;
 use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
 use gpu_hostmem_virtio_gpu::layout::*;
 use gpu_hostmem_virtio_gpu::memory::{GuestMemory, SimMemory};
+use gpu_hostmem_virtio_gpu::renderer::{
+    BlobHandle, BlobRequest, MapCache, Renderer, RendererError,
+};
 use gpu_hostmem_virtio_gpu::Action;
 
 const REGS: u64 = 0xfeb0_0000;
@@ -27,11 +31,16 @@ struct Guest {
     avail_idx: [u16; 2],
     used_seen: [u16; 2],
     next_desc: [u16; 2],
+    /// Where the last command's response went.
+    last_resp: u64,
 }
 
 impl Guest {
     fn new() -> Guest {
-        let dev = VirtioGpu::new(256 << 20, 1, GpuConfig::default(), 1 << 20).expect("device");
+        Guest::with(VirtioGpu::new(256 << 20, 1, GpuConfig::default(), 1 << 20).expect("device"))
+    }
+
+    fn with(dev: VirtioGpu) -> Guest {
         let mut g = Guest {
             dev,
             mem: SimMemory::new(4 << 20),
@@ -39,6 +48,7 @@ impl Guest {
             avail_idx: [0; 2],
             used_seen: [0; 2],
             next_desc: [0; 2],
+            last_resp: 0,
         };
         g.dev.config_write(REG_BAR2, 4, REGS as u32);
         g.dev
@@ -124,6 +134,7 @@ impl Guest {
         self.next_desc[0] = (d + 2) % SIZE;
         self.desc(0, d, rq, req.len() as u32, 1, d + 1);
         self.desc(0, d + 1, rs, 512, 2, 0);
+        self.last_resp = rs;
         self.publish(0, d);
         let a = self.w(NOTIFY, 2, 0);
         let used = self.mem.read_u16(RINGS[0] + 0x2002).expect("used idx");
@@ -411,4 +422,130 @@ mod hostile {
             }
         }
     }
+}
+
+/// A renderer that says yes and counts what is registered.
+#[derive(Debug, Clone, Default)]
+struct Yes(std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>);
+
+impl Renderer for Yes {
+    fn create_context(&mut self, _: u32, _: u32) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn destroy_context(&mut self, _: u32) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn create_blob(&mut self, r: BlobRequest) -> Result<BlobHandle, RendererError> {
+        Ok(BlobHandle(u64::from(r.resource_id)))
+    }
+    fn map_blob(&mut self, h: BlobHandle, offset: u64) -> Result<MapCache, RendererError> {
+        self.0.lock().expect("log").push((h.0, offset));
+        Ok(MapCache::Cached)
+    }
+    fn unmap_blob(&mut self, h: BlobHandle) -> Result<(), RendererError> {
+        self.0.lock().expect("log").retain(|m| m.0 != h.0);
+        Ok(())
+    }
+    fn destroy_blob(&mut self, h: BlobHandle) -> Result<(), RendererError> {
+        self.0.lock().expect("log").retain(|m| m.0 != h.0);
+        Ok(())
+    }
+}
+
+fn ctx_hdr(ty: u32, ctx: u32, words: &[u32]) -> Vec<u8> {
+    let mut v = hdr(ty, words);
+    v[16..20].copy_from_slice(&ctx.to_le_bytes());
+    v
+}
+
+#[test]
+fn blobs_through_the_control_queue_share_ids_with_2d_and_go_at_reset() {
+    let yes = Yes::default();
+    let dev = VirtioGpu::with_renderer(
+        256 << 20,
+        1,
+        GpuConfig::default().with_test_capset(),
+        1 << 20,
+        Box::new(yes.clone()),
+    )
+    .expect("device");
+    let mut g = Guest::with(dev);
+    // The option offers VIRGL (Linux needs it for HOST3D blobs) and one
+    // capset; GET_CAPSET_INFO names it.
+    g.w(COMMON + common::DFSELECT, 4, 0);
+    assert_ne!(g.r(COMMON + common::DF, 4) & (1 << 0), 0, "VIRGL");
+    assert_eq!(g.r(REGS + DEVICE_OFFSET + 12, 4), 1, "num_capsets");
+    g.probe();
+    assert_eq!(
+        g.command(&hdr(0x108, &[0, 0])).1,
+        Some(blob::resp::OK_CAPSET_INFO)
+    );
+    assert_eq!(g.mem.read_u32(g.last_resp + 24), Ok(TEST_CAPSET_ID));
+    let mut create_ctx = ctx_hdr(0x200, 1, &[0, TEST_CAPSET_ID]);
+    create_ctx.extend_from_slice(&[0; 64]);
+    assert_eq!(g.command(&create_ctx).1, Some(resp::OK_NODATA));
+    let blob = |id: u32| {
+        let mut v = ctx_hdr(0x10c, 1, &[id, 2, 1, 0]);
+        v.extend_from_slice(&0u64.to_le_bytes());
+        v.extend_from_slice(&(2u64 << 12).to_le_bytes());
+        v
+    };
+    assert_eq!(g.command(&blob(5)).1, Some(resp::OK_NODATA));
+    assert_eq!(
+        g.command(&hdr(0x101, &[5, 2, 4, 2])).1,
+        Some(resp::ERR_INVALID_RESOURCE_ID),
+        "a 2D resource with a blob's id"
+    );
+    assert_eq!(
+        g.command(&hdr(0x101, &[6, 2, 4, 2])).1,
+        Some(resp::OK_NODATA)
+    );
+    assert_eq!(
+        g.command(&blob(6)).1,
+        Some(resp::ERR_INVALID_RESOURCE_ID),
+        "a blob with a 2D resource's id"
+    );
+    // Fenced MAP_BLOB: map info and the fence come back.
+    let mut map = hdr(0x208, &[5, 0]);
+    map[4] = 1; // VIRTIO_GPU_FLAG_FENCE
+    map[8..16].copy_from_slice(&77u64.to_le_bytes());
+    map.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    assert_eq!(g.command(&map).1, Some(blob::resp::OK_MAP_INFO));
+    assert_eq!(g.mem.read_u32(g.last_resp + 4), Ok(1), "fence flag");
+    assert_eq!(g.mem.read_u32(g.last_resp + 8), Ok(77), "fence id");
+    assert_eq!(g.mem.read_u32(g.last_resp + 24), Ok(1), "map_info CACHED");
+    assert_eq!(*yes.0.lock().expect("log"), [(5, 1 << 20)]);
+    assert_eq!(g.dev.blobs().mapped_at(5), Some(1 << 20));
+    // UNREF of the 2D resource goes to 2D, of the blob to the blobs.
+    assert_eq!(g.command(&hdr(0x102, &[6, 0])).1, Some(resp::OK_NODATA));
+    assert_eq!(g.dev.gpu().bytes(), 0);
+    assert!(g.dev.blobs().contains(5));
+    assert_eq!(g.command(&blob(7)).1, Some(resp::OK_NODATA));
+    assert_eq!(g.command(&hdr(0x102, &[7, 0])).1, Some(resp::OK_NODATA));
+    assert!(!g.dev.blobs().contains(7));
+    // A reset unmaps and destroys what is left.
+    assert!(g.w(COMMON + common::STATUS, 1, 0).reset);
+    assert!(!g.dev.blobs().contains(5));
+    assert!(yes.0.lock().expect("log").is_empty(), "unmapped at reset");
+    assert_eq!(g.dev.blobs().stats().contexts, 0);
+}
+
+#[test]
+fn without_the_option_blob_commands_are_refused() {
+    let mut g = Guest::new();
+    g.w(COMMON + common::DFSELECT, 4, 0);
+    assert_eq!(g.r(COMMON + common::DF, 4) & (1 << 0), 0, "no VIRGL");
+    assert_eq!(g.r(REGS + DEVICE_OFFSET + 12, 4), 0, "no capset");
+    g.probe();
+    let mut create_ctx = ctx_hdr(0x200, 1, &[0, TEST_CAPSET_ID]);
+    create_ctx.extend_from_slice(&[0; 64]);
+    assert_eq!(g.command(&create_ctx).1, Some(resp::ERR_INVALID_PARAMETER));
+    assert_eq!(
+        g.command(&hdr(0x108, &[0, 0])).1,
+        Some(resp::ERR_INVALID_PARAMETER),
+        "no capset"
+    );
+    let mut map = hdr(0x208, &[5, 0]);
+    map.extend_from_slice(&0u64.to_le_bytes());
+    assert_eq!(g.command(&map).1, Some(resp::ERR_INVALID_RESOURCE_ID));
 }

@@ -172,6 +172,14 @@ impl Privcmd {
         Ok(Self { fd: f.into() })
     }
 
+    /// A privcmd file this process was handed (a backend started by
+    /// `gpu-hostmem backend` gets one restricted to its guest and narrowed
+    /// to registering memory). Nothing is checked here: a wrong fd fails
+    /// the first ioctl.
+    pub fn from_fd(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
     /// Issues one ioctl whose argument is `arg`.
     ///
     /// # Safety

@@ -517,6 +517,15 @@ int ioctl(int fd, unsigned long req, ...)
             ((uint32_t *)arg)[1] = 0;
             ((uint64_t *)arg)[2] = 0;
             return 0;
+        case 69: { /* HOSTMEM_BACKEND: logged to FAKE_PRIVCMD_LOG */
+            const char *log = getenv("FAKE_PRIVCMD_LOG");
+            FILE *f;
+            if (log && (f = fopen(log, "a"))) {
+                fprintf(f, "narrow-to-backend\n");
+                fclose(f);
+            }
+            return 0;
+        }
         }
         errno = ENOTTY;
         return -1;

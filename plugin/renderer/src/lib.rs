@@ -1,0 +1,468 @@
+//! `gpu-hostmem-renderer`: the per-guest renderer process of the
+//! virtio-gpu device (docs/virtio-gpu.md, "Decision"). It answers the
+//! device's requests ([`gpu_hostmem_virtio_gpu::renderer_proto`]) over one
+//! `SOCK_SEQPACKET` socket, holds the blobs' memory, and registers a blob
+//! in the window at the offset the guest maps it
+//! (`IOCTL_PRIVCMD_HOSTMEM_REGISTER` on a privcmd file restricted to the
+//! guest and narrowed to a backend's rights, as `gpu-hostmem backend`
+//! hands it over); unmapping or destroying a blob unregisters it first
+//! (the kernel revokes every page lent from it), and so does this
+//! process's exit.
+//!
+//! Stage 2 serves only the test-only capset
+//! ([`gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID`]): its blobs (blob_id
+//! 0) are memfds filled with [`pattern`]. When a blob is unmapped or
+//! destroyed the renderer counts the pages whose first word the guest
+//! stamped with `!pattern` and logs it, so a test sees that the host got
+//! the guest's writes.
+//!
+//! The renderer checks again what the device already checked (its own
+//! limits, known handles, one mapping per blob), so a confused or
+//! compromised worker cannot make it register over itself.
+
+pub mod memfd;
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::net::UnixDatagram;
+
+use tracing::{debug, info, warn};
+
+use gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID;
+use gpu_hostmem_virtio_gpu::renderer_proto::{
+    DecodeError, Op, Reply, Request, REQUEST_LEN, VERSION,
+};
+use gpu_hostmem_xen::privcmd::HostmemRegister;
+use gpu_hostmem_xen::Privcmd;
+
+use memfd::MemfdBlob;
+
+/// An OS call of the renderer failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} failed: {source}")]
+pub struct RendererOsError {
+    /// The call.
+    pub op: &'static str,
+    /// Its error (errno inside).
+    #[source]
+    pub source: io::Error,
+}
+
+impl RendererOsError {
+    /// The errno (EIO if none).
+    pub fn errno(&self) -> i32 {
+        self.source.raw_os_error().unwrap_or(libc::EIO)
+    }
+}
+
+/// Word `i` of a fresh blob of resource `resource_id`.
+pub fn pattern(resource_id: u32, i: u64) -> u32 {
+    (i as u32).wrapping_mul(2_654_435_761) ^ resource_id
+}
+
+/// Where blobs are registered: privcmd on Xen, a fake in tests.
+pub trait Registrar {
+    /// Registers `size` bytes at `addr` of this process at window
+    /// `offset` under `id`.
+    fn register(
+        &mut self,
+        id: u32,
+        addr: usize,
+        size: u64,
+        offset: u64,
+    ) -> Result<(), RendererOsError>;
+    /// Unregisters `id` (the kernel revokes what was lent from it).
+    fn unregister(&mut self, id: u32) -> Result<(), RendererOsError>;
+}
+
+/// The registrar on Xen: a privcmd file restricted to the guest.
+#[derive(Debug)]
+pub struct PrivcmdRegistrar {
+    privcmd: Privcmd,
+    dom: u16,
+    unique_id: u64,
+}
+
+impl PrivcmdRegistrar {
+    /// Registrations for instance `unique_id` of domain `dom` through
+    /// `privcmd`.
+    pub fn new(privcmd: Privcmd, dom: u16, unique_id: u64) -> Self {
+        PrivcmdRegistrar {
+            privcmd,
+            dom,
+            unique_id,
+        }
+    }
+}
+
+fn xen_err(e: gpu_hostmem_xen::XenError) -> RendererOsError {
+    RendererOsError {
+        op: e.op(),
+        source: io::Error::from_raw_os_error(e.as_errno()),
+    }
+}
+
+impl Registrar for PrivcmdRegistrar {
+    fn register(
+        &mut self,
+        id: u32,
+        addr: usize,
+        size: u64,
+        offset: u64,
+    ) -> Result<(), RendererOsError> {
+        self.privcmd
+            .hostmem_register(HostmemRegister {
+                addr: addr as u64,
+                size,
+                offset,
+                id,
+                dom: self.dom,
+                flags: 0,
+                unique_id: self.unique_id,
+                reserved: [0],
+            })
+            .map_err(xen_err)
+    }
+
+    fn unregister(&mut self, id: u32) -> Result<(), RendererOsError> {
+        self.privcmd
+            .hostmem_unregister(self.dom, id)
+            .map_err(xen_err)
+    }
+}
+
+/// Limits of one renderer.
+#[derive(Clone, Copy, Debug)]
+pub struct RendererLimits {
+    /// Bytes of blobs at a time.
+    pub bytes: u64,
+    /// Blobs at a time.
+    pub blobs: usize,
+    /// Contexts at a time.
+    pub contexts: usize,
+}
+
+impl Default for RendererLimits {
+    /// 256 MiB of blobs: the test capset's blobs are host memory the
+    /// renderer fills (so commits) at creation, which a guest controls.
+    fn default() -> Self {
+        RendererLimits {
+            bytes: 256 << 20,
+            blobs: 4096,
+            contexts: 64,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Blob {
+    mem: MemfdBlob,
+    resource_id: u32,
+    /// Registration id and window offset while mapped.
+    mapped: Option<(u32, u64)>,
+}
+
+/// What happened, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RendererStats {
+    /// Blobs alive.
+    pub blobs: usize,
+    /// Of which registered in the window.
+    pub mapped: usize,
+    /// Registrations made.
+    pub registered: u64,
+    /// Registrations undone.
+    pub unregistered: u64,
+    /// Pages the guest stamped, counted at unmap/destroy.
+    pub stamped_pages: u64,
+    /// Requests refused.
+    pub refused: u64,
+}
+
+/// The renderer's state: contexts and blobs, registered through `G`.
+#[derive(Debug)]
+pub struct RendererState<G: Registrar> {
+    reg: G,
+    limits: RendererLimits,
+    contexts: HashMap<u32, u32>,
+    blobs: HashMap<u64, Blob>,
+    next: u64,
+    bytes: u64,
+    stats: RendererStats,
+}
+
+impl<G: Registrar> RendererState<G> {
+    /// No contexts, no blobs.
+    pub fn new(reg: G, limits: RendererLimits) -> Self {
+        RendererState {
+            reg,
+            limits,
+            contexts: HashMap::new(),
+            blobs: HashMap::new(),
+            next: 0,
+            bytes: 0,
+            stats: RendererStats::default(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RendererStats {
+        RendererStats {
+            blobs: self.blobs.len(),
+            mapped: self.blobs.values().filter(|b| b.mapped.is_some()).count(),
+            ..self.stats
+        }
+    }
+
+    /// The registrar (tests look at the fake).
+    pub fn registrar(&self) -> &G {
+        &self.reg
+    }
+
+    /// Word `i` of blob `handle` as this process sees it.
+    pub fn blob_word(&self, handle: u64, i: usize) -> Option<u32> {
+        self.blobs.get(&handle).and_then(|b| b.mem.read(i))
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, req: &Request) -> Reply {
+        let mut reply = Reply {
+            version: VERSION,
+            op: req.op,
+            errno: 0,
+            map_info: 0,
+            handle: 0,
+            seq: req.seq,
+        };
+        let r = if req.version != VERSION {
+            Err(libc::EPROTONOSUPPORT)
+        } else {
+            match req.op {
+                Op::Hello => Ok(()),
+                Op::CreateContext => self.create_context(req.ctx_id, req.capset),
+                Op::DestroyContext => self
+                    .contexts
+                    .remove(&req.ctx_id)
+                    .map(|_| ())
+                    .ok_or(libc::ENOENT),
+                Op::CreateBlob => self.create_blob(req).map(|h| reply.handle = h),
+                Op::MapBlob => self
+                    .map_blob(req.handle, req.arg)
+                    .map(|()| reply.map_info = 1),
+                Op::UnmapBlob => self.unmap_blob(req.handle),
+                Op::DestroyBlob => self.destroy_blob(req.handle),
+            }
+        };
+        if let Err(errno) = r {
+            self.stats.refused += 1;
+            debug!(op = ?req.op, errno, "refused");
+            reply.errno = errno;
+        }
+        reply
+    }
+
+    fn create_context(&mut self, ctx: u32, capset: u32) -> Result<(), i32> {
+        if capset != TEST_CAPSET_ID {
+            return Err(libc::EINVAL);
+        }
+        if self.contexts.contains_key(&ctx) {
+            return Err(libc::EEXIST);
+        }
+        if self.contexts.len() >= self.limits.contexts {
+            return Err(libc::ENOMEM);
+        }
+        self.contexts.insert(ctx, capset);
+        Ok(())
+    }
+
+    fn create_blob(&mut self, req: &Request) -> Result<u64, i32> {
+        if self.contexts.get(&req.ctx_id) != Some(&TEST_CAPSET_ID) || req.capset != TEST_CAPSET_ID {
+            return Err(libc::EINVAL);
+        }
+        // The test context knows one kind of blob: plain memory.
+        if req.blob_id != 0 || req.arg == 0 || req.arg % 4096 != 0 {
+            return Err(libc::EINVAL);
+        }
+        if self.blobs.len() >= self.limits.blobs
+            || self
+                .bytes
+                .checked_add(req.arg)
+                .map_or(true, |b| b > self.limits.bytes)
+        {
+            return Err(libc::ENOMEM);
+        }
+        let len = usize::try_from(req.arg).map_err(|_| libc::ENOMEM)?;
+        let name = CString::new(format!("gpu-hostmem-blob-{}", req.resource_id))
+            .map_err(|_| libc::EINVAL)?;
+        let mem = MemfdBlob::new(&name, len).map_err(|e| {
+            warn!(%e, "blob memory");
+            e.errno()
+        })?;
+        for i in 0..mem.words() {
+            mem.write(i, pattern(req.resource_id, i as u64));
+        }
+        // Handles are also registration ids: keep them within u32.
+        if self.next >= u64::from(u32::MAX) {
+            return Err(libc::ENOSPC);
+        }
+        self.next += 1;
+        let h = self.next;
+        self.bytes += req.arg;
+        self.blobs.insert(
+            h,
+            Blob {
+                mem,
+                resource_id: req.resource_id,
+                mapped: None,
+            },
+        );
+        info!(
+            resource = req.resource_id,
+            handle = h,
+            size = req.arg,
+            "blob created"
+        );
+        Ok(h)
+    }
+
+    fn map_blob(&mut self, h: u64, offset: u64) -> Result<(), i32> {
+        let b = self.blobs.get_mut(&h).ok_or(libc::ENOENT)?;
+        if b.mapped.is_some() {
+            return Err(libc::EBUSY);
+        }
+        if offset % 4096 != 0 {
+            return Err(libc::EINVAL);
+        }
+        let id = u32::try_from(h).map_err(|_| libc::EINVAL)?;
+        self.reg
+            .register(id, b.mem.addr(), b.mem.len() as u64, offset)
+            .map_err(|e| {
+                warn!(%e, resource = b.resource_id, offset, "register");
+                e.errno()
+            })?;
+        b.mapped = Some((id, offset));
+        self.stats.registered += 1;
+        info!(
+            resource = b.resource_id,
+            offset = format_args!("{offset:#x}"),
+            size = b.mem.len(),
+            "blob registered in the window"
+        );
+        Ok(())
+    }
+
+    fn unmap_blob(&mut self, h: u64) -> Result<(), i32> {
+        let b = self.blobs.get_mut(&h).ok_or(libc::ENOENT)?;
+        let Some((id, offset)) = b.mapped else {
+            return Err(libc::EINVAL);
+        };
+        self.reg.unregister(id).map_err(|e| {
+            warn!(%e, resource = b.resource_id, "unregister");
+            e.errno()
+        })?;
+        b.mapped = None;
+        self.stats.unregistered += 1;
+        let stamped = count_stamps(b);
+        self.stats.stamped_pages += stamped;
+        info!(
+            resource = b.resource_id,
+            offset = format_args!("{offset:#x}"),
+            stamped,
+            pages = b.mem.len() / 4096,
+            "blob unregistered; pages the guest stamped"
+        );
+        Ok(())
+    }
+
+    fn destroy_blob(&mut self, h: u64) -> Result<(), i32> {
+        if !self.blobs.contains_key(&h) {
+            return Err(libc::ENOENT);
+        }
+        // Unregistered before the memory goes (munmap would revoke too,
+        // through the notifier; this keeps the registration table clean).
+        let mapped = self.blobs.get(&h).is_some_and(|b| b.mapped.is_some());
+        if mapped {
+            // A failed unregister still frees the memory below: the
+            // munmap revokes through the kernel's notifier.
+            let _ = self.unmap_blob(h);
+        }
+        if let Some(b) = self.blobs.remove(&h) {
+            self.bytes -= b.mem.len() as u64;
+            info!(resource = b.resource_id, handle = h, "blob destroyed");
+        }
+        Ok(())
+    }
+
+    /// Everything goes (the device disconnected).
+    pub fn clear(&mut self) {
+        let hs: Vec<u64> = self.blobs.keys().copied().collect();
+        for h in hs {
+            let _ = self.destroy_blob(h);
+        }
+        self.contexts.clear();
+    }
+}
+
+/// Pages of `b` whose first word is `!pattern` (the guest's stamp).
+fn count_stamps(b: &Blob) -> u64 {
+    let pages = b.mem.len() / 4096;
+    (0..pages)
+        .filter(|&p| {
+            let i = p * 1024;
+            b.mem.read(i) == Some(!pattern(b.resource_id, i as u64))
+        })
+        .count() as u64
+}
+
+/// Why [`serve`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket failed.
+    #[error("{op} on the device socket: {source}")]
+    Io {
+        /// The call.
+        op: &'static str,
+        /// Its error.
+        #[source]
+        source: io::Error,
+    },
+    /// The device sent something that is not the protocol.
+    #[error("the device sent a bad message: {0}")]
+    Protocol(#[from] DecodeError),
+}
+
+/// Serves the device on `sock` until it disconnects (Ok) or breaks the
+/// protocol (Err); either way every blob is unregistered and freed before
+/// returning.
+pub fn serve<G: Registrar>(
+    sock: &UnixDatagram,
+    state: &mut RendererState<G>,
+) -> Result<(), ServeError> {
+    let r = serve_loop(sock, state);
+    state.clear();
+    r
+}
+
+fn serve_loop<G: Registrar>(
+    sock: &UnixDatagram,
+    state: &mut RendererState<G>,
+) -> Result<(), ServeError> {
+    let mut buf = [0u8; REQUEST_LEN + 1];
+    loop {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(ServeError::Io { op: "recv", source }),
+        };
+        if n == 0 {
+            info!("the device closed the connection");
+            return Ok(());
+        }
+        let req = Request::decode(&buf[..n])?;
+        let reply = state.handle(&req);
+        sock.send(&reply.encode())
+            .map_err(|source| ServeError::Io { op: "send", source })?;
+    }
+}

@@ -1,0 +1,169 @@
+//! The binary's refusals: a wrong command line, root, and missing or wrong
+//! inherited files, each with a message and a failure status, before it
+//! touches anything.
+
+use std::process::Command;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-hostmem-renderer"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("run gpu-hostmem-renderer");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn refuses_a_wrong_command_line() {
+    for args in [
+        &[][..],
+        &["--socket-fd"],
+        &["--socket-fd", "x"],
+        &["--other", "3"],
+    ] {
+        let (ok, err) = run(args, &[]);
+        assert!(!ok, "{args:?}");
+        assert!(
+            err.contains("usage: gpu-hostmem-renderer --socket-fd N") || err.contains("bad fd"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn refuses_root_or_a_missing_privcmd_file_or_socket() {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (ok, err) = run(&["--socket-fd", "3"], &[]);
+    assert!(!ok);
+    if root {
+        assert!(err.contains("refusing to run as root"), "{err}");
+        return;
+    }
+    assert!(err.contains("GPU_HOSTMEM_DOMID is not set"), "{err}");
+    let env = [
+        ("GPU_HOSTMEM_DOMID", "5"),
+        ("GPU_HOSTMEM_UNIQUE_ID", "7"),
+        ("GPU_HOSTMEM_PRIVCMD_FD", "2"),
+    ];
+    let (ok, err) = run(&["--socket-fd", "3"], &env);
+    assert!(!ok);
+    assert!(err.contains("fd 2 is a standard stream"), "{err}");
+    let env = [
+        ("GPU_HOSTMEM_DOMID", "5"),
+        ("GPU_HOSTMEM_UNIQUE_ID", "7"),
+        ("GPU_HOSTMEM_PRIVCMD_FD", "40"),
+    ];
+    let (ok, err) = run(&["--socket-fd", "3"], &env);
+    assert!(!ok);
+    assert!(err.contains("fd 40"), "{err}");
+}
+
+/// The binary as the supervisor starts it (nobody when we are root, fd 3
+/// its socket, fd 4 a stand-in privcmd file): it answers the protocol
+/// under its seccomp filter, makes and frees blobs, passes privcmd's
+/// refusal on, and exits cleanly when the device goes.
+#[test]
+fn serves_under_its_seccomp_filter_until_the_device_goes() {
+    use gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID;
+    use gpu_hostmem_virtio_gpu::renderer::{BlobRequest, Renderer, RendererError};
+    use gpu_hostmem_virtio_gpu::renderer_proto::SocketRenderer;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new fds into `fds`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0);
+    // SAFETY: both fds are new and owned by nobody else.
+    let (dev, ren) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let privcmd = std::fs::File::create(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("renderer-privcmd-{}", std::process::id())),
+    )
+    .expect("stand-in privcmd");
+    let (s, p) = (ren.as_raw_fd(), privcmd.as_raw_fd());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-hostmem-renderer"));
+    cmd.args(["--socket-fd", "3"])
+        .env_clear()
+        .env("GPU_HOSTMEM_DOMID", "5")
+        .env("GPU_HOSTMEM_UNIQUE_ID", "7")
+        .env("GPU_HOSTMEM_PRIVCMD_FD", "4")
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    // SAFETY: in the child before exec: fcntl and dup2 only, on open fds.
+    unsafe {
+        cmd.pre_exec(move || {
+            let hs = libc::fcntl(s, libc::F_DUPFD_CLOEXEC, 64);
+            let hp = libc::fcntl(p, libc::F_DUPFD_CLOEXEC, 64);
+            if hs < 0 || hp < 0 || libc::dup2(hs, 3) < 0 || libc::dup2(hp, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn the renderer");
+    drop(ren);
+    drop(privcmd);
+
+    let mut r = SocketRenderer::connect(UnixDatagram::from(dev)).expect("hello");
+    let seccomp = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:").map(|v| v.trim().to_string()));
+    assert_eq!(seccomp.as_deref(), Some("2"), "serving under a filter");
+    r.create_context(1, TEST_CAPSET_ID).expect("context");
+    let req = |id| BlobRequest {
+        ctx_id: 1,
+        capset: TEST_CAPSET_ID,
+        resource_id: id,
+        blob_id: 0,
+        size: 1 << 20,
+    };
+    let h = r.create_blob(req(5)).expect("blob");
+    match r.map_blob(h, 0) {
+        Err(RendererError::Refused { errno, .. }) => assert_eq!(errno, libc::ENOTTY),
+        other => panic!("map on a file that is not privcmd: {other:?}"),
+    }
+    r.destroy_blob(h).expect("destroy");
+    r.create_blob(req(6))
+        .expect("a blob left for the disconnect");
+    drop(r);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the renderer did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(status.success(), "{status}: {err}");
+    assert!(
+        err.contains("serving the device (seccomp filter on)"),
+        "{err}"
+    );
+    assert!(err.contains("blob created"), "{err}");
+    assert!(err.contains("the device closed the connection"), "{err}");
+}

@@ -1,0 +1,440 @@
+//! The renderer on the host, without Xen: the device's blob table drives
+//! it through `SocketRenderer` over a real `SOCK_SEQPACKET` pair, and a
+//! fake registrar stands for privcmd. Blobs hold the host's pattern, are
+//! registered at the offset the guest maps them, unregistered before they
+//! are freed, and a disconnect or a broken message leaves nothing
+//! registered.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use gpu_hostmem_renderer::{
+    pattern, serve, Registrar, RendererLimits, RendererOsError, RendererState, RendererStats,
+    ServeError,
+};
+use gpu_hostmem_virtio_gpu::blob::{resp as bresp, Blobs, TEST_CAPSET_ID};
+use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
+use gpu_hostmem_virtio_gpu::renderer_proto::{
+    Op, Reply, Request, SocketRenderer, REPLY_LEN, VERSION,
+};
+
+const WINDOW: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reg {
+    id: u32,
+    addr: usize,
+    size: u64,
+    offset: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FakeRegistrar {
+    regs: Arc<Mutex<Vec<Reg>>>,
+    /// Refuse the next register with this errno.
+    fail: Arc<Mutex<Option<i32>>>,
+}
+
+impl Registrar for FakeRegistrar {
+    fn register(
+        &mut self,
+        id: u32,
+        addr: usize,
+        size: u64,
+        offset: u64,
+    ) -> Result<(), RendererOsError> {
+        if let Some(errno) = self.fail.lock().expect("fail").take() {
+            return Err(RendererOsError {
+                op: "IOCTL_PRIVCMD_HOSTMEM_REGISTER",
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
+        let mut r = self.regs.lock().expect("regs");
+        assert!(r.iter().all(|x| x.id != id), "id {id} registered twice");
+        assert!(addr % PAGE as usize == 0 && size % PAGE == 0 && offset % PAGE == 0);
+        r.push(Reg {
+            id,
+            addr,
+            size,
+            offset,
+        });
+        Ok(())
+    }
+
+    fn unregister(&mut self, id: u32) -> Result<(), RendererOsError> {
+        let mut r = self.regs.lock().expect("regs");
+        let n = r.len();
+        r.retain(|x| x.id != id);
+        if r.len() == n {
+            return Err(RendererOsError {
+                op: "IOCTL_PRIVCMD_HOSTMEM_UNREGISTER",
+                source: std::io::Error::from_raw_os_error(libc::ENOENT),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn seqpacket_pair() -> (UnixDatagram, UnixDatagram) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new fds into `fds`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds are new and owned by nobody else.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    (UnixDatagram::from(a), UnixDatagram::from(b))
+}
+
+type Served = thread::JoinHandle<(Result<(), String>, RendererStats)>;
+
+/// A renderer serving one end of a pair in a thread; the other end.
+fn renderer(reg: FakeRegistrar) -> (UnixDatagram, Served) {
+    let (dev, ren) = seqpacket_pair();
+    let t = thread::spawn(move || {
+        let mut st = RendererState::new(reg, RendererLimits::default());
+        let r = serve(&ren, &mut st).map_err(|e| match e {
+            ServeError::Protocol(p) => format!("protocol: {p}"),
+            e => e.to_string(),
+        });
+        (r, st.stats())
+    });
+    (dev, t)
+}
+
+fn hdr(ty: u32, ctx: u32, words: &[u32]) -> Vec<u8> {
+    let mut v = vec![0u8; HDR_LEN];
+    v[0..4].copy_from_slice(&ty.to_le_bytes());
+    v[16..20].copy_from_slice(&ctx.to_le_bytes());
+    for w in words {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+fn ctx_create(ctx: u32) -> Vec<u8> {
+    let mut v = hdr(0x200, ctx, &[0, TEST_CAPSET_ID]);
+    v.extend_from_slice(&[0; 64]);
+    v
+}
+
+fn create_blob(ctx: u32, id: u32, size: u64) -> Vec<u8> {
+    let mut v = hdr(0x10c, ctx, &[id, 2, 1, 0]);
+    v.extend_from_slice(&0u64.to_le_bytes());
+    v.extend_from_slice(&size.to_le_bytes());
+    v
+}
+
+fn map(id: u32, offset: u64) -> Vec<u8> {
+    let mut v = hdr(0x208, 0, &[id, 0]);
+    v.extend_from_slice(&offset.to_le_bytes());
+    v
+}
+
+fn no2d(_: u32) -> bool {
+    false
+}
+
+/// Word `i` of a registered range, as the guest would see it through
+/// lent pages.
+fn word(r: &Reg, i: usize) -> u32 {
+    assert!((i as u64) * 4 < r.size);
+    // SAFETY: the registration's memory is the renderer's live mapping of
+    // `r.size` bytes (this test unregisters before it can go).
+    unsafe { (r.addr as *const u32).add(i).read_volatile() }
+}
+
+fn stamp(r: &Reg, i: usize, v: u32) {
+    assert!((i as u64) * 4 < r.size);
+    // SAFETY: as in `word`; the mapping is writable and shared.
+    unsafe { (r.addr as *mut u32).add(i).write_volatile(v) }
+}
+
+#[test]
+fn a_blob_is_registered_where_the_guest_maps_it_and_sees_both_sides() {
+    let reg = FakeRegistrar::default();
+    let (dev, served) = renderer(reg.clone());
+    let sr = SocketRenderer::connect(dev).expect("hello");
+    let mut b = Blobs::new(Box::new(sr), &[TEST_CAPSET_ID], WINDOW, WINDOW);
+    assert_eq!(b.handle(&ctx_create(3), no2d).0, resp::OK_NODATA);
+    assert_eq!(
+        b.handle(&create_blob(3, 5, 2 * PAGE), no2d).0,
+        resp::OK_NODATA
+    );
+    assert!(reg.regs.lock().expect("regs").is_empty(), "not before MAP");
+    let (t, body) = b.handle(&map(5, 0x4000), no2d);
+    assert_eq!(t, bresp::OK_MAP_INFO);
+    assert_eq!(body[0], 1, "CACHED");
+    let r = reg.regs.lock().expect("regs")[0];
+    assert_eq!((r.size, r.offset), (2 * PAGE, 0x4000));
+    // The host's pattern, as the guest reads it.
+    for i in [0usize, 1, 1023, 1024, 2047] {
+        assert_eq!(word(&r, i), pattern(5, i as u64), "word {i}");
+    }
+    // The guest stamps the second page.
+    stamp(&r, 1024, !pattern(5, 1024));
+    // UNREF: unregistered, then freed.
+    assert_eq!(b.unref(5), resp::OK_NODATA);
+    assert!(reg.regs.lock().expect("regs").is_empty());
+    assert_eq!(b.stats().renderer_errors, 0);
+    drop(b); // closes the socket
+    let (res, stats) = served.join().expect("renderer thread");
+    assert_eq!(res, Ok(()));
+    assert_eq!(
+        (
+            stats.registered,
+            stats.unregistered,
+            stats.stamped_pages,
+            stats.blobs
+        ),
+        (1, 1, 1, 0)
+    );
+}
+
+#[test]
+fn the_device_going_away_unregisters_everything() {
+    let reg = FakeRegistrar::default();
+    let (dev, served) = renderer(reg.clone());
+    let mut b = Blobs::new(
+        Box::new(SocketRenderer::connect(dev).expect("hello")),
+        &[TEST_CAPSET_ID],
+        WINDOW,
+        WINDOW,
+    );
+    b.handle(&ctx_create(1), no2d);
+    for (id, off) in [(1, 0), (2, 0x10000)] {
+        assert_eq!(b.handle(&create_blob(1, id, PAGE), no2d).0, resp::OK_NODATA);
+        assert_eq!(b.handle(&map(id, off), no2d).0, bresp::OK_MAP_INFO);
+    }
+    assert_eq!(reg.regs.lock().expect("regs").len(), 2);
+    drop(b);
+    let (res, stats) = served.join().expect("renderer thread");
+    assert_eq!(res, Ok(()));
+    assert!(reg.regs.lock().expect("regs").is_empty());
+    assert_eq!((stats.unregistered, stats.blobs), (2, 0));
+}
+
+#[test]
+fn a_bad_message_or_version_is_refused_and_leaves_nothing() {
+    let reg = FakeRegistrar::default();
+    let (dev, served) = renderer(reg.clone());
+    let req = |op, version, seq| Request {
+        version,
+        op,
+        ctx_id: 1,
+        capset: TEST_CAPSET_ID,
+        resource_id: 1,
+        handle: 0,
+        blob_id: 0,
+        arg: PAGE,
+        seq,
+    };
+    let call = |r: Request| -> Reply {
+        dev.send(&r.encode()).expect("send");
+        let mut buf = [0u8; 64];
+        let n = dev.recv(&mut buf).expect("recv");
+        assert_eq!(n, REPLY_LEN);
+        Reply::decode(&buf[..n]).expect("reply")
+    };
+    let r = call(req(Op::Hello, VERSION + 1, 1));
+    assert_eq!(
+        (r.errno, r.version, r.seq),
+        (libc::EPROTONOSUPPORT, VERSION, 1)
+    );
+    assert_eq!(call(req(Op::CreateContext, VERSION, 2)).errno, 0);
+    let r = call(req(Op::CreateBlob, VERSION, 3));
+    assert_eq!(r.errno, 0);
+    let mut m = req(Op::MapBlob, VERSION, 4);
+    (m.handle, m.arg) = (r.handle, 0);
+    assert_eq!(call(m).errno, 0);
+    assert_eq!(reg.regs.lock().expect("regs").len(), 1);
+    // Garbage: the renderer stops and unregisters what it had.
+    dev.send(b"not the protocol").expect("send");
+    let (res, stats) = served.join().expect("renderer thread");
+    assert!(res.is_err_and(|e| e.starts_with("protocol")));
+    assert!(reg.regs.lock().expect("regs").is_empty());
+    assert_eq!(stats.blobs, 0);
+}
+
+#[test]
+fn the_renderer_checks_again_what_the_device_checked() {
+    let reg = FakeRegistrar::default();
+    let mut st = RendererState::new(
+        reg.clone(),
+        RendererLimits {
+            bytes: 4 * PAGE,
+            blobs: 2,
+            contexts: 1,
+        },
+    );
+    let mut seq = 0;
+    let mut call = |st: &mut RendererState<FakeRegistrar>, op, f: &dyn Fn(&mut Request)| {
+        seq += 1;
+        let mut r = Request {
+            version: VERSION,
+            op,
+            ctx_id: 1,
+            capset: TEST_CAPSET_ID,
+            resource_id: 9,
+            handle: 0,
+            blob_id: 0,
+            arg: PAGE,
+            seq,
+        };
+        f(&mut r);
+        st.handle(&r)
+    };
+    assert_eq!(
+        call(&mut st, Op::CreateBlob, &|_| {}).errno,
+        libc::EINVAL,
+        "no context"
+    );
+    assert_eq!(
+        call(&mut st, Op::CreateContext, &|r| r.capset = 4).errno,
+        libc::EINVAL,
+        "venus is not served here"
+    );
+    assert_eq!(call(&mut st, Op::CreateContext, &|_| {}).errno, 0);
+    assert_eq!(
+        call(&mut st, Op::CreateContext, &|_| {}).errno,
+        libc::EEXIST
+    );
+    assert_eq!(
+        call(&mut st, Op::CreateContext, &|r| r.ctx_id = 2).errno,
+        libc::ENOMEM
+    );
+    for (what, f, errno) in [
+        (
+            "blob_id",
+            &(|r: &mut Request| r.blob_id = 1) as &dyn Fn(&mut Request),
+            libc::EINVAL,
+        ),
+        ("size 0", &|r: &mut Request| r.arg = 0, libc::EINVAL),
+        (
+            "unaligned",
+            &|r: &mut Request| r.arg = PAGE + 1,
+            libc::EINVAL,
+        ),
+        ("limit", &|r: &mut Request| r.arg = 8 * PAGE, libc::ENOMEM),
+        (
+            "huge",
+            &|r: &mut Request| r.arg = u64::MAX - PAGE + 1,
+            libc::ENOMEM,
+        ),
+        (
+            "other capset",
+            &|r: &mut Request| r.capset = 4,
+            libc::EINVAL,
+        ),
+    ] {
+        assert_eq!(call(&mut st, Op::CreateBlob, f).errno, errno, "{what}");
+    }
+    let h = call(&mut st, Op::CreateBlob, &|_| {}).handle;
+    assert_eq!(st.blob_word(h, 7), Some(pattern(9, 7)));
+    let on = |h: u64, off: u64| move |r: &mut Request| (r.handle, r.arg) = (h, off);
+    assert_eq!(
+        call(&mut st, Op::MapBlob, &on(h + 1, 0)).errno,
+        libc::ENOENT
+    );
+    assert_eq!(call(&mut st, Op::MapBlob, &on(h, 100)).errno, libc::EINVAL);
+    *reg.fail.lock().expect("fail") = Some(libc::EEXIST);
+    assert_eq!(
+        call(&mut st, Op::MapBlob, &on(h, 0)).errno,
+        libc::EEXIST,
+        "the kernel's refusal reaches the device"
+    );
+    assert_eq!(st.stats().mapped, 0);
+    assert_eq!(call(&mut st, Op::MapBlob, &on(h, 0)).errno, 0);
+    assert_eq!(call(&mut st, Op::MapBlob, &on(h, PAGE)).errno, libc::EBUSY);
+    assert_eq!(call(&mut st, Op::UnmapBlob, &on(h, 0)).errno, 0);
+    assert_eq!(call(&mut st, Op::UnmapBlob, &on(h, 0)).errno, libc::EINVAL);
+    assert_eq!(call(&mut st, Op::DestroyBlob, &on(h, 0)).errno, 0);
+    assert_eq!(
+        call(&mut st, Op::DestroyBlob, &on(h, 0)).errno,
+        libc::ENOENT
+    );
+    assert_eq!(st.stats().blobs, 0);
+}
+
+/// A renderer that answers the hello, then `after` to the next request
+/// (None: it exits without answering).
+fn scripted(after: Option<fn(Request) -> Reply>) -> SocketRenderer {
+    let (dev, ren) = seqpacket_pair();
+    let t = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut next = || {
+            let n = ren.recv(&mut buf).expect("request");
+            Request::decode(&buf[..n]).expect("request")
+        };
+        let hello = next();
+        let ok = Reply {
+            version: VERSION,
+            op: hello.op,
+            errno: 0,
+            map_info: 0,
+            handle: 0,
+            seq: hello.seq,
+        };
+        ren.send(&ok.encode()).expect("reply");
+        if let Some(f) = after {
+            let req = next();
+            ren.send(&f(req).encode()).expect("reply");
+            // Stay until the device is done.
+            let _ = ren.recv(&mut buf);
+        }
+    });
+    let sr = SocketRenderer::connect(dev).expect("hello");
+    if after.is_none() {
+        t.join().expect("thread");
+    }
+    sr
+}
+
+#[test]
+fn a_renderer_that_dies_or_lies_breaks_the_connection_for_good() {
+    // Gone after the hello.
+    let mut b = Blobs::new(Box::new(scripted(None)), &[TEST_CAPSET_ID], WINDOW, WINDOW);
+    assert_eq!(b.handle(&ctx_create(1), no2d).0, resp::ERR_UNSPEC);
+    assert_eq!(b.handle(&ctx_create(1), no2d).0, resp::ERR_UNSPEC);
+    assert_eq!((b.stats().renderer_errors, b.stats().contexts), (2, 0));
+
+    // A reply to another request, or with a caching nobody knows.
+    fn wrong_seq(r: Request) -> Reply {
+        Reply {
+            version: VERSION,
+            op: r.op,
+            errno: 0,
+            map_info: 0,
+            handle: 0,
+            seq: r.seq + 1,
+        }
+    }
+    let mut sr = scripted(Some(wrong_seq));
+    use gpu_hostmem_virtio_gpu::renderer::Renderer;
+    assert!(sr.create_context(1, TEST_CAPSET_ID).is_err());
+    assert!(sr.is_broken());
+    assert!(sr.create_context(1, TEST_CAPSET_ID).is_err());
+    fn bad_map_info(r: Request) -> Reply {
+        Reply {
+            version: VERSION,
+            op: r.op,
+            errno: 0,
+            map_info: 7,
+            handle: 0,
+            seq: r.seq,
+        }
+    }
+    let mut sr = scripted(Some(bad_map_info));
+    use gpu_hostmem_virtio_gpu::renderer::BlobHandle;
+    assert!(sr.map_blob(BlobHandle(1), 0).is_err());
+    assert!(sr.is_broken());
+}

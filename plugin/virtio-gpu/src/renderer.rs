@@ -1,0 +1,162 @@
+//! What the device asks of the renderer process (docs/virtio-gpu.md,
+//! "Decision"): contexts, host-visible blobs, and mapping a blob at an
+//! offset of the window (the renderer registers its memory there with
+//! `IOCTL_PRIVCMD_HOSTMEM_REGISTER`; the server then lends it on faults).
+//!
+//! The device keeps the guest-facing table (ids, sizes, offsets) and checks
+//! every request against it before the renderer sees it; the renderer only
+//! ever gets requests the device accepted. [`NoRenderer`] refuses
+//! everything (a device offering no capset); `gpu-hostmem-renderer`'s
+//! client implements this over a socket; tests use a fake.
+
+use std::fmt::Debug;
+
+use virtio_bindings::virtio_gpu as g;
+
+/// A blob as the renderer knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobHandle(pub u64);
+
+/// How the guest may cache a mapped blob (`VIRTIO_GPU_MAP_CACHE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapCache {
+    /// Write-back.
+    Cached,
+    /// Uncached.
+    Uncached,
+    /// Write-combining.
+    WriteCombine,
+}
+
+impl MapCache {
+    /// The `map_info` value of `RESP_OK_MAP_INFO`.
+    pub fn map_info(self) -> u32 {
+        match self {
+            MapCache::Cached => g::VIRTIO_GPU_MAP_CACHE_CACHED,
+            MapCache::Uncached => g::VIRTIO_GPU_MAP_CACHE_UNCACHED,
+            MapCache::WriteCombine => g::VIRTIO_GPU_MAP_CACHE_WC,
+        }
+    }
+
+    /// From a `map_info` value; `None` for anything else.
+    pub fn from_map_info(v: u32) -> Option<Self> {
+        match v {
+            g::VIRTIO_GPU_MAP_CACHE_CACHED => Some(MapCache::Cached),
+            g::VIRTIO_GPU_MAP_CACHE_UNCACHED => Some(MapCache::Uncached),
+            g::VIRTIO_GPU_MAP_CACHE_WC => Some(MapCache::WriteCombine),
+            _ => None,
+        }
+    }
+}
+
+/// A blob the device asks for (already checked against its table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobRequest {
+    /// The context it belongs to.
+    pub ctx_id: u32,
+    /// The context's capset.
+    pub capset: u32,
+    /// The guest's resource id (for logs).
+    pub resource_id: u32,
+    /// What the context says the blob is (0: plain memory).
+    pub blob_id: u64,
+    /// Bytes, page aligned, not 0.
+    pub size: u64,
+}
+
+/// Why the renderer did not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum RendererError {
+    /// It refused (`errno` says why, e.g. ENOMEM, EINVAL).
+    #[error("the renderer refused {op}: errno {errno}")]
+    Refused {
+        /// The request.
+        op: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
+    /// It cannot be reached or answered something that is not the protocol.
+    #[error("no usable answer from the renderer to {op}: {source}")]
+    Io {
+        /// The request.
+        op: &'static str,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RendererError {
+    /// The errno the error carries (EIO when the renderer is unreachable).
+    pub fn errno(&self) -> i32 {
+        match self {
+            RendererError::Refused { errno, .. } => *errno,
+            RendererError::Io { source, .. } => source.raw_os_error().unwrap_or(5),
+        }
+    }
+}
+
+/// The renderer process, as the device drives it.
+pub trait Renderer: Debug {
+    /// The guest made context `ctx_id` of `capset` (a capset the device
+    /// offered).
+    fn create_context(&mut self, ctx_id: u32, capset: u32) -> Result<(), RendererError>;
+    /// The context is gone (its blobs stay until unreferenced).
+    fn destroy_context(&mut self, ctx_id: u32) -> Result<(), RendererError>;
+    /// Allocates a blob.
+    fn create_blob(&mut self, req: BlobRequest) -> Result<BlobHandle, RendererError>;
+    /// Makes the blob's memory the window's at `offset` (page aligned,
+    /// inside the window, overlapping no other mapped blob: the device
+    /// checked). Returns how the guest may cache it.
+    fn map_blob(&mut self, blob: BlobHandle, offset: u64) -> Result<MapCache, RendererError>;
+    /// Takes the blob's memory out of the window (revoking what was lent).
+    fn unmap_blob(&mut self, blob: BlobHandle) -> Result<(), RendererError>;
+    /// Frees the blob (unmapped first by the device).
+    fn destroy_blob(&mut self, blob: BlobHandle) -> Result<(), RendererError>;
+}
+
+/// No renderer: every request refused with EOPNOTSUPP. The device offers
+/// no capset then, so a driver that follows the rules never asks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoRenderer;
+
+const EOPNOTSUPP: i32 = 95;
+
+impl Renderer for NoRenderer {
+    fn create_context(&mut self, _: u32, _: u32) -> Result<(), RendererError> {
+        Err(RendererError::Refused {
+            op: "create_context",
+            errno: EOPNOTSUPP,
+        })
+    }
+    fn destroy_context(&mut self, _: u32) -> Result<(), RendererError> {
+        Err(RendererError::Refused {
+            op: "destroy_context",
+            errno: EOPNOTSUPP,
+        })
+    }
+    fn create_blob(&mut self, _: BlobRequest) -> Result<BlobHandle, RendererError> {
+        Err(RendererError::Refused {
+            op: "create_blob",
+            errno: EOPNOTSUPP,
+        })
+    }
+    fn map_blob(&mut self, _: BlobHandle, _: u64) -> Result<MapCache, RendererError> {
+        Err(RendererError::Refused {
+            op: "map_blob",
+            errno: EOPNOTSUPP,
+        })
+    }
+    fn unmap_blob(&mut self, _: BlobHandle) -> Result<(), RendererError> {
+        Err(RendererError::Refused {
+            op: "unmap_blob",
+            errno: EOPNOTSUPP,
+        })
+    }
+    fn destroy_blob(&mut self, _: BlobHandle) -> Result<(), RendererError> {
+        Err(RendererError::Refused {
+            op: "destroy_blob",
+            errno: EOPNOTSUPP,
+        })
+    }
+}

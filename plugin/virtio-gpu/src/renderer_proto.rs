@@ -1,0 +1,404 @@
+//! The protocol between the device (ioreqd's worker) and the renderer
+//! process (`gpu-hostmem-renderer`), and the device's side of it.
+//!
+//! One connected `SOCK_SEQPACKET` socket; the device sends one request and
+//! waits for its reply (one message each, fixed sizes, little endian):
+//!
+//! ```text
+//! request (56 bytes)                     reply (32 bytes)
+//!  0 u32 magic "GHRP"                     0 u32 magic "GHRP"
+//!  4 u16 version (1)                      4 u16 version (1)
+//!  6 u16 op                               6 u16 op (the request's)
+//!  8 u32 ctx_id                           8 i32 errno (0: done)
+//! 12 u32 capset                          12 u32 map_info (MAP_BLOB)
+//! 16 u32 resource_id                     16 u64 handle (CREATE_BLOB)
+//! 20 u32 0                               24 u64 seq (the request's)
+//! 24 u64 handle
+//! 32 u64 blob_id
+//! 40 u64 size (CREATE_BLOB) or window offset (MAP_BLOB)
+//! 48 u64 seq
+//! ```
+//!
+//! The first request is HELLO: a renderer that does not speak `version`
+//! answers EPROTONOSUPPORT. A reply that is not the protocol, or none
+//! within the timeout, breaks the connection for good: every later request
+//! fails, and the device answers the guest with errors (the renderer's
+//! exit revokes everything it registered).
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::renderer::{BlobHandle, BlobRequest, MapCache, Renderer, RendererError};
+
+/// "GHRP", little endian.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"GHRP");
+/// The protocol version this side speaks.
+pub const VERSION: u16 = 1;
+/// Bytes of a request.
+pub const REQUEST_LEN: usize = 56;
+/// Bytes of a reply.
+pub const REPLY_LEN: usize = 32;
+
+/// Operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Op {
+    /// Version check; first on a connection.
+    Hello = 1,
+    /// [`Renderer::create_context`].
+    CreateContext = 2,
+    /// [`Renderer::destroy_context`].
+    DestroyContext = 3,
+    /// [`Renderer::create_blob`].
+    CreateBlob = 4,
+    /// [`Renderer::map_blob`].
+    MapBlob = 5,
+    /// [`Renderer::unmap_blob`].
+    UnmapBlob = 6,
+    /// [`Renderer::destroy_blob`].
+    DestroyBlob = 7,
+}
+
+impl Op {
+    /// From its number.
+    pub fn from_u16(v: u16) -> Option<Op> {
+        Some(match v {
+            1 => Op::Hello,
+            2 => Op::CreateContext,
+            3 => Op::DestroyContext,
+            4 => Op::CreateBlob,
+            5 => Op::MapBlob,
+            6 => Op::UnmapBlob,
+            7 => Op::DestroyBlob,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Hello => "hello",
+            Op::CreateContext => "create_context",
+            Op::DestroyContext => "destroy_context",
+            Op::CreateBlob => "create_blob",
+            Op::MapBlob => "map_blob",
+            Op::UnmapBlob => "unmap_blob",
+            Op::DestroyBlob => "destroy_blob",
+        }
+    }
+}
+
+/// A request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Version the sender speaks.
+    pub version: u16,
+    /// What to do.
+    pub op: Op,
+    /// Context.
+    pub ctx_id: u32,
+    /// Capset of the context.
+    pub capset: u32,
+    /// The guest's resource id.
+    pub resource_id: u32,
+    /// A blob handle the renderer gave.
+    pub handle: u64,
+    /// What the context says the blob is.
+    pub blob_id: u64,
+    /// Size (CREATE_BLOB) or window offset (MAP_BLOB).
+    pub arg: u64,
+    /// Sequence number, echoed.
+    pub seq: u64,
+}
+
+/// Why bytes are not a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Wrong length.
+    #[error("message of {0} bytes")]
+    Length(usize),
+    /// Not our magic.
+    #[error("bad magic {0:#x}")]
+    Magic(u32),
+    /// Unknown operation.
+    #[error("unknown op {0}")]
+    Op(u16),
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+impl Request {
+    /// The wire form.
+    pub fn encode(&self) -> [u8; REQUEST_LEN] {
+        let mut b = [0u8; REQUEST_LEN];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6..8].copy_from_slice(&(self.op as u16).to_le_bytes());
+        b[8..12].copy_from_slice(&self.ctx_id.to_le_bytes());
+        b[12..16].copy_from_slice(&self.capset.to_le_bytes());
+        b[16..20].copy_from_slice(&self.resource_id.to_le_bytes());
+        b[24..32].copy_from_slice(&self.handle.to_le_bytes());
+        b[32..40].copy_from_slice(&self.blob_id.to_le_bytes());
+        b[40..48].copy_from_slice(&self.arg.to_le_bytes());
+        b[48..56].copy_from_slice(&self.seq.to_le_bytes());
+        b
+    }
+
+    /// From the wire form (the version is not checked here).
+    pub fn decode(b: &[u8]) -> Result<Request, DecodeError> {
+        if b.len() != REQUEST_LEN {
+            return Err(DecodeError::Length(b.len()));
+        }
+        let magic = u32_at(b, 0);
+        if magic != MAGIC {
+            return Err(DecodeError::Magic(magic));
+        }
+        let op = u16_at(b, 6);
+        Ok(Request {
+            version: u16_at(b, 4),
+            op: Op::from_u16(op).ok_or(DecodeError::Op(op))?,
+            ctx_id: u32_at(b, 8),
+            capset: u32_at(b, 12),
+            resource_id: u32_at(b, 16),
+            handle: u64_at(b, 24),
+            blob_id: u64_at(b, 32),
+            arg: u64_at(b, 40),
+            seq: u64_at(b, 48),
+        })
+    }
+}
+
+/// A reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// Version the renderer speaks.
+    pub version: u16,
+    /// The request's op.
+    pub op: Op,
+    /// 0, or why not.
+    pub errno: i32,
+    /// `VIRTIO_GPU_MAP_CACHE_*` for MAP_BLOB.
+    pub map_info: u32,
+    /// The new blob's handle for CREATE_BLOB.
+    pub handle: u64,
+    /// The request's sequence number.
+    pub seq: u64,
+}
+
+impl Reply {
+    /// The wire form.
+    pub fn encode(&self) -> [u8; REPLY_LEN] {
+        let mut b = [0u8; REPLY_LEN];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6..8].copy_from_slice(&(self.op as u16).to_le_bytes());
+        b[8..12].copy_from_slice(&self.errno.to_le_bytes());
+        b[12..16].copy_from_slice(&self.map_info.to_le_bytes());
+        b[16..24].copy_from_slice(&self.handle.to_le_bytes());
+        b[24..32].copy_from_slice(&self.seq.to_le_bytes());
+        b
+    }
+
+    /// From the wire form.
+    pub fn decode(b: &[u8]) -> Result<Reply, DecodeError> {
+        if b.len() != REPLY_LEN {
+            return Err(DecodeError::Length(b.len()));
+        }
+        let magic = u32_at(b, 0);
+        if magic != MAGIC {
+            return Err(DecodeError::Magic(magic));
+        }
+        let op = u16_at(b, 6);
+        Ok(Reply {
+            version: u16_at(b, 4),
+            op: Op::from_u16(op).ok_or(DecodeError::Op(op))?,
+            errno: u32_at(b, 8) as i32,
+            map_info: u32_at(b, 12),
+            handle: u64_at(b, 16),
+            seq: u64_at(b, 24),
+        })
+    }
+}
+
+/// How long the device waits for a reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The device's side: [`Renderer`] over a connected `SOCK_SEQPACKET`
+/// socket (std's [`UnixDatagram`] does the sends and receives; the socket
+/// type is the caller's).
+#[derive(Debug)]
+pub struct SocketRenderer {
+    sock: UnixDatagram,
+    seq: u64,
+    broken: bool,
+}
+
+fn io_err(op: &'static str, kind: io::ErrorKind, what: String) -> RendererError {
+    RendererError::Io {
+        op,
+        source: io::Error::new(kind, what),
+    }
+}
+
+impl SocketRenderer {
+    /// Connects over `sock` (already connected) and checks the version.
+    /// Sets the reply timeout first, so call it before a seccomp filter
+    /// that would refuse `setsockopt`.
+    pub fn connect(sock: UnixDatagram) -> Result<Self, RendererError> {
+        sock.set_read_timeout(Some(REPLY_TIMEOUT))
+            .and_then(|()| sock.set_write_timeout(Some(REPLY_TIMEOUT)))
+            .map_err(|source| RendererError::Io {
+                op: "hello",
+                source,
+            })?;
+        let mut r = SocketRenderer {
+            sock,
+            seq: 0,
+            broken: false,
+        };
+        r.call(Op::Hello, |_| {})?;
+        Ok(r)
+    }
+
+    /// True once a reply went wrong: nothing more is sent.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn call(&mut self, op: Op, fill: impl FnOnce(&mut Request)) -> Result<Reply, RendererError> {
+        let name = op.name();
+        if self.broken {
+            return Err(io_err(
+                name,
+                io::ErrorKind::NotConnected,
+                "connection to the renderer broken earlier".into(),
+            ));
+        }
+        self.seq += 1;
+        let mut req = Request {
+            version: VERSION,
+            op,
+            ctx_id: 0,
+            capset: 0,
+            resource_id: 0,
+            handle: 0,
+            blob_id: 0,
+            arg: 0,
+            seq: self.seq,
+        };
+        fill(&mut req);
+        let r = self.exchange(name, &req);
+        if let Err(e) = &r {
+            if matches!(e, RendererError::Io { .. }) {
+                warn!(%e, "renderer connection broken");
+                self.broken = true;
+            }
+        }
+        r
+    }
+
+    fn exchange(&mut self, name: &'static str, req: &Request) -> Result<Reply, RendererError> {
+        let io = |source| RendererError::Io { op: name, source };
+        let n = self.sock.send(&req.encode()).map_err(io)?;
+        if n != REQUEST_LEN {
+            return Err(io_err(
+                name,
+                io::ErrorKind::WriteZero,
+                format!("sent {n} bytes"),
+            ));
+        }
+        // One byte more than a reply: a longer message is noticed.
+        let mut buf = [0u8; REPLY_LEN + 1];
+        let n = self.sock.recv(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Err(io_err(
+                name,
+                io::ErrorKind::UnexpectedEof,
+                "renderer closed the connection".into(),
+            ));
+        }
+        let reply = Reply::decode(&buf[..n])
+            .map_err(|e| io_err(name, io::ErrorKind::InvalidData, e.to_string()))?;
+        if reply.op != req.op || reply.seq != req.seq || reply.version != VERSION {
+            return Err(io_err(
+                name,
+                io::ErrorKind::InvalidData,
+                format!(
+                    "reply {:?} seq {} version {} to {:?} seq {}",
+                    reply.op, reply.seq, reply.version, req.op, req.seq
+                ),
+            ));
+        }
+        if reply.errno != 0 {
+            return Err(RendererError::Refused {
+                op: name,
+                errno: reply.errno,
+            });
+        }
+        Ok(reply)
+    }
+}
+
+impl Renderer for SocketRenderer {
+    fn create_context(&mut self, ctx_id: u32, capset: u32) -> Result<(), RendererError> {
+        self.call(Op::CreateContext, |r| {
+            r.ctx_id = ctx_id;
+            r.capset = capset;
+        })
+        .map(|_| ())
+    }
+
+    fn destroy_context(&mut self, ctx_id: u32) -> Result<(), RendererError> {
+        self.call(Op::DestroyContext, |r| r.ctx_id = ctx_id)
+            .map(|_| ())
+    }
+
+    fn create_blob(&mut self, b: BlobRequest) -> Result<BlobHandle, RendererError> {
+        self.call(Op::CreateBlob, |r| {
+            r.ctx_id = b.ctx_id;
+            r.capset = b.capset;
+            r.resource_id = b.resource_id;
+            r.blob_id = b.blob_id;
+            r.arg = b.size;
+        })
+        .map(|r| BlobHandle(r.handle))
+    }
+
+    fn map_blob(&mut self, blob: BlobHandle, offset: u64) -> Result<MapCache, RendererError> {
+        let reply = self.call(Op::MapBlob, |r| {
+            r.handle = blob.0;
+            r.arg = offset;
+        })?;
+        MapCache::from_map_info(reply.map_info).ok_or_else(|| {
+            // Mapped, but with a caching the guest cannot be told: the
+            // renderer is not speaking the protocol.
+            self.broken = true;
+            io_err(
+                "map_blob",
+                io::ErrorKind::InvalidData,
+                format!("map_info {:#x}", reply.map_info),
+            )
+        })
+    }
+
+    fn unmap_blob(&mut self, blob: BlobHandle) -> Result<(), RendererError> {
+        self.call(Op::UnmapBlob, |r| r.handle = blob.0).map(|_| ())
+    }
+
+    fn destroy_blob(&mut self, blob: BlobHandle) -> Result<(), RendererError> {
+        self.call(Op::DestroyBlob, |r| r.handle = blob.0)
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,675 @@
+//! Contexts, capsets and host-visible blobs against a hostile driver, with
+//! a fake renderer that records what reached it: every refusal leaves the
+//! renderer untouched, mapped blobs never overlap and stay inside the
+//! window, unmap and unref take a blob out of the window before the offset
+//! is reused, and a renderer that fails never leaves the table claiming
+//! less than may still be registered.
+
+use std::sync::{Arc, Mutex};
+
+use gpu_hostmem_virtio_gpu::blob::{
+    resp as bresp, BlobStats, Blobs, MAX_CONTEXTS, TEST_CAPSET_DATA, TEST_CAPSET_ID,
+};
+use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
+use gpu_hostmem_virtio_gpu::renderer::{
+    BlobHandle, BlobRequest, MapCache, Renderer, RendererError,
+};
+use proptest::prelude::*;
+
+const GET_CAPSET_INFO: u32 = 0x108;
+const GET_CAPSET: u32 = 0x109;
+const CREATE_BLOB: u32 = 0x10c;
+const CTX_CREATE: u32 = 0x200;
+const CTX_DESTROY: u32 = 0x201;
+const CTX_ATTACH: u32 = 0x202;
+const CTX_DETACH: u32 = 0x203;
+const MAP_BLOB: u32 = 0x208;
+const UNMAP_BLOB: u32 = 0x209;
+const HOST3D: u32 = 2;
+const MAPPABLE: u32 = 1;
+const WINDOW: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    CreateCtx(u32, u32),
+    DestroyCtx(u32),
+    Create(BlobRequest),
+    Map(BlobHandle, u64),
+    Unmap(BlobHandle),
+    Destroy(BlobHandle),
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    calls: Vec<Call>,
+    next: u64,
+    /// Fail the next call of this name.
+    fail: Option<(&'static str, RendererErrorKind)>,
+    /// Handle -> mapped offset and size, as a renderer that registers would
+    /// hold it.
+    registered: Vec<(BlobHandle, u64, u64)>,
+    sizes: Vec<(BlobHandle, u64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RendererErrorKind {
+    Refused(i32),
+    Gone,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Fake(Arc<Mutex<Log>>);
+
+impl Fake {
+    fn log(&self) -> std::sync::MutexGuard<'_, Log> {
+        self.0.lock().expect("log")
+    }
+    fn calls(&self) -> Vec<Call> {
+        self.log().calls.clone()
+    }
+    fn fail_next(&self, op: &'static str, kind: RendererErrorKind) {
+        self.log().fail = Some((op, kind));
+    }
+    fn check(&self, op: &'static str) -> Result<(), RendererError> {
+        let mut l = self.log();
+        match l.fail {
+            Some((o, kind)) if o == op => {
+                l.fail = None;
+                Err(match kind {
+                    RendererErrorKind::Refused(errno) => RendererError::Refused { op, errno },
+                    RendererErrorKind::Gone => RendererError::Io {
+                        op,
+                        source: std::io::Error::from_raw_os_error(32),
+                    },
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Renderer for Fake {
+    fn create_context(&mut self, ctx: u32, capset: u32) -> Result<(), RendererError> {
+        self.check("create_context")?;
+        self.log().calls.push(Call::CreateCtx(ctx, capset));
+        Ok(())
+    }
+    fn destroy_context(&mut self, ctx: u32) -> Result<(), RendererError> {
+        self.check("destroy_context")?;
+        self.log().calls.push(Call::DestroyCtx(ctx));
+        Ok(())
+    }
+    fn create_blob(&mut self, req: BlobRequest) -> Result<BlobHandle, RendererError> {
+        self.check("create_blob")?;
+        let mut l = self.log();
+        l.next += 1;
+        let h = BlobHandle(l.next * 100);
+        l.calls.push(Call::Create(req));
+        l.sizes.push((h, req.size));
+        Ok(h)
+    }
+    fn map_blob(&mut self, h: BlobHandle, offset: u64) -> Result<MapCache, RendererError> {
+        self.check("map_blob")?;
+        let mut l = self.log();
+        l.calls.push(Call::Map(h, offset));
+        let size = l
+            .sizes
+            .iter()
+            .find(|(x, _)| *x == h)
+            .map(|(_, s)| *s)
+            .expect("map of a blob the renderer never made");
+        // What the kernel refuses: an overlapping registration.
+        assert!(
+            l.registered
+                .iter()
+                .all(|&(_, o, s)| o + s <= offset || offset + size <= o),
+            "overlapping registration reached the renderer"
+        );
+        assert!(l.registered.iter().all(|(x, _, _)| *x != h), "mapped twice");
+        l.registered.push((h, offset, size));
+        Ok(MapCache::Cached)
+    }
+    fn unmap_blob(&mut self, h: BlobHandle) -> Result<(), RendererError> {
+        self.check("unmap_blob")?;
+        let mut l = self.log();
+        l.calls.push(Call::Unmap(h));
+        l.registered.retain(|(x, _, _)| *x != h);
+        Ok(())
+    }
+    fn destroy_blob(&mut self, h: BlobHandle) -> Result<(), RendererError> {
+        self.check("destroy_blob")?;
+        let mut l = self.log();
+        l.calls.push(Call::Destroy(h));
+        // Destroying unregisters too.
+        l.registered.retain(|(x, _, _)| *x != h);
+        l.sizes.retain(|(x, _)| *x != h);
+        Ok(())
+    }
+}
+
+fn hdr(ty: u32, ctx: u32) -> Vec<u8> {
+    let mut v = vec![0u8; HDR_LEN];
+    v[0..4].copy_from_slice(&ty.to_le_bytes());
+    v[16..20].copy_from_slice(&ctx.to_le_bytes());
+    v
+}
+
+fn words(mut v: Vec<u8>, w: &[u32]) -> Vec<u8> {
+    for x in w {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v
+}
+
+fn ctx_create(ctx: u32, init: u32) -> Vec<u8> {
+    let mut v = words(hdr(CTX_CREATE, ctx), &[4, init]);
+    v.extend_from_slice(&[b't'; 64]);
+    v
+}
+
+fn create_blob(ctx: u32, id: u32, mem: u32, flags: u32, entries: u32, size: u64) -> Vec<u8> {
+    let mut v = words(hdr(CREATE_BLOB, ctx), &[id, mem, flags, entries]);
+    v.extend_from_slice(&0u64.to_le_bytes());
+    v.extend_from_slice(&size.to_le_bytes());
+    v
+}
+
+fn map(id: u32, offset: u64) -> Vec<u8> {
+    let mut v = words(hdr(MAP_BLOB, 0), &[id, 0]);
+    v.extend_from_slice(&offset.to_le_bytes());
+    v
+}
+
+fn unmap(id: u32) -> Vec<u8> {
+    words(hdr(UNMAP_BLOB, 0), &[id, 0])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// A table with the test capset, one context (1) and the fake.
+fn setup() -> (Blobs, Fake) {
+    let fake = Fake::default();
+    let mut b = Blobs::new(Box::new(fake.clone()), &[TEST_CAPSET_ID], WINDOW, WINDOW);
+    assert_eq!(
+        b.handle(&ctx_create(1, TEST_CAPSET_ID), no2d).0,
+        resp::OK_NODATA
+    );
+    (b, fake)
+}
+
+fn no2d(_: u32) -> bool {
+    false
+}
+
+fn ok(b: &mut Blobs, req: &[u8]) -> u32 {
+    b.handle(req, no2d).0
+}
+
+#[test]
+fn without_the_option_no_capset_and_no_context() {
+    let fake = Fake::default();
+    let mut b = Blobs::new(Box::new(fake.clone()), &[], WINDOW, WINDOW);
+    assert!(b.capsets().is_empty());
+    assert_eq!(
+        ok(&mut b, &words(hdr(GET_CAPSET_INFO, 0), &[0, 0])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        ok(&mut b, &words(hdr(GET_CAPSET, 0), &[TEST_CAPSET_ID, 1])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        ok(&mut b, &ctx_create(1, TEST_CAPSET_ID)),
+        resp::ERR_INVALID_PARAMETER
+    );
+    // Capsets nobody serves are not offered even if asked for.
+    let b2 = Blobs::new(Box::new(fake.clone()), &[4, 1], WINDOW, WINDOW);
+    assert!(b2.capsets().is_empty());
+    assert!(fake.calls().is_empty());
+}
+
+#[test]
+fn capset_info_and_data() {
+    let (mut b, _) = setup();
+    let (t, body) = b.handle(&words(hdr(GET_CAPSET_INFO, 0), &[0, 0]), no2d);
+    assert_eq!(t, bresp::OK_CAPSET_INFO);
+    assert_eq!(
+        (u32_at(&body, 0), u32_at(&body, 4), u32_at(&body, 8)),
+        (TEST_CAPSET_ID, 1, TEST_CAPSET_DATA.len() as u32)
+    );
+    assert_eq!(
+        ok(&mut b, &words(hdr(GET_CAPSET_INFO, 0), &[1, 0])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        ok(&mut b, &words(hdr(GET_CAPSET_INFO, 0), &[u32::MAX, 0])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        ok(&mut b, &hdr(GET_CAPSET_INFO, 0)),
+        resp::ERR_INVALID_PARAMETER,
+        "short"
+    );
+    let (t, body) = b.handle(&words(hdr(GET_CAPSET, 0), &[TEST_CAPSET_ID, 1]), no2d);
+    assert_eq!(t, bresp::OK_CAPSET);
+    assert_eq!(body, TEST_CAPSET_DATA);
+    for (id, v) in [(TEST_CAPSET_ID, 0), (TEST_CAPSET_ID, 2), (4, 1), (0, 1)] {
+        assert_eq!(
+            ok(&mut b, &words(hdr(GET_CAPSET, 0), &[id, v])),
+            resp::ERR_INVALID_PARAMETER,
+            "capset {id} version {v}"
+        );
+    }
+}
+
+#[test]
+fn contexts_refused_for_bad_ids_capsets_and_names() {
+    let (mut b, fake) = setup();
+    let before = fake.calls();
+    assert_eq!(
+        ok(&mut b, &ctx_create(1, TEST_CAPSET_ID)),
+        bresp::ERR_INVALID_CONTEXT_ID,
+        "exists"
+    );
+    assert_eq!(
+        ok(&mut b, &ctx_create(0, TEST_CAPSET_ID)),
+        bresp::ERR_INVALID_CONTEXT_ID,
+        "id 0"
+    );
+    for init in [0, 4, TEST_CAPSET_ID | 0x100, 0xff] {
+        assert_eq!(
+            ok(&mut b, &ctx_create(2, init)),
+            resp::ERR_INVALID_PARAMETER,
+            "context_init {init:#x}"
+        );
+    }
+    let mut long = words(hdr(CTX_CREATE, 2), &[65, TEST_CAPSET_ID]);
+    long.extend_from_slice(&[0; 64]);
+    assert_eq!(ok(&mut b, &long), resp::ERR_INVALID_PARAMETER, "nlen 65");
+    assert_eq!(
+        ok(&mut b, &hdr(CTX_CREATE, 2)),
+        resp::ERR_INVALID_PARAMETER,
+        "short"
+    );
+    assert_eq!(
+        ok(&mut b, &hdr(CTX_DESTROY, 9)),
+        bresp::ERR_INVALID_CONTEXT_ID
+    );
+    assert_eq!(fake.calls(), before, "nothing refused reached the renderer");
+
+    for c in 2..=MAX_CONTEXTS as u32 {
+        assert_eq!(ok(&mut b, &ctx_create(c, TEST_CAPSET_ID)), resp::OK_NODATA);
+    }
+    assert_eq!(
+        ok(&mut b, &ctx_create(1000, TEST_CAPSET_ID)),
+        resp::ERR_OUT_OF_MEMORY,
+        "limit"
+    );
+    assert_eq!(ok(&mut b, &hdr(CTX_DESTROY, 5)), resp::OK_NODATA);
+    assert_eq!(fake.calls().last(), Some(&Call::DestroyCtx(5)));
+    assert_eq!(
+        ok(&mut b, &ctx_create(1000, TEST_CAPSET_ID)),
+        resp::OK_NODATA
+    );
+
+    // A renderer refusal is the guest's error, and the context is not made.
+    fake.fail_next("create_context", RendererErrorKind::Refused(12));
+    assert_eq!(
+        ok(&mut b, &hdr(CTX_DESTROY, 6)),
+        resp::OK_NODATA,
+        "make room"
+    );
+    assert_eq!(
+        ok(&mut b, &ctx_create(1001, TEST_CAPSET_ID)),
+        resp::ERR_OUT_OF_MEMORY
+    );
+    assert_eq!(
+        ok(&mut b, &hdr(CTX_DESTROY, 1001)),
+        bresp::ERR_INVALID_CONTEXT_ID
+    );
+}
+
+#[test]
+fn blobs_refused_for_what_is_not_served() {
+    let (mut b, fake) = setup();
+    let before = fake.calls();
+    let cases: [(Vec<u8>, u32, &str); 14] = [
+        (
+            create_blob(9, 1, HOST3D, MAPPABLE, 0, PAGE),
+            bresp::ERR_INVALID_CONTEXT_ID,
+            "no such context",
+        ),
+        (
+            create_blob(0, 1, HOST3D, MAPPABLE, 0, PAGE),
+            bresp::ERR_INVALID_CONTEXT_ID,
+            "context 0",
+        ),
+        (
+            create_blob(1, 0, HOST3D, MAPPABLE, 0, PAGE),
+            resp::ERR_INVALID_RESOURCE_ID,
+            "resource 0",
+        ),
+        (
+            create_blob(1, 7, HOST3D, MAPPABLE, 0, PAGE),
+            resp::ERR_INVALID_RESOURCE_ID,
+            "a 2D resource's id",
+        ),
+        (
+            create_blob(1, 1, 1, MAPPABLE, 0, PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "GUEST",
+        ),
+        (
+            create_blob(1, 1, 3, MAPPABLE, 0, PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "HOST3D_GUEST",
+        ),
+        (
+            create_blob(1, 1, 0, MAPPABLE, 0, PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "blob_mem 0",
+        ),
+        (
+            create_blob(1, 1, HOST3D, MAPPABLE, 1, PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "guest entries",
+        ),
+        (
+            create_blob(1, 1, HOST3D, 8, 0, PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "unknown flag",
+        ),
+        (
+            create_blob(1, 1, HOST3D, 4, 0, PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "CROSS_DEVICE",
+        ),
+        (
+            create_blob(1, 1, HOST3D, MAPPABLE, 0, 0),
+            resp::ERR_INVALID_PARAMETER,
+            "size 0",
+        ),
+        (
+            create_blob(1, 1, HOST3D, MAPPABLE, 0, PAGE + 1),
+            resp::ERR_INVALID_PARAMETER,
+            "unaligned size",
+        ),
+        (
+            create_blob(1, 1, HOST3D, MAPPABLE, 0, u64::MAX - PAGE + 1),
+            resp::ERR_OUT_OF_MEMORY,
+            "huge",
+        ),
+        (
+            create_blob(1, 1, HOST3D, MAPPABLE, 0, WINDOW + PAGE),
+            resp::ERR_OUT_OF_MEMORY,
+            "over the limit",
+        ),
+    ];
+    for (req, want, what) in cases {
+        assert_eq!(b.handle(&req, |i| i == 7).0, want, "{what}");
+    }
+    let short = create_blob(1, 1, HOST3D, MAPPABLE, 0, PAGE);
+    assert_eq!(
+        ok(&mut b, &short[..short.len() - 1]),
+        resp::ERR_INVALID_PARAMETER,
+        "short"
+    );
+    assert_eq!(fake.calls(), before, "nothing refused reached the renderer");
+    assert_eq!(b.stats().blobs, 0);
+
+    // The limit counts every blob.
+    assert_eq!(
+        ok(
+            &mut b,
+            &create_blob(1, 1, HOST3D, MAPPABLE, 0, WINDOW - PAGE)
+        ),
+        resp::OK_NODATA
+    );
+    assert_eq!(
+        ok(&mut b, &create_blob(1, 2, HOST3D, MAPPABLE, 0, 2 * PAGE)),
+        resp::ERR_OUT_OF_MEMORY
+    );
+    assert_eq!(
+        ok(&mut b, &create_blob(1, 1, HOST3D, MAPPABLE, 0, PAGE)),
+        resp::ERR_INVALID_RESOURCE_ID,
+        "id taken"
+    );
+    // A renderer out of memory is the guest's ERR_OUT_OF_MEMORY.
+    fake.fail_next("create_blob", RendererErrorKind::Refused(12));
+    assert_eq!(
+        ok(&mut b, &create_blob(1, 3, HOST3D, MAPPABLE, 0, PAGE)),
+        resp::ERR_OUT_OF_MEMORY
+    );
+    assert!(!b.contains(3));
+}
+
+#[test]
+fn map_checks_offset_window_overlap_and_state() {
+    let (mut b, fake) = setup();
+    for (id, pages, flags) in [(1, 4, MAPPABLE), (2, 4, MAPPABLE), (3, 1, 0), (4, 16, 1)] {
+        assert_eq!(
+            ok(&mut b, &create_blob(1, id, HOST3D, flags, 0, pages * PAGE)),
+            resp::OK_NODATA
+        );
+    }
+    let (t, body) = b.handle(&map(1, 8 * PAGE), no2d);
+    assert_eq!(t, bresp::OK_MAP_INFO);
+    assert_eq!(u32_at(&body, 0), 1, "map_info CACHED");
+    assert_eq!(b.mapped_at(1), Some(8 * PAGE));
+    let before = fake.calls();
+    let cases = [
+        (map(9, 0), resp::ERR_INVALID_RESOURCE_ID, "unknown resource"),
+        (map(3, 0), resp::ERR_INVALID_PARAMETER, "not mappable"),
+        (map(1, 0), resp::ERR_INVALID_PARAMETER, "mapped twice"),
+        (map(2, 100), resp::ERR_INVALID_PARAMETER, "unaligned"),
+        (map(2, 5 * PAGE), resp::ERR_INVALID_PARAMETER, "ends inside"),
+        (map(2, 8 * PAGE), resp::ERR_INVALID_PARAMETER, "same offset"),
+        (
+            map(2, 11 * PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "starts inside",
+        ),
+        (
+            map(4, 6 * PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "contains the other",
+        ),
+        (
+            map(2, WINDOW - 3 * PAGE),
+            resp::ERR_INVALID_PARAMETER,
+            "past the window",
+        ),
+        (map(2, WINDOW), resp::ERR_INVALID_PARAMETER, "at the end"),
+        (
+            map(2, u64::MAX - PAGE + 1),
+            resp::ERR_INVALID_PARAMETER,
+            "wraps",
+        ),
+        (map(2, 1 << 40), resp::ERR_INVALID_PARAMETER, "far outside"),
+        (
+            words(hdr(MAP_BLOB, 0), &[2, 0]),
+            resp::ERR_INVALID_PARAMETER,
+            "short",
+        ),
+    ];
+    for (req, want, what) in cases {
+        assert_eq!(b.handle(&req, no2d).0, want, "{what}");
+    }
+    assert_eq!(fake.calls(), before, "nothing refused reached the renderer");
+    // Right next to it on both sides, and the last pages of the window.
+    assert_eq!(ok(&mut b, &map(2, 4 * PAGE)), bresp::OK_MAP_INFO);
+    assert_eq!(ok(&mut b, &map(4, WINDOW - 16 * PAGE)), bresp::OK_MAP_INFO);
+    let s = b.stats();
+    assert_eq!((s.blobs, s.mapped, s.mapped_bytes), (4, 3, 24 * PAGE));
+}
+
+#[test]
+fn unmap_and_unref_take_the_blob_out_of_the_window_first() {
+    let (mut b, fake) = setup();
+    for id in [1, 2] {
+        assert_eq!(
+            ok(&mut b, &create_blob(1, id, HOST3D, MAPPABLE, 0, 2 * PAGE)),
+            resp::OK_NODATA
+        );
+    }
+    assert_eq!(
+        ok(&mut b, &unmap(1)),
+        resp::ERR_INVALID_PARAMETER,
+        "unmapped"
+    );
+    assert_eq!(ok(&mut b, &unmap(9)), resp::ERR_INVALID_RESOURCE_ID);
+    assert_eq!(
+        ok(&mut b, &words(hdr(UNMAP_BLOB, 0), &[])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    assert_eq!(ok(&mut b, &map(1, 0)), bresp::OK_MAP_INFO);
+    assert_eq!(ok(&mut b, &map(2, 0)), resp::ERR_INVALID_PARAMETER);
+    assert_eq!(ok(&mut b, &unmap(1)), resp::OK_NODATA);
+    assert_eq!(ok(&mut b, &unmap(1)), resp::ERR_INVALID_PARAMETER, "twice");
+    assert_eq!(
+        ok(&mut b, &map(2, 0)),
+        bresp::OK_MAP_INFO,
+        "offset free again"
+    );
+    assert_eq!(
+        ok(&mut b, &map(1, 2 * PAGE)),
+        bresp::OK_MAP_INFO,
+        "remapped"
+    );
+
+    let handle2 = match &fake.calls()[2] {
+        Call::Create(r) if r.resource_id == 2 => BlobHandle(200),
+        c => panic!("unexpected {c:?}"),
+    };
+    let n = fake.calls().len();
+    assert_eq!(b.unref(2), resp::OK_NODATA);
+    assert_eq!(
+        fake.calls()[n..],
+        [Call::Unmap(handle2), Call::Destroy(handle2)],
+        "unmapped, then destroyed"
+    );
+    assert!(!b.contains(2));
+    assert_eq!(b.unref(2), resp::ERR_INVALID_RESOURCE_ID);
+    assert_eq!(
+        ok(&mut b, &create_blob(1, 3, HOST3D, MAPPABLE, 0, 2 * PAGE)),
+        resp::OK_NODATA
+    );
+    assert_eq!(ok(&mut b, &map(3, 0)), bresp::OK_MAP_INFO, "offset reused");
+
+    // Attach/detach check ids only.
+    assert_eq!(
+        ok(&mut b, &words(hdr(CTX_ATTACH, 1), &[3, 0])),
+        resp::OK_NODATA
+    );
+    assert_eq!(
+        b.handle(&words(hdr(CTX_DETACH, 1), &[7, 0]), |i| i == 7).0,
+        resp::OK_NODATA,
+        "a 2D resource"
+    );
+    assert_eq!(
+        ok(&mut b, &words(hdr(CTX_ATTACH, 1), &[9, 0])),
+        resp::ERR_INVALID_RESOURCE_ID
+    );
+    assert_eq!(
+        ok(&mut b, &words(hdr(CTX_ATTACH, 2), &[3, 0])),
+        bresp::ERR_INVALID_CONTEXT_ID
+    );
+
+    // A destroyed context leaves its blobs; a reset takes everything.
+    assert_eq!(ok(&mut b, &hdr(CTX_DESTROY, 1)), resp::OK_NODATA);
+    assert!(b.contains(3));
+    b.reset();
+    assert_eq!(b.stats(), BlobStats::default());
+    assert!(fake.log().registered.is_empty());
+    assert!(fake.log().sizes.is_empty());
+}
+
+#[test]
+fn a_failing_renderer_never_frees_an_offset_it_may_still_use() {
+    let (mut b, fake) = setup();
+    for id in [1, 2] {
+        assert_eq!(
+            ok(&mut b, &create_blob(1, id, HOST3D, MAPPABLE, 0, PAGE)),
+            resp::OK_NODATA
+        );
+    }
+    fake.fail_next("map_blob", RendererErrorKind::Refused(22));
+    assert_eq!(ok(&mut b, &map(1, 0)), resp::ERR_INVALID_PARAMETER);
+    assert_eq!(b.mapped_at(1), None);
+    assert_eq!(ok(&mut b, &map(1, 0)), bresp::OK_MAP_INFO);
+    fake.fail_next("unmap_blob", RendererErrorKind::Gone);
+    assert_eq!(ok(&mut b, &unmap(1)), resp::ERR_UNSPEC);
+    assert_eq!(b.mapped_at(1), Some(0), "still claimed");
+    assert_eq!(ok(&mut b, &map(2, 0)), resp::ERR_INVALID_PARAMETER);
+    assert_eq!(b.stats().renderer_errors, 2);
+    // Unref destroys even so (destroying unregisters).
+    fake.fail_next("unmap_blob", RendererErrorKind::Gone);
+    assert_eq!(b.unref(1), resp::OK_NODATA);
+    assert!(fake.calls().contains(&Call::Destroy(BlobHandle(100))));
+    assert_eq!(ok(&mut b, &map(2, 0)), bresp::OK_MAP_INFO);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create { id: u32, pages: u64, mappable: bool },
+    Map { id: u32, page: u64 },
+    Unmap { id: u32 },
+    Unref { id: u32 },
+    Reset,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let id = 1u32..6;
+    prop_oneof![
+        (id.clone(), 1u64..64, any::<bool>()).prop_map(|(id, pages, mappable)| Op::Create {
+            id,
+            pages,
+            mappable
+        }),
+        (id.clone(), 0u64..300).prop_map(|(id, page)| Op::Map { id, page }),
+        id.clone().prop_map(|id| Op::Unmap { id }),
+        id.prop_map(|id| Op::Unref { id }),
+        Just(Op::Reset),
+    ]
+}
+
+proptest! {
+    /// Whatever the driver does, the mapped blobs the renderer holds are
+    /// the table's, inside the window and disjoint (the fake asserts
+    /// disjointness on every map).
+    #[test]
+    fn mapped_blobs_stay_disjoint_and_inside_the_window(ops in prop::collection::vec(op(), 1..60)) {
+        let (mut b, fake) = setup();
+        for o in ops {
+            match o {
+                Op::Create { id, pages, mappable } => {
+                    b.handle(&create_blob(1, id, HOST3D, u32::from(mappable), 0, pages * PAGE), no2d);
+                }
+                Op::Map { id, page } => {
+                    b.handle(&map(id, page * PAGE), no2d);
+                }
+                Op::Unmap { id } => {
+                    b.handle(&unmap(id), no2d);
+                }
+                Op::Unref { id } => {
+                    b.unref(id);
+                }
+                Op::Reset => {
+                    b.reset();
+                    prop_assert_eq!(ok(&mut b, &ctx_create(1, TEST_CAPSET_ID)), resp::OK_NODATA);
+                }
+            }
+            let l = fake.log();
+            let s = b.stats();
+            prop_assert_eq!(l.registered.len(), s.mapped);
+            prop_assert_eq!(l.sizes.len(), s.blobs);
+            for &(_, off, size) in &l.registered {
+                prop_assert!(off % PAGE == 0 && off + size <= WINDOW);
+            }
+            prop_assert_eq!(l.registered.iter().map(|r| r.2).sum::<u64>(), s.mapped_bytes);
+        }
+    }
+}

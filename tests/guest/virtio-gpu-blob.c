@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: MIT
+/*
+ * virtio-gpu-blob: the guest side of e2e scenario 79-virtio-gpu-blob (issue
+ * 18 stage 2). Runs inside an HVM guest whose gpu-hostmem function is a
+ * virtio-gpu device with a renderer offering the test-only capset
+ * (device: virtio-gpu, virtio_gpu.renderer and virtio_gpu.test_capset in
+ * dom0's gpu-hostmem.yaml).
+ *
+ *   virtio-gpu-blob run [HOLD_SECONDS]
+ *
+ * Loads the unmodified virtio_gpu driver from /lib/modules/gh, then through
+ * the DRM uAPI only: GETPARAM (3D_FEATURES, RESOURCE_BLOB, HOST_VISIBLE,
+ * CONTEXT_INIT, SUPPORTED_CAPSET_IDs with bit 30), GET_CAPS of capset 30,
+ * CONTEXT_INIT with capset 30, RESOURCE_CREATE_BLOB (HOST3D, USE_MAPPABLE,
+ * blob_id 0, 16 pages), MAP and mmap: every word must be the host's
+ * pattern (word i = i * 2654435761 ^ resource id, written by
+ * gpu-hostmem-renderer); then it stamps the first word of every page with
+ * the complement, which the renderer counts when the blob is unmapped.
+ * Prints GH-VG-BLOB-MAPPED and holds the mapping HOLD_SECONDS (dom0 reads
+ * gpu-hostmem status meanwhile), then closes the GEM handle (the driver
+ * sends UNMAP_BLOB and UNREF: the host unregisters and revokes), prints
+ * GH-VG-BLOB-UNREF and waits HOLD_SECONDS again. No command may get an
+ * error answer (the driver logs those as "response 0x...").
+ * Prints "RESULT name=... ok=0|1 value=..." lines; exit status 0 if all ok.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <drm/drm.h>
+#include <drm/virtgpu_drm.h>
+
+#define MODDIR "/lib/modules/gh"
+#define TEST_CAPSET 30
+#define BLOB_PAGES 16
+#define PAGE 4096
+
+static int failed;
+
+static void result(const char *name, int ok, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void result(const char *name, int ok, const char *fmt, ...)
+{
+    va_list ap;
+    printf("RESULT name=%s ok=%d value=", name, ok);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    fflush(stdout);
+    if (!ok)
+        failed = 1;
+}
+
+static int load_modules(void)
+{
+    static const char *const mods[] = {"virtio_dma_buf", "drm", "drm_kms_helper",
+                                       "drm_shmem_helper", "virtio-gpu"};
+    char path[128];
+    for (size_t i = 0; i < sizeof(mods) / sizeof(mods[0]); i++) {
+        snprintf(path, sizeof(path), MODDIR "/%s.ko", mods[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            result("guest-modules", 0, "open-%s-errno-%d", mods[i], errno);
+            return -1;
+        }
+        long rc = syscall(SYS_finit_module, fd, "", 0);
+        int e = errno;
+        close(fd);
+        if (rc != 0 && e != EEXIST) {
+            result("guest-modules", 0, "load-%s-errno-%d", mods[i], e);
+            return -1;
+        }
+    }
+    result("guest-modules", 1, "5");
+    return 0;
+}
+
+static int wait_node(const char *path, int seconds)
+{
+    struct stat st;
+    for (int i = 0; i < seconds * 10; i++) {
+        if (stat(path, &st) == 0)
+            return 0;
+        usleep(100000);
+    }
+    return -1;
+}
+
+static char *klog(void)
+{
+    int len = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+    if (len <= 0)
+        len = 1 << 20;
+    char *buf = calloc(1, (size_t)len + 1);
+    if (!buf)
+        return NULL;
+    int n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, len);
+    if (n < 0) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    return buf;
+}
+
+/* Counts the log lines with `needle`; prints the device's lines if `print`. */
+static int klog_lines(const char *log, const char *needle, int print)
+{
+    int count = 0;
+    const char *p = log;
+    while (p && *p) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        char line[512];
+        size_t l = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
+        memcpy(line, p, l);
+        line[l] = 0;
+        if (print && (strstr(line, "virtio") || strstr(line, "drm") || strstr(line, "Host memory")))
+            printf("KLOG %s\n", line);
+        if (needle && strstr(line, needle))
+            count++;
+        p = nl ? nl + 1 : NULL;
+    }
+    fflush(stdout);
+    return count;
+}
+
+static int errors_in_log(void)
+{
+    char *log = klog();
+    int n = log ? klog_lines(log, "response 0x", 0) : -1;
+    free(log);
+    return n;
+}
+
+static int getparam(int fd, uint64_t param, int *value)
+{
+    struct drm_virtgpu_getparam gp = {.param = param, .value = (uint64_t)(uintptr_t)value};
+    return ioctl(fd, DRM_IOCTL_VIRTGPU_GETPARAM, &gp);
+}
+
+static uint32_t pattern(uint32_t res, uint32_t i)
+{
+    return i * 2654435761u ^ res;
+}
+
+static int run(int hold)
+{
+    if (load_modules() != 0)
+        return 1;
+    int have_render = wait_node("/dev/dri/renderD128", 20) == 0;
+    result("guest-drm-nodes", have_render, "renderD128=%d", have_render);
+    char *log = klog();
+    if (log) {
+        klog_lines(log, NULL, 1);
+        free(log);
+    }
+    if (!have_render)
+        return 1;
+    int fd = open("/dev/dri/renderD128", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+        result("guest-open-render-node", 0, "errno-%d", errno);
+        return 1;
+    }
+    int errors_before = errors_in_log();
+
+    int virgl = -1, blob = -1, host_visible = -1, ctx_init = -1, capsets = 0;
+    int rc = getparam(fd, VIRTGPU_PARAM_3D_FEATURES, &virgl) |
+             getparam(fd, VIRTGPU_PARAM_RESOURCE_BLOB, &blob) |
+             getparam(fd, VIRTGPU_PARAM_HOST_VISIBLE, &host_visible) |
+             getparam(fd, VIRTGPU_PARAM_CONTEXT_INIT, &ctx_init) |
+             getparam(fd, VIRTGPU_PARAM_SUPPORTED_CAPSET_IDs, &capsets);
+    result("guest-getparam",
+           rc == 0 && virgl == 1 && blob == 1 && host_visible == 1 && ctx_init == 1 &&
+               (capsets & (1 << TEST_CAPSET)),
+           "3d=%d,resource_blob=%d,host_visible=%d,context_init=%d,capsets=0x%x", virgl, blob,
+           host_visible, ctx_init, (unsigned)capsets);
+
+    char caps[16] = {0};
+    struct drm_virtgpu_get_caps gc = {
+        .cap_set_id = TEST_CAPSET, .cap_set_ver = 1, .addr = (uint64_t)(uintptr_t)caps, .size = 16};
+    rc = ioctl(fd, DRM_IOCTL_VIRTGPU_GET_CAPS, &gc);
+    result("guest-get-caps", rc == 0 && memcmp(caps, "gpu-hostmem-test", 16) == 0, "%s",
+           rc == 0 ? "read" : strerror(errno));
+
+    struct drm_virtgpu_context_set_param p = {.param = VIRTGPU_CONTEXT_PARAM_CAPSET_ID,
+                                              .value = TEST_CAPSET};
+    struct drm_virtgpu_context_init ci = {.num_params = 1,
+                                          .ctx_set_params = (uint64_t)(uintptr_t)&p};
+    rc = ioctl(fd, DRM_IOCTL_VIRTGPU_CONTEXT_INIT, &ci);
+    result("guest-context-init", rc == 0, "%d", rc == 0 ? 0 : errno);
+    if (rc != 0)
+        return 1;
+
+    struct drm_virtgpu_resource_create_blob cb = {
+        .blob_mem = VIRTGPU_BLOB_MEM_HOST3D,
+        .blob_flags = VIRTGPU_BLOB_FLAG_USE_MAPPABLE,
+        .size = BLOB_PAGES * PAGE,
+        .blob_id = 0,
+    };
+    rc = ioctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE_BLOB, &cb);
+    result("guest-create-blob", rc == 0, "bo=%u,res=%u", cb.bo_handle, cb.res_handle);
+    if (rc != 0)
+        return 1;
+
+    struct drm_virtgpu_map map = {.handle = cb.bo_handle};
+    rc = ioctl(fd, DRM_IOCTL_VIRTGPU_MAP, &map);
+    if (rc != 0) {
+        result("guest-map", 0, "errno-%d", errno);
+        return 1;
+    }
+    volatile uint32_t *w =
+        mmap(NULL, BLOB_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)map.offset);
+    if (w == MAP_FAILED) {
+        result("guest-map", 0, "mmap-errno-%d", errno);
+        return 1;
+    }
+    result("guest-map", 1, "offset=0x%llx", (unsigned long long)map.offset);
+
+    /* The host's bytes, through the window (each page faults once and is
+     * lent; then plain memory). */
+    uint32_t bad = 0, first_bad = 0;
+    for (uint32_t i = 0; i < BLOB_PAGES * PAGE / 4; i++) {
+        if (w[i] != pattern(cb.res_handle, i)) {
+            if (!bad)
+                first_bad = i;
+            bad++;
+        }
+    }
+    result("guest-read-host-pattern", bad == 0, "words=%u,bad=%u,first_bad=%u,word0=0x%08x",
+           BLOB_PAGES * PAGE / 4, bad, first_bad, w[0]);
+    /* The guest's bytes, for the host to find. */
+    for (uint32_t pg = 0; pg < BLOB_PAGES; pg++)
+        w[pg * PAGE / 4] = ~pattern(cb.res_handle, pg * PAGE / 4);
+    result("guest-stamped", 1, "pages=%u", BLOB_PAGES);
+    printf("GH-VG-BLOB-MAPPED res=%u\n", cb.res_handle);
+    fflush(stdout);
+    sleep(hold);
+
+    munmap((void *)w, BLOB_PAGES * PAGE);
+    struct drm_gem_close gcl = {.handle = cb.bo_handle};
+    rc = ioctl(fd, DRM_IOCTL_GEM_CLOSE, &gcl);
+    result("guest-unref", rc == 0, "%d", rc == 0 ? 0 : errno);
+    usleep(500000);
+    printf("GH-VG-BLOB-UNREF res=%u\n", cb.res_handle);
+    fflush(stdout);
+    sleep(hold);
+    int errors = errors_in_log() - errors_before;
+    result("guest-no-error-responses", errors == 0, "%d", errors);
+    close(fd);
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc >= 2 && strcmp(argv[1], "run") == 0)
+        return run(argc >= 3 ? atoi(argv[2]) : 0);
+    fprintf(stderr, "usage: virtio-gpu-blob run [HOLD_SECONDS]\n");
+    return 2;
+}
