@@ -96,7 +96,22 @@ fn serves_under_its_seccomp_filter_until_the_device_goes() {
     )
     .expect("stand-in privcmd");
     let (s, p) = (ren.as_raw_fd(), privcmd.as_raw_fd());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpu-hostmem-renderer"));
+    // As root the binary runs as nobody, who may not be able to reach
+    // the build tree (a clone under a 0700 directory, as CI's mktemp -d
+    // makes): run a copy from a directory of its own every user may
+    // enter, as an installation has it in /usr/lib/gpu-hostmem/bin.
+    let dir = std::env::temp_dir().join(format!("gh-renderer-bin-{}", std::process::id()));
+    let exe = {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("renderer dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let exe = dir.join("gpu-hostmem-renderer");
+        std::fs::copy(env!("CARGO_BIN_EXE_gpu-hostmem-renderer"), &exe).expect("copy");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        exe
+    };
+    let mut cmd = Command::new(&exe);
     cmd.args(["--socket-fd", "3"])
         .env_clear()
         .env("GPU_HOSTMEM_DOMID", "5")
@@ -166,4 +181,5 @@ fn serves_under_its_seccomp_filter_until_the_device_goes() {
     );
     assert!(err.contains("blob created"), "{err}");
     assert!(err.contains("the device closed the connection"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
 }
