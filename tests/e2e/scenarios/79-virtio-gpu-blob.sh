@@ -16,8 +16,9 @@
 #     registration at the blob's offset (owner: the renderer), faults and
 #     lends, and the model line one context and one mapped blob;
 #   - closing the handle (UNMAP_BLOB + UNREF) unregisters it: nothing is
-#     registered or lent any more, and the renderer logs the 16 pages the
-#     guest stamped;
+#     registered or lent any more, in the kernel's view and in the IOREQ
+#     server's (no registration listed, ledger = kernel = 0), and the
+#     renderer logs the 16 pages the guest stamped;
 #   - no error answer in the guest's log, no refused system call;
 #     xl destroy: nothing left, the renderer gone.
 # timeout: 1200
@@ -88,11 +89,19 @@ fi
 if hm_wait_marker "$name" '^GH-VG-BLOB-UNREF' 120; then
     sleep 1
     echo "---- gpu-hostmem status $dom (blob unreferenced)"
-    gpu-hostmem status "$dom" 2>&1 | sed 's/^/[status unref] /'
-    model=$(gpu-hostmem status "$dom" 2>/dev/null | sed -n 's/^ *model *//p' | head -n1)
+    st=$(gpu-hostmem status "$dom" 2>&1)
+    printf '%s\n' "$st" | sed 's/^/[status unref] /'
+    model=$(printf '%s\n' "$st" | sed -n 's/^ *model *//p' | head -n1)
     regs=$(hm_kernel_regions "$dom")
     lent=$(hm_kernel_lent "$dom")
     check vgb-unregistered "regions=${regs:-none},lent=${lent:-none}" [ "${regs:-1}" = 0 -a "${lent:-1}" = 0 ]
+    # The IOREQ server's own view, in the same reply: it asked the kernel
+    # for it, so it lists no registration and its ledger agrees with the
+    # kernel (before, it kept the blob's registration and 16 ledger pages).
+    srv_regs=$(printf '%s\n' "$st" | awk '/^IOREQ server:/ { s = 1 } /^kernel/ { s = 0 } s && /^  registrations/ { print $2; exit }')
+    srv_lent=$(printf '%s\n' "$st" | sed -n 's/^  lent pages  \([0-9]*\) (ledger), \([0-9]*\) (kernel)$/\1 \2/p' | head -n1)
+    check vgb-server-unregistered "registrations=${srv_regs:-none},ledger/kernel=${srv_lent:-none}" \
+        [ "${srv_regs:-1}" = 0 -a "${srv_lent:-none}" = "0 0" ]
     check vgb-model-unref "$model" sh -c "printf '%s' '$model' | grep -q 'blobs 0 (0 bytes), mapped 0 (0 bytes), renderer errors 0'"
 else
     result vgb-guest-unref 0 "no GH-VG-BLOB-UNREF"
