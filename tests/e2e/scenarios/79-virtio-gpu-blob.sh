@@ -98,10 +98,8 @@ if hm_wait_marker "$name" '^GH-VG-BLOB-UNREF' 120; then
     # The IOREQ server's own view, in the same reply: it asked the kernel
     # for it, so it lists no registration and its ledger agrees with the
     # kernel (before, it kept the blob's registration and 16 ledger pages).
-    srv_regs=$(printf '%s\n' "$st" | awk '/^IOREQ server:/ { s = 1 } /^kernel/ { s = 0 } s && /^  registrations/ { print $2; exit }')
-    srv_lent=$(printf '%s\n' "$st" | sed -n 's/^  lent pages  \([0-9]*\) (ledger), \([0-9]*\) (kernel)$/\1 \2/p' | head -n1)
-    check vgb-server-unregistered "registrations=${srv_regs:-none},ledger/kernel=${srv_lent:-none}" \
-        [ "${srv_regs:-1}" = 0 -a "${srv_lent:-none}" = "0 0" ]
+    view=$(hm_server_view "$st")
+    check vgb-server-unregistered "registrations ledger kernel: $view" [ "$view" = "0 0 0" ]
     check vgb-model-unref "$model" sh -c "printf '%s' '$model' | grep -q 'blobs 0 (0 bytes), mapped 0 (0 bytes), renderer errors 0'"
 else
     result vgb-guest-unref 0 "no GH-VG-BLOB-UNREF"

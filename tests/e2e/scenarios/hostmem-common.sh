@@ -239,6 +239,17 @@ hm_kernel_regions() {
     gpu-hostmem status "$1" 2>/dev/null | awk '/^kernel/ { s = 1 } s && /^  registrations/ { print $2; exit }'
 }
 
+# hm_server_view STATUS_TEXT: "REGISTRATIONS LEDGER KERNEL" as the IOREQ
+# server reports them in one `gpu-hostmem status DOMID` text: the
+# registrations it lists and its "lent pages L (ledger), K (kernel)" line
+# (it asks the kernel for both). Empty fields if the server did not answer.
+hm_server_view() {
+    local regs lent
+    regs=$(printf '%s\n' "$1" | awk '/^IOREQ server:/ { s = 1 } /^kernel/ { s = 0 } s && /^  registrations/ { print $2; exit }')
+    lent=$(printf '%s\n' "$1" | sed -n 's/^  lent pages  \([0-9]*\) (ledger), \([0-9]*\) (kernel)$/\1 \2/p' | head -n1)
+    echo "$regs $lent"
+}
+
 # hm_start NAME RUN REGION...: the common start: install check, xl create -p,
 # ioreqd running, backend registered, xl unpause. Sets HM_DOM, HM_IPID,
 # HM_BPID, HM_BOUT. Returns non-zero (with RESULT lines) on failure.
