@@ -365,6 +365,28 @@ fn refuses_another_domain() {
     );
 }
 
+/// A renderer that cannot be started fails the first setup with the
+/// reason, as libxl sees it, and nothing is left running.
+#[test]
+fn a_renderer_that_cannot_start_fails_the_setup() {
+    let cfg = "device: virtio-gpu\nvirtio_gpu:\n  renderer: /nonexistent/gpu-hostmem-renderer\n  test_capset: true\n";
+    let mut r = Run::start_config("renderer-missing", 50, UUID, true, &[], cfg);
+    let status = r.wait_exit();
+    assert!(!status.success(), "{status}; log:\n{}", r.log());
+    let state = r.key("state").unwrap_or_default();
+    assert!(
+        state.starts_with("failed: start renderer: "),
+        "{state}; log:\n{}",
+        r.log()
+    );
+    let log = r.log();
+    assert!(
+        log.contains("supervisor: cannot start the renderer"),
+        "{log}"
+    );
+    assert!(!log.contains("worker started"), "{log}");
+}
+
 /// A worker serves only the instance its supervisor resolved (by Xen's
 /// unique id): started for another instance of the domid (same UUID, as
 /// xl keeps it across a reboot), it refuses before creating anything.
