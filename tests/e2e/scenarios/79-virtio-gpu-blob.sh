@@ -24,32 +24,16 @@
 # timeout: 1200
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
-cfg=/etc/xen/gpu-hostmem.yaml
-saved=/tmp/gpu-hostmem.yaml.saved-79b
-[ -e "$cfg" ] && cp "$cfg" "$saved"
-restore() { if [ -e "$saved" ]; then mv "$saved" "$cfg"; else rm -f "$cfg"; fi; hm_cleanup; }
-trap restore EXIT
 renderer=/usr/lib/gpu-hostmem/bin/gpu-hostmem-renderer
-mkdir -p /etc/xen
-printf 'device: virtio-gpu\nvirtio_gpu:\n  renderer: %s\n  test_capset: true\n' "$renderer" >"$cfg"
-check vgb-config "renderer, test capset" sh -c "gpu-hostmem check-config '$cfg' | grep -q 'renderer $renderer as nobody, test capset offered'"
+hm_device_config vgb "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  test_capset: true\n" \
+    "renderer, test capset" "renderer $renderer as nobody, test capset offered"
 
 name=vg-blob
 hold=${VG_BLOB_HOLD:-8}
 hm_install || exit 1
 check vgb-renderer-installed "$renderer" test -x "$renderer"
-t=$(gh_now)
-HM_GUESTS+=("$name")
-if ! HM_DOM=$(hm_guest_create "$name" "virtio-gpu-blob,run,$hold"); then
-    result vgb-create 0 "xl-create-failed"
-    exit 1
-fi
-dom=$HM_DOM
-result vgb-create 1 "domid=$dom,$(gh_since "$t")s"
-xsdir=/local/domain/0/gpu-hostmem/$dom
-HM_IPID=$(xenstore-read "$xsdir/pid" 2>/dev/null || true)
-check vgb-ioreqd-running "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
-wpid=$(hm_worker "$HM_IPID")
+hm_create vgb "$name" "virtio-gpu-blob,run,$hold" || exit 1
+dom=$HM_DOM wpid=$HM_WPID
 check vgb-worker-sandboxed "pid=${wpid:-none}" hm_sandboxed "${wpid:-none}"
 rpid=$(pgrep -P "$HM_IPID" -f 'gpu-hostmem-renderer --socket-fd' | head -n1)
 renderer_unprivileged() {

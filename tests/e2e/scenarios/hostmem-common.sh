@@ -250,6 +250,44 @@ hm_server_view() {
     echo "$regs $lent"
 }
 
+# hm_device_config PREFIX CONTENT WHAT EXPECT: /etc/xen/gpu-hostmem.yaml is
+# CONTENT (printf %b: "\n" is a newline) for this scenario; the file there
+# before comes back at exit (then hm_cleanup runs). RESULT PREFIX-config,
+# value WHAT: `gpu-hostmem check-config` says EXPECT.
+hm_device_config() {
+    HM_CFG=/etc/xen/gpu-hostmem.yaml
+    HM_CFG_SAVED=/tmp/gpu-hostmem.yaml.saved-$1
+    [ -e "$HM_CFG" ] && cp "$HM_CFG" "$HM_CFG_SAVED"
+    trap hm_restore_config EXIT
+    mkdir -p /etc/xen
+    printf '%b' "$2" >"$HM_CFG"
+    check "$1-config" "$3" sh -c "gpu-hostmem check-config '$HM_CFG' | grep -q '$4'"
+}
+
+hm_restore_config() {
+    if [ -e "$HM_CFG_SAVED" ]; then mv "$HM_CFG_SAVED" "$HM_CFG"; else rm -f "$HM_CFG"; fi
+    hm_cleanup
+}
+
+# hm_create PREFIX NAME RUN: xl create -p the guest NAME running RUN, its
+# IOREQ server running (RESULT PREFIX-create, PREFIX-ioreqd-running). Sets
+# HM_DOM, HM_XSDIR (its gpu-hostmem record), HM_IPID (the supervisor) and
+# HM_WPID (the worker). Returns non-zero if the guest was not created.
+hm_create() {
+    local prefix=$1 name=$2 run=$3 t
+    t=$(gh_now)
+    HM_GUESTS+=("$name")
+    if ! HM_DOM=$(hm_guest_create "$name" "$run"); then
+        result "$prefix-create" 0 "xl-create-failed"
+        return 1
+    fi
+    result "$prefix-create" 1 "domid=$HM_DOM,$(gh_since "$t")s"
+    HM_XSDIR=/local/domain/0/gpu-hostmem/$HM_DOM
+    HM_IPID=$(xenstore-read "$HM_XSDIR/pid" 2>/dev/null || true)
+    check "$prefix-ioreqd-running" "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
+    HM_WPID=$(hm_worker "$HM_IPID")
+}
+
 # hm_start NAME RUN REGION...: the common start: install check, xl create -p,
 # ioreqd running, backend registered, xl unpause. Sets HM_DOM, HM_IPID,
 # HM_BPID, HM_BOUT. Returns non-zero (with RESULT lines) on failure.
