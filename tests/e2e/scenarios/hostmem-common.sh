@@ -276,6 +276,9 @@ hm_restore_config() {
 hm_create() {
     local prefix=$1 name=$2 run=$3 t
     t=$(gh_now)
+    # hm_guest_create runs in a subshell here: record the guest for
+    # hm_cleanup in this shell, or a scenario that exits early leaves it
+    # running for the next scenario's gh_clean to trip over.
     HM_GUESTS+=("$name")
     if ! HM_DOM=$(hm_guest_create "$name" "$run"); then
         result "$prefix-create" 0 "xl-create-failed"
@@ -289,24 +292,14 @@ hm_create() {
 }
 
 # hm_start NAME RUN REGION...: the common start: install check, xl create -p,
-# ioreqd running, backend registered, xl unpause. Sets HM_DOM, HM_IPID,
-# HM_BPID, HM_BOUT. Returns non-zero (with RESULT lines) on failure.
+# ioreqd running (hm_create, RESULT names prefixed with NAME), backend
+# registered, xl unpause. Sets what hm_create sets, HM_BPID and HM_BOUT.
+# Returns non-zero (with RESULT lines) on failure.
 hm_start() {
-    local name=$1 run=$2 t
+    local name=$1 run=$2
     shift 2
     hm_install || return 1
-    t=$(gh_now)
-    # hm_guest_create runs in a subshell here: record the guest for
-    # hm_cleanup in this shell, or a scenario that exits early leaves it
-    # running for the next scenario's gh_clean to trip over.
-    HM_GUESTS+=("$name")
-    if ! HM_DOM=$(hm_guest_create "$name" "$run"); then
-        result "$name-create" 0 "xl-create-failed"
-        return 1
-    fi
-    result "$name-create" 1 "domid=$HM_DOM,$(gh_since "$t")s"
-    HM_IPID=$(xenstore-read "/local/domain/0/gpu-hostmem/$HM_DOM/pid" 2>/dev/null || true)
-    check "$name-ioreqd-running" "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
+    hm_create "$name" "$name" "$run" || return 1
     HM_BOUT=/tmp/$name.backend
     if [ $# -gt 0 ]; then
         if ! hm_backend "$HM_DOM" "$HM_BOUT" "$@"; then
