@@ -191,3 +191,32 @@ fn a_backend_that_exits_leaves_nothing_in_status_and_a_new_one_is_served() {
     );
     sim.check_consistency().expect("consistent");
 }
+
+/// The server asks the kernel when the ledger says the limit is reached,
+/// and then learns what was revoked: the faults after that do not ask
+/// again while there is room (before, the ledger kept the revoked pages
+/// and every fault asked).
+#[test]
+fn after_learning_of_revoked_pages_faults_do_not_ask_the_kernel() {
+    let (sim, mut g) = setup(3 * CHUNK);
+    sim.register(&g.ident, 1, 0, 2 * CHUNK, 100)
+        .expect("register");
+    sim.register(&g.ident, 2, MIB, 3 * CHUNK, 100)
+        .expect("register");
+    for off in [0, CHUNK * 4096, MIB] {
+        g.read(&sim, 0, BASE + off, 8);
+    }
+    assert_eq!(sim.lent_pages(&g.ident), 3 * CHUNK, "at the limit");
+    sim.unregister(&g.ident, 1).expect("unregister");
+    let queries = || sim.with_world(|w| w.queries);
+    let before = queries();
+    for chunk in 1..3 {
+        let r = g.read(&sim, 0, BASE + MIB + chunk * CHUNK * 4096, 8);
+        assert!(matches!(r.access, Access::Ram { .. }), "{r:?}");
+    }
+    assert_eq!(sim.lent_pages(&g.ident), 3 * CHUNK);
+    assert_eq!(queries() - before, 1, "one query, at the first fault");
+    let c = *g.server.as_ref().expect("server").counters();
+    assert_eq!(c.evicted_pages, 0, "{c:?}");
+    sim.check_consistency().expect("consistent");
+}
