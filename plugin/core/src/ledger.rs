@@ -1,12 +1,17 @@
 //! The mapping ledger of one guest instance (a server serves one): which
-//! GFN runs were lent from which BAR offsets. It serves status and
-//! revoke-by-range on BAR moves; total teardown never trusts it alone and revokes everything of
-//! the domain (`RevokeRange::All`), so a stale ledger can only make a
-//! revoke do vacuous work, never leave a page lent.
+//! GFN runs were lent from which BAR offsets. It serves status, the
+//! lent-page limit and revoke-by-range on BAR moves. The kernel revokes
+//! pages on its own (invalidation, a backend unregistering or exiting):
+//! the ledger is an upper bound, brought back to the kernel's view by
+//! [`DomainLedger::keep_within`] whenever the server asks the kernel.
+//! Total teardown never trusts it and revokes everything of the domain
+//! (`RevokeRange::All`), so a stale ledger can only make a revoke do
+//! vacuous work, never leave a page lent.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
-use crate::fault_around::PAGE_SHIFT;
+use crate::fault_around::{PAGE_SHIFT, PAGE_SIZE};
 
 /// A run of lent GFNs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +99,26 @@ impl DomainLedger {
         out
     }
 
+    /// Forget every page whose BAR offset lies outside all of `live`
+    /// (byte ranges of the BAR): the kernel says nothing is lent there
+    /// (its registration is gone, or none of it is lent). The kernel
+    /// revokes on unregistration and invalidation without telling the
+    /// server, so this is how the ledger learns of it. Returns the pages
+    /// forgotten.
+    pub fn keep_within(&mut self, live: &[Range<u64>]) -> u64 {
+        let before = self.lent_pages;
+        let runs: Vec<LentRun> = self.runs.values().copied().collect();
+        for r in runs {
+            let bytes = r.bar_offset..r.bar_offset.saturating_add(r.nr_pages << PAGE_SHIFT);
+            for gap in uncovered(bytes, live) {
+                let first_gfn = r.first_gfn + ((gap.start - r.bar_offset) >> PAGE_SHIFT);
+                let nr_pages = (gap.end - gap.start).div_ceil(PAGE_SIZE);
+                self.forget(first_gfn, nr_pages);
+            }
+        }
+        before - self.lent_pages
+    }
+
     /// Forget everything; returns the runs.
     pub fn forget_all(&mut self) -> Vec<LentRun> {
         self.lent_pages = 0;
@@ -110,6 +135,30 @@ impl DomainLedger {
     pub fn runs(&self) -> impl Iterator<Item = &LentRun> {
         self.runs.values()
     }
+}
+
+/// The parts of `r` no range of `by` covers, in order.
+fn uncovered(r: Range<u64>, by: &[Range<u64>]) -> Vec<Range<u64>> {
+    let mut cover: Vec<&Range<u64>> = by
+        .iter()
+        .filter(|b| b.start < r.end && r.start < b.end)
+        .collect();
+    cover.sort_by_key(|b| b.start);
+    let mut out = Vec::new();
+    let mut at = r.start;
+    for b in cover {
+        if b.start > at {
+            out.push(at..b.start);
+        }
+        at = at.max(b.end);
+        if at >= r.end {
+            return out;
+        }
+    }
+    if at < r.end {
+        out.push(at..r.end);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -169,6 +218,38 @@ mod tests {
         l.record(32, 5, 32 << 12, 5);
         assert_eq!(l.lent_pages(), 5 + 6);
         assert!(covers(&l, 40));
+    }
+
+    #[test]
+    fn keep_within_forgets_pages_outside_every_live_range() {
+        // Run A: GFNs 0x100.. from BAR offset 0, 16 pages, all lent; run
+        // B: GFNs 0x200.. from 0x10_0000, 16 pages, 12 lent.
+        let mut l = DomainLedger::default();
+        l.record(0x100, 16, 0, 16);
+        l.record(0x200, 16, 0x10_0000, 12);
+        // Everything still registered (one range covering both, one
+        // covering B exactly): nothing forgotten.
+        let everything = 0..0x20_0000;
+        assert_eq!(l.keep_within(std::slice::from_ref(&everything)), 0);
+        assert_eq!(l.keep_within(&[0x10_0000..0x11_0000, 0..0x1_0000]), 0);
+        assert_eq!(l.lent_pages(), 28);
+        // A's registration shrank to its first 4 pages, B's is gone.
+        let first_four = 0..0x4000;
+        assert_eq!(l.keep_within(std::slice::from_ref(&first_four)), 24);
+        assert_eq!(l.lent_pages(), 4);
+        assert!(covers(&l, 0x103) && !covers(&l, 0x104) && !covers(&l, 0x200));
+        // Holes inside a run: pages 1 and 3 stay.
+        let mut l = DomainLedger::default();
+        l.record(0x100, 4, 0x8000, 4);
+        assert_eq!(l.keep_within(&[0x9000..0xa000, 0xb000..0xc000]), 2);
+        let left: Vec<(u64, u64, u64)> = l
+            .runs()
+            .map(|r| (r.first_gfn, r.nr_pages, r.bar_offset))
+            .collect();
+        assert_eq!(left, [(0x101, 1, 0x9000), (0x103, 1, 0xb000)]);
+        // Nothing registered: nothing lent.
+        assert_eq!(l.keep_within(&[]), 2);
+        assert_eq!((l.lent_pages(), l.runs().count()), (0, 0));
     }
 
     #[test]

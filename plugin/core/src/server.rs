@@ -31,10 +31,10 @@ use crate::limits::{Limits, LogLimit, RateLimiter};
 use crate::model::{FunctionModel, MmioAnswer, ModelChange};
 use crate::pci::{BarChange, PciError, PciFunction, PciIds};
 use crate::platform::{
-    DeviceModel, DomainIdentity, Errno, HostMem, IoServId, IoreqChannel, PlatformError,
-    PlatformResult, RegionInfo, RetryStats, RevokeRange, Wake,
+    DeviceModel, DomainIdentity, Errno, HostMem, HostMemQuery, IoServId, IoreqChannel,
+    PlatformError, PlatformResult, RegionInfo, RetryStats, RevokeRange, Wake,
 };
-use crate::registry::{Registration, Registry};
+use crate::registry::Registry;
 use crate::retry_stats::{RetryNews, RetryWatch};
 use crate::status::{Counters, Status};
 
@@ -1023,21 +1023,21 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         }
         // The registered pages the request touches, as BAR offsets.
         let first = span.start & !(PAGE_SIZE - 1);
-        let mut pages: Vec<(u64, Registration)> = Vec::new();
+        let mut pages: Vec<u64> = Vec::new();
         let mut refreshed = false;
         for page in (first..span.end).step_by(PAGE_SIZE as usize) {
             if !bar.contains(&page) {
                 continue;
             }
             let off = page - bar.start;
-            let mut reg = self.registry.lookup(off).copied();
-            if reg.is_none() && !refreshed {
-                self.refresh_registry();
+            let mut known = self.registry.lookup(off).is_some();
+            if !known && !refreshed {
+                self.sync_with_kernel();
                 refreshed = true;
-                reg = self.registry.lookup(off).copied();
+                known = self.registry.lookup(off).is_some();
             }
-            if let Some(r) = reg {
-                pages.push((off, r));
+            if known {
+                pages.push(off);
             }
         }
         if pages.is_empty() {
@@ -1056,12 +1056,12 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             }
         }
         let mut done: Option<Range<u64>> = None;
-        for (off, reg) in pages {
+        for off in pages {
             let gfn = (bar.start + off) >> PAGE_SHIFT;
             if done.as_ref().is_some_and(|d| d.contains(&gfn)) {
                 continue;
             }
-            match self.ensure_lent(vcpu, req, bar.start, off, reg, &protect) {
+            match self.ensure_lent(vcpu, req, bar.start, off, &protect) {
                 Ok(lent) => done = Some(lent),
                 Err(answer) => return answer,
             }
@@ -1070,22 +1070,28 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         Response::retry(0)
     }
 
-    /// Lend the fault-around chunk of BAR offset `off` (registered in
-    /// `reg`), making room under the lent-page limit by revoking other
-    /// runs if needed. Returns the GFNs now lent around it (from `off`'s
-    /// page on); `Err` carries the answer when lending is impossible.
+    /// Lend the fault-around chunk of BAR offset `off`, making room under
+    /// the lent-page limit by revoking other runs if needed. Returns the
+    /// GFNs now lent around it (from `off`'s page on); `Err` carries the
+    /// answer when lending is impossible.
     fn ensure_lent(
         &mut self,
         vcpu: u32,
         req: &Ioreq,
         bar_start: u64,
         off: u64,
-        reg: Registration,
         protect: &[Range<u64>],
     ) -> Result<Range<u64>, Response> {
         let gfn = (bar_start + off) >> PAGE_SHIFT;
         let chunk_pages = (self.cfg.fault_around >> PAGE_SHIFT).max(1);
         let mut remaining = self.room(chunk_pages);
+        // `room` may have asked the kernel: look the offset up after it, so
+        // that a registration the backend dropped is answered as unbacked
+        // here, before other runs are revoked to make room for a lend that
+        // would lend nothing.
+        let Some(reg) = self.registry.lookup(off).copied() else {
+            return Err(self.unbacked(vcpu, req, Unbacked::Unregistered));
+        };
         if remaining < chunk_pages {
             remaining = self.make_room(chunk_pages, protect);
         }
@@ -1144,7 +1150,7 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             // the last query), and what the kernel lent may not include the
             // faulting page. Ask the kernel; a page no longer registered
             // is unbacked.
-            self.refresh_registry();
+            self.sync_with_kernel();
             if lent == 0 || self.registry.lookup(off).is_none() {
                 return Err(self.unbacked(vcpu, req, Unbacked::Unregistered));
             }
@@ -1156,15 +1162,16 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
     /// ledger (an upper bound) says fewer than `want`.
     fn room(&mut self, want: u64) -> u64 {
         let max = self.cfg.limits.max_lent_pages;
-        let mut remaining = max.saturating_sub(self.ledger.lent_pages());
-        if remaining < want {
-            // The kernel revokes on invalidation without telling us.
-            match self.hm.query(&self.dom) {
-                Ok(q) => remaining = max.saturating_sub(q.lent_pages),
-                Err(e) => self.note_gone(&e),
-            }
+        let remaining = max.saturating_sub(self.ledger.lent_pages());
+        if remaining >= want {
+            return remaining;
         }
-        remaining
+        // The kernel revokes on invalidation and unregistration without
+        // telling us: its count is the truth.
+        match self.sync_with_kernel() {
+            Some(q) => max.saturating_sub(q.lent_pages),
+            None => remaining,
+        }
     }
 
     /// Revoke lent runs outside every range of `protect` (GFNs) until `want` pages fit
@@ -1259,13 +1266,52 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         }
     }
 
-    fn refresh_registry(&mut self) {
+    /// Ask the kernel for the domain's registrations and lent pages, and
+    /// make the server's view follow its answer, which is the truth even
+    /// when empty: the cached registrations become the kernel's, and the
+    /// ledger forgets the pages outside every registration that still has
+    /// pages lent (the kernel revoked them when their backend unregistered
+    /// or exited, or on invalidation, without telling us). Returns the
+    /// kernel's answer; `None` if the query failed (the view is then left
+    /// as it was).
+    ///
+    /// It costs one ioctl, so it is not done per fault: only at status,
+    /// at a fault on an offset the cache does not know, after a lend that
+    /// lent fewer pages than planned, and when the ledger says the
+    /// lent-page limit is reached. A stale view in between is harmless: a
+    /// lend at an offset no longer registered lends nothing and leads
+    /// here, and the ledger only over-counts, which leads here at the
+    /// limit check before anything is revoked to make room.
+    fn sync_with_kernel(&mut self) -> Option<HostMemQuery> {
         match self.hm.query(&self.dom) {
-            Ok(q) => self.registry.replace_from(&q.regions),
+            Ok(q) => {
+                self.adopt(&q);
+                Some(q)
+            }
             Err(e) => {
                 self.note_gone(&e);
                 debug!(dom = %self.dom, error = %e, "registration query failed");
+                None
             }
+        }
+    }
+
+    fn adopt(&mut self, q: &HostMemQuery) {
+        self.registry.replace_from(&q.regions);
+        let forgotten = if q.lent_pages == 0 {
+            self.ledger.forget_all().iter().map(|r| r.lent).sum()
+        } else {
+            let live: Vec<Range<u64>> = q
+                .regions
+                .iter()
+                .filter(|r| r.lent_pages != Some(0))
+                .map(|r| r.offset..r.offset.saturating_add(r.size))
+                .collect();
+            self.ledger.keep_within(&live)
+        };
+        if forgotten > 0 {
+            debug!(dom = %self.dom, forgotten, kernel_lent = q.lent_pages,
+                   "the kernel revoked pages the ledger had: forgotten");
         }
     }
 
@@ -1277,16 +1323,18 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             None => self.poll_xen_retry(Instant::now()).0,
         };
         let mut kernel_lent = None;
-        let mut regs: Vec<RegionInfo> = Vec::new();
+        let mut regs: Option<Vec<RegionInfo>> = None;
         if ask_kernel {
-            if let Ok(q) = self.hm.query(&self.dom) {
+            // The kernel's answer, even empty, is the registrations; the
+            // ledger follows it.
+            if let Some(q) = self.sync_with_kernel() {
                 kernel_lent = Some(q.lent_pages);
-                regs = q.regions;
+                regs = Some(q.regions);
             }
         }
-        if regs.is_empty() {
-            regs = self
-                .registry
+        // Without it, the server's own cache, as last refreshed.
+        let regs = regs.unwrap_or_else(|| {
+            self.registry
                 .iter()
                 .map(|r| RegionInfo {
                     id: r.id,
@@ -1295,8 +1343,8 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
                     lent_pages: None,
                     owner_pid: None,
                 })
-                .collect();
-        }
+                .collect()
+        });
         Status {
             domid: self.dom.domid,
             unique_id: self.dom.unique_id(),

@@ -39,6 +39,7 @@ use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
 use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
@@ -684,17 +685,11 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
                         Some((p, end))
                     }
                     Err(e) => {
-                        error!(%dom, error = %e, "supervisor: cannot start the renderer");
-                        if !attach {
-                            setup_failed(args, &format!("start renderer: {e}"));
-                            return ExitCode::FAILURE;
+                        let quit = |n| give_up(&libs, &xs, &dom, n, &stop);
+                        match start_failed(args, &dom, &mut deaths, attach, "renderer", &e, quit) {
+                            ControlFlow::Break(code) => return code,
+                            ControlFlow::Continue(()) => continue,
                         }
-                        let n = deaths.record(Instant::now());
-                        if n > RESTART_LIMIT {
-                            return give_up(&libs, &xs, &dom, n, &stop);
-                        }
-                        sleep(backoff(n));
-                        continue;
                     }
                 }
             }
@@ -713,18 +708,11 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         let (mut child, sock) = match spawned {
             Ok(c) => c,
             Err(e) => {
-                error!(%dom, error = %e, "supervisor: cannot start the worker");
-                if !attach {
-                    setup_failed(args, &format!("start worker: {e}"));
-                    return ExitCode::FAILURE;
+                let quit = |n| give_up(&libs, &xs, &dom, n, &stop);
+                match start_failed(args, &dom, &mut deaths, attach, "worker", &e, quit) {
+                    ControlFlow::Break(code) => return code,
+                    ControlFlow::Continue(()) => continue,
                 }
-                // Counted as a death below.
-                let n = deaths.record(Instant::now());
-                if n > RESTART_LIMIT {
-                    return give_up(&libs, &xs, &dom, n, &stop);
-                }
-                sleep(backoff(n));
-                continue;
             }
         };
         info!(%dom, worker = child.id(), attach, "supervisor: worker started");
@@ -811,6 +799,33 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         }
         attach = true;
     }
+}
+
+/// The renderer or the worker (`what`) could not be started. During the
+/// first setup libxl's startup fails with the error; for a restart it
+/// counts as a death: past the bound `give_up` is called with the count,
+/// else the loop starts both again after the backoff. Returns the loop's
+/// decision: `Break` with the supervisor's exit code, or `Continue`.
+fn start_failed(
+    args: &Args,
+    dom: &DomainIdentity,
+    deaths: &mut Deaths,
+    attach: bool,
+    what: &str,
+    e: &io::Error,
+    give_up: impl FnOnce(usize) -> ExitCode,
+) -> ControlFlow<ExitCode> {
+    error!(%dom, error = %e, "supervisor: cannot start the {what}");
+    if !attach {
+        setup_failed(args, &format!("start {what}: {e}"));
+        return ControlFlow::Break(ExitCode::FAILURE);
+    }
+    let n = deaths.record(Instant::now());
+    if n > RESTART_LIMIT {
+        return ControlFlow::Break(give_up(n));
+    }
+    sleep(backoff(n));
+    ControlFlow::Continue(())
 }
 
 /// The identity of the worker just started, for teardown: read while it

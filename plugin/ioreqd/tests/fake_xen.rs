@@ -6,6 +6,7 @@
 
 use gpu_hostmem_core::status::Status;
 use gpu_hostmem_host::control;
+use gpu_hostmem_test_support::ExeCopy;
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -365,6 +366,28 @@ fn refuses_another_domain() {
     );
 }
 
+/// A renderer that cannot be started fails the first setup with the
+/// reason, as libxl sees it, and nothing is left running.
+#[test]
+fn a_renderer_that_cannot_start_fails_the_setup() {
+    let cfg = "device: virtio-gpu\nvirtio_gpu:\n  renderer: /nonexistent/gpu-hostmem-renderer\n  test_capset: true\n";
+    let mut r = Run::start_config("renderer-missing", 50, UUID, true, &[], cfg);
+    let status = r.wait_exit();
+    assert!(!status.success(), "{status}; log:\n{}", r.log());
+    let state = r.key("state").unwrap_or_default();
+    assert!(
+        state.starts_with("failed: start renderer: "),
+        "{state}; log:\n{}",
+        r.log()
+    );
+    let log = r.log();
+    assert!(
+        log.contains("supervisor: cannot start the renderer"),
+        "{log}"
+    );
+    assert!(!log.contains("worker started"), "{log}");
+}
+
 /// A worker serves only the instance its supervisor resolved (by Xen's
 /// unique id): started for another instance of the domid (same UUID, as
 /// xl keeps it across a reboot), it refuses before creating anything.
@@ -680,13 +703,9 @@ fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
 }
 
 /// The renderer binary of this workspace, built beside this test's (by
-/// `cargo test --workspace`, as tests/run does), copied into a directory
-/// of its own that every user may enter: the renderer is exec'd as its
-/// unprivileged user, who may not be able to reach the build tree (a
-/// clone under a 0700 directory, as CI's `mktemp -d` makes). Installed,
-/// it lives in /usr/lib/gpu-hostmem/bin.
-fn renderer_exe() -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
+/// `cargo test --workspace`, as tests/run does), copied where its
+/// unprivileged user can run it ([`ExeCopy`]).
+fn renderer_exe() -> ExeCopy {
     let exe = std::env::current_exe().expect("test exe");
     let built = exe
         .parent()
@@ -698,14 +717,7 @@ fn renderer_exe() -> (PathBuf, PathBuf) {
         "{} not built: run cargo test --workspace (or cargo build -p gpu-hostmem-renderer) first",
         built.display()
     );
-    let dir = std::env::temp_dir().join(format!("gh-renderer-test-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir(&dir).expect("renderer dir");
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod dir");
-    let p = dir.join("gpu-hostmem-renderer");
-    fs::copy(&built, &p).expect("copy the renderer");
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod renderer");
-    (p, dir)
+    ExeCopy::new(&built, "gh-renderer-test").expect("copy the renderer")
 }
 
 /// The children of `sup` whose command line contains `what`.
@@ -756,7 +768,8 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool, log: impl Fn() -> String) {
 /// everything stops.
 #[test]
 fn starts_a_renderer_for_each_worker_when_configured() {
-    let (renderer, renderer_dir) = renderer_exe();
+    let copy = renderer_exe();
+    let renderer = copy.path();
     // SAFETY: geteuid/getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let user = if uid == 0 {
@@ -843,5 +856,4 @@ fn starts_a_renderer_for_each_worker_when_configured() {
         !Path::new(&format!("/proc/{ren2}/cmdline")).exists(),
         "renderer gone"
     );
-    let _ = fs::remove_dir_all(renderer_dir);
 }

@@ -69,49 +69,30 @@ fn refuses_root_or_a_missing_privcmd_file_or_socket() {
 /// refusal on, and exits cleanly when the device goes.
 #[test]
 fn serves_under_its_seccomp_filter_until_the_device_goes() {
+    use gpu_hostmem_test_support::{seqpacket_pair, ExeCopy};
     use gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID;
     use gpu_hostmem_virtio_gpu::renderer::{BlobRequest, Renderer, RendererError};
     use gpu_hostmem_virtio_gpu::renderer_proto::SocketRenderer;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixDatagram;
     use std::os::unix::process::CommandExt;
+    use std::path::Path;
     use std::time::{Duration, Instant};
 
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two new fds into `fds`.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0);
-    // SAFETY: both fds are new and owned by nobody else.
-    let (dev, ren) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (dev, ren) = seqpacket_pair().expect("socketpair");
     let privcmd = std::fs::File::create(
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("renderer-privcmd-{}", std::process::id())),
     )
     .expect("stand-in privcmd");
     let (s, p) = (ren.as_raw_fd(), privcmd.as_raw_fd());
-    // As root the binary runs as nobody, who may not be able to reach
-    // the build tree (a clone under a 0700 directory, as CI's mktemp -d
-    // makes): run a copy from a directory of its own every user may
-    // enter, as an installation has it in /usr/lib/gpu-hostmem/bin.
-    let dir = std::env::temp_dir().join(format!("gh-renderer-bin-{}", std::process::id()));
-    let exe = {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).expect("renderer dir");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let exe = dir.join("gpu-hostmem-renderer");
-        std::fs::copy(env!("CARGO_BIN_EXE_gpu-hostmem-renderer"), &exe).expect("copy");
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        exe
-    };
-    let mut cmd = Command::new(&exe);
+    // As root the binary runs as nobody: run a copy it can reach.
+    let exe = ExeCopy::new(
+        Path::new(env!("CARGO_BIN_EXE_gpu-hostmem-renderer")),
+        "gh-renderer-bin",
+    )
+    .expect("copy the renderer");
+    let mut cmd = Command::new(exe.path());
     cmd.args(["--socket-fd", "3"])
         .env_clear()
         .env("GPU_HOSTMEM_DOMID", "5")
@@ -181,5 +162,4 @@ fn serves_under_its_seccomp_filter_until_the_device_goes() {
     );
     assert!(err.contains("blob created"), "{err}");
     assert!(err.contains("the device closed the connection"), "{err}");
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -5,7 +5,6 @@
 //! are freed, and a disconnect or a broken message leaves nothing
 //! registered.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -79,19 +78,7 @@ impl Registrar for FakeRegistrar {
 }
 
 fn seqpacket_pair() -> (UnixDatagram, UnixDatagram) {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two new fds into `fds`.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds are new and owned by nobody else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (a, b) = gpu_hostmem_test_support::seqpacket_pair().expect("socketpair");
     (UnixDatagram::from(a), UnixDatagram::from(b))
 }
 

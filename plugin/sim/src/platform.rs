@@ -476,6 +476,7 @@ impl HostMem for SimHostMem {
 
     fn query(&self, dom: &DomainIdentity) -> PlatformResult<HostMemQuery> {
         const OP: &str = "IOCTL_PRIVCMD_HOSTMEM_QUERY";
+        self.world.borrow_mut().queries += 1;
         let w = self.world.borrow();
         let d = w.domain(dom, OP)?;
         let regions = d

@@ -212,6 +212,9 @@ pub struct World {
     /// Frames released by their backend while still referenced (leaks or
     /// use-after-free candidates).
     pub orphaned: BTreeSet<FrameId>,
+    /// `IOCTL_PRIVCMD_HOSTMEM_QUERY` calls made, to check that a server
+    /// does not ask per fault.
+    pub queries: u64,
 }
 
 impl World {

@@ -3,7 +3,8 @@
 # guest loops over the 4 MiB region (all lent after the first round). When
 # the backend dies, its address space goes: the kernel revokes every page and
 # drops its registrations. The guest keeps running (the BAR now reads
-# all-ones through the IOREQ server) and the domain destroys cleanly.
+# all-ones through the IOREQ server), whose status lists no registration
+# and nothing lent (ledger = kernel = 0), and the domain destroys cleanly.
 # timeout: 420
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
@@ -29,6 +30,11 @@ sleep 6
 n1=$(tr -d '\r' <"$GH_CONSOLE_DIR/guest-$name.log" | grep -c '^guest: loop round' || true)
 u1=$(hm_counter "$HM_DOM" unbacked_reads)
 check "$name-guest-continues" "progress=$n0->$n1,unbacked_reads=$u0->$u1" [ "$u1" -gt "$u0" ]
-gpu-hostmem status "$HM_DOM" 2>&1 | sed 's/^/[status] /'
+st=$(gpu-hostmem status "$HM_DOM" 2>&1)
+printf '%s\n' "$st" | sed 's/^/[status] /'
+# The IOREQ server's own view follows the kernel's: it lists no
+# registration and its ledger forgot the 1024 revoked pages.
+view=$(hm_server_view "$st")
+check "$name-server-view" "registrations ledger kernel: $view" [ "$view" = "0 0 0" ]
 hm_destroy_clean "$name"
 exit "$GH_FAILED"

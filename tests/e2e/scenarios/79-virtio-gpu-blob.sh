@@ -16,39 +16,24 @@
 #     registration at the blob's offset (owner: the renderer), faults and
 #     lends, and the model line one context and one mapped blob;
 #   - closing the handle (UNMAP_BLOB + UNREF) unregisters it: nothing is
-#     registered or lent any more, and the renderer logs the 16 pages the
-#     guest stamped;
+#     registered or lent any more, in the kernel's view and in the IOREQ
+#     server's (no registration listed, ledger = kernel = 0), and the
+#     renderer logs the 16 pages the guest stamped;
 #   - no error answer in the guest's log, no refused system call;
 #     xl destroy: nothing left, the renderer gone.
 # timeout: 1200
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
-cfg=/etc/xen/gpu-hostmem.yaml
-saved=/tmp/gpu-hostmem.yaml.saved-79b
-[ -e "$cfg" ] && cp "$cfg" "$saved"
-restore() { if [ -e "$saved" ]; then mv "$saved" "$cfg"; else rm -f "$cfg"; fi; hm_cleanup; }
-trap restore EXIT
 renderer=/usr/lib/gpu-hostmem/bin/gpu-hostmem-renderer
-mkdir -p /etc/xen
-printf 'device: virtio-gpu\nvirtio_gpu:\n  renderer: %s\n  test_capset: true\n' "$renderer" >"$cfg"
-check vgb-config "renderer, test capset" sh -c "gpu-hostmem check-config '$cfg' | grep -q 'renderer $renderer as nobody, test capset offered'"
+hm_device_config vgb "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  test_capset: true\n" \
+    "renderer, test capset" "renderer $renderer as nobody, test capset offered"
 
 name=vg-blob
 hold=${VG_BLOB_HOLD:-8}
 hm_install || exit 1
 check vgb-renderer-installed "$renderer" test -x "$renderer"
-t=$(gh_now)
-HM_GUESTS+=("$name")
-if ! HM_DOM=$(hm_guest_create "$name" "virtio-gpu-blob,run,$hold"); then
-    result vgb-create 0 "xl-create-failed"
-    exit 1
-fi
-dom=$HM_DOM
-result vgb-create 1 "domid=$dom,$(gh_since "$t")s"
-xsdir=/local/domain/0/gpu-hostmem/$dom
-HM_IPID=$(xenstore-read "$xsdir/pid" 2>/dev/null || true)
-check vgb-ioreqd-running "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
-wpid=$(hm_worker "$HM_IPID")
+hm_create vgb "$name" "virtio-gpu-blob,run,$hold" || exit 1
+dom=$HM_DOM wpid=$HM_WPID
 check vgb-worker-sandboxed "pid=${wpid:-none}" hm_sandboxed "${wpid:-none}"
 rpid=$(pgrep -P "$HM_IPID" -f 'gpu-hostmem-renderer --socket-fd' | head -n1)
 renderer_unprivileged() {
@@ -88,11 +73,17 @@ fi
 if hm_wait_marker "$name" '^GH-VG-BLOB-UNREF' 120; then
     sleep 1
     echo "---- gpu-hostmem status $dom (blob unreferenced)"
-    gpu-hostmem status "$dom" 2>&1 | sed 's/^/[status unref] /'
-    model=$(gpu-hostmem status "$dom" 2>/dev/null | sed -n 's/^ *model *//p' | head -n1)
+    st=$(gpu-hostmem status "$dom" 2>&1)
+    printf '%s\n' "$st" | sed 's/^/[status unref] /'
+    model=$(printf '%s\n' "$st" | sed -n 's/^ *model *//p' | head -n1)
     regs=$(hm_kernel_regions "$dom")
     lent=$(hm_kernel_lent "$dom")
     check vgb-unregistered "regions=${regs:-none},lent=${lent:-none}" [ "${regs:-1}" = 0 -a "${lent:-1}" = 0 ]
+    # The IOREQ server's own view, in the same reply: it asked the kernel
+    # for it, so it lists no registration and its ledger agrees with the
+    # kernel (before, it kept the blob's registration and 16 ledger pages).
+    view=$(hm_server_view "$st")
+    check vgb-server-unregistered "registrations ledger kernel: $view" [ "$view" = "0 0 0" ]
     check vgb-model-unref "$model" sh -c "printf '%s' '$model' | grep -q 'blobs 0 (0 bytes), mapped 0 (0 bytes), renderer errors 0'"
 else
     result vgb-guest-unref 0 "no GH-VG-BLOB-UNREF"

@@ -22,29 +22,12 @@
 # timeout: 1500
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
-cfg=/etc/xen/gpu-hostmem.yaml
-saved=/tmp/gpu-hostmem.yaml.saved-79
-[ -e "$cfg" ] && cp "$cfg" "$saved"
-restore() { if [ -e "$saved" ]; then mv "$saved" "$cfg"; else rm -f "$cfg"; fi; hm_cleanup; }
-trap restore EXIT
-mkdir -p /etc/xen
-printf 'device: virtio-gpu\n' >"$cfg"
-check vg-config "device: virtio-gpu" sh -c "gpu-hostmem check-config '$cfg' | grep -q 'device virtio-gpu'"
+hm_device_config vg 'device: virtio-gpu\n' "device: virtio-gpu" 'device virtio-gpu'
 
 name=vg-probe
 hm_install || exit 1
-t=$(gh_now)
-HM_GUESTS+=("$name")
-if ! HM_DOM=$(hm_guest_create "$name" "virtio-gpu-guest,probe,${VG_RESTART_WAIT:-20}"); then
-    result vg-create 0 "xl-create-failed"
-    exit 1
-fi
-dom=$HM_DOM
-result vg-create 1 "domid=$dom,$(gh_since "$t")s"
-xsdir=/local/domain/0/gpu-hostmem/$dom
-HM_IPID=$(xenstore-read "$xsdir/pid" 2>/dev/null || true)
-check vg-ioreqd-running "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
-wpid=$(hm_worker "$HM_IPID")
+hm_create vg "$name" "virtio-gpu-guest,probe,${VG_RESTART_WAIT:-20}" || exit 1
+dom=$HM_DOM xsdir=$HM_XSDIR wpid=$HM_WPID
 check vg-worker-sandboxed "pid=${wpid:-none}" hm_sandboxed_ids "${wpid:-none}"
 
 xl unpause "$name"

@@ -239,25 +239,67 @@ hm_kernel_regions() {
     gpu-hostmem status "$1" 2>/dev/null | awk '/^kernel/ { s = 1 } s && /^  registrations/ { print $2; exit }'
 }
 
-# hm_start NAME RUN REGION...: the common start: install check, xl create -p,
-# ioreqd running, backend registered, xl unpause. Sets HM_DOM, HM_IPID,
-# HM_BPID, HM_BOUT. Returns non-zero (with RESULT lines) on failure.
-hm_start() {
-    local name=$1 run=$2 t
-    shift 2
-    hm_install || return 1
+# hm_server_view STATUS_TEXT: "REGISTRATIONS LEDGER KERNEL" as the IOREQ
+# server reports them in one `gpu-hostmem status DOMID` text: the
+# registrations it lists and its "lent pages L (ledger), K (kernel)" line
+# (it asks the kernel for both). Empty fields if the server did not answer.
+hm_server_view() {
+    local regs lent
+    regs=$(printf '%s\n' "$1" | awk '/^IOREQ server:/ { s = 1 } /^kernel/ { s = 0 } s && /^  registrations/ { print $2; exit }')
+    lent=$(printf '%s\n' "$1" | sed -n 's/^  lent pages  \([0-9]*\) (ledger), \([0-9]*\) (kernel)$/\1 \2/p' | head -n1)
+    echo "$regs $lent"
+}
+
+# hm_device_config PREFIX CONTENT WHAT EXPECT: /etc/xen/gpu-hostmem.yaml is
+# CONTENT (printf %b: "\n" is a newline) for this scenario; the file there
+# before comes back at exit (then hm_cleanup runs). RESULT PREFIX-config,
+# value WHAT: `gpu-hostmem check-config` says EXPECT.
+hm_device_config() {
+    HM_CFG=/etc/xen/gpu-hostmem.yaml
+    HM_CFG_SAVED=/tmp/gpu-hostmem.yaml.saved-$1
+    [ -e "$HM_CFG" ] && cp "$HM_CFG" "$HM_CFG_SAVED"
+    trap hm_restore_config EXIT
+    mkdir -p /etc/xen
+    printf '%b' "$2" >"$HM_CFG"
+    check "$1-config" "$3" sh -c "gpu-hostmem check-config '$HM_CFG' | grep -q '$4'"
+}
+
+hm_restore_config() {
+    if [ -e "$HM_CFG_SAVED" ]; then mv "$HM_CFG_SAVED" "$HM_CFG"; else rm -f "$HM_CFG"; fi
+    hm_cleanup
+}
+
+# hm_create PREFIX NAME RUN: xl create -p the guest NAME running RUN, its
+# IOREQ server running (RESULT PREFIX-create, PREFIX-ioreqd-running). Sets
+# HM_DOM, HM_XSDIR (its gpu-hostmem record), HM_IPID (the supervisor) and
+# HM_WPID (the worker). Returns non-zero if the guest was not created.
+hm_create() {
+    local prefix=$1 name=$2 run=$3 t
     t=$(gh_now)
     # hm_guest_create runs in a subshell here: record the guest for
     # hm_cleanup in this shell, or a scenario that exits early leaves it
     # running for the next scenario's gh_clean to trip over.
     HM_GUESTS+=("$name")
     if ! HM_DOM=$(hm_guest_create "$name" "$run"); then
-        result "$name-create" 0 "xl-create-failed"
+        result "$prefix-create" 0 "xl-create-failed"
         return 1
     fi
-    result "$name-create" 1 "domid=$HM_DOM,$(gh_since "$t")s"
-    HM_IPID=$(xenstore-read "/local/domain/0/gpu-hostmem/$HM_DOM/pid" 2>/dev/null || true)
-    check "$name-ioreqd-running" "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
+    result "$prefix-create" 1 "domid=$HM_DOM,$(gh_since "$t")s"
+    HM_XSDIR=/local/domain/0/gpu-hostmem/$HM_DOM
+    HM_IPID=$(xenstore-read "$HM_XSDIR/pid" 2>/dev/null || true)
+    check "$prefix-ioreqd-running" "pid=$HM_IPID" test -n "$HM_IPID" -a -d "/proc/$HM_IPID"
+    HM_WPID=$(hm_worker "$HM_IPID")
+}
+
+# hm_start NAME RUN REGION...: the common start: install check, xl create -p,
+# ioreqd running (hm_create, RESULT names prefixed with NAME), backend
+# registered, xl unpause. Sets what hm_create sets, HM_BPID and HM_BOUT.
+# Returns non-zero (with RESULT lines) on failure.
+hm_start() {
+    local name=$1 run=$2
+    shift 2
+    hm_install || return 1
+    hm_create "$name" "$name" "$run" || return 1
     HM_BOUT=/tmp/$name.backend
     if [ $# -gt 0 ]; then
         if ! hm_backend "$HM_DOM" "$HM_BOUT" "$@"; then

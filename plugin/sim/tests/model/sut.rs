@@ -95,7 +95,8 @@ impl Sut {
 
     pub fn apply(&mut self, op: &Op, gpa_base: u64) -> Observation {
         let armed_before = self.armed_count();
-        let obs = self.apply_inner(op, gpa_base);
+        let mut obs = self.apply_inner(op, gpa_base);
+        self.check_ledgers(&mut obs);
         if !matches!(op, Op::Fault(_)) {
             // A fault applies to the operation right after it, or never.
             let consumed = self.armed_count() < armed_before;
@@ -107,6 +108,27 @@ impl Sut {
             self.sim.disarm_all();
         }
         obs
+    }
+
+    /// Every running server's ledger is an upper bound of what the
+    /// kernel has lent to its guest: it forgets pages only when the
+    /// kernel says they are no longer lent, never one that still is. (A
+    /// domain that died in the middle of a lend is not held to it: its
+    /// teardown revokes everything, whatever the ledger says.)
+    fn check_ledgers(&self, obs: &mut Observation) {
+        for g in self.guests.values() {
+            let Some(s) = g.server.as_ref() else { continue };
+            if self.is_dying_ident(&g.ident) {
+                continue;
+            }
+            let (ledger, kernel) = (s.ledger().lent_pages(), self.sim.lent_pages(&g.ident));
+            if ledger < kernel {
+                obs.violations.push(format!(
+                    "ledger of {} counts {ledger} lent pages, the kernel {kernel}",
+                    g.ident
+                ));
+            }
+        }
     }
 
     fn armed_count(&self) -> usize {
