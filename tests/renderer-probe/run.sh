@@ -31,7 +31,7 @@ if [ ! -e "$S/root.done" ]; then
     touch "$S/root.done"
 fi
 mkdir -p "$W"
-cp "$HERE"/venus-hostvis.c "$HERE"/blob-shim.c "$HERE"/inspect.sh "$W"/
+cp "$HERE"/venus-hostvis.c "$HERE"/blob-shim.c "$HERE"/client-shim.c "$HERE"/inspect.sh "$W"/
 
 # inroot TIMEOUT CMD: run CMD (a shell string) in the root, /mnt = $W.
 inroot() {
@@ -63,7 +63,8 @@ echo "== versions"
 inroot 60 "dpkg-query -W libvirglrenderer1 virgl-server mesa-vulkan-drivers libvulkan1"
 echo "== build"
 inroot 120 "cd /mnt && cc -O2 -Wall -Wextra -o venus-hostvis venus-hostvis.c -lvulkan &&
-    cc -O2 -Wall -Wextra -shared -fPIC -o blob-shim.so blob-shim.c \$(pkg-config --cflags virglrenderer) -ldl"
+    cc -O2 -Wall -Wextra -shared -fPIC -o blob-shim.so blob-shim.c \$(pkg-config --cflags virglrenderer) -ldl &&
+    cc -O2 -Wall -Wextra -shared -fPIC -o client-shim.so client-shim.c -ldl"
 
 echo "== 1. lavapipe directly (control)"
 inroot 120 ". /mnt/env.sh; VK_ICD_FILENAMES=\$LVP /mnt/venus-hostvis 4" || true
@@ -81,4 +82,9 @@ inroot 180 ". /mnt/env.sh; start_server LD_PRELOAD=/mnt/blob-shim.so BLOB_SHIM_O
     (sleep 12; echo) | client VN_PERF=no_fence_feedback,no_semaphore_feedback,no_event_feedback,no_query_feedback \
         PROBE_PAUSE=1 timeout 60 stdbuf -oL /mnt/venus-hostvis 4 >/mnt/client.log 2>&1 &
     sleep 8; sh /mnt/inspect.sh; wait \$!; echo client exit \$?; cat /mnt/client.log
+    grep '^\[blob-shim\] \(create\|export\)\|offset\|passing' /mnt/server.log" || true
+
+echo "== 5. as 4 with venus's feedback on, the client mapping lavapipe's memfds one page in (client-shim)"
+inroot 180 ". /mnt/env.sh; start_server LD_PRELOAD=/mnt/blob-shim.so BLOB_SHIM_OPAQUE_AS_SHM=1
+    client LD_PRELOAD=/mnt/client-shim.so timeout 60 stdbuf -oL /mnt/venus-hostvis 64; echo client exit \$?
     grep '^\[blob-shim\] \(create\|export\)\|offset\|passing' /mnt/server.log" || true
