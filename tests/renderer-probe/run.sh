@@ -88,3 +88,24 @@ echo "== 5. as 4 with venus's feedback on, the client mapping lavapipe's memfds 
 inroot 180 ". /mnt/env.sh; start_server LD_PRELOAD=/mnt/blob-shim.so BLOB_SHIM_OPAQUE_AS_SHM=1
     client LD_PRELOAD=/mnt/client-shim.so timeout 60 stdbuf -oL /mnt/venus-hostvis 64; echo client exit \$?
     grep '^\[blob-shim\] \(create\|export\)\|offset\|passing' /mnt/server.log" || true
+
+echo "== 6. as 5 under strace -ff: what the library's process (the vtest server's per-client child) does"
+rm -rf "$W/st"
+inroot 180 ". /mnt/env.sh; mkdir -p /mnt/st
+    env VK_ICD_FILENAMES=\$LVP LD_PRELOAD=/mnt/blob-shim.so BLOB_SHIM_OPAQUE_AS_SHM=1 strace -ff -qq -o /mnt/st/t \
+        virgl_test_server --venus --no-virgl --socket-path \$VTEST_SOCKET_NAME --multi-clients >/mnt/server.log 2>&1 &
+    sleep 2; client LD_PRELOAD=/mnt/client-shim.so timeout 90 /mnt/venus-hostvis 4 2>/dev/null | tail -n 1" || true
+# The listener's trace names the per-client child it forked; that child's
+# threads are the ones it cloned.  (The shim adds its own /proc reads,
+# pread, fstatfs and process_vm_readv/writev.)
+lst=$(grep -l 'execve("/usr/bin/virgl_test_server"' "$W"/st/t.* | head -n1)
+child=$(grep -oE '^clone3?\(.*= [0-9]+' "$lst" | grep -oE '[0-9]+$' | head -n1)
+files=("$W/st/t.$child")
+for t in $(grep -E '^clone3?\(' "$W/st/t.$child" | grep CLONE_THREAD | grep -oE '= [0-9]+$' | grep -oE '[0-9]+'); do
+    files+=("$W/st/t.$t")
+done
+echo "process $child, ${#files[@]} tasks; syscalls (count):"
+cat "${files[@]}" | grep -oE '^[a-z_0-9]+\(' | tr -d '(' | sort | uniq -c | sort -rn | awk '{printf "%s %s, ", $2, $1} END {print ""}'
+echo "files it opened (beyond /proc/self and libraries):"
+cat "${files[@]}" | grep -E '^(openat|mkdir|newfstatat|access)\(' | grep -oE '"/[^"]*"' |
+    grep -vE '^"/(proc/self|lib|usr/lib|etc/ld\.so)' | sort -u
