@@ -23,7 +23,8 @@
 # long-lived mappings (vcpu_info, runstate/time areas, FIFO event channel
 # pages) on a page dom0 lent it: refused (-EPERM), accepted on its own RAM;
 # a third one (also an agent), made privileged over the driver domain,
-# trying to foreign-map the page the driver domain lent; the lender
+# trying to foreign-map the page the driver domain lent, and mapping a
+# page of it before it is lent, then unmapping it while lent; the lender
 # removing its lent page from its own physmap before revoking; the
 # receiver removing a lent GFN itself; and revocation while the receiver is
 # being destroyed.  The main guest also gets a per-domain lend limit
