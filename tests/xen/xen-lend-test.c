@@ -39,7 +39,9 @@
  *       page D lent: p2m_add_foreign() refuses lent pages; C must be an
  *       agent too), lend-foreign-mapped (C maps a page of D, D lends it
  *       to P, C unmaps it, D revokes: the lent entry goes, P's count of
- *       lent pages is right), guest-removes-lent (D tries to remove a GFN dom0 lent
+ *       lent pages is right), lend-foreign-mapped-teardown (the same, C's
+ *       mapping going with C: "xl destroy C"; C is gone afterwards),
+ *       guest-removes-lent (D tries to remove a GFN dom0 lent
  *       it: -ENOENT, the entry stays until dom0 revokes it, then the page
  *       is freed with no reference left) and
  *       revoke-lender-moved (D removes its lent page from its own physmap,
@@ -101,6 +103,8 @@
  *   lend-foreign-mapped  (driver mode) a page another domain foreign-maps
  *                    is lent; that mapping goes first: the lent entry and
  *                    its accounting stay, revocation removes it
+ *   lend-foreign-mapped-teardown  (driver mode) the same, the mapping
+ *                    going with its domain's destruction
  *   retry-not-repeated  the first half of a straddling read emulated by
  *                    the server, RETRY for the second: the second half is
  *                    completed from memory, the first is never sent again
@@ -1569,14 +1573,14 @@ static void foreign_map_lent_test(uint16_t p, uint16_t d, uint16_t c,
  * accounting alone, so that D's revocation removes it (P reads the hole
  * again) and P's count of lent pages is back to 0 (with P's limit set to
  * one page, D can lend the page to P again).  With lending tracked per
- * page (PGC_lent) instead of per entry, removing C's entry took the lent
- * entry's bookkeeping (nr_lent of C's p2m underflows: an ASSERT in a debug
- * build), the revocation skipped the real entry and reported success, and
- * P kept the page.  A PV owner's (dom0's) page can only be foreign-mapped
- * by a translated control domain, which the test bed has not; D's page is
- * the same case for Xen once the lend is allowed (before per-entry
- * tracking Xen refused to lend a translated owner's page which something
- * maps: -EBUSY).
+ * page (PGC_lent) instead of per entry (xen-patches 0001-0017), Xen refused
+ * to lend a translated owner's page which something maps (-EBUSY); without
+ * that rule, C could not unmap (XENMEM_remove_from_physmap: -ENOENT, as
+ * get_page_from_gfn() refused every foreign entry of a lent page), and
+ * C's entry going with C took the lent entry's accounting
+ * (lend-foreign-mapped-teardown).  A PV owner's (dom0's) page can only be
+ * foreign-mapped by a translated control domain, which the test bed has
+ * not; D's page is the same case for Xen once the lend is allowed.
  */
 static void lend_foreign_mapped_test(uint16_t p, uint16_t d, uint16_t c,
                                      volatile uint32_t *probe)
@@ -1634,6 +1638,85 @@ static void lend_foreign_mapped_test(uint16_t p, uint16_t d, uint16_t c,
            "lend-again:rc=%d,probe-read=%#x,revoke:rc=%d,probe-read=%#x",
            rcm, errm, rcl, r1, rcu, r2, rcr, r3, rclim, rcl2, r4, rcr2, r5);
     X.fm_unmap(fm, (void *)cag, 1);
+}
+
+/*
+ * lend-foreign-mapped-teardown: as lend-foreign-mapped, but C's mapping
+ * goes with C: C maps a page of D's RAM, D lends that page to P, C is
+ * destroyed (relinquish_p2m_mapping() removes C's foreign entry), then D
+ * revokes: P must read the hole again and P's count of lent pages must be
+ * 0.  Teardown is the one way a mapping of a lent page went on a Xen that
+ * tracked lending per page (PGC_lent): XENMEM_remove_from_physmap found
+ * no page there (get_page_from_gfn() refused every foreign entry of a lent
+ * page), so lend-foreign-mapped's unmap failed with -ENOENT and left the
+ * accounting alone; teardown took it for the lent entry's.  C is gone
+ * afterwards: this is the last check that uses it.
+ */
+static void lend_foreign_mapped_teardown_test(uint16_t p, uint16_t d,
+                                              uint16_t c,
+                                              volatile uint32_t *probe)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    const uint32_t pat = AGENT_PATTERN ^ 0xa5a5;
+    const uint64_t x = AGENT_LEND_GFN + 3;
+    volatile uint32_t *cag = map_page_of(c, GUEST_BASE >> 12,
+                                         PROT_READ | PROT_WRITE);
+    volatile uint32_t *m = map_page_of(d, x, PROT_READ | PROT_WRITE);
+    int rcm = 1, errm = 1, rcl, rcd = -1, rcr = 1, rclim = 1, rcl2 = 1;
+    int rcr2 = 1;
+    uint32_t done, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0;
+    bool gone = false;
+    char cmd[64];
+
+    if ( !cag || !m )
+    {
+        result("lend-foreign-mapped-teardown", false, "cannot-map-agents");
+        return;
+    }
+    m[0] = pat;
+    X.fm_unmap(fm, (void *)m, 1);
+    rcm = agent_map_foreign(cag, d, x, SPARE_GFN + 2, &errm);
+    X.fm_unmap(fm, (void *)cag, 1);      /* nothing of C's left mapped */
+
+    rcl = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
+    if ( rcl == 0 )
+        r1 = probe_read(probe, pat);
+
+    snprintf(cmd, sizeof(cmd), "xl destroy %u", c);
+    rcd = system(cmd);
+    gone = dom_pages(c, false) < 0;
+
+    if ( rcl == 0 )
+    {
+        r2 = probe_read(probe, pat);     /* still lent */
+        rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
+        r3 = probe_read(probe, 0xffffffffU);
+    }
+
+    /* P's count of lent pages: 0 again, so a limit of 1 admits a lend. */
+    rclim = set_lend_limit(p, 1);
+    if ( rclim == 0 && rcr == 0 && r3 == 0xffffffffU )
+    {
+        rcl2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
+        if ( rcl2 == 0 )
+        {
+            r4 = probe_read(probe, pat);
+            rcr2 = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
+            r5 = probe_read(probe, 0xffffffffU);
+        }
+    }
+    set_lend_limit(p, 0);                /* back to the host-wide cap */
+
+    result("lend-foreign-mapped-teardown",
+           rcm == 0 && errm == 0 && rcl == 0 && r1 == pat && rcd == 0 &&
+           gone && r2 == pat && rcr == 0 && r3 == 0xffffffffU &&
+           rclim == 0 && rcl2 == 0 && r4 == pat && rcr2 == 0 &&
+           r5 == 0xffffffffU,
+           "map:rc=%d,err=%d,lend:rc=%d,probe-read=%#x,destroy-mapper=%d,"
+           "gone=%d,probe-read=%#x,revoke:rc=%d,probe-read=%#x,"
+           "limit-1:rc=%d,lend-again:rc=%d,probe-read=%#x,revoke:rc=%d,"
+           "probe-read=%#x", rcm, errm, rcl, r1, rcd, gone, r2, rcr, r3,
+           rclim, rcl2, r4, rcr2, r5);
 }
 
 /*
@@ -1847,6 +1930,7 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
     lend_foreign_mapped_test(p, d, c, probe);
     guest_removes_lent_test(p, d, probe);
     lender_moved_test(p, probe);
+    lend_foreign_mapped_teardown_test(p, d, c, probe);   /* destroys C */
 
     return failures ? 1 : 0;
 }
