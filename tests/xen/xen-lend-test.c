@@ -37,7 +37,11 @@
  *       again 3000 times: no write lands after a revoke returned
  *       then foreign-map-lent (C, made privileged over D, cannot map the
  *       page D lent: p2m_add_foreign() refuses lent pages; C must be an
- *       agent too), guest-removes-lent (D tries to remove a GFN dom0 lent
+ *       agent too), lend-foreign-mapped (C maps a page of D, D lends it
+ *       to P, C unmaps it, D revokes: the lent entry goes, P's count of
+ *       lent pages is right), lend-foreign-mapped-teardown (the same, C's
+ *       mapping going with C: "xl destroy C"; C is gone afterwards),
+ *       guest-removes-lent (D tries to remove a GFN dom0 lent
  *       it: -ENOENT, the entry stays until dom0 revokes it, then the page
  *       is freed with no reference left) and
  *       revoke-lender-moved (D removes its lent page from its own physmap,
@@ -96,6 +100,11 @@
  *   lend-domain-limit  XEN_DMOP_set_lend_limit 16: lending 24 stops with
  *                    -ENOSPC after 16; above the host-wide cap: -EINVAL
  *   lend-limit-not-control  (driver mode) a device model may not set it
+ *   lend-foreign-mapped  (driver mode) a page another domain foreign-maps
+ *                    is lent; that mapping goes first: the lent entry and
+ *                    its accounting stay, revocation removes it
+ *   lend-foreign-mapped-teardown  (driver mode) the same, the mapping
+ *                    going with its domain's destruction
  *   retry-not-repeated  the first half of a straddling read emulated by
  *                    the server, RETRY for the second: the second half is
  *                    completed from memory, the first is never sent again
@@ -1557,6 +1566,182 @@ static void foreign_map_lent_test(uint16_t p, uint16_t d, uint16_t c,
 }
 
 /*
+ * lend-foreign-mapped: C (privileged over D since foreign-map-lent) maps a
+ * page of D's RAM with XENMEM_add_to_physmap_batch *before* D lends it to
+ * P, then unmaps it while it is lent.  Xen must tell the two foreign
+ * entries of the page apart: C's going must leave the lent entry and its
+ * accounting alone, so that D's revocation removes it (P reads the hole
+ * again) and P's count of lent pages is back to 0 (with P's limit set to
+ * one page, D can lend the page to P again).  With lending tracked per
+ * page (PGC_lent) instead of per entry (xen-patches 0001-0017), Xen refused
+ * to lend a translated owner's page which something maps (-EBUSY); without
+ * that rule, C could not unmap (XENMEM_remove_from_physmap: -ENOENT, as
+ * get_page_from_gfn() refused every foreign entry of a lent page), and
+ * C's entry going with C took the lent entry's accounting
+ * (lend-foreign-mapped-teardown).  A PV owner's (dom0's) page can only be
+ * foreign-mapped by a translated control domain, which the test bed has
+ * not; D's page is the same case for Xen once the lend is allowed.
+ */
+static void lend_foreign_mapped_test(uint16_t p, uint16_t d, uint16_t c,
+                                     volatile uint32_t *probe)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    const uint32_t pat = AGENT_PATTERN ^ 0x5a5a;
+    const uint64_t x = AGENT_LEND_GFN + 2;
+    volatile uint32_t *cag = map_page_of(c, GUEST_BASE >> 12,
+                                         PROT_READ | PROT_WRITE);
+    volatile uint32_t *m = map_page_of(d, x, PROT_READ | PROT_WRITE);
+    int rcm, errm, rcl, rcu = 1, rcr = 1, rclim = 1, rcl2 = 1, rcr2 = 1;
+    uint32_t done, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0;
+
+    if ( !cag || !m )
+    {
+        result("lend-foreign-mapped", false, "cannot-map-agents");
+        return;
+    }
+    m[0] = pat;
+    X.fm_unmap(fm, (void *)m, 1);
+
+    rcm = agent_map_foreign(cag, d, x, SPARE_GFN + 1, &errm);
+    rcl = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
+    if ( rcl == 0 )
+        r1 = probe_read(probe, pat);
+    if ( rcm == 0 && errm == 0 )
+        rcu = agent_remove_from_physmap(cag, SPARE_GFN + 1);
+    if ( rcl == 0 )
+    {
+        r2 = probe_read(probe, pat);     /* still lent */
+        rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
+        r3 = probe_read(probe, 0xffffffffU);
+    }
+
+    /* P's count of lent pages: 0 again, so a limit of 1 admits a lend. */
+    rclim = set_lend_limit(p, 1);
+    if ( rclim == 0 && rcr == 0 && r3 == 0xffffffffU )
+    {
+        rcl2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
+        if ( rcl2 == 0 )
+        {
+            r4 = probe_read(probe, pat);
+            rcr2 = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
+            r5 = probe_read(probe, 0xffffffffU);
+        }
+    }
+    set_lend_limit(p, 0);                /* back to the host-wide cap */
+
+    result("lend-foreign-mapped",
+           rcm == 0 && errm == 0 && rcl == 0 && r1 == pat && rcu == 0 &&
+           r2 == pat && rcr == 0 && r3 == 0xffffffffU && rclim == 0 &&
+           rcl2 == 0 && r4 == pat && rcr2 == 0 && r5 == 0xffffffffU,
+           "map:rc=%d,err=%d,lend:rc=%d,probe-read=%#x,unmap:rc=%d,"
+           "probe-read=%#x,revoke:rc=%d,probe-read=%#x,limit-1:rc=%d,"
+           "lend-again:rc=%d,probe-read=%#x,revoke:rc=%d,probe-read=%#x",
+           rcm, errm, rcl, r1, rcu, r2, rcr, r3, rclim, rcl2, r4, rcr2, r5);
+    X.fm_unmap(fm, (void *)cag, 1);
+}
+
+/*
+ * lend-foreign-mapped-teardown: as lend-foreign-mapped, but C's mapping
+ * goes with C: C maps a page of D's RAM, D lends that page to P, C is
+ * destroyed (relinquish_p2m_mapping() removes C's foreign entry), then D
+ * revokes: P must read the hole again and P's count of lent pages must be
+ * 0.  Teardown is the one way a mapping of a lent page went on a Xen that
+ * tracked lending per page (PGC_lent): XENMEM_remove_from_physmap found
+ * no page there (get_page_from_gfn() refused every foreign entry of a lent
+ * page), so lend-foreign-mapped's unmap failed with -ENOENT and left the
+ * accounting alone; teardown took it for the lent entry's.  C is gone
+ * afterwards: this is the last check that uses it.
+ */
+static void lend_foreign_mapped_teardown_test(uint16_t p, uint16_t d,
+                                              uint16_t c,
+                                              volatile uint32_t *probe)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    const uint32_t pat = AGENT_PATTERN ^ 0xa5a5;
+    const uint64_t x = AGENT_LEND_GFN + 3;
+    volatile uint32_t *cag = map_page_of(c, GUEST_BASE >> 12,
+                                         PROT_READ | PROT_WRITE);
+    volatile uint32_t *m = map_page_of(d, x, PROT_READ | PROT_WRITE);
+    int rcm = 1, errm = 1, rcl, rcd = -1, rcr = 1, rclim = 1, rcl2 = 1;
+    int rcr2 = 1;
+    uint32_t done, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0;
+    const char *mapper = "alive";
+    uint64_t info[512];
+    double end;
+    char cmd[64];
+
+    if ( !cag || !m )
+    {
+        result("lend-foreign-mapped-teardown", false, "cannot-map-agents");
+        return;
+    }
+    m[0] = pat;
+    X.fm_unmap(fm, (void *)m, 1);
+    rcm = agent_map_foreign(cag, d, x, SPARE_GFN + 2, &errm);
+    X.fm_unmap(fm, (void *)cag, 1);      /* nothing of C's left mapped */
+
+    rcl = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
+    if ( rcl == 0 )
+        r1 = probe_read(probe, pat);
+
+    /*
+     * "xl destroy" returns once domain_kill() is done, teardown included;
+     * the domain may linger a little longer (dying) until its last
+     * reference goes.
+     */
+    snprintf(cmd, sizeof(cmd), "xl destroy %u", c);
+    rcd = system(cmd);
+    for ( end = now() + 5; ; usleep(100000) )
+    {
+        memset(info, 0, sizeof(info));
+        if ( X.xc_getinfo_single(xch, c, info) || (uint16_t)info[0] != c )
+        {
+            mapper = "gone";
+            break;
+        }
+        if ( now() > end )
+        {
+            if ( (info[0] >> 32) & 1 )   /* XEN_DOMINF_dying */
+                mapper = "dying";
+            break;
+        }
+    }
+
+    if ( rcl == 0 )
+    {
+        r2 = probe_read(probe, pat);     /* still lent */
+        rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
+        r3 = probe_read(probe, 0xffffffffU);
+    }
+
+    /* P's count of lent pages: 0 again, so a limit of 1 admits a lend. */
+    rclim = set_lend_limit(p, 1);
+    if ( rclim == 0 && rcr == 0 && r3 == 0xffffffffU )
+    {
+        rcl2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
+        if ( rcl2 == 0 )
+        {
+            r4 = probe_read(probe, pat);
+            rcr2 = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
+            r5 = probe_read(probe, 0xffffffffU);
+        }
+    }
+    set_lend_limit(p, 0);                /* back to the host-wide cap */
+
+    result("lend-foreign-mapped-teardown",
+           rcm == 0 && errm == 0 && rcl == 0 && r1 == pat && rcd == 0 &&
+           strcmp(mapper, "alive") && r2 == pat && rcr == 0 &&
+           r3 == 0xffffffffU &&
+           rclim == 0 && rcl2 == 0 && r4 == pat && rcr2 == 0 &&
+           r5 == 0xffffffffU,
+           "map:rc=%d,err=%d,lend:rc=%d,probe-read=%#x,destroy-mapper=%d,"
+           "mapper=%s,probe-read=%#x,revoke:rc=%d,probe-read=%#x,"
+           "limit-1:rc=%d,lend-again:rc=%d,probe-read=%#x,revoke:rc=%d,"
+           "probe-read=%#x", rcm, errm, rcl, r1, rcd, mapper, r2, rcr, r3,
+           rclim, rcl2, r4, rcr2, r5);
+}
+
+/*
  * guest-removes-lent: dom0 lends one of its pages to agent D, which tries
  * to remove it from its own physmap (XENMEM_remove_from_physmap on the lent
  * GFN).  Xen looks the GFN up for that without P2M_LENT (xen-patches/0001),
@@ -1764,8 +1949,10 @@ static int driver_test(uint16_t p, uint16_t d, uint16_t c)
            "rc=%d,done=%u", rc4, done);
 
     foreign_map_lent_test(p, d, c, probe);
+    lend_foreign_mapped_test(p, d, c, probe);
     guest_removes_lent_test(p, d, probe);
     lender_moved_test(p, probe);
+    lend_foreign_mapped_teardown_test(p, d, c, probe);   /* destroys C */
 
     return failures ? 1 : 0;
 }
