@@ -265,6 +265,14 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
                     .map(|info| reply.map_info = info),
                 Op::UnmapBlob => self.unmap_blob(req.handle),
                 Op::DestroyBlob => self.destroy_blob(req.handle),
+                Op::CapsetInfo => match self.backend.capset_info(req.capset) {
+                    Some(c) => {
+                        reply.map_info = c.max_version;
+                        reply.handle = u64::from(c.max_size);
+                        Ok(())
+                    }
+                    None => Err(libc::EINVAL),
+                },
             }
         };
         if let Err(errno) = r {
