@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod memfd;
 pub mod sandbox;
+pub mod virgl;
 
 use std::collections::HashMap;
 use std::io;
