@@ -504,3 +504,149 @@ fn serve_loop<G: Registrar, B: Backend>(
             .map_err(|source| ServeError::Io { op: "send", source })?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::backend::{BlobMapping, CapsetInfo};
+    use super::*;
+
+    /// A backend whose mapping is `len` bytes at `addr`, counting unmaps.
+    #[derive(Debug, Default)]
+    struct Lying {
+        addr: usize,
+        len: u64,
+        unmaps: u32,
+    }
+
+    #[derive(Debug)]
+    struct LyingBlob(u64);
+
+    impl BackendBlob for LyingBlob {
+        fn size(&self) -> u64 {
+            self.0
+        }
+    }
+
+    impl Backend for Lying {
+        type Context = ();
+        type Blob = LyingBlob;
+        fn capset_info(&self, capset: u32) -> Option<CapsetInfo> {
+            (capset == 4).then_some(CapsetInfo {
+                max_version: 0,
+                max_size: 160,
+            })
+        }
+        fn capset(&self, _: u32, _: u32) -> Result<Vec<u8>, i32> {
+            Ok(vec![0; 160])
+        }
+        fn create_context(&mut self, _: u32, _: u32) -> Result<(), i32> {
+            Ok(())
+        }
+        fn create_blob(&mut self, _: &(), a: &BlobArgs) -> Result<LyingBlob, i32> {
+            Ok(LyingBlob(a.size))
+        }
+        fn map_blob(&mut self, _: &mut LyingBlob) -> Result<BlobMapping, i32> {
+            Ok(BlobMapping {
+                addr: self.addr,
+                len: self.len,
+                map_info: 1,
+            })
+        }
+        fn unmap_blob(&mut self, _: &mut LyingBlob) {
+            self.unmaps += 1;
+        }
+    }
+
+    /// Registers nothing; refuses with `fail` when set.
+    #[derive(Debug, Default)]
+    struct Reg {
+        fail: Option<i32>,
+        n: u32,
+    }
+
+    impl Registrar for Reg {
+        fn register(&mut self, _: u32, _: usize, _: u64, _: u64) -> Result<(), RendererOsError> {
+            if let Some(e) = self.fail {
+                return Err(RendererOsError {
+                    op: "IOCTL_PRIVCMD_HOSTMEM_REGISTER",
+                    source: io::Error::from_raw_os_error(e),
+                });
+            }
+            self.n += 1;
+            Ok(())
+        }
+        fn unregister(&mut self, _: u32) -> Result<(), RendererOsError> {
+            self.n -= 1;
+            Ok(())
+        }
+    }
+
+    fn map_one(backend: Lying, reg: Reg) -> (Reply, RendererState<Reg, Lying>) {
+        let mut st = RendererState::with_backend(reg, backend, RendererLimits::default());
+        let req = |op, seq| Request {
+            version: VERSION,
+            op,
+            ctx_id: 1,
+            capset: 4,
+            resource_id: 9,
+            handle: 0,
+            blob_id: 3,
+            arg: 1 << 16,
+            seq,
+        };
+        assert_eq!(st.handle(&req(Op::CreateContext, 1)).errno, 0);
+        let h = st.handle(&req(Op::CreateBlob, 2)).handle;
+        let r = st.handle(&Request {
+            handle: h,
+            arg: 0x1000,
+            ..req(Op::MapBlob, 3)
+        });
+        (r, st)
+    }
+
+    #[test]
+    fn a_backend_mapping_of_another_size_or_unaligned_is_not_registered() {
+        for (addr, len) in [
+            (0x10_0000, 1 << 12),
+            (0x10_0000, 1 << 17),
+            (0x10_0800, 1 << 16),
+        ] {
+            let b = Lying {
+                addr,
+                len,
+                ..Lying::default()
+            };
+            let (r, st) = map_one(b, Reg::default());
+            assert_eq!(r.errno, libc::EINVAL, "{addr:#x}+{len:#x}");
+            assert_eq!(st.registrar().n, 0);
+            assert_eq!(st.backend().unmaps, 1, "the backend's mapping undone");
+        }
+        let ok = Lying {
+            addr: 0x10_0000,
+            len: 1 << 16,
+            ..Lying::default()
+        };
+        let (r, st) = map_one(ok, Reg::default());
+        assert_eq!((r.errno, r.map_info), (0, 1));
+        assert_eq!(st.registrar().n, 1);
+    }
+
+    #[test]
+    fn a_refused_registration_undoes_the_backend_mapping() {
+        let b = Lying {
+            addr: 0x10_0000,
+            len: 1 << 16,
+            ..Lying::default()
+        };
+        let (r, st) = map_one(
+            b,
+            Reg {
+                fail: Some(libc::EACCES),
+                n: 0,
+            },
+        );
+        assert_eq!(r.errno, libc::EACCES);
+        assert_eq!(st.backend().unmaps, 1);
+        assert_eq!(st.stats().mapped, 0);
+    }
+}
