@@ -91,6 +91,15 @@ fn inside() {
         Ok(b) => b,
         Err(e) => panic!("venus backend: {e}"),
     };
+    // The library's state is global: a second one in this process is
+    // refused while the first lives.
+    match VirglBackend::new(SONAME) {
+        Err(e) => {
+            println!("a second venus backend: {e}");
+            assert_eq!(e.errno(), libc::EBUSY);
+        }
+        Ok(_) => panic!("two initialised libvirglrenderer in one process"),
+    }
     let mut st =
         RendererState::with_backend(FakeRegistrar::default(), backend, RendererLimits::default());
     let mut seq = 0;
