@@ -12,8 +12,9 @@
 //! process, and nothing else: for a venus host-visible blob on lavapipe
 //! the exported fd is an OPAQUE memfd whose first page is the driver's
 //! header, and the pointer lies at its file offset 4096 (measured). The
-//! blob path is written but not yet exercised by a test (it needs a venus
-//! command stream, or blob_id 0); capset info and contexts are.
+//! test (`tests/virgl.rs`) exercises capset info, contexts and a blob_id 0
+//! blob (venus's shm blob, a `vkr-shmem` memfd); a host-visible
+//! (OPAQUE) blob needs a venus command stream and is not exercised.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::os::fd::{FromRawFd, OwnedFd};
