@@ -20,24 +20,24 @@
 //! limits, known handles, one mapping per blob), so a confused or
 //! compromised worker cannot make it register over itself.
 
+pub mod backend;
 pub mod memfd;
 pub mod sandbox;
+pub mod virgl;
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
 use std::os::unix::net::UnixDatagram;
 
 use tracing::{debug, info, warn};
 
-use gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID;
 use gpu_hostmem_virtio_gpu::renderer_proto::{
     DecodeError, Op, Reply, Request, REQUEST_LEN, VERSION,
 };
 use gpu_hostmem_xen::privcmd::HostmemRegister;
 use gpu_hostmem_xen::Privcmd;
 
-use memfd::MemfdBlob;
+use backend::{Backend, BackendBlob, BlobArgs, TestBackend};
 
 /// An OS call of the renderer failed.
 #[derive(Debug, thiserror::Error)]
@@ -157,8 +157,8 @@ impl Default for RendererLimits {
 }
 
 #[derive(Debug)]
-struct Blob {
-    mem: MemfdBlob,
+struct Blob<B> {
+    mem: B,
     resource_id: u32,
     /// Registration id and window offset while mapped.
     mapped: Option<(u32, u64)>,
@@ -181,23 +181,34 @@ pub struct RendererStats {
     pub refused: u64,
 }
 
-/// The renderer's state: contexts and blobs, registered through `G`.
+/// The renderer's state: contexts and blobs of backend `B` (the test
+/// capset's by default), registered through `G`.
 #[derive(Debug)]
-pub struct RendererState<G: Registrar> {
+pub struct RendererState<G: Registrar, B: Backend = TestBackend> {
     reg: G,
+    backend: B,
     limits: RendererLimits,
-    contexts: HashMap<u32, u32>,
-    blobs: HashMap<u64, Blob>,
+    /// Capset and the backend's context, by context id.
+    contexts: HashMap<u32, (u32, B::Context)>,
+    blobs: HashMap<u64, Blob<B::Blob>>,
     next: u64,
     bytes: u64,
     stats: RendererStats,
 }
 
-impl<G: Registrar> RendererState<G> {
-    /// No contexts, no blobs.
+impl<G: Registrar> RendererState<G, TestBackend> {
+    /// The test capset's backend; no contexts, no blobs.
     pub fn new(reg: G, limits: RendererLimits) -> Self {
+        RendererState::with_backend(reg, TestBackend, limits)
+    }
+}
+
+impl<G: Registrar, B: Backend> RendererState<G, B> {
+    /// No contexts, no blobs, served by `backend`.
+    pub fn with_backend(reg: G, backend: B, limits: RendererLimits) -> Self {
         RendererState {
             reg,
+            backend,
             limits,
             contexts: HashMap::new(),
             blobs: HashMap::new(),
@@ -221,9 +232,15 @@ impl<G: Registrar> RendererState<G> {
         &self.reg
     }
 
-    /// Word `i` of blob `handle` as this process sees it.
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Word `i` of blob `handle` as this process sees it (where the
+    /// backend can tell).
     pub fn blob_word(&self, handle: u64, i: usize) -> Option<u32> {
-        self.blobs.get(&handle).and_then(|b| b.mem.read(i))
+        self.blobs.get(&handle).and_then(|b| b.mem.read_word(i))
     }
 
     /// Answers one request.
@@ -242,17 +259,21 @@ impl<G: Registrar> RendererState<G> {
             match req.op {
                 Op::Hello => Ok(()),
                 Op::CreateContext => self.create_context(req.ctx_id, req.capset),
-                Op::DestroyContext => self
-                    .contexts
-                    .remove(&req.ctx_id)
-                    .map(|_| ())
-                    .ok_or(libc::ENOENT),
+                Op::DestroyContext => self.destroy_context(req.ctx_id),
                 Op::CreateBlob => self.create_blob(req).map(|h| reply.handle = h),
                 Op::MapBlob => self
                     .map_blob(req.handle, req.arg)
-                    .map(|()| reply.map_info = 1),
+                    .map(|info| reply.map_info = info),
                 Op::UnmapBlob => self.unmap_blob(req.handle),
                 Op::DestroyBlob => self.destroy_blob(req.handle),
+                Op::CapsetInfo => match self.backend.capset_info(req.capset) {
+                    Some(c) => {
+                        reply.map_info = c.max_version;
+                        reply.handle = u64::from(c.max_size);
+                        Ok(())
+                    }
+                    None => Err(libc::EINVAL),
+                },
             }
         };
         if let Err(errno) = r {
@@ -264,7 +285,7 @@ impl<G: Registrar> RendererState<G> {
     }
 
     fn create_context(&mut self, ctx: u32, capset: u32) -> Result<(), i32> {
-        if capset != TEST_CAPSET_ID {
+        if self.backend.capset_info(capset).is_none() {
             return Err(libc::EINVAL);
         }
         if self.contexts.contains_key(&ctx) {
@@ -273,16 +294,23 @@ impl<G: Registrar> RendererState<G> {
         if self.contexts.len() >= self.limits.contexts {
             return Err(libc::ENOMEM);
         }
-        self.contexts.insert(ctx, capset);
+        let c = self.backend.create_context(ctx, capset)?;
+        self.contexts.insert(ctx, (capset, c));
+        info!(ctx, capset, "context created");
         Ok(())
     }
 
+    fn destroy_context(&mut self, ctx: u32) -> Result<(), i32> {
+        // The backend's context goes with it (its drop).
+        self.contexts.remove(&ctx).map(|_| ()).ok_or(libc::ENOENT)
+    }
+
     fn create_blob(&mut self, req: &Request) -> Result<u64, i32> {
-        if self.contexts.get(&req.ctx_id) != Some(&TEST_CAPSET_ID) || req.capset != TEST_CAPSET_ID {
-            return Err(libc::EINVAL);
-        }
-        // The test context knows one kind of blob: plain memory.
-        if req.blob_id != 0 || req.arg == 0 || req.arg % 4096 != 0 {
+        let ctx = match self.contexts.get(&req.ctx_id) {
+            Some((capset, c)) if *capset == req.capset => c,
+            _ => return Err(libc::EINVAL),
+        };
+        if req.arg == 0 || req.arg % 4096 != 0 {
             return Err(libc::EINVAL);
         }
         if self.blobs.len() >= self.limits.blobs
@@ -293,20 +321,19 @@ impl<G: Registrar> RendererState<G> {
         {
             return Err(libc::ENOMEM);
         }
-        let len = usize::try_from(req.arg).map_err(|_| libc::ENOMEM)?;
-        let name = CString::new(format!("gpu-hostmem-blob-{}", req.resource_id))
-            .map_err(|_| libc::EINVAL)?;
-        let mem = MemfdBlob::new(&name, len).map_err(|e| {
-            warn!(%e, "blob memory");
-            e.errno()
-        })?;
-        for i in 0..mem.words() {
-            mem.write(i, pattern(req.resource_id, i as u64));
-        }
         // Handles are also registration ids: keep them within u32.
         if self.next >= u64::from(u32::MAX) {
             return Err(libc::ENOSPC);
         }
+        let mem = self.backend.create_blob(
+            ctx,
+            &BlobArgs {
+                ctx_id: req.ctx_id,
+                resource_id: req.resource_id,
+                blob_id: req.blob_id,
+                size: req.arg,
+            },
+        )?;
         self.next += 1;
         let h = self.next;
         self.bytes += req.arg;
@@ -327,7 +354,8 @@ impl<G: Registrar> RendererState<G> {
         Ok(h)
     }
 
-    fn map_blob(&mut self, h: u64, offset: u64) -> Result<(), i32> {
+    /// Registers blob `h` at window `offset`; its `map_info`.
+    fn map_blob(&mut self, h: u64, offset: u64) -> Result<u32, i32> {
         let b = self.blobs.get_mut(&h).ok_or(libc::ENOENT)?;
         if b.mapped.is_some() {
             return Err(libc::EBUSY);
@@ -336,21 +364,34 @@ impl<G: Registrar> RendererState<G> {
             return Err(libc::EINVAL);
         }
         let id = u32::try_from(h).map_err(|_| libc::EINVAL)?;
-        self.reg
-            .register(id, b.mem.addr(), b.mem.len() as u64, offset)
-            .map_err(|e| {
-                warn!(%e, resource = b.resource_id, offset, "register");
-                e.errno()
-            })?;
+        let m = self.backend.map_blob(&mut b.mem)?;
+        // The backend's word on where the memory is, checked: exactly the
+        // blob, whole pages.
+        if m.len != b.mem.size() || m.addr % 4096 != 0 {
+            warn!(
+                resource = b.resource_id,
+                addr = format_args!("{:#x}", m.addr),
+                len = m.len,
+                size = b.mem.size(),
+                "the backend mapped something else than the blob"
+            );
+            self.backend.unmap_blob(&mut b.mem);
+            return Err(libc::EINVAL);
+        }
+        if let Err(e) = self.reg.register(id, m.addr, m.len, offset) {
+            warn!(%e, resource = b.resource_id, offset, "register");
+            self.backend.unmap_blob(&mut b.mem);
+            return Err(e.errno());
+        }
         b.mapped = Some((id, offset));
         self.stats.registered += 1;
         info!(
             resource = b.resource_id,
             offset = format_args!("{offset:#x}"),
-            size = b.mem.len(),
+            size = m.len,
             "blob registered in the window"
         );
-        Ok(())
+        Ok(m.map_info)
     }
 
     fn unmap_blob(&mut self, h: u64) -> Result<(), i32> {
@@ -364,13 +405,14 @@ impl<G: Registrar> RendererState<G> {
         })?;
         b.mapped = None;
         self.stats.unregistered += 1;
-        let stamped = count_stamps(b);
+        let stamped = b.mem.guest_stamps();
+        self.backend.unmap_blob(&mut b.mem);
         self.stats.stamped_pages += stamped;
         info!(
             resource = b.resource_id,
             offset = format_args!("{offset:#x}"),
             stamped,
-            pages = b.mem.len() / 4096,
+            pages = b.mem.size() / 4096,
             "blob unregistered; pages the guest stamped"
         );
         Ok(())
@@ -389,7 +431,7 @@ impl<G: Registrar> RendererState<G> {
             let _ = self.unmap_blob(h);
         }
         if let Some(b) = self.blobs.remove(&h) {
-            self.bytes -= b.mem.len() as u64;
+            self.bytes -= b.mem.size();
             info!(resource = b.resource_id, handle = h, "blob destroyed");
         }
         Ok(())
@@ -405,15 +447,11 @@ impl<G: Registrar> RendererState<G> {
     }
 }
 
-/// Pages of `b` whose first word is `!pattern` (the guest's stamp).
-fn count_stamps(b: &Blob) -> u64 {
-    let pages = b.mem.len() / 4096;
-    (0..pages)
-        .filter(|&p| {
-            let i = p * 1024;
-            b.mem.read(i) == Some(!pattern(b.resource_id, i as u64))
-        })
-        .count() as u64
+impl<G: Registrar, B: Backend> Drop for RendererState<G, B> {
+    /// Blobs (unregistered first), then contexts, then the backend.
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// Why [`serve`] stopped.
@@ -436,18 +474,18 @@ pub enum ServeError {
 /// Serves the device on `sock` until it disconnects (Ok) or breaks the
 /// protocol (Err); either way every blob is unregistered and freed before
 /// returning.
-pub fn serve<G: Registrar>(
+pub fn serve<G: Registrar, B: Backend>(
     sock: &UnixDatagram,
-    state: &mut RendererState<G>,
+    state: &mut RendererState<G, B>,
 ) -> Result<(), ServeError> {
     let r = serve_loop(sock, state);
     state.clear();
     r
 }
 
-fn serve_loop<G: Registrar>(
+fn serve_loop<G: Registrar, B: Backend>(
     sock: &UnixDatagram,
-    state: &mut RendererState<G>,
+    state: &mut RendererState<G, B>,
 ) -> Result<(), ServeError> {
     let mut buf = [0u8; REQUEST_LEN + 1];
     loop {
@@ -464,5 +502,151 @@ fn serve_loop<G: Registrar>(
         let reply = state.handle(&req);
         sock.send(&reply.encode())
             .map_err(|source| ServeError::Io { op: "send", source })?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backend::{BlobMapping, CapsetInfo};
+    use super::*;
+
+    /// A backend whose mapping is `len` bytes at `addr`, counting unmaps.
+    #[derive(Debug, Default)]
+    struct Lying {
+        addr: usize,
+        len: u64,
+        unmaps: u32,
+    }
+
+    #[derive(Debug)]
+    struct LyingBlob(u64);
+
+    impl BackendBlob for LyingBlob {
+        fn size(&self) -> u64 {
+            self.0
+        }
+    }
+
+    impl Backend for Lying {
+        type Context = ();
+        type Blob = LyingBlob;
+        fn capset_info(&self, capset: u32) -> Option<CapsetInfo> {
+            (capset == 4).then_some(CapsetInfo {
+                max_version: 0,
+                max_size: 160,
+            })
+        }
+        fn capset(&self, _: u32, _: u32) -> Result<Vec<u8>, i32> {
+            Ok(vec![0; 160])
+        }
+        fn create_context(&mut self, _: u32, _: u32) -> Result<(), i32> {
+            Ok(())
+        }
+        fn create_blob(&mut self, _: &(), a: &BlobArgs) -> Result<LyingBlob, i32> {
+            Ok(LyingBlob(a.size))
+        }
+        fn map_blob(&mut self, _: &mut LyingBlob) -> Result<BlobMapping, i32> {
+            Ok(BlobMapping {
+                addr: self.addr,
+                len: self.len,
+                map_info: 1,
+            })
+        }
+        fn unmap_blob(&mut self, _: &mut LyingBlob) {
+            self.unmaps += 1;
+        }
+    }
+
+    /// Registers nothing; refuses with `fail` when set.
+    #[derive(Debug, Default)]
+    struct Reg {
+        fail: Option<i32>,
+        n: u32,
+    }
+
+    impl Registrar for Reg {
+        fn register(&mut self, _: u32, _: usize, _: u64, _: u64) -> Result<(), RendererOsError> {
+            if let Some(e) = self.fail {
+                return Err(RendererOsError {
+                    op: "IOCTL_PRIVCMD_HOSTMEM_REGISTER",
+                    source: io::Error::from_raw_os_error(e),
+                });
+            }
+            self.n += 1;
+            Ok(())
+        }
+        fn unregister(&mut self, _: u32) -> Result<(), RendererOsError> {
+            self.n -= 1;
+            Ok(())
+        }
+    }
+
+    fn map_one(backend: Lying, reg: Reg) -> (Reply, RendererState<Reg, Lying>) {
+        let mut st = RendererState::with_backend(reg, backend, RendererLimits::default());
+        let req = |op, seq| Request {
+            version: VERSION,
+            op,
+            ctx_id: 1,
+            capset: 4,
+            resource_id: 9,
+            handle: 0,
+            blob_id: 3,
+            arg: 1 << 16,
+            seq,
+        };
+        assert_eq!(st.handle(&req(Op::CreateContext, 1)).errno, 0);
+        let h = st.handle(&req(Op::CreateBlob, 2)).handle;
+        let r = st.handle(&Request {
+            handle: h,
+            arg: 0x1000,
+            ..req(Op::MapBlob, 3)
+        });
+        (r, st)
+    }
+
+    #[test]
+    fn a_backend_mapping_of_another_size_or_unaligned_is_not_registered() {
+        for (addr, len) in [
+            (0x10_0000, 1 << 12),
+            (0x10_0000, 1 << 17),
+            (0x10_0800, 1 << 16),
+        ] {
+            let b = Lying {
+                addr,
+                len,
+                ..Lying::default()
+            };
+            let (r, st) = map_one(b, Reg::default());
+            assert_eq!(r.errno, libc::EINVAL, "{addr:#x}+{len:#x}");
+            assert_eq!(st.registrar().n, 0);
+            assert_eq!(st.backend().unmaps, 1, "the backend's mapping undone");
+        }
+        let ok = Lying {
+            addr: 0x10_0000,
+            len: 1 << 16,
+            ..Lying::default()
+        };
+        let (r, st) = map_one(ok, Reg::default());
+        assert_eq!((r.errno, r.map_info), (0, 1));
+        assert_eq!(st.registrar().n, 1);
+    }
+
+    #[test]
+    fn a_refused_registration_undoes_the_backend_mapping() {
+        let b = Lying {
+            addr: 0x10_0000,
+            len: 1 << 16,
+            ..Lying::default()
+        };
+        let (r, st) = map_one(
+            b,
+            Reg {
+                fail: Some(libc::EACCES),
+                n: 0,
+            },
+        );
+        assert_eq!(r.errno, libc::EACCES);
+        assert_eq!(st.backend().unmaps, 1);
+        assert_eq!(st.stats().mapped, 0);
     }
 }

@@ -13,8 +13,11 @@ use gpu_hostmem_renderer::{
     pattern, serve, Registrar, RendererLimits, RendererOsError, RendererState, RendererStats,
     ServeError,
 };
-use gpu_hostmem_virtio_gpu::blob::{resp as bresp, Blobs, TEST_CAPSET_ID};
+use gpu_hostmem_virtio_gpu::blob::{
+    resp as bresp, Blobs, TEST_CAPSET_DATA, TEST_CAPSET_ID, TEST_CAPSET_VERSION,
+};
 use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
+use gpu_hostmem_virtio_gpu::renderer::RendererError;
 use gpu_hostmem_virtio_gpu::renderer_proto::{
     Op, Reply, Request, SocketRenderer, REPLY_LEN, VERSION,
 };
@@ -424,4 +427,27 @@ fn a_renderer_that_dies_or_lies_breaks_the_connection_for_good() {
     use gpu_hostmem_virtio_gpu::renderer::BlobHandle;
     assert!(sr.map_blob(BlobHandle(1), 0).is_err());
     assert!(sr.is_broken());
+}
+
+#[test]
+fn the_renderer_answers_capset_info_from_its_backend() {
+    let (dev, served) = renderer(FakeRegistrar::default());
+    let mut r = SocketRenderer::connect(dev).expect("hello");
+    assert_eq!(
+        r.capset_info(TEST_CAPSET_ID).expect("test capset"),
+        (TEST_CAPSET_VERSION, TEST_CAPSET_DATA.len() as u32)
+    );
+    // Venus (4) is not the test backend's: refused, connection kept.
+    let e = r.capset_info(4).expect_err("venus from the test backend");
+    assert!(matches!(
+        e,
+        RendererError::Refused {
+            errno: libc::EINVAL,
+            ..
+        }
+    ));
+    assert!(!r.is_broken());
+    drop(r);
+    let (res, _) = served.join().expect("renderer thread");
+    assert!(res.is_ok());
 }

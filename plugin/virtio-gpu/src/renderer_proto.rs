@@ -7,11 +7,13 @@
 //! ```text
 //! request (56 bytes)                     reply (32 bytes)
 //!  0 u32 magic "GHRP"                     0 u32 magic "GHRP"
-//!  4 u16 version (1)                      4 u16 version (1)
+//!  4 u16 version (2)                      4 u16 version (2)
 //!  6 u16 op                               6 u16 op (the request's)
 //!  8 u32 ctx_id                           8 i32 errno (0: done)
-//! 12 u32 capset                          12 u32 map_info (MAP_BLOB)
-//! 16 u32 resource_id                     16 u64 handle (CREATE_BLOB)
+//! 12 u32 capset                          12 u32 map_info (MAP_BLOB),
+//!                                               max_version (CAPSET_INFO)
+//! 16 u32 resource_id                     16 u64 handle (CREATE_BLOB),
+//!                                               max_size (CAPSET_INFO)
 //! 20 u32 0                               24 u64 seq (the request's)
 //! 24 u64 handle
 //! 32 u64 blob_id
@@ -19,7 +21,8 @@
 //! 48 u64 seq
 //! ```
 //!
-//! The first request is HELLO: a renderer that does not speak `version`
+//! CAPSET_INFO asks the renderer's backend about `capset` (version 2; an
+//! unknown capset is EINVAL). The first request is HELLO: a renderer that does not speak `version`
 //! answers EPROTONOSUPPORT. A reply that is not the protocol, or none
 //! within the timeout, breaks the connection for good: every later request
 //! fails, and the device answers the guest with errors (the renderer's
@@ -36,7 +39,7 @@ use crate::renderer::{BlobHandle, BlobRequest, MapCache, Renderer, RendererError
 /// "GHRP", little endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GHRP");
 /// The protocol version this side speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of a request.
 pub const REQUEST_LEN: usize = 56;
 /// Bytes of a reply.
@@ -60,6 +63,8 @@ pub enum Op {
     UnmapBlob = 6,
     /// [`Renderer::destroy_blob`].
     DestroyBlob = 7,
+    /// [`SocketRenderer::capset_info`].
+    CapsetInfo = 8,
 }
 
 impl Op {
@@ -73,6 +78,7 @@ impl Op {
             5 => Op::MapBlob,
             6 => Op::UnmapBlob,
             7 => Op::DestroyBlob,
+            8 => Op::CapsetInfo,
             _ => return None,
         })
     }
@@ -86,6 +92,7 @@ impl Op {
             Op::MapBlob => "map_blob",
             Op::UnmapBlob => "unmap_blob",
             Op::DestroyBlob => "destroy_blob",
+            Op::CapsetInfo => "capset_info",
         }
     }
 }
@@ -270,6 +277,22 @@ impl SocketRenderer {
         };
         r.call(Op::Hello, |_| {})?;
         Ok(r)
+    }
+
+    /// The renderer's `(max_version, max_size)` of `capset`
+    /// (`VIRTIO_GPU_CMD_GET_CAPSET_INFO`); refused (EINVAL) for a capset its
+    /// backend does not serve.
+    pub fn capset_info(&mut self, capset: u32) -> Result<(u32, u32), RendererError> {
+        let reply = self.call(Op::CapsetInfo, |r| r.capset = capset)?;
+        let max_size = u32::try_from(reply.handle).map_err(|_| {
+            self.broken = true;
+            io_err(
+                "capset_info",
+                io::ErrorKind::InvalidData,
+                format!("capset size {}", reply.handle),
+            )
+        })?;
+        Ok((reply.map_info, max_size))
     }
 
     /// True once a reply went wrong: nothing more is sent.

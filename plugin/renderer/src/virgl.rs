@@ -1,0 +1,557 @@
+//! Venus through libvirglrenderer (Debian trixie: 1.1), loaded at run time:
+//! nothing of virglrenderer is needed to build, and a missing library or
+//! symbol is an error at start (docs/virtio-gpu.md, "Stage 2 proper").
+//!
+//! The library is process-global state: one [`Virgl`] per process at a
+//! time, used from one thread (`Rc`, so it is neither `Send` nor `Sync`).
+//! Contexts and resources are RAII handles that hold the [`Virgl`] they
+//! came from, so the library is cleaned up and unloaded after the last of
+//! them.
+//!
+//! A blob's memory is what `virgl_renderer_resource_map` returns in this
+//! process, and nothing else: for a venus host-visible blob on lavapipe
+//! the exported fd is an OPAQUE memfd whose first page is the driver's
+//! header, and the pointer lies at its file offset 4096 (measured). The
+//! test (`tests/virgl.rs`) exercises capset info, contexts and a blob_id 0
+//! blob (venus's shm blob, a `vkr-shmem` memfd); a host-visible
+//! (OPAQUE) blob needs a venus command stream and is not exercised.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::ptr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use libloading::Library;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, BackendBlob, BlobArgs, BlobMapping, CapsetInfo};
+
+/// The soname of trixie's libvirglrenderer1.
+pub const SONAME: &str = "libvirglrenderer.so.1";
+/// `VIRTIO_GPU_CAPSET_VENUS`.
+pub const CAPSET_VENUS: u32 = 4;
+
+/// `VIRGL_RENDERER_VENUS`.
+pub const FLAG_VENUS: c_int = 1 << 6;
+/// `VIRGL_RENDERER_NO_VIRGL`.
+pub const FLAG_NO_VIRGL: c_int = 1 << 7;
+/// `VIRGL_RENDERER_RENDER_SERVER`: venus renders in the library's render
+/// server (forked and exec'd by the library unless `get_server_fd`
+/// hands one over).
+pub const FLAG_RENDER_SERVER: c_int = 1 << 9;
+
+const CALLBACKS_VERSION: c_int = 4;
+const CONTEXT_FLAG_CAPSET_ID_MASK: u32 = 0xff;
+const BLOB_MEM_HOST3D: u32 = 2;
+const BLOB_FLAG_USE_MAPPABLE: u32 = 1;
+const BLOB_FD_TYPE_DMABUF: u32 = 1;
+const MAP_CACHE_MASK: u32 = 0x0f;
+
+/// A virglrenderer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VirglError {
+    /// The library did not load.
+    #[error("loading {library}: {source}")]
+    Load {
+        /// Soname or path.
+        library: String,
+        /// The loader's error.
+        #[source]
+        source: libloading::Error,
+    },
+    /// A symbol is missing.
+    #[error("{library} has no {symbol}: {source}")]
+    Symbol {
+        /// Soname or path.
+        library: String,
+        /// The symbol.
+        symbol: &'static str,
+        /// The loader's error.
+        #[source]
+        source: libloading::Error,
+    },
+    /// A call returned an error.
+    #[error("{op} failed: errno {errno}")]
+    Call {
+        /// The call.
+        op: &'static str,
+        /// Its errno.
+        errno: i32,
+    },
+}
+
+impl VirglError {
+    /// The errno for the device's reply.
+    pub fn errno(&self) -> i32 {
+        match self {
+            VirglError::Call { errno, .. } => *errno,
+            _ => libc::ENODEV,
+        }
+    }
+}
+
+/// virglrenderer 1.1's return codes are negative or positive errnos,
+/// depending on the call; -1 carries none.
+fn check(op: &'static str, rc: c_int) -> Result<(), VirglError> {
+    match rc {
+        0 => Ok(()),
+        -1 => Err(VirglError::Call {
+            op,
+            errno: libc::EINVAL,
+        }),
+        rc => Err(VirglError::Call {
+            op,
+            errno: rc.saturating_abs(),
+        }),
+    }
+}
+
+/// `struct virgl_renderer_callbacks` (version 4), from virglrenderer.h.
+#[repr(C)]
+struct Callbacks {
+    version: c_int,
+    write_fence: Option<unsafe extern "C" fn(*mut c_void, u32)>,
+    create_gl_context: Option<unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> *mut c_void>,
+    destroy_gl_context: Option<unsafe extern "C" fn(*mut c_void, *mut c_void)>,
+    make_current: Option<unsafe extern "C" fn(*mut c_void, c_int, *mut c_void) -> c_int>,
+    get_drm_fd: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+    write_context_fence: Option<unsafe extern "C" fn(*mut c_void, u32, u32, u64)>,
+    get_server_fd: Option<unsafe extern "C" fn(*mut c_void, u32) -> c_int>,
+    get_egl_display: Option<unsafe extern "C" fn(*mut c_void) -> *mut c_void>,
+}
+
+/// `struct virgl_renderer_resource_create_blob_args`.
+#[repr(C)]
+struct CreateBlobArgs {
+    res_handle: u32,
+    ctx_id: u32,
+    blob_mem: u32,
+    blob_flags: u32,
+    blob_id: u64,
+    size: u64,
+    iovecs: *const libc::iovec,
+    num_iovs: u32,
+}
+
+/// Fences are not used yet (no command submission in this backend).
+unsafe extern "C" fn write_fence(_cookie: *mut c_void, _fence: u32) {}
+
+/// libvirglrenderer and every symbol we use from it, resolved once; the
+/// prototypes are transcribed from virglrenderer 1.1's virglrenderer.h.
+struct VirglLib {
+    init: unsafe extern "C" fn(*mut c_void, c_int, *mut Callbacks) -> c_int,
+    cleanup: unsafe extern "C" fn(*mut c_void),
+    get_cap_set: unsafe extern "C" fn(u32, *mut u32, *mut u32),
+    fill_caps: unsafe extern "C" fn(u32, u32, *mut c_void),
+    context_create_with_flags: unsafe extern "C" fn(u32, u32, u32, *const c_char) -> c_int,
+    context_destroy: unsafe extern "C" fn(u32),
+    resource_create_blob: unsafe extern "C" fn(*const CreateBlobArgs) -> c_int,
+    resource_unref: unsafe extern "C" fn(u32),
+    resource_map: unsafe extern "C" fn(u32, *mut *mut c_void, *mut u64) -> c_int,
+    resource_unmap: unsafe extern "C" fn(u32) -> c_int,
+    resource_get_map_info: unsafe extern "C" fn(u32, *mut u32) -> c_int,
+    resource_export_blob: unsafe extern "C" fn(u32, *mut u32, *mut c_int) -> c_int,
+    // Declared last: dropped after the pointers above (plain pointers,
+    // only called through `Virgl`, which owns this struct).
+    _lib: Library,
+}
+
+impl VirglLib {
+    fn load(name: &str) -> Result<Self, VirglError> {
+        // SAFETY: loading libvirglrenderer runs its ELF constructors (and
+        // those of libepoxy, libdrm, ...), which have no preconditions.
+        let lib = unsafe { Library::new(name) }.map_err(|source| VirglError::Load {
+            library: name.to_owned(),
+            source,
+        })?;
+        fn sym<T: Copy>(
+            lib: &Library,
+            library: &str,
+            symbol: &'static str,
+        ) -> Result<T, VirglError> {
+            let mut n = symbol.as_bytes().to_vec();
+            n.push(0);
+            // SAFETY: every `T` below is the `unsafe extern "C" fn` type
+            // of the symbol's prototype in virglrenderer.h 1.1, and the
+            // pointer is kept next to the library, which outlives it.
+            let s = unsafe { lib.get::<T>(&n) }.map_err(|source| VirglError::Symbol {
+                library: library.to_owned(),
+                symbol,
+                source,
+            })?;
+            Ok(*s)
+        }
+        Ok(VirglLib {
+            init: sym(&lib, name, "virgl_renderer_init")?,
+            cleanup: sym(&lib, name, "virgl_renderer_cleanup")?,
+            get_cap_set: sym(&lib, name, "virgl_renderer_get_cap_set")?,
+            fill_caps: sym(&lib, name, "virgl_renderer_fill_caps")?,
+            context_create_with_flags: sym(&lib, name, "virgl_renderer_context_create_with_flags")?,
+            context_destroy: sym(&lib, name, "virgl_renderer_context_destroy")?,
+            resource_create_blob: sym(&lib, name, "virgl_renderer_resource_create_blob")?,
+            resource_unref: sym(&lib, name, "virgl_renderer_resource_unref")?,
+            resource_map: sym(&lib, name, "virgl_renderer_resource_map")?,
+            resource_unmap: sym(&lib, name, "virgl_renderer_resource_unmap")?,
+            resource_get_map_info: sym(&lib, name, "virgl_renderer_resource_get_map_info")?,
+            resource_export_blob: sym(&lib, name, "virgl_renderer_resource_export_blob")?,
+            _lib: lib,
+        })
+    }
+}
+
+/// Set while a [`Virgl`] is initialised: the library's state is global.
+static IN_USE: AtomicBool = AtomicBool::new(false);
+
+/// An initialised libvirglrenderer: `virgl_renderer_cleanup` and unload on
+/// drop (after every context and resource, which hold it).
+pub struct Virgl {
+    lib: VirglLib,
+    /// Handed to `virgl_renderer_init`, which keeps the pointer: boxed so
+    /// it does not move, freed after `cleanup`.
+    _cbs: Box<Callbacks>,
+}
+
+impl std::fmt::Debug for Virgl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Virgl").finish_non_exhaustive()
+    }
+}
+
+impl Virgl {
+    /// Loads `library` (e.g. [`SONAME`]) and initialises it with `flags`
+    /// (venus: [`FLAG_VENUS`] | [`FLAG_NO_VIRGL`] | [`FLAG_RENDER_SERVER`]).
+    /// EBUSY while another [`Virgl`] of this process lives.
+    pub fn init(library: &str, flags: c_int) -> Result<Rc<Self>, VirglError> {
+        let lib = VirglLib::load(library)?;
+        if IN_USE.swap(true, Ordering::AcqRel) {
+            return Err(VirglError::Call {
+                op: "virgl_renderer_init",
+                errno: libc::EBUSY,
+            });
+        }
+        let mut cbs = Box::new(Callbacks {
+            version: CALLBACKS_VERSION,
+            write_fence: Some(write_fence),
+            create_gl_context: None,
+            destroy_gl_context: None,
+            make_current: None,
+            get_drm_fd: None,
+            write_context_fence: None,
+            get_server_fd: None,
+            get_egl_display: None,
+        });
+        // SAFETY: cookie NULL (our callbacks ignore it); `cbs` is a valid
+        // version-4 struct that lives in the returned `Virgl`, i.e. until
+        // after `virgl_renderer_cleanup`.
+        let rc = unsafe { (lib.init)(ptr::null_mut(), flags, &mut *cbs) };
+        if let Err(e) = check("virgl_renderer_init", rc) {
+            IN_USE.store(false, Ordering::Release);
+            return Err(e);
+        }
+        info!(
+            library,
+            flags = format_args!("{flags:#x}"),
+            "virglrenderer initialised"
+        );
+        Ok(Rc::new(Virgl { lib, _cbs: cbs }))
+    }
+
+    /// `virgl_renderer_get_cap_set`: `None` when the library reports no
+    /// data for `capset`. Version 0 is a version: 1.1 reports max_version
+    /// 0 for venus, and Mesa's venus driver asks for version 0.
+    pub fn capset_info(&self, capset: u32) -> Option<CapsetInfo> {
+        let (mut max_version, mut max_size) = (0u32, 0u32);
+        // SAFETY: two valid out pointers.
+        unsafe { (self.lib.get_cap_set)(capset, &mut max_version, &mut max_size) };
+        (max_size != 0).then_some(CapsetInfo {
+            max_version,
+            max_size,
+        })
+    }
+
+    /// `virgl_renderer_fill_caps` into a buffer of the capset's size.
+    pub fn capset(&self, capset: u32, version: u32) -> Result<Vec<u8>, VirglError> {
+        let info = self.capset_info(capset).ok_or(VirglError::Call {
+            op: "virgl_renderer_get_cap_set",
+            errno: libc::EINVAL,
+        })?;
+        if version > info.max_version {
+            return Err(VirglError::Call {
+                op: "virgl_renderer_fill_caps",
+                errno: libc::EINVAL,
+            });
+        }
+        let mut buf = vec![0u8; info.max_size as usize];
+        // SAFETY: `buf` holds the `max_size` bytes the library said the
+        // capset has.
+        unsafe { (self.lib.fill_caps)(capset, version, buf.as_mut_ptr().cast()) };
+        Ok(buf)
+    }
+}
+
+impl Drop for Virgl {
+    fn drop(&mut self) {
+        // SAFETY: the library was initialised in `init`; no context or
+        // resource is left (they hold an `Rc` of this).
+        unsafe { (self.lib.cleanup)(ptr::null_mut()) };
+        IN_USE.store(false, Ordering::Release);
+    }
+}
+
+/// A virglrenderer context, destroyed on drop.
+#[derive(Debug)]
+pub struct VirglContext {
+    virgl: Rc<Virgl>,
+    id: u32,
+}
+
+impl VirglContext {
+    /// `virgl_renderer_context_create_with_flags(id, capset)`.
+    pub fn new(virgl: &Rc<Virgl>, id: u32, capset: u32, name: &str) -> Result<Self, VirglError> {
+        if id == 0 || capset & !CONTEXT_FLAG_CAPSET_ID_MASK != 0 {
+            return Err(VirglError::Call {
+                op: "virgl_renderer_context_create_with_flags",
+                errno: libc::EINVAL,
+            });
+        }
+        let nlen = u32::try_from(name.len()).map_err(|_| VirglError::Call {
+            op: "virgl_renderer_context_create_with_flags",
+            errno: libc::EINVAL,
+        })?;
+        // SAFETY: `name` is `nlen` bytes (no NUL needed, the length is
+        // passed); the library copies it.
+        let rc = unsafe {
+            (virgl.lib.context_create_with_flags)(id, capset, nlen, name.as_ptr().cast())
+        };
+        check("virgl_renderer_context_create_with_flags", rc)?;
+        Ok(VirglContext {
+            virgl: Rc::clone(virgl),
+            id,
+        })
+    }
+
+    /// Its id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for VirglContext {
+    fn drop(&mut self) {
+        // SAFETY: a context this handle created, destroyed once.
+        unsafe { (self.virgl.lib.context_destroy)(self.id) };
+    }
+}
+
+/// A blob resource: unmapped (if mapped) and unreferenced on drop.
+#[derive(Debug)]
+pub struct VirglBlob {
+    virgl: Rc<Virgl>,
+    res_id: u32,
+    size: u64,
+    mapped: Option<BlobMapping>,
+}
+
+impl VirglBlob {
+    /// `virgl_renderer_resource_create_blob` of a mappable `HOST3D` blob
+    /// `blob_id` of `size` bytes in context `ctx` as resource `res_id`.
+    pub fn new(
+        ctx: &VirglContext,
+        res_id: u32,
+        blob_id: u64,
+        size: u64,
+    ) -> Result<Self, VirglError> {
+        if res_id == 0 {
+            return Err(VirglError::Call {
+                op: "virgl_renderer_resource_create_blob",
+                errno: libc::EINVAL,
+            });
+        }
+        let args = CreateBlobArgs {
+            res_handle: res_id,
+            ctx_id: ctx.id,
+            blob_mem: BLOB_MEM_HOST3D,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id,
+            size,
+            iovecs: ptr::null(),
+            num_iovs: 0,
+        };
+        // SAFETY: `args` is a valid struct; HOST3D takes no iovecs.
+        let rc = unsafe { (ctx.virgl.lib.resource_create_blob)(&args) };
+        check("virgl_renderer_resource_create_blob", rc)?;
+        Ok(VirglBlob {
+            virgl: Rc::clone(&ctx.virgl),
+            res_id,
+            size,
+            mapped: None,
+        })
+    }
+
+    /// The kind of fd the library exports the blob as
+    /// (`VIRGL_RENDERER_BLOB_FD_TYPE_*`); the fd itself is closed.
+    pub fn export_fd_type(&self) -> Result<u32, VirglError> {
+        let (mut ty, mut fd) = (0u32, -1 as c_int);
+        // SAFETY: two valid out pointers; on success we own `fd`.
+        let rc = unsafe { (self.virgl.lib.resource_export_blob)(self.res_id, &mut ty, &mut fd) };
+        check("virgl_renderer_resource_export_blob", rc)?;
+        if fd >= 0 {
+            // SAFETY: the library handed this new fd over to us.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        Ok(ty)
+    }
+
+    /// Maps the blob in this process through the library and says where
+    /// (the pointer to register; never the exported fd's offset 0).
+    pub fn map(&mut self) -> Result<BlobMapping, VirglError> {
+        if let Some(m) = self.mapped {
+            return Ok(m);
+        }
+        // A dma-buf's mapping is VM_PFNMAP, which privcmd refuses: say so
+        // here rather than as EACCES from the register ioctl.
+        if self.export_fd_type()? == BLOB_FD_TYPE_DMABUF {
+            return Err(VirglError::Call {
+                op: "map a dma-buf blob",
+                errno: libc::EOPNOTSUPP,
+            });
+        }
+        let mut map_info = 0u32;
+        // SAFETY: one valid out pointer.
+        let rc = unsafe { (self.virgl.lib.resource_get_map_info)(self.res_id, &mut map_info) };
+        check("virgl_renderer_resource_get_map_info", rc)?;
+        let (mut p, mut len) = (ptr::null_mut::<c_void>(), 0u64);
+        // SAFETY: two valid out pointers; the mapping stays until
+        // `resource_unmap` (in `unmap` or drop).
+        let rc = unsafe { (self.virgl.lib.resource_map)(self.res_id, &mut p, &mut len) };
+        check("virgl_renderer_resource_map", rc)?;
+        let m = BlobMapping {
+            addr: p as usize,
+            len,
+            map_info: map_info & MAP_CACHE_MASK,
+        };
+        self.mapped = Some(m);
+        Ok(m)
+    }
+
+    /// Undoes [`VirglBlob::map`].
+    pub fn unmap(&mut self) {
+        if self.mapped.take().is_some() {
+            // SAFETY: the resource is mapped (by `map`), unmapped once.
+            let rc = unsafe { (self.virgl.lib.resource_unmap)(self.res_id) };
+            if let Err(e) = check("virgl_renderer_resource_unmap", rc) {
+                warn!(%e, res = self.res_id, "unmap");
+            }
+        }
+    }
+}
+
+impl BackendBlob for VirglBlob {
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for VirglBlob {
+    fn drop(&mut self) {
+        self.unmap();
+        // SAFETY: the resource this handle created, unreferenced once.
+        unsafe { (self.virgl.lib.resource_unref)(self.res_id) };
+    }
+}
+
+/// The venus backend: contexts of [`CAPSET_VENUS`] and their blobs.
+#[derive(Debug)]
+pub struct VirglBackend {
+    virgl: Rc<Virgl>,
+}
+
+impl VirglBackend {
+    /// Loads `library` and initialises venus (render server, no virgl).
+    pub fn new(library: &str) -> Result<Self, VirglError> {
+        let virgl = Virgl::init(library, FLAG_VENUS | FLAG_NO_VIRGL | FLAG_RENDER_SERVER)?;
+        Ok(VirglBackend { virgl })
+    }
+
+    /// The library.
+    pub fn virgl(&self) -> &Rc<Virgl> {
+        &self.virgl
+    }
+}
+
+impl Backend for VirglBackend {
+    type Context = VirglContext;
+    type Blob = VirglBlob;
+
+    fn capset_info(&self, capset: u32) -> Option<CapsetInfo> {
+        // Only venus: the library would also answer for virgl's capsets,
+        // which this backend does not serve (NO_VIRGL).
+        if capset != CAPSET_VENUS {
+            return None;
+        }
+        self.virgl.capset_info(capset)
+    }
+
+    fn capset(&self, capset: u32, version: u32) -> Result<Vec<u8>, i32> {
+        if capset != CAPSET_VENUS {
+            return Err(libc::EINVAL);
+        }
+        self.virgl.capset(capset, version).map_err(|e| e.errno())
+    }
+
+    fn create_context(&mut self, ctx_id: u32, capset: u32) -> Result<VirglContext, i32> {
+        if capset != CAPSET_VENUS {
+            return Err(libc::EINVAL);
+        }
+        VirglContext::new(&self.virgl, ctx_id, capset, "gpu-hostmem").map_err(|e| {
+            warn!(%e, ctx_id, "venus context");
+            e.errno()
+        })
+    }
+
+    fn create_blob(&mut self, ctx: &VirglContext, args: &BlobArgs) -> Result<VirglBlob, i32> {
+        VirglBlob::new(ctx, args.resource_id, args.blob_id, args.size).map_err(|e| {
+            warn!(%e, resource = args.resource_id, blob_id = args.blob_id, "venus blob");
+            e.errno()
+        })
+    }
+
+    fn map_blob(&mut self, blob: &mut VirglBlob) -> Result<BlobMapping, i32> {
+        blob.map().map_err(|e| {
+            warn!(%e, res = blob.res_id, "venus blob map");
+            e.errno()
+        })
+    }
+
+    fn unmap_blob(&mut self, blob: &mut VirglBlob) {
+        blob.unmap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_is_an_error_naming_it() {
+        let e = VirglBackend::new("libvirglrenderer-not-here.so.0").expect_err("loaded");
+        assert!(matches!(e, VirglError::Load { .. }));
+        assert!(e.to_string().contains("libvirglrenderer-not-here.so.0"));
+        assert_eq!(e.errno(), libc::ENODEV);
+    }
+
+    #[test]
+    fn return_codes_of_either_sign_are_errnos() {
+        assert!(check("x", 0).is_ok());
+        assert_eq!(
+            check("x", -libc::ENOMEM).map_err(|e| e.errno()),
+            Err(libc::ENOMEM)
+        );
+        assert_eq!(
+            check("x", libc::EINVAL).map_err(|e| e.errno()),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(check("x", -1).map_err(|e| e.errno()), Err(libc::EINVAL));
+    }
+}
