@@ -61,7 +61,7 @@ done
 # The build root of the last tests/e2e/build (it keeps only one) and its
 # tree directory /build/xen: hold the build lock so no build runs meanwhile.
 gh_lock
-broot=$(find "$GH_CACHE/buildroot" -mindepth 2 -maxdepth 2 -name done -printf '%h\n' 2>/dev/null | head -n 1)
+broot=$(find "$GH_CACHE/buildroot" -mindepth 2 -maxdepth 2 -name done -printf '%h\n' -quit 2>/dev/null || true)
 [ -n "$broot" ] || gh_die "no build root under $GH_CACHE/buildroot: run tests/e2e/build first"
 BUILDROOT=$broot/root
 
