@@ -584,15 +584,12 @@ mod tests {
     fn map_one(backend: Lying, reg: Reg) -> (Reply, RendererState<Reg, Lying>) {
         let mut st = RendererState::with_backend(reg, backend, RendererLimits::default());
         let req = |op, seq| Request {
-            version: VERSION,
-            op,
             ctx_id: 1,
             capset: 4,
             resource_id: 9,
-            handle: 0,
             blob_id: 3,
             arg: 1 << 16,
-            seq,
+            ..Request::new(op, seq)
         };
         assert_eq!(st.handle(&req(Op::CreateContext, 1)).errno, 0);
         let h = st.handle(&req(Op::CreateBlob, 2)).handle;

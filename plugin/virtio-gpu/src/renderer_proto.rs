@@ -147,6 +147,22 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl Request {
+    /// A request of this build's version for `op`, numbered `seq`, every
+    /// other field 0.
+    pub fn new(op: Op, seq: u64) -> Self {
+        Request {
+            version: VERSION,
+            op,
+            ctx_id: 0,
+            capset: 0,
+            resource_id: 0,
+            handle: 0,
+            blob_id: 0,
+            arg: 0,
+            seq,
+        }
+    }
+
     /// The wire form.
     pub fn encode(&self) -> [u8; REQUEST_LEN] {
         let mut b = [0u8; REQUEST_LEN];
@@ -310,17 +326,7 @@ impl SocketRenderer {
             ));
         }
         self.seq += 1;
-        let mut req = Request {
-            version: VERSION,
-            op,
-            ctx_id: 0,
-            capset: 0,
-            resource_id: 0,
-            handle: 0,
-            blob_id: 0,
-            arg: 0,
-            seq: self.seq,
-        };
+        let mut req = Request::new(op, self.seq);
         fill(&mut req);
         let r = self.exchange(name, &req);
         if let Err(e) = &r {
