@@ -6,12 +6,10 @@
 //! registered.
 
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
 use std::thread;
 
 use gpu_hostmem_renderer::{
-    pattern, serve, Registrar, RendererLimits, RendererOsError, RendererState, RendererStats,
-    ServeError,
+    pattern, serve, RendererLimits, RendererState, RendererStats, ServeError,
 };
 use gpu_hostmem_virtio_gpu::blob::{
     resp as bresp, Blobs, TEST_CAPSET_DATA, TEST_CAPSET_ID, TEST_CAPSET_VERSION,
@@ -22,63 +20,10 @@ use gpu_hostmem_virtio_gpu::renderer_proto::{
     Op, Reply, Request, SocketRenderer, REPLY_LEN, VERSION,
 };
 
+mod common;
+use common::{FakeRegistrar, Reg, PAGE};
+
 const WINDOW: u64 = 1 << 20;
-const PAGE: u64 = 4096;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reg {
-    id: u32,
-    addr: usize,
-    size: u64,
-    offset: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-struct FakeRegistrar {
-    regs: Arc<Mutex<Vec<Reg>>>,
-    /// Refuse the next register with this errno.
-    fail: Arc<Mutex<Option<i32>>>,
-}
-
-impl Registrar for FakeRegistrar {
-    fn register(
-        &mut self,
-        id: u32,
-        addr: usize,
-        size: u64,
-        offset: u64,
-    ) -> Result<(), RendererOsError> {
-        if let Some(errno) = self.fail.lock().expect("fail").take() {
-            return Err(RendererOsError {
-                op: "IOCTL_PRIVCMD_HOSTMEM_REGISTER",
-                source: std::io::Error::from_raw_os_error(errno),
-            });
-        }
-        let mut r = self.regs.lock().expect("regs");
-        assert!(r.iter().all(|x| x.id != id), "id {id} registered twice");
-        assert!(addr % PAGE as usize == 0 && size % PAGE == 0 && offset % PAGE == 0);
-        r.push(Reg {
-            id,
-            addr,
-            size,
-            offset,
-        });
-        Ok(())
-    }
-
-    fn unregister(&mut self, id: u32) -> Result<(), RendererOsError> {
-        let mut r = self.regs.lock().expect("regs");
-        let n = r.len();
-        r.retain(|x| x.id != id);
-        if r.len() == n {
-            return Err(RendererOsError {
-                op: "IOCTL_PRIVCMD_HOSTMEM_UNREGISTER",
-                source: std::io::Error::from_raw_os_error(libc::ENOENT),
-            });
-        }
-        Ok(())
-    }
-}
 
 fn seqpacket_pair() -> (UnixDatagram, UnixDatagram) {
     let (a, b) = gpu_hostmem_test_support::seqpacket_pair().expect("socketpair");

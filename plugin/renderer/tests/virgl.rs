@@ -20,52 +20,16 @@ use std::process::Command;
 
 use gpu_hostmem_renderer::backend::Backend;
 use gpu_hostmem_renderer::virgl::{VirglBackend, CAPSET_VENUS, SONAME};
-use gpu_hostmem_renderer::{Registrar, RendererLimits, RendererOsError, RendererState};
+use gpu_hostmem_renderer::{RendererLimits, RendererState};
+
+mod common;
+use common::FakeRegistrar;
 use gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID;
-use gpu_hostmem_virtio_gpu::renderer_proto::{Op, Request, VERSION};
+use gpu_hostmem_virtio_gpu::renderer_proto::{Op, Request};
 
 const ROOT_ENV: &str = "GH_VIRGL_ROOT";
 const INSIDE_ENV: &str = "GH_VIRGL_INSIDE";
 const NAME: &str = "venus_capset_context_and_blob_id_0_from_libvirglrenderer";
-
-#[derive(Debug, Default)]
-struct FakeRegistrar {
-    regs: Vec<(u32, usize, u64, u64)>,
-}
-
-impl Registrar for FakeRegistrar {
-    fn register(
-        &mut self,
-        id: u32,
-        addr: usize,
-        size: u64,
-        offset: u64,
-    ) -> Result<(), RendererOsError> {
-        self.regs.push((id, addr, size, offset));
-        Ok(())
-    }
-
-    fn unregister(&mut self, id: u32) -> Result<(), RendererOsError> {
-        let n = self.regs.len();
-        self.regs.retain(|r| r.0 != id);
-        assert_eq!(self.regs.len() + 1, n, "unregister of unknown {id}");
-        Ok(())
-    }
-}
-
-fn req(op: Op, seq: u64) -> Request {
-    Request {
-        version: VERSION,
-        op,
-        ctx_id: 0,
-        capset: 0,
-        resource_id: 0,
-        handle: 0,
-        blob_id: 0,
-        arg: 0,
-        seq,
-    }
-}
 
 /// The line of /proc/self/maps whose range holds `[addr, addr + len)`.
 fn vma_of(addr: usize, len: u64) -> Option<String> {
@@ -105,7 +69,7 @@ fn inside() {
     let mut seq = 0;
     let mut next = |op| {
         seq += 1;
-        req(op, seq)
+        Request::new(op, seq)
     };
     // Capset info from the library, over the protocol's handler.
     let r = st.handle(&Request {
@@ -170,9 +134,9 @@ fn inside() {
     );
     assert_eq!(r.errno, 0);
     assert_eq!(r.map_info, 1, "VIRTIO_GPU_MAP_CACHE_CACHED");
-    let regs = st.registrar().regs.clone();
+    let regs = st.registrar().regs.lock().expect("regs").clone();
     assert_eq!(regs.len(), 1);
-    let (_, addr, len, off) = regs[0];
+    let (addr, len, off) = (regs[0].addr, regs[0].size, regs[0].offset);
     let vma = vma_of(addr, len).expect("the registered range is mapped");
     println!("registered {addr:#x}+{len:#x} at {off:#x}; its VMA: {vma}");
     assert_eq!((len, off), (1 << 20, 0x20_0000));
@@ -182,10 +146,10 @@ fn inside() {
         ..next(Op::UnmapBlob)
     });
     assert_eq!(r.errno, 0);
-    assert!(st.registrar().regs.is_empty());
+    let left = st.registrar().regs.lock().expect("regs").len();
+    assert_eq!(left, 0);
     println!(
-        "unmapped: registrations left {}, VMA now {:?}",
-        st.registrar().regs.len(),
+        "unmapped: registrations left {left}, VMA now {:?}",
         vma_of(addr, len)
     );
     let r = st.handle(&Request {
