@@ -1565,6 +1565,50 @@ static void foreign_map_lent_test(uint16_t p, uint16_t d, uint16_t c,
     X.fm_unmap(fm, (void *)cag, 1);
 }
 
+/* What revoke_and_lend_again() saw: return codes and probe reads. */
+struct relend {
+    int rcr, rclim, rcl2, rcr2;
+    uint32_t r2, r3, r4, r5;
+};
+
+/*
+ * Agent D has lent its page @x (holding @pat) to P at the probe GFN: P
+ * reads @pat, D revokes, P reads the hole; then P's count of lent pages
+ * must be 0 again, so that with P's limit at one page D can lend @x
+ * again (P reads @pat) and revoke it (P reads the hole).
+ */
+static void revoke_and_lend_again(uint16_t p, volatile uint32_t *probe,
+                                  uint64_t x, uint32_t pat, struct relend *a)
+{
+    const uint64_t probe_gfn = GUEST_PROBE_ADDR >> 12;
+    uint32_t done;
+
+    a->r2 = probe_read(probe, pat);      /* still lent */
+    a->rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
+    a->r3 = probe_read(probe, 0xffffffffU);
+    a->rclim = set_lend_limit(p, 1);
+    if ( a->rclim == 0 && a->rcr == 0 && a->r3 == 0xffffffffU )
+    {
+        a->rcl2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
+        if ( a->rcl2 == 0 )
+        {
+            a->r4 = probe_read(probe, pat);
+            a->rcr2 = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x,
+                                 &done);
+            a->r5 = probe_read(probe, 0xffffffffU);
+        }
+    }
+    set_lend_limit(p, 0);                /* back to the host-wide cap */
+}
+
+/* Everything revoke_and_lend_again() saw was right. */
+static bool relend_ok(const struct relend *a, uint32_t pat)
+{
+    return a->r2 == pat && a->rcr == 0 && a->r3 == 0xffffffffU &&
+           a->rclim == 0 && a->rcl2 == 0 && a->r4 == pat && a->rcr2 == 0 &&
+           a->r5 == 0xffffffffU;
+}
+
 /*
  * lend-foreign-mapped: C (privileged over D since foreign-map-lent) maps a
  * page of D's RAM with XENMEM_add_to_physmap_batch *before* D lends it to
@@ -1591,8 +1635,9 @@ static void lend_foreign_mapped_test(uint16_t p, uint16_t d, uint16_t c,
     volatile uint32_t *cag = map_page_of(c, GUEST_BASE >> 12,
                                          PROT_READ | PROT_WRITE);
     volatile uint32_t *m = map_page_of(d, x, PROT_READ | PROT_WRITE);
-    int rcm, errm, rcl, rcu = 1, rcr = 1, rclim = 1, rcl2 = 1, rcr2 = 1;
-    uint32_t done, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0;
+    int rcm, errm, rcl, rcu = 1;
+    uint32_t done, r1 = 0;
+    struct relend a = { 1, 1, 1, 1, 0, 0, 0, 0 };
 
     if ( !cag || !m )
     {
@@ -1609,34 +1654,16 @@ static void lend_foreign_mapped_test(uint16_t p, uint16_t d, uint16_t c,
     if ( rcm == 0 && errm == 0 )
         rcu = agent_remove_from_physmap(cag, SPARE_GFN + 1);
     if ( rcl == 0 )
-    {
-        r2 = probe_read(probe, pat);     /* still lent */
-        rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
-        r3 = probe_read(probe, 0xffffffffU);
-    }
-
-    /* P's count of lent pages: 0 again, so a limit of 1 admits a lend. */
-    rclim = set_lend_limit(p, 1);
-    if ( rclim == 0 && rcr == 0 && r3 == 0xffffffffU )
-    {
-        rcl2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
-        if ( rcl2 == 0 )
-        {
-            r4 = probe_read(probe, pat);
-            rcr2 = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
-            r5 = probe_read(probe, 0xffffffffU);
-        }
-    }
-    set_lend_limit(p, 0);                /* back to the host-wide cap */
+        revoke_and_lend_again(p, probe, x, pat, &a);
 
     result("lend-foreign-mapped",
            rcm == 0 && errm == 0 && rcl == 0 && r1 == pat && rcu == 0 &&
-           r2 == pat && rcr == 0 && r3 == 0xffffffffU && rclim == 0 &&
-           rcl2 == 0 && r4 == pat && rcr2 == 0 && r5 == 0xffffffffU,
+           relend_ok(&a, pat),
            "map:rc=%d,err=%d,lend:rc=%d,probe-read=%#x,unmap:rc=%d,"
            "probe-read=%#x,revoke:rc=%d,probe-read=%#x,limit-1:rc=%d,"
            "lend-again:rc=%d,probe-read=%#x,revoke:rc=%d,probe-read=%#x",
-           rcm, errm, rcl, r1, rcu, r2, rcr, r3, rclim, rcl2, r4, rcr2, r5);
+           rcm, errm, rcl, r1, rcu, a.r2, a.rcr, a.r3, a.rclim, a.rcl2, a.r4,
+           a.rcr2, a.r5);
     X.fm_unmap(fm, (void *)cag, 1);
 }
 
@@ -1662,9 +1689,9 @@ static void lend_foreign_mapped_teardown_test(uint16_t p, uint16_t d,
     volatile uint32_t *cag = map_page_of(c, GUEST_BASE >> 12,
                                          PROT_READ | PROT_WRITE);
     volatile uint32_t *m = map_page_of(d, x, PROT_READ | PROT_WRITE);
-    int rcm = 1, errm = 1, rcl, rcd = -1, rcr = 1, rclim = 1, rcl2 = 1;
-    int rcr2 = 1;
-    uint32_t done, r1 = 0, r2 = 0, r3 = 0, r4 = 0, r5 = 0;
+    int rcm = 1, errm = 1, rcl, rcd = -1;
+    uint32_t done, r1 = 0;
+    struct relend a = { 1, 1, 1, 1, 0, 0, 0, 0 };
     const char *mapper = "alive";
     uint64_t info[512];
     double end;
@@ -1708,37 +1735,16 @@ static void lend_foreign_mapped_teardown_test(uint16_t p, uint16_t d,
     }
 
     if ( rcl == 0 )
-    {
-        r2 = probe_read(probe, pat);     /* still lent */
-        rcr = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
-        r3 = probe_read(probe, 0xffffffffU);
-    }
-
-    /* P's count of lent pages: 0 again, so a limit of 1 admits a lend. */
-    rclim = set_lend_limit(p, 1);
-    if ( rclim == 0 && rcr == 0 && r3 == 0xffffffffU )
-    {
-        rcl2 = agent_call(p, XEN_DMOP_lend_pages, probe_gfn, x, &done);
-        if ( rcl2 == 0 )
-        {
-            r4 = probe_read(probe, pat);
-            rcr2 = agent_call(p, XEN_DMOP_revoke_pages, probe_gfn, x, &done);
-            r5 = probe_read(probe, 0xffffffffU);
-        }
-    }
-    set_lend_limit(p, 0);                /* back to the host-wide cap */
+        revoke_and_lend_again(p, probe, x, pat, &a);
 
     result("lend-foreign-mapped-teardown",
            rcm == 0 && errm == 0 && rcl == 0 && r1 == pat && rcd == 0 &&
-           strcmp(mapper, "alive") && r2 == pat && rcr == 0 &&
-           r3 == 0xffffffffU &&
-           rclim == 0 && rcl2 == 0 && r4 == pat && rcr2 == 0 &&
-           r5 == 0xffffffffU,
+           strcmp(mapper, "alive") && relend_ok(&a, pat),
            "map:rc=%d,err=%d,lend:rc=%d,probe-read=%#x,destroy-mapper=%d,"
            "mapper=%s,probe-read=%#x,revoke:rc=%d,probe-read=%#x,"
            "limit-1:rc=%d,lend-again:rc=%d,probe-read=%#x,revoke:rc=%d,"
-           "probe-read=%#x", rcm, errm, rcl, r1, rcd, mapper, r2, rcr, r3,
-           rclim, rcl2, r4, rcr2, r5);
+           "probe-read=%#x", rcm, errm, rcl, r1, rcd, mapper, a.r2, a.rcr,
+           a.r3, a.rclim, a.rcl2, a.r4, a.rcr2, a.r5);
 }
 
 /*
