@@ -432,17 +432,27 @@ fn fails_cleanly_without_retry_support() {
     );
 }
 
+/// The living (not zombie) children of `sup`.
+fn children_of(sup: u32) -> Vec<u32> {
+    let Ok(d) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    d.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let mut f = rest.split_whitespace();
+            let state = f.next()?;
+            let ppid: u32 = f.next()?.parse().ok()?;
+            (ppid == sup && state != "Z").then_some(pid)
+        })
+        .collect()
+}
+
 /// The supervisor's worker child (the server itself), if one runs.
 fn worker_of(sup: u32) -> Option<u32> {
-    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let mut f = rest.split_whitespace();
-        let state = f.next()?;
-        let ppid: u32 = f.next()?.parse().ok()?;
-        (ppid == sup && state != "Z").then_some(pid)
-    })
+    children_of(sup).into_iter().next()
 }
 
 fn cmdline(pid: u32) -> String {
@@ -722,19 +732,9 @@ fn renderer_exe() -> ExeCopy {
 
 /// The children of `sup` whose command line contains `what`.
 fn children_with(sup: u32, what: &str) -> Vec<u32> {
-    let Ok(d) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    d.flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let mut f = rest.split_whitespace();
-            let state = f.next()?;
-            let ppid: u32 = f.next()?.parse().ok()?;
-            (ppid == sup && state != "Z" && cmdline(pid).contains(what)).then_some(pid)
-        })
+    children_of(sup)
+        .into_iter()
+        .filter(|&pid| cmdline(pid).contains(what))
         .collect()
 }
 
