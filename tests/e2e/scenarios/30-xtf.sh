@@ -126,8 +126,9 @@ for t in "${list[@]}"; do
         sig=$("$classify" --map "$map" --list /tmp/xtf-dmesg || true)
         if [ -n "$sig" ] && [ "$tries" -lt 2 ]; then
             tries=$((tries + 1))
-            lost="$lost,lost to test-bed fault A ($(echo "$sig" | head -n1 | cut -d' ' -f2-))"
-            echo "xtf: $t: guest lost to signature A, running it again"
+            letter=$(echo "$sig" | head -n1 | cut -d' ' -f1)
+            lost="$lost,lost to test-bed fault $letter ($(echo "$sig" | head -n1 | cut -d' ' -f2-))"
+            echo "xtf: $t: guest lost to signature $letter, running it again"
             continue
         fi
         # Show what the test printed, for the log.
