@@ -26,7 +26,7 @@ BENCH_FAILED=0
 # pci=noearly skips the kernel's early PCI quirk scan (config reads through
 # port 0xcfc in setup_arch, where docs/status.md places the triple fault); a
 # workaround tried to get the benchmarks through while the bug is open, not a
-# fix (a guest booted with it still triple-faulted once, docs/benchmarks.md),
+# fix (a guest booted with it still triple-faulted once, docs/history.md),
 # and harmless to what they measure (the BAR is probed later, normally).
 BENCH_GUEST_EXTRA=${BENCH_GUEST_EXTRA-pci=noearly}
 
