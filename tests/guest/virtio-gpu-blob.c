@@ -16,20 +16,27 @@
  * pattern (word i = i * 2654435761 ^ resource id, written by
  * gpu-hostmem-renderer); then it stamps the first word of every page with
  * the complement, which the renderer counts when the blob is unmapped.
- * Prints GH-VG-BLOB-MAPPED and holds the mapping HOLD_SECONDS (dom0 reads
- * gpu-hostmem status meanwhile), then closes the GEM handle (the driver
- * sends UNMAP_BLOB and UNREF: the host unregisters and revokes), prints
- * GH-VG-BLOB-UNREF and waits HOLD_SECONDS again. No command may get an
+ * Prints GH-VG-BLOB-MAPPED and holds the mapping until dom0, done reading
+ * gpu-hostmem status, writes HOST_ACK into the blob's second word through
+ * the renderer's memfd (at most HOLD_SECONDS: a handshake, not a fixed
+ * time, so a slow host cannot miss the mapping; the guest reading it also
+ * shows a host write reaching a lent page), then closes the GEM handle
+ * (the driver sends UNMAP_BLOB and UNREF: the host unregisters and
+ * revokes), prints GH-VG-BLOB-UNREF and waits 8 s. No command may get an
  * error answer (the driver logs those as "response 0x...").
  * Prints "RESULT name=... ok=0|1 value=..." lines; exit status 0 if all ok.
  */
 #include <sys/mman.h>
+#include <time.h>
 
 #include "virtio-gpu-common.h"
 
 #define TEST_CAPSET 30
 #define BLOB_PAGES 16
 #define PAGE 4096
+/* "!KCA" in memory: what dom0 writes into word 1 of the blob. */
+#define HOST_ACK 0x41434b21u
+#define UNREF_WAIT 8
 
 static int errors_in_log(void)
 {
@@ -135,7 +142,11 @@ static int run(int hold)
     result("guest-stamped", 1, "pages=%u", BLOB_PAGES);
     printf("GH-VG-BLOB-MAPPED res=%u\n", cb.res_handle);
     fflush(stdout);
-    sleep(hold);
+    time_t start = time(NULL);
+    while (w[1] != HOST_ACK && time(NULL) - start < hold)
+        usleep(100000);
+    result("guest-host-ack", w[1] == HOST_ACK, "word1=0x%08x,%lds", w[1],
+           (long)(time(NULL) - start));
 
     munmap((void *)w, BLOB_PAGES * PAGE);
     struct drm_gem_close gcl = {.handle = cb.bo_handle};
@@ -144,7 +155,7 @@ static int run(int hold)
     usleep(500000);
     printf("GH-VG-BLOB-UNREF res=%u\n", cb.res_handle);
     fflush(stdout);
-    sleep(hold);
+    sleep(UNREF_WAIT);
     int errors = errors_in_log() - errors_before;
     result("guest-no-error-responses", errors == 0, "%d", errors);
     close(fd);

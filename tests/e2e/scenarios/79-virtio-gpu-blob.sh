@@ -29,7 +29,9 @@ hm_device_config vgb "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  
     "renderer, test capset" "renderer $renderer as nobody, test capset offered"
 
 name=vg-blob
-hold=${VG_BLOB_HOLD:-8}
+# The guest holds its mapping until dom0 acknowledges (host_ack), at most
+# this long.
+hold=${VG_BLOB_HOLD:-600}
 hm_install || exit 1
 check vgb-renderer-installed "$renderer" test -x "$renderer"
 hm_create vgb "$name" "virtio-gpu-blob,run,$hold" || exit 1
@@ -50,6 +52,17 @@ renderer_unprivileged() {
 }
 check vgb-renderer-unprivileged "pid=${rpid:-none}" renderer_unprivileged "${rpid:-none}"
 
+# host_ack PID: writes "!KCA" (the guest's HOST_ACK) at byte 4 of the
+# renderer's one blob memfd.
+host_ack() {
+    local f n=0 mfd=
+    for f in /proc/"$1"/fd/*; do
+        case "$(readlink "$f")" in /memfd:*) mfd=$f; n=$((n + 1)) ;; esac
+    done
+    [ "$n" = 1 ] || { echo "renderer $1 holds $n memfds"; return 1; }
+    printf '!KCA' | dd of="$mfd" bs=4 seek=1 conv=notrunc status=none
+}
+
 xl unpause "$name"
 t=$(gh_now)
 regs_mapped= model_mapped=
@@ -67,6 +80,10 @@ if hm_wait_marker "$name" '^GH-VG-BLOB-MAPPED' "${HM_GUEST_WAIT:-900}"; then
     check vgb-lent "kernel=${lent_mapped:-none},lends=$lends" [ "${lent_mapped:-0}" -ge 16 -a "$lends" -ge 1 ]
     check vgb-model-mapped "$model_mapped" sh -c \
         "printf '%s' '$model_mapped' | grep -q 'contexts 1, blobs 1 (65536 bytes), mapped 1 (65536 bytes), renderer errors 0'"
+    # Done reading: let the guest go on, by writing HOST_ACK into the
+    # blob's second word through the renderer's memfd (the page the guest
+    # has mapped: it reads the host's write through the window).
+    check vgb-host-ack "pid=${rpid:-none}" host_ack "${rpid:-none}"
 else
     result vgb-guest-mapped 0 "$(gh_since "$t")s"
 fi
@@ -97,7 +114,7 @@ fi
 out=/tmp/$name.out
 grep '^KLOG' "$out" | sed 's/^/[guest klog] /'
 for r in guest-modules guest-drm-nodes guest-getparam guest-get-caps guest-context-init \
-    guest-create-blob guest-map guest-read-host-pattern guest-stamped guest-unref \
+    guest-create-blob guest-map guest-read-host-pattern guest-stamped guest-host-ack guest-unref \
     guest-no-error-responses; do
     check "vgb-$r" "$(grep "^RESULT name=$r " "$out" | tail -n1 | sed 's/.* value=//')" gh_guest_result "$name" "$r"
 done
