@@ -5,11 +5,9 @@
 # Selection: one xtf-runner selection per line of /etc/gpu-hostmem/xtf-selection
 # (tests/e2e/run's GPU_HOSTMEM_XTF_SELECTION, lines separated by ";"),
 # default the CI subset below; "everything" selects every test the build
-# produces (all categories).  Instances run two at a time (GH_XTF_JOBS),
-# each its own guest.  An instance whose guest died of a known test-bed
-# fault (tests/e2e/classify-failure on `xl dmesg`, the fault's vCPU context
-# being that guest's domid) runs again, alone, at most twice; its RESULT
-# says so.  Tests listed in XTF_TESTBED_LIMITS fail
+# produces (all categories).  A test instance whose guest died of the test
+# bed's signature A (tests/e2e/classify-failure on `xl dmesg`) runs again,
+# at most twice; its RESULT says so.  Tests listed in XTF_TESTBED_LIMITS fail
 # identically on the unpatched 4.20.4 hypervisor (docs/e2e.md, "XTF"): they
 # are reported with ok=1 and "test-bed limit" in the value, never hidden.
 # timeout: 3600
@@ -93,90 +91,9 @@ limit() {
     return 1
 }
 
-# verdict T: the result of T's last run (SUCCESS, SKIP, FAILURE, ERROR,
-# CRASH or CRASH(timeout ...)).
-verdict() {
-    local f=$res_dir/$1 r
-    r=$(awk -v t="$1" '/^Combined test results:/ { on = 1; next } on && $1 == t { r = $2 } END { print r }' "$f.out")
-    [ -n "$r" ] || r=CRASH
-    [ "$(cat "$f.rc")" = 124 ] && r="CRASH(timeout ${per_test}s)"
-    echo "$r"
-}
-
-# run_one T: runs instance T once, in the background of the caller's pool;
-# leaves in $res_dir/T.{out,rc,secs,domid} what xtf-runner printed, its exit
-# code, the time taken and the guest's domid (polled while it runs, so that
-# a fault in `xl dmesg` can be put down to this guest and no other).
-res_dir=/tmp/xtf-res
-rm -rf "$res_dir"
-mkdir -p "$res_dir"
-run_one() {
-    local t=$1 f=$res_dir/$1 t0 pid dom= rc=0
-    # Results from xenconsoled's log of the guest (dom0 runs it with
-    # --log=guest), not `xl console`: that one races with xenconsoled
-    # for a PV guest ("Could not read tty from store").
-    rm -f "$GH_CONSOLE_DIR/guest-$t.log"
-    t0=$(gh_now)
-    (cd "$xtf" && exec timeout -k 5 "$per_test" ./xtf-runner --results-mode=logfile \
-        --logfile-dir="$GH_CONSOLE_DIR" --logfile-pattern=guest-%s.log "$t") >"$f.out" 2>&1 &
-    pid=$!
-    while kill -0 "$pid" 2>/dev/null; do
-        [ -n "$dom" ] || dom=$(xl domid "$t" 2>/dev/null || true)
-        sleep 0.3
-    done
-    wait "$pid" || rc=$?
-    echo "$rc" >"$f.rc"
-    gh_since "$t0" >"$f.secs"
-    echo "$dom" >"$f.domid"
-    # Xen's console ring wraps within a few instances: keep what it held
-    # when this one failed.
-    case "$(verdict "$t")" in
-    SUCCESS | SKIP) rm -f "$f.dmesg" ;;
-    *)
-        xl dmesg >"$f.dmesg" 2>&1 || true
-        # Remove what a crashed test left behind.
-        xl destroy "$t" >/dev/null 2>&1 || true
-        ;;
-    esac
-}
-
-# fault_of T: the first test-bed fault (tests/e2e/classify-failure) that
-# `xl dmesg` shows for T's own domain (its vCPU context dNvM), if any.
-fault_of() {
-    local dom
-    dom=$(cat "$res_dir/$1.domid")
-    [ -n "$dom" ] && [ -f "$res_dir/$1.dmesg" ] || return 0
-    "$classify" --map "$map" --list "$res_dir/$1.dmesg" 2>/dev/null |
-        awk -v d="d$dom" '{ for (i = 2; i <= NF; i++) if ($i == d || index($i, d "v") == 1) { print; exit } }' || true
-}
-
-# Instances run two at a time (GH_XTF_JOBS): each is a guest of its own
-# with its own console log and domid, and the time of a run is mostly
-# dom0's toolstack, which one instance keeps on one vCPU.
-jobs_max=${GH_XTF_JOBS:-2}
-xl dmesg -c >/dev/null 2>&1 || true
-t_all=$(gh_now)
-torun=()
-for t in "${list[@]}"; do
-    skip=
-    for e in "${not_run_envs[@]}"; do
-        case "$t" in "test-$e-"*) skip=$e ;; esac
-    done
-    [ -n "$skip" ] || torun+=("$t")
-done
-running=0
-for t in "${torun[@]}"; do
-    if [ "$running" -ge "$jobs_max" ]; then
-        wait -n || true
-        running=$((running - 1))
-    fi
-    run_one "$t" &
-    running=$((running + 1))
-done
-wait || true
-
 n_ok=0
 n_bad=0
+t_all=$(gh_now)
 for t in "${list[@]}"; do
     skip=
     for e in "${not_run_envs[@]}"; do
@@ -190,23 +107,36 @@ for t in "${list[@]}"; do
     tries=0
     lost=
     while :; do
-        res=$(verdict "$t")
-        secs=$(cat "$res_dir/$t.secs")
+        xl dmesg -c >/dev/null 2>&1 || true
+        t0=$(gh_now)
+        # Results from xenconsoled's log of the guest (dom0 runs it with
+        # --log=guest), not `xl console`: that one races with xenconsoled
+        # for a PV guest ("Could not read tty from store").
+        rm -f "$GH_CONSOLE_DIR/guest-$t.log"
+        out=$(cd "$xtf" && timeout -k 5 "$per_test" ./xtf-runner --results-mode=logfile \
+            --logfile-dir="$GH_CONSOLE_DIR" --logfile-pattern=guest-%s.log "$t" 2>&1)
+        rc=$?
+        res=$(printf '%s\n' "$out" | awk -v t="$t" '/^Combined test results:/ { on = 1; next } on && $1 == t { r = $2 } END { print r }')
+        [ -n "$res" ] || res=CRASH
+        [ "$rc" = 124 ] && res="CRASH(timeout ${per_test}s)"
+        secs=$(gh_since "$t0")
         case "$res" in SUCCESS | SKIP) break ;; esac
-        # The guest died: of the test bed's known fault, in this guest?
-        sig=$(fault_of "$t")
+        # The guest died: of the test bed's known fault?
+        xl dmesg >/tmp/xtf-dmesg 2>&1 || true
+        sig=$("$classify" --map "$map" --list /tmp/xtf-dmesg || true)
         if [ -n "$sig" ] && [ "$tries" -lt 2 ]; then
             tries=$((tries + 1))
-            letter=${sig%% *}
-            lost="$lost,lost to test-bed fault $letter (${sig#* })"
-            echo "xtf: $t: guest lost to signature $letter, running it again (alone)"
-            run_one "$t"
+            letter=$(echo "$sig" | head -n1 | cut -d' ' -f1)
+            lost="$lost,lost to test-bed fault $letter ($(echo "$sig" | head -n1 | cut -d' ' -f2-))"
+            echo "xtf: $t: guest lost to signature $letter, running it again"
             continue
         fi
         # Show what the test printed, for the log.
-        tail -n 25 "$res_dir/$t.out" | sed "s/^/[$t] /"
+        printf '%s\n' "$out" | tail -n 25 | sed "s/^/[$t] /"
         break
     done
+    # Remove what a crashed test left behind.
+    xl destroy "$t" >/dev/null 2>&1 || true
     case "$res" in
     SUCCESS | SKIP) ok=1 ;;
     *) if limit "${t#test-}" "$res"; then ok=1; res="$res (test-bed limit, same on unpatched 4.20.4)"; else ok=0; fi ;;
@@ -215,5 +145,5 @@ for t in "${list[@]}"; do
     if [ "$ok" = 1 ]; then n_ok=$((n_ok + 1)); else n_bad=$((n_bad + 1)); fi
 done
 result xtf-summary "$([ "$n_bad" = 0 ] && echo 1 || echo 0)" \
-    "instances=${#list[@]},ok=$n_ok,failed=$n_bad,jobs=$jobs_max,xen=$(cat /etc/gpu-hostmem/xen-version),$(gh_since "$t_all")s"
+    "instances=${#list[@]},ok=$n_ok,failed=$n_bad,xen=$(cat /etc/gpu-hostmem/xen-version),$(gh_since "$t_all")s"
 exit "$GH_FAILED"
