@@ -49,6 +49,14 @@ pub const ENOSPC_EVICTIONS: u32 = 8;
 /// for a lend the kernel answered `EBUSY`, waits before it is tried again.
 pub const DEFER_POLL: Duration = Duration::from_millis(10);
 
+/// Attempts at lending for one request that the kernel refuses with an
+/// errno that is not a transient one (`EIO`, `ENOMEM`, `EFAULT`, ...: not
+/// `EBUSY`, `ENOSPC`, `EEXIST` or `ESRCH`), [`DEFER_POLL`] apart, the
+/// request left pending in between. Registered memory is never answered
+/// with made-up data: after the last one the request is completed and the
+/// guest crashed.
+pub const LEND_ERROR_ATTEMPTS: u32 = 10;
+
 /// Bytes one BAR request may touch at most. Xen truncates a string request
 /// at the page boundary of its first element, and with xen-patches/0017
 /// splits a straddling element like a plain access (before, a single

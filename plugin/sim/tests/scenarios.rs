@@ -3,7 +3,7 @@
 use gpu_hostmem_core::ioreq::STATE_IORESP_READY;
 use gpu_hostmem_core::limits::Limits;
 use gpu_hostmem_core::platform::Errno;
-use gpu_hostmem_core::server::{ServerError, Stage};
+use gpu_hostmem_core::server::{ServerError, Stage, LEND_ERROR_ATTEMPTS};
 use gpu_hostmem_sim::harness::{predict, test_config, verify, Guest};
 use gpu_hostmem_sim::{Access, Fault, Insn, RetryRule, Sim, SimOptions};
 
@@ -210,28 +210,65 @@ fn busy_lend_is_retried_then_deferred_until_it_succeeds() {
 }
 
 #[test]
-fn partial_batch_failure_is_undone_counted_and_recovers() {
-    // A lend that fails mid-batch, with any errno: EIO, or ENOMEM when
-    // Xen's paging memory for the guest is used up. The access reads as
-    // all ones, nothing stays half lent, the failure is counted, and once
-    // the cause is gone the same page is lent.
-    for (after, errno) in [(5, Errno::EIO), (3, Errno::ENOMEM)] {
+fn lend_error_leaves_the_request_pending_then_serves_it_from_memory() {
+    // A lend that fails mid-batch with an errno that is not one of the
+    // transient ones (EIO, ENOMEM when Xen's paging memory for the guest
+    // is used up, EFAULT): nothing stays half lent, the failure is
+    // counted, the request waits (never all ones for registered memory),
+    // and the next attempt lends the page and the read gets the
+    // backend's bytes. Before, the read got all ones at once.
+    for (after, errno) in [(5, Errno::EIO), (3, Errno::ENOMEM), (0, Errno::EFAULT)] {
         let (sim, mut g) = setup();
         sim.register(&g.ident, 1, 0, 16, 100).expect("register");
         sim.arm(Fault::LendPartial { after, errno });
         let r = g.read(&sim, 0, BASE, 8);
-        assert_eq!(r.access, Access::Emulated { value: u64::MAX });
-        assert_eq!(sim.lent_pages(&g.ident), 0, "partial progress revoked");
+        assert!(matches!(r.access, Access::Ram { .. }), "{errno:?}: {r:?}");
+        assert_eq!(r.access.value(), Some(content(&sim, &g, 0)), "{errno:?}");
         let server = g.server.as_mut().expect("server");
-        assert_eq!(server.ledger().lent_pages(), 0);
         let c = server.status(false).counters;
-        assert_eq!((c.lend_errors, c.unbacked_reads), (1, 1), "{errno:?}");
+        assert_eq!(
+            (c.lend_errors, c.unbacked_reads, c.deferred),
+            (1, 0, 1),
+            "{errno:?}"
+        );
+        assert_eq!(server.pending(), 0);
+        assert_eq!(sim.crash_reason(&g.ident), None);
         sim.check_consistency().expect("consistent");
-        assert!(matches!(
-            g.read(&sim, 0, BASE, 8).access,
-            Access::Ram { .. }
-        ));
-        sim.check_consistency().expect("consistent");
+    }
+}
+
+#[test]
+fn persistent_lend_error_completes_the_request_and_crashes_the_guest() {
+    // The same error at every attempt: after LEND_ERROR_ATTEMPTS the
+    // server gives up on the request, completes it (the vCPU does not
+    // wait for ever) and crashes the guest with a reason naming the errno
+    // and the BAR offset. Registered memory never reads as all ones.
+    for errno in [Errno::EIO, Errno::ENOMEM] {
+        let (sim, mut g) = setup();
+        let id = g.servid.expect("server id");
+        sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+        for _ in 0..LEND_ERROR_ATTEMPTS {
+            sim.arm(Fault::LendPartial { after: 0, errno });
+        }
+        let r = g.read(&sim, 0, BASE + 0x3008, 8);
+        assert_eq!(r.access, Access::Gone, "{errno:?}: {r:?}");
+        assert_eq!(
+            sim.slot_state(&g.ident, id, 0),
+            Some(STATE_IORESP_READY),
+            "completed before the guest was crashed"
+        );
+        let why = sim.crash_reason(&g.ident).expect("the guest was crashed");
+        assert!(
+            why.contains(errno.name()) && why.contains("0x3000"),
+            "reason: {why}"
+        );
+        assert_eq!(sim.lent_pages(&g.ident), 0, "nothing half lent");
+        let c = *g.server.as_ref().expect("server").counters();
+        assert_eq!(
+            (c.lend_errors, c.unbacked_reads),
+            (u64::from(LEND_ERROR_ATTEMPTS), 0),
+            "{errno:?}"
+        );
     }
 }
 
