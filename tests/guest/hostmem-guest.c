@@ -12,7 +12,10 @@
  *   hostmem-guest touch   VENDOR DEVICE OFFSET SIZE STRIDE [STRIDE]...  one
  *                         read per STRIDE bytes, a pass per STRIDE (fault-around)
  *   hostmem-guest unbacked VENDOR DEVICE OFFSET       reads give all-ones,
- *                         writes are dropped
+ *                         writes are dropped; rep movs from OFFSET.. into
+ *                         RAM fills exactly the bytes copied with ones, in
+ *                         both directions, and rep movs into it is dropped
+ *                         (see unbacked_rep)
  *   hostmem-guest hammer  VENDOR DEVICE OFFSET SIZE COUNT   COUNT accesses to
  *                         unregistered pages: all reads must be all-ones
  *   hostmem-guest revoke  VENDOR DEVICE OFFSET SIZE SECONDS   read, then wait
@@ -1181,6 +1184,79 @@ static void rep_stosq(volatile void *dst, uint64_t v, uint64_t n)
     asm volatile("cld; rep stosq" : "+D"(dst), "+c"(n) : "a"(v) : "memory");
 }
 
+/* The RAM bytes [lo, hi) of buf must be 0xff and the rest of buf still
+ * pattern(i); prints a RESULT line named NAME. */
+static int ones_exactly(const char *name, const uint8_t *buf, uint64_t len, uint64_t lo,
+                        uint64_t hi)
+{
+    uint64_t i, bad = 0, first = len;
+
+    for (i = 0; i < len; i++) {
+        uint8_t want = i >= lo && i < hi ? 0xff : (uint8_t)((i * 7 + 1) & 0x7f);
+
+        if (buf[i] != want) {
+            bad++;
+            if (first == len)
+                first = i;
+        }
+    }
+    printf("RESULT name=%s ok=%d value=bad=%" PRIu64 ",first=%" PRId64 ",bytes=%" PRIu64 "\n",
+           name, bad == 0, bad, first == len ? (int64_t)-1 : (int64_t)first, hi - lo);
+    return bad != 0;
+}
+
+static void pattern_fill(uint8_t *buf, uint64_t len)
+{
+    uint64_t i;
+
+    for (i = 0; i < len; i++)
+        buf[i] = (uint8_t)((i * 7 + 1) & 0x7f);
+}
+
+/* String copies (data_is_ptr requests) between unregistered BAR offsets
+ * OFF.. and two pages of this process's RAM (never 0xff before): the
+ * bytes copied from the BAR are all ones, exactly count * size of them in
+ * the direction of DF, the bytes around untouched; a copy to the BAR is
+ * dropped. Each copy stays within one page of RAM, so Xen sends one
+ * request for it: 3 reads and 1 write (dom0 checks the server's count). */
+static int unbacked_rep(volatile uint64_t *bar, uint64_t off)
+{
+    volatile uint8_t *b = (volatile uint8_t *)bar;
+    uint8_t *ram = mmap(NULL, 2 * PAGE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int bad = 0;
+    uint64_t after;
+
+    if (ram == MAP_FAILED) {
+        printf("RESULT name=guest-unbacked-rep ok=0 value=mmap-failed\n");
+        return 1;
+    }
+    /* A whole page, upwards. */
+    pattern_fill(ram, 2 * PAGE);
+    rep_movsb(ram, b + off, PAGE);
+    bad |= ones_exactly("guest-unbacked-rep-movsb-fills-ones", ram, 2 * PAGE, 0, PAGE);
+    /* 32 quadwords into the middle of the second page. */
+    pattern_fill(ram, 2 * PAGE);
+    rep_movsq(ram + PAGE + 64, b + off + 0x100, 32);
+    bad |= ones_exactly("guest-unbacked-rep-movsq-fills-ones", ram, 2 * PAGE, PAGE + 64,
+                        PAGE + 64 + 256);
+    /* 100 bytes downwards (DF set), ending at byte 4000 of the second page. */
+    pattern_fill(ram, 2 * PAGE);
+    rep_movsb_down(ram + PAGE + 4000, b + off + 0x2000 + 99, 100);
+    bad |= ones_exactly("guest-unbacked-std-rep-movsb-fills-ones", ram, 2 * PAGE,
+                        PAGE + 3901, PAGE + 4001);
+    /* RAM to the BAR: dropped. */
+    pattern_fill(ram, 2 * PAGE);
+    rep_movsb(b + off + 0x3000, ram, 256);
+    after = bar[(off + 0x3000) / 8];
+    printf("RESULT name=guest-unbacked-rep-movsb-to-bar-dropped ok=%d value=0x%" PRIx64 "\n",
+           after == ~0ULL, after);
+    bad |= after != ~0ULL;
+    bad |= ones_exactly("guest-unbacked-rep-movsb-to-bar-source-kept", ram, 2 * PAGE, 0, 0);
+    munmap(ram, 2 * PAGE);
+    return bad;
+}
+
 static void movsq_once(volatile void *dst, const volatile void *src)
 {
     asm volatile("cld; movsq" : "+D"(dst), "+S"(src) : : "memory");
@@ -1656,8 +1732,11 @@ int main(int argc, char **argv)
             touch(bar, off, size, strtoull(argv[i], NULL, 0));
         return 0;
     }
-    if (!strcmp(argv[1], "unbacked"))
-        return unbacked(bar, off);
+    if (!strcmp(argv[1], "unbacked")) {
+        int r = unbacked(bar, off);
+
+        return unbacked_rep(bar, off) | r;
+    }
     if (!strcmp(argv[1], "hammer") && argc > 6)
         return hammer(bar, off, size, strtoull(argv[6], NULL, 0));
     if (!strcmp(argv[1], "revoke") && argc > 6)

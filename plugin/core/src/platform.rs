@@ -307,6 +307,21 @@ pub trait DeviceModel {
     /// applies the guest's `on_crash` action.
     fn crash_domain(&mut self, dom: &DomainIdentity, why: &str) -> PlatformResult<()>;
 
+    /// Write `data` into the guest's own RAM at guest-physical `gpa`, as
+    /// a device model's DMA does (libxenforeignmemory on a handle
+    /// restricted to the guest): the server completes a `data_is_ptr`
+    /// read of unbacked BAR offsets with it. Every page of the range must
+    /// be the guest's RAM: a hole, MMIO or a page lent to the guest (Xen
+    /// refuses foreign mappings of lent pages) fails the call, and then
+    /// nothing is written. `EINVAL` for a range that wraps around or
+    /// spans more pages than one mapping takes.
+    fn write_guest_ram(
+        &mut self,
+        dom: &DomainIdentity,
+        gpa: u64,
+        data: &[u8],
+    ) -> PlatformResult<()>;
+
     /// Xen's counters of how the domain's `STATE_IORESP_RETRY` answers
     /// ended, for all its ioreq servers, since it was created
     /// (`xendevicemodel_get_retry_stats`, `XEN_DMOP_get_retry_stats`).

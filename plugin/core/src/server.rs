@@ -8,11 +8,16 @@
 //! request lends the fault-around chunk(s) of the registered pages it
 //! touches through [`HostMem`] and answers RETRY: Xen then completes the
 //! access from that memory itself. Offsets nobody registered complete as
-//! an unbacked BAR (reads all-ones, writes dropped). The fault rate limit
-//! and a lent-page limit with nothing left to revoke delay a request (its
-//! slot stays INPROCESS until a later drain answers it); they never answer
-//! it with made-up data. A BAR move revokes what was lent at the old
-//! address and remaps the MMIO range. [`Server::shutdown`] and
+//! an unbacked BAR (reads all-ones, writes dropped), `data_is_ptr`
+//! requests too: the server fills the guest's buffer with ones itself
+//! ([`DeviceModel::write_guest_ram`]) and answers READY, as a device
+//! model does. The fault rate limit, a lent-page limit with nothing left
+//! to revoke, and a lend the kernel refused delay a request (its slot
+//! stays INPROCESS until a later drain answers it); they never answer it
+//! with made-up data. A lend that keeps failing is fatal: the request is
+//! completed and the guest crashed with the errno and the offset. A BAR
+//! move revokes what was lent at the old address and remaps the MMIO
+//! range. [`Server::shutdown`] and
 //! [`teardown`] revoke everything of the domain and are idempotent.
 
 use std::ops::Range;
@@ -48,6 +53,14 @@ pub const ENOSPC_EVICTIONS: u32 = 8;
 /// How long a request left pending for room under the lent-page limit, or
 /// for a lend the kernel answered `EBUSY`, waits before it is tried again.
 pub const DEFER_POLL: Duration = Duration::from_millis(10);
+
+/// Attempts at lending for one request that the kernel refuses with an
+/// errno that is not a transient one (`EIO`, `ENOMEM`, `EFAULT`, ...: not
+/// `EBUSY`, `ENOSPC`, `EEXIST` or `ESRCH`), [`DEFER_POLL`] apart, the
+/// request left pending in between. Registered memory is never answered
+/// with made-up data: after the last one the request is completed and the
+/// guest crashed ([`ServerError::LendFailed`]).
+pub const LEND_ERROR_ATTEMPTS: u32 = 10;
 
 /// Bytes one BAR request may touch at most. Xen truncates a string request
 /// at the page boundary of its first element, and with xen-patches/0017
@@ -107,6 +120,47 @@ pub enum ServerError {
     /// revoked: the server must stop and the domain be torn down.
     #[error("revoking pages of the old BAR range failed: {0}")]
     RevokeFailed(PlatformError),
+    /// The kernel refused to lend registered pages the guest accesses,
+    /// [`LEND_ERROR_ATTEMPTS`] times: answering would make data up.
+    #[error("lending BAR offset {offset:#x} failed {attempts} times: {error}")]
+    LendFailed {
+        /// The BAR offset of the page the request touches.
+        offset: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last error (operation and errno).
+        error: PlatformError,
+    },
+    /// A `data_is_ptr` read of unbacked BAR offsets whose guest buffer
+    /// could not be filled with ones (not the guest's RAM, or a mapping
+    /// failure): completing it would leave the buffer as it was.
+    #[error("data_is_ptr read at {addr:#x}: cannot fill the guest buffer {gpa:#x}+{len:#x} with ones: {error}")]
+    GuestBuffer {
+        /// The BAR address of the request.
+        addr: u64,
+        /// The first guest-physical byte of the buffer.
+        gpa: u64,
+        /// Its length in bytes (`count * size`).
+        len: u64,
+        /// The error (operation and errno).
+        error: PlatformError,
+    },
+    /// A `data_is_ptr` read whose buffer is not a range Xen produces
+    /// (element size, count, or the buffer wrapping around the address
+    /// space): no exact answer exists.
+    #[error("data_is_ptr read at {addr:#x}: {count} x {size} bytes at buffer {data:#x} (df {df}) is not a request Xen makes")]
+    BadDataPointer {
+        /// The BAR address of the request.
+        addr: u64,
+        /// The buffer address Xen gave.
+        data: u64,
+        /// Element size.
+        size: u32,
+        /// Elements.
+        count: u32,
+        /// Direction flag.
+        df: bool,
+    },
 }
 
 /// What the caller's loop should do next.
@@ -127,8 +181,6 @@ pub enum Unbacked {
     OutsideBar,
     /// No registration at that offset.
     Unregistered,
-    /// The kernel refused the lend.
-    LendFailed(Errno),
     /// A request Xen does not produce (size, count, vCPU).
     Unsupported,
     /// The domain is gone.
@@ -144,7 +196,14 @@ enum Defer {
     Room,
     /// The kernel answered `EBUSY` (an invalidation is running).
     Busy,
+    /// The kernel refused the lend with another errno: tried again a
+    /// bounded number of times ([`LEND_ERROR_ATTEMPTS`]).
+    Failed,
 }
+
+/// An answer, or a fatal error (the request is completed, then the guest
+/// is crashed: [`Server::drain`]).
+type Answer = Result<Response, ServerError>;
 
 /// The answer to one ioreq.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,12 +312,28 @@ pub struct Server<D: DeviceModel, H: HostMem, F: FunctionModel = PciFunction> {
     bar_log: LogLimit,
     /// Requests left pending, at most one per vCPU.
     deferred: Vec<Option<(Ioreq, Defer)>>,
+    /// Failed lends of each vCPU's current request.
+    lend_failures: Vec<u32>,
+    /// Per vCPU, the `data_is_ptr` read handed to Xen (RETRY with nothing
+    /// lent, its buffer being lent memory the server cannot map) and how
+    /// many times it was answered so: Xen resends it and, after its last
+    /// resend, completes it as unbacked, which it counts as refused.
+    handed: Vec<Option<(Ioreq, u32)>>,
+    /// Set when the current answer handed a request to Xen.
+    handed_now: bool,
+    /// Refused answers Xen counted that the server did not explain
+    /// ([`Counters::xen_fills`]), as last warned about.
+    refused_warned: u64,
     rate: RateLimiter,
     counters: Counters,
     /// Xen's counters of our RETRY answers, as last read.
     xen_retry: RetryWatch,
     gone: bool,
     stopped: bool,
+    /// The guest was crashed for a request whose handling failed, before
+    /// that request was completed ([`Server::drain`] does not crash it
+    /// again).
+    crashed_early: bool,
     /// Called with [`FunctionModel::saved`] after every config write (or
     /// register access) that changed the device, before the access is
     /// completed: a server restarted after a crash restores it
@@ -378,12 +453,17 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             ledger: DomainLedger::default(),
             bar_log: LogLimit::default(),
             deferred: vec![None; nr_vcpus as usize],
+            lend_failures: vec![0; nr_vcpus as usize],
+            handed: vec![None; nr_vcpus as usize],
+            handed_now: false,
+            refused_warned: 0,
             rate: RateLimiter::new(cfg.limits.fault_rate, cfg.limits.fault_burst),
             counters: Counters::default(),
             xen_retry: RetryWatch::default(),
             cfg,
             gone: false,
             stopped: false,
+            crashed_early: false,
             save_pci: None,
         }
     }
@@ -562,6 +642,7 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
     ) -> (PlatformResult<RetryStats>, Option<RetryNews>) {
         let r = self.dm.retry_stats(&self.dom);
         let news = self.xen_retry.observe(&r, now);
+        let news = self.explain_refused(news);
         let dom = self.dom;
         match &news {
             Some(RetryNews::Refused { by, now }) => warn!(
@@ -590,6 +671,27 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         (r, news)
     }
 
+    /// Refused answers the server caused itself are not news: a
+    /// `data_is_ptr` read it handed to Xen ([`Counters::xen_fills`]) ends
+    /// refused by design (Xen fills the guest buffer with ones). Only the
+    /// refused answers beyond those are reported, each once.
+    fn explain_refused(&mut self, news: Option<RetryNews>) -> Option<RetryNews> {
+        let now = match &news {
+            Some(RetryNews::Refused { now, .. }) | Some(RetryNews::RefusedBefore(now)) => *now,
+            _ => return news,
+        };
+        let unexplained = now.refused.saturating_sub(self.counters.xen_fills);
+        if unexplained <= self.refused_warned {
+            return None;
+        }
+        let by = unexplained - self.refused_warned;
+        self.refused_warned = unexplained;
+        match news {
+            Some(RetryNews::RefusedBefore(st)) => Some(RetryNews::RefusedBefore(st)),
+            _ => Some(RetryNews::Refused { by, now }),
+        }
+    }
+
     /// Handle every READY slot once. A domain that goes away meanwhile
     /// gives [`Flow::DomainGone`], not an error. Any other error is fatal:
     /// the guest is shut down as crashed, with the error as the reason,
@@ -604,10 +706,25 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
                 Ok(Flow::DomainGone)
             }
             Err(e) => {
-                self.crash_guest(&e);
+                // Not twice: a request whose handling failed had the guest
+                // crashed before it was completed.
+                if !std::mem::take(&mut self.crashed_early) {
+                    self.crash_guest(&e);
+                }
                 Err(e)
             }
             other => other,
+        }
+    }
+
+    /// Handling a request failed with `e`: a fatal error crashes the guest
+    /// now, before the request is completed, so that no vCPU runs on with
+    /// the answer of a request that could not be served.
+    fn crash_before_completing(&mut self, e: &ServerError) {
+        let gone = matches!(e, ServerError::Platform(p) if p.is_gone());
+        if !gone && !self.crashed_early {
+            self.crash_guest(e);
+            self.crashed_early = true;
         }
     }
 
@@ -639,11 +756,14 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
                 req
             };
             // From here the vCPU waits for this slot: complete it whatever
-            // happens (as an unbacked access if handling failed) before an
-            // error goes up.
+            // happens before an error goes up (a fatal one crashes the
+            // guest first).
             let (resp, failed) = match self.handle(vcpu, &req, now) {
                 Ok(resp) => (resp, None),
-                Err(e) => (unbacked_answer(&req), Some(e)),
+                Err(e) => {
+                    self.crash_before_completing(&e);
+                    (fatal_answer(&req), Some(e))
+                }
             };
             if failed.is_none() && resp.is_pending() {
                 // Kept: a later drain answers it.
@@ -680,7 +800,7 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             .flatten()
             .map(|(_, why)| match why {
                 Defer::Rate => self.rate.wait(now),
-                Defer::Room | Defer::Busy => DEFER_POLL,
+                Defer::Room | Defer::Busy | Defer::Failed => DEFER_POLL,
             })
             .min()?;
         Some(wait.max(Duration::from_millis(1)))
@@ -707,13 +827,30 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             if !still {
                 continue;
             }
-            let resp = self.bar_answer(vcpu, &req, now);
-            if resp.is_pending() {
+            let (resp, failed) = match self.bar_answer(vcpu, &req, now) {
+                Ok(resp) => (resp, None),
+                Err(e) => {
+                    self.crash_before_completing(&e);
+                    (fatal_answer(&req), Some(e))
+                }
+            };
+            if failed.is_none() && resp.is_pending() {
                 continue;
             }
             if let Some(chan) = self.chan.as_ref() {
-                chan.complete(vcpu, resp.data, resp.state)?;
-                chan.notify(vcpu)?;
+                let done = chan
+                    .complete(vcpu, resp.data, resp.state)
+                    .and_then(|()| chan.notify(vcpu));
+                match (failed, done) {
+                    (None, r) => r?,
+                    (Some(e), Ok(())) => return Err(e),
+                    (Some(e), Err(e2)) => {
+                        warn!(dom = %self.dom, vcpu, error = %e2, "cannot complete the request that failed");
+                        return Err(e);
+                    }
+                }
+            } else if let Some(e) = failed {
+                return Err(e);
             }
         }
         Ok(())
@@ -732,9 +869,9 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         match req.kind {
             IOREQ_TYPE_PCI_CONFIG => self.pci_config(req, now),
             IOREQ_TYPE_COPY if self.func.regs().is_some_and(|r| r.contains(&req.addr)) => {
-                Ok(self.regs_access(vcpu, req))
+                self.regs_access(vcpu, req)
             }
-            IOREQ_TYPE_COPY => Ok(self.bar_access(vcpu, req, now)),
+            IOREQ_TYPE_COPY => self.bar_access(vcpu, req, now),
             IOREQ_TYPE_TIMEOFFSET | IOREQ_TYPE_INVALIDATE => Ok(Response::ready(req.data)),
             IOREQ_TYPE_PIO => {
                 self.counters.unsupported += 1;
@@ -776,18 +913,19 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
     /// An access to the device's register BAR: emulated, one element of
     /// 1, 2, 4 or 8 bytes. Anything else (a string or `data_is_ptr`
     /// request, which Linux never makes to registers) completes as
-    /// unbacked without reaching the device.
-    fn regs_access(&mut self, vcpu: u32, req: &Ioreq) -> Response {
+    /// unbacked without reaching the device (a `data_is_ptr` read fills
+    /// the guest buffer with ones, as for the window).
+    fn regs_access(&mut self, vcpu: u32, req: &Ioreq) -> Answer {
         self.counters.register_accesses += 1;
-        if let Some(slot) = self.deferred.get_mut(vcpu as usize) {
-            // A new request from this vCPU: any older one is finished.
-            *slot = None;
-        }
+        self.new_request(vcpu);
         if req.data_is_ptr || req.count > 1 || !matches!(req.size, 1 | 2 | 4 | 8) {
             self.counters.unsupported += 1;
             debug!(dom = %self.dom, vcpu, addr = req.addr, size = req.size, count = req.count,
                    "register access of a form Linux never makes: unbacked");
-            return unbacked_answer(req);
+            if req.data_is_ptr {
+                return self.unbacked_copy(vcpu, req, Unbacked::Unsupported);
+            }
+            return Ok(Response::ready(ones_if_read(req)));
         }
         let before = self.save_pci.is_some().then(|| self.func.saved());
         let write = (!req.is_read()).then_some(req.data);
@@ -802,11 +940,22 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         if before.is_some_and(|b| b != self.func.saved()) {
             self.save_pci_state();
         }
-        Response::ready(if req.is_read() {
+        Ok(Response::ready(if req.is_read() {
             answer.data & size_mask(req.size)
         } else {
             0
-        })
+        }))
+    }
+
+    /// A new request from `vcpu`: any older one is finished.
+    fn new_request(&mut self, vcpu: u32) {
+        let v = vcpu as usize;
+        if let Some(slot) = self.deferred.get_mut(v) {
+            *slot = None;
+        }
+        if let Some(n) = self.lend_failures.get_mut(v) {
+            *n = 0;
+        }
     }
 
     /// Drive the function's INTA (`XEN_DMOP_set_pci_intx_level`). A failure
@@ -942,70 +1091,162 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
 
     /// Complete a request as an unbacked BAR: only for offsets nobody
     /// registered (or a BAR that does not decode them). A plain read gets
-    /// all ones and a write is dropped, at once. A `data_is_ptr` request
-    /// cannot be answered with data (the server cannot copy guest memory):
-    /// it gets RETRY with nothing lent, so Xen, finding the pages still
-    /// unmapped, sends it again and then completes it as unbacked itself
-    /// (the guest buffer filled with ones), counting it as refused.
-    fn unbacked(&mut self, vcpu: u32, req: &Ioreq, why: Unbacked) -> Response {
-        match why {
-            Unbacked::LendFailed(_) => self.counters.lend_errors += 1,
-            Unbacked::Unsupported => self.counters.unsupported += 1,
-            _ => {}
+    /// all ones and a write is dropped, at once; a `data_is_ptr` request
+    /// as [`Server::unbacked_copy`] says.
+    fn unbacked(&mut self, vcpu: u32, req: &Ioreq, why: Unbacked) -> Answer {
+        if why == Unbacked::Unsupported {
+            self.counters.unsupported += 1;
+        }
+        debug!(dom = %self.dom, vcpu, addr = req.addr, reason = ?why, "BAR access unbacked");
+        if req.data_is_ptr {
+            return self.unbacked_copy(vcpu, req, why);
         }
         if req.is_read() {
             self.counters.unbacked_reads += 1;
         } else {
             self.counters.unbacked_writes += 1;
         }
-        debug!(dom = %self.dom, vcpu, addr = req.addr, reason = ?why, "BAR access unbacked");
-        if req.data_is_ptr {
-            self.counters.retries += 1;
-            Response::retry(0)
-        } else {
-            Response::ready(ones_if_read(req))
+        Ok(Response::ready(ones_if_read(req)))
+    }
+
+    /// A `data_is_ptr` request (`rep movs`, `rep ins`, `rep outs`) on
+    /// unbacked offsets, completed as a device model completes it (QEMU's
+    /// xen-hvm-common: it copies `count * size` bytes at `data` in the
+    /// guest's RAM, down from `data` with `df`), then IORESP_READY:
+    /// - a write (guest RAM to the BAR) is dropped: nothing is read;
+    /// - a read fills the guest buffer with ones through
+    ///   [`DeviceModel::write_guest_ram`] (a mapping restricted to the
+    ///   guest: no other domain's memory is reachable), every byte of the
+    ///   `df`-aware span and nothing else;
+    /// - a read whose buffer overlaps the window BAR is handed to Xen:
+    ///   such a buffer is a page lent to the guest (Xen sends no
+    ///   `data_is_ptr` request over an emulated page), which nobody but
+    ///   Xen can write (Xen refuses foreign mappings of lent pages). The
+    ///   server answers RETRY with nothing lent; Xen resends it
+    ///   [`crate::limits::XEN_IOREQ_MAX_RETRIES`] times and completes it
+    ///   as unbacked, writing the ones into the lent page itself. The
+    ///   server counts those ([`Counters::xen_fills`]) so that Xen's
+    ///   refused count for them is not reported as a bypass;
+    /// - a read whose buffer is not a range Xen makes, or cannot be
+    ///   written (not the guest's RAM, a mapping failure), is fatal
+    ///   ([`ServerError::GuestBuffer`], [`ServerError::BadDataPointer`]):
+    ///   completed, then the guest is crashed, as Xen crashes a guest
+    ///   whose string copy names MMIO as its RAM side. Never a buffer left
+    ///   as it was, which would be made-up data.
+    fn unbacked_copy(&mut self, vcpu: u32, req: &Ioreq, why: Unbacked) -> Answer {
+        if !req.is_read() {
+            self.counters.unbacked_writes += 1;
+            return Ok(Response::ready(0));
         }
+        self.counters.unbacked_reads += 1;
+        if why == Unbacked::DomainGone || self.gone {
+            // Nobody will read the buffer.
+            return Ok(Response::ready(0));
+        }
+        let bad = || ServerError::BadDataPointer {
+            addr: req.addr,
+            data: req.data,
+            size: req.size,
+            count: req.count,
+            df: req.df,
+        };
+        let buf = data_span(req).ok_or_else(bad)?;
+        let window = self.func.window().active_bar();
+        if window.is_some_and(|w| buf.start < w.end && w.start < buf.end) {
+            return Ok(self.hand_to_xen(vcpu, req));
+        }
+        let len = buf.end - buf.start;
+        let ones = vec![0xffu8; usize::try_from(len).map_err(|_| bad())?];
+        match self.dm.write_guest_ram(&self.dom, buf.start, &ones) {
+            Ok(()) => {
+                self.counters.buffer_fills += 1;
+                Ok(Response::ready(0))
+            }
+            Err(e) if e.is_gone() => {
+                self.gone = true;
+                Ok(Response::ready(0))
+            }
+            Err(error) => Err(ServerError::GuestBuffer {
+                addr: req.addr,
+                gpa: buf.start,
+                len,
+                error,
+            }),
+        }
+    }
+
+    /// RETRY with nothing lent, for a `data_is_ptr` read into lent memory
+    /// (see [`Server::unbacked_copy`]); counts the answer after which Xen
+    /// completes the request as unbacked.
+    fn hand_to_xen(&mut self, vcpu: u32, req: &Ioreq) -> Response {
+        self.handed_now = true;
+        let same = |r: &Ioreq| Ioreq { state: 0, ..*r } == Ioreq { state: 0, ..*req };
+        if let Some(slot) = self.handed.get_mut(vcpu as usize) {
+            let n = match slot {
+                Some((r, n)) if same(r) => *n + 1,
+                _ => 1,
+            };
+            if n > crate::limits::XEN_IOREQ_MAX_RETRIES {
+                // Xen's last resend: it refuses this answer.
+                *slot = None;
+                self.counters.xen_fills += 1;
+            } else {
+                *slot = Some((*req, n));
+            }
+        }
+        self.counters.retries += 1;
+        Response::retry(0)
     }
 
     /// Leave the request pending (its slot stays INPROCESS, the vCPU
     /// waits): it is answered by a later [`Server::drain`], when the rate
     /// allows or room for the lend was found. A vCPU has at most one
     /// request, so at most one is kept per vCPU.
-    fn defer(&mut self, vcpu: u32, req: &Ioreq, why: Defer) -> Response {
+    fn defer(&mut self, vcpu: u32, req: &Ioreq, why: Defer) -> Answer {
         match why {
             Defer::Rate => self.counters.rate_limited += 1,
             Defer::Room => self.counters.limit_deferred += 1,
-            Defer::Busy => {}
+            Defer::Busy | Defer::Failed => {}
         }
         if let Some(slot) = self.deferred.get_mut(vcpu as usize) {
             *slot = Some((*req, why));
-            Response::pending()
+            Ok(Response::pending())
         } else {
             // Not a vCPU of this domain: nothing can wait for it.
             self.unbacked(vcpu, req, Unbacked::Unsupported)
         }
     }
 
-    fn bar_access(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Response {
+    fn bar_access(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Answer {
         self.counters.bar_faults += 1;
-        if let Some(slot) = self.deferred.get_mut(vcpu as usize) {
-            // A new request from this vCPU: any older one is finished.
-            *slot = None;
-        }
-        let resp = self.bar_answer(vcpu, req, now);
+        self.new_request(vcpu);
+        let resp = self.bar_answer(vcpu, req, now)?;
         if resp.is_pending() {
             self.counters.deferred += 1;
         }
-        resp
+        Ok(resp)
+    }
+
+    /// [`Server::bar_answer_inner`], and the end of a request handed to
+    /// Xen when the vCPU's next answer is another one.
+    fn bar_answer(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Answer {
+        self.handed_now = false;
+        let answer = self.bar_answer_inner(vcpu, req, now);
+        if !self.handed_now {
+            if let Some(slot) = self.handed.get_mut(vcpu as usize) {
+                *slot = None;
+            }
+        }
+        answer
     }
 
     /// Answer a BAR request (new or deferred): lend the registered pages
     /// it touches, then RETRY, which tells Xen to complete the access from
     /// that memory itself (reads, writes, `rep stos`, and `data_is_ptr`
     /// copies alike). Offsets nobody registered complete as unbacked. A
-    /// guard against a flooding guest (rate, lent-page limit) delays the
-    /// request, it never answers with made-up data.
-    fn bar_answer(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Response {
+    /// guard against a flooding guest (rate, lent-page limit) or a failed
+    /// lend delays the request, it never answers with made-up data.
+    fn bar_answer_inner(&mut self, vcpu: u32, req: &Ioreq, now: Instant) -> Answer {
         let Some(bar) = self.func.window().active_bar() else {
             return self.unbacked(vcpu, req, Unbacked::NotDecoded);
         };
@@ -1067,13 +1308,13 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             }
         }
         self.counters.retries += 1;
-        Response::retry(0)
+        Ok(Response::retry(0))
     }
 
     /// Lend the fault-around chunk of BAR offset `off`, making room under
     /// the lent-page limit by revoking other runs if needed. Returns the
     /// GFNs now lent around it (from `off`'s page on); `Err` carries the
-    /// answer when lending is impossible.
+    /// answer (or the fatal error) when lending is impossible now.
     fn ensure_lent(
         &mut self,
         vcpu: u32,
@@ -1081,7 +1322,7 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         bar_start: u64,
         off: u64,
         protect: &[Range<u64>],
-    ) -> Result<Range<u64>, Response> {
+    ) -> Result<Range<u64>, Answer> {
         let gfn = (bar_start + off) >> PAGE_SHIFT;
         let chunk_pages = (self.cfg.fault_around >> PAGE_SHIFT).max(1);
         let mut remaining = self.room(chunk_pages);
@@ -1124,7 +1365,7 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
                         Err(e) if e.errno == Errno::EBUSY => {
                             return Err(self.defer(vcpu, req, Defer::Busy));
                         }
-                        Err(e) => return Err(self.lend_failed(vcpu, req, e)),
+                        Err(e) => return Err(self.lend_failed(vcpu, req, off, e)),
                     }
                 }
                 Err(e) if e.errno == Errno::EEXIST => break (1, single.clone()),
@@ -1141,7 +1382,7 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
                     // An invalidation is still running: try again later.
                     return Err(self.defer(vcpu, req, Defer::Busy));
                 }
-                Err(e) => return Err(self.lend_failed(vcpu, req, e)),
+                Err(e) => return Err(self.lend_failed(vcpu, req, off, e)),
             }
         };
         if lent < plan.nr_pages {
@@ -1209,24 +1450,44 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         ok
     }
 
-    fn lend_failed(&mut self, vcpu: u32, req: &Ioreq, e: PlatformError) -> Response {
+    /// A lend of registered pages at BAR offset `off` failed with an
+    /// errno that is not a transient one: the request waits
+    /// ([`Defer::Failed`]) and is tried again, [`LEND_ERROR_ATTEMPTS`]
+    /// times at most; then it is fatal ([`ServerError::LendFailed`]).
+    /// Registered memory is never answered with all ones.
+    fn lend_failed(&mut self, vcpu: u32, req: &Ioreq, off: u64, e: PlatformError) -> Answer {
         if e.is_gone() {
             self.gone = true;
             return self.unbacked(vcpu, req, Unbacked::DomainGone);
         }
-        // Not the guest's doing: say so, on the first failure and then
-        // once per 1024, since every access to those pages fails again.
-        if self.counters.lend_errors % 1024 == 0 {
+        self.counters.lend_errors += 1;
+        let attempts = self
+            .lend_failures
+            .get(vcpu as usize)
+            .map_or(LEND_ERROR_ATTEMPTS, |n| n + 1);
+        // Not the guest's doing: say so, at the first failure and then
+        // once per 1024.
+        if self.counters.lend_errors % 1024 == 1 {
             let hint = if e.errno == Errno::ENOMEM {
                 "; ENOMEM: Xen's paging memory for the guest may be used up \
                  (shadow_memory and gpu_hostmem_size in xl.cfg(5))"
             } else {
                 ""
             };
-            warn!(dom = %self.dom, error = %e, failures = self.counters.lend_errors + 1,
-                  "lending failed, BAR accesses there complete as unbacked{hint}");
+            warn!(dom = %self.dom, error = %e, offset = off, failures = self.counters.lend_errors,
+                  "lending failed: the access waits and is tried again, the guest is crashed if it keeps failing{hint}");
         }
-        self.unbacked(vcpu, req, Unbacked::LendFailed(e.errno))
+        if attempts >= LEND_ERROR_ATTEMPTS {
+            return Err(ServerError::LendFailed {
+                offset: off & !(PAGE_SIZE - 1),
+                attempts,
+                error: e,
+            });
+        }
+        if let Some(n) = self.lend_failures.get_mut(vcpu as usize) {
+            *n = attempts;
+        }
+        self.defer(vcpu, req, Defer::Failed)
     }
 
     /// Lend, retrying `EBUSY` a few times, and record it in the ledger.
@@ -1453,11 +1714,29 @@ pub fn request_span(req: &Ioreq) -> Option<Range<u64>> {
     Some(start..end)
 }
 
-/// The answer for a request that cannot be served: all ones for a plain
-/// read, a dropped write; RETRY with nothing lent for `data_is_ptr`, so
-/// that Xen fills the guest buffer with ones after its resends (the
-/// server cannot copy guest memory, so IORESP_READY would leave it as it
-/// was).
+/// The guest buffer of a `data_is_ptr` request, `df` aware as
+/// [`request_span`]: element `i` at `data + i * size`, or `data - i *
+/// size` with `df`. `None` for a buffer Xen does not produce.
+pub fn data_span(req: &Ioreq) -> Option<Range<u64>> {
+    request_span(&Ioreq {
+        addr: req.data,
+        ..*req
+    })
+}
+
+/// The answer of a request whose handling failed fatally (the guest was
+/// crashed just before: its vCPUs no longer run): all ones for a plain
+/// read, nothing else.
+fn fatal_answer(req: &Ioreq) -> Response {
+    Response::ready(ones_if_read(req))
+}
+
+/// The answer of the supervisor's fallback after it gave up the server
+/// (server disabled, every page revoked, no guest memory mapped): all ones
+/// for a plain read, a dropped write; RETRY with nothing lent for
+/// `data_is_ptr`, so that Xen, finding nothing mapped, fills the guest
+/// buffer with ones after its resends. The server itself never answers
+/// so for a buffer it can fill ([`Server`]'s `unbacked_copy`).
 pub fn unbacked_answer(req: &Ioreq) -> Response {
     if req.data_is_ptr {
         Response::retry(0)

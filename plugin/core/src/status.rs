@@ -51,6 +51,16 @@ pub struct Counters {
     /// Changes of the function's INTA level asked of Xen.
     #[serde(default)]
     pub intx_changes: u64,
+    /// `data_is_ptr` reads of unbacked offsets whose guest buffer the
+    /// server filled with ones itself (then answered READY).
+    #[serde(default)]
+    pub buffer_fills: u64,
+    /// `data_is_ptr` reads of unbacked offsets into lent memory, handed
+    /// to Xen: answered RETRY with nothing lent until Xen's last resend,
+    /// after which Xen fills the buffer with ones and counts the answer
+    /// as refused (one per request).
+    #[serde(default)]
+    pub xen_fills: u64,
 }
 
 /// Status of one guest.
@@ -135,6 +145,13 @@ impl Status {
             c.bar_faults, c.lends, c.retries, c.unbacked_reads, c.unbacked_writes,
             c.deferred, c.rate_limited, c.limit_deferred, c.evicted_pages, c.lend_errors
         );
+        if c.buffer_fills > 0 || c.xen_fills > 0 {
+            let _ = writeln!(
+                s,
+                "rep reads   {} guest buffers filled with ones, {} into lent memory left to Xen",
+                c.buffer_fills, c.xen_fills
+            );
+        }
         match (&self.xen_retry, &self.xen_retry_error) {
             (Some(x), _) => {
                 let _ = writeln!(

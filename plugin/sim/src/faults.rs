@@ -44,6 +44,9 @@ pub enum Fault {
     /// The next completion of an ioreq slot (`IoreqChannel::complete`)
     /// fails with this errno.
     CompleteFails(Errno),
+    /// The next foreign mapping of guest RAM
+    /// (`DeviceModel::write_guest_ram`) fails with this errno.
+    GuestMapFails(Errno),
 }
 
 /// Faults armed and not yet consumed.

@@ -17,6 +17,10 @@ use crate::world::{IoServer, World};
 
 type Shared = Rc<RefCell<World>>;
 
+/// Pages one foreign mapping takes at most (libxenforeignmemory's
+/// `MAX_GUEST_PAGES` in gpu-hostmem-xen).
+const MAX_MAPPED_PAGES: usize = 1024;
+
 fn err(op: &'static str, e: Errno) -> PlatformError {
     PlatformError::new(op, e)
 }
@@ -250,6 +254,58 @@ impl DeviceModel for SimDeviceModel {
         let mut w = self.world.borrow_mut();
         let d = w.domain_mut(dom, OP)?;
         d.crashed.get_or_insert_with(|| why.to_owned());
+        Ok(())
+    }
+
+    fn write_guest_ram(
+        &mut self,
+        dom: &DomainIdentity,
+        gpa: u64,
+        data: &[u8],
+    ) -> PlatformResult<()> {
+        // A foreign mapping restricted to `dom`: only its own RAM maps (a
+        // lent page, MMIO or a hole does not), checked for every page
+        // before anything is written.
+        const OP: &str = "xenforeignmemory_map";
+        let mut w = self.world.borrow_mut();
+        let fault = w.faults.take(|f| match f {
+            Fault::GuestMapFails(e) => Some((*e, true)),
+            _ => None,
+        });
+        w.guest_ram_writes += 1;
+        let d = w.domain_mut(dom, OP)?;
+        if let Some(e) = fault {
+            return Err(err(OP, e));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = gpa
+            .checked_add(data.len() as u64)
+            .ok_or(err(OP, Errno::EINVAL))?;
+        let pages = (gpa >> 12)..=((end - 1) >> 12);
+        if pages.clone().count() > MAX_MAPPED_PAGES {
+            return Err(err(OP, Errno::EINVAL));
+        }
+        if let Some(g) = pages.clone().find(|g| !d.ram.contains_key(g)) {
+            let e = if d.p2m.contains_key(&g) {
+                Errno::EPERM
+            } else {
+                Errno::EFAULT
+            };
+            return Err(err(OP, e));
+        }
+        let mut at = gpa;
+        let mut done = 0usize;
+        while done < data.len() {
+            let off = (at & 0xfff) as usize;
+            let n = (4096 - off).min(data.len() - done);
+            if let Some(p) = d.ram.get_mut(&(at >> 12)) {
+                p[off..off + n].copy_from_slice(&data[done..done + n]);
+            }
+            done += n;
+            at += n as u64;
+        }
         Ok(())
     }
 

@@ -215,6 +215,8 @@ pub struct World {
     /// `IOCTL_PRIVCMD_HOSTMEM_QUERY` calls made, to check that a server
     /// does not ask per fault.
     pub queries: u64,
+    /// `write_guest_ram` calls made (a device model writing guest RAM).
+    pub guest_ram_writes: u64,
 }
 
 impl World {

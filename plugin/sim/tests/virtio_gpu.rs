@@ -574,6 +574,34 @@ fn register_accesses_of_forms_linux_never_makes_are_unbacked() {
     );
     let _ = r;
     assert!(unsupported(&mut vm) > before);
+    // `rep movs` from the registers into RAM (a data_is_ptr read): the
+    // device is not asked, the buffer gets ones over exactly the bytes
+    // copied, in one round trip.
+    let buf = (RAM_PAGES - 1) * 4096 + 0x100;
+    assert!(vm.sim.mem_write(&vm.dom, buf - 8, &[0x11; 48]));
+    let before = unsupported(&mut vm);
+    let r = vm.sim.execute(
+        &vm.dom,
+        0,
+        &Insn::RepMovs {
+            dst: buf,
+            src: COMMON,
+            size: 4,
+            count: 8,
+            df: false,
+        },
+        &mut || {
+            if let Some(s) = vm.server.as_mut() {
+                s.drain(Instant::now()).expect("drain");
+            }
+        },
+    );
+    assert_eq!((r.stopped, r.requests, r.retries), (None, 1, 0), "{r:?}");
+    let got = vm.sim.mem_read(&vm.dom, buf - 8, 48).expect("RAM");
+    assert_eq!(&got[..8], &[0x11; 8]);
+    assert_eq!(&got[8..40], &[0xff; 32]);
+    assert_eq!(&got[40..], &[0x11; 8]);
+    assert_eq!(unsupported(&mut vm), before + 1);
     assert!(
         vm.server().model().device().is_running(),
         "status untouched"

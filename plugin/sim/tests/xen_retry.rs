@@ -46,8 +46,7 @@ fn status_shows_how_xen_ended_each_retry_answer() {
     let r = g.read(&sim, 0, BASE + 0x1000, 8);
     assert_eq!(r.retries, 4, "{r:?}");
     // A copy from an unregistered offset into RAM (data_is_ptr): the
-    // server answers RETRY with nothing lent, Xen sends it 8 more times,
-    // then completes it as unbacked: one refused answer.
+    // server fills the buffer with ones and answers READY, no RETRY.
     let r = g.exec(
         &sim,
         0,
@@ -59,12 +58,53 @@ fn status_shows_how_xen_ended_each_retry_answer() {
             df: false,
         },
     );
+    assert_eq!((r.requests, r.emulated, r.unbacked), (1, 1, 0), "{r:?}");
+    assert_eq!(sim.mem_read(&g.ident, RAM, 32), Some(vec![0xff; 32]));
+    // The same copy into a lent page of the window (page 0): only Xen can
+    // write there. The server answers RETRY with nothing lent, Xen sends
+    // it 8 more times, then completes it as unbacked, the ones in the
+    // lent page: one refused answer, which the server expected.
+    let r = g.exec(
+        &sim,
+        0,
+        &Insn::RepMovs {
+            dst: BASE + 0x100,
+            src: BASE + 32 * 4096,
+            size: 8,
+            count: 4,
+            df: false,
+        },
+    );
     assert_eq!((r.requests, r.unbacked), (9, 1), "{r:?}");
+    assert_eq!(
+        sim.backend_bytes(&g.ident, 0x100, 32),
+        vec![Some(0xff); 32],
+        "Xen filled the lent page"
+    );
+    let (x, news) = g
+        .server
+        .as_mut()
+        .expect("server")
+        .poll_xen_retry(Instant::now());
+    assert_eq!(x.map(|x| x.refused), Ok(1));
+    assert_eq!(
+        news, None,
+        "the refused answer the server expected is no news"
+    );
 
     let server = g.server.as_mut().expect("server");
     let s = server.status(false);
     let x = s.xen_retry.expect("Xen's counters");
     assert_eq!(x, st(2, 3 + 8, 1), "{}", s.to_text());
+    assert_eq!((s.counters.buffer_fills, s.counters.xen_fills), (1, 1));
+    assert!(
+        s.to_text().contains(
+            "rep reads   1 guest buffers filled with ones, 1 into lent memory left to Xen"
+        ),
+        "{}",
+        s.to_text()
+    );
+
     assert_eq!(s.xen_retry_error, None);
     // Every answer the server gave ended one way in Xen's accounting.
     assert_eq!(
@@ -107,6 +147,44 @@ fn a_refused_answer_is_news_when_its_count_goes_up() {
     let (_, news) = g.server.as_mut().expect("server").poll_xen_retry(t0);
     assert_eq!(news, None, "no news without a new refused answer");
     sim.disarm_all();
+}
+
+#[test]
+fn only_refused_answers_the_server_did_not_expect_are_news() {
+    // Copies from an unregistered offset into a lent page, handed to Xen:
+    // each ends refused by design, and is no news. A refused answer of
+    // another kind among them still is, counted alone.
+    let (sim, mut g) = setup(SimOptions::default());
+    let t0 = Instant::now();
+    assert!(g.read(&sim, 0, BASE, 8).access.value().is_some());
+    let copy = Insn::RepMovs {
+        dst: BASE + 0x100,
+        src: BASE + 32 * 4096,
+        size: 8,
+        count: 4,
+        df: false,
+    };
+    for _ in 0..3 {
+        let r = g.exec(&sim, 0, &copy);
+        assert_eq!((r.requests, r.unbacked), (9, 1), "{r:?}");
+    }
+    let (x, news) = g.server.as_mut().expect("server").poll_xen_retry(t0);
+    assert_eq!((x.map(|x| x.refused), news), (Ok(3), None));
+    sim.arm(Fault::RevokeBeforeRetryCheck(100));
+    let r = g.read(&sim, 0, BASE + 0x2000, 8);
+    sim.disarm_all();
+    assert_eq!(r.access, Access::Unbacked { value: u64::MAX });
+    assert_eq!(g.exec(&sim, 0, &copy).unbacked, 1);
+    let (_, news) = g.server.as_mut().expect("server").poll_xen_retry(t0);
+    assert_eq!(
+        news,
+        Some(RetryNews::Refused {
+            by: 1,
+            now: st(1, 8 * 5, 5)
+        })
+    );
+    let s = g.server.as_mut().expect("server").status(false);
+    assert_eq!(s.counters.xen_fills, 4);
 }
 
 #[test]

@@ -10,7 +10,7 @@
 use crate::devicemodel::{DeviceModel as XdmHandle, IoreqServer, SHUTDOWN_CRASH};
 use crate::error::XenError;
 use crate::evtchn::{BoundPort, EventChannels};
-use crate::foreignmemory::{ForeignMemory, IoreqPage};
+use crate::foreignmemory::{ForeignMemory, IoreqPage, MAX_GUEST_PAGES};
 use crate::ioreq::MAX_SLOTS;
 use crate::privcmd::Privcmd;
 use crate::xenctrl::{DomainInfo, Xenctrl};
@@ -21,6 +21,9 @@ use gpu_hostmem_core::platform::{
 };
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::time::Duration;
+
+const PAGE_SHIFT: u32 = 12;
+const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 
 impl From<XenError> for PlatformError {
     fn from(e: XenError) -> Self {
@@ -327,6 +330,43 @@ impl<'a> DeviceModel for XenDeviceModel<'a> {
         let op = "xendevicemodel_shutdown";
         self.id.check(dom, op)?;
         Ok(self.dm.shutdown(dom.domid, SHUTDOWN_CRASH)?)
+    }
+
+    fn write_guest_ram(
+        &mut self,
+        dom: &DomainIdentity,
+        gpa: u64,
+        data: &[u8],
+    ) -> PlatformResult<()> {
+        let op = "xenforeignmemory_map";
+        self.id.check(dom, op)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = gpa
+            .checked_add(data.len() as u64)
+            .ok_or(PlatformError::new(op, Errno::EINVAL))?;
+        let gfns: Vec<u64> = (gpa >> PAGE_SHIFT..=(end - 1) >> PAGE_SHIFT).collect();
+        if gfns.len() > MAX_GUEST_PAGES {
+            return Err(PlatformError::new(op, Errno::EINVAL));
+        }
+        // The handle is restricted to the guest before any request is
+        // read: only its frames map. Every page is checked before the
+        // first byte is written.
+        let pages = self.fm.map_guest_pages(dom.domid, &gfns, true)?;
+        if let Some(e) = (0..gfns.len()).find_map(|i| pages.page_error(i)) {
+            return Err(PlatformError::new(op, Errno(e)));
+        }
+        let mut at = gpa;
+        let mut done = 0usize;
+        for i in 0..gfns.len() {
+            let off = (at & (PAGE_SIZE - 1)) as usize;
+            let n = (PAGE_SIZE as usize - off).min(data.len() - done);
+            pages.write(i, off, &data[done..done + n])?;
+            done += n;
+            at += n as u64;
+        }
+        Ok(())
     }
 
     fn retry_stats(&self, dom: &DomainIdentity) -> PlatformResult<RetryStats> {

@@ -100,6 +100,27 @@ fn platform_on_fake_xen() {
     assert!(p.is_alive(&dom).expect("alive"));
     assert!(!p.is_alive(&stranger).expect("alive"));
 
+    // Guest RAM for a data_is_ptr read: the fake maps frames below
+    // 0x100000 and fails those above (a hole) with EFAULT. Every page is
+    // checked before a byte is written; each mapping is undone at once.
+    let ones = [0xffu8; 24];
+    p.write_guest_ram(&dom, 0x20_0ff4, &ones)
+        .expect("two pages of RAM");
+    assert_eq!(fake.counter(b"fake_guest_mapped\0"), 0, "unmapped after");
+    let e = p
+        .write_guest_ram(&dom, 0x1_0000_0ff4, &ones)
+        .expect_err("a hole");
+    assert_eq!((e.op, e.errno), ("xenforeignmemory_map", Errno::EFAULT));
+    let e = p
+        .write_guest_ram(&dom, 0xffff_ffff_ffff_fff0, &ones)
+        .expect_err("wraps");
+    assert_eq!(e.errno, Errno::EINVAL);
+    let e = p
+        .write_guest_ram(&stranger, 0x20_0000, &ones)
+        .expect_err("another instance");
+    assert_eq!(e.errno, Errno::ESRCH);
+    assert_eq!(fake.counter(b"fake_guest_mapped\0"), 0);
+
     // I5: nothing is done for an identity that is not the current one.
     let e = p.create_server(&stranger, false).unwrap_err();
     assert_eq!(e.errno, Errno::ESRCH);

@@ -33,6 +33,7 @@ mod strategies;
 mod sut;
 
 use gpu_hostmem_core::ioreq::size_mask;
+use gpu_hostmem_sim::harness::Guest;
 use gpu_hostmem_sim::{Access, Insn, SimOptions};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -223,6 +224,59 @@ fn check_invariants(model: &Reference, sut: &Sut, max_lent: u64) -> Result<(), S
 }
 
 /// Check an instruction against the backend's bytes.
+/// A `rep movs` from BAR offsets nobody registered into guest RAM (one
+/// `data_is_ptr` read per page of RAM): the server fills the buffer with
+/// ones itself and answers READY, so every request makes one round trip
+/// (no RETRY, no resend, nothing Xen completes as unbacked), and the
+/// buffer holds ones over exactly `count * size` bytes from `dst` up, or
+/// down with DF (`verify` then checks the bytes either side).
+fn check_unbacked_copy(sut: &Sut, g: &Guest, e: &sut::ExecObs) -> Result<(), String> {
+    let Insn::RepMovs {
+        dst,
+        src,
+        size,
+        count,
+        df,
+    } = e.insn
+    else {
+        return Ok(());
+    };
+    let (dlo, len) = gpu_hostmem_sim::span(dst, size, count, df);
+    let (slo, _) = gpu_hostmem_sim::span(src, size, count, df);
+    let inside = |lo: u64| lo >= e.bar.start && lo.saturating_add(len) <= e.bar.end;
+    let touches = |lo: u64| lo < e.bar.end && e.bar.start < lo.saturating_add(len);
+    if len == 0 || !inside(slo) || touches(dlo) {
+        return Ok(());
+    }
+    let unregistered = sut
+        .sim
+        .backend_bytes(&g.ident, slo - e.bar.start, len)
+        .iter()
+        .all(Option::is_none);
+    if !unregistered {
+        return Ok(());
+    }
+    TALLY.with(|t| *t.borrow_mut().entry("unbacked copy".into()).or_default() += 1);
+    let r = &e.report;
+    if r.stopped.is_some() || r.retries > 0 || r.unbacked > 0 || r.emulated != r.requests {
+        return Err(format!(
+            "{:?}: a copy from unregistered offsets took RETRY or Xen's unbacked completion: {r:?}",
+            e.insn
+        ));
+    }
+    // No RAM there: nothing to fill (Xen went element by element).
+    let Some(got) = sut.sim.mem_read(&g.ident, dlo, len as usize) else {
+        return Ok(());
+    };
+    if got.iter().any(|b| *b != 0xff) {
+        return Err(format!(
+            "{:?}: guest buffer {dlo:#x}+{len:#x} is not all ones: {got:02x?}",
+            e.insn
+        ));
+    }
+    Ok(())
+}
+
 fn check_exec(model: &Reference, sut: &Sut, op: &Op, e: &sut::ExecObs) -> Result<(), String> {
     let Some(slot) = op_slot(op) else {
         return Ok(());
@@ -262,6 +316,7 @@ fn check_exec(model: &Reference, sut: &Sut, op: &Op, e: &sut::ExecObs) -> Result
         && !e.mixed;
     if exact {
         TALLY.with(|t| *t.borrow_mut().entry("exact".into()).or_default() += 1);
+        check_unbacked_copy(sut, g, e)?;
         if r.faulted() && r.requests > 0 && r.unbacked == 0 && r.from_memory > 0 {
             TALLY.with(|t| *t.borrow_mut().entry("exact/retry".into()).or_default() += 1);
         }
@@ -397,6 +452,7 @@ fn strategies_reach_every_outcome() {
         "gone",
         "exact",
         "exact/retry",
+        "unbacked copy",
         "guest-crashed",
     ] {
         assert!(
