@@ -5,8 +5,54 @@
 
 use gpu_hostmem_xen::{Result, XenError};
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
+
+/// What an fd inherited from the parent must be (`take_inherited_fd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inherited {
+    /// Any open fd (e.g. a privcmd file).
+    Any,
+    /// A `SOCK_SEQPACKET` socket (the supervisor's and the renderer's).
+    SeqpacketSocket,
+}
+
+/// Takes ownership of fd `raw`, which the parent left open for this
+/// process, once it is checked: not a standard stream, open, and of the
+/// `kind` asked for. Sets `FD_CLOEXEC` on it, so that nothing this process
+/// might exec keeps it. The error names the fd and what it is not.
+pub fn take_inherited_fd(raw: RawFd, kind: Inherited) -> std::result::Result<OwnedFd, String> {
+    if raw < 3 {
+        return Err(format!("fd {raw} is a standard stream"));
+    }
+    // SAFETY: F_GETFD only reads the fd's flags.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(format!("fd {raw}: {}", std::io::Error::last_os_error()));
+    }
+    if kind == Inherited::SeqpacketSocket {
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_TYPE writes one int into `ty`, whose size is `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 || ty != libc::SOCK_SEQPACKET {
+            return Err(format!("fd {raw} is not a SOCK_SEQPACKET socket"));
+        }
+    }
+    // SAFETY: the fd is open (checked above), was inherited for us and
+    // nothing else in this process uses it; we own it from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: F_SETFD on an fd we own.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
+}
 
 /// Whether `pid` exists and is not a zombie.
 pub fn is_running(pid: u32) -> bool {
@@ -161,6 +207,42 @@ mod tests {
     use super::*;
     use std::process::Command;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_inherited_fd_is_taken_only_if_it_is_what_was_asked() {
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::net::{UnixDatagram, UnixStream};
+        assert!(take_inherited_fd(1, Inherited::Any)
+            .unwrap_err()
+            .contains("standard stream"));
+        // Lowest-free allocation: nothing in the test binary reaches 4000.
+        assert!(take_inherited_fd(4000, Inherited::Any)
+            .unwrap_err()
+            .starts_with("fd 4000: "));
+
+        let (a, b) = UnixStream::pair().expect("stream pair");
+        let raw = a.as_raw_fd();
+        assert!(take_inherited_fd(raw, Inherited::SeqpacketSocket)
+            .unwrap_err()
+            .contains("not a SOCK_SEQPACKET"));
+        let (dg, _) = UnixDatagram::pair().expect("datagram pair");
+        assert!(take_inherited_fd(dg.as_raw_fd(), Inherited::SeqpacketSocket).is_err());
+
+        // A regular file is taken as Any, and not as a socket.
+        let file = std::fs::File::open("/proc/self/stat").expect("open");
+        let raw_file = file.into_raw_fd();
+        assert!(take_inherited_fd(raw_file, Inherited::SeqpacketSocket).is_err());
+        let owned = take_inherited_fd(raw_file, Inherited::Any).expect("any open fd");
+        // SAFETY: F_GETFD reads the flags of an fd the test owns.
+        let flags = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+
+        let (s1, _s2) = gpu_hostmem_test_support::seqpacket_pair().expect("seqpacket pair");
+        let raw_sock = s1.into_raw_fd();
+        let owned = take_inherited_fd(raw_sock, Inherited::SeqpacketSocket).expect("seqpacket");
+        assert_eq!(owned.as_raw_fd(), raw_sock);
+        drop((a, b));
+    }
 
     #[test]
     fn a_child_is_seen_running_and_can_be_signalled() {
