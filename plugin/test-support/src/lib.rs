@@ -50,6 +50,24 @@ impl Drop for ExeCopy {
     }
 }
 
+/// `cmd.spawn()`, tried again for up to a second while exec fails with
+/// ETXTBSY. A program just written ([`ExeCopy`]) is "busy" as long as any
+/// process holds it open for writing: a child that another test thread
+/// forked while the copy was being written inherits that fd and keeps it
+/// until it execs itself.
+pub fn spawn_exe(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec: the
 /// kind the supervisor gives a worker and its renderer.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
