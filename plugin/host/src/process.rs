@@ -54,21 +54,10 @@ pub fn take_inherited_fd(raw: RawFd, kind: Inherited) -> std::result::Result<Own
     Ok(fd)
 }
 
-/// Whether `pid` exists and is not a zombie.
-pub fn is_running(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the last ')' (the command name may contain
-        // spaces and parentheses).
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
 /// The command line of `pid` (arguments split at NUL), None if it is gone.
-pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+/// Only [`Pidfd::cmdline`] uses it: by pid alone the answer may be that of
+/// a process that got the pid later.
+fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(
         raw.split(|b| *b == 0)
@@ -76,25 +65,6 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
     )
-}
-
-/// Sends `signal` to `pid`. ESRCH (already gone) is reported as Ok(false).
-pub fn signal(pid: u32, signal: i32) -> Result<bool> {
-    let pid = libc::pid_t::try_from(pid)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| XenError::invalid("kill", format!("refusing pid {pid}")))?;
-    // SAFETY: kill(2) with a positive pid signals one process; no memory is
-    // involved.
-    let rc = unsafe { libc::kill(pid, signal) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = XenError::last_os("kill");
-    match err.errno() {
-        Some(libc::ESRCH) => Ok(false),
-        _ => Err(err),
-    }
 }
 
 /// A handle on one process (`pidfd_open(2)`, Linux 5.3): signals sent
@@ -242,37 +212,6 @@ mod tests {
         let owned = take_inherited_fd(raw_sock, Inherited::SeqpacketSocket).expect("seqpacket");
         assert_eq!(owned.as_raw_fd(), raw_sock);
         drop((a, b));
-    }
-
-    #[test]
-    fn a_child_is_seen_running_and_can_be_signalled() {
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = child.id();
-        assert!(is_running(pid));
-        // Right after the spawn the new image's arguments may not be set
-        // up yet (an empty cmdline): wait for them.
-        let t = Instant::now();
-        while cmdline(pid).is_some_and(|a| a.is_empty()) && t.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(cmdline(pid).expect("cmdline"), ["sleep", "30"]);
-        assert!(signal(pid, libc::SIGTERM).expect("kill"));
-        let start = Instant::now();
-        while is_running(pid) && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!is_running(pid), "a zombie counts as not running");
-        child.wait().expect("reap");
-        assert!(!signal(pid, 0).expect("ESRCH is not an error"));
-    }
-
-    #[test]
-    fn refuses_to_signal_nonpositive_pids() {
-        assert!(signal(0, 0).is_err());
-        assert!(signal(u32::MAX, 0).is_err());
     }
 
     #[test]

@@ -672,7 +672,7 @@ fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        gpu_hostmem_host::process::is_running(w),
+        gpu_hostmem_test_support::is_running(w),
         "the worker outlives its supervisor; log:\n{}",
         r.log()
     );
@@ -702,7 +702,7 @@ fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
     );
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(left, Some(false), "the worker cleaned up itself: {out:?}");
-    assert!(!gpu_hostmem_host::process::is_running(w), "{out:?}");
+    assert!(!gpu_hostmem_test_support::is_running(w), "{out:?}");
     let log = r.log();
     assert!(log.contains("stopped cleanly"), "{log}");
     let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
