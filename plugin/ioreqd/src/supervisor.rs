@@ -220,12 +220,13 @@ impl Drop for RendererProcess {
 /// Starts the renderer of `dom` as the configured user, with no
 /// capability and no_new_privs, holding only its socket end and a privcmd
 /// file restricted to the guest and narrowed to registering memory (what
-/// `gpu-hostmem backend` hands a backend). Returns it and the worker's end
-/// of the socket.
+/// `gpu-hostmem backend` hands a backend), logging with filter `log`.
+/// Returns it and the worker's end of the socket.
 fn spawn_renderer(
     path: &std::path::Path,
     user: &str,
     dom: &DomainIdentity,
+    log: &str,
 ) -> io::Result<(RendererProcess, OwnedFd)> {
     let other = |e: String| io::Error::other(e);
     let (uid, gid) = gpu_hostmem_host::users::resolve(user)
@@ -270,9 +271,7 @@ fn spawn_renderer(
         .stdout(std::process::Stdio::null())
         .uid(uid)
         .gid(gid);
-    if let Some(l) = std::env::var_os(crate::logging::LOG_ENV) {
-        cmd.env(crate::logging::LOG_ENV, l);
-    }
+    cmd.env(crate::logging::LOG_ENV, log);
     // SAFETY: runs in the forked child before exec, after std dropped the
     // groups and set the gid and uid (so every capability is gone);
     // prctl, fcntl, dup2 and close are async-signal-safe and allocate
@@ -666,6 +665,8 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // The renderer logs as we do (its environment is cleared).
+    let log = crate::logging::directive(&cfg.log);
     let mut deaths = Deaths::default();
     let mut attach = false;
     let uuid = DomainIdentity::new(domid, args.uuid).uid_string();
@@ -679,7 +680,7 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         // started first (the worker says hello during its setup).
         let renderer = match (cfg.device, &cfg.virtio_gpu.renderer) {
             (Device::VirtioGpu, Some(path)) => {
-                match spawn_renderer(path, &cfg.virtio_gpu.renderer_user, &dom) {
+                match spawn_renderer(path, &cfg.virtio_gpu.renderer_user, &dom, &log) {
                     Ok((p, end)) => {
                         info!(%dom, renderer = p.child.id(), path = %path.display(), "supervisor: renderer started");
                         Some((p, end))

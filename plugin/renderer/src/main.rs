@@ -62,6 +62,8 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Set by the supervisor, which starts us with a cleared environment:
+    // its own filter (the configured level).
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("GPU_HOSTMEM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
