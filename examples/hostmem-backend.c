@@ -28,7 +28,8 @@
  *      and registers it at its BAR offset (the kernel watches the range with
  *      an MMU notifier; nothing is pinned);
  *   3. prints "READY" and waits.  On SIGUSR1 it reports how many pages the
- *      guest has stamped (first word == ~pattern(offset)); on SIGUSR2 it
+ *      guest has stamped (first word == ~pattern(offset)) and checks every
+ *      word (see words_report); on SIGUSR2 it
  *      replaces the memory of every region (see replace_region); on SIGTERM, SIGINT
  *      or after SECONDS it unregisters everything and exits.  Unregistering,
  *      closing the fd or simply exiting revokes every page lent to the guest.
@@ -123,6 +124,32 @@ static void usage(void)
             "       (-u from GPU_HOSTMEM_UNIQUE_ID and the privcmd fd from\n"
             "        GPU_HOSTMEM_PRIVCMD_FD when started by gpu-hostmem backend)\n");
     exit(2);
+}
+
+/* Every word of the region: in each page, the guest's stamps (~pattern)
+ * on a first run of words, then the backend's pattern to the end of the
+ * page; any other value is counted as bad. Prints the bad words and the
+ * shortest and longest stamped run: a guest that stamped the first R words
+ * of every page (hostmem-guest loopcheck ... stamp) expects 0, R and R. */
+static void words_report(const struct region *r)
+{
+    uint64_t page, i, bad = 0, min = UINT64_MAX, max = 0, first_bad = 0;
+
+    for (page = 0; page < r->size; page += PAGE_SIZE_4K) {
+        const volatile uint64_t *m = &r->mem[page / 8];
+        uint64_t off = r->offset + page, run = 0;
+
+        while (run < PAGE_SIZE_4K / 8 && m[run] == ~pattern(off + 8 * run))
+            run++;
+        for (i = run; i < PAGE_SIZE_4K / 8; i++)
+            if (m[i] != pattern(off + 8 * i) && bad++ == 0)
+                first_bad = off + 8 * i;
+        min = run < min ? run : min;
+        max = run > max ? run : max;
+    }
+    printf("backend: words id=%u offset=0x%" PRIx64 " bad=%" PRIu64 " first_bad=0x%" PRIx64
+           " stamped_min=%" PRIu64 " stamped_max=%" PRIu64 "\n",
+           r->id, r->offset, bad, first_bad, min, max);
 }
 
 static unsigned long stamped_pages(const struct region *r)
@@ -301,6 +328,8 @@ int main(int argc, char **argv)
             for (i = 0; i < nr; i++) {
                 const struct region *r = &regions[i];
                 unsigned long n = stamped_pages(r);
+
+                words_report(r);
 
                 printf("backend: id=%u offset=0x%" PRIx64 ": first word 0x%016" PRIx64
                        " (%s), %lu of %" PRIu64 " page(s) stamped by the guest\n",

@@ -24,11 +24,13 @@
  *   hostmem-guest follow  VENDOR DEVICE OFFSET SIZE DATA SECONDS  stale-page
  *                         checks driven by dom0's hostmem-stale: control page
  *                         at OFFSET, data at DATA..+SIZE (see follow())
- *   hostmem-guest loopcheck VENDOR DEVICE OFFSET SIZE REGEND SECONDS [RATE]  read
- *                         one word per page of the region, round after round
- *                         for SECONDS, each against the backend's pattern
- *                         (below REGEND) or all-ones (unregistered, above);
- *                         at most RATE rounds a second if given
+ *   hostmem-guest loopcheck VENDOR DEVICE OFFSET SIZE REGEND SECONDS [RATE [stamp]]
+ *                         read one word per page of the region, round after
+ *                         round for SECONDS, each against the backend's
+ *                         pattern (below REGEND) or all-ones (unregistered,
+ *                         above); at most RATE rounds a second if given (0:
+ *                         no bound); with "stamp", also write ~pattern into
+ *                         that word of each registered page (see loop_check)
  *   hostmem-guest suite   VENDOR DEVICE OFFSET SIZE BENCH ROUNDS UNREG COUNT
  *                         the in-guest benchmarks in one run (see main)
  *   hostmem-guest insn    VENDOR DEVICE OFFSET SIZE REGEND [BOUNDARY]...  every instruction
@@ -609,12 +611,21 @@ static int loop_reads(volatile uint64_t *bar, uint64_t off, uint64_t size)
 /* Like loop_reads, for a bounded time, checking every value read: the
  * backend's pattern below REGEND, all-ones above (unregistered). The word
  * read in each page moves every round. One RESULT line at the end.
+ * STAMP: each round also writes ~pattern into the word it checks in each
+ * registered page, before the read in odd rounds (so that the request a
+ * killed IOREQ server leaves in flight may be a write, and the first
+ * access to a page revoked by its restart is a write in half the rounds),
+ * after it in even rounds; a word stamped in an earlier round (from round
+ * 512 on, the word index wraps) reads ~pattern. The backend then holds
+ * ~pattern in the first R words of every registered page and its pattern
+ * in all others, R = min(rounds, 512), printed as guest-loopcheck-stamped:
+ * hostmem-backend checks every word on SIGUSR1.
  * RATE > 0 bounds the rounds per second: a scenario that needs the guest to
  * keep making progress, not volume, keeps its count of exits (each read of
  * an unlent page is one) small; on the test bed every exit is a chance of the
  * emulator's fault (docs/testbed-fault.md). */
 static int loop_check(const char *res, volatile uint64_t *bar, uint64_t off, uint64_t size,
-                      uint64_t regend, int seconds, double rate)
+                      uint64_t regend, int seconds, double rate, int stamp)
 {
     uint64_t a, w, v, want, rounds = 0, reads = 0, bad = 0, first_bad = 0;
     double start = now(), next = start + 1, end = start + seconds, due; /* due: seconds */
@@ -623,14 +634,22 @@ static int loop_check(const char *res, volatile uint64_t *bar, uint64_t off, uin
     while (now() < end) {
         w = (rounds % (PAGE / 8)) * 8;
         for (a = off; a < off + size; a += PAGE) {
+            int reg = a + w < regend, stamped = stamp && reg && rounds >= PAGE / 8;
+
+            if (stamp && reg && (rounds & 1)) {
+                bar[(a + w) / 8] = ~pattern(a + w);
+                stamped = 1;
+            }
             v = bar[(a + w) / 8];
-            want = a + w < regend ? pattern(a + w) : ~0ULL;
+            want = !reg ? ~0ULL : stamped ? ~pattern(a + w) : pattern(a + w);
             reads++;
             if (v != want && bad++ == 0) {
                 first_bad = a + w;
                 printf("guest: loopcheck: 0x%" PRIx64 " reads 0x%016" PRIx64
                        ", want 0x%016" PRIx64 "\n", a + w, v, want);
             }
+            if (stamp && reg && !(rounds & 1))
+                bar[(a + w) / 8] = ~pattern(a + w);
         }
         rounds++;
         if (rate > 0 && (due = start + rounds / rate - now()) > 0)
@@ -644,6 +663,9 @@ static int loop_check(const char *res, volatile uint64_t *bar, uint64_t off, uin
     }
     printf("RESULT name=guest-loopcheck ok=%d value=%" PRIu64 " reads=%" PRIu64 " bad=%" PRIu64
            " first_bad=0x%" PRIx64 "\n", bad == 0 && rounds > 0, rounds, reads, bad, first_bad);
+    if (stamp)
+        printf("RESULT name=guest-loopcheck-stamped ok=%d value=%" PRIu64 "\n", rounds > 0,
+               (uint64_t)(rounds < PAGE / 8 ? rounds : PAGE / 8));
     if (cfd >= 0)
         close(cfd);
     return bad == 0 && rounds > 0 ? 0 : 1;
@@ -1758,7 +1780,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "loopcheck") && argc > 7)
         return loop_check(res, bar, off, size, strtoull(argv[6], NULL, 0), atoi(argv[7]),
-                          argc > 8 ? atof(argv[8]) : 0);
+                          argc > 8 ? atof(argv[8]) : 0, argc > 9 && !strcmp(argv[9], "stamp"));
     if (!strcmp(argv[1], "suite") && argc > 9) {
         /* The in-guest benchmarks in one run (tests/e2e/scenarios/80-bench-*):
          * first touch of OFFSET..+SIZE (one read per 4 KiB page), bandwidth

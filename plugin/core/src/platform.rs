@@ -364,8 +364,9 @@ pub enum RevokeRange {
 /// One backend registration: the only type for it above the privcmd FFI
 /// struct (`gpu_hostmem_xen::privcmd::HostmemRegion` converts into it). The
 /// kernel's answer ([`HostMem::query`]) fills every field; the server's own
-/// cache of registrations ([`crate::registry`]) knows only the range, so
-/// what only the kernel knows is optional.
+/// cache of registrations ([`crate::registry::Registry`]) keeps these too,
+/// without the lent-page count, which only the kernel knows at any time,
+/// so that is optional.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RegionInfo {
     /// Caller-chosen id.
@@ -378,6 +379,25 @@ pub struct RegionInfo {
     pub lent_pages: Option<u64>,
     /// Process that registered it, if known.
     pub owner_pid: Option<u32>,
+}
+
+impl RegionInfo {
+    /// Registration `id` over `[offset, offset + size)`, with nothing of
+    /// the kernel's view (lent pages, owner) known.
+    pub fn new(id: u32, offset: u64, size: u64) -> Self {
+        Self {
+            id,
+            offset,
+            size,
+            lent_pages: None,
+            owner_pid: None,
+        }
+    }
+
+    /// One past the last byte (saturating).
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.size)
+    }
 }
 
 /// The kernel's view of a guest (`IOCTL_PRIVCMD_HOSTMEM_QUERY`).

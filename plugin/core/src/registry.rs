@@ -2,31 +2,16 @@
 //!
 //! The kernel owns the registrations; the server keeps this cache of them
 //! (refreshed from [`crate::platform::HostMem::query`]) to find the
-//! registration of a faulting offset and clip fault-around to it.
+//! registration of a faulting offset and clip fault-around to it. Entries
+//! are [`RegionInfo`]s without their lent-page count, which changes with
+//! every lend and revoke: the cache knows only what stays true while the
+//! registration lives.
 //! Registrations never overlap, so a `BTreeMap` keyed by start offset
 //! answers a lookup with one range query: O(log n).
 
 use std::collections::BTreeMap;
 
 use crate::platform::RegionInfo;
-
-/// One registration: `[offset, offset + size)` of the BAR.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Registration {
-    /// Caller-chosen id.
-    pub id: u32,
-    /// Start offset in the BAR (page aligned).
-    pub offset: u64,
-    /// Size in bytes (page aligned, > 0).
-    pub size: u64,
-}
-
-impl Registration {
-    /// One past the last byte.
-    pub fn end(&self) -> u64 {
-        self.offset.saturating_add(self.size)
-    }
-}
 
 /// Why a registration was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +35,7 @@ pub enum RegistryError {
 /// Non-overlapping registrations by offset.
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
-    by_offset: BTreeMap<u64, Registration>,
+    by_offset: BTreeMap<u64, RegionInfo>,
 }
 
 impl Registry {
@@ -70,7 +55,7 @@ impl Registry {
     }
 
     /// Insert, refusing empty, wrapping or overlapping ranges.
-    pub fn insert(&mut self, r: Registration) -> Result<(), RegistryError> {
+    pub fn insert(&mut self, r: RegionInfo) -> Result<(), RegistryError> {
         if r.size == 0 || r.offset.checked_add(r.size).is_none() {
             return Err(RegistryError::BadRange { id: r.id });
         }
@@ -82,12 +67,18 @@ impl Registry {
                 });
             }
         }
-        self.by_offset.insert(r.offset, r);
+        self.by_offset.insert(
+            r.offset,
+            RegionInfo {
+                lent_pages: None,
+                ..r
+            },
+        );
         Ok(())
     }
 
     /// Remove the registration with this id; returns it.
-    pub fn remove(&mut self, id: u32) -> Option<Registration> {
+    pub fn remove(&mut self, id: u32) -> Option<RegionInfo> {
         let key = self
             .by_offset
             .iter()
@@ -97,7 +88,7 @@ impl Registry {
     }
 
     /// The registration containing BAR offset `off`.
-    pub fn lookup(&self, off: u64) -> Option<&Registration> {
+    pub fn lookup(&self, off: u64) -> Option<&RegionInfo> {
         self.by_offset
             .range(..=off)
             .next_back()
@@ -110,16 +101,12 @@ impl Registry {
     pub fn replace_from(&mut self, regions: &[RegionInfo]) {
         self.by_offset.clear();
         for r in regions {
-            let _ = self.insert(Registration {
-                id: r.id,
-                offset: r.offset,
-                size: r.size,
-            });
+            let _ = self.insert(*r);
         }
     }
 
     /// All registrations by offset.
-    pub fn iter(&self) -> impl Iterator<Item = &Registration> {
+    pub fn iter(&self) -> impl Iterator<Item = &RegionInfo> {
         self.by_offset.values()
     }
 }
@@ -129,8 +116,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn reg(id: u32, offset: u64, size: u64) -> Registration {
-        Registration { id, offset, size }
+    fn reg(id: u32, offset: u64, size: u64) -> RegionInfo {
+        RegionInfo::new(id, offset, size)
     }
 
     #[test]
@@ -169,6 +156,34 @@ mod tests {
         r.insert(reg(6, 0x3000, 0x1000)).expect("adjacent is fine");
         assert_eq!(r.remove(1).map(|r| r.id), Some(1));
         r.insert(reg(2, 0x2000, 0x1000)).expect("free now");
+    }
+
+    #[test]
+    fn the_kernels_view_is_kept_without_its_lent_page_count() {
+        let mut r = Registry::new();
+        let from_kernel = [
+            RegionInfo {
+                lent_pages: Some(16),
+                owner_pid: Some(42),
+                ..reg(1, 0x1000, 0x2000)
+            },
+            // Overlaps the first: a kernel never says so; dropped.
+            reg(2, 0x2000, 0x1000),
+            reg(3, 0x8000, 0x1000),
+        ];
+        r.replace_from(&from_kernel);
+        let kept: Vec<RegionInfo> = r.iter().copied().collect();
+        assert_eq!(
+            kept,
+            [
+                RegionInfo {
+                    owner_pid: Some(42),
+                    ..reg(1, 0x1000, 0x2000)
+                },
+                reg(3, 0x8000, 0x1000)
+            ]
+        );
+        assert_eq!(r.lookup(0x2fff).map(|x| x.end()), Some(0x3000));
     }
 
     proptest! {

@@ -1594,18 +1594,7 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             }
         }
         // Without it, the server's own cache, as last refreshed.
-        let regs = regs.unwrap_or_else(|| {
-            self.registry
-                .iter()
-                .map(|r| RegionInfo {
-                    id: r.id,
-                    offset: r.offset,
-                    size: r.size,
-                    lent_pages: None,
-                    owner_pid: None,
-                })
-                .collect()
-        });
+        let regs = regs.unwrap_or_else(|| self.registry.iter().copied().collect());
         Status {
             domid: self.dom.domid,
             unique_id: self.dom.unique_id(),

@@ -5,24 +5,59 @@
 
 use gpu_hostmem_xen::{Result, XenError};
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-/// Whether `pid` exists and is not a zombie.
-pub fn is_running(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the last ')' (the command name may contain
-        // spaces and parentheses).
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+/// What an fd inherited from the parent must be (`take_inherited_fd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inherited {
+    /// Any open fd (e.g. a privcmd file).
+    Any,
+    /// A `SOCK_SEQPACKET` socket (the supervisor's and the renderer's).
+    SeqpacketSocket,
+}
+
+/// Takes ownership of fd `raw`, which the parent left open for this
+/// process, once it is checked: not a standard stream, open, and of the
+/// `kind` asked for. Sets `FD_CLOEXEC` on it, so that nothing this process
+/// might exec keeps it. The error names the fd and what it is not.
+pub fn take_inherited_fd(raw: RawFd, kind: Inherited) -> std::result::Result<OwnedFd, String> {
+    if raw < 3 {
+        return Err(format!("fd {raw} is a standard stream"));
     }
+    // SAFETY: F_GETFD only reads the fd's flags.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return Err(format!("fd {raw}: {}", std::io::Error::last_os_error()));
+    }
+    if kind == Inherited::SeqpacketSocket {
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_TYPE writes one int into `ty`, whose size is `len`.
+        let rc = unsafe {
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 || ty != libc::SOCK_SEQPACKET {
+            return Err(format!("fd {raw} is not a SOCK_SEQPACKET socket"));
+        }
+    }
+    // SAFETY: the fd is open (checked above), was inherited for us and
+    // nothing else in this process uses it; we own it from here.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: F_SETFD on an fd we own.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
 }
 
 /// The command line of `pid` (arguments split at NUL), None if it is gone.
-pub fn cmdline(pid: u32) -> Option<Vec<String>> {
+/// Only [`Pidfd::cmdline`] uses it: by pid alone the answer may be that of
+/// a process that got the pid later.
+fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(
         raw.split(|b| *b == 0)
@@ -30,25 +65,6 @@ pub fn cmdline(pid: u32) -> Option<Vec<String>> {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
     )
-}
-
-/// Sends `signal` to `pid`. ESRCH (already gone) is reported as Ok(false).
-pub fn signal(pid: u32, signal: i32) -> Result<bool> {
-    let pid = libc::pid_t::try_from(pid)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| XenError::invalid("kill", format!("refusing pid {pid}")))?;
-    // SAFETY: kill(2) with a positive pid signals one process; no memory is
-    // involved.
-    let rc = unsafe { libc::kill(pid, signal) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = XenError::last_os("kill");
-    match err.errno() {
-        Some(libc::ESRCH) => Ok(false),
-        _ => Err(err),
-    }
 }
 
 /// A handle on one process (`pidfd_open(2)`, Linux 5.3): signals sent
@@ -163,34 +179,39 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn a_child_is_seen_running_and_can_be_signalled() {
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
-        let pid = child.id();
-        assert!(is_running(pid));
-        // Right after the spawn the new image's arguments may not be set
-        // up yet (an empty cmdline): wait for them.
-        let t = Instant::now();
-        while cmdline(pid).is_some_and(|a| a.is_empty()) && t.elapsed() < Duration::from_secs(2) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(cmdline(pid).expect("cmdline"), ["sleep", "30"]);
-        assert!(signal(pid, libc::SIGTERM).expect("kill"));
-        let start = Instant::now();
-        while is_running(pid) && start.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!is_running(pid), "a zombie counts as not running");
-        child.wait().expect("reap");
-        assert!(!signal(pid, 0).expect("ESRCH is not an error"));
-    }
+    fn an_inherited_fd_is_taken_only_if_it_is_what_was_asked() {
+        use std::os::fd::IntoRawFd;
+        use std::os::unix::net::{UnixDatagram, UnixStream};
+        assert!(take_inherited_fd(1, Inherited::Any)
+            .unwrap_err()
+            .contains("standard stream"));
+        // Lowest-free allocation: nothing in the test binary reaches 4000.
+        assert!(take_inherited_fd(4000, Inherited::Any)
+            .unwrap_err()
+            .starts_with("fd 4000: "));
 
-    #[test]
-    fn refuses_to_signal_nonpositive_pids() {
-        assert!(signal(0, 0).is_err());
-        assert!(signal(u32::MAX, 0).is_err());
+        let (a, b) = UnixStream::pair().expect("stream pair");
+        let raw = a.as_raw_fd();
+        assert!(take_inherited_fd(raw, Inherited::SeqpacketSocket)
+            .unwrap_err()
+            .contains("not a SOCK_SEQPACKET"));
+        let (dg, _) = UnixDatagram::pair().expect("datagram pair");
+        assert!(take_inherited_fd(dg.as_raw_fd(), Inherited::SeqpacketSocket).is_err());
+
+        // A regular file is taken as Any, and not as a socket.
+        let file = std::fs::File::open("/proc/self/stat").expect("open");
+        let raw_file = file.into_raw_fd();
+        assert!(take_inherited_fd(raw_file, Inherited::SeqpacketSocket).is_err());
+        let owned = take_inherited_fd(raw_file, Inherited::Any).expect("any open fd");
+        // SAFETY: F_GETFD reads the flags of an fd the test owns.
+        let flags = unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+
+        let (s1, _s2) = gpu_hostmem_test_support::seqpacket_pair().expect("seqpacket pair");
+        let raw_sock = s1.into_raw_fd();
+        let owned = take_inherited_fd(raw_sock, Inherited::SeqpacketSocket).expect("seqpacket");
+        assert_eq!(owned.as_raw_fd(), raw_sock);
+        drop((a, b));
     }
 
     #[test]

@@ -389,7 +389,7 @@ pub fn teardown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process;
+    use gpu_hostmem_test_support::is_running;
     use std::process::Command;
 
     #[test]
@@ -403,7 +403,7 @@ mod tests {
         let stopped = stop_process(child.id(), 3, Timeouts::default(), &mut out).expect("stop");
         assert_eq!(stopped, Stopped::NotOurs, "a foreign process is left alone");
         assert!(stopped.left_state(), "ours is gone without cleaning up");
-        assert!(process::is_running(child.id()), "it was not signalled");
+        assert!(is_running(child.id()), "it was not signalled");
         assert!(out.actions[0].contains("left alone"), "{out:?}");
         let _ = child.kill();
         let _ = child.wait();
@@ -477,7 +477,7 @@ mod tests {
         );
         assert_eq!(left, Some(true), "nobody cleaned up: {out:?}");
         assert!(errors.is_empty(), "{errors:?}");
-        assert!(process::is_running(w.id()), "not signalled: {out:?}");
+        assert!(is_running(w.id()), "not signalled: {out:?}");
         assert!(
             out.actions
                 .iter()

@@ -19,6 +19,7 @@ use gpu_hostmem_core::pci::PciFunction;
 use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
+use gpu_hostmem_host::process::{take_inherited_fd, Inherited};
 use gpu_hostmem_host::record::{self, key, state};
 use gpu_hostmem_virtio_gpu::device::GpuConfig;
 use gpu_hostmem_virtio_gpu::model::GpuModel;
@@ -284,7 +285,9 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             // sendto/recvfrom on it, which the filter allows).
             let (renderer, gcfg): (Box<dyn Renderer>, GpuConfig) = match args.renderer_fd {
                 Some(fd) => {
-                    let sock = inherited_socket(fd).map_err(at("renderer socket"))?;
+                    let sock = take_inherited_fd(fd, Inherited::SeqpacketSocket)
+                        .map(std::os::unix::net::UnixDatagram::from)
+                        .map_err(at("renderer socket"))?;
                     let r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
                     let gcfg = if cfg.virtio_gpu.test_capset {
                         warn!(%dom, "virtio-gpu: offering the test-only capset (virtio_gpu.test_capset)");
@@ -305,37 +308,6 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             run_server(&ctx, server, restrict)
         }
     }
-}
-
-/// The renderer socket the supervisor left on `fd`: refused unless it is
-/// an open `SOCK_SEQPACKET` socket.
-fn inherited_socket(fd: i32) -> Result<std::os::unix::net::UnixDatagram, String> {
-    use std::os::fd::FromRawFd;
-    if fd < 3 {
-        return Err(format!("fd {fd} is a standard stream"));
-    }
-    let mut ty: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: SO_TYPE writes one int into `ty`, whose size is `len`; on a
-    // closed fd the call fails and nothing is written.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut ty as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 || ty != libc::SOCK_SEQPACKET {
-        return Err(format!("fd {fd} is not a SOCK_SEQPACKET socket"));
-    }
-    // SAFETY: an open socket the supervisor left for us and nothing else
-    // in this process uses; owned from here.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: FD_CLOEXEC on the fd we own.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok(std::os::unix::net::UnixDatagram::from(owned))
 }
 
 /// What the stages after the server's start need.

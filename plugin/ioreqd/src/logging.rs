@@ -5,7 +5,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Environment variable overriding the configured level (EnvFilter syntax).
+/// Test-only override of the configured level (EnvFilter syntax): honoured
+/// only in `test-env` builds ([`gpu_hostmem_xen::testenv`]). A release
+/// build logs at the configured `log.level` alone, whatever the
+/// environment of the process that started libxl says. The renderer gets
+/// the effective filter in this variable from the supervisor, which gives
+/// it a cleared environment.
 pub const LOG_ENV: &str = "GPU_HOSTMEM_LOG";
 
 fn level(l: LogLevel) -> &'static str {
@@ -18,11 +23,24 @@ fn level(l: LogLevel) -> &'static str {
     }
 }
 
+/// The filter this process logs with: the test-only override if this
+/// build honours it and it is set, else the configured level.
+pub fn directive(cfg: &LogConfig) -> String {
+    let over = gpu_hostmem_xen::testenv::var_os(LOG_ENV);
+    choose(over.as_deref().map(|v| v.to_string_lossy()).as_deref(), cfg)
+}
+
+/// `over` if it is a filter that parses, else the configured level.
+fn choose(over: Option<&str>, cfg: &LogConfig) -> String {
+    over.filter(|v| EnvFilter::try_new(v).is_ok())
+        .map_or_else(|| level(cfg.level).to_owned(), str::to_owned)
+}
+
 /// Installs the global subscriber. Journald falls back to stderr (with a
 /// warning) when the journal socket is not there.
 pub fn init(cfg: &LogConfig) {
-    let filter =
-        || EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(level(cfg.level)));
+    let directive = directive(cfg);
+    let filter = || EnvFilter::new(&directive);
     let stderr = || {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -50,5 +68,21 @@ pub fn init(cfg: &LogConfig) {
                 tracing::warn!(error = %e, "journald unavailable, logging to stderr");
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_that_does_not_parse_leaves_the_configured_level() {
+        let cfg = LogConfig {
+            level: LogLevel::Warn,
+            ..LogConfig::default()
+        };
+        assert_eq!(choose(None, &cfg), "warn");
+        assert_eq!(choose(Some("gpu_hostmem=trace"), &cfg), "gpu_hostmem=trace");
+        assert_eq!(choose(Some("no[such"), &cfg), "warn");
     }
 }

@@ -9,8 +9,11 @@
 //! [`RESTART_WINDOW`]: the supervisor then disables the server, answers
 //! whatever is still in flight as an unbacked BAR (never leaving a vCPU
 //! blocked), and records `failed: ...` for the operator
-//! (`gpu-hostmem status`, the log). It also cleans up what a dead worker
-//! left when the domain goes away or on SIGTERM.
+//! (`gpu-hostmem status`, the log); if that fallback fails, it crashes the
+//! guest with the reason rather than leave a vCPU waiting. It also cleans
+//! up what a dead worker left when the domain goes away or on SIGTERM. The
+//! Xen handles for all this are opened when it starts, restricted to the
+//! guest: the fallback and the cleanup open nothing.
 //!
 //! The record's `pid` names the supervisor: teardown signals it and it
 //! forwards SIGTERM to the worker. The worker does not die with its
@@ -29,14 +32,16 @@ use crate::Args;
 use gpu_hostmem_core::config::{Config, Device};
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::limits::Tally;
-use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, HostMem, IoreqChannel, RevokeRange};
+use gpu_hostmem_core::platform::{
+    DeviceModel, DomainIdentity, HostMem, IoServId, IoreqChannel, RevokeRange,
+};
 use gpu_hostmem_core::server::{self, unbacked_answer};
 use gpu_hostmem_host::control::{control_dir, pci_state_path, socket_path};
 use gpu_hostmem_host::identity::ProcessIdentity;
 use gpu_hostmem_host::process::Pidfd;
 use gpu_hostmem_host::record::{self, key, state, Record};
 use gpu_hostmem_xen::platform::{self, Identity, XenDeviceModel, XenHostMem};
-use gpu_hostmem_xen::{Privcmd, XenLibs, Xenstore};
+use gpu_hostmem_xen::{EventChannels, ForeignMemory, Privcmd, XenLibs, Xenctrl, Xenstore};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::ops::ControlFlow;
@@ -220,12 +225,13 @@ impl Drop for RendererProcess {
 /// Starts the renderer of `dom` as the configured user, with no
 /// capability and no_new_privs, holding only its socket end and a privcmd
 /// file restricted to the guest and narrowed to registering memory (what
-/// `gpu-hostmem backend` hands a backend). Returns it and the worker's end
-/// of the socket.
+/// `gpu-hostmem backend` hands a backend), logging with filter `log`.
+/// Returns it and the worker's end of the socket.
 fn spawn_renderer(
     path: &std::path::Path,
     user: &str,
     dom: &DomainIdentity,
+    log: &str,
 ) -> io::Result<(RendererProcess, OwnedFd)> {
     let other = |e: String| io::Error::other(e);
     let (uid, gid) = gpu_hostmem_host::users::resolve(user)
@@ -270,9 +276,7 @@ fn spawn_renderer(
         .stdout(std::process::Stdio::null())
         .uid(uid)
         .gid(gid);
-    if let Some(l) = std::env::var_os(crate::logging::LOG_ENV) {
-        cmd.env(crate::logging::LOG_ENV, l);
-    }
+    cmd.env(crate::logging::LOG_ENV, log);
     // SAFETY: runs in the forked child before exec, after std dropped the
     // groups and set the gid and uid (so every capability is gone);
     // prctl, fcntl, dup2 and close are async-signal-safe and allocate
@@ -304,7 +308,8 @@ fn spawn_renderer(
     }
     let child = cmd.spawn()?;
     // Our copies go: the renderer's end must close when the renderer dies,
-    // and the supervisor keeps no privcmd file for the guest.
+    // and this privcmd file (narrowed to a backend's rights) is the
+    // renderer's alone.
     drop(renderer_end);
     drop(privcmd);
     Ok((RendererProcess { child }, worker_end))
@@ -599,11 +604,8 @@ fn remove_record(xs: &Xenstore<'_>, dom: &DomainIdentity) {
 
 /// Whether the instance we serve (by Xen's unique id) still has its domid
 /// and is not dying. An error counts as alive: the restart then decides.
-fn domain_alive(libs: &XenLibs, dom: &DomainIdentity) -> bool {
-    let Ok(xc) = libs.xenctrl.open() else {
-        return true;
-    };
-    match platform::current(&xc, dom.domid) {
+fn domain_alive(xc: &Xenctrl<'_>, dom: &DomainIdentity) -> bool {
+    match platform::current(xc, dom.domid) {
         Ok(Some((id, info))) => id == *dom && !info.dying,
         Ok(None) => false,
         Err(_) => true,
@@ -630,6 +632,44 @@ fn resolve_instance(libs: &XenLibs, args: &crate::Args) -> Result<DomainIdentity
 
 fn recorded_state(xs: &Xenstore<'_>, domid: u16) -> Option<String> {
     xs.read(&record::path(domid, key::STATE)).ok().flatten()
+}
+
+/// The supervisor's own Xen handles, opened once when it starts (it is
+/// root then and nothing has gone wrong yet) and restricted to the guest
+/// where Xen allows it: the give-up fallback and the cleanup after a dead
+/// worker open nothing when they run. Opened at give-up time, a failure
+/// (no fd or memory left, say) would leave the guest's vCPUs waiting on
+/// requests nobody answers.
+struct Handles<'l> {
+    dm: gpu_hostmem_xen::DeviceModel<'l>,
+    fm: ForeignMemory<'l>,
+    xce: EventChannels<'l>,
+    /// The identity checks (xenctrl cannot be restricted).
+    xc: Xenctrl<'l>,
+}
+
+impl<'l> Handles<'l> {
+    /// Opens them, and a privcmd file restricted to `domid`; the error
+    /// names the one that failed.
+    fn open(libs: &'l XenLibs, domid: u16) -> Result<(Handles<'l>, Privcmd), String> {
+        let at = |what: &'static str| move |e: gpu_hostmem_xen::XenError| format!("{what}: {e}");
+        let dm = libs.devicemodel.open().map_err(at("devicemodel"))?;
+        dm.restrict(domid).map_err(at("restrict devicemodel"))?;
+        let fm = libs.foreignmemory.open().map_err(at("foreignmemory"))?;
+        fm.restrict(domid).map_err(at("restrict foreignmemory"))?;
+        let xce = libs.evtchn.open().map_err(at("evtchn"))?;
+        xce.restrict(domid).map_err(at("restrict evtchn"))?;
+        let xc = libs.xenctrl.open().map_err(at("xenctrl"))?;
+        let pc = Privcmd::open().map_err(at("privcmd"))?;
+        pc.restrict(domid).map_err(at("restrict privcmd"))?;
+        Ok((Handles { dm, fm, xce, xc }, pc))
+    }
+}
+
+/// The guest as the supervisor acts on it, over its [`Handles`].
+struct Guest<'a> {
+    dm: XenDeviceModel<'a>,
+    hm: XenHostMem<'a>,
 }
 
 /// Runs the supervisor; returns the exit code of the whole server.
@@ -659,6 +699,19 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         }
     };
     info!(%dom, unique_id = dom.unique_id(), "supervisor: serving this instance");
+    let (handles, privcmd) = match Handles::open(&libs, domid) {
+        Ok(h) => h,
+        Err(e) => {
+            error!(%dom, error = %e, "supervisor: cannot open its Xen handles");
+            setup_failed(args, &format!("supervisor's Xen handles: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    let id = || Identity::Xenctrl(&handles.xc);
+    let mut guest = Guest {
+        dm: XenDeviceModel::new(&handles.dm, &handles.fm, &handles.xce, id()),
+        hm: XenHostMem::new(privcmd, id()),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
@@ -666,6 +719,8 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    // The renderer logs as we do (its environment is cleared).
+    let log = crate::logging::directive(&cfg.log);
     let mut deaths = Deaths::default();
     let mut attach = false;
     let uuid = DomainIdentity::new(domid, args.uuid).uid_string();
@@ -679,13 +734,13 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         // started first (the worker says hello during its setup).
         let renderer = match (cfg.device, &cfg.virtio_gpu.renderer) {
             (Device::VirtioGpu, Some(path)) => {
-                match spawn_renderer(path, &cfg.virtio_gpu.renderer_user, &dom) {
+                match spawn_renderer(path, &cfg.virtio_gpu.renderer_user, &dom, &log) {
                     Ok((p, end)) => {
                         info!(%dom, renderer = p.child.id(), path = %path.display(), "supervisor: renderer started");
                         Some((p, end))
                     }
                     Err(e) => {
-                        let quit = |n| give_up(&libs, &xs, &dom, n, &stop);
+                        let quit = |n| give_up(&mut guest, &xs, &dom, n, &stop);
                         match start_failed(args, &dom, &mut deaths, attach, "renderer", &e, quit) {
                             ControlFlow::Break(code) => return code,
                             ControlFlow::Continue(()) => continue,
@@ -708,7 +763,7 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         let (mut child, sock) = match spawned {
             Ok(c) => c,
             Err(e) => {
-                let quit = |n| give_up(&libs, &xs, &dom, n, &stop);
+                let quit = |n| give_up(&mut guest, &xs, &dom, n, &stop);
                 match start_failed(args, &dom, &mut deaths, attach, "worker", &e, quit) {
                     ControlFlow::Break(code) => return code,
                     ControlFlow::Continue(()) => continue,
@@ -726,7 +781,7 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
                 error!(%dom, error = %e, "supervisor: cannot wait for the worker");
                 let _ = child.kill();
                 let _ = child.wait();
-                return cleanup_exit(&libs, &xs, &dom, ExitCode::FAILURE);
+                return cleanup_exit(&mut guest, &xs, &dom, ExitCode::FAILURE);
             }
         };
         // What it said last (`stopping`, `failed: ...`) is in the record
@@ -743,7 +798,7 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
                     let _ = fs::remove_file(socket_path(args.domid));
                     ExitCode::SUCCESS
                 }
-                _ => cleanup_exit(&libs, &xs, &dom, ExitCode::SUCCESS),
+                _ => cleanup_exit(&mut guest, &xs, &dom, ExitCode::SUCCESS),
             };
         }
         match how {
@@ -779,15 +834,15 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
             );
             return ExitCode::FAILURE;
         }
-        if !domain_alive(&libs, &dom) {
+        if !domain_alive(&handles.xc, &dom) {
             info!(%dom, status = %describe(status), "supervisor: worker died and the domain is gone");
-            return cleanup_exit(&libs, &xs, &dom, ExitCode::SUCCESS);
+            return cleanup_exit(&mut guest, &xs, &dom, ExitCode::SUCCESS);
         }
         let n = deaths.record(Instant::now());
         error!(%dom, status = %describe(status), deaths = n, window_s = RESTART_WINDOW.as_secs(),
                "supervisor: the IOREQ server died; restarting it");
         if n > RESTART_LIMIT {
-            return give_up(&libs, &xs, &dom, n, &stop);
+            return give_up(&mut guest, &xs, &dom, n, &stop);
         }
         let _ = xs.write(&record::path(args.domid, key::RESTARTS), &n.to_string());
         let until = Instant::now() + backoff(n);
@@ -795,7 +850,7 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
             sleep(POLL);
         }
         if stop.load(Ordering::Acquire) {
-            return cleanup_exit(&libs, &xs, &dom, ExitCode::SUCCESS);
+            return cleanup_exit(&mut guest, &xs, &dom, ExitCode::SUCCESS);
         }
         attach = true;
     }
@@ -895,34 +950,19 @@ fn wait_worker(
 
 /// What a dead worker left: every lent page, the ioreq server (from a
 /// record still `running`), the record, the files.
-fn cleanup(libs: &XenLibs, xs: &Xenstore<'_>, dom: &DomainIdentity) {
+fn cleanup(g: &mut Guest<'_>, xs: &Xenstore<'_>, dom: &DomainIdentity) {
     // Only a record of the instance we serve (by unique id).
     let Some(rec) = own_record(xs, dom) else {
         return;
     };
     let servid = running_ioservid(&rec);
     let _ = xs.write(&record::path(dom.domid, key::STATE), state::STOPPING);
-    match (
-        libs.devicemodel.open(),
-        libs.xenctrl.open(),
-        Privcmd::open(),
-    ) {
-        (Ok(dm), Ok(xc), Ok(pc)) => {
-            let (fm, xce) = match (libs.foreignmemory.open(), libs.evtchn.open()) {
-                (Ok(f), Ok(e)) => (f, e),
-                _ => return,
-            };
-            let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, Identity::Xenctrl(&xc));
-            let mut hm = XenHostMem::new(pc, Identity::Xenctrl(&xc));
-            if let Some(id) = servid {
-                let _ = pdm.adopt(dom, id);
-            }
-            let report = server::teardown(&mut pdm, &mut hm, dom, servid);
-            for e in &report.errors {
-                warn!(%dom, error = %e, "supervisor: cleanup step failed");
-            }
-        }
-        _ => warn!(%dom, "supervisor: cannot open Xen handles for the cleanup"),
+    if let Some(id) = servid {
+        let _ = g.dm.adopt(dom, id);
+    }
+    let report = server::teardown(&mut g.dm, &mut g.hm, dom, servid);
+    for e in &report.errors {
+        warn!(%dom, error = %e, "supervisor: cleanup step failed");
     }
     let _ = record::remove(xs, dom.domid);
     remove_pci_state(dom.domid);
@@ -931,12 +971,12 @@ fn cleanup(libs: &XenLibs, xs: &Xenstore<'_>, dom: &DomainIdentity) {
 }
 
 fn cleanup_exit(
-    libs: &XenLibs,
+    g: &mut Guest<'_>,
     xs: &Xenstore<'_>,
     dom: &DomainIdentity,
     code: ExitCode,
 ) -> ExitCode {
-    cleanup(libs, xs, dom);
+    cleanup(g, xs, dom);
     code
 }
 
@@ -944,9 +984,11 @@ fn cleanup_exit(
 /// Disable the server (new accesses then complete in Xen as unbacked),
 /// revoke every lent page, answer what is in flight and anything Xen
 /// still sends us (RETRY resends) until the domain goes or SIGTERM, then
-/// clean up.
+/// clean up. If the fallback cannot do that, a request may be left
+/// unanswered and its vCPU blocked: the guest is crashed instead, with
+/// the reason in the log.
 fn give_up(
-    libs: &XenLibs,
+    g: &mut Guest<'_>,
     xs: &Xenstore<'_>,
     dom: &DomainIdentity,
     deaths: usize,
@@ -963,61 +1005,58 @@ fn give_up(
         &format!("{}{reason}", state::FAILED_PREFIX),
     );
     let Some(id) = servid else {
-        return cleanup_exit(libs, xs, dom, ExitCode::FAILURE);
+        return cleanup_exit(g, xs, dom, ExitCode::FAILURE);
     };
-    let opened = (
-        libs.devicemodel.open(),
-        libs.foreignmemory.open(),
-        libs.evtchn.open(),
-        libs.xenctrl.open(),
-        Privcmd::open(),
-    );
-    let (Ok(dm), Ok(fm), Ok(xce), Ok(xc), Ok(pc)) = opened else {
-        error!(%dom, "supervisor: cannot open Xen handles for the fallback");
-        return ExitCode::FAILURE;
-    };
-    if let Err(e) = pc.restrict(dom.domid) {
-        warn!(%dom, error = %e, "supervisor: cannot restrict privcmd");
-    }
-    let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, Identity::Xenctrl(&xc));
-    let mut hm = XenHostMem::new(pc, Identity::Xenctrl(&xc));
-    let mut fallback = || -> Result<(), String> {
-        pdm.adopt(dom, id).map_err(|e| e.to_string())?;
-        let mut chan = pdm.open_channel(dom, id).map_err(|e| e.to_string())?;
-        pdm.set_server_state(dom, id, false)
-            .map_err(|e| e.to_string())?;
-        hm.revoke(dom, RevokeRange::All)
-            .map_err(|e| e.to_string())?;
-        info!(%dom, "supervisor: fallback running: server disabled, pages revoked");
-        let mut answered = Tally::default();
-        while !stop.load(Ordering::Acquire) && pdm.is_alive(dom).unwrap_or(true) {
-            let _ = chan.wait(Some(Duration::from_millis(200)));
-            for vcpu in 0..chan.nr_vcpus() {
-                let st = chan.state(vcpu).map_err(|e| e.to_string())?;
-                if st != STATE_IOREQ_READY && st != STATE_IOREQ_INPROCESS {
-                    continue;
-                }
-                let req = chan.read(vcpu).map_err(|e| e.to_string())?;
-                let resp = unbacked_answer(&req);
-                chan.complete(vcpu, resp.data, resp.state)
-                    .map_err(|e| e.to_string())?;
-                chan.notify(vcpu).map_err(|e| e.to_string())?;
-                if let Some(answered) = answered.note() {
-                    info!(%dom, answered, "supervisor: fallback answered requests as unbacked");
-                }
+    if let Err(e) = fallback(g, dom, id, stop) {
+        error!(%dom, error = %e, "supervisor: fallback failed");
+        // A domain that went away needs nothing more.
+        if g.dm.is_alive(dom).unwrap_or(true) {
+            let why = format!("the give-up fallback failed ({e})");
+            error!(%dom, reason = %why, "supervisor: fatal error: shutting the guest down as crashed");
+            if let Err(ce) = g.dm.crash_domain(dom, &why) {
+                error!(%dom, error = %ce, "supervisor: cannot crash the guest");
             }
         }
-        Ok(())
-    };
-    let r = fallback();
-    if let Err(e) = &r {
-        error!(%dom, error = %e, "supervisor: fallback failed");
     }
-    // Dropping the device model destroys the adopted server; the cleanup
-    // (state `failed: ...`) then only revokes and removes the record.
-    drop(hm);
-    drop(pdm);
-    cleanup_exit(libs, xs, dom, ExitCode::FAILURE)
+    // The adopted server goes; the cleanup (state `failed: ...`) then
+    // only revokes and removes the record.
+    let _ = g.dm.destroy_server(dom, id);
+    cleanup_exit(g, xs, dom, ExitCode::FAILURE)
+}
+
+/// The give-up fallback proper, on server `id`: see [`give_up`].
+fn fallback(
+    g: &mut Guest<'_>,
+    dom: &DomainIdentity,
+    id: IoServId,
+    stop: &AtomicBool,
+) -> Result<(), String> {
+    g.dm.adopt(dom, id).map_err(|e| e.to_string())?;
+    let mut chan = g.dm.open_channel(dom, id).map_err(|e| e.to_string())?;
+    g.dm.set_server_state(dom, id, false)
+        .map_err(|e| e.to_string())?;
+    g.hm.revoke(dom, RevokeRange::All)
+        .map_err(|e| e.to_string())?;
+    info!(%dom, "supervisor: fallback running: server disabled, pages revoked");
+    let mut answered = Tally::default();
+    while !stop.load(Ordering::Acquire) && g.dm.is_alive(dom).unwrap_or(true) {
+        let _ = chan.wait(Some(Duration::from_millis(200)));
+        for vcpu in 0..chan.nr_vcpus() {
+            let st = chan.state(vcpu).map_err(|e| e.to_string())?;
+            if st != STATE_IOREQ_READY && st != STATE_IOREQ_INPROCESS {
+                continue;
+            }
+            let req = chan.read(vcpu).map_err(|e| e.to_string())?;
+            let resp = unbacked_answer(&req);
+            chan.complete(vcpu, resp.data, resp.state)
+                .map_err(|e| e.to_string())?;
+            chan.notify(vcpu).map_err(|e| e.to_string())?;
+            if let Some(answered) = answered.note() {
+                info!(%dom, answered, "supervisor: fallback answered requests as unbacked");
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -243,16 +243,19 @@ fn runs_reports_and_stops_on_sigterm() {
     assert_eq!(st.unique_id, 0x1110_0f0e_0d0c_0b0a);
     assert_eq!(r.key("unique-id").as_deref(), Some("1229499251294997258"));
 
-    let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
-    assert!(
-        privcmd.contains("restrict dom=41"),
-        "privcmd restricted: {privcmd}"
-    );
-
-    // Least privilege: the worker serving the guest holds no xenctrl
-    // handle (its privcmd fd would allow every hypercall of dom0); its
-    // identity checks go through the restricted device-model handle.
+    // Least privilege: the worker restricts its privcmd file to the
+    // guest (the supervisor restricts its own too: the line must be the
+    // worker's); it holds no xenctrl handle (its privcmd fd would allow
+    // every hypercall of dom0); its identity checks go through the
+    // restricted device-model handle.
     let w = wait_worker(&r, None);
+    let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
+    for pid in [w, r.child.id()] {
+        assert!(
+            privcmd.contains(&format!("restrict dom=41 pid={pid}\n")),
+            "privcmd of {pid} restricted: {privcmd}"
+        );
+    }
     let xc = fs::read_to_string(r.dir.join("xc.log")).unwrap_or_default();
     let held = |open: &str, close: &str| {
         xc.lines()
@@ -571,6 +574,93 @@ fn restarts_a_killed_worker_then_gives_up_after_the_bound() {
     assert!(!r.dir.join("run/45.pci").exists(), "PCI state file removed");
 }
 
+/// Kills `r`'s worker until the supervisor gives it up: `before_last`
+/// runs before the last kill, the one over the bound.
+fn kill_until_given_up(r: &Run, before_last: impl FnOnce()) {
+    let mut w = wait_worker(r, None);
+    for n in 1..=5 {
+        sigkill(w);
+        w = wait_worker(r, Some(w));
+        let t = Instant::now();
+        while r.log().matches("attached=true").count() < n {
+            assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    before_last();
+    sigkill(w);
+    let t = Instant::now();
+    while !r.log().contains("giving up the IOREQ server") {
+        assert!(t.elapsed() < Duration::from_secs(15), "log:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 16's fallback must not need anything it could fail to get when
+/// it runs: the supervisor opened its Xen handles when it started. Here
+/// no Xen handle can be opened any more when the worker is given up (the
+/// fake's opens fail with EMFILE from then on): the fallback still runs,
+/// and SIGTERM's cleanup still revokes and destroys the server.
+#[test]
+fn the_fallback_runs_on_handles_opened_at_start() {
+    let mut r = Run::start("fallback-handles", 51, UUID, true);
+    r.wait_state("running");
+    kill_until_given_up(&r, || {
+        fs::write(r.dir.join("xs/.no-open"), b"").expect("switch");
+    });
+    let t = Instant::now();
+    while !r.log().contains("fallback running") {
+        assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        r.child.try_wait().expect("wait").is_none(),
+        "the supervisor stays and answers; log:\n{}",
+        r.log()
+    );
+    sigterm(r.child.id());
+    r.wait_exit();
+    let log = r.log();
+    assert!(!log.contains("fallback failed"), "{log}");
+    assert!(!log.contains("cleanup step failed"), "{log}");
+    let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
+    assert!(privcmd.contains("destroy dom=51 id=3"), "{privcmd}");
+    assert!(privcmd.contains("revoke dom=51 flags=1"), "{privcmd}");
+    assert!(!privcmd.contains("shutdown"), "not crashed: {privcmd}");
+    assert!(!r.record().exists(), "record removed; log:\n{log}");
+}
+
+/// A fallback that cannot run (here: Xen refuses to disable the server)
+/// may leave a request unanswered, and its vCPU waiting for ever: the
+/// supervisor crashes the guest instead, says why, and cleans up.
+#[test]
+fn a_fallback_that_fails_crashes_the_guest_with_a_reason() {
+    let mut r = Run::start("fallback-fails", 52, UUID, true);
+    r.wait_state("running");
+    kill_until_given_up(&r, || {
+        fs::write(r.dir.join("xs/.fail-server-state"), b"").expect("switch");
+    });
+    let status = r.wait_exit();
+    let log = r.log();
+    assert!(!status.success(), "exit {status}; log:\n{log}");
+    let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
+    assert!(
+        privcmd.contains("shutdown dom=52 reason=3"),
+        "crashed (SHUTDOWN_crash): {privcmd}\nlog:\n{log}"
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains("shutting the guest down as crashed"))
+        .unwrap_or_else(|| panic!("no crash line; log:\n{log}"));
+    assert!(
+        line.contains("give-up fallback failed") && line.contains("EIO"),
+        "{line}"
+    );
+    assert!(privcmd.contains("destroy dom=52 id=3"), "{privcmd}");
+    assert!(privcmd.contains("revoke dom=52 flags=1"), "{privcmd}");
+    assert!(!r.record().exists(), "record removed; log:\n{log}");
+}
+
 #[test]
 fn shows_xens_retry_counters_and_warns_when_refused_goes_up() {
     let mut r = Run::start("xenretry", 46, UUID, true);
@@ -672,7 +762,7 @@ fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        gpu_hostmem_host::process::is_running(w),
+        gpu_hostmem_test_support::is_running(w),
         "the worker outlives its supervisor; log:\n{}",
         r.log()
     );
@@ -702,7 +792,7 @@ fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
     );
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(left, Some(false), "the worker cleaned up itself: {out:?}");
-    assert!(!gpu_hostmem_host::process::is_running(w), "{out:?}");
+    assert!(!gpu_hostmem_test_support::is_running(w), "{out:?}");
     let log = r.log();
     assert!(log.contains("stopped cleanly"), "{log}");
     let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();

@@ -7,10 +7,10 @@
 //! spawn child does (call the hook, exec the server it describes), and the
 //! test waits for the server on libxl's ready node as libxl does.
 
-use gpu_hostmem_host::process::is_running;
 use gpu_hostmem_plugin::abi::{
     gpu_hostmem_plugin_destroy, GpuHostmemDomain, GPU_HOSTMEM_PLUGIN_ABI_VERSION,
 };
+use gpu_hostmem_test_support::is_running;
 use std::ffi::{c_char, c_int};
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -7,13 +7,14 @@
 //! root: it needs no privilege beyond that file. Once set up it serves
 //! under a seccomp filter (`sandbox.rs`).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixDatagram;
 use std::process::ExitCode;
 
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
+use gpu_hostmem_host::process::{take_inherited_fd, Inherited};
 use gpu_hostmem_renderer::{serve, PrivcmdRegistrar, RendererLimits, RendererState};
 use gpu_hostmem_xen::Privcmd;
 
@@ -24,41 +25,6 @@ fn env_num<T: std::str::FromStr>(name: &str) -> Result<T, String> {
         })?
         .parse()
         .map_err(|_| format!("{name} is not a number"))
-}
-
-/// Takes inherited fd `raw` after checking it is open and, if `socket`,
-/// a `SOCK_SEQPACKET` socket.
-fn take_fd(raw: RawFd, socket: bool) -> Result<OwnedFd, String> {
-    if raw < 3 {
-        return Err(format!("fd {raw} is a standard stream"));
-    }
-    // SAFETY: F_GETFD only reads the fd's flags.
-    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
-        return Err(format!("fd {raw}: {}", std::io::Error::last_os_error()));
-    }
-    if socket {
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: SO_TYPE writes one int into `ty`, whose size is `len`.
-        let rc = unsafe {
-            libc::getsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut ty as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 || ty != libc::SOCK_SEQPACKET {
-            return Err(format!("fd {raw} is not a SOCK_SEQPACKET socket"));
-        }
-    }
-    // SAFETY: the fd is open (checked above), was inherited for us and
-    // nothing else in this process uses it; we own it from here.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: FD_CLOEXEC on an fd we own: nothing we might exec keeps it.
-    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
-    Ok(fd)
 }
 
 fn run() -> Result<(), String> {
@@ -77,8 +43,8 @@ fn run() -> Result<(), String> {
     let dom: u16 = env_num("GPU_HOSTMEM_DOMID")?;
     let unique_id: u64 = env_num("GPU_HOSTMEM_UNIQUE_ID")?;
     let privcmd_fd: RawFd = env_num("GPU_HOSTMEM_PRIVCMD_FD")?;
-    let privcmd = Privcmd::from_fd(take_fd(privcmd_fd, false)?);
-    let sock = UnixDatagram::from(take_fd(socket_fd, true)?);
+    let privcmd = Privcmd::from_fd(take_inherited_fd(privcmd_fd, Inherited::Any)?);
+    let sock = UnixDatagram::from(take_inherited_fd(socket_fd, Inherited::SeqpacketSocket)?);
     let reg = PrivcmdRegistrar::new(privcmd, dom, unique_id);
     let mut state = RendererState::new(reg, RendererLimits::default());
     gpu_hostmem_renderer::sandbox::enter()?;
@@ -96,6 +62,8 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Set by the supervisor, which starts us with a cleared environment:
+    // its own filter (the configured level).
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("GPU_HOSTMEM_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -114,7 +114,7 @@ fn serves_under_its_seccomp_filter_until_the_device_goes() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn the renderer");
+    let mut child = gpu_hostmem_test_support::spawn_exe(&mut cmd).expect("spawn the renderer");
     drop(ren);
     drop(privcmd);
 

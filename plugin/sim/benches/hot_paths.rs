@@ -11,7 +11,8 @@ use gpu_hostmem_core::ioreq::{
 };
 use gpu_hostmem_core::limits::Limits;
 use gpu_hostmem_core::platform::HostMem;
-use gpu_hostmem_core::registry::{Registration, Registry};
+use gpu_hostmem_core::platform::RegionInfo;
+use gpu_hostmem_core::registry::Registry;
 use gpu_hostmem_sim::harness::{test_config, Guest, TEST_SBDF};
 use gpu_hostmem_sim::{Sim, SimOptions};
 
@@ -96,12 +97,8 @@ fn lookup(c: &mut Criterion) {
     for n in [1_000u64, 10_000, 100_000] {
         let mut r = Registry::new();
         for i in 0..n {
-            r.insert(Registration {
-                id: i as u32,
-                offset: i * 0x3000,
-                size: 0x2000,
-            })
-            .expect("insert");
+            r.insert(RegionInfo::new(i as u32, i * 0x3000, 0x2000))
+                .expect("insert");
         }
         // Pseudo-random probes over the whole range (hits and gaps).
         let probes: Vec<u64> = (0..1024u64)

@@ -1061,6 +1061,96 @@ fn restarted_server_reattaches_and_answers_the_request_in_flight() {
     }
 }
 
+/// Issue 16, "the guest continues with correct data", for a write: the
+/// request in flight when the server process dies is a guest WRITE, seen
+/// by the dead process (slot INPROCESS) or not (READY). After the new
+/// process answers it, the backend's memory holds exactly the written
+/// bytes and every other byte of those pages is what it was: the write is
+/// neither lost nor applied anywhere else; the guest reads it back.
+#[test]
+fn restarted_server_completes_a_write_in_flight_exactly() {
+    use gpu_hostmem_core::ioreq::STATE_IOREQ_INPROCESS;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    for took_it in [false, true] {
+        let (sim, mut g) = setup();
+        sim.register(&g.ident, 1, 0, 1024, 100).expect("register");
+        let saved = Rc::new(RefCell::new(String::new()));
+        let to = Rc::clone(&saved);
+        g.server
+            .as_mut()
+            .expect("server")
+            .set_pci_saver(Box::new(move |s| {
+                *to.borrow_mut() = s.to_owned();
+                Ok(())
+            }));
+        let base = 0x2_4000_0000;
+        g.program_bar(&sim, base);
+        let r = g.write(&sim, 0, base + 0x1000, 8, 0x1111_2222_3333_4444);
+        assert!(matches!(r.access, Access::Ram { .. }), "{r:?}");
+        assert_eq!(backend_u64(&sim, &g, 0x1000), 0x1111_2222_3333_4444);
+
+        // Not 8-aligned, in a page nothing lent yet: the write faults.
+        let off = 0x20_0123;
+        let value = 0xfeed_face_0bad_f00d_u64 ^ u64::from(took_it);
+        let page = off & !0xfff;
+        let before: Vec<u8> = sim
+            .backend_bytes(&g.ident, page, 0x2000)
+            .into_iter()
+            .map(|b| b.expect("registered"))
+            .collect();
+        assert_ne!(backend_u64(&sim, &g, off), value, "a write that changes");
+
+        let ident = g.ident;
+        let servid = g.servid.expect("servid");
+        let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+        let mut server = g.server.take();
+        let mut restarted = false;
+        let mut run = || {
+            if !restarted {
+                restarted = true;
+                if took_it {
+                    assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
+                }
+                drop(server.take()); // SIGKILL: its handles close
+                server = Some(reattach(&sim, ident, servid, cfg, &saved.borrow()));
+            }
+            if let Some(s) = server.as_mut() {
+                s.drain(Instant::now()).expect("drain");
+            }
+        };
+        let r = sim.guest_access(&ident, 0, base + off, 8, Some(value), &mut run);
+        assert!(restarted);
+        assert!(
+            matches!(r.access, Access::Ram { .. }),
+            "took_it={took_it}: {r:?}"
+        );
+        let mut want = before.clone();
+        let at = (off - page) as usize;
+        want[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        let after: Vec<u8> = sim
+            .backend_bytes(&g.ident, page, 0x2000)
+            .into_iter()
+            .map(|b| b.expect("registered"))
+            .collect();
+        let wrong: Vec<usize> = (0..want.len()).filter(|i| after[*i] != want[*i]).collect();
+        assert!(
+            wrong.is_empty(),
+            "took_it={took_it}: bytes at page offsets {wrong:x?} are not what the guest wrote"
+        );
+        // The write made before the kill is still there.
+        assert_eq!(backend_u64(&sim, &g, 0x1000), 0x1111_2222_3333_4444);
+        g.server = server;
+        let r = g.read(&sim, 1, base + off, 8);
+        assert_eq!(r.access.value(), Some(value), "the guest reads it back");
+        assert!(g.destroy_hook(&sim).is_clean());
+        assert_eq!(sim.lent_pages(&g.ident), 0);
+        sim.check_consistency().expect("consistent");
+    }
+}
+
 /// A saved PCI state that does not parse is refused: the restarted server
 /// would otherwise decode the BAR somewhere the guest never put it.
 #[test]

@@ -50,6 +50,24 @@ impl Drop for ExeCopy {
     }
 }
 
+/// `cmd.spawn()`, tried again for up to a second while exec fails with
+/// ETXTBSY. A program just written ([`ExeCopy`]) is "busy" as long as any
+/// process holds it open for writing: a child that another test thread
+/// forked while the copy was being written inherits that fd and keeps it
+/// until it execs itself.
+pub fn spawn_exe(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets, close-on-exec: the
 /// kind the supervisor gives a worker and its renderer.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -71,6 +89,22 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Whether `pid` exists and is not a zombie, for tests that watch a
+/// process they did not spawn (a worker, a server libxl started). By pid
+/// alone: production code asks through a pidfd
+/// (`gpu_hostmem_host::process::Pidfd`).
+pub fn is_running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the last ')' (the command name may contain
+        // spaces and parentheses).
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +122,25 @@ mod tests {
         drop(copy);
         assert!(!dir.exists());
         let _ = fs::remove_file(src);
+    }
+
+    #[test]
+    fn a_child_is_running_until_it_exits_and_a_zombie_is_not() {
+        use std::time::{Duration, Instant};
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id();
+        assert!(is_running(pid));
+        child.kill().expect("kill");
+        let start = Instant::now();
+        while is_running(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!is_running(pid), "a zombie counts as not running");
+        child.wait().expect("reap");
+        assert!(!is_running(pid), "a reaped process is not running");
     }
 
     #[test]

@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Scenario (issue 16, "the guest survives its IOREQ server's death"): kill -9
-# of the IOREQ server, three times, while the guest reads the BAR without a
-# pause. The guest reads 4 MiB of which 2 MiB are registered, one word per
-# page and round, each checked against the backend's pattern (all-ones for
-# the unregistered half, which sends an ioreq on every read). The plugin
+# of the IOREQ server, three times, while the guest reads and writes the BAR
+# without a pause. The guest reads 4 MiB of which 2 MiB are registered, one
+# word per page and round, each checked against the backend's pattern
+# (all-ones for the unregistered half, which sends an ioreq on every read),
+# and stamps that word of each registered page with ~pattern (before the
+# read in odd rounds, after it in even ones: the request in flight at a
+# kill may be a write). The plugin
 # starts gpu-hostmem-ioreqd as a supervisor (the record's pid) that runs the
 # server as a worker child; each SIGKILL of the worker is followed by a new
 # worker that re-attaches to the same Xen ioreq server, restores the PCI
 # state, revokes what was lent and answers the request in flight. Asserted:
 # a new worker after each kill, the guest finishes its checks with every
-# value right, the record counts the restarts, and xl destroy cleans up
-# everything (no process, no page lent, no record).
+# value right, the backend's memory holds every word the guest wrote and
+# nothing else (every word of the 2 MiB checked by the backend), the record
+# counts the restarts, and xl destroy cleans up everything (no process, no
+# page lent, no record).
 # timeout: 480
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
 name=hm-kio
 kills=3
-hm_start "$name" "hostmem-guest,loopcheck,$HM_VENDOR,$HM_DEVICE,0,0x400000,0x200000,45" 0:2M || exit 1
+hm_start "$name" "hostmem-guest,loopcheck,$HM_VENDOR,$HM_DEVICE,0,0x400000,0x200000,45,0,stamp" 0:2M || exit 1
 xsdir=/local/domain/0/gpu-hostmem/$HM_DOM
 if ! hm_wait_marker "$name" '^guest: loop round' 240; then
     result "$name-guest-looping" 0 "no-progress-line"; hm_console "$name"; exit 1
@@ -50,6 +55,21 @@ n=$(xenstore-read "$xsdir/restarts" 2>/dev/null || true)
 check "$name-restarts-recorded" "restarts=${n:-none}" [ "${n:-0}" = "$kills" ]
 gpu-hostmem status "$HM_DOM" 2>&1 | sed 's/^/[status] /'
 hm_loopcheck_done "$name" 240
+# Every byte, on the backend's side: each page holds the guest's stamp in
+# its first R words (R: the rounds, at most 512, the guest reports) and the
+# backend's pattern in all others; a write lost, applied twice elsewhere or
+# torn shows as a bad word or a shorter run.
+gwords=$(sed -n 's/^RESULT name=guest-loopcheck-stamped ok=1 value=\([0-9]*\).*/\1/p' "/tmp/$name.out" | tail -n1)
+hm_backend_report "$HM_BPID" "$HM_BOUT"
+words=$(grep '^backend: words ' "$HM_BOUT" | tail -n1)
+echo "[backend] ${words:-no words line}"
+wfield() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$words"; }
+wbad=$(wfield bad)
+wmin=$(wfield stamped_min)
+wmax=$(wfield stamped_max)
+every_byte() { [ -n "$1" ] && [ "$2" = 0 ] && [ "$3" = "$1" ] && [ "$4" = "$1" ]; }
+check "$name-backend-every-byte" "guest_words=${gwords:-none},backend_stamped=${wmin:-?}..${wmax:-?},bad=${wbad:-?}" \
+    every_byte "$gwords" "$wbad" "$wmin" "$wmax"
 hm_ioreqd_log "$HM_DOM" 400 | grep -E 'died|re-attach|restarting|took' | tail -n 20
 # Nothing leaked across the restarts: the kernel holds the backend's one
 # registration and at most its 512 pages lent (each new worker revoked what

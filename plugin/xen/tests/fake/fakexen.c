@@ -9,7 +9,11 @@
  * reports that domain (until a file FAKEXS_ROOT/.gone exists), and a file
  * FAKEXS_ROOT/.release fires the @releaseDomain watch once. FAKE_RETRY=1
  * makes the hypervisor accept the RETRY flag. Preloaded (LD_PRELOAD), it
- * also answers the privcmd ioctls on the file named by FAKE_PRIVCMD. */
+ * also answers the privcmd ioctls on the file named by FAKE_PRIVCMD.
+ * Switches a test turns on by creating a file: FAKEXS_ROOT/.no-open makes
+ * the device-model, foreign-memory, event-channel and xenctrl opens fail
+ * (EMFILE); FAKEXS_ROOT/.fail-server-state makes
+ * xendevicemodel_set_ioreq_server_state fail (EIO). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdarg.h>
@@ -48,8 +52,17 @@ void fake_set_domain(int domid, const uint8_t handle[16], uint32_t nr_vcpus, int
 }
 static int is_fake(uint16_t d) { return fake_domid >= 0 && d == fake_domid; }
 
+/* Whether the test created FAKEXS_ROOT/name. */
+static int fake_switch(const char *name)
+{
+    const char *r = getenv("FAKEXS_ROOT");
+    char p[PATH_MAX];
+    return r && snprintf(p, sizeof(p), "%s/%s", r, name) < (int)sizeof(p) && !access(p, F_OK);
+}
+#define NO_OPEN_SWITCH() do { if (fake_switch(".no-open")) { errno = EMFILE; return NULL; } } while (0)
+
 /* libxendevicemodel */
-void *xendevicemodel_open(void *l, unsigned f) { (void)l; (void)f; return H; }
+void *xendevicemodel_open(void *l, unsigned f) { (void)l; (void)f; NO_OPEN_SWITCH(); return H; }
 int xendevicemodel_close(void *h) { (void)h; closes++; return 0; }
 int xendevicemodel_create_ioreq_server(void *h, uint16_t d, int b, uint16_t *id)
 {
@@ -96,6 +109,8 @@ int xendevicemodel_set_ioreq_server_state(void *h, uint16_t d, uint16_t id, int 
 {
     if (!is_fake(d) || id != 3)
         FAIL(ENOENT);
+    if (fake_switch(".fail-server-state"))
+        FAIL(EIO);
     return 0;
 }
 static int destroyed;
@@ -187,18 +202,25 @@ int xendevicemodel_set_pci_intx_level(void *h, uint16_t d, uint16_t seg, uint8_t
     intx_level = (int)level;
     return 0;
 }
+/* Logged to FAKE_PRIVCMD_LOG too ("shutdown dom=D reason=R"). */
 int xendevicemodel_shutdown(void *h, uint16_t d, unsigned int reason)
 {
+    const char *log = getenv("FAKE_PRIVCMD_LOG");
+    FILE *f;
     (void)h;
     if (!is_fake(d))
         FAIL(EBADF);
     shutdowns++;
     shutdown_reason = (int)reason;
+    if (log && (f = fopen(log, "a"))) {
+        fprintf(f, "shutdown dom=%u reason=%u\n", d, reason);
+        fclose(f);
+    }
     return 0;
 }
 
 /* libxenforeignmemory */
-void *xenforeignmemory_open(void *l, unsigned f) { return H; }
+void *xenforeignmemory_open(void *l, unsigned f) { NO_OPEN_SWITCH(); return H; }
 int xenforeignmemory_close(void *h) { closes++; return 0; }
 /* The ioreq page of the fake server: vCPU i gets remote port 10 + i. */
 static _Alignas(4096) uint8_t ioreq_page[4096];
@@ -260,6 +282,7 @@ int xenforeignmemory_unmap(void *h, void *addr, size_t n)
 static int evtchn_pipe[2] = { -1, -1 };
 void *xenevtchn_open(void *l, unsigned f)
 {
+    NO_OPEN_SWITCH();
     return pipe(evtchn_pipe) ? NULL : H;
 }
 int xenevtchn_close(void *h)
@@ -397,7 +420,12 @@ static void xc_log(const char *what)
         fclose(fp);
     }
 }
-void *xc_interface_open(void *l, void *d, unsigned f) { xc_log("open"); return H; }
+void *xc_interface_open(void *l, void *d, unsigned f)
+{
+    NO_OPEN_SWITCH();
+    xc_log("open");
+    return H;
+}
 int xc_interface_close(void *h) { xc_log("close"); closes++; return 0; }
 int xc_domain_getinfolist(void *h, uint32_t first, unsigned max, void *info)
 {
@@ -495,7 +523,7 @@ int ioctl(int fd, unsigned long req, ...)
             const char *log = getenv("FAKE_PRIVCMD_LOG");
             FILE *f;
             if (log && (f = fopen(log, "a"))) {
-                fprintf(f, "restrict dom=%u\n", *(uint16_t *)arg);
+                fprintf(f, "restrict dom=%u pid=%d\n", *(uint16_t *)arg, (int)getpid());
                 fclose(f);
             }
             return 0;
