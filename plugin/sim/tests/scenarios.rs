@@ -982,6 +982,67 @@ fn reattach(
     .expect("attach with the saved state")
 }
 
+/// A guest whose server saves its PCI state (into the returned cell, as
+/// the worker saves it to its file), with one 1024-page registration at
+/// BAR offset 0: what the restart tests start from.
+fn restart_setup() -> (Sim, Guest, std::rc::Rc<std::cell::RefCell<String>>) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let (sim, mut g) = setup();
+    sim.register(&g.ident, 1, 0, 1024, 100).expect("register");
+    let saved = Rc::new(RefCell::new(String::new()));
+    let to = Rc::clone(&saved);
+    g.server
+        .as_mut()
+        .expect("server")
+        .set_pci_saver(Box::new(move |s| {
+            *to.borrow_mut() = s.to_owned();
+            Ok(())
+        }));
+    (sim, g, saved)
+}
+
+/// vCPU 0's access at `gpa` (a write of `value`, else a read) during
+/// which the server process is killed, after taking the request if
+/// `took_it` (slot INPROCESS), and a new one attaches with the saved PCI
+/// state. Returns the access and the new server, which `g` no longer
+/// holds.
+fn access_across_a_restart(
+    sim: &Sim,
+    g: &mut Guest,
+    saved: &std::cell::RefCell<String>,
+    took_it: bool,
+    gpa: u64,
+    value: Option<u64>,
+) -> (
+    gpu_hostmem_sim::AccessReport,
+    Option<gpu_hostmem_sim::harness::SimServer>,
+) {
+    use gpu_hostmem_core::ioreq::STATE_IOREQ_INPROCESS;
+    use std::time::Instant;
+    let ident = g.ident;
+    let servid = g.servid.expect("servid");
+    let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+    let mut server = g.server.take();
+    let mut restarted = false;
+    let mut run = || {
+        if !restarted {
+            restarted = true;
+            if took_it {
+                assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
+            }
+            drop(server.take()); // SIGKILL: its handles close
+            server = Some(reattach(sim, ident, servid, cfg, &saved.borrow()));
+        }
+        if let Some(s) = server.as_mut() {
+            s.drain(Instant::now()).expect("drain");
+        }
+    };
+    let r = sim.guest_access(&ident, 0, gpa, 8, value, &mut run);
+    assert!(restarted, "the server was killed during the access");
+    (r, server)
+}
+
 /// Issue 16: the IOREQ server process is killed while a vCPU waits for
 /// it, either before it saw the request (slot READY) or after it took it
 /// (slot INPROCESS). A new process attaches to the same Xen server with
@@ -989,23 +1050,8 @@ fn reattach(
 /// backend's bytes, and the guest goes on; destroy leaves nothing.
 #[test]
 fn restarted_server_reattaches_and_answers_the_request_in_flight() {
-    use gpu_hostmem_core::ioreq::STATE_IOREQ_INPROCESS;
-    use std::cell::RefCell;
-    use std::rc::Rc;
-    use std::time::Instant;
-
     for took_it in [false, true] {
-        let (sim, mut g) = setup();
-        sim.register(&g.ident, 1, 0, 1024, 100).expect("register");
-        let saved = Rc::new(RefCell::new(String::new()));
-        let to = Rc::clone(&saved);
-        g.server
-            .as_mut()
-            .expect("server")
-            .set_pci_saver(Box::new(move |s| {
-                *to.borrow_mut() = s.to_owned();
-                Ok(())
-            }));
+        let (sim, mut g, saved) = restart_setup();
         // The guest moves the BAR after the saver is set: the saved state
         // follows the move.
         let base = 0x2_4000_0000;
@@ -1014,27 +1060,8 @@ fn restarted_server_reattaches_and_answers_the_request_in_flight() {
         assert!(matches!(r.access, Access::Ram { .. }), "{r:?}");
         assert_eq!(sim.lent_pages(&g.ident), 16);
 
-        let ident = g.ident;
-        let servid = g.servid.expect("servid");
-        let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
-        let mut server = g.server.take();
-        let mut restarted = false;
-        let mut run = || {
-            if !restarted {
-                restarted = true;
-                if took_it {
-                    assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
-                }
-                drop(server.take()); // SIGKILL: its handles close
-                server = Some(reattach(&sim, ident, servid, cfg, &saved.borrow()));
-            }
-            if let Some(s) = server.as_mut() {
-                s.drain(Instant::now()).expect("drain");
-            }
-        };
         let off = 0x20_0000;
-        let r = sim.guest_access(&ident, 0, base + off, 8, None, &mut run);
-        assert!(restarted);
+        let (r, server) = access_across_a_restart(&sim, &mut g, &saved, took_it, base + off, None);
         assert!(
             matches!(r.access, Access::Ram { .. }),
             "took_it={took_it}: {r:?}"
@@ -1069,23 +1096,8 @@ fn restarted_server_reattaches_and_answers_the_request_in_flight() {
 /// neither lost nor applied anywhere else; the guest reads it back.
 #[test]
 fn restarted_server_completes_a_write_in_flight_exactly() {
-    use gpu_hostmem_core::ioreq::STATE_IOREQ_INPROCESS;
-    use std::cell::RefCell;
-    use std::rc::Rc;
-    use std::time::Instant;
-
     for took_it in [false, true] {
-        let (sim, mut g) = setup();
-        sim.register(&g.ident, 1, 0, 1024, 100).expect("register");
-        let saved = Rc::new(RefCell::new(String::new()));
-        let to = Rc::clone(&saved);
-        g.server
-            .as_mut()
-            .expect("server")
-            .set_pci_saver(Box::new(move |s| {
-                *to.borrow_mut() = s.to_owned();
-                Ok(())
-            }));
+        let (sim, mut g, saved) = restart_setup();
         let base = 0x2_4000_0000;
         g.program_bar(&sim, base);
         let r = g.write(&sim, 0, base + 0x1000, 8, 0x1111_2222_3333_4444);
@@ -1103,26 +1115,8 @@ fn restarted_server_completes_a_write_in_flight_exactly() {
             .collect();
         assert_ne!(backend_u64(&sim, &g, off), value, "a write that changes");
 
-        let ident = g.ident;
-        let servid = g.servid.expect("servid");
-        let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
-        let mut server = g.server.take();
-        let mut restarted = false;
-        let mut run = || {
-            if !restarted {
-                restarted = true;
-                if took_it {
-                    assert!(sim.set_slot_state(&ident, servid, 0, STATE_IOREQ_INPROCESS));
-                }
-                drop(server.take()); // SIGKILL: its handles close
-                server = Some(reattach(&sim, ident, servid, cfg, &saved.borrow()));
-            }
-            if let Some(s) = server.as_mut() {
-                s.drain(Instant::now()).expect("drain");
-            }
-        };
-        let r = sim.guest_access(&ident, 0, base + off, 8, Some(value), &mut run);
-        assert!(restarted);
+        let (r, server) =
+            access_across_a_restart(&sim, &mut g, &saved, took_it, base + off, Some(value));
         assert!(
             matches!(r.access, Access::Ram { .. }),
             "took_it={took_it}: {r:?}"
