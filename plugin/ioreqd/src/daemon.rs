@@ -20,6 +20,7 @@ use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
 use gpu_hostmem_host::record::{self, key, state};
+use gpu_hostmem_virtio_gpu::blob::{CapsetOffer, TEST_CAPSET_ID};
 use gpu_hostmem_virtio_gpu::device::GpuConfig;
 use gpu_hostmem_virtio_gpu::model::GpuModel;
 use gpu_hostmem_virtio_gpu::renderer::{NoRenderer, Renderer};
@@ -285,15 +286,18 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             let (renderer, gcfg): (Box<dyn Renderer>, GpuConfig) = match args.renderer_fd {
                 Some(fd) => {
                     let sock = inherited_socket(fd).map_err(at("renderer socket"))?;
-                    let r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
-                    let gcfg = if cfg.virtio_gpu.test_capset {
+                    let mut r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
+                    let ids: &[u32] = if cfg.virtio_gpu.test_capset {
                         warn!(%dom, "virtio-gpu: offering the test-only capset (virtio_gpu.test_capset)");
-                        GpuConfig::default().with_test_capset()
+                        &[TEST_CAPSET_ID]
                     } else {
-                        GpuConfig::default()
+                        &[]
                     };
-                    info!(%dom, "virtio-gpu: renderer connected");
-                    (Box::new(r), gcfg)
+                    // Offered as the renderer describes them; a capset it
+                    // does not serve stops the start.
+                    let offers = describe_capsets(&mut r, ids).map_err(at("renderer capsets"))?;
+                    info!(%dom, capsets = ?offers, "virtio-gpu: renderer connected");
+                    (Box::new(r), GpuConfig::default().with_capsets(&offers))
                 }
                 None => (Box::new(NoRenderer), GpuConfig::default()),
             };
@@ -305,6 +309,26 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             run_server(&ctx, server, restrict)
         }
     }
+}
+
+/// `ids` as the renderer describes them (`CAPSET_INFO`): id, newest
+/// version, size. A capset it refuses is an error naming it.
+fn describe_capsets(r: &mut SocketRenderer, ids: &[u32]) -> Result<Vec<CapsetOffer>, String> {
+    ids.iter()
+        .map(|&id| {
+            let (max_version, max_size) =
+                r.capset_info(id).map_err(|e| format!("capset {id}: {e}"))?;
+            let offer = CapsetOffer {
+                id,
+                max_version,
+                max_size,
+            };
+            if !offer.is_valid() {
+                return Err(format!("capset {id}: cannot be offered as {offer:?}"));
+            }
+            Ok(offer)
+        })
+        .collect()
 }
 
 /// The renderer socket the supervisor left on `fd`: refused unless it is
