@@ -12,7 +12,7 @@ use crate::control::ControlSocket;
 use crate::qemu_slots;
 use crate::report::{Report, Reporter, Sent};
 use crate::Args;
-use gpu_hostmem_core::config::{Config, Device, DEFAULT_BAR_SIZE_MIB};
+use gpu_hostmem_core::config::{Config, Device, RendererBackend, DEFAULT_BAR_SIZE_MIB};
 use gpu_hostmem_core::ioreq::Sbdf;
 use gpu_hostmem_core::model::FunctionModel;
 use gpu_hostmem_core::pci::PciFunction;
@@ -20,7 +20,7 @@ use gpu_hostmem_core::pci::{MAX_BAR_SIZE, MIN_BAR_SIZE};
 use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
 use gpu_hostmem_host::record::{self, key, state};
-use gpu_hostmem_virtio_gpu::blob::{CapsetOffer, TEST_CAPSET_ID};
+use gpu_hostmem_virtio_gpu::blob::{CapsetOffer, TEST_CAPSET_ID, VENUS_CAPSET_ID};
 use gpu_hostmem_virtio_gpu::device::GpuConfig;
 use gpu_hostmem_virtio_gpu::model::GpuModel;
 use gpu_hostmem_virtio_gpu::renderer::{NoRenderer, Renderer};
@@ -287,11 +287,13 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
                 Some(fd) => {
                     let sock = inherited_socket(fd).map_err(at("renderer socket"))?;
                     let mut r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
-                    let ids: &[u32] = if cfg.virtio_gpu.test_capset {
-                        warn!(%dom, "virtio-gpu: offering the test-only capset (virtio_gpu.test_capset)");
-                        &[TEST_CAPSET_ID]
-                    } else {
-                        &[]
+                    let ids: &[u32] = match cfg.virtio_gpu.backend {
+                        RendererBackend::Venus => &[VENUS_CAPSET_ID],
+                        RendererBackend::Test if cfg.virtio_gpu.test_capset => {
+                            warn!(%dom, "virtio-gpu: offering the test-only capset (virtio_gpu.test_capset)");
+                            &[TEST_CAPSET_ID]
+                        }
+                        RendererBackend::Test => &[],
                     };
                     // Offered as the renderer describes them; a capset it
                     // does not serve stops the start.

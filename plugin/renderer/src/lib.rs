@@ -9,12 +9,15 @@
 //! (the kernel revokes every page lent from it), and so does this
 //! process's exit.
 //!
-//! Stage 2 serves only the test-only capset
-//! ([`gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID`]): its blobs (blob_id
-//! 0) are memfds filled with [`pattern`]. When a blob is unmapped or
+//! Two backends ([`backend`]), chosen by `--backend` (the supervisor
+//! passes `virtio_gpu.backend`): `test` serves the test-only capset
+//! ([`gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID`]), whose blobs (blob_id
+//! 0) are memfds filled with [`pattern`]; when a blob is unmapped or
 //! destroyed the renderer counts the pages whose first word the guest
 //! stamped with `!pattern` and logs it, so a test sees that the host got
-//! the guest's writes.
+//! the guest's writes. `venus` serves capset 4 through libvirglrenderer
+//! ([`virgl`]), loaded and initialised before the seccomp filter
+//! ([`sandbox`]).
 //!
 //! The renderer checks again what the device already checked (its own
 //! limits, known handles, one mapping per blob), so a confused or
@@ -531,27 +534,39 @@ fn serve_loop<G: Registrar, B: Backend>(
     sock: &UnixDatagram,
     state: &mut RendererState<G, B>,
 ) -> Result<(), ServeError> {
+    while serve_one(sock, state)? {}
+    Ok(())
+}
+
+/// Answers the device's next request on `sock`: true if one was answered,
+/// false if the device closed the connection. Nothing is cleared (see
+/// [`serve`]).
+pub fn serve_one<G: Registrar, B: Backend>(
+    sock: &UnixDatagram,
+    state: &mut RendererState<G, B>,
+) -> Result<bool, ServeError> {
     let mut buf = [0u8; REQUEST_LEN + 1];
-    loop {
-        let n = match sock.recv(&mut buf) {
-            Ok(n) => n,
+    let n = loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(ServeError::Io { op: "recv", source }),
-        };
-        if n == 0 {
-            info!("the device closed the connection");
-            return Ok(());
         }
-        let req = Request::decode(&buf[..n])?;
-        let (reply, data) = state.handle_with_data(&req);
-        let msg = if req.op == Op::GetCapset {
-            reply.encode_with_data(&data)
-        } else {
-            reply.encode().to_vec()
-        };
-        sock.send(&msg)
-            .map_err(|source| ServeError::Io { op: "send", source })?;
+    };
+    if n == 0 {
+        info!("the device closed the connection");
+        return Ok(false);
     }
+    let req = Request::decode(&buf[..n])?;
+    let (reply, data) = state.handle_with_data(&req);
+    let msg = if req.op == Op::GetCapset {
+        reply.encode_with_data(&data)
+    } else {
+        reply.encode().to_vec()
+    };
+    sock.send(&msg)
+        .map_err(|source| ServeError::Io { op: "send", source })?;
+    Ok(true)
 }
 
 #[cfg(test)]
