@@ -7,6 +7,7 @@
  * dom0's gpu-hostmem.yaml).
  *
  *   virtio-gpu-blob run [HOLD_SECONDS]
+ *   virtio-gpu-blob venus [HOLD_SECONDS]
  *
  * Loads the unmodified virtio_gpu driver from /lib/modules/gh, then through
  * the DRM uAPI only: GETPARAM (3D_FEATURES, RESOURCE_BLOB, HOST_VISIBLE,
@@ -24,6 +25,12 @@
  * (the driver sends UNMAP_BLOB and UNREF: the host unregisters and
  * revokes), prints GH-VG-BLOB-UNREF and waits 8 s. No command may get an
  * error answer (the driver logs those as "response 0x...").
+ * `venus` (scenario 79-virtio-gpu-venus, virtio_gpu.backend: venus) does
+ * the same with capset 4: GET_CAPS of venus version 0 (160 bytes, a
+ * wire_format_version not 0), CONTEXT_INIT with capset 4, and a blob_id 0
+ * blob, which virglrenderer makes as a fresh memfd (venus's shm blob, as
+ * Mesa's venus driver makes its command ring): every word must read 0,
+ * then the guest writes a pattern over the whole blob and reads it back.
  * Prints "RESULT name=... ok=0|1 value=..." lines; exit status 0 if all ok.
  */
 #include <sys/mman.h>
@@ -32,6 +39,8 @@
 #include "virtio-gpu-common.h"
 
 #define TEST_CAPSET 30
+#define VENUS_CAPSET 4
+#define VENUS_CAPS_SIZE 160
 #define BLOB_PAGES 16
 #define PAGE 4096
 /* "!KCA" in memory: what dom0 writes into word 1 of the blob. */
@@ -51,8 +60,9 @@ static uint32_t pattern(uint32_t res, uint32_t i)
     return i * 2654435761u ^ res;
 }
 
-static int run(int hold)
+static int run(int hold, int venus)
 {
+    int capset = venus ? VENUS_CAPSET : TEST_CAPSET;
     if (load_modules() != 0)
         return 1;
     int have_render = wait_node("/dev/dri/renderD128", 20) == 0;
@@ -79,19 +89,28 @@ static int run(int hold)
              getparam(fd, VIRTGPU_PARAM_SUPPORTED_CAPSET_IDs, &capsets);
     result("guest-getparam",
            rc == 0 && virgl == 1 && blob == 1 && host_visible == 1 && ctx_init == 1 &&
-               (capsets & (1 << TEST_CAPSET)),
+               (capsets & (1 << capset)),
            "3d=%d,resource_blob=%d,host_visible=%d,context_init=%d,capsets=0x%x", virgl, blob,
            host_visible, ctx_init, (unsigned)capsets);
 
-    char caps[16] = {0};
-    struct drm_virtgpu_get_caps gc = {
-        .cap_set_id = TEST_CAPSET, .cap_set_ver = 1, .addr = (uint64_t)(uintptr_t)caps, .size = 16};
+    uint8_t caps[VENUS_CAPS_SIZE] = {0};
+    struct drm_virtgpu_get_caps gc = {.cap_set_id = capset,
+                                      .cap_set_ver = venus ? 0 : 1,
+                                      .addr = (uint64_t)(uintptr_t)caps,
+                                      .size = venus ? VENUS_CAPS_SIZE : 16};
     rc = ioctl(fd, DRM_IOCTL_VIRTGPU_GET_CAPS, &gc);
-    result("guest-get-caps", rc == 0 && memcmp(caps, "gpu-hostmem-test", 16) == 0, "%s",
-           rc == 0 ? "read" : strerror(errno));
+    if (venus) {
+        uint32_t wire;
+        memcpy(&wire, caps, 4);
+        result("guest-get-caps", rc == 0 && wire != 0, "%s,wire_format_version=%u",
+               rc == 0 ? "read" : strerror(errno), wire);
+    } else {
+        result("guest-get-caps", rc == 0 && memcmp(caps, "gpu-hostmem-test", 16) == 0, "%s",
+               rc == 0 ? "read" : strerror(errno));
+    }
 
     struct drm_virtgpu_context_set_param p = {.param = VIRTGPU_CONTEXT_PARAM_CAPSET_ID,
-                                              .value = TEST_CAPSET};
+                                              .value = capset};
     struct drm_virtgpu_context_init ci = {.num_params = 1,
                                           .ctx_set_params = (uint64_t)(uintptr_t)&p};
     rc = ioctl(fd, DRM_IOCTL_VIRTGPU_CONTEXT_INIT, &ci);
@@ -125,21 +144,31 @@ static int run(int hold)
     result("guest-map", 1, "offset=0x%llx", (unsigned long long)map.offset);
 
     /* The host's bytes, through the window (each page faults once and is
-     * lent; then plain memory). */
-    uint32_t bad = 0, first_bad = 0;
-    for (uint32_t i = 0; i < BLOB_PAGES * PAGE / 4; i++) {
-        if (w[i] != pattern(cb.res_handle, i)) {
+     * lent; then plain memory): its pattern, or venus's fresh memfd. */
+    uint32_t bad = 0, first_bad = 0, words = BLOB_PAGES * PAGE / 4;
+    for (uint32_t i = 0; i < words; i++) {
+        if (w[i] != (venus ? 0 : pattern(cb.res_handle, i))) {
             if (!bad)
                 first_bad = i;
             bad++;
         }
     }
-    result("guest-read-host-pattern", bad == 0, "words=%u,bad=%u,first_bad=%u,word0=0x%08x",
-           BLOB_PAGES * PAGE / 4, bad, first_bad, w[0]);
-    /* The guest's bytes, for the host to find. */
-    for (uint32_t pg = 0; pg < BLOB_PAGES; pg++)
-        w[pg * PAGE / 4] = ~pattern(cb.res_handle, pg * PAGE / 4);
-    result("guest-stamped", 1, "pages=%u", BLOB_PAGES);
+    result(venus ? "guest-read-zeros" : "guest-read-host-pattern", bad == 0,
+           "words=%u,bad=%u,first_bad=%u,word0=0x%08x", words, bad, first_bad, w[0]);
+    if (venus) {
+        /* The guest's bytes over the whole blob, read back. */
+        for (uint32_t i = 0; i < words; i++)
+            w[i] = ~pattern(cb.res_handle, i);
+        bad = 0;
+        for (uint32_t i = 0; i < words; i++)
+            bad += w[i] != ~pattern(cb.res_handle, i);
+        result("guest-write-read-back", bad == 0, "words=%u,bad=%u", words, bad);
+    } else {
+        /* The guest's bytes, for the host to find. */
+        for (uint32_t pg = 0; pg < BLOB_PAGES; pg++)
+            w[pg * PAGE / 4] = ~pattern(cb.res_handle, pg * PAGE / 4);
+        result("guest-stamped", 1, "pages=%u", BLOB_PAGES);
+    }
     printf("GH-VG-BLOB-MAPPED res=%u\n", cb.res_handle);
     fflush(stdout);
     time_t start = time(NULL);
@@ -165,8 +194,8 @@ static int run(int hold)
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc >= 2 && strcmp(argv[1], "run") == 0)
-        return run(argc >= 3 ? atoi(argv[2]) : 0);
-    fprintf(stderr, "usage: virtio-gpu-blob run [HOLD_SECONDS]\n");
+    if (argc >= 2 && (strcmp(argv[1], "run") == 0 || strcmp(argv[1], "venus") == 0))
+        return run(argc >= 3 ? atoi(argv[2]) : 0, strcmp(argv[1], "venus") == 0);
+    fprintf(stderr, "usage: virtio-gpu-blob run|venus [HOLD_SECONDS]\n");
     return 2;
 }

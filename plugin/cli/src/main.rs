@@ -146,14 +146,15 @@ fn check_config(file: &std::path::Path) -> Result<String, String> {
     let vg = &cfg.virtio_gpu;
     let renderer = match &vg.renderer {
         Some(p) => format!(
-            ", renderer {} as {}{}",
+            ", renderer {} as {}{}, backend {}",
             p.display(),
             vg.renderer_user,
             if vg.test_capset {
                 ", test capset offered"
             } else {
                 ""
-            }
+            },
+            vg.backend.name(),
         ),
         None => String::new(),
     };
@@ -509,6 +510,24 @@ mod tests {
         let e = check_config(&bad).unwrap_err();
         assert!(
             e.contains("device_id") && e.contains("device: hostmem"),
+            "{e}"
+        );
+        let venus = dir.join("venus.yaml");
+        std::fs::write(
+            &venus,
+            "device: virtio-gpu\nvirtio_gpu:\n  renderer: /usr/lib/gpu-hostmem/bin/gpu-hostmem-renderer\n  backend: venus\n",
+        )
+        .expect("write");
+        let ok = check_config(&venus).expect("valid");
+        assert!(ok.contains("as nobody, backend venus"), "{ok}");
+        std::fs::write(
+            &bad,
+            "device: virtio-gpu\nvirtio_gpu:\n  renderer: /r\n  backend: venu\n",
+        )
+        .expect("write");
+        let e = check_config(&bad).unwrap_err();
+        assert!(
+            e.contains("virtio_gpu.backend") && e.contains("venus"),
             "{e}"
         );
         let e = check_config(&dir.join("missing.yaml")).unwrap_err();

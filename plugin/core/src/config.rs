@@ -115,6 +115,30 @@ impl Device {
     }
 }
 
+/// What serves the renderer's contexts and blobs (`virtio_gpu.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RendererBackend {
+    /// The renderer's own test backend: the test-only capset (with
+    /// `test_capset`), blobs that are memfds of the renderer (default).
+    #[default]
+    Test,
+    /// Venus (Vulkan, capset 4) through libvirglrenderer 1.1, loaded by
+    /// the renderer at start (Debian: `libvirglrenderer1`, `virgl-server`
+    /// and a Vulkan driver, e.g. `mesa-vulkan-drivers`).
+    Venus,
+}
+
+impl RendererBackend {
+    /// The name the file and the renderer's `--backend` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            RendererBackend::Test => "test",
+            RendererBackend::Venus => "venus",
+        }
+    }
+}
+
 /// `virtio_gpu:` section (only with `device: virtio-gpu`): the renderer
 /// process that serves contexts and host-visible blobs
 /// (docs/virtio-gpu.md, stage 2).
@@ -130,8 +154,10 @@ pub struct VirtioGpuConfig {
     pub renderer_user: String,
     /// Offer the test-only capset (a context type whose blobs are plain
     /// renderer memory with a pattern), for the end-to-end test. Off by
-    /// default; needs `renderer`.
+    /// default; needs `renderer` and the test backend.
     pub test_capset: bool,
+    /// The renderer's backend; `venus` offers capset 4 (needs `renderer`).
+    pub backend: RendererBackend,
 }
 
 impl Default for VirtioGpuConfig {
@@ -140,6 +166,7 @@ impl Default for VirtioGpuConfig {
             renderer: None,
             renderer_user: "nobody".into(),
             test_capset: false,
+            backend: RendererBackend::Test,
         }
     }
 }
@@ -419,6 +446,17 @@ impl Config {
                 "virtio_gpu.test_capset needs virtio_gpu.renderer (the renderer serves it)",
             ));
         }
+        if vg.backend != RendererBackend::Test && vg.renderer.is_none() {
+            return Err(parse_err(
+                "virtio_gpu.backend: venus needs virtio_gpu.renderer (the renderer loads it)",
+            ));
+        }
+        if vg.test_capset && vg.backend != RendererBackend::Test {
+            return Err(parse_err(
+                "virtio_gpu.test_capset is served by virtio_gpu.backend: test only; \
+                 remove one of them",
+            ));
+        }
         if vg.renderer_user == "root" || vg.renderer_user.starts_with("0:") {
             return Err(parse_err(
                 "virtio_gpu.renderer_user must not be root: the renderer needs no privilege \
@@ -651,6 +689,11 @@ mod tests {
             VirtioGpuConfig::default()
         );
         assert!(!VirtioGpuConfig::default().test_capset, "off by default");
+        assert_eq!(c.virtio_gpu.backend, RendererBackend::Test, "the default");
+        let v = parse("device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  backend: venus\n")
+            .expect("venus");
+        assert_eq!(v.virtio_gpu.backend, RendererBackend::Venus);
+        assert_eq!(v.virtio_gpu.backend.name(), "venus");
         for (bad, why) in [
             (
                 "virtio_gpu:\n  test_capset: false\n  renderer: /bin/r\n",
@@ -671,6 +714,26 @@ mod tests {
             (
                 "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  renderer_user: \"0:0\"\n",
                 "must not be root",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  backend: venus\n",
+                "virtio_gpu.backend: venus needs virtio_gpu.renderer",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  backend: venus\n  test_capset: true\n",
+                "virtio_gpu.test_capset is served by virtio_gpu.backend: test only",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  backend: vulkan\n",
+                "key `virtio_gpu.backend`:",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  backend: Venus\n",
+                "key `virtio_gpu.backend`:",
+            ),
+            (
+                "virtio_gpu:\n  backend: venus\n  renderer: /bin/r\n",
+                "applies to device: virtio-gpu",
             ),
         ] {
             match parse(bad) {

@@ -12,7 +12,7 @@ use crate::control::ControlSocket;
 use crate::qemu_slots;
 use crate::report::{Report, Reporter, Sent};
 use crate::Args;
-use gpu_hostmem_core::config::{Config, Device, DEFAULT_BAR_SIZE_MIB};
+use gpu_hostmem_core::config::{Config, Device, RendererBackend, DEFAULT_BAR_SIZE_MIB};
 use gpu_hostmem_core::ioreq::Sbdf;
 use gpu_hostmem_core::model::FunctionModel;
 use gpu_hostmem_core::pci::PciFunction;
@@ -21,6 +21,7 @@ use gpu_hostmem_core::platform::{DeviceModel, DomainIdentity, Errno};
 use gpu_hostmem_core::server::{Flow, Server, ServerConfig, ServerError};
 use gpu_hostmem_host::process::{take_inherited_fd, Inherited};
 use gpu_hostmem_host::record::{self, key, state};
+use gpu_hostmem_virtio_gpu::blob::{CapsetOffer, TEST_CAPSET_ID, VENUS_CAPSET_ID};
 use gpu_hostmem_virtio_gpu::device::GpuConfig;
 use gpu_hostmem_virtio_gpu::model::GpuModel;
 use gpu_hostmem_virtio_gpu::renderer::{NoRenderer, Renderer};
@@ -288,15 +289,20 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
                     let sock = take_inherited_fd(fd, Inherited::SeqpacketSocket)
                         .map(std::os::unix::net::UnixDatagram::from)
                         .map_err(at("renderer socket"))?;
-                    let r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
-                    let gcfg = if cfg.virtio_gpu.test_capset {
-                        warn!(%dom, "virtio-gpu: offering the test-only capset (virtio_gpu.test_capset)");
-                        GpuConfig::default().with_test_capset()
-                    } else {
-                        GpuConfig::default()
+                    let mut r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
+                    let ids: &[u32] = match cfg.virtio_gpu.backend {
+                        RendererBackend::Venus => &[VENUS_CAPSET_ID],
+                        RendererBackend::Test if cfg.virtio_gpu.test_capset => {
+                            warn!(%dom, "virtio-gpu: offering the test-only capset (virtio_gpu.test_capset)");
+                            &[TEST_CAPSET_ID]
+                        }
+                        RendererBackend::Test => &[],
                     };
-                    info!(%dom, "virtio-gpu: renderer connected");
-                    (Box::new(r), gcfg)
+                    // Offered as the renderer describes them; a capset it
+                    // does not serve stops the start.
+                    let offers = describe_capsets(&mut r, ids).map_err(at("renderer capsets"))?;
+                    info!(%dom, capsets = ?offers, "virtio-gpu: renderer connected");
+                    (Box::new(r), GpuConfig::default().with_capsets(&offers))
                 }
                 None => (Box::new(NoRenderer), GpuConfig::default()),
             };
@@ -308,6 +314,26 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             run_server(&ctx, server, restrict)
         }
     }
+}
+
+/// `ids` as the renderer describes them (`CAPSET_INFO`): id, newest
+/// version, size. A capset it refuses is an error naming it.
+fn describe_capsets(r: &mut SocketRenderer, ids: &[u32]) -> Result<Vec<CapsetOffer>, String> {
+    ids.iter()
+        .map(|&id| {
+            let (max_version, max_size) =
+                r.capset_info(id).map_err(|e| format!("capset {id}: {e}"))?;
+            let offer = CapsetOffer {
+                id,
+                max_version,
+                max_size,
+            };
+            if !offer.is_valid() {
+                return Err(format!("capset {id}: cannot be offered as {offer:?}"));
+            }
+            Ok(offer)
+        })
+        .collect()
 }
 
 /// What the stages after the server's start need.

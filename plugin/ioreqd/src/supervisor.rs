@@ -29,7 +29,7 @@
 
 use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
-use gpu_hostmem_core::config::{Config, Device};
+use gpu_hostmem_core::config::{Config, Device, RendererBackend};
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::limits::Tally;
 use gpu_hostmem_core::platform::{
@@ -230,6 +230,7 @@ impl Drop for RendererProcess {
 fn spawn_renderer(
     path: &std::path::Path,
     user: &str,
+    backend: RendererBackend,
     dom: &DomainIdentity,
     log: &str,
 ) -> io::Result<(RendererProcess, OwnedFd)> {
@@ -268,6 +269,8 @@ fn spawn_renderer(
     let mut cmd = Command::new(path);
     cmd.arg("--socket-fd")
         .arg(RENDERER_SOCKET_FD.to_string())
+        .arg("--backend")
+        .arg(backend.name())
         .env_clear()
         .env("GPU_HOSTMEM_PRIVCMD_FD", RENDERER_PRIVCMD_FD.to_string())
         .env("GPU_HOSTMEM_UNIQUE_ID", dom.unique_id().to_string())
@@ -734,7 +737,8 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         // started first (the worker says hello during its setup).
         let renderer = match (cfg.device, &cfg.virtio_gpu.renderer) {
             (Device::VirtioGpu, Some(path)) => {
-                match spawn_renderer(path, &cfg.virtio_gpu.renderer_user, &dom, &log) {
+                let vg = &cfg.virtio_gpu;
+                match spawn_renderer(path, &vg.renderer_user, vg.backend, &dom, &log) {
                     Ok((p, end)) => {
                         info!(%dom, renderer = p.child.id(), path = %path.display(), "supervisor: renderer started");
                         Some((p, end))

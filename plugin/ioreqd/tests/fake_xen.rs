@@ -885,7 +885,7 @@ fn starts_a_renderer_for_each_worker_when_configured() {
     let ren = rens[0];
     assert_eq!(
         cmdline(ren),
-        format!("{} --socket-fd 3 ", renderer.display())
+        format!("{} --socket-fd 3 --backend test ", renderer.display())
     );
     if uid == 0 {
         assert!(

@@ -9,12 +9,15 @@
 //! (the kernel revokes every page lent from it), and so does this
 //! process's exit.
 //!
-//! Stage 2 serves only the test-only capset
-//! ([`gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID`]): its blobs (blob_id
-//! 0) are memfds filled with [`pattern`]. When a blob is unmapped or
+//! Two backends ([`backend`]), chosen by `--backend` (the supervisor
+//! passes `virtio_gpu.backend`): `test` serves the test-only capset
+//! ([`gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID`]), whose blobs (blob_id
+//! 0) are memfds filled with [`pattern`]; when a blob is unmapped or
 //! destroyed the renderer counts the pages whose first word the guest
 //! stamped with `!pattern` and logs it, so a test sees that the host got
-//! the guest's writes.
+//! the guest's writes. `venus` serves capset 4 through libvirglrenderer
+//! ([`virgl`]), loaded and initialised before the seccomp filter
+//! ([`sandbox`]).
 //!
 //! The renderer checks again what the device already checked (its own
 //! limits, known handles, one mapping per blob), so a confused or
@@ -32,7 +35,7 @@ use std::os::unix::net::UnixDatagram;
 use tracing::{debug, info, warn};
 
 use gpu_hostmem_virtio_gpu::renderer_proto::{
-    DecodeError, Op, Reply, Request, REQUEST_LEN, VERSION,
+    DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, REQUEST_LEN, VERSION,
 };
 use gpu_hostmem_xen::privcmd::HostmemRegister;
 use gpu_hostmem_xen::Privcmd;
@@ -243,8 +246,17 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
         self.blobs.get(&handle).and_then(|b| b.mem.read_word(i))
     }
 
-    /// Answers one request.
+    /// Answers one request that carries no data in its reply (any but
+    /// GET_CAPSET, whose data this drops: see
+    /// [`RendererState::handle_with_data`]).
     pub fn handle(&mut self, req: &Request) -> Reply {
+        self.handle_with_data(req).0
+    }
+
+    /// Answers one request: the reply, and the data that follows it on the
+    /// wire (GET_CAPSET's; empty for every other reply and every refusal).
+    pub fn handle_with_data(&mut self, req: &Request) -> (Reply, Vec<u8>) {
+        let mut data = Vec::new();
         let mut reply = Reply {
             version: VERSION,
             op: req.op,
@@ -266,14 +278,14 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
                     .map(|info| reply.map_info = info),
                 Op::UnmapBlob => self.unmap_blob(req.handle),
                 Op::DestroyBlob => self.destroy_blob(req.handle),
-                Op::CapsetInfo => match self.backend.capset_info(req.capset) {
-                    Some(c) => {
-                        reply.map_info = c.max_version;
-                        reply.handle = u64::from(c.max_size);
-                        Ok(())
-                    }
-                    None => Err(libc::EINVAL),
-                },
+                Op::CapsetInfo => self.capset_info(req.capset).map(|c| {
+                    reply.map_info = c.max_version;
+                    reply.handle = u64::from(c.max_size);
+                }),
+                Op::GetCapset => self.capset(req.capset, req.arg).map(|d| {
+                    reply.handle = d.len() as u64;
+                    data = d;
+                }),
             }
         };
         if let Err(errno) = r {
@@ -281,7 +293,42 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
             debug!(op = ?req.op, errno, "refused");
             reply.errno = errno;
         }
-        reply
+        (reply, data)
+    }
+
+    /// The backend's info of `capset`, if the protocol can carry its data.
+    fn capset_info(&self, capset: u32) -> Result<backend::CapsetInfo, i32> {
+        let c = self.backend.capset_info(capset).ok_or(libc::EINVAL)?;
+        if c.max_size == 0 || c.max_size > MAX_CAPSET_SIZE {
+            warn!(
+                capset,
+                size = c.max_size,
+                "capset size the device cannot take"
+            );
+            return Err(libc::EIO);
+        }
+        Ok(c)
+    }
+
+    /// The data of `capset` at `version`: exactly the size its info says.
+    fn capset(&self, capset: u32, version: u64) -> Result<Vec<u8>, i32> {
+        let c = self.capset_info(capset)?;
+        let version = u32::try_from(version).map_err(|_| libc::EINVAL)?;
+        if version > c.max_version {
+            return Err(libc::EINVAL);
+        }
+        let d = self.backend.capset(capset, version)?;
+        if d.len() != c.max_size as usize {
+            warn!(
+                capset,
+                version,
+                bytes = d.len(),
+                size = c.max_size,
+                "the backend's capset data is not the size its info says"
+            );
+            return Err(libc::EIO);
+        }
+        Ok(d)
     }
 
     fn create_context(&mut self, ctx: u32, capset: u32) -> Result<(), i32> {
@@ -487,22 +534,39 @@ fn serve_loop<G: Registrar, B: Backend>(
     sock: &UnixDatagram,
     state: &mut RendererState<G, B>,
 ) -> Result<(), ServeError> {
+    while serve_one(sock, state)? {}
+    Ok(())
+}
+
+/// Answers the device's next request on `sock`: true if one was answered,
+/// false if the device closed the connection. Nothing is cleared (see
+/// [`serve`]).
+pub fn serve_one<G: Registrar, B: Backend>(
+    sock: &UnixDatagram,
+    state: &mut RendererState<G, B>,
+) -> Result<bool, ServeError> {
     let mut buf = [0u8; REQUEST_LEN + 1];
-    loop {
-        let n = match sock.recv(&mut buf) {
-            Ok(n) => n,
+    let n = loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(ServeError::Io { op: "recv", source }),
-        };
-        if n == 0 {
-            info!("the device closed the connection");
-            return Ok(());
         }
-        let req = Request::decode(&buf[..n])?;
-        let reply = state.handle(&req);
-        sock.send(&reply.encode())
-            .map_err(|source| ServeError::Io { op: "send", source })?;
+    };
+    if n == 0 {
+        info!("the device closed the connection");
+        return Ok(false);
     }
+    let req = Request::decode(&buf[..n])?;
+    let (reply, data) = state.handle_with_data(&req);
+    let msg = if req.op == Op::GetCapset {
+        reply.encode_with_data(&data)
+    } else {
+        reply.encode().to_vec()
+    };
+    sock.send(&msg)
+        .map_err(|source| ServeError::Io { op: "send", source })?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -516,6 +580,8 @@ mod tests {
         addr: usize,
         len: u64,
         unmaps: u32,
+        /// Bytes of capset data it gives (its info says 160).
+        caps: usize,
     }
 
     #[derive(Debug)]
@@ -537,7 +603,7 @@ mod tests {
             })
         }
         fn capset(&self, _: u32, _: u32) -> Result<Vec<u8>, i32> {
-            Ok(vec![0; 160])
+            Ok(vec![0x11; self.caps])
         }
         fn create_context(&mut self, _: u32, _: u32) -> Result<(), i32> {
             Ok(())
@@ -626,6 +692,54 @@ mod tests {
         let (r, st) = map_one(ok, Reg::default());
         assert_eq!((r.errno, r.map_info), (0, 1));
         assert_eq!(st.registrar().n, 1);
+    }
+
+    #[test]
+    fn capset_data_goes_out_only_at_the_size_the_info_says() {
+        let get = |caps: usize, capset: u32, version: u64| {
+            let mut st = RendererState::with_backend(
+                Reg::default(),
+                Lying {
+                    caps,
+                    ..Lying::default()
+                },
+                RendererLimits::default(),
+            );
+            st.handle_with_data(&Request {
+                capset,
+                arg: version,
+                ..Request::new(Op::GetCapset, 1)
+            })
+        };
+        let (r, d) = get(160, 4, 0);
+        assert_eq!((r.errno, r.handle, d), (0, 160, vec![0x11; 160]));
+        // A backend giving more or less than its info said.
+        for n in [0, 159, 161, 4096] {
+            let (r, d) = get(n, 4, 0);
+            assert_eq!((r.errno, r.handle, d.len()), (libc::EIO, 0, 0), "{n} bytes");
+        }
+        // A version above the newest or beyond u32, a capset not served.
+        for (capset, version) in [(4, 1), (4, 1 << 32), (4, u64::MAX), (30, 0)] {
+            let (r, d) = get(160, capset, version);
+            assert_eq!((r.errno, d.len()), (libc::EINVAL, 0), "{capset} {version}");
+        }
+        // `handle` drops the data (and says so by name).
+        let mut st = RendererState::with_backend(
+            Reg::default(),
+            Lying {
+                caps: 160,
+                ..Lying::default()
+            },
+            RendererLimits::default(),
+        );
+        assert_eq!(
+            st.handle(&Request {
+                capset: 4,
+                ..Request::new(Op::GetCapset, 2)
+            })
+            .handle,
+            160
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! -- gpu-hostmem-renderer ...` (`GPU_HOSTMEM_PRIVCMD_FD`, restricted to
 //! the guest and narrowed to registering memory, with
 //! `GPU_HOSTMEM_UNIQUE_ID` and `GPU_HOSTMEM_DOMID`). It refuses to run as
-//! root: it needs no privilege beyond that file. Once set up it serves
-//! under a seccomp filter (`sandbox.rs`).
+//! root: it needs no privilege beyond that file. `--backend venus` loads
+//! libvirglrenderer and initialises venus first (`virgl.rs`); `test`, the
+//! default, serves the test-only capset. Once set up it serves under its
+//! backend's seccomp filter (`sandbox.rs`).
 
 use std::os::fd::RawFd;
 use std::os::unix::net::UnixDatagram;
@@ -15,6 +17,9 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 use gpu_hostmem_host::process::{take_inherited_fd, Inherited};
+use gpu_hostmem_renderer::backend::{Backend, TestBackend};
+use gpu_hostmem_renderer::sandbox::{self, BackendKind, Policy};
+use gpu_hostmem_renderer::virgl::{VirglBackend, SONAME};
 use gpu_hostmem_renderer::{serve, PrivcmdRegistrar, RendererLimits, RendererState};
 use gpu_hostmem_xen::Privcmd;
 
@@ -27,12 +32,22 @@ fn env_num<T: std::str::FromStr>(name: &str) -> Result<T, String> {
         .map_err(|_| format!("{name} is not a number"))
 }
 
+const USAGE: &str = "usage: gpu-hostmem-renderer --socket-fd N [--backend test|venus]";
+
+/// `--socket-fd N [--backend NAME]`, in that order.
+fn parse_args(args: &[String]) -> Result<(RawFd, BackendKind), String> {
+    let (fd, kind) = match args {
+        [flag, n] if flag == "--socket-fd" => (n, "test"),
+        [flag, n, b, kind] if flag == "--socket-fd" && b == "--backend" => (n, kind.as_str()),
+        _ => return Err(USAGE.into()),
+    };
+    let fd = fd.parse().map_err(|_| format!("bad fd {fd}"))?;
+    Ok((fd, kind.parse()?))
+}
+
 fn run() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let socket_fd: RawFd = match args.as_slice() {
-        [flag, n] if flag == "--socket-fd" => n.parse().map_err(|_| format!("bad fd {n}"))?,
-        _ => return Err("usage: gpu-hostmem-renderer --socket-fd N".into()),
-    };
+    let (socket_fd, kind) = parse_args(&args)?;
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return Err(
@@ -46,10 +61,37 @@ fn run() -> Result<(), String> {
     let privcmd = Privcmd::from_fd(take_inherited_fd(privcmd_fd, Inherited::Any)?);
     let sock = UnixDatagram::from(take_inherited_fd(socket_fd, Inherited::SeqpacketSocket)?);
     let reg = PrivcmdRegistrar::new(privcmd, dom, unique_id);
-    let mut state = RendererState::new(reg, RendererLimits::default());
-    gpu_hostmem_renderer::sandbox::enter()?;
-    info!(dom, unique_id, "serving the device (seccomp filter on)");
-    let r = serve(&sock, &mut state);
+    match kind {
+        BackendKind::Test => serve_with(TestBackend, kind, reg, &sock, dom, unique_id),
+        BackendKind::Venus => {
+            // Loaded and initialised (the render server forked) before the
+            // filter, which then allows only what serving needs.
+            let b = VirglBackend::new(SONAME).map_err(|e| format!("venus backend: {e}"))?;
+            serve_with(b, kind, reg, &sock, dom, unique_id)
+        }
+    }
+}
+
+/// Serves `sock` with `backend` under `kind`'s seccomp filter.
+fn serve_with<B: Backend>(
+    backend: B,
+    kind: BackendKind,
+    reg: PrivcmdRegistrar,
+    sock: &UnixDatagram,
+    dom: u16,
+    unique_id: u64,
+) -> Result<(), String> {
+    let mut state = RendererState::with_backend(reg, backend, RendererLimits::default());
+    let policy = Policy::for_this_process(kind)?;
+    sandbox::enter(&policy)?;
+    info!(
+        dom,
+        unique_id,
+        backend = kind.name(),
+        render_server = ?policy.render_server(),
+        "serving the device (seccomp filter on)"
+    );
+    let r = serve(sock, &mut state);
     let s = state.stats();
     info!(
         registered = s.registered,
@@ -58,6 +100,9 @@ fn run() -> Result<(), String> {
         refused = s.refused,
         "done"
     );
+    // The backend goes here (venus: virgl_renderer_cleanup kills and reaps
+    // the render server, which the filter allows).
+    drop(state);
     r.map_err(|e| e.to_string())
 }
 

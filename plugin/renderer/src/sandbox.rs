@@ -1,14 +1,63 @@
-//! The renderer's seccomp filter for the test capset: the calls its loop
-//! makes (the socket, blob memory, the privcmd ioctls, logging,
-//! allocation, exit). Anything else kills the process (SIGSYS), which its
+//! The renderer's seccomp filters, one per backend, applied once the
+//! backend is set up and before the first request from the device is read.
+//! Anything outside the filter kills the process (SIGSYS), which its
 //! supervisor logs when it reaps it; the kernel then revokes every page
-//! lent from its blobs (owner exit). A renderer that links virglrenderer
-//! will need a wider filter of its own (docs/virtio-gpu.md).
+//! lent from its blobs (owner exit). The filter covers every thread of the
+//! process (`SECCOMP_FILTER_FLAG_TSYNC`), so a thread a library started
+//! during setup is no way around it.
+//!
+//! - [`BackendKind::Test`]: the calls the protocol loop makes (the socket,
+//!   blob memory, the privcmd ioctls, logging, allocation, exit).
+//! - [`BackendKind::Venus`]: the same, plus what libvirglrenderer 1.1 does
+//!   while serving venus contexts and blob_id 0 blobs and at its cleanup,
+//!   measured with `strace -f` (docs/virtio-gpu.md): `getsockopt` and
+//!   `lseek` on its own fds, and `kill(server, SIGKILL)` +
+//!   `waitid(P_PID, server)` of the render server it forked during
+//!   `virgl_renderer_init` (`proxy_server_destroy`), only for that pid and
+//!   that signal: the renderer runs as a user other processes may share
+//!   (nobody by default), so it may not signal or reap anything else.
+//!   Loading the library, `virgl_renderer_init` and the render server's
+//!   fork all happen before the filter.
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
 use std::collections::BTreeMap;
+use std::str::FromStr;
 
-/// The calls allowed once serving.
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The renderer's backend, as `--backend` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The test-only capset (memfds of the renderer's own).
+    Test,
+    /// Venus through libvirglrenderer.
+    Venus,
+}
+
+impl BackendKind {
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Test => "test",
+            BackendKind::Venus => "venus",
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "test" => Ok(BackendKind::Test),
+            "venus" => Ok(BackendKind::Venus),
+            _ => Err(format!("unknown backend {s:?} (test or venus)")),
+        }
+    }
+}
+
+/// The calls every backend's loop makes.
 pub fn allowed() -> Vec<libc::c_long> {
     vec![
         libc::SYS_read,
@@ -45,18 +94,193 @@ pub fn allowed() -> Vec<libc::c_long> {
     ]
 }
 
-/// Installs the filter on this (only) thread, with no_new_privs.
-pub fn enter() -> Result<(), String> {
+/// What the venus backend adds without conditions (measured; see the
+/// module's notes). `kill` and `waitid` come with conditions
+/// ([`Policy::venus`]).
+pub fn venus_allowed() -> Vec<libc::c_long> {
+    vec![libc::SYS_getsockopt, libc::SYS_lseek]
+}
+
+/// A filter: the calls allowed, some only with given arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    kind: BackendKind,
+    /// The render server the venus backend may kill and reap.
+    render_server: Option<libc::pid_t>,
+}
+
+impl Policy {
+    /// The test backend's filter.
+    pub fn test() -> Self {
+        Policy {
+            kind: BackendKind::Test,
+            render_server: None,
+        }
+    }
+
+    /// The venus backend's filter, for render server `pid` (> 0).
+    pub fn venus(render_server: libc::pid_t) -> Result<Self, String> {
+        if render_server <= 0 {
+            return Err(format!("render server pid {render_server}"));
+        }
+        Ok(Policy {
+            kind: BackendKind::Venus,
+            render_server: Some(render_server),
+        })
+    }
+
+    /// The filter for `kind` in this process as it is now: for venus, the
+    /// render server is this process's only child (forked by
+    /// `virgl_renderer_init`); none, or more than one, is an error.
+    pub fn for_this_process(kind: BackendKind) -> Result<Self, String> {
+        match kind {
+            BackendKind::Test => Ok(Policy::test()),
+            BackendKind::Venus => {
+                // SAFETY: getpid cannot fail.
+                let me = unsafe { libc::getpid() };
+                match children_of(me)?.as_slice() {
+                    [one] => Policy::venus(*one),
+                    other => Err(format!(
+                        "venus: expected the render server as the only child, found {other:?}"
+                    )),
+                }
+            }
+        }
+    }
+
+    /// The backend.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The render server the filter lets this process kill and reap.
+    pub fn render_server(&self) -> Option<libc::pid_t> {
+        self.render_server
+    }
+
+    fn rules(&self) -> Result<BTreeMap<i64, Vec<SeccompRule>>, String> {
+        let mut calls = allowed();
+        if self.kind == BackendKind::Venus {
+            calls.extend(venus_allowed());
+        }
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+            calls.into_iter().map(|nr| (nr, Vec::new())).collect();
+        if let Some(pid) = self.render_server {
+            let eq = |arg: u8, v: u64| {
+                SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
+                    .map_err(|e| e.to_string())
+            };
+            let pid = u64::from(pid as u32);
+            let kill = SeccompRule::new(vec![eq(0, pid)?, eq(1, libc::SIGKILL as u64)?])
+                .map_err(|e| e.to_string())?;
+            let waitid = SeccompRule::new(vec![eq(0, libc::P_PID as u64)?, eq(1, pid)?])
+                .map_err(|e| e.to_string())?;
+            rules.insert(libc::SYS_kill, vec![kill]);
+            rules.insert(libc::SYS_waitid, vec![waitid]);
+        }
+        Ok(rules)
+    }
+}
+
+/// The pids whose parent is `pid`, from `/proc/*/stat`.
+pub fn children_of(pid: libc::pid_t) -> Result<Vec<libc::pid_t>, String> {
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // Gone meanwhile: not a child any more.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold anything but ends at
+        // the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<libc::pid_t>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Installs `policy`'s filter on every thread of this process, with
+/// no_new_privs.
+pub fn enter(policy: &Policy) -> Result<(), String> {
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())?;
-    let rules: BTreeMap<i64, Vec<SeccompRule>> =
-        allowed().into_iter().map(|nr| (nr, Vec::new())).collect();
     let prog: BpfProgram = SeccompFilter::new(
-        rules,
+        policy.rules()?,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
         arch,
     )
     .and_then(BpfProgram::try_from)
     .map_err(|e| e.to_string())?;
-    seccompiler::apply_filter(&prog).map_err(|e| format!("seccomp: {e}"))
+    seccompiler::apply_filter_all_threads(&prog).map_err(|e| format!("seccomp: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_by_name() {
+        assert_eq!("test".parse(), Ok(BackendKind::Test));
+        assert_eq!("venus".parse(), Ok(BackendKind::Venus));
+        for bad in ["", "Venus", "virgl", "venus "] {
+            assert!(bad.parse::<BackendKind>().is_err(), "{bad:?}");
+        }
+        assert_eq!(BackendKind::Venus.name(), "venus");
+    }
+
+    #[test]
+    fn only_venus_gets_its_calls_and_only_for_its_server() {
+        let t = Policy::test().rules().expect("rules");
+        for nr in [
+            libc::SYS_getsockopt,
+            libc::SYS_lseek,
+            libc::SYS_kill,
+            libc::SYS_waitid,
+        ] {
+            assert!(!t.contains_key(&nr), "{nr} in the test filter");
+        }
+        let v = Policy::venus(1234).expect("policy").rules().expect("rules");
+        assert!(v[&libc::SYS_lseek].is_empty() && v[&libc::SYS_getsockopt].is_empty());
+        assert_eq!(v[&libc::SYS_kill].len(), 1, "kill only with conditions");
+        assert_eq!(v[&libc::SYS_waitid].len(), 1, "waitid only with conditions");
+        for nr in [
+            libc::SYS_openat,
+            libc::SYS_clone,
+            libc::SYS_execve,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!v.contains_key(&nr), "{nr} in the venus filter");
+        }
+        assert!(Policy::venus(0).is_err() && Policy::venus(-1).is_err());
+    }
+
+    #[test]
+    fn children_are_found_by_parent() {
+        // SAFETY: getpid cannot fail.
+        let me = unsafe { libc::getpid() };
+        let mut c = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let kids = children_of(me).expect("children");
+        assert!(kids.contains(&(c.id() as libc::pid_t)), "{kids:?}");
+        let _ = c.kill();
+        let _ = c.wait();
+        assert!(!children_of(me)
+            .expect("children")
+            .contains(&(c.id() as libc::pid_t)));
+    }
 }

@@ -24,11 +24,17 @@ fn refuses_a_wrong_command_line() {
         &["--socket-fd"],
         &["--socket-fd", "x"],
         &["--other", "3"],
+        &["--socket-fd", "3", "--backend"],
+        &["--backend", "venus", "--socket-fd", "3"],
+        &["--socket-fd", "3", "--backend", "vulkan"],
+        &["--socket-fd", "3", "--backend", "Venus"],
     ] {
         let (ok, err) = run(args, &[]);
         assert!(!ok, "{args:?}");
         assert!(
-            err.contains("usage: gpu-hostmem-renderer --socket-fd N") || err.contains("bad fd"),
+            err.contains("usage: gpu-hostmem-renderer --socket-fd N [--backend test|venus]")
+                || err.contains("bad fd")
+                || err.contains("unknown backend"),
             "{args:?}: {err}"
         );
     }
@@ -63,37 +69,41 @@ fn refuses_root_or_a_missing_privcmd_file_or_socket() {
     assert!(err.contains("fd 40"), "{err}");
 }
 
-/// The binary as the supervisor starts it (nobody when we are root, fd 3
-/// its socket, fd 4 a stand-in privcmd file): it answers the protocol
-/// under its seccomp filter, makes and frees blobs, passes privcmd's
-/// refusal on, and exits cleanly when the device goes.
-#[test]
-fn serves_under_its_seccomp_filter_until_the_device_goes() {
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Starts the binary as the supervisor does (nobody when we are root, fd
+/// 3 its socket, fd 4 a stand-in privcmd file) with `extra` arguments;
+/// the child (stderr piped), the device's end and the copy it runs.
+fn start(
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::os::fd::OwnedFd,
+    gpu_hostmem_test_support::ExeCopy,
+) {
     use gpu_hostmem_test_support::{seqpacket_pair, ExeCopy};
-    use gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID;
-    use gpu_hostmem_virtio_gpu::renderer::{BlobRequest, Renderer, RendererError};
-    use gpu_hostmem_virtio_gpu::renderer_proto::SocketRenderer;
     use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixDatagram;
     use std::os::unix::process::CommandExt;
     use std::path::Path;
-    use std::time::{Duration, Instant};
 
+    // Each start its own files: tests run in parallel.
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (dev, ren) = seqpacket_pair().expect("socketpair");
     let privcmd = std::fs::File::create(
         Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("renderer-privcmd-{}", std::process::id())),
+            .join(format!("renderer-privcmd-{}-{n}", std::process::id())),
     )
     .expect("stand-in privcmd");
     let (s, p) = (ren.as_raw_fd(), privcmd.as_raw_fd());
     // As root the binary runs as nobody: run a copy it can reach.
     let exe = ExeCopy::new(
         Path::new(env!("CARGO_BIN_EXE_gpu-hostmem-renderer")),
-        "gh-renderer-bin",
+        &format!("gh-renderer-bin-{n}"),
     )
     .expect("copy the renderer");
     let mut cmd = Command::new(exe.path());
     cmd.args(["--socket-fd", "3"])
+        .args(extra)
         .env_clear()
         .env("GPU_HOSTMEM_DOMID", "5")
         .env("GPU_HOSTMEM_UNIQUE_ID", "7")
@@ -114,10 +124,78 @@ fn serves_under_its_seccomp_filter_until_the_device_goes() {
             Ok(())
         });
     }
-    let mut child = gpu_hostmem_test_support::spawn_exe(&mut cmd).expect("spawn the renderer");
-    drop(ren);
-    drop(privcmd);
+    let child = gpu_hostmem_test_support::spawn_exe(&mut cmd).expect("spawn the renderer");
+    (child, dev, exe)
+}
 
+/// Waits at most 10 s for `child`; its status and stderr.
+fn finish(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    use std::time::{Duration, Instant};
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("the renderer did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    (status, err)
+}
+
+/// `--backend venus` where libvirglrenderer is missing: a clean failure
+/// naming it, before any request is read. Where the library is present,
+/// the binary gets to serving under its filter instead.
+#[test]
+fn the_venus_backend_needs_its_library() {
+    use gpu_hostmem_renderer::virgl::SONAME;
+    use gpu_hostmem_virtio_gpu::renderer_proto::SocketRenderer;
+    use std::os::unix::net::UnixDatagram;
+
+    // SAFETY: loading the library runs its constructors, as the binary
+    // would; only to learn whether it is there.
+    let present = unsafe { libloading::Library::new(SONAME) }.is_ok();
+    let (child, dev, _exe) = start(&["--backend", "venus"]);
+    if present {
+        let r = SocketRenderer::connect(UnixDatagram::from(dev)).expect("hello");
+        drop(r);
+        let (status, err) = finish(child);
+        assert!(status.success(), "{status}: {err}");
+        assert!(err.contains("backend=\"venus\""), "{err}");
+    } else {
+        let (status, err) = finish(child);
+        assert!(!status.success(), "{err}");
+        assert!(
+            err.contains("venus backend: loading libvirglrenderer.so.1"),
+            "{err}"
+        );
+        drop(dev);
+    }
+}
+
+/// The binary as the supervisor starts it: it answers the protocol under
+/// its seccomp filter, makes and frees blobs, passes privcmd's refusal on,
+/// and exits cleanly when the device goes; `--backend test` is the
+/// default.
+#[test]
+fn serves_under_its_seccomp_filter_until_the_device_goes() {
+    for extra in [&[][..], &["--backend", "test"]] {
+        serves_until_the_device_goes(extra);
+    }
+}
+
+fn serves_until_the_device_goes(extra: &[&str]) {
+    use gpu_hostmem_virtio_gpu::blob::TEST_CAPSET_ID;
+    use gpu_hostmem_virtio_gpu::renderer::{BlobRequest, Renderer, RendererError};
+    use gpu_hostmem_virtio_gpu::renderer_proto::SocketRenderer;
+    use std::os::unix::net::UnixDatagram;
+
+    let (child, dev, _exe) = start(extra);
     let mut r = SocketRenderer::connect(UnixDatagram::from(dev)).expect("hello");
     let seccomp = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
         .unwrap_or_default()
@@ -141,20 +219,7 @@ fn serves_under_its_seccomp_filter_until_the_device_goes() {
     r.create_blob(req(6))
         .expect("a blob left for the disconnect");
     drop(r);
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        if t.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("the renderer did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
-        .expect("stderr");
+    let (status, err) = finish(child);
     assert!(status.success(), "{status}: {err}");
     assert!(
         err.contains("serving the device (seccomp filter on)"),

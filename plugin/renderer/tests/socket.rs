@@ -12,12 +12,14 @@ use gpu_hostmem_renderer::{
     pattern, serve, RendererLimits, RendererState, RendererStats, ServeError,
 };
 use gpu_hostmem_virtio_gpu::blob::{
-    resp as bresp, Blobs, TEST_CAPSET_DATA, TEST_CAPSET_ID, TEST_CAPSET_VERSION,
+    resp as bresp, Blobs, CapsetOffer, TEST_CAPSET, TEST_CAPSET_DATA, TEST_CAPSET_ID,
+    TEST_CAPSET_VERSION,
 };
 use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
+use gpu_hostmem_virtio_gpu::renderer::Renderer;
 use gpu_hostmem_virtio_gpu::renderer::RendererError;
 use gpu_hostmem_virtio_gpu::renderer_proto::{
-    Op, Reply, Request, SocketRenderer, REPLY_LEN, VERSION,
+    Op, Reply, Request, SocketRenderer, MAX_CAPSET_SIZE, REPLY_LEN, VERSION,
 };
 
 mod common;
@@ -99,7 +101,7 @@ fn a_blob_is_registered_where_the_guest_maps_it_and_sees_both_sides() {
     let reg = FakeRegistrar::default();
     let (dev, served) = renderer(reg.clone());
     let sr = SocketRenderer::connect(dev).expect("hello");
-    let mut b = Blobs::new(Box::new(sr), &[TEST_CAPSET_ID], WINDOW, WINDOW);
+    let mut b = Blobs::new(Box::new(sr), &[TEST_CAPSET], WINDOW, WINDOW);
     assert_eq!(b.handle(&ctx_create(3), no2d).0, resp::OK_NODATA);
     assert_eq!(
         b.handle(&create_blob(3, 5, 2 * PAGE), no2d).0,
@@ -141,7 +143,7 @@ fn the_device_going_away_unregisters_everything() {
     let (dev, served) = renderer(reg.clone());
     let mut b = Blobs::new(
         Box::new(SocketRenderer::connect(dev).expect("hello")),
-        &[TEST_CAPSET_ID],
+        &[TEST_CAPSET],
         WINDOW,
         WINDOW,
     );
@@ -337,7 +339,7 @@ fn scripted(after: Option<fn(Request) -> Reply>) -> SocketRenderer {
 #[test]
 fn a_renderer_that_dies_or_lies_breaks_the_connection_for_good() {
     // Gone after the hello.
-    let mut b = Blobs::new(Box::new(scripted(None)), &[TEST_CAPSET_ID], WINDOW, WINDOW);
+    let mut b = Blobs::new(Box::new(scripted(None)), &[TEST_CAPSET], WINDOW, WINDOW);
     assert_eq!(b.handle(&ctx_create(1), no2d).0, resp::ERR_UNSPEC);
     assert_eq!(b.handle(&ctx_create(1), no2d).0, resp::ERR_UNSPEC);
     assert_eq!((b.stats().renderer_errors, b.stats().contexts), (2, 0));
@@ -354,7 +356,6 @@ fn a_renderer_that_dies_or_lies_breaks_the_connection_for_good() {
         }
     }
     let mut sr = scripted(Some(wrong_seq));
-    use gpu_hostmem_virtio_gpu::renderer::Renderer;
     assert!(sr.create_context(1, TEST_CAPSET_ID).is_err());
     assert!(sr.is_broken());
     assert!(sr.create_context(1, TEST_CAPSET_ID).is_err());
@@ -395,4 +396,174 @@ fn the_renderer_answers_capset_info_from_its_backend() {
     drop(r);
     let (res, _) = served.join().expect("renderer thread");
     assert!(res.is_ok());
+}
+
+/// A renderer that answers the hello, then sends `after`'s bytes for the
+/// next request, and stays until the device is done.
+fn scripted_raw(after: fn(Request) -> Vec<u8>) -> SocketRenderer {
+    let (dev, ren) = seqpacket_pair();
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut next = || {
+            let n = ren.recv(&mut buf).expect("request");
+            Request::decode(&buf[..n]).expect("request")
+        };
+        let hello = next();
+        let ok = Reply {
+            version: VERSION,
+            op: hello.op,
+            errno: 0,
+            map_info: 0,
+            handle: 0,
+            seq: hello.seq,
+        };
+        ren.send(&ok.encode()).expect("reply");
+        let req = next();
+        ren.send(&after(req)).expect("reply");
+        let _ = ren.recv(&mut buf);
+    });
+    SocketRenderer::connect(dev).expect("hello")
+}
+
+fn ok_reply(r: Request) -> Reply {
+    Reply {
+        version: VERSION,
+        op: r.op,
+        errno: 0,
+        map_info: 0,
+        handle: 0,
+        seq: r.seq,
+    }
+}
+
+#[test]
+fn capset_data_crosses_the_protocol_from_the_backend() {
+    let (dev, served) = renderer(FakeRegistrar::default());
+    let mut r = SocketRenderer::connect(dev).expect("hello");
+    let (max_version, max_size) = r.capset_info(TEST_CAPSET_ID).expect("info");
+    assert_eq!(
+        r.capset(TEST_CAPSET_ID, max_version, max_size)
+            .expect("data"),
+        TEST_CAPSET_DATA
+    );
+    // Versions the backend does not have, a capset it does not serve:
+    // refused, the connection kept.
+    for (id, v) in [(TEST_CAPSET_ID, 0), (TEST_CAPSET_ID, 2), (4, 0)] {
+        let e = r.capset(id, v, max_size).expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                RendererError::Refused {
+                    errno: libc::EINVAL,
+                    ..
+                }
+            ),
+            "capset {id} version {v}: {e}"
+        );
+    }
+    assert!(!r.is_broken());
+    // A size the device expects other than the backend's: not the
+    // protocol (the renderer's reply is longer than what the device takes).
+    let e = r
+        .capset(TEST_CAPSET_ID, 1, max_size - 1)
+        .expect_err("shorter buffer");
+    assert!(matches!(e, RendererError::Io { .. }), "{e}");
+    assert!(r.is_broken());
+    drop(r);
+    let (res, _) = served.join().expect("renderer thread");
+    assert!(res.is_ok());
+
+    // Through the device's table, as the guest asks.
+    let (dev, served) = renderer(FakeRegistrar::default());
+    let mut sr = SocketRenderer::connect(dev).expect("hello");
+    let (max_version, max_size) = sr.capset_info(TEST_CAPSET_ID).expect("info");
+    let offer = CapsetOffer {
+        id: TEST_CAPSET_ID,
+        max_version,
+        max_size,
+    };
+    let mut b = Blobs::new(Box::new(sr), &[offer], WINDOW, WINDOW);
+    let (t, body) = b.handle(&hdr(0x109, 0, &[TEST_CAPSET_ID, 1]), no2d);
+    assert_eq!(
+        (t, body.as_slice()),
+        (bresp::OK_CAPSET, &TEST_CAPSET_DATA[..])
+    );
+    assert_eq!(
+        b.handle(&hdr(0x109, 0, &[TEST_CAPSET_ID, 0]), no2d).0,
+        resp::ERR_INVALID_PARAMETER,
+        "version 0 refused by the renderer"
+    );
+    assert_eq!(b.stats().renderer_errors, 1);
+    drop(b);
+    let (res, stats) = served.join().expect("renderer thread");
+    assert!(res.is_ok());
+    assert_eq!(stats.refused, 1);
+}
+
+#[test]
+fn a_renderer_sending_other_capset_data_than_it_described_breaks_the_connection() {
+    // More bytes than the info said (and than the reply says).
+    fn longer(r: Request) -> Vec<u8> {
+        ok_reply(r).encode_with_data(&[7u8; 17])
+    }
+    // Fewer.
+    fn shorter(r: Request) -> Vec<u8> {
+        ok_reply(r).encode_with_data(&[7u8; 15])
+    }
+    // The right length, labelled otherwise.
+    fn mislabelled(r: Request) -> Vec<u8> {
+        let mut m = ok_reply(r).encode_with_data(&[7u8; 16]);
+        m[16] = 15;
+        m
+    }
+    // A refusal carrying data.
+    fn refusal_with_data(r: Request) -> Vec<u8> {
+        Reply {
+            errno: libc::EINVAL,
+            ..ok_reply(r)
+        }
+        .encode_with_data(&[7u8; 16])
+    }
+    // Far more than any capset: truncated by the socket, still noticed.
+    fn huge(r: Request) -> Vec<u8> {
+        ok_reply(r).encode_with_data(&vec![7u8; MAX_CAPSET_SIZE as usize + 100])
+    }
+    // Data on a reply that carries none.
+    fn data_on_create(r: Request) -> Vec<u8> {
+        ok_reply(r).encode_with_data(&[1])
+    }
+    for (what, f) in [
+        ("longer", longer as fn(Request) -> Vec<u8>),
+        ("shorter", shorter),
+        ("mislabelled", mislabelled),
+        ("refusal with data", refusal_with_data),
+        ("huge", huge),
+    ] {
+        // The device's side notices and stops using the connection.
+        let mut sr = scripted_raw(f);
+        let e = sr.capset(TEST_CAPSET_ID, 1, 16).expect_err(what);
+        assert!(matches!(e, RendererError::Io { .. }), "{what}: {e}");
+        assert!(sr.is_broken(), "{what}");
+        // The guest gets an error and none of the bytes.
+        let mut b = Blobs::new(Box::new(scripted_raw(f)), &[TEST_CAPSET], WINDOW, WINDOW);
+        let (t, body) = b.handle(&hdr(0x109, 0, &[TEST_CAPSET_ID, 1]), no2d);
+        assert_eq!((t, body.len()), (resp::ERR_UNSPEC, 0), "{what}");
+        assert_eq!(b.stats().renderer_errors, 1, "{what}");
+    }
+    let mut sr = scripted_raw(data_on_create);
+    assert!(sr.create_context(1, TEST_CAPSET_ID).is_err());
+    assert!(sr.is_broken());
+    // A capset size beyond what the protocol carries, in CAPSET_INFO.
+    fn huge_info(r: Request) -> Vec<u8> {
+        Reply {
+            map_info: 0,
+            handle: u64::from(MAX_CAPSET_SIZE) + 1,
+            ..ok_reply(r)
+        }
+        .encode()
+        .to_vec()
+    }
+    let mut sr = scripted_raw(huge_info);
+    assert!(sr.capset_info(4).is_err());
+    assert!(sr.is_broken());
 }

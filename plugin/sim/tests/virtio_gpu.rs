@@ -765,6 +765,10 @@ impl Renderer for SimRenderer {
         self.blobs.remove(&h.0);
         Ok(())
     }
+    fn capset(&mut self, capset: u32, _: u32, _: u32) -> Result<Vec<u8>, RendererError> {
+        assert_eq!(capset, TEST_CAPSET_ID);
+        Ok(blob::TEST_CAPSET_DATA.to_vec())
+    }
 }
 
 fn blob_model(

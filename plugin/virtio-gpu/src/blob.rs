@@ -10,11 +10,16 @@
 //! the renderer unregisters it (and the kernel revokes what was lent)
 //! before the offset can be given to another blob.
 //!
-//! Capsets: the device offers none unless configured. The one it knows is
-//! [`TEST_CAPSET_ID`], a test-only context type whose `HOST3D` blobs are
-//! plain renderer memory (memfds) with a known pattern: virglrenderer 1.1
-//! accepts only capsets 1, 2, 4 and 6, so a test that uses only the DRM
-//! uAPI needs a context type of ours.
+//! Capsets: the device offers none unless configured, and then those the
+//! renderer described at start (`CAPSET_INFO` over the renderer protocol:
+//! id, newest version, size). GET_CAPSET_INFO is answered from that
+//! description; GET_CAPSET asks the renderer for the data of an offered
+//! capset at a version up to the newest and passes on exactly the size it
+//! described, nothing else. Two capsets exist today: venus (4, through
+//! virglrenderer) and [`TEST_CAPSET_ID`], a test-only context type whose
+//! `HOST3D` blobs are plain renderer memory (memfds) with a known pattern:
+//! virglrenderer 1.1 accepts only capsets 1, 2, 4 and 6, so a test that
+//! uses only the DRM uAPI needs a context type of ours.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,6 +28,7 @@ use virtio_bindings::virtio_gpu as g;
 
 use crate::gpu2d::HDR_LEN;
 use crate::renderer::{BlobHandle, BlobRequest, Renderer, RendererError};
+use crate::renderer_proto::MAX_CAPSET_SIZE;
 
 /// The test-only capset (off by default): a context type served by
 /// `gpu-hostmem-renderer` itself, whose blobs are memfds. Linux's uAPI names
@@ -33,6 +39,38 @@ pub const TEST_CAPSET_ID: u32 = 30;
 pub const TEST_CAPSET_VERSION: u32 = 1;
 /// What GET_CAPSET answers for it.
 pub const TEST_CAPSET_DATA: [u8; 16] = *b"gpu-hostmem-test";
+/// The test capset as the device offers it.
+pub const TEST_CAPSET: CapsetOffer = CapsetOffer {
+    id: TEST_CAPSET_ID,
+    max_version: TEST_CAPSET_VERSION,
+    max_size: TEST_CAPSET_DATA.len() as u32,
+};
+/// `VIRTIO_GPU_CAPSET_VENUS`.
+pub const VENUS_CAPSET_ID: u32 = 4;
+/// Most capsets offered.
+pub const MAX_CAPSETS: usize = 8;
+
+/// A capset the device offers, as the renderer described it
+/// (`VIRTIO_GPU_CMD_GET_CAPSET_INFO`'s answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapsetOffer {
+    /// Capset id (`VIRTIO_GPU_CAPSET_*`).
+    pub id: u32,
+    /// Newest version (0 is a version: virglrenderer 1.1 says 0 for
+    /// venus).
+    pub max_version: u32,
+    /// Bytes of its data.
+    pub max_size: u32,
+}
+
+impl CapsetOffer {
+    /// True if a guest may be offered it: an id Linux can hold (it keeps
+    /// capset ids in an `int` mask, `1 << id`), 1 to 30, and a size of 1
+    /// to [`MAX_CAPSET_SIZE`] bytes.
+    pub fn is_valid(&self) -> bool {
+        (1..31).contains(&self.id) && (1..=MAX_CAPSET_SIZE).contains(&self.max_size)
+    }
+}
 
 /// Most contexts at a time (Linux makes one per open DRM file).
 pub const MAX_CONTEXTS: usize = 64;
@@ -136,7 +174,7 @@ pub struct BlobStats {
 #[derive(Debug)]
 pub struct Blobs {
     renderer: Box<dyn Renderer>,
-    capsets: Vec<u32>,
+    capsets: Vec<CapsetOffer>,
     window: u64,
     limit: u64,
     contexts: HashMap<u32, u32>,
@@ -148,17 +186,28 @@ pub struct Blobs {
 }
 
 impl Blobs {
-    /// A table for a window of `window` bytes offering `capsets` (ids
-    /// [`Blobs`] knows: [`TEST_CAPSET_ID`]), with at most `limit` bytes of
-    /// blobs, served by `renderer`.
-    pub fn new(renderer: Box<dyn Renderer>, capsets: &[u32], window: u64, limit: u64) -> Self {
+    /// A table for a window of `window` bytes offering `capsets` (those
+    /// [`CapsetOffer::is_valid`] accepts, the first of each id, at most
+    /// [`MAX_CAPSETS`]; the others are dropped with a warning), with at
+    /// most `limit` bytes of blobs, served by `renderer`.
+    pub fn new(
+        renderer: Box<dyn Renderer>,
+        capsets: &[CapsetOffer],
+        window: u64,
+        limit: u64,
+    ) -> Self {
+        let mut offered: Vec<CapsetOffer> = Vec::new();
+        for c in capsets {
+            if c.is_valid() && !offered.iter().any(|o| o.id == c.id) && offered.len() < MAX_CAPSETS
+            {
+                offered.push(*c);
+            } else {
+                warn!(?c, "capset not offered");
+            }
+        }
         Blobs {
             renderer,
-            capsets: capsets
-                .iter()
-                .copied()
-                .filter(|&c| c == TEST_CAPSET_ID)
-                .collect(),
+            capsets: offered,
             window,
             limit,
             contexts: HashMap::new(),
@@ -170,7 +219,7 @@ impl Blobs {
     }
 
     /// The capsets offered (`num_capsets` is their number).
-    pub fn capsets(&self) -> &[u32] {
+    pub fn capsets(&self) -> &[CapsetOffer] {
         &self.capsets
     }
 
@@ -246,32 +295,57 @@ impl Blobs {
         }
     }
 
+    /// GET_CAPSET_INFO: the offer at `capset_index`, from the table.
     fn capset_info(&self, req: &[u8]) -> (u32, Vec<u8>) {
         if req.len() < HDR_LEN + 8 {
             return (ERR_INVALID_PARAMETER, Vec::new());
         }
-        let Some(&id) = usize::try_from(u32_at(req, HDR_LEN))
+        let Some(c) = usize::try_from(u32_at(req, HDR_LEN))
             .ok()
             .and_then(|i| self.capsets.get(i))
         else {
             return (ERR_INVALID_PARAMETER, Vec::new());
         };
         let mut body = Vec::with_capacity(16);
-        for w in [id, TEST_CAPSET_VERSION, TEST_CAPSET_DATA.len() as u32, 0] {
+        for w in [c.id, c.max_version, c.max_size, 0] {
             body.extend_from_slice(&w.to_le_bytes());
         }
         (resp::OK_CAPSET_INFO, body)
     }
 
-    fn capset(&self, req: &[u8]) -> (u32, Vec<u8>) {
+    /// GET_CAPSET: an offered capset at a version up to its newest, the
+    /// renderer's data, exactly the size offered (the guest's buffer is
+    /// that size: Linux copies `max_size` bytes out of the response).
+    fn capset(&mut self, req: &[u8]) -> (u32, Vec<u8>) {
         if req.len() < HDR_LEN + 8 {
             return (ERR_INVALID_PARAMETER, Vec::new());
         }
         let (id, version) = (u32_at(req, HDR_LEN), u32_at(req, HDR_LEN + 4));
-        if !self.capsets.contains(&id) || version == 0 || version > TEST_CAPSET_VERSION {
+        let Some(c) = self.capsets.iter().find(|c| c.id == id).copied() else {
+            return (ERR_INVALID_PARAMETER, Vec::new());
+        };
+        if version > c.max_version {
             return (ERR_INVALID_PARAMETER, Vec::new());
         }
-        (resp::OK_CAPSET, TEST_CAPSET_DATA.to_vec())
+        match self.renderer.capset(id, version, c.max_size) {
+            Ok(data) if data.len() == c.max_size as usize => (resp::OK_CAPSET, data),
+            Ok(data) => {
+                self.renderer_errors += 1;
+                warn!(
+                    capset = id,
+                    version,
+                    bytes = data.len(),
+                    offered = c.max_size,
+                    "renderer: capset data of another size than offered"
+                );
+                (ERR_UNSPEC, Vec::new())
+            }
+            Err(e) => {
+                let t = renderer_answer(&e);
+                self.note::<()>(Err(e), "get_capset");
+                (t, Vec::new())
+            }
+        }
     }
 
     /// CTX_CREATE: `ctx_id` in the header, then `nlen`, `context_init`
@@ -288,7 +362,7 @@ impl Blobs {
         let capset = init & g::VIRTIO_GPU_CONTEXT_INIT_CAPSET_ID_MASK;
         // context_init 0 asks for a virgl context: not served.
         if init & !g::VIRTIO_GPU_CONTEXT_INIT_CAPSET_ID_MASK != 0
-            || !self.capsets.contains(&capset)
+            || !self.capsets.iter().any(|c| c.id == capset)
             || nlen > 64
         {
             return ERR_INVALID_PARAMETER;

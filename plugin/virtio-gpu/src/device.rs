@@ -6,6 +6,7 @@ use virtio_bindings::virtio_gpu::{
     VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_RESOURCE_BLOB, VIRTIO_GPU_F_VIRGL,
 };
 
+use crate::blob::{CapsetOffer, TEST_CAPSET};
 use crate::transport::{VirtioDevice, F_VERSION_1};
 
 /// Index of the control queue.
@@ -34,31 +35,39 @@ pub const F_CONTEXT_INIT: u64 = 1 << VIRTIO_GPU_F_CONTEXT_INIT;
 pub const F_VIRGL: u64 = 1 << VIRTIO_GPU_F_VIRGL;
 
 /// What the device offers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuConfig {
     /// Device feature bits besides `VIRTIO_F_VERSION_1`.
     pub features: u64,
     /// `num_scanouts` (0: no display; Linux then disables KMS and keeps
     /// the render node).
     pub num_scanouts: u32,
-    /// `num_capsets`.
-    pub num_capsets: u32,
-    /// Offer the test-only capset (`blob::TEST_CAPSET_ID`). Off by
-    /// default; see [`GpuConfig::with_test_capset`].
-    pub test_capset: bool,
+    /// The capsets offered, as the renderer described them (the device
+    /// keeps the valid ones, `blob::Blobs::new`; `num_capsets` is their
+    /// number). None by default.
+    pub capsets: Vec<CapsetOffer>,
 }
 
 impl GpuConfig {
-    /// Stage 2's test configuration: the test-only capset, and VIRGL with
-    /// it (Linux refuses `HOST3D` blobs and CONTEXT_INIT without VIRGL).
-    /// Never the default: the capset is ours and only for tests.
-    pub fn with_test_capset(self) -> Self {
+    /// Offers `capsets`, and VIRGL with them (Linux refuses `HOST3D`
+    /// blobs and CONTEXT_INIT without VIRGL). Nothing changes for an
+    /// empty list.
+    pub fn with_capsets(self, capsets: &[CapsetOffer]) -> Self {
+        if capsets.is_empty() {
+            return self;
+        }
         GpuConfig {
             features: self.features | F_VIRGL,
-            num_capsets: 1,
-            test_capset: true,
+            capsets: capsets.to_vec(),
             ..self
         }
+    }
+
+    /// Stage 2's test configuration: the test-only capset
+    /// ([`TEST_CAPSET`]). Never the default: the capset is ours and only
+    /// for tests.
+    pub fn with_test_capset(self) -> Self {
+        self.with_capsets(&[TEST_CAPSET])
     }
 }
 
@@ -69,8 +78,7 @@ impl Default for GpuConfig {
         GpuConfig {
             features: F_RESOURCE_BLOB | F_CONTEXT_INIT,
             num_scanouts: 0,
-            num_capsets: 0,
-            test_capset: false,
+            capsets: Vec::new(),
         }
     }
 }
@@ -113,7 +121,7 @@ impl GpuDevice {
         put(EVENTS_READ, self.events_read);
         put(EVENTS_CLEAR, 0);
         put(NUM_SCANOUTS, self.cfg.num_scanouts);
-        put(NUM_CAPSETS, self.cfg.num_capsets);
+        put(NUM_CAPSETS, self.cfg.capsets.len() as u32);
         b
     }
 }

@@ -15,7 +15,7 @@ use tracing::debug;
 
 use gpu_hostmem_core::pci::PciError;
 
-use crate::blob::{is_blob_command, Blobs, TEST_CAPSET_ID};
+use crate::blob::{is_blob_command, Blobs};
 use crate::device::{GpuConfig, GpuDevice, CONTROL_QUEUE, CURSOR_QUEUE};
 use crate::gpu2d::{resp, respond, Gpu2d, HDR_LEN, MAX_REQUEST_LEN};
 use crate::memory::GuestMemory;
@@ -77,16 +77,18 @@ impl VirtioGpu {
         resource_limit: u64,
         renderer: Box<dyn Renderer>,
     ) -> Result<Self, PciError> {
-        let capsets: &[u32] = if cfg.test_capset {
-            &[TEST_CAPSET_ID]
-        } else {
-            &[]
+        // The capsets the table keeps are the ones `num_capsets` counts.
+        let blobs = Blobs::new(renderer, &cfg.capsets, window_size, window_size);
+        let cfg = GpuConfig {
+            capsets: blobs.capsets().to_vec(),
+            ..cfg
         };
+        let gpu = Gpu2d::new(resource_limit, cfg.num_scanouts);
         Ok(VirtioGpu {
             pci: VirtioGpuPci::new(window_size, subsystem, GpuDevice::new(cfg))?,
             queues: None,
-            gpu: Gpu2d::new(resource_limit, cfg.num_scanouts),
-            blobs: Blobs::new(renderer, capsets, window_size, window_size),
+            gpu,
+            blobs,
             served: 0,
         })
     }

@@ -43,7 +43,7 @@ impl<M: GuestMemory> GpuModel<M> {
     }
 
     /// A device offering `cfg` whose contexts and blobs `renderer` serves
-    /// (stage 2; with `cfg.test_capset` the test-only capset).
+    /// (stage 2: the capsets `cfg` offers).
     pub fn with_renderer(
         window_size: u64,
         subsystem: u16,

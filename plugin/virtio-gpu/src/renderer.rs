@@ -113,6 +113,11 @@ pub trait Renderer: Debug {
     fn unmap_blob(&mut self, blob: BlobHandle) -> Result<(), RendererError>;
     /// Frees the blob (unmapped first by the device).
     fn destroy_blob(&mut self, blob: BlobHandle) -> Result<(), RendererError>;
+    /// The data of `capset` at `version` (`VIRTIO_GPU_CMD_GET_CAPSET`), an
+    /// offered capset whose info said `size` bytes and a version up to its
+    /// `max_version` (the device checked). Anything but exactly `size`
+    /// bytes is the renderer's error; the device checks that again.
+    fn capset(&mut self, capset: u32, version: u32, size: u32) -> Result<Vec<u8>, RendererError>;
 }
 
 /// No renderer: every request refused with EOPNOTSUPP. The device offers
@@ -156,6 +161,12 @@ impl Renderer for NoRenderer {
     fn destroy_blob(&mut self, _: BlobHandle) -> Result<(), RendererError> {
         Err(RendererError::Refused {
             op: "destroy_blob",
+            errno: EOPNOTSUPP,
+        })
+    }
+    fn capset(&mut self, _: u32, _: u32, _: u32) -> Result<Vec<u8>, RendererError> {
+        Err(RendererError::Refused {
+            op: "get_capset",
             errno: EOPNOTSUPP,
         })
     }

@@ -5,24 +5,31 @@
 //! waits for its reply (one message each, fixed sizes, little endian):
 //!
 //! ```text
-//! request (56 bytes)                     reply (32 bytes)
+//! request (56 bytes)                     reply (32 bytes, then data)
 //!  0 u32 magic "GHRP"                     0 u32 magic "GHRP"
-//!  4 u16 version (2)                      4 u16 version (2)
+//!  4 u16 version (3)                      4 u16 version (3)
 //!  6 u16 op                               6 u16 op (the request's)
 //!  8 u32 ctx_id                           8 i32 errno (0: done)
 //! 12 u32 capset                          12 u32 map_info (MAP_BLOB),
 //!                                               max_version (CAPSET_INFO)
 //! 16 u32 resource_id                     16 u64 handle (CREATE_BLOB),
-//!                                               max_size (CAPSET_INFO)
+//!                                               max_size (CAPSET_INFO),
+//!                                               bytes of data (GET_CAPSET)
 //! 20 u32 0                               24 u64 seq (the request's)
-//! 24 u64 handle
+//! 24 u64 handle                          32 .. data (GET_CAPSET only)
 //! 32 u64 blob_id
-//! 40 u64 size (CREATE_BLOB) or window offset (MAP_BLOB)
+//! 40 u64 size (CREATE_BLOB), window offset (MAP_BLOB) or
+//!        version (GET_CAPSET)
 //! 48 u64 seq
 //! ```
 //!
-//! CAPSET_INFO asks the renderer's backend about `capset` (version 2; an
-//! unknown capset is EINVAL). The first request is HELLO: a renderer that does not speak `version`
+//! CAPSET_INFO asks the renderer's backend about `capset` (an unknown
+//! capset is EINVAL). GET_CAPSET (version 3) asks for its data at a
+//! version: the only reply with data, exactly as many bytes as
+//! CAPSET_INFO's `max_size` said, and `handle` says how many; the device
+//! receives at most that many (and never more than [`MAX_CAPSET_SIZE`]),
+//! so a longer, shorter or mislabelled answer is not the protocol. The
+//! first request is HELLO: a renderer that does not speak `version`
 //! answers EPROTONOSUPPORT. A reply that is not the protocol, or none
 //! within the timeout, breaks the connection for good: every later request
 //! fails, and the device answers the guest with errors (the renderer's
@@ -39,11 +46,14 @@ use crate::renderer::{BlobHandle, BlobRequest, MapCache, Renderer, RendererError
 /// "GHRP", little endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GHRP");
 /// The protocol version this side speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Bytes of a request.
 pub const REQUEST_LEN: usize = 56;
-/// Bytes of a reply.
+/// Bytes of a reply without data (every reply but GET_CAPSET's).
 pub const REPLY_LEN: usize = 32;
+/// Most bytes of capset data either side accepts (venus's is 160 bytes,
+/// virgl's `struct virgl_caps_v2` under 2 KiB).
+pub const MAX_CAPSET_SIZE: u32 = 16 << 10;
 
 /// Operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +75,8 @@ pub enum Op {
     DestroyBlob = 7,
     /// [`SocketRenderer::capset_info`].
     CapsetInfo = 8,
+    /// [`Renderer::capset`]: the reply carries data.
+    GetCapset = 9,
 }
 
 impl Op {
@@ -79,6 +91,7 @@ impl Op {
             6 => Op::UnmapBlob,
             7 => Op::DestroyBlob,
             8 => Op::CapsetInfo,
+            9 => Op::GetCapset,
             _ => return None,
         })
     }
@@ -93,6 +106,7 @@ impl Op {
             Op::UnmapBlob => "unmap_blob",
             Op::DestroyBlob => "destroy_blob",
             Op::CapsetInfo => "capset_info",
+            Op::GetCapset => "get_capset",
         }
     }
 }
@@ -114,7 +128,8 @@ pub struct Request {
     pub handle: u64,
     /// What the context says the blob is.
     pub blob_id: u64,
-    /// Size (CREATE_BLOB) or window offset (MAP_BLOB).
+    /// Size (CREATE_BLOB), window offset (MAP_BLOB) or version
+    /// (GET_CAPSET).
     pub arg: u64,
     /// Sequence number, echoed.
     pub seq: u64,
@@ -132,6 +147,14 @@ pub enum DecodeError {
     /// Unknown operation.
     #[error("unknown op {0}")]
     Op(u16),
+    /// A reply's data is not as long as it says.
+    #[error("reply says {said} bytes of data and carries {got}")]
+    DataLength {
+        /// What `handle` said.
+        said: u64,
+        /// What came.
+        got: usize,
+    },
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -214,7 +237,8 @@ pub struct Reply {
     pub errno: i32,
     /// `VIRTIO_GPU_MAP_CACHE_*` for MAP_BLOB.
     pub map_info: u32,
-    /// The new blob's handle for CREATE_BLOB.
+    /// The new blob's handle for CREATE_BLOB, `max_size` for CAPSET_INFO,
+    /// the bytes of data after the reply for GET_CAPSET.
     pub handle: u64,
     /// The request's sequence number.
     pub seq: u64,
@@ -234,11 +258,44 @@ impl Reply {
         b
     }
 
-    /// From the wire form.
+    /// The wire form of a reply followed by `data` (GET_CAPSET); `handle`
+    /// is set to its length.
+    pub fn encode_with_data(&self, data: &[u8]) -> Vec<u8> {
+        let r = Reply {
+            handle: data.len() as u64,
+            ..*self
+        };
+        let mut b = r.encode().to_vec();
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// From the wire form of a reply that carries no data.
     pub fn decode(b: &[u8]) -> Result<Reply, DecodeError> {
         if b.len() != REPLY_LEN {
             return Err(DecodeError::Length(b.len()));
         }
+        Self::decode_header(b)
+    }
+
+    /// From the wire form of a reply followed by data: the reply and its
+    /// data, which must be exactly `handle` bytes (refused otherwise).
+    pub fn decode_with_data(b: &[u8]) -> Result<(Reply, &[u8]), DecodeError> {
+        if b.len() < REPLY_LEN {
+            return Err(DecodeError::Length(b.len()));
+        }
+        let r = Self::decode_header(b)?;
+        let data = &b[REPLY_LEN..];
+        if r.handle != data.len() as u64 {
+            return Err(DecodeError::DataLength {
+                said: r.handle,
+                got: data.len(),
+            });
+        }
+        Ok((r, data))
+    }
+
+    fn decode_header(b: &[u8]) -> Result<Reply, DecodeError> {
         let magic = u32_at(b, 0);
         if magic != MAGIC {
             return Err(DecodeError::Magic(magic));
@@ -298,17 +355,20 @@ impl SocketRenderer {
     /// The renderer's `(max_version, max_size)` of `capset`
     /// (`VIRTIO_GPU_CMD_GET_CAPSET_INFO`); refused (EINVAL) for a capset its
     /// backend does not serve.
+    /// A size of 0 or above [`MAX_CAPSET_SIZE`] is not the protocol.
     pub fn capset_info(&mut self, capset: u32) -> Result<(u32, u32), RendererError> {
         let reply = self.call(Op::CapsetInfo, |r| r.capset = capset)?;
-        let max_size = u32::try_from(reply.handle).map_err(|_| {
-            self.broken = true;
-            io_err(
-                "capset_info",
-                io::ErrorKind::InvalidData,
-                format!("capset size {}", reply.handle),
-            )
-        })?;
-        Ok((reply.map_info, max_size))
+        match u32::try_from(reply.handle) {
+            Ok(n) if (1..=MAX_CAPSET_SIZE).contains(&n) => Ok((reply.map_info, n)),
+            _ => {
+                self.broken = true;
+                Err(io_err(
+                    "capset_info",
+                    io::ErrorKind::InvalidData,
+                    format!("capset size {}", reply.handle),
+                ))
+            }
+        }
     }
 
     /// True once a reply went wrong: nothing more is sent.
@@ -317,6 +377,17 @@ impl SocketRenderer {
     }
 
     fn call(&mut self, op: Op, fill: impl FnOnce(&mut Request)) -> Result<Reply, RendererError> {
+        self.call_with_data(op, fill, None).map(|(r, _)| r)
+    }
+
+    /// One exchange; `data`: the exact number of bytes of data the reply
+    /// must carry if it says it succeeded (None: a reply without data).
+    fn call_with_data(
+        &mut self,
+        op: Op,
+        fill: impl FnOnce(&mut Request),
+        data: Option<u32>,
+    ) -> Result<(Reply, Vec<u8>), RendererError> {
         let name = op.name();
         if self.broken {
             return Err(io_err(
@@ -328,7 +399,7 @@ impl SocketRenderer {
         self.seq += 1;
         let mut req = Request::new(op, self.seq);
         fill(&mut req);
-        let r = self.exchange(name, &req);
+        let r = self.exchange(name, &req, data);
         if let Err(e) = &r {
             if matches!(e, RendererError::Io { .. }) {
                 warn!(%e, "renderer connection broken");
@@ -338,7 +409,12 @@ impl SocketRenderer {
         r
     }
 
-    fn exchange(&mut self, name: &'static str, req: &Request) -> Result<Reply, RendererError> {
+    fn exchange(
+        &mut self,
+        name: &'static str,
+        req: &Request,
+        data: Option<u32>,
+    ) -> Result<(Reply, Vec<u8>), RendererError> {
         let io = |source| RendererError::Io { op: name, source };
         let n = self.sock.send(&req.encode()).map_err(io)?;
         if n != REQUEST_LEN {
@@ -348,8 +424,10 @@ impl SocketRenderer {
                 format!("sent {n} bytes"),
             ));
         }
-        // One byte more than a reply: a longer message is noticed.
-        let mut buf = [0u8; REPLY_LEN + 1];
+        // One byte more than the longest reply allowed: a longer message
+        // is noticed (SOCK_SEQPACKET truncates it to the buffer).
+        let expect = data.map_or(0, |d| d.min(MAX_CAPSET_SIZE) as usize);
+        let mut buf = vec![0u8; REPLY_LEN + expect + 1];
         let n = self.sock.recv(&mut buf).map_err(io)?;
         if n == 0 {
             return Err(io_err(
@@ -358,8 +436,12 @@ impl SocketRenderer {
                 "renderer closed the connection".into(),
             ));
         }
-        let reply = Reply::decode(&buf[..n])
-            .map_err(|e| io_err(name, io::ErrorKind::InvalidData, e.to_string()))?;
+        let bad = |e: DecodeError| io_err(name, io::ErrorKind::InvalidData, e.to_string());
+        let (reply, body) = if data.is_some() {
+            Reply::decode_with_data(&buf[..n]).map_err(bad)?
+        } else {
+            (Reply::decode(&buf[..n]).map_err(bad)?, &[][..])
+        };
         if reply.op != req.op || reply.seq != req.seq || reply.version != VERSION {
             return Err(io_err(
                 name,
@@ -371,12 +453,27 @@ impl SocketRenderer {
             ));
         }
         if reply.errno != 0 {
+            // A refusal carries no data.
+            if !body.is_empty() {
+                return Err(io_err(
+                    name,
+                    io::ErrorKind::InvalidData,
+                    format!("refusal with {} bytes of data", body.len()),
+                ));
+            }
             return Err(RendererError::Refused {
                 op: name,
                 errno: reply.errno,
             });
         }
-        Ok(reply)
+        if body.len() != expect {
+            return Err(io_err(
+                name,
+                io::ErrorKind::InvalidData,
+                format!("{} bytes of data, {expect} expected", body.len()),
+            ));
+        }
+        Ok((reply, body.to_vec()))
     }
 }
 
@@ -430,4 +527,25 @@ impl Renderer for SocketRenderer {
         self.call(Op::DestroyBlob, |r| r.handle = blob.0)
             .map(|_| ())
     }
+
+    fn capset(&mut self, capset: u32, version: u32, size: u32) -> Result<Vec<u8>, RendererError> {
+        if size == 0 || size > MAX_CAPSET_SIZE {
+            // Never asked: the device offers no such capset.
+            return Err(RendererError::Refused {
+                op: "get_capset",
+                errno: EINVAL,
+            });
+        }
+        self.call_with_data(
+            Op::GetCapset,
+            |r| {
+                r.capset = capset;
+                r.arg = u64::from(version);
+            },
+            Some(size),
+        )
+        .map(|(_, d)| d)
+    }
 }
+
+const EINVAL: i32 = 22;

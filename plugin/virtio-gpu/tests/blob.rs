@@ -8,12 +8,14 @@
 use std::sync::{Arc, Mutex};
 
 use gpu_hostmem_virtio_gpu::blob::{
-    resp as bresp, BlobStats, Blobs, MAX_CONTEXTS, TEST_CAPSET_DATA, TEST_CAPSET_ID,
+    resp as bresp, BlobStats, Blobs, CapsetOffer, MAX_CAPSETS, MAX_CONTEXTS, TEST_CAPSET,
+    TEST_CAPSET_DATA, TEST_CAPSET_ID, VENUS_CAPSET_ID,
 };
 use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
 use gpu_hostmem_virtio_gpu::renderer::{
     BlobHandle, BlobRequest, MapCache, Renderer, RendererError,
 };
+use gpu_hostmem_virtio_gpu::renderer_proto::MAX_CAPSET_SIZE;
 use proptest::prelude::*;
 
 const GET_CAPSET_INFO: u32 = 0x108;
@@ -38,6 +40,7 @@ enum Call {
     Map(BlobHandle, u64),
     Unmap(BlobHandle),
     Destroy(BlobHandle),
+    Capset(u32, u32, u32),
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +53,8 @@ struct Log {
     /// hold it.
     registered: Vec<(BlobHandle, u64, u64)>,
     sizes: Vec<(BlobHandle, u64)>,
+    /// What GET_CAPSET answers (None: the test capset's data).
+    capset_data: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +151,12 @@ impl Renderer for Fake {
         l.sizes.retain(|(x, _)| *x != h);
         Ok(())
     }
+    fn capset(&mut self, capset: u32, version: u32, size: u32) -> Result<Vec<u8>, RendererError> {
+        self.check("get_capset")?;
+        let mut l = self.log();
+        l.calls.push(Call::Capset(capset, version, size));
+        Ok(l.capset_data.clone().unwrap_or(TEST_CAPSET_DATA.to_vec()))
+    }
 }
 
 fn hdr(ty: u32, ctx: u32) -> Vec<u8> {
@@ -192,7 +203,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// A table with the test capset, one context (1) and the fake.
 fn setup() -> (Blobs, Fake) {
     let fake = Fake::default();
-    let mut b = Blobs::new(Box::new(fake.clone()), &[TEST_CAPSET_ID], WINDOW, WINDOW);
+    let mut b = Blobs::new(Box::new(fake.clone()), &[TEST_CAPSET], WINDOW, WINDOW);
     assert_eq!(
         b.handle(&ctx_create(1, TEST_CAPSET_ID), no2d).0,
         resp::OK_NODATA
@@ -225,10 +236,121 @@ fn without_the_option_no_capset_and_no_context() {
         ok(&mut b, &ctx_create(1, TEST_CAPSET_ID)),
         resp::ERR_INVALID_PARAMETER
     );
-    // Capsets nobody serves are not offered even if asked for.
-    let b2 = Blobs::new(Box::new(fake.clone()), &[4, 1], WINDOW, WINDOW);
-    assert!(b2.capsets().is_empty());
     assert!(fake.calls().is_empty());
+}
+
+#[test]
+fn capsets_a_guest_cannot_be_offered_are_dropped() {
+    let fake = Fake::default();
+    let c = |id, max_version, max_size| CapsetOffer {
+        id,
+        max_version,
+        max_size,
+    };
+    // Id 0, ids Linux's `1 << id` int mask cannot hold, no data, more data
+    // than the protocol carries.
+    let bad = [
+        c(0, 1, 16),
+        c(31, 1, 16),
+        c(32, 1, 16),
+        c(u32::MAX, 1, 16),
+        c(4, 0, 0),
+        c(4, 0, MAX_CAPSET_SIZE + 1),
+        c(4, 0, u32::MAX),
+    ];
+    for o in bad {
+        let b = Blobs::new(Box::new(fake.clone()), &[o], WINDOW, WINDOW);
+        assert!(b.capsets().is_empty(), "{o:?} offered");
+    }
+    // The first of an id wins; at most MAX_CAPSETS.
+    let b = Blobs::new(
+        Box::new(fake.clone()),
+        &[c(4, 0, 160), c(4, 3, 16), TEST_CAPSET],
+        WINDOW,
+        WINDOW,
+    );
+    assert_eq!(b.capsets(), [c(4, 0, 160), TEST_CAPSET]);
+    let many: Vec<CapsetOffer> = (1..=20).map(|id| c(id, 0, 8)).collect();
+    let b = Blobs::new(Box::new(fake.clone()), &many, WINDOW, WINDOW);
+    assert_eq!(b.capsets(), &many[..MAX_CAPSETS]);
+    assert!(fake.calls().is_empty());
+}
+
+/// Venus as the renderer describes it (virglrenderer 1.1: version 0,
+/// 160 bytes).
+const VENUS: CapsetOffer = CapsetOffer {
+    id: VENUS_CAPSET_ID,
+    max_version: 0,
+    max_size: 160,
+};
+
+#[test]
+fn capset_data_comes_from_the_renderer_at_exactly_the_offered_size() {
+    let fake = Fake::default();
+    let mut b = Blobs::new(
+        Box::new(fake.clone()),
+        &[VENUS, TEST_CAPSET],
+        WINDOW,
+        WINDOW,
+    );
+    let info = |b: &mut Blobs, i: u32| {
+        let (t, body) = b.handle(&words(hdr(GET_CAPSET_INFO, 0), &[i, 0]), no2d);
+        assert_eq!(t, bresp::OK_CAPSET_INFO);
+        (u32_at(&body, 0), u32_at(&body, 4), u32_at(&body, 8))
+    };
+    assert_eq!(info(&mut b, 0), (4, 0, 160));
+    assert_eq!(info(&mut b, 1), (TEST_CAPSET_ID, 1, 16));
+    // Venus's real bytes, passed on as they are.
+    let venus: Vec<u8> = (0..160u32).map(|i| (i * 7) as u8).collect();
+    fake.log().capset_data = Some(venus.clone());
+    let get = |b: &mut Blobs, id: u32, v: u32| b.handle(&words(hdr(GET_CAPSET, 0), &[id, v]), no2d);
+    assert_eq!(get(&mut b, 4, 0), (bresp::OK_CAPSET, venus.clone()));
+    assert_eq!(fake.calls(), [Call::Capset(4, 0, 160)]);
+
+    // A guest asking for a capset not offered, or a newer version: the
+    // renderer is not asked.
+    for (id, v) in [
+        (4, 1),
+        (4, u32::MAX),
+        (1, 0),
+        (2, 0),
+        (0, 0),
+        (6, 0),
+        (31, 0),
+    ] {
+        assert_eq!(
+            get(&mut b, id, v),
+            (resp::ERR_INVALID_PARAMETER, Vec::new()),
+            "capset {id} version {v}"
+        );
+    }
+    assert_eq!(
+        ok(&mut b, &words(hdr(GET_CAPSET, 0), &[4])),
+        resp::ERR_INVALID_PARAMETER,
+        "short"
+    );
+    assert_eq!(fake.calls().len(), 1);
+
+    // A renderer answering more bytes than its info said, or fewer: an
+    // error for the guest, never the bytes.
+    for n in [161usize, 4096, 159, 0] {
+        fake.log().capset_data = Some(vec![0x5a; n]);
+        assert_eq!(
+            get(&mut b, 4, 0),
+            (resp::ERR_UNSPEC, Vec::new()),
+            "{n} bytes"
+        );
+    }
+    assert_eq!(b.stats().renderer_errors, 4);
+    // A refusal, and a renderer gone.
+    fake.fail_next("get_capset", RendererErrorKind::Refused(22));
+    assert_eq!(get(&mut b, 4, 0).0, resp::ERR_INVALID_PARAMETER);
+    fake.fail_next("get_capset", RendererErrorKind::Gone);
+    assert_eq!(get(&mut b, 4, 0).0, resp::ERR_UNSPEC);
+    assert_eq!(b.stats().renderer_errors, 6);
+    // Still served afterwards (the fake is not broken).
+    fake.log().capset_data = Some(venus.clone());
+    assert_eq!(get(&mut b, 4, 0), (bresp::OK_CAPSET, venus));
 }
 
 #[test]
@@ -256,7 +378,7 @@ fn capset_info_and_data() {
     let (t, body) = b.handle(&words(hdr(GET_CAPSET, 0), &[TEST_CAPSET_ID, 1]), no2d);
     assert_eq!(t, bresp::OK_CAPSET);
     assert_eq!(body, TEST_CAPSET_DATA);
-    for (id, v) in [(TEST_CAPSET_ID, 0), (TEST_CAPSET_ID, 2), (4, 1), (0, 1)] {
+    for (id, v) in [(TEST_CAPSET_ID, 2), (4, 1), (4, 0), (0, 1)] {
         assert_eq!(
             ok(&mut b, &words(hdr(GET_CAPSET, 0), &[id, v])),
             resp::ERR_INVALID_PARAMETER,

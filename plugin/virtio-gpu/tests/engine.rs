@@ -450,6 +450,9 @@ impl Renderer for Yes {
         self.0.lock().expect("log").retain(|m| m.0 != h.0);
         Ok(())
     }
+    fn capset(&mut self, capset: u32, version: u32, size: u32) -> Result<Vec<u8>, RendererError> {
+        Ok((0..size).map(|i| (i ^ capset ^ version) as u8).collect())
+    }
 }
 
 fn ctx_hdr(ty: u32, ctx: u32, words: &[u32]) -> Vec<u8> {
@@ -481,6 +484,18 @@ fn blobs_through_the_control_queue_share_ids_with_2d_and_go_at_reset() {
         Some(blob::resp::OK_CAPSET_INFO)
     );
     assert_eq!(g.mem.read_u32(g.last_resp + 24), Ok(TEST_CAPSET_ID));
+    // GET_CAPSET: the renderer's bytes after the header, as many as offered.
+    assert_eq!(
+        g.command(&hdr(0x109, &[TEST_CAPSET_ID, 1])).1,
+        Some(blob::resp::OK_CAPSET)
+    );
+    for i in 0..16u32 {
+        let b = g
+            .mem
+            .read_u32(g.last_resp + 24 + u64::from(i & !3))
+            .map(|w| (w >> (8 * (i % 4))) as u8);
+        assert_eq!(b, Ok((i ^ TEST_CAPSET_ID ^ 1) as u8), "capset byte {i}");
+    }
     let mut create_ctx = ctx_hdr(0x200, 1, &[0, TEST_CAPSET_ID]);
     create_ctx.extend_from_slice(&[0; 64]);
     assert_eq!(g.command(&create_ctx).1, Some(resp::OK_NODATA));
