@@ -60,7 +60,7 @@ pub const DEFER_POLL: Duration = Duration::from_millis(10);
 /// request left pending in between. Registered memory is never answered
 /// with made-up data: after the last one the request is completed and the
 /// guest crashed ([`ServerError::LendFailed`]).
-pub const LEND_ERROR_ATTEMPTS: u32 = 10;
+pub const LEND_ERROR_ATTEMPTS: u32 = 500;
 
 /// Bytes one BAR request may touch at most. Xen truncates a string request
 /// at the page boundary of its first element, and with xen-patches/0017
@@ -1461,6 +1461,14 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
             return self.unbacked(vcpu, req, Unbacked::DomainGone);
         }
         self.counters.lend_errors += 1;
+        // The registration may be going away (its owner exiting, or
+        // OOM-killed after its cgroup refused the pages: ENOMEM until
+        // then): once the kernel no longer lists it, the offset is
+        // nobody's and all ones is the exact answer.
+        self.sync_with_kernel();
+        if self.registry.lookup(off).is_none() {
+            return self.unbacked(vcpu, req, Unbacked::Unregistered);
+        }
         let attempts = self
             .lend_failures
             .get(vcpu as usize)

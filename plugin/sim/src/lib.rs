@@ -110,7 +110,7 @@ const PAGE: u64 = 4096;
 
 /// How many times a vCPU whose request the server left pending lets the
 /// server run again before the simulator calls it blocked.
-pub const MAX_PENDING_WAKES: u32 = 256;
+pub const MAX_PENDING_WAKES: u32 = 1024;
 
 impl Sim {
     /// A machine with no domains.

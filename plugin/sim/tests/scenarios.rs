@@ -238,6 +238,40 @@ fn lend_error_leaves_the_request_pending_then_serves_it_from_memory() {
 }
 
 #[test]
+fn lend_error_then_unregistration_answers_unbacked_not_a_crash() {
+    // The owner's cgroup refuses the pages (ENOMEM) until the OOM killer
+    // ends it and its registration goes (77 on real Xen): the pending
+    // request must then complete as unbacked, the offset being nobody's,
+    // and the guest must not be crashed.
+    let (sim, mut g) = setup();
+    sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+    // Every lend fails, before and after the unregistration: only the
+    // kernel's list of registrations tells the server the offset is free.
+    for _ in 0..LEND_ERROR_ATTEMPTS {
+        sim.arm(Fault::LendPartial {
+            after: 0,
+            errno: Errno::ENOMEM,
+        });
+    }
+    let ident = g.ident;
+    let mut server = g.server.take().expect("server");
+    let mut drains = 0;
+    let mut run = || {
+        drains += 1;
+        if drains == 3 {
+            sim.unregister(&ident, 1).expect("the owner goes");
+        }
+        server.drain(std::time::Instant::now()).expect("drain");
+    };
+    let r = sim.guest_access(&ident, 0, BASE + 0x3008, 8, None, &mut run);
+    assert_eq!(r.access.value(), Some(u64::MAX), "{r:?}");
+    assert_eq!(sim.crash_reason(&ident), None, "not crashed");
+    assert_eq!(sim.lent_pages(&ident), 0);
+    g.server = Some(server);
+    sim.check_consistency().expect("consistent");
+}
+
+#[test]
 fn persistent_lend_error_completes_the_request_and_crashes_the_guest() {
     // The same error at every attempt: after LEND_ERROR_ATTEMPTS the
     // server gives up on the request, completes it (the vCPU does not
