@@ -181,6 +181,10 @@ pub enum Unbacked {
     OutsideBar,
     /// No registration at that offset.
     Unregistered,
+    /// A registration whose owner has no memory there any more (privcmd
+    /// answers `EFAULT`: the range unmapped without unregistering, or the
+    /// owner's memory torn down by the OOM reaper before its exit).
+    OwnerUnmapped,
     /// A request Xen does not produce (size, count, vCPU).
     Unsupported,
     /// The domain is gone.
@@ -1468,6 +1472,12 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         self.sync_with_kernel();
         if self.registry.lookup(off).is_none() {
             return self.unbacked(vcpu, req, Unbacked::Unregistered);
+        }
+        // EFAULT: the owner maps nothing there now; there are no bytes to
+        // give, waiting does not bring them back, and the owner (not the
+        // guest) broke its registration: the access is unbacked.
+        if e.errno == Errno::EFAULT {
+            return self.unbacked(vcpu, req, Unbacked::OwnerUnmapped);
         }
         let attempts = self
             .lend_failures

@@ -213,11 +213,11 @@ fn busy_lend_is_retried_then_deferred_until_it_succeeds() {
 fn lend_error_leaves_the_request_pending_then_serves_it_from_memory() {
     // A lend that fails mid-batch with an errno that is not one of the
     // transient ones (EIO, ENOMEM when Xen's paging memory for the guest
-    // is used up, EFAULT): nothing stays half lent, the failure is
-    // counted, the request waits (never all ones for registered memory),
-    // and the next attempt lends the page and the read gets the
-    // backend's bytes. Before, the read got all ones at once.
-    for (after, errno) in [(5, Errno::EIO), (3, Errno::ENOMEM), (0, Errno::EFAULT)] {
+    // is used up): nothing stays half lent, the failure is counted, the
+    // request waits (never all ones for registered memory), and the next
+    // attempt lends the page and the read gets the backend's bytes.
+    // Before, the read got all ones at once.
+    for (after, errno) in [(5, Errno::EIO), (3, Errno::ENOMEM)] {
         let (sim, mut g) = setup();
         sim.register(&g.ident, 1, 0, 16, 100).expect("register");
         sim.arm(Fault::LendPartial { after, errno });
@@ -235,6 +235,30 @@ fn lend_error_leaves_the_request_pending_then_serves_it_from_memory() {
         assert_eq!(sim.crash_reason(&g.ident), None);
         sim.check_consistency().expect("consistent");
     }
+}
+
+#[test]
+fn efault_from_the_owner_is_unbacked_not_a_wait_nor_a_crash() {
+    // privcmd answers EFAULT when the owner maps nothing at the registered
+    // range any more (unmapped without unregistering, or its memory torn
+    // down by the OOM reaper before it exits; 77 on real Xen): there are
+    // no bytes to give and waiting brings none back. The access completes
+    // as unbacked at once and the guest runs on.
+    let (sim, mut g) = setup();
+    sim.register(&g.ident, 1, 0, 16, 100).expect("register");
+    for _ in 0..LEND_ERROR_ATTEMPTS {
+        sim.arm(Fault::LendPartial {
+            after: 0,
+            errno: Errno::EFAULT,
+        });
+    }
+    let r = g.read(&sim, 0, BASE + 0x3008, 8);
+    assert_eq!(r.access.value(), Some(u64::MAX), "{r:?}");
+    assert_eq!(sim.crash_reason(&g.ident), None, "not crashed");
+    let c = *g.server.as_ref().expect("server").counters();
+    assert_eq!((c.lend_errors, c.deferred), (1, 0));
+    assert_eq!(sim.lent_pages(&g.ident), 0);
+    sim.check_consistency().expect("consistent");
 }
 
 #[test]
