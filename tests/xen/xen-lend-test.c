@@ -20,7 +20,7 @@
  *       write the "agent" guest kernel: a PVH guest that issues
  *       XEN_DMOP_lend_pages / revoke_pages itself when dom0 asks it to
  *       (through its own memory), acting as a driver domain
- *   xen-lend-test --dom P --driver D --third C
+ *   xen-lend-test --dom P --driver D --third C [--race-rounds N]
  *       lend-not-dm, lend-driver-domain, lend-not-dm-other,
  *       lend-driver-not-owned: agent D lends its own page to probe guest
  *       P, refused by Xen until dom0 makes D the device model of P
@@ -34,7 +34,8 @@
  *       block and array page there (refused, -EPERM) and on its own RAM
  *       (accepted); revoke-hcall-race: D loops on a hypercall whose
  *       output buffer is a page dom0 lent it, dom0 revokes and lends it
- *       again 3000 times: no write lands after a revoke returned
+ *       again (--race-rounds N times, default 300): no write lands after
+ *       a revoke returned
  *       then foreign-map-lent (C, made privileged over D, cannot map the
  *       page D lent: p2m_add_foreign() refuses lent pages; C must be an
  *       agent too), lend-foreign-mapped (C maps a page of D, D lends it
@@ -720,13 +721,11 @@ static bool cpu_is_amd(void)
            b == 0x6f677948U /* "Hygo"nGenuine */;
 }
 
-static int write_guest(const char *path, bool agent)
+static int build_guest(uint8_t *img, bool agent)
 {
-    static uint8_t img[PAGE_SIZE];
     uint8_t *e = img, *ph, *n;
     const uint32_t entry = GUEST_BASE + GUEST_CODE;
     struct code c = { img + GUEST_CODE };
-    FILE *f;
 
     /* ELF32 header */
     memcpy(e, "\x7f" "ELF\x01\x01\x01", 7);
@@ -746,8 +745,8 @@ static int write_guest(const char *path, bool agent)
     put32(ph + 4, 0);
     put32(ph + 8, GUEST_BASE);
     put32(ph + 12, GUEST_BASE);
-    put32(ph + 16, sizeof(img));
-    put32(ph + 20, sizeof(img));
+    put32(ph + 16, PAGE_SIZE);
+    put32(ph + 20, PAGE_SIZE);
     put32(ph + 24, 7);
     put32(ph + 28, PAGE_SIZE);
 
@@ -787,7 +786,16 @@ static int write_guest(const char *path, bool agent)
         fprintf(stderr, "guest code too large\n");
         return 1;
     }
+    return 0;
+}
 
+static int write_guest(const char *path, bool agent)
+{
+    static uint8_t img[PAGE_SIZE];
+    FILE *f;
+
+    if ( build_guest(img, agent) )
+        return 1;
     f = fopen(path, "wb");
     if ( !f || fwrite(img, sizeof(img), 1, f) != 1 || fclose(f) )
     {
@@ -2211,6 +2219,19 @@ static void longlived_test(uint16_t d)
  * copies seen while lent is the positive control.
  */
 #define RACE_CANARY 0x5aU
+#define RACE_MIN_ROUNDS 100U
+
+/*
+ * Rounds of revoke-hcall-race.  On a hypervisor as built for users the
+ * window between __hvm_copy()'s lookup of a lent page and its write is a
+ * few instructions and the check cannot fail (docs/status.md, "Known
+ * gaps"): it runs the paths (the debug build's ASSERTs) in 300 rounds.
+ * Each round pauses the agent and changes its p2m twice, which is where
+ * the test bed's emulator loses guests (docs/e2e.md): with 3000 rounds the
+ * agent was lost in 4 of 21 runs.  On the test-only hypervisor that widens
+ * the window (tests/xen/window/), scenario 40 asks for 3000.
+ */
+static unsigned int race_rounds = 300;
 #define RACE_BYTES  1024U
 
 static bool race_canary_intact(const volatile uint8_t *p)
@@ -2221,6 +2242,37 @@ static bool race_canary_intact(const volatile uint8_t *p)
         if ( p[i] != RACE_CANARY )
             return false;
     return true;
+}
+
+/*
+ * The agent died during a check: say whether its code is still the code
+ * it was booted with (read through dom0's mapping of its page, which keeps
+ * the page even after the domain is gone), and where it was.  A changed
+ * byte is a write into the agent's own page, which no hypercall of the
+ * checks may do; intact code with the agent executing elsewhere is a lost
+ * or wrong RIP.
+ */
+static void agent_post_mortem(const char *check, uint16_t d)
+{
+    static uint8_t img[PAGE_SIZE];
+    const volatile uint8_t *a = (const volatile uint8_t *)agent;
+    unsigned int i, diff = 0, first = 0;
+    char hex[3 * 24 + 1] = "";
+
+    if ( !a || build_guest(img, true) )
+        return;
+    for ( i = GUEST_CODE; i < AGENT_CMD_SEQ; i++ )
+        if ( a[i] != img[i] && !diff++ )
+            first = i;
+    if ( diff )
+        for ( i = 0; i < 24 && first + i < PAGE_SIZE; i++ )
+            snprintf(hex + 3 * i, 4, "%02x%s", a[first + i], i < 23 ? "." : "");
+    printf("[%s] agent d%u post-mortem: code %s (%u bytes differ%s%s, first at %#x),"
+           " cmd=%u ack=%u rc=%#x repeats=%u\n", check, d,
+           diff ? "CHANGED" : "intact", diff, diff ? ": " : "", hex, first,
+           agent[AGENT_CMD_SEQ / 4], agent[AGENT_ACK_SEQ / 4],
+           agent[AGENT_RC / 4], agent[AGENT_REPEATS / 4]);
+    fflush(stdout);
 }
 
 static void revoke_hcall_race_test(uint16_t d)
@@ -2268,7 +2320,7 @@ static void revoke_hcall_race_test(uint16_t d)
     agent[AGENT_CMD_SEQ / 4] = seq;
 
     end = now() + 20;
-    while ( iters < 3000 && now() < end )
+    while ( iters < race_rounds && now() < end )
     {
         double t;
 
@@ -2305,8 +2357,10 @@ static void revoke_hcall_race_test(uint16_t d)
     for ( i = 0; i < 5000 && agent[AGENT_ACK_SEQ / 4] != seq; i++ )
         usleep(1000);
     rc = do_revoke(d, g, 1, fr, &done);
+    if ( errs || agent[AGENT_ACK_SEQ / 4] != seq )
+        agent_post_mortem("revoke-hcall-race", d);
     result("revoke-hcall-race",
-           late == 0 && errs == 0 && written > iters / 2 && iters >= 100 &&
+           late == 0 && errs == 0 && written > iters / 2 && iters >= RACE_MIN_ROUNDS &&
            agent[AGENT_ACK_SEQ / 4] == seq && rc == 0,
            "iterations=%u,copies-while-lent=%u,writes-after-revoke=%u,"
            "errors=%u,hypercalls=%u,final-revoke:rc=%d", iters, written,
@@ -2541,11 +2595,21 @@ int main(int argc, char **argv)
             other = strtol(argv[++i], NULL, 0);
         else if ( !strcmp(argv[i], "--limit") && i + 1 < argc )
             limit = strtoul(argv[++i], NULL, 0);
+        else if ( !strcmp(argv[i], "--race-rounds") && i + 1 < argc )
+        {
+            race_rounds = strtoul(argv[++i], NULL, 0);
+            if ( race_rounds < RACE_MIN_ROUNDS )
+            {
+                fprintf(stderr, "--race-rounds: at least %u\n",
+                        RACE_MIN_ROUNDS);
+                return 2;
+            }
+        }
         else
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --write-agent "
                     "FILE | --dom D [--gfn G] [--no-destroy] | --dom P "
-                    "--driver D --third C | --dom V --dying-other O "
+                    "--driver D --third C [--race-rounds N] | --dom V --dying-other O "
                     "[--third C]\n",
                     argv[0]);
             return 2;
