@@ -76,37 +76,10 @@ if hm_wait_marker "$name" '^GH-VG-BLOB-MAPPED' "${HM_GUEST_WAIT:-900}"; then
 else
     result vgv-guest-mapped 0 "$(gh_since "$t")s"
 fi
-if hm_wait_marker "$name" '^GH-VG-BLOB-UNREF' 120; then
-    sleep 1
-    echo "---- gpu-hostmem status $dom (blob unreferenced)"
-    st=$(gpu-hostmem status "$dom" 2>&1)
-    printf '%s\n' "$st" | sed 's/^/[status unref] /'
-    model=$(printf '%s\n' "$st" | sed -n 's/^ *model *//p' | head -n1)
-    regs=$(hm_kernel_regions "$dom")
-    lent=$(hm_kernel_lent "$dom")
-    check vgv-unregistered "regions=${regs:-none},lent=${lent:-none}" [ "${regs:-1}" = 0 -a "${lent:-1}" = 0 ]
-    # The IOREQ server's own view, in the same reply: it asked the kernel
-    # for it, so it lists no registration and its ledger agrees with the
-    # kernel (before, it kept the blob's registration and 16 ledger pages).
-    view=$(hm_server_view "$st")
-    check vgv-server-unregistered "registrations ledger kernel: $view" [ "$view" = "0 0 0" ]
-    check vgv-model-unref "$model" sh -c "printf '%s' '$model' | grep -q 'blobs 0 (0 bytes), mapped 0 (0 bytes), renderer errors 0'"
-else
-    result vgv-guest-unref 0 "no GH-VG-BLOB-UNREF"
-fi
-if gh_guest_wait "$name" "${HM_GUEST_WAIT:-900}"; then
-    result vgv-guest-run 1 "$(gh_since "$t")s"
-else
-    result vgv-guest-run 0 "$(gh_since "$t")s"
-    hm_diag "$name" "$dom"
-fi
-out=/tmp/$name.out
-grep '^KLOG' "$out" | sed 's/^/[guest klog] /'
-for r in guest-modules guest-drm-nodes guest-getparam guest-get-caps guest-context-init \
+hm_vg_after_unref vgv "$name" "$dom" "$t" guest-modules guest-drm-nodes guest-getparam guest-get-caps guest-context-init \
     guest-create-blob guest-map guest-read-zeros guest-write-read-back guest-unref \
-    guest-no-error-responses; do
-    check "vgv-$r" "$(grep "^RESULT name=$r " "$out" | tail -n1 | sed 's/.* value=//')" gh_guest_result "$name" "$r"
-done
+    guest-no-error-responses
+out=/tmp/$name.out
 grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "$out" | tail -n1)
 check vgv-guest-rc "rc=${grc:-none}" [ "${grc:-1}" = 0 ]
 

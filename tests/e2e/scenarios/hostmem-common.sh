@@ -250,6 +250,45 @@ hm_server_view() {
     echo "$regs $lent"
 }
 
+# hm_vg_after_unref PREFIX NAME DOMID T0 RESULT...: the checks of a
+# virtio-gpu blob scenario once guest NAME has unreferenced its blob (its
+# GH-VG-BLOB-UNREF line, within 120 s): nothing registered or lent, in the
+# kernel and in the IOREQ server's own view (it asks the kernel), the
+# device model holding no blob; then the guest's run (T0: gh_now at its
+# start) and its own RESULT lines, each as PREFIX-guest-RESULT.
+hm_vg_after_unref() {
+    local p=$1 name=$2 dom=$3 t=$4 st model regs lent view out r
+    shift 4
+    if hm_wait_marker "$name" '^GH-VG-BLOB-UNREF' 120; then
+        sleep 1
+        echo "---- gpu-hostmem status $dom (blob unreferenced)"
+        st=$(gpu-hostmem status "$dom" 2>&1)
+        printf '%s\n' "$st" | sed 's/^/[status unref] /'
+        model=$(printf '%s\n' "$st" | sed -n 's/^ *model *//p' | head -n1)
+        regs=$(hm_kernel_regions "$dom")
+        lent=$(hm_kernel_lent "$dom")
+        check "$p-unregistered" "regions=${regs:-none},lent=${lent:-none}" [ "${regs:-1}" = 0 -a "${lent:-1}" = 0 ]
+        # Before the server asked the kernel, it kept the blob's
+        # registration and 16 ledger pages here.
+        view=$(hm_server_view "$st")
+        check "$p-server-unregistered" "registrations ledger kernel: $view" [ "$view" = "0 0 0" ]
+        check "$p-model-unref" "$model" sh -c "printf '%s' '$model' | grep -q 'blobs 0 (0 bytes), mapped 0 (0 bytes), renderer errors 0'"
+    else
+        result "$p-guest-unref" 0 "no GH-VG-BLOB-UNREF"
+    fi
+    if gh_guest_wait "$name" "${HM_GUEST_WAIT:-900}"; then
+        result "$p-guest-run" 1 "$(gh_since "$t")s"
+    else
+        result "$p-guest-run" 0 "$(gh_since "$t")s"
+        hm_diag "$name" "$dom"
+    fi
+    out=/tmp/$name.out
+    grep '^KLOG' "$out" | sed 's/^/[guest klog] /'
+    for r in "$@"; do
+        check "$p-$r" "$(grep "^RESULT name=$r " "$out" | tail -n1 | sed 's/.* value=//')" gh_guest_result "$name" "$r"
+    done
+}
+
 # hm_device_config PREFIX CONTENT WHAT EXPECT: /etc/xen/gpu-hostmem.yaml is
 # CONTENT (printf %b: "\n" is a newline) for this scenario; the file there
 # before comes back at exit (then hm_cleanup runs). RESULT PREFIX-config,
