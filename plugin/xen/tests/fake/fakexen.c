@@ -356,15 +356,19 @@ void *xs_read(void *h, uint32_t t, const char *p, unsigned *len)
         *len = (unsigned)n;
     return buf;
 }
+/* A write replaces the value at once, as xenstored's does: a reader in
+ * another process never sees it empty or half written (written aside,
+ * then renamed over the old one). */
 bool xs_write(void *h, uint32_t t, const char *p, const void *d, unsigned len)
 {
-    char node[PATH_MAX], val[PATH_MAX + 8];
+    char node[PATH_MAX], val[PATH_MAX + 8], tmp[PATH_MAX + 32];
     FILE *fp;
     if (xs_node(p, node, sizeof(node)) || mkdirs(node)) { errno = EACCES; return false; }
     snprintf(val, sizeof(val), "%s/.value", node);
-    if (!(fp = fopen(val, "w"))) { errno = EACCES; return false; }
+    snprintf(tmp, sizeof(tmp), "%s/.value.%ld", node, (long)getpid());
+    if (!(fp = fopen(tmp, "w"))) { errno = EACCES; return false; }
     fwrite(d, 1, len, fp);
-    fclose(fp);
+    if (fclose(fp) || rename(tmp, val)) { unlink(tmp); errno = EACCES; return false; }
     return true;
 }
 bool xs_rm(void *h, uint32_t t, const char *p)
