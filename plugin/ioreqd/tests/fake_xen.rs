@@ -199,8 +199,18 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        // The worker and the renderer outlive a killed supervisor by
+        // design: a test that fails before its own teardown must not leave
+        // them running. Taken before the supervisor goes (they are its
+        // children until then), killed after it (it cannot restart them).
+        let kids = children_of(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in kids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
