@@ -2219,6 +2219,7 @@ static void longlived_test(uint16_t d)
  * copies seen while lent is the positive control.
  */
 #define RACE_CANARY 0x5aU
+#define RACE_BYTES  1024U
 #define RACE_MIN_ROUNDS 100U
 
 /*
@@ -2228,11 +2229,10 @@ static void longlived_test(uint16_t d)
  * gaps"): it runs the paths (the debug build's ASSERTs) in 300 rounds.
  * Each round pauses the agent and changes its p2m twice, which is where
  * the test bed's emulator loses guests (docs/e2e.md): with 3000 rounds the
- * agent was lost in 4 of 21 runs.  On the test-only hypervisor that widens
+ * agent was lost in 14 of 44 runs.  On the test-only hypervisor that widens
  * the window (tests/xen/window/), scenario 40 asks for 3000.
  */
 static unsigned int race_rounds = 300;
-#define RACE_BYTES  1024U
 
 static bool race_canary_intact(const volatile uint8_t *p)
 {
@@ -2247,10 +2247,11 @@ static bool race_canary_intact(const volatile uint8_t *p)
 /*
  * The agent died during a check: say whether its code is still the code
  * it was booted with (read through dom0's mapping of its page, which keeps
- * the page even after the domain is gone), and where it was.  A changed
- * byte is a write into the agent's own page, which no hypercall of the
- * checks may do; intact code with the agent executing elsewhere is a lost
- * or wrong RIP.
+ * the page even after the domain is gone), and what its data words hold
+ * (the last command it acknowledged, the last hypercall's return).  A
+ * changed byte is a write into the agent's own page, which no hypercall of
+ * the checks may do; intact code with the agent executing elsewhere is a
+ * lost or wrong RIP.
  */
 static void agent_post_mortem(const char *check, uint16_t d)
 {
@@ -2266,9 +2267,10 @@ static void agent_post_mortem(const char *check, uint16_t d)
             first = i;
     if ( diff )
         for ( i = 0; i < 24 && first + i < PAGE_SIZE; i++ )
-            snprintf(hex + 3 * i, 4, "%02x%s", a[first + i], i < 23 ? "." : "");
-    printf("[%s] agent d%u post-mortem: code %s (%u bytes differ%s%s, first at %#x),"
-           " cmd=%u ack=%u rc=%#x repeats=%u\n", check, d,
+            snprintf(hex + 3 * i, 4, "%02x%s", a[first + i],
+                     i < 23 ? "." : "");
+    printf("[%s] agent d%u post-mortem: code %s (%u bytes differ%s%s, "
+           "first at %#x), cmd=%u ack=%u rc=%#x repeats=%u\n", check, d,
            diff ? "CHANGED" : "intact", diff, diff ? ": " : "", hex, first,
            agent[AGENT_CMD_SEQ / 4], agent[AGENT_ACK_SEQ / 4],
            agent[AGENT_RC / 4], agent[AGENT_REPEATS / 4]);
@@ -2360,7 +2362,8 @@ static void revoke_hcall_race_test(uint16_t d)
     if ( errs || agent[AGENT_ACK_SEQ / 4] != seq )
         agent_post_mortem("revoke-hcall-race", d);
     result("revoke-hcall-race",
-           late == 0 && errs == 0 && written > iters / 2 && iters >= RACE_MIN_ROUNDS &&
+           late == 0 && errs == 0 && written > iters / 2 &&
+           iters >= RACE_MIN_ROUNDS &&
            agent[AGENT_ACK_SEQ / 4] == seq && rc == 0,
            "iterations=%u,copies-while-lent=%u,writes-after-revoke=%u,"
            "errors=%u,hypercalls=%u,final-revoke:rc=%d", iters, written,
@@ -2609,7 +2612,8 @@ int main(int argc, char **argv)
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --write-agent "
                     "FILE | --dom D [--gfn G] [--no-destroy] | --dom P "
-                    "--driver D --third C [--race-rounds N] | --dom V --dying-other O "
+                    "--driver D --third C [--race-rounds N] | --dom V "
+                    "--dying-other O "
                     "[--third C]\n",
                     argv[0]);
             return 2;
