@@ -18,6 +18,14 @@ fn setup() -> (Sim, Guest) {
     (sim, g)
 }
 
+/// Every lend attempt the server may make for one request fails with
+/// `errno` (armed once per attempt, none lends a page).
+fn fail_every_lend(sim: &Sim, errno: Errno) {
+    for _ in 0..LEND_ERROR_ATTEMPTS {
+        sim.arm(Fault::LendPartial { after: 0, errno });
+    }
+}
+
 fn content(sim: &Sim, g: &Guest, off: u64) -> u64 {
     sim.registered_frame(&g.ident, off).expect("registered").1
 }
@@ -246,12 +254,7 @@ fn efault_from_the_owner_is_unbacked_not_a_wait_nor_a_crash() {
     // as unbacked at once and the guest runs on.
     let (sim, mut g) = setup();
     sim.register(&g.ident, 1, 0, 16, 100).expect("register");
-    for _ in 0..LEND_ERROR_ATTEMPTS {
-        sim.arm(Fault::LendPartial {
-            after: 0,
-            errno: Errno::EFAULT,
-        });
-    }
+    fail_every_lend(&sim, Errno::EFAULT);
     let r = g.read(&sim, 0, BASE + 0x3008, 8);
     assert_eq!(r.access.value(), Some(u64::MAX), "{r:?}");
     assert_eq!(sim.crash_reason(&g.ident), None, "not crashed");
@@ -271,12 +274,7 @@ fn lend_error_then_unregistration_answers_unbacked_not_a_crash() {
     sim.register(&g.ident, 1, 0, 16, 100).expect("register");
     // Every lend fails, before and after the unregistration: only the
     // kernel's list of registrations tells the server the offset is free.
-    for _ in 0..LEND_ERROR_ATTEMPTS {
-        sim.arm(Fault::LendPartial {
-            after: 0,
-            errno: Errno::ENOMEM,
-        });
-    }
+    fail_every_lend(&sim, Errno::ENOMEM);
     let ident = g.ident;
     let mut server = g.server.take().expect("server");
     let mut drains = 0;
@@ -305,9 +303,7 @@ fn persistent_lend_error_completes_the_request_and_crashes_the_guest() {
         let (sim, mut g) = setup();
         let id = g.servid.expect("server id");
         sim.register(&g.ident, 1, 0, 16, 100).expect("register");
-        for _ in 0..LEND_ERROR_ATTEMPTS {
-            sim.arm(Fault::LendPartial { after: 0, errno });
-        }
+        fail_every_lend(&sim, errno);
         let r = g.read(&sim, 0, BASE + 0x3008, 8);
         assert_eq!(r.access, Access::Gone, "{errno:?}: {r:?}");
         assert_eq!(
