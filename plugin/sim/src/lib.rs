@@ -109,8 +109,11 @@ pub struct Sim {
 const PAGE: u64 = 4096;
 
 /// How many times a vCPU whose request the server left pending lets the
-/// server run again before the simulator calls it blocked.
+/// server run again before the simulator calls it blocked. Above the
+/// server's own bound on a request left pending after lend errors, which
+/// ends by completing it: a vCPU within that bound is not blocked.
 pub const MAX_PENDING_WAKES: u32 = 1024;
+const _: () = assert!(MAX_PENDING_WAKES > gpu_hostmem_core::server::LEND_ERROR_ATTEMPTS);
 
 impl Sim {
     /// A machine with no domains.
