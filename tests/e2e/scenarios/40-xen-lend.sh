@@ -80,7 +80,10 @@ if [ -z "$bin" ]; then
 fi
 
 # The patched hypervisor must be running (the test bed's build of it).
-log "$(xl info 2>/dev/null | grep -E '^(xen_version|xen_extra|xen_changeset)' | tr '\n' ' ')"
+info=$(xl info 2>/dev/null)
+log "$(printf '%s\n' "$info" | grep -E '^(xen_version|xen_extra|xen_changeset)' | tr '\n' ' ')"
+# Xen's command line, for the boot parameters some checks depend on.
+xen_cmdline=$(printf '%s\n' "$info" | sed -n 's/^xen_commandline *: *//p')
 
 "$bin" --write-guest "$work/guest.elf" || { result xen-lend 0 cannot-write-guest; exit 1; }
 cat >"$work/guest.cfg" <<EOF
@@ -102,7 +105,7 @@ sleep 1
 
 # Xen booted with a small max-lent-pages=N: check the limit (the other
 # checks lend 1024 pages and need more).
-limit=$(xl info | sed -n 's/^xen_commandline.*max-lent-pages=\([0-9]*\).*/\1/p')
+limit=$(printf '%s\n' "$xen_cmdline" | sed -n 's/.*max-lent-pages=\([0-9]*\).*/\1/p')
 if [ -n "$limit" ] && [ "$limit" -lt 1100 ]; then
     "$bin" --dom "$domid" --limit "$limit" || fail=1
     exit $fail
@@ -175,7 +178,7 @@ done
 # widens the race window (tests/xen/window/, its boot parameter
 # hvm-copy-lent-delay), where it must.
 rounds=()
-if xl info | grep -q '^xen_commandline.*hvm-copy-lent-delay='; then
+if printf '%s\n' "$xen_cmdline" | grep -q 'hvm-copy-lent-delay='; then
     rounds=(--race-rounds 3000)
 fi
 if [ $ok = 1 ]; then

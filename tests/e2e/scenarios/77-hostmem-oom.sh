@@ -89,7 +89,7 @@ lent=$(hm_kernel_lent "$HM_DOM")
 regs=$(hm_kernel_regions "$HM_DOM")
 check "$name-nothing-lent" "lent=$lent,registrations=$regs" test "${lent:-x}" = 0 -a "${regs:-0}" = 0
 gpu-hostmem status "$HM_DOM" 2>&1 | sed 's/^/[status] /'
-tail -n 40 "/var/log/xen/gpu-hostmem-$HM_DOM.log" 2>&1 | sed "s/^/[ioreqd log] /"
+hm_ioreqd_log "$HM_DOM" 40
 hm_destroy_clean "$name"
 [ "$mode" != sysrq ] && rmdir "$cg" 2>/dev/null
 exit "$GH_FAILED"
