@@ -67,6 +67,19 @@ pub trait BackendBlob {
     }
 }
 
+/// The blobs a command stream may name, by the guest's resource id.
+pub trait BlobLookup<B> {
+    /// The blob of resource `resource_id`, if there is one.
+    fn by_resource(&mut self, resource_id: u32) -> Option<&mut B>;
+}
+
+/// The test capset's one command: store `value` at 32-bit word `word` of
+/// the blob of resource `resource_id` (four dwords: the command,
+/// `resource_id`, `word`, `value`).
+pub const TEST_CMD_STORE: u32 = 1;
+/// Dwords of a test capset command.
+pub const TEST_CMD_DWORDS: usize = 4;
+
 /// A renderer backend. Errors are errnos for the device's reply.
 pub trait Backend {
     /// A context, destroyed on drop.
@@ -86,6 +99,15 @@ pub trait Backend {
     fn map_blob(&mut self, blob: &mut Self::Blob) -> Result<BlobMapping, i32>;
     /// Undoes [`Backend::map_blob`] (the caller unregistered it first).
     fn unmap_blob(&mut self, blob: &mut Self::Blob);
+    /// Runs `cmds`, a command stream of `ctx` (whole dwords, not empty,
+    /// checked by the caller); `blobs` finds blobs by resource id for a
+    /// backend that keeps none of its own.
+    fn submit(
+        &mut self,
+        ctx: &mut Self::Context,
+        cmds: &[u8],
+        blobs: &mut dyn BlobLookup<Self::Blob>,
+    ) -> Result<(), i32>;
 }
 
 /// The test-only capset ([`TEST_CAPSET_ID`]): blob_id 0 blobs are memfds
@@ -179,6 +201,39 @@ impl Backend for TestBackend {
     }
 
     fn unmap_blob(&mut self, _blob: &mut TestBlob) {}
+
+    /// [`TEST_CMD_STORE`] commands, checked all before any runs: a stream
+    /// that is not whole commands, an unknown command, resource or word
+    /// is refused (EINVAL) and changes nothing.
+    fn submit(
+        &mut self,
+        _ctx: &mut TestContext,
+        cmds: &[u8],
+        blobs: &mut dyn BlobLookup<TestBlob>,
+    ) -> Result<(), i32> {
+        let words: Vec<u32> = cmds
+            .chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        if cmds.len() % 4 != 0 || words.is_empty() || words.len() % TEST_CMD_DWORDS != 0 {
+            return Err(libc::EINVAL);
+        }
+        let commands = words.chunks_exact(TEST_CMD_DWORDS);
+        for c in commands.clone() {
+            let fits = blobs
+                .by_resource(c[1])
+                .is_some_and(|b| (c[2] as usize) < b.mem.words());
+            if c[0] != TEST_CMD_STORE || !fits {
+                return Err(libc::EINVAL);
+            }
+        }
+        for c in commands {
+            if let Some(b) = blobs.by_resource(c[1]) {
+                b.mem.write(c[2] as usize, c[3]);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -35,12 +35,12 @@ use std::os::unix::net::UnixDatagram;
 use tracing::{debug, info, warn};
 
 use gpu_hostmem_virtio_gpu::renderer_proto::{
-    DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, REQUEST_LEN, VERSION,
+    DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, MAX_SUBMIT_LEN, REQUEST_LEN, VERSION,
 };
 use gpu_hostmem_xen::privcmd::HostmemRegister;
 use gpu_hostmem_xen::Privcmd;
 
-use backend::{Backend, BackendBlob, BlobArgs, TestBackend};
+use backend::{Backend, BackendBlob, BlobArgs, BlobLookup, TestBackend};
 
 /// An OS call of the renderer failed.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +180,8 @@ pub struct RendererStats {
     pub unregistered: u64,
     /// Pages the guest stamped, counted at unmap/destroy.
     pub stamped_pages: u64,
+    /// Command streams run.
+    pub submits: u64,
     /// Requests refused.
     pub refused: u64,
 }
@@ -248,14 +250,17 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
 
     /// Answers one request that carries no data in its reply (any but
     /// GET_CAPSET, whose data this drops: see
-    /// [`RendererState::handle_with_data`]).
+    /// [`RendererState::handle_with_data`]) nor in itself (a SUBMIT here
+    /// has an empty stream: refused).
     pub fn handle(&mut self, req: &Request) -> Reply {
-        self.handle_with_data(req).0
+        self.handle_with_data(req, &[]).0
     }
 
-    /// Answers one request: the reply, and the data that follows it on the
-    /// wire (GET_CAPSET's; empty for every other reply and every refusal).
-    pub fn handle_with_data(&mut self, req: &Request) -> (Reply, Vec<u8>) {
+    /// Answers one request and its data (`cmds`, SUBMIT's command stream;
+    /// empty for every other request): the reply, and the data that
+    /// follows it on the wire (GET_CAPSET's; empty for every other reply
+    /// and every refusal).
+    pub fn handle_with_data(&mut self, req: &Request, cmds: &[u8]) -> (Reply, Vec<u8>) {
         let mut data = Vec::new();
         let mut reply = Reply {
             version: VERSION,
@@ -286,6 +291,7 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
                     reply.handle = d.len() as u64;
                     data = d;
                 }),
+                Op::Submit => self.submit(req.ctx_id, req.capset, cmds),
             }
         };
         if let Err(errno) = r {
@@ -344,6 +350,23 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
         let c = self.backend.create_context(ctx, capset)?;
         self.contexts.insert(ctx, (capset, c));
         info!(ctx, capset, "context created");
+        Ok(())
+    }
+
+    /// Runs a context's command stream (the device checked it too: whole
+    /// dwords, 1 to [`MAX_SUBMIT_LEN`] bytes, a live context of `capset`).
+    fn submit(&mut self, ctx: u32, capset: u32, cmds: &[u8]) -> Result<(), i32> {
+        let c = match self.contexts.get_mut(&ctx) {
+            Some((cs, c)) if *cs == capset => c,
+            _ => return Err(libc::EINVAL),
+        };
+        if cmds.is_empty() || cmds.len() % 4 != 0 || cmds.len() > MAX_SUBMIT_LEN {
+            return Err(libc::EINVAL);
+        }
+        self.backend
+            .submit(c, cmds, &mut ByResource(&mut self.blobs))?;
+        self.stats.submits += 1;
+        debug!(ctx, bytes = cmds.len(), "command stream run");
         Ok(())
     }
 
@@ -494,6 +517,18 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
     }
 }
 
+/// The renderer's blobs, found by the guest's resource id.
+struct ByResource<'a, B>(&'a mut HashMap<u64, Blob<B>>);
+
+impl<B> BlobLookup<B> for ByResource<'_, B> {
+    fn by_resource(&mut self, resource_id: u32) -> Option<&mut B> {
+        self.0
+            .values_mut()
+            .find(|b| b.resource_id == resource_id)
+            .map(|b| &mut b.mem)
+    }
+}
+
 impl<G: Registrar, B: Backend> Drop for RendererState<G, B> {
     /// Blobs (unregistered first), then contexts, then the backend.
     fn drop(&mut self) {
@@ -545,7 +580,9 @@ pub fn serve_one<G: Registrar, B: Backend>(
     sock: &UnixDatagram,
     state: &mut RendererState<G, B>,
 ) -> Result<bool, ServeError> {
-    let mut buf = [0u8; REQUEST_LEN + 1];
+    // One byte more than the longest request: a longer one is noticed
+    // (SOCK_SEQPACKET truncates it to the buffer).
+    let mut buf = vec![0u8; REQUEST_LEN + MAX_SUBMIT_LEN + 1];
     let n = loop {
         match sock.recv(&mut buf) {
             Ok(n) => break n,
@@ -557,8 +594,8 @@ pub fn serve_one<G: Registrar, B: Backend>(
         info!("the device closed the connection");
         return Ok(false);
     }
-    let req = Request::decode(&buf[..n])?;
-    let (reply, data) = state.handle_with_data(&req);
+    let (req, cmds) = Request::decode_with_data(&buf[..n])?;
+    let (reply, data) = state.handle_with_data(&req, cmds);
     let msg = if req.op == Op::GetCapset {
         reply.encode_with_data(&data)
     } else {
@@ -620,6 +657,14 @@ mod tests {
         }
         fn unmap_blob(&mut self, _: &mut LyingBlob) {
             self.unmaps += 1;
+        }
+        fn submit(
+            &mut self,
+            _: &mut (),
+            _: &[u8],
+            _: &mut dyn BlobLookup<LyingBlob>,
+        ) -> Result<(), i32> {
+            Ok(())
         }
     }
 
@@ -705,11 +750,14 @@ mod tests {
                 },
                 RendererLimits::default(),
             );
-            st.handle_with_data(&Request {
-                capset,
-                arg: version,
-                ..Request::new(Op::GetCapset, 1)
-            })
+            st.handle_with_data(
+                &Request {
+                    capset,
+                    arg: version,
+                    ..Request::new(Op::GetCapset, 1)
+                },
+                &[],
+            )
         };
         let (r, d) = get(160, 4, 0);
         assert_eq!((r.errno, r.handle, d), (0, 160, vec![0x11; 160]));

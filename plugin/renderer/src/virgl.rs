@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use libloading::Library;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, BackendBlob, BlobArgs, BlobMapping, CapsetInfo};
+use crate::backend::{Backend, BackendBlob, BlobArgs, BlobLookup, BlobMapping, CapsetInfo};
 
 /// The soname of trixie's libvirglrenderer1.
 pub const SONAME: &str = "libvirglrenderer.so.1";
@@ -152,6 +152,7 @@ struct VirglLib {
     resource_unmap: unsafe extern "C" fn(u32) -> c_int,
     resource_get_map_info: unsafe extern "C" fn(u32, *mut u32) -> c_int,
     resource_export_blob: unsafe extern "C" fn(u32, *mut u32, *mut c_int) -> c_int,
+    submit_cmd: unsafe extern "C" fn(*mut c_void, c_int, c_int) -> c_int,
     // Declared last: dropped after the pointers above (plain pointers,
     // only called through `Virgl`, which owns this struct).
     _lib: Library,
@@ -195,6 +196,7 @@ impl VirglLib {
             resource_unmap: sym(&lib, name, "virgl_renderer_resource_unmap")?,
             resource_get_map_info: sym(&lib, name, "virgl_renderer_resource_get_map_info")?,
             resource_export_blob: sym(&lib, name, "virgl_renderer_resource_export_blob")?,
+            submit_cmd: sym(&lib, name, "virgl_renderer_submit_cmd")?,
             _lib: lib,
         })
     }
@@ -334,6 +336,34 @@ impl VirglContext {
     /// Its id.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// `virgl_renderer_submit_cmd`: the context runs (venus: queues to its
+    /// render server) `cmds`, whole dwords.
+    pub fn submit(&mut self, cmds: &[u8]) -> Result<(), VirglError> {
+        let op = "virgl_renderer_submit_cmd";
+        let bad = VirglError::Call {
+            op,
+            errno: libc::EINVAL,
+        };
+        if cmds.len() % 4 != 0 {
+            return Err(bad);
+        }
+        // The library reads dwords: give it aligned ones of its own.
+        let mut words: Vec<u32> = cmds
+            .chunks_exact(4)
+            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let (Ok(ctx), Ok(ndw)) = (c_int::try_from(self.id), c_int::try_from(words.len())) else {
+            return Err(bad);
+        };
+        // SAFETY: `words` is `ndw` dwords, valid and exclusively ours for
+        // the call; the library does not keep the pointer (it copies or
+        // decodes the stream before returning; QEMU frees its buffer right
+        // after the call). `ctx` is a context this
+        // handle created.
+        let rc = unsafe { (self.virgl.lib.submit_cmd)(words.as_mut_ptr().cast(), ctx, ndw) };
+        check(op, rc)
     }
 }
 
@@ -526,6 +556,20 @@ impl Backend for VirglBackend {
 
     fn unmap_blob(&mut self, blob: &mut VirglBlob) {
         blob.unmap();
+    }
+
+    /// The context's venus command stream, to libvirglrenderer (which
+    /// knows its resources itself: `blobs` is not used).
+    fn submit(
+        &mut self,
+        ctx: &mut VirglContext,
+        cmds: &[u8],
+        _blobs: &mut dyn BlobLookup<VirglBlob>,
+    ) -> Result<(), i32> {
+        ctx.submit(cmds).map_err(|e| {
+            warn!(%e, ctx = ctx.id(), bytes = cmds.len(), "venus submit");
+            e.errno()
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::thread;
 
+use gpu_hostmem_renderer::backend::{TEST_CMD_DWORDS, TEST_CMD_STORE};
 use gpu_hostmem_renderer::{
     pattern, serve, RendererLimits, RendererState, RendererStats, ServeError,
 };
@@ -19,7 +20,7 @@ use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
 use gpu_hostmem_virtio_gpu::renderer::Renderer;
 use gpu_hostmem_virtio_gpu::renderer::RendererError;
 use gpu_hostmem_virtio_gpu::renderer_proto::{
-    Op, Reply, Request, SocketRenderer, MAX_CAPSET_SIZE, REPLY_LEN, VERSION,
+    Op, Reply, Request, SocketRenderer, MAX_CAPSET_SIZE, MAX_SUBMIT_LEN, REPLY_LEN, VERSION,
 };
 
 mod common;
@@ -566,4 +567,136 @@ fn a_renderer_sending_other_capset_data_than_it_described_breaks_the_connection(
     let mut sr = scripted_raw(huge_info);
     assert!(sr.capset_info(4).is_err());
     assert!(sr.is_broken());
+}
+
+/// SUBMIT_3D of context `ctx` carrying test capset commands.
+fn submit_3d(ctx: u32, cmds: &[[u32; TEST_CMD_DWORDS]]) -> Vec<u8> {
+    let words: Vec<u32> = cmds.iter().flatten().copied().collect();
+    let mut v = hdr(0x207, ctx, &[(words.len() * 4) as u32, 0]);
+    for w in words {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn a_command_stream_of_the_guest_changes_the_blob_the_guest_sees() {
+    let reg = FakeRegistrar::default();
+    let (dev, served) = renderer(reg.clone());
+    let sr = SocketRenderer::connect(dev).expect("hello");
+    let mut b = Blobs::new(Box::new(sr), &[TEST_CAPSET], WINDOW, WINDOW);
+    assert_eq!(b.handle(&ctx_create(3), no2d).0, resp::OK_NODATA);
+    for id in [5, 6] {
+        assert_eq!(
+            b.handle(&create_blob(3, id, 2 * PAGE), no2d).0,
+            resp::OK_NODATA
+        );
+    }
+    assert_eq!(b.handle(&map(5, 0), no2d).0, bresp::OK_MAP_INFO);
+    let r = reg.regs.lock().expect("regs")[0];
+    // Two stores into resource 5, one into 6, in one stream.
+    let st = [
+        [TEST_CMD_STORE, 5, 0, 0xdead_beef],
+        [TEST_CMD_STORE, 5, 2047, 0x1234_5678],
+        [TEST_CMD_STORE, 6, 7, 0x0bad_cafe],
+    ];
+    assert_eq!(b.handle(&submit_3d(3, &st), no2d).0, resp::OK_NODATA);
+    // The guest sees them through the registered memory; the rest is the
+    // host's pattern still.
+    assert_eq!(word(&r, 0), 0xdead_beef);
+    assert_eq!(word(&r, 2047), 0x1234_5678);
+    assert_eq!(word(&r, 1), pattern(5, 1));
+    // A stream with one bad command changes nothing, not even the good
+    // commands before it: an unknown resource, a word past the blob, an
+    // unknown command, a partial command.
+    let bad: [Vec<u8>; 4] = [
+        submit_3d(3, &[[TEST_CMD_STORE, 5, 1, 1], [TEST_CMD_STORE, 9, 0, 1]]),
+        submit_3d(
+            3,
+            &[[TEST_CMD_STORE, 5, 1, 1], [TEST_CMD_STORE, 5, 2048, 1]],
+        ),
+        submit_3d(3, &[[TEST_CMD_STORE, 5, 1, 1], [7, 5, 1, 1]]),
+        {
+            let mut v = hdr(0x207, 3, &[20, 0, TEST_CMD_STORE, 5, 1, 1, TEST_CMD_STORE]);
+            v.truncate(HDR_LEN + 8 + 20);
+            v
+        },
+    ];
+    for (i, req) in bad.iter().enumerate() {
+        assert_eq!(
+            b.handle(req, no2d).0,
+            resp::ERR_INVALID_PARAMETER,
+            "bad stream {i}"
+        );
+        assert_eq!(word(&r, 1), pattern(5, 1), "bad stream {i} ran in part");
+    }
+    assert_eq!(b.stats().submits, 1);
+    assert_eq!(b.stats().renderer_errors, 4);
+    drop(b);
+    let (res, stats) = served.join().expect("renderer thread");
+    assert_eq!(res, Ok(()));
+    assert_eq!((stats.submits, stats.refused), (1, 4));
+}
+
+#[test]
+fn the_renderer_refuses_streams_the_device_would_not_send() {
+    let mut st = RendererState::new(FakeRegistrar::default(), RendererLimits::default());
+    let req = |op, ctx_id, capset| Request {
+        ctx_id,
+        capset,
+        ..Request::new(op, 1)
+    };
+    assert_eq!(
+        st.handle(&req(Op::CreateContext, 1, TEST_CAPSET_ID)).errno,
+        0
+    );
+    let one = [TEST_CMD_STORE, 1, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect::<Vec<u8>>();
+    let sub = |st: &mut RendererState<FakeRegistrar>, ctx, capset, cmds: &[u8]| {
+        st.handle_with_data(&req(Op::Submit, ctx, capset), cmds)
+            .0
+            .errno
+    };
+    // No such context, another capset, no stream, a partial dword, more
+    // than the protocol carries.
+    assert_eq!(sub(&mut st, 2, TEST_CAPSET_ID, &one), libc::EINVAL);
+    assert_eq!(sub(&mut st, 1, 4, &one), libc::EINVAL);
+    assert_eq!(sub(&mut st, 1, TEST_CAPSET_ID, &[]), libc::EINVAL);
+    assert_eq!(sub(&mut st, 1, TEST_CAPSET_ID, &one[..6]), libc::EINVAL);
+    let big = vec![0u8; MAX_SUBMIT_LEN + 16];
+    assert_eq!(sub(&mut st, 1, TEST_CAPSET_ID, &big), libc::EINVAL);
+    // Resource 1 has no blob: refused by the test backend.
+    assert_eq!(sub(&mut st, 1, TEST_CAPSET_ID, &one), libc::EINVAL);
+    assert_eq!(st.stats().submits, 0);
+}
+
+#[test]
+fn a_submit_whose_data_is_not_what_it_says_breaks_the_connection() {
+    for (said, carried) in [(8u64, 4usize), (4, 8), (0, 4)] {
+        let reg = FakeRegistrar::default();
+        let (dev, served) = renderer(reg.clone());
+        let r = Request {
+            ctx_id: 1,
+            capset: TEST_CAPSET_ID,
+            arg: said,
+            ..Request::new(Op::Submit, 1)
+        };
+        let mut msg = r.encode().to_vec();
+        msg.extend_from_slice(&vec![0u8; carried]);
+        dev.send(&msg).expect("send");
+        let (res, _) = served.join().expect("renderer thread");
+        assert!(
+            res.is_err_and(|e| e.starts_with("protocol")),
+            "said {said}, carried {carried}"
+        );
+    }
+    // Data after a request that carries none.
+    let (dev, served) = renderer(FakeRegistrar::default());
+    let mut msg = Request::new(Op::Hello, 1).encode().to_vec();
+    msg.extend_from_slice(&[0; 4]);
+    dev.send(&msg).expect("send");
+    let (res, _) = served.join().expect("renderer thread");
+    assert!(res.is_err_and(|e| e.starts_with("protocol")));
 }

@@ -769,6 +769,10 @@ impl Renderer for SimRenderer {
         assert_eq!(capset, TEST_CAPSET_ID);
         Ok(blob::TEST_CAPSET_DATA.to_vec())
     }
+    fn submit(&mut self, _: u32, capset: u32, _: &[u8]) -> Result<(), RendererError> {
+        assert_eq!(capset, TEST_CAPSET_ID);
+        Ok(())
+    }
 }
 
 fn blob_model(

@@ -28,7 +28,7 @@ use virtio_bindings::virtio_gpu as g;
 
 use crate::gpu2d::HDR_LEN;
 use crate::renderer::{BlobHandle, BlobRequest, Renderer, RendererError};
-use crate::renderer_proto::MAX_CAPSET_SIZE;
+use crate::renderer_proto::{MAX_CAPSET_SIZE, MAX_SUBMIT_LEN};
 
 /// The test-only capset (off by default): a context type served by
 /// `gpu-hostmem-renderer` itself, whose blobs are memfds. Linux's uAPI names
@@ -106,11 +106,14 @@ const CTX_ATTACH_RESOURCE: u32 = g::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_ATTA
 const CTX_DETACH_RESOURCE: u32 = g::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE;
 const RESOURCE_MAP_BLOB: u32 = g::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB;
 const RESOURCE_UNMAP_BLOB: u32 = g::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB;
+const SUBMIT_3D: u32 = g::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SUBMIT_3D;
 
 /// Offset of `ctx_id` in `struct virtio_gpu_ctrl_hdr`.
 const HDR_CTX_ID: usize = 16;
 /// `struct virtio_gpu_resource_create_blob` without its entries.
 const CREATE_BLOB_LEN: usize = HDR_LEN + 32;
+/// `struct virtio_gpu_cmd_submit` (`size`, `padding`) before the stream.
+const SUBMIT_LEN: usize = HDR_LEN + 8;
 /// `VIRTIO_GPU_BLOB_FLAG_USE_*` the device knows.
 const BLOB_FLAGS: u32 = g::VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE
     | g::VIRTIO_GPU_BLOB_FLAG_USE_SHAREABLE
@@ -129,6 +132,7 @@ pub fn is_blob_command(cmd: u32) -> bool {
             | CTX_DETACH_RESOURCE
             | RESOURCE_MAP_BLOB
             | RESOURCE_UNMAP_BLOB
+            | SUBMIT_3D
     )
 }
 
@@ -168,6 +172,10 @@ pub struct BlobStats {
     pub mapped_bytes: u64,
     /// Requests the renderer refused or did not answer.
     pub renderer_errors: u64,
+    /// Command streams (SUBMIT_3D) the renderer took.
+    pub submits: u64,
+    /// Their bytes.
+    pub submitted_bytes: u64,
 }
 
 /// Contexts and blobs of one device.
@@ -183,6 +191,8 @@ pub struct Blobs {
     by_offset: BTreeMap<u64, u32>,
     bytes: u64,
     renderer_errors: u64,
+    submits: u64,
+    submitted_bytes: u64,
 }
 
 impl Blobs {
@@ -215,6 +225,8 @@ impl Blobs {
             by_offset: BTreeMap::new(),
             bytes: 0,
             renderer_errors: 0,
+            submits: 0,
+            submitted_bytes: 0,
         }
     }
 
@@ -243,6 +255,8 @@ impl Blobs {
             bytes: self.bytes,
             mapped_bytes: mapped.iter().map(|b| b.size).sum(),
             renderer_errors: self.renderer_errors,
+            submits: self.submits,
+            submitted_bytes: self.submitted_bytes,
         }
     }
 
@@ -291,6 +305,7 @@ impl Blobs {
             RESOURCE_CREATE_BLOB => none(self.create_blob(req, is_2d)),
             RESOURCE_MAP_BLOB => self.map_blob(req),
             RESOURCE_UNMAP_BLOB => none(self.unmap_blob(req)),
+            SUBMIT_3D => none(self.submit(req)),
             _ => none(ERR_UNSPEC),
         }
     }
@@ -388,6 +403,41 @@ impl Blobs {
         }
         let r = self.renderer.destroy_context(ctx);
         self.note(r, "destroy_context");
+        OK_NODATA
+    }
+
+    /// SUBMIT_3D: `size` bytes of command stream after the command, for a
+    /// live context, in whole dwords (virglrenderer counts dwords; QEMU
+    /// drops a partial one, this device refuses it), at most
+    /// [`MAX_SUBMIT_LEN`] bytes, all of them in the request (a stream cut
+    /// short by the descriptors is refused, never passed on in part). An
+    /// empty stream is done. What the stream means is the capset's: the
+    /// renderer's context runs it. The answer comes when the renderer took
+    /// it; a fence asked for is answered with it.
+    fn submit(&mut self, req: &[u8]) -> u32 {
+        if req.len() < SUBMIT_LEN {
+            return ERR_INVALID_PARAMETER;
+        }
+        let ctx = u32_at(req, HDR_CTX_ID);
+        let Some(&capset) = self.contexts.get(&ctx) else {
+            return resp::ERR_INVALID_CONTEXT_ID;
+        };
+        let size = u32_at(req, HDR_LEN) as usize;
+        let cmds = match req.get(SUBMIT_LEN..SUBMIT_LEN.saturating_add(size)) {
+            Some(c) if size % 4 == 0 && size <= MAX_SUBMIT_LEN => c,
+            _ => return ERR_INVALID_PARAMETER,
+        };
+        if cmds.is_empty() {
+            return OK_NODATA;
+        }
+        let r = self.renderer.submit(ctx, capset, cmds);
+        if let Err(e) = r {
+            let t = renderer_answer(&e);
+            self.note::<()>(Err(e), "submit");
+            return t;
+        }
+        self.submits += 1;
+        self.submitted_bytes += size as u64;
         OK_NODATA
     }
 

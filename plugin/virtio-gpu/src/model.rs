@@ -147,8 +147,15 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
             String::new()
         } else {
             format!(
-                ", contexts {}, blobs {} ({} bytes), mapped {} ({} bytes), renderer errors {}",
-                b.contexts, b.blobs, b.bytes, b.mapped, b.mapped_bytes, b.renderer_errors
+                ", contexts {}, blobs {} ({} bytes), mapped {} ({} bytes), submits {} ({} bytes), renderer errors {}",
+                b.contexts,
+                b.blobs,
+                b.bytes,
+                b.mapped,
+                b.mapped_bytes,
+                b.submits,
+                b.submitted_bytes,
+                b.renderer_errors
             )
         };
         Some(format!(

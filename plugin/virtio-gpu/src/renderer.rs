@@ -118,6 +118,11 @@ pub trait Renderer: Debug {
     /// `max_version` (the device checked). Anything but exactly `size`
     /// bytes is the renderer's error; the device checks that again.
     fn capset(&mut self, capset: u32, version: u32, size: u32) -> Result<Vec<u8>, RendererError>;
+    /// Runs `cmds`, a command stream of context `ctx_id` of `capset`
+    /// (`VIRTIO_GPU_CMD_SUBMIT_3D`): whole dwords, 1 to
+    /// [`crate::renderer_proto::MAX_SUBMIT_LEN`] bytes, of a live context
+    /// (the device checked). What the stream means is the capset's.
+    fn submit(&mut self, ctx_id: u32, capset: u32, cmds: &[u8]) -> Result<(), RendererError>;
 }
 
 /// No renderer: every request refused with EOPNOTSUPP. The device offers
@@ -167,6 +172,12 @@ impl Renderer for NoRenderer {
     fn capset(&mut self, _: u32, _: u32, _: u32) -> Result<Vec<u8>, RendererError> {
         Err(RendererError::Refused {
             op: "get_capset",
+            errno: EOPNOTSUPP,
+        })
+    }
+    fn submit(&mut self, _: u32, _: u32, _: &[u8]) -> Result<(), RendererError> {
+        Err(RendererError::Refused {
+            op: "submit",
             errno: EOPNOTSUPP,
         })
     }

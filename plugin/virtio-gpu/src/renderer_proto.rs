@@ -5,9 +5,9 @@
 //! waits for its reply (one message each, fixed sizes, little endian):
 //!
 //! ```text
-//! request (56 bytes)                     reply (32 bytes, then data)
+//! request (56 bytes, then data)         reply (32 bytes, then data)
 //!  0 u32 magic "GHRP"                     0 u32 magic "GHRP"
-//!  4 u16 version (3)                      4 u16 version (3)
+//!  4 u16 version (4)                      4 u16 version (4)
 //!  6 u16 op                               6 u16 op (the request's)
 //!  8 u32 ctx_id                           8 i32 errno (0: done)
 //! 12 u32 capset                          12 u32 map_info (MAP_BLOB),
@@ -18,10 +18,16 @@
 //! 20 u32 0                               24 u64 seq (the request's)
 //! 24 u64 handle                          32 .. data (GET_CAPSET only)
 //! 32 u64 blob_id
-//! 40 u64 size (CREATE_BLOB), window offset (MAP_BLOB) or
-//!        version (GET_CAPSET)
+//! 40 u64 size (CREATE_BLOB), window offset (MAP_BLOB),
+//!        version (GET_CAPSET) or bytes of data (SUBMIT)
 //! 48 u64 seq
+//! 56 .. data (SUBMIT only)
 //! ```
+//!
+//! SUBMIT (version 4) carries a context's command stream
+//! (`VIRTIO_GPU_CMD_SUBMIT_3D`) after the request: whole dwords, at most
+//! [`MAX_SUBMIT_LEN`] bytes, exactly `arg` of them; the only request with
+//! data. The reply says the renderer ran (venus: queued) it.
 //!
 //! CAPSET_INFO asks the renderer's backend about `capset` (an unknown
 //! capset is EINVAL). GET_CAPSET (version 3) asks for its data at a
@@ -46,7 +52,7 @@ use crate::renderer::{BlobHandle, BlobRequest, MapCache, Renderer, RendererError
 /// "GHRP", little endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GHRP");
 /// The protocol version this side speaks.
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Bytes of a request.
 pub const REQUEST_LEN: usize = 56;
 /// Bytes of a reply without data (every reply but GET_CAPSET's).
@@ -54,6 +60,12 @@ pub const REPLY_LEN: usize = 32;
 /// Most bytes of capset data either side accepts (venus's is 160 bytes,
 /// virgl's `struct virgl_caps_v2` under 2 KiB).
 pub const MAX_CAPSET_SIZE: u32 = 16 << 10;
+/// Most bytes of one SUBMIT's command stream. One message carries a
+/// request and its data, and a `SOCK_SEQPACKET` message must fit the
+/// socket's send buffer (Linux's default, `net.core.wmem_default`, is
+/// 208 KiB); venus sends its bulk through a ring in a blob, so its
+/// submissions are small.
+pub const MAX_SUBMIT_LEN: usize = 128 << 10;
 
 /// Operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +89,8 @@ pub enum Op {
     CapsetInfo = 8,
     /// [`Renderer::capset`]: the reply carries data.
     GetCapset = 9,
+    /// [`Renderer::submit`]: the request carries data.
+    Submit = 10,
 }
 
 impl Op {
@@ -92,6 +106,7 @@ impl Op {
             7 => Op::DestroyBlob,
             8 => Op::CapsetInfo,
             9 => Op::GetCapset,
+            10 => Op::Submit,
             _ => return None,
         })
     }
@@ -107,6 +122,7 @@ impl Op {
             Op::DestroyBlob => "destroy_blob",
             Op::CapsetInfo => "capset_info",
             Op::GetCapset => "get_capset",
+            Op::Submit => "submit",
         }
     }
 }
@@ -128,8 +144,8 @@ pub struct Request {
     pub handle: u64,
     /// What the context says the blob is.
     pub blob_id: u64,
-    /// Size (CREATE_BLOB), window offset (MAP_BLOB) or version
-    /// (GET_CAPSET).
+    /// Size (CREATE_BLOB), window offset (MAP_BLOB), version
+    /// (GET_CAPSET) or bytes of data (SUBMIT).
     pub arg: u64,
     /// Sequence number, echoed.
     pub seq: u64,
@@ -147,8 +163,8 @@ pub enum DecodeError {
     /// Unknown operation.
     #[error("unknown op {0}")]
     Op(u16),
-    /// A reply's data is not as long as it says.
-    #[error("reply says {said} bytes of data and carries {got}")]
+    /// A message's data is not as long as it says.
+    #[error("message says {said} bytes of data and carries {got}")]
     DataLength {
         /// What `handle` said.
         said: u64,
@@ -202,7 +218,39 @@ impl Request {
         b
     }
 
-    /// From the wire form (the version is not checked here).
+    /// The wire form of a SUBMIT-like request followed by `data`; `arg` is
+    /// set to its length.
+    pub fn encode_with_data(&self, data: &[u8]) -> Vec<u8> {
+        let r = Request {
+            arg: data.len() as u64,
+            ..*self
+        };
+        let mut b = r.encode().to_vec();
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// From the wire form of a request and its data: SUBMIT's must be
+    /// exactly `arg` bytes, at most [`MAX_SUBMIT_LEN`]; any other request
+    /// carries none.
+    pub fn decode_with_data(b: &[u8]) -> Result<(Request, &[u8]), DecodeError> {
+        if b.len() < REQUEST_LEN {
+            return Err(DecodeError::Length(b.len()));
+        }
+        let (head, data) = b.split_at(REQUEST_LEN);
+        let r = Self::decode(head)?;
+        let said = if r.op == Op::Submit { r.arg } else { 0 };
+        if said != data.len() as u64 || data.len() > MAX_SUBMIT_LEN {
+            return Err(DecodeError::DataLength {
+                said,
+                got: data.len(),
+            });
+        }
+        Ok((r, data))
+    }
+
+    /// From the wire form of a request without its data (the version is
+    /// not checked here).
     pub fn decode(b: &[u8]) -> Result<Request, DecodeError> {
         if b.len() != REQUEST_LEN {
             return Err(DecodeError::Length(b.len()));
@@ -377,15 +425,17 @@ impl SocketRenderer {
     }
 
     fn call(&mut self, op: Op, fill: impl FnOnce(&mut Request)) -> Result<Reply, RendererError> {
-        self.call_with_data(op, fill, None).map(|(r, _)| r)
+        self.call_with_data(op, fill, &[], None).map(|(r, _)| r)
     }
 
-    /// One exchange; `data`: the exact number of bytes of data the reply
-    /// must carry if it says it succeeded (None: a reply without data).
+    /// One exchange; `out`: the request's data (SUBMIT's); `data`: the
+    /// exact number of bytes of data the reply must carry if it says it
+    /// succeeded (None: a reply without data).
     fn call_with_data(
         &mut self,
         op: Op,
         fill: impl FnOnce(&mut Request),
+        out: &[u8],
         data: Option<u32>,
     ) -> Result<(Reply, Vec<u8>), RendererError> {
         let name = op.name();
@@ -399,7 +449,7 @@ impl SocketRenderer {
         self.seq += 1;
         let mut req = Request::new(op, self.seq);
         fill(&mut req);
-        let r = self.exchange(name, &req, data);
+        let r = self.exchange(name, &req, out, data);
         if let Err(e) = &r {
             if matches!(e, RendererError::Io { .. }) {
                 warn!(%e, "renderer connection broken");
@@ -413,11 +463,17 @@ impl SocketRenderer {
         &mut self,
         name: &'static str,
         req: &Request,
+        out: &[u8],
         data: Option<u32>,
     ) -> Result<(Reply, Vec<u8>), RendererError> {
         let io = |source| RendererError::Io { op: name, source };
-        let n = self.sock.send(&req.encode()).map_err(io)?;
-        if n != REQUEST_LEN {
+        let msg = if req.op == Op::Submit {
+            req.encode_with_data(out)
+        } else {
+            req.encode().to_vec()
+        };
+        let n = self.sock.send(&msg).map_err(io)?;
+        if n != msg.len() {
             return Err(io_err(
                 name,
                 io::ErrorKind::WriteZero,
@@ -542,9 +598,30 @@ impl Renderer for SocketRenderer {
                 r.capset = capset;
                 r.arg = u64::from(version);
             },
+            &[],
             Some(size),
         )
         .map(|(_, d)| d)
+    }
+
+    fn submit(&mut self, ctx_id: u32, capset: u32, cmds: &[u8]) -> Result<(), RendererError> {
+        if cmds.is_empty() || cmds.len() > MAX_SUBMIT_LEN || cmds.len() % 4 != 0 {
+            // Never asked: the device checks the stream first.
+            return Err(RendererError::Refused {
+                op: "submit",
+                errno: EINVAL,
+            });
+        }
+        self.call_with_data(
+            Op::Submit,
+            |r| {
+                r.ctx_id = ctx_id;
+                r.capset = capset;
+            },
+            cmds,
+            None,
+        )
+        .map(|_| ())
     }
 }
 

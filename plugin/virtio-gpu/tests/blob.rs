@@ -15,7 +15,7 @@ use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
 use gpu_hostmem_virtio_gpu::renderer::{
     BlobHandle, BlobRequest, MapCache, Renderer, RendererError,
 };
-use gpu_hostmem_virtio_gpu::renderer_proto::MAX_CAPSET_SIZE;
+use gpu_hostmem_virtio_gpu::renderer_proto::{MAX_CAPSET_SIZE, MAX_SUBMIT_LEN};
 use proptest::prelude::*;
 
 const GET_CAPSET_INFO: u32 = 0x108;
@@ -27,6 +27,7 @@ const CTX_ATTACH: u32 = 0x202;
 const CTX_DETACH: u32 = 0x203;
 const MAP_BLOB: u32 = 0x208;
 const UNMAP_BLOB: u32 = 0x209;
+const SUBMIT_3D: u32 = 0x207;
 const HOST3D: u32 = 2;
 const MAPPABLE: u32 = 1;
 const WINDOW: u64 = 1 << 20;
@@ -41,6 +42,7 @@ enum Call {
     Unmap(BlobHandle),
     Destroy(BlobHandle),
     Capset(u32, u32, u32),
+    Submit(u32, u32, Vec<u8>),
 }
 
 #[derive(Debug, Default)]
@@ -156,6 +158,13 @@ impl Renderer for Fake {
         let mut l = self.log();
         l.calls.push(Call::Capset(capset, version, size));
         Ok(l.capset_data.clone().unwrap_or(TEST_CAPSET_DATA.to_vec()))
+    }
+    fn submit(&mut self, ctx: u32, capset: u32, cmds: &[u8]) -> Result<(), RendererError> {
+        self.check("submit")?;
+        self.log()
+            .calls
+            .push(Call::Submit(ctx, capset, cmds.to_vec()));
+        Ok(())
     }
 }
 
@@ -794,4 +803,112 @@ proptest! {
             prop_assert_eq!(l.registered.iter().map(|r| r.2).sum::<u64>(), s.mapped_bytes);
         }
     }
+}
+
+/// SUBMIT_3D of context `ctx`: `size` in the command, then `stream` (which
+/// may be longer or shorter than `size` says).
+fn submit(ctx: u32, size: u32, stream: &[u8]) -> Vec<u8> {
+    let mut v = words(hdr(SUBMIT_3D, ctx), &[size, 0]);
+    v.extend_from_slice(stream);
+    v
+}
+
+#[test]
+fn a_command_stream_reaches_its_context_exactly_and_nothing_past_its_size() {
+    let (mut b, fake) = setup();
+    let stream: Vec<u8> = (0u8..16).collect();
+    // Bytes after `size` (the driver's next buffer, say) are not passed.
+    let mut req = submit(1, 12, &stream);
+    req.extend_from_slice(&[0xee; 8]);
+    assert_eq!(ok(&mut b, &req), resp::OK_NODATA);
+    assert_eq!(
+        fake.calls().last(),
+        Some(&Call::Submit(1, TEST_CAPSET_ID, stream[..12].to_vec()))
+    );
+    // The largest stream the protocol carries goes through whole.
+    let big = vec![0x5a; MAX_SUBMIT_LEN];
+    assert_eq!(
+        ok(&mut b, &submit(1, MAX_SUBMIT_LEN as u32, &big)),
+        resp::OK_NODATA
+    );
+    assert_eq!(
+        fake.calls().last(),
+        Some(&Call::Submit(1, TEST_CAPSET_ID, big))
+    );
+    let s = b.stats();
+    assert_eq!(
+        (s.submits, s.submitted_bytes),
+        (2, 12 + MAX_SUBMIT_LEN as u64)
+    );
+}
+
+#[test]
+fn command_streams_the_device_refuses_never_reach_the_renderer() {
+    let (mut b, fake) = setup();
+    let before = fake.calls().len();
+    let cases: [(&str, Vec<u8>, u32); 6] = [
+        (
+            "no such context",
+            submit(7, 4, &[1, 2, 3, 4]),
+            bresp::ERR_INVALID_CONTEXT_ID,
+        ),
+        (
+            "context 0",
+            submit(0, 4, &[1, 2, 3, 4]),
+            bresp::ERR_INVALID_CONTEXT_ID,
+        ),
+        (
+            "a partial dword",
+            submit(1, 6, &[1, 2, 3, 4, 5, 6]),
+            resp::ERR_INVALID_PARAMETER,
+        ),
+        (
+            "size past the request",
+            submit(1, 16, &[1, 2, 3, 4, 5, 6, 7, 8]),
+            resp::ERR_INVALID_PARAMETER,
+        ),
+        (
+            "more than the protocol carries",
+            submit(1, MAX_SUBMIT_LEN as u32 + 4, &vec![0; MAX_SUBMIT_LEN + 4]),
+            resp::ERR_INVALID_PARAMETER,
+        ),
+        (
+            "no size field",
+            words(hdr(SUBMIT_3D, 1), &[4]),
+            resp::ERR_INVALID_PARAMETER,
+        ),
+    ];
+    for (what, req, want) in cases {
+        assert_eq!(ok(&mut b, &req), want, "{what}");
+    }
+    // size u32::MAX: no overflow, refused.
+    assert_eq!(
+        ok(&mut b, &submit(1, u32::MAX, &[0; 64])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    // An empty stream is done, with nothing to pass on.
+    assert_eq!(ok(&mut b, &submit(1, 0, &[])), resp::OK_NODATA);
+    assert_eq!(fake.calls().len(), before);
+    // A destroyed context's streams are refused too.
+    assert_eq!(ok(&mut b, &hdr(CTX_DESTROY, 1)), resp::OK_NODATA);
+    assert_eq!(
+        ok(&mut b, &submit(1, 4, &[1, 2, 3, 4])),
+        bresp::ERR_INVALID_CONTEXT_ID
+    );
+    assert!(!fake.calls().iter().any(|c| matches!(c, Call::Submit(..))));
+    assert_eq!(b.stats().submits, 0);
+}
+
+#[test]
+fn a_stream_the_renderer_refuses_or_cannot_take_is_an_error_answer() {
+    let (mut b, fake) = setup();
+    fake.fail_next("submit", RendererErrorKind::Refused(22));
+    assert_eq!(
+        ok(&mut b, &submit(1, 4, &[1, 2, 3, 4])),
+        resp::ERR_INVALID_PARAMETER
+    );
+    fake.fail_next("submit", RendererErrorKind::Gone);
+    assert_eq!(ok(&mut b, &submit(1, 4, &[1, 2, 3, 4])), resp::ERR_UNSPEC);
+    let s = b.stats();
+    assert_eq!((s.submits, s.renderer_errors), (0, 2));
 }
