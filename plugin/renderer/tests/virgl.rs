@@ -22,7 +22,8 @@
 //! goes on (every thread: the device's too) and everything else is served
 //! under it: capset info and data through the protocol and the device's
 //! GET_CAPSET_INFO/GET_CAPSET, a venus context, a blob_id 0 blob created,
-//! mapped and registered, unmapped, unreferenced, the context destroyed,
+//! mapped and registered, a venus command stream (SUBMIT_3D) whose reply
+//! the render server writes into the blob, unmapped, unreferenced, the context destroyed,
 //! the library cleaned up (the render server killed and reaped). Last, a
 //! call outside the filter must kill the process.
 
@@ -215,6 +216,44 @@ fn device(
             assert_eq!(p.read_volatile(), v);
         }
     }
+    // SUBMIT_3D of a venus command stream: vkSetReplyCommandStreamMESA
+    // (178) naming this blob at 0x1000 for 4096 bytes, then
+    // vkEnumerateInstanceVersion (137) asking for a reply. The render
+    // server writes the reply into the blob after the submission returns
+    // (no fence yet): wait for it in the registered memory, the guest's
+    // view of the window.
+    let at = 0x1000usize;
+    let stream = [
+        178, 0, 1, 0, 7, at as u32, 0, 4096, 0, // SetReplyCommandStream
+        137, 1, 1, 0, // EnumerateInstanceVersion, GENERATE_REPLY
+    ];
+    let submit = hdr(0x207, 1, &[4 * stream.len() as u32, 0]);
+    let submit = stream.iter().fold(submit, |mut v, w: &u32| {
+        v.extend_from_slice(&w.to_le_bytes());
+        v
+    });
+    assert_eq!(b.handle(&submit, no2d).0, resp::OK_NODATA, "SUBMIT_3D");
+    // SAFETY: as above; words at..at+20 bytes lie inside the blob.
+    let reply = |i: usize| unsafe { (r.addr as *const u32).add(at / 4 + i).read_volatile() };
+    let t0 = std::time::Instant::now();
+    while reply(0) != 137 && t0.elapsed() < std::time::Duration::from_secs(10) {
+        std::hint::spin_loop();
+    }
+    let words: Vec<u32> = (0..5).map(reply).collect();
+    out.push(format!(
+        "venus reply after {:?}: {words:08x?} (type, VkResult, pointer, version)",
+        t0.elapsed()
+    ));
+    assert_eq!(
+        &words[..4],
+        &[137, 0, 1, 0],
+        "vkEnumerateInstanceVersion's reply"
+    );
+    assert!(
+        words[4] >= (1 << 22) | (1 << 12),
+        "a Vulkan 1.1 or newer instance"
+    );
+    assert_eq!(b.stats().submits, 1);
     assert_eq!(
         b.handle(&hdr(0x209, 0, &[7, 0]), no2d).0,
         resp::OK_NODATA,
