@@ -16,7 +16,11 @@
  * blob_id 0, 16 pages), MAP and mmap: every word must be the host's
  * pattern (word i = i * 2654435761 ^ resource id, written by
  * gpu-hostmem-renderer); then it stamps the first word of every page with
- * the complement, which the renderer counts when the blob is unmapped.
+ * the complement, which the renderer counts when the blob is unmapped,
+ * and submits a command stream (EXECBUFFER, the device's SUBMIT_3D) of one
+ * test capset command storing GUEST_CMD_VALUE at word CMD_WORD of the
+ * blob, waits for it (VIRTGPU_WAIT on the blob) and reads the word
+ * through the window: the renderer's store, seen through the lent page.
  * Prints GH-VG-BLOB-MAPPED and holds the mapping until dom0, done reading
  * gpu-hostmem status, writes HOST_ACK into the blob's second word through
  * the renderer's memfd (at most HOLD_SECONDS: a handshake, not a fixed
@@ -29,8 +33,13 @@
  * the same with capset 4: GET_CAPS of venus version 0 (160 bytes, a
  * wire_format_version not 0), CONTEXT_INIT with capset 4, and a blob_id 0
  * blob, which virglrenderer makes as a fresh memfd (venus's shm blob, as
- * Mesa's venus driver makes its command ring): every word must read 0,
- * then the guest writes a pattern over the whole blob and reads it back.
+ * Mesa's venus driver makes its command ring): every word must read 0;
+ * then a venus command stream (EXECBUFFER: vkSetReplyCommandStreamMESA
+ * naming the blob, vkEnumerateInstanceVersion asking for a reply) whose
+ * reply the host's render server writes into the blob, read through the
+ * window (polled: the device answers the fence when the renderer queued
+ * the stream, before the render server ran it); then the guest writes a
+ * pattern over the whole blob and reads it back.
  * Prints "RESULT name=... ok=0|1 value=..." lines; exit status 0 if all ok.
  */
 #include <sys/mman.h>
@@ -46,6 +55,31 @@
 /* "!KCA" in memory: what dom0 writes into word 1 of the blob. */
 #define HOST_ACK 0x41434b21u
 #define UNREF_WAIT 8
+/* The test capset's command: store a value at a word of a resource's blob
+ * (gpu-hostmem-renderer's TEST_CMD_STORE). */
+#define TEST_CMD_STORE 1
+#define CMD_WORD 3
+#define GUEST_CMD_VALUE 0x21425553u /* "SUB!" */
+/* venus-protocol (virglrenderer 1.1.0, vn_protocol_renderer_defines.h). */
+#define VN_SET_REPLY_COMMAND_STREAM 178
+#define VN_ENUMERATE_INSTANCE_VERSION 137
+#define VN_GENERATE_REPLY 1
+#define VENUS_REPLY_WAIT 20
+
+/* EXECBUFFER of `words` dwords with the blob `bo` in its list, then
+ * VIRTGPU_WAIT on it; 0 or an errno. */
+static int execbuffer(int fd, uint32_t bo, const uint32_t *words, uint32_t n)
+{
+    struct drm_virtgpu_execbuffer eb = {.size = n * 4,
+                                        .command = (uint64_t)(uintptr_t)words,
+                                        .bo_handles = (uint64_t)(uintptr_t)&bo,
+                                        .num_bo_handles = 1,
+                                        .fence_fd = -1};
+    if (ioctl(fd, DRM_IOCTL_VIRTGPU_EXECBUFFER, &eb) != 0)
+        return errno;
+    struct drm_virtgpu_3d_wait wt = {.handle = bo};
+    return ioctl(fd, DRM_IOCTL_VIRTGPU_WAIT, &wt) != 0 ? errno : 0;
+}
 
 static int errors_in_log(void)
 {
@@ -156,6 +190,19 @@ static int run(int hold, int venus)
     result(venus ? "guest-read-zeros" : "guest-read-host-pattern", bad == 0,
            "words=%u,bad=%u,first_bad=%u,word0=0x%08x", words, bad, first_bad, w[0]);
     if (venus) {
+        /* A venus command stream with a reply into this blob at 0. */
+        const uint32_t vn[] = {VN_SET_REPLY_COMMAND_STREAM, 0, 1, 0, cb.res_handle, 0, 0, PAGE, 0,
+                               VN_ENUMERATE_INSTANCE_VERSION, VN_GENERATE_REPLY, 1, 0};
+        int erc = execbuffer(fd, cb.bo_handle, vn, sizeof(vn) / 4);
+        time_t t0 = time(NULL);
+        while (erc == 0 && w[0] != VN_ENUMERATE_INSTANCE_VERSION &&
+               time(NULL) - t0 < VENUS_REPLY_WAIT)
+            usleep(10000);
+        result("guest-venus-reply",
+               erc == 0 && w[0] == VN_ENUMERATE_INSTANCE_VERSION && w[1] == 0 && w[2] == 1 &&
+                   w[3] == 0 && w[4] >= ((1u << 22) | (1u << 12)),
+               "execbuffer=%d,reply=%08x:%08x:%08x:%08x,version=0x%08x,%lds", erc, w[0], w[1],
+               w[2], w[3], w[4], (long)(time(NULL) - t0));
         /* The guest's bytes over the whole blob, read back. */
         for (uint32_t i = 0; i < words; i++)
             w[i] = ~pattern(cb.res_handle, i);
@@ -168,6 +215,13 @@ static int run(int hold, int venus)
         for (uint32_t pg = 0; pg < BLOB_PAGES; pg++)
             w[pg * PAGE / 4] = ~pattern(cb.res_handle, pg * PAGE / 4);
         result("guest-stamped", 1, "pages=%u", BLOB_PAGES);
+
+        /* A command stream of the context, run by the renderer before the
+         * device answers (and so before the fence signals). */
+        const uint32_t cmd[4] = {TEST_CMD_STORE, cb.res_handle, CMD_WORD, GUEST_CMD_VALUE};
+        int erc = execbuffer(fd, cb.bo_handle, cmd, 4);
+        result("guest-submit", erc == 0 && w[CMD_WORD] == GUEST_CMD_VALUE, "execbuffer=%d,word%u=0x%08x",
+               erc, CMD_WORD, w[CMD_WORD]);
     }
     printf("GH-VG-BLOB-MAPPED res=%u\n", cb.res_handle);
     fflush(stdout);

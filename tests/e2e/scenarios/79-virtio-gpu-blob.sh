@@ -11,10 +11,14 @@
 #     (3D, RESOURCE_BLOB, HOST_VISIBLE, CONTEXT_INIT, the test capset),
 #     GET_CAPS, CONTEXT_INIT with the test capset, RESOURCE_CREATE_BLOB
 #     (HOST3D, USE_MAPPABLE, 64 KiB), MAP + mmap: it reads the renderer's
-#     pattern through the window and stamps every page;
+#     pattern through the window and stamps every page; then EXECBUFFER
+#     (SUBMIT_3D) of one test capset command, the renderer storing a value
+#     in the blob, and VIRTGPU_WAIT: the guest reads the value through the
+#     window;
 #   - while it holds the mapping, gpu-hostmem status shows the renderer's
 #     registration at the blob's offset (owner: the renderer), faults and
-#     lends, and the model line one context and one mapped blob;
+#     lends, and the model line one context, one mapped blob and one
+#     command stream of 16 bytes;
 #   - closing the handle (UNMAP_BLOB + UNREF) unregisters it: nothing is
 #     registered or lent any more, in the kernel's view and in the IOREQ
 #     server's (no registration listed, ledger = kernel = 0), and the
@@ -79,7 +83,7 @@ if hm_wait_marker "$name" '^GH-VG-BLOB-MAPPED' "${HM_GUEST_WAIT:-900}"; then
         "gpu-hostmem status '$dom' 2>/dev/null | awk '/^kernel/ {s=1} s' | grep -qE 'size 0x10000 lent [0-9]+ owner pid $rpid\$'"
     check vgb-lent "kernel=${lent_mapped:-none},lends=$lends" [ "${lent_mapped:-0}" -ge 16 -a "$lends" -ge 1 ]
     check vgb-model-mapped "$model_mapped" sh -c \
-        "printf '%s' '$model_mapped' | grep -q 'contexts 1, blobs 1 (65536 bytes), mapped 1 (65536 bytes), renderer errors 0'"
+        "printf '%s' '$model_mapped' | grep -q 'contexts 1, blobs 1 (65536 bytes), mapped 1 (65536 bytes), submits 1 (16 bytes), renderer errors 0'"
     # Done reading: let the guest go on, by writing HOST_ACK into the
     # blob's second word through the renderer's memfd (the page the guest
     # has mapped: it reads the host's write through the window).
@@ -88,7 +92,7 @@ else
     result vgb-guest-mapped 0 "$(gh_since "$t")s"
 fi
 hm_vg_after_unref vgb "$name" "$dom" "$t" guest-modules guest-drm-nodes guest-getparam guest-get-caps guest-context-init \
-    guest-create-blob guest-map guest-read-host-pattern guest-stamped guest-host-ack guest-unref \
+    guest-create-blob guest-map guest-read-host-pattern guest-stamped guest-submit guest-host-ack guest-unref \
     guest-no-error-responses
 out=/tmp/$name.out
 grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "$out" | tail -n1)

@@ -13,10 +13,16 @@
 #     from libvirglrenderer, through the renderer protocol), CONTEXT_INIT
 #     with capset 4, RESOURCE_CREATE_BLOB (HOST3D, USE_MAPPABLE, blob_id 0,
 #     64 KiB: venus's shm blob, a memfd the render server makes), MAP +
-#     mmap: it reads zeros through the window, writes a pattern and reads
-#     it back;
+#     mmap: it reads zeros through the window; EXECBUFFER (SUBMIT_3D) of
+#     a venus command stream, vkSetReplyCommandStreamMESA naming the blob
+#     and vkEnumerateInstanceVersion asking for a reply: the render
+#     server's reply (type 137, VK_SUCCESS, a Vulkan 1.1+ version) read
+#     through the window; then it writes a pattern and reads it back;
 #   - while it holds the mapping, gpu-hostmem status shows the renderer's
-#     registration (owner: the renderer) and lends;
+#     registration (owner: the renderer), lends and the command stream;
+#     then dom0 writes an acknowledgement into the blob through the
+#     renderer's mapping of it, which the guest reads through the window
+#     (a handshake, not a fixed hold);
 #   - closing the handle (UNMAP_BLOB + UNREF) unregisters it: nothing is
 #     registered or lent any more;
 #   - no error answer in the guest's log, no refused system call, the
@@ -29,7 +35,9 @@ hm_device_config vgv "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  
     "renderer, venus" "renderer $renderer as nobody, backend venus"
 
 name=vg-venus
-hold=${VG_BLOB_HOLD:-8}
+# The guest holds its mapping until dom0 acknowledges (venus_host_ack), at
+# most this long.
+hold=${VG_BLOB_HOLD:-600}
 hm_install || exit 1
 check vgv-renderer-installed "$renderer" test -x "$renderer"
 check vgv-virglrenderer-installed "libvirglrenderer1" sh -c \
@@ -56,6 +64,21 @@ renderer_unprivileged() {
 }
 check vgv-renderer-unprivileged "pid=${rpid:-none}" renderer_unprivileged "${rpid:-none}"
 
+# venus_host_ack PID: writes "!KCA" (the guest's HOST_ACK) at byte 4 of the
+# blob as the renderer maps it: venus's 64 KiB vkr-shmem memfd, made by the
+# render server (the renderer keeps no fd of it, only the mapping, written
+# through /proc/PID/map_files). The guest reads it through the window.
+venus_host_ack() {
+    local r _x path range= n=0
+    while read -r r _x _x _x _x path; do
+        case "$path" in *memfd:vkr-shmem*) ;; *) continue ;; esac
+        [ $((16#${r#*-} - 16#${r%-*})) = 65536 ] || continue
+        range=$r n=$((n + 1))
+    done <"/proc/$1/maps"
+    [ "$n" = 1 ] || { echo "renderer $1 maps $n 64 KiB vkr-shmem ranges"; return 1; }
+    printf '!KCA' | dd of="/proc/$1/map_files/$range" bs=4 seek=1 conv=notrunc status=none
+}
+
 xl unpause "$name"
 t=$(gh_now)
 regs_mapped= model_mapped=
@@ -72,12 +95,14 @@ if hm_wait_marker "$name" '^GH-VG-BLOB-MAPPED' "${HM_GUEST_WAIT:-900}"; then
         "gpu-hostmem status '$dom' 2>/dev/null | awk '/^kernel/ {s=1} s' | grep -qE 'size 0x10000 lent [0-9]+ owner pid $rpid\$'"
     check vgv-lent "kernel=${lent_mapped:-none},lends=$lends" [ "${lent_mapped:-0}" -ge 16 -a "$lends" -ge 1 ]
     check vgv-model-mapped "$model_mapped" sh -c \
-        "printf '%s' '$model_mapped' | grep -q 'contexts 1, blobs 1 (65536 bytes), mapped 1 (65536 bytes), renderer errors 0'"
+        "printf '%s' '$model_mapped' | grep -q 'contexts 1, blobs 1 (65536 bytes), mapped 1 (65536 bytes), submits 1 (52 bytes), renderer errors 0'"
+    # Done reading: let the guest go on (a host write reaching its page).
+    check vgv-host-ack "pid=${rpid:-none}" venus_host_ack "${rpid:-none}"
 else
     result vgv-guest-mapped 0 "$(gh_since "$t")s"
 fi
 hm_vg_after_unref vgv "$name" "$dom" "$t" guest-modules guest-drm-nodes guest-getparam guest-get-caps guest-context-init \
-    guest-create-blob guest-map guest-read-zeros guest-write-read-back guest-unref \
+    guest-create-blob guest-map guest-read-zeros guest-venus-reply guest-write-read-back guest-host-ack guest-unref \
     guest-no-error-responses
 out=/tmp/$name.out
 grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "$out" | tail -n1)

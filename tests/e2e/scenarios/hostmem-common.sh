@@ -272,7 +272,7 @@ hm_vg_after_unref() {
         # registration and 16 ledger pages here.
         view=$(hm_server_view "$st")
         check "$p-server-unregistered" "registrations ledger kernel: $view" [ "$view" = "0 0 0" ]
-        check "$p-model-unref" "$model" sh -c "printf '%s' '$model' | grep -q 'blobs 0 (0 bytes), mapped 0 (0 bytes), renderer errors 0'"
+        check "$p-model-unref" "$model" sh -c "printf '%s' '$model' | grep -qE 'blobs 0 \\(0 bytes\\), mapped 0 \\(0 bytes\\), submits [0-9]+ \\([0-9]+ bytes\\), renderer errors 0'"
     else
         result "$p-guest-unref" 0 "no GH-VG-BLOB-UNREF"
     fi
