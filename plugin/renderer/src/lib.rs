@@ -364,7 +364,7 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
             return Err(libc::EINVAL);
         }
         self.backend
-            .submit(c, cmds, &mut ByResource(&mut self.blobs))?;
+            .submit(c, cmds, &mut ByResource::new(&mut self.blobs))?;
         self.stats.submits += 1;
         debug!(ctx, bytes = cmds.len(), "command stream run");
         Ok(())
@@ -517,15 +517,27 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
     }
 }
 
-/// The renderer's blobs, found by the guest's resource id.
-struct ByResource<'a, B>(&'a mut HashMap<u64, Blob<B>>);
+/// The renderer's blobs, found by the guest's resource id (indexed on the
+/// first lookup: a stream may name blobs thousands of times).
+struct ByResource<'a, B> {
+    blobs: &'a mut HashMap<u64, Blob<B>>,
+    index: Option<HashMap<u32, u64>>,
+}
+
+impl<'a, B> ByResource<'a, B> {
+    fn new(blobs: &'a mut HashMap<u64, Blob<B>>) -> Self {
+        ByResource { blobs, index: None }
+    }
+}
 
 impl<B> BlobLookup<B> for ByResource<'_, B> {
     fn by_resource(&mut self, resource_id: u32) -> Option<&mut B> {
-        self.0
-            .values_mut()
-            .find(|b| b.resource_id == resource_id)
-            .map(|b| &mut b.mem)
+        let blobs = &*self.blobs;
+        let index = self
+            .index
+            .get_or_insert_with(|| blobs.iter().map(|(h, b)| (b.resource_id, *h)).collect());
+        let h = *index.get(&resource_id)?;
+        self.blobs.get_mut(&h).map(|b| &mut b.mem)
     }
 }
 
