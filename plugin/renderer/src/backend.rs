@@ -73,6 +73,16 @@ pub trait BlobLookup<B> {
     fn by_resource(&mut self, resource_id: u32) -> Option<&mut B>;
 }
 
+/// A command stream as dwords (little endian on the wire, as virtio is),
+/// `None` unless it is whole dwords.
+pub fn dwords(cmds: &[u8]) -> Option<Vec<u32>> {
+    (cmds.len() % 4 == 0).then(|| {
+        cmds.chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect()
+    })
+}
+
 /// The test capset's one command: store `value` at 32-bit word `word` of
 /// the blob of resource `resource_id` (four dwords: the command,
 /// `resource_id`, `word`, `value`).
@@ -211,11 +221,8 @@ impl Backend for TestBackend {
         cmds: &[u8],
         blobs: &mut dyn BlobLookup<TestBlob>,
     ) -> Result<(), i32> {
-        let words: Vec<u32> = cmds
-            .chunks_exact(4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-            .collect();
-        if cmds.len() % 4 != 0 || words.is_empty() || words.len() % TEST_CMD_DWORDS != 0 {
+        let words = dwords(cmds).ok_or(libc::EINVAL)?;
+        if words.is_empty() || words.len() % TEST_CMD_DWORDS != 0 {
             return Err(libc::EINVAL);
         }
         let commands = words.chunks_exact(TEST_CMD_DWORDS);

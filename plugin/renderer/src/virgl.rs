@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use libloading::Library;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, BackendBlob, BlobArgs, BlobLookup, BlobMapping, CapsetInfo};
+use crate::backend::{dwords, Backend, BackendBlob, BlobArgs, BlobLookup, BlobMapping, CapsetInfo};
 
 /// The soname of trixie's libvirglrenderer1.
 pub const SONAME: &str = "libvirglrenderer.so.1";
@@ -346,14 +346,10 @@ impl VirglContext {
             op,
             errno: libc::EINVAL,
         };
-        if cmds.len() % 4 != 0 {
-            return Err(bad);
-        }
         // The library reads dwords: give it aligned ones of its own.
-        let mut words: Vec<u32> = cmds
-            .chunks_exact(4)
-            .map(|w| u32::from_ne_bytes([w[0], w[1], w[2], w[3]]))
-            .collect();
+        let Some(mut words) = dwords(cmds) else {
+            return Err(bad);
+        };
         let (Ok(ctx), Ok(ndw)) = (c_int::try_from(self.id), c_int::try_from(words.len())) else {
             return Err(bad);
         };
