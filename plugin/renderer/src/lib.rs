@@ -35,7 +35,8 @@ use std::os::unix::net::UnixDatagram;
 use tracing::{debug, info, warn};
 
 use gpu_hostmem_virtio_gpu::renderer_proto::{
-    DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, MAX_SUBMIT_LEN, REQUEST_LEN, VERSION,
+    is_submittable, DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, MAX_SUBMIT_LEN, REQUEST_LEN,
+    VERSION,
 };
 use gpu_hostmem_xen::privcmd::HostmemRegister;
 use gpu_hostmem_xen::Privcmd;
@@ -360,7 +361,7 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
             Some((cs, c)) if *cs == capset => c,
             _ => return Err(libc::EINVAL),
         };
-        if cmds.is_empty() || cmds.len() % 4 != 0 || cmds.len() > MAX_SUBMIT_LEN {
+        if !is_submittable(cmds) {
             return Err(libc::EINVAL);
         }
         self.backend
@@ -581,8 +582,15 @@ fn serve_loop<G: Registrar, B: Backend>(
     sock: &UnixDatagram,
     state: &mut RendererState<G, B>,
 ) -> Result<(), ServeError> {
-    while serve_one(sock, state)? {}
+    let mut buf = recv_buffer();
+    while serve_one_into(sock, state, &mut buf)? {}
     Ok(())
+}
+
+/// One byte more than the longest request: a longer one is noticed
+/// (SOCK_SEQPACKET truncates it to the buffer).
+fn recv_buffer() -> Vec<u8> {
+    vec![0u8; REQUEST_LEN + MAX_SUBMIT_LEN + 1]
 }
 
 /// Answers the device's next request on `sock`: true if one was answered,
@@ -592,11 +600,18 @@ pub fn serve_one<G: Registrar, B: Backend>(
     sock: &UnixDatagram,
     state: &mut RendererState<G, B>,
 ) -> Result<bool, ServeError> {
-    // One byte more than the longest request: a longer one is noticed
-    // (SOCK_SEQPACKET truncates it to the buffer).
-    let mut buf = vec![0u8; REQUEST_LEN + MAX_SUBMIT_LEN + 1];
+    serve_one_into(sock, state, &mut recv_buffer())
+}
+
+/// [`serve_one`] receiving into `buf` ([`recv_buffer`]'s size), which the
+/// serving loop keeps across requests.
+fn serve_one_into<G: Registrar, B: Backend>(
+    sock: &UnixDatagram,
+    state: &mut RendererState<G, B>,
+    buf: &mut [u8],
+) -> Result<bool, ServeError> {
     let n = loop {
-        match sock.recv(&mut buf) {
+        match sock.recv(buf) {
             Ok(n) => break n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => return Err(ServeError::Io { op: "recv", source }),

@@ -67,6 +67,12 @@ pub const MAX_CAPSET_SIZE: u32 = 16 << 10;
 /// submissions are small.
 pub const MAX_SUBMIT_LEN: usize = 128 << 10;
 
+/// True for a command stream SUBMIT may carry: whole dwords, 1 to
+/// [`MAX_SUBMIT_LEN`] bytes (both ends check it).
+pub fn is_submittable(cmds: &[u8]) -> bool {
+    !cmds.is_empty() && cmds.len() % 4 == 0 && cmds.len() <= MAX_SUBMIT_LEN
+}
+
 /// Operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
@@ -605,7 +611,7 @@ impl Renderer for SocketRenderer {
     }
 
     fn submit(&mut self, ctx_id: u32, capset: u32, cmds: &[u8]) -> Result<(), RendererError> {
-        if cmds.is_empty() || cmds.len() > MAX_SUBMIT_LEN || cmds.len() % 4 != 0 {
+        if !is_submittable(cmds) {
             // Never asked: the device checks the stream first.
             return Err(RendererError::Refused {
                 op: "submit",
