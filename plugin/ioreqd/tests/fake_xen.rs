@@ -521,15 +521,23 @@ fn restarts_a_killed_worker_then_gives_up_after_the_bound() {
     }
     assert!(cmdline(w2).contains("--attach"), "{}", cmdline(w2));
     assert_eq!(r.key("state").as_deref(), Some("running"));
+    // The supervisor records the worker just after starting it, while the
+    // worker attaches and logs on its own: either may come first.
+    let start2 = gpu_hostmem_host::identity::start_time(w2);
+    let recorded = |r: &Run| {
+        r.key("worker-pid") == Some(w2.to_string())
+            && r.key("worker-start").and_then(|s| s.parse().ok()) == start2
+    };
+    let t = Instant::now();
+    while !recorded(&r) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(
         r.key("worker-pid"),
         Some(w2.to_string()),
         "the record names the restarted worker"
     );
-    assert_eq!(
-        r.key("worker-start").and_then(|s| s.parse().ok()),
-        gpu_hostmem_host::identity::start_time(w2)
-    );
+    assert_eq!(r.key("worker-start").and_then(|s| s.parse().ok()), start2);
     assert_eq!(
         r.key("pid"),
         Some(sup.to_string()),
