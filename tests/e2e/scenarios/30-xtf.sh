@@ -5,9 +5,10 @@
 # Selection: one xtf-runner selection per line of /etc/gpu-hostmem/xtf-selection
 # (tests/e2e/run's GPU_HOSTMEM_XTF_SELECTION, lines separated by ";"),
 # default the CI subset below; "everything" selects every test the build
-# produces (all categories).  A test instance whose guest died of the test
-# bed's signature A (tests/e2e/classify-failure on `xl dmesg`) runs again,
-# at most twice; its RESULT says so.  Tests listed in XTF_TESTBED_LIMITS fail
+# produces (all categories).  Instances run a few at a time (GH_XTF_JOBS,
+# below).  A test instance whose guest died of a known test-bed fault
+# (tests/e2e/classify-failure on `xl dmesg`) runs again, alone, at most
+# twice; its RESULT says so.  Tests listed in XTF_TESTBED_LIMITS fail
 # identically on the unpatched 4.20.4 hypervisor (docs/e2e.md, "XTF"): they
 # are reported with ok=1 and "test-bed limit" in the value, never hidden.
 # timeout: 3600
@@ -91,9 +92,86 @@ limit() {
     return 1
 }
 
+# run_one INSTANCE: one xtf-runner run of INSTANCE; its result (SUCCESS,
+# SKIP, FAILURE, ERROR, CRASH or "CRASH(timeout N s)"), seconds and output
+# go to /tmp/xtf-r/INSTANCE.{res,secs,out}.  Results come from xenconsoled's
+# log of the guest (dom0 runs it with --log=guest), not `xl console`: that
+# one races with xenconsoled for a PV guest ("Could not read tty from
+# store").
+run_one() {
+    local t=$1 t0 out rc res
+    t0=$(gh_now)
+    rm -f "$GH_CONSOLE_DIR/guest-$t.log"
+    out=$(cd "$xtf" && timeout -k 5 "$per_test" ./xtf-runner --results-mode=logfile \
+        --logfile-dir="$GH_CONSOLE_DIR" --logfile-pattern=guest-%s.log "$t" 2>&1)
+    rc=$?
+    res=$(printf '%s\n' "$out" | awk -v t="$t" '/^Combined test results:/ { on = 1; next } on && $1 == t { r = $2 } END { print r }')
+    [ -n "$res" ] || res=CRASH
+    [ "$rc" = 124 ] && res="CRASH(timeout ${per_test}s)"
+    # Remove what a crashed test left behind.
+    xl destroy "$t" >/dev/null 2>&1 || true
+    printf '%s\n' "$out" >"/tmp/xtf-r/$t.out"
+    gh_since "$t0" >"/tmp/xtf-r/$t.secs"
+    echo "$res" >"/tmp/xtf-r/$t.res"
+}
+passed() { case "$1" in SUCCESS | SKIP) return 0 ;; esac; return 1; }
+
+# report INSTANCE NOTE: its RESULT line.
 n_ok=0
 n_bad=0
-t_all=$(gh_now)
+report() {
+    local t=$1 res ok
+    res=$(cat "/tmp/xtf-r/$t.res")
+    if passed "$res"; then
+        ok=1
+    else
+        # Show what the test printed, for the log.
+        tail -n 25 "/tmp/xtf-r/$t.out" | sed "s/^/[$t] /"
+        if limit "${t#test-}" "$res"; then ok=1; res="$res (test-bed limit, same on unpatched 4.20.4)"; else ok=0; fi
+    fi
+    result "xtf-$t" "$ok" "$res,$(cat "/tmp/xtf-r/$t.secs")s$2"
+    if [ "$ok" = 1 ]; then n_ok=$((n_ok + 1)); else n_bad=$((n_bad + 1)); fi
+}
+
+# signatures: the test bed's known faults (tests/e2e/classify-failure) in
+# Xen's log since the last `xl dmesg -c`, one per line.
+signatures() {
+    xl dmesg >/tmp/xtf-dmesg 2>&1 || true
+    "$classify" --map "$map" --list /tmp/xtf-dmesg || true
+}
+
+# alone INSTANCE NOTE: run INSTANCE by itself; a guest that died of a known
+# test-bed fault (it is the only guest, so the fault is its own) runs
+# again, at most twice.
+alone() {
+    local t=$1 lost=$2 tries=0 sig letter
+    while :; do
+        xl dmesg -c >/dev/null 2>&1 || true
+        run_one "$t"
+        passed "$(cat "/tmp/xtf-r/$t.res")" && break
+        sig=$(signatures)
+        [ -n "$sig" ] && [ "$tries" -lt 2 ] || break
+        tries=$((tries + 1))
+        letter=$(echo "$sig" | head -n1 | cut -d' ' -f1)
+        lost="$lost,lost to test-bed fault $letter ($(echo "$sig" | head -n1 | cut -d' ' -f2-))"
+        echo "xtf: $t: guest lost to signature $letter, running it again"
+    done
+    report "$t" "$lost"
+}
+
+# Instances run $jobs at a time (GH_XTF_JOBS, default 3): most of an HVM
+# instance's 5 s is libxl starting QEMU twice (its command-line probe, then
+# the device model) and tearing it down, which overlaps well (three HVM
+# instances at once took 10 s for four, alone 5.7 s each).  A batch in
+# which an instance did not pass and Xen's log shows a known test-bed fault
+# cannot say whose guest the fault took: every instance of the batch that
+# did not pass then runs again alone (above), where its result is its own,
+# and its RESULT says "batch lost a guest to X".  With no known fault in
+# the batch, a result is final, as it is alone.
+jobs=${GH_XTF_JOBS:-3}
+rm -rf /tmp/xtf-r
+mkdir -p /tmp/xtf-r
+run=()
 for t in "${list[@]}"; do
     skip=
     for e in "${not_run_envs[@]}"; do
@@ -102,47 +180,38 @@ for t in "${list[@]}"; do
     if [ -n "$skip" ]; then
         result "xtf-$t" 1 "not run (every $skip instance hangs on this test bed, unpatched 4.20.4 too)"
         n_ok=$((n_ok + 1))
+    else
+        run+=("$t")
+    fi
+done
+t_all=$(gh_now)
+i=0
+while [ "$i" -lt "${#run[@]}" ]; do
+    batch=("${run[@]:i:jobs}")
+    i=$((i + ${#batch[@]}))
+    xl dmesg -c >/dev/null 2>&1 || true
+    for t in "${batch[@]}"; do
+        run_one "$t" &
+    done
+    wait
+    again=()
+    for t in "${batch[@]}"; do
+        passed "$(cat "/tmp/xtf-r/$t.res")" || again+=("$t")
+    done
+    sig=
+    [ "${#again[@]}" = 0 ] || sig=$(signatures)
+    if [ -z "$sig" ]; then
+        for t in "${batch[@]}"; do report "$t" ""; done
         continue
     fi
-    tries=0
-    lost=
-    while :; do
-        xl dmesg -c >/dev/null 2>&1 || true
-        t0=$(gh_now)
-        # Results from xenconsoled's log of the guest (dom0 runs it with
-        # --log=guest), not `xl console`: that one races with xenconsoled
-        # for a PV guest ("Could not read tty from store").
-        rm -f "$GH_CONSOLE_DIR/guest-$t.log"
-        out=$(cd "$xtf" && timeout -k 5 "$per_test" ./xtf-runner --results-mode=logfile \
-            --logfile-dir="$GH_CONSOLE_DIR" --logfile-pattern=guest-%s.log "$t" 2>&1)
-        rc=$?
-        res=$(printf '%s\n' "$out" | awk -v t="$t" '/^Combined test results:/ { on = 1; next } on && $1 == t { r = $2 } END { print r }')
-        [ -n "$res" ] || res=CRASH
-        [ "$rc" = 124 ] && res="CRASH(timeout ${per_test}s)"
-        secs=$(gh_since "$t0")
-        case "$res" in SUCCESS | SKIP) break ;; esac
-        # The guest died: of the test bed's known fault?
-        xl dmesg >/tmp/xtf-dmesg 2>&1 || true
-        sig=$("$classify" --map "$map" --list /tmp/xtf-dmesg || true)
-        if [ -n "$sig" ] && [ "$tries" -lt 2 ]; then
-            tries=$((tries + 1))
-            letter=$(echo "$sig" | head -n1 | cut -d' ' -f1)
-            lost="$lost,lost to test-bed fault $letter ($(echo "$sig" | head -n1 | cut -d' ' -f2-))"
-            echo "xtf: $t: guest lost to signature $letter, running it again"
-            continue
-        fi
-        # Show what the test printed, for the log.
-        printf '%s\n' "$out" | tail -n 25 | sed "s/^/[$t] /"
-        break
+    letter=$(echo "$sig" | head -n1 | cut -d' ' -f1)
+    echo "xtf: batch ${batch[*]}: a guest was lost to signature $letter; running ${again[*]} again, alone"
+    for t in "${batch[@]}"; do
+        case " ${again[*]} " in
+        *" $t "*) alone "$t" ",batch lost a guest to test-bed fault $letter ($(echo "$sig" | head -n1 | cut -d' ' -f2-)), run again alone" ;;
+        *) report "$t" "" ;;
+        esac
     done
-    # Remove what a crashed test left behind.
-    xl destroy "$t" >/dev/null 2>&1 || true
-    case "$res" in
-    SUCCESS | SKIP) ok=1 ;;
-    *) if limit "${t#test-}" "$res"; then ok=1; res="$res (test-bed limit, same on unpatched 4.20.4)"; else ok=0; fi ;;
-    esac
-    result "xtf-$t" "$ok" "$res,${secs}s$lost"
-    if [ "$ok" = 1 ]; then n_ok=$((n_ok + 1)); else n_bad=$((n_bad + 1)); fi
 done
 result xtf-summary "$([ "$n_bad" = 0 ] && echo 1 || echo 0)" \
     "instances=${#list[@]},ok=$n_ok,failed=$n_bad,xen=$(cat /etc/gpu-hostmem/xen-version),$(gh_since "$t_all")s"
