@@ -159,16 +159,16 @@ alone() {
     report "$t" "$lost"
 }
 
-# Instances run $jobs at a time (GH_XTF_JOBS, default 3): most of an HVM
+# Instances run $jobs at a time (GH_XTF_JOBS, default 4): most of an HVM
 # instance's 5 s is libxl starting QEMU twice (its command-line probe, then
-# the device model) and tearing it down, which overlaps well (three HVM
-# instances at once took 10 s for four, alone 5.7 s each).  A batch in
+# the device model) and tearing it down, which overlaps well (four HVM
+# instances at once took 10.2 s, one alone 5.7 s).  A batch in
 # which an instance did not pass and Xen's log shows a known test-bed fault
 # cannot say whose guest the fault took: every instance of the batch that
 # did not pass then runs again alone (above), where its result is its own,
 # and its RESULT says "batch lost a guest to X".  With no known fault in
 # the batch, a result is final, as it is alone.
-jobs=${GH_XTF_JOBS:-3}
+jobs=${GH_XTF_JOBS:-4}
 rm -rf /tmp/xtf-r
 mkdir -p /tmp/xtf-r
 run=()
