@@ -15,11 +15,14 @@
  * pages), MAP + mmap to write a pattern into the backing, TRANSFER_TO_HOST
  * and WAIT. The host answers each command; an error answer shows in the
  * kernel log as "response 0x... (command 0x...)", which is checked. Then
- * it prints GH-VG-PHASE1-DONE, sleeps RESTART_WAIT seconds (dom0 kills the
- * IOREQ server's worker meanwhile) and draws a second resource.
+ * it prints GH-VG-PHASE1-DONE, waits until dom0 says "gh-go" on the console,
+ * RESTART_WAIT seconds at most (dom0 kills the IOREQ server's worker
+ * meanwhile) and draws a second resource.
  * Prints "RESULT name=... ok=0|1 value=..." lines; exit status 0 if all ok.
  */
+#include <poll.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "virtio-gpu-common.h"
 
@@ -94,6 +97,32 @@ static int draw(int fd, const char *tag)
     return failed;
 }
 
+/* Waits at most SECONDS for dom0 to type WORD on the console (gh_guest_say
+ * in the test bed's lib.sh, through xenconsoled's pty: this program's
+ * standard input); returns 1 if it did. */
+static int console_wait(const char *word, int seconds)
+{
+    struct timespec t0, t;
+    struct pollfd p = { .fd = 0, .events = POLLIN };
+    char buf[128];
+    ssize_t n;
+    long left;
+
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        left = seconds * 1000L - ((t.tv_sec - t0.tv_sec) * 1000L + (t.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0 || poll(&p, 1, (int)left) != 1)
+            return 0;
+        n = read(0, buf, sizeof(buf) - 1);
+        if (n <= 0)
+            return 0;
+        buf[n] = 0;
+        if (strstr(buf, word))
+            return 1;
+    }
+}
+
 static int probe(int restart_wait)
 {
     if (load_modules() != 0)
@@ -136,7 +165,8 @@ static int probe(int restart_wait)
      * not used again. */
     printf("GH-VG-PHASE1-DONE\n");
     fflush(stdout);
-    sleep(restart_wait);
+    printf("guest: phase 2 %s\n", console_wait("gh-go", restart_wait) ? "on dom0's word" : "after the time bound");
+    fflush(stdout);
     if (draw(fd, "guest-after-restart") != 0)
         return 1;
     close(fd);

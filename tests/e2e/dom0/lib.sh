@@ -98,6 +98,17 @@ gh_guest_create() {
     xl domid "$name"
 }
 
+# gh_guest_say NAME LINE: type LINE on guest NAME's console, as `xl console`
+# would: into the pty xenconsoled keeps for it (raw mode), which the guest
+# reads on hvc0 (its programs' standard input).
+gh_guest_say() {
+    local domid tty
+    domid=$(xl domid "$1" 2>/dev/null) || return 1
+    tty=$(xenstore-read "/local/domain/$domid/console/tty" 2>/dev/null) || return 1
+    [ -c "$tty" ] || return 1
+    printf '%s\n' "$2" >"$tty"
+}
+
 # gh_guest_wait NAME TIMEOUT: relay the guest's console (xenconsoled log)
 # prefixed with [NAME] until it prints GH-GUEST-DONE; the whole console is
 # kept in /tmp/NAME.out. Fails on timeout or if the domain disappears.

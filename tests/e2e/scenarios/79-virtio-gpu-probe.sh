@@ -49,6 +49,8 @@ if hm_wait_marker "$name" '^GH-VG-PHASE1-DONE' "${HM_GUEST_WAIT:-1200}"; then
     wpid=$nw
     n=$(xenstore-read "$xsdir/restarts" 2>/dev/null || true)
     check vg-restart-recorded "restarts=${n:-none}" [ "${n:-0}" = 1 ]
+    # The guest's second phase, now rather than at its time bound.
+    gh_guest_say "$name" gh-go || echo "could not type on $name's console"
 else
     result vg-guest-phase1 0 "$(gh_since "$t")s"
 fi
