@@ -68,6 +68,15 @@ pub trait FunctionModel {
         None
     }
 
+    /// Work the device does on its own between the guest's accesses (the
+    /// virtio-gpu device answers fenced commands whose fences its renderer
+    /// retired). The server calls it after every wake-up; it must not
+    /// block. Returns the level to set the function's INTA to, if it
+    /// changed. The state may have changed after it: the server saves it.
+    fn background(&mut self) -> Option<bool> {
+        None
+    }
+
     /// The device was detached from the guest's memory (the server
     /// stops): drop what maps it.
     fn release(&mut self) {}
