@@ -136,6 +136,12 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
         })
     }
 
+    fn background(&mut self) -> Option<bool> {
+        let a = self.dev.poll_renderer(&mut self.mem);
+        self.note(&a);
+        a.intx
+    }
+
     fn release(&mut self) {
         self.mem.forget_mappings();
     }
@@ -143,11 +149,12 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
     fn summary(&self) -> Option<String> {
         let t = self.dev.pci().transport();
         let b = self.dev.blobs().stats();
+        let f = self.dev.fence_stats();
         let blobs = if self.dev.blobs().capsets().is_empty() {
             String::new()
         } else {
             format!(
-                ", contexts {}, blobs {} ({} bytes), mapped {} ({} bytes), submits {} ({} bytes), renderer errors {}",
+                ", contexts {}, blobs {} ({} bytes), mapped {} ({} bytes), submits {} ({} bytes), renderer errors {}, fences kept {} (waiting {}, answered {}, ended {}, events ignored {})",
                 b.contexts,
                 b.blobs,
                 b.bytes,
@@ -155,7 +162,12 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
                 b.mapped_bytes,
                 b.submits,
                 b.submitted_bytes,
-                b.renderer_errors
+                b.renderer_errors,
+                f.kept,
+                f.waiting,
+                f.answered,
+                f.ended,
+                f.ignored_events
             )
         };
         Some(format!(
