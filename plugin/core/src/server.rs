@@ -642,10 +642,9 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
     /// follows it and a changed state is saved. [`Server::run_once`] calls
     /// it after every wake-up.
     pub fn background(&mut self) {
-        let before = self.save_pci.is_some().then(|| self.func.saved());
-        let intx = self.func.background();
-        self.set_intx(intx);
-        if before.is_some_and(|b| b != self.func.saved()) {
+        let b = self.func.background();
+        self.set_intx(b.intx);
+        if b.changed {
             self.save_pci_state();
         }
     }

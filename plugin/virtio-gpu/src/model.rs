@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use tracing::info;
 
-use gpu_hostmem_core::model::{FunctionModel, MmioAnswer, ModelChange};
+use gpu_hostmem_core::model::{Background, FunctionModel, MmioAnswer, ModelChange};
 use gpu_hostmem_core::pci::{PciError, PciFunction};
 
 use crate::device::GpuConfig;
@@ -136,10 +136,23 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
         })
     }
 
-    fn background(&mut self) -> Option<bool> {
+    fn background(&mut self) -> Background {
+        // What the saved line holds that this can change: the ring
+        // positions (one more answered per used entry), the ISR and the
+        // status (NEEDS_RESET on a broken ring). Cheaper than comparing
+        // saved lines at every wake-up of the server.
+        let state = |d: &VirtioGpu| {
+            let t = d.pci().transport();
+            (d.served(), t.isr(), t.status())
+        };
+        let before = state(&self.dev);
         let a = self.dev.poll_renderer(&mut self.mem);
         self.note(&a);
-        a.intx
+        let after = state(&self.dev);
+        Background {
+            changed: before != after,
+            intx: a.intx,
+        }
     }
 
     fn release(&mut self) {
