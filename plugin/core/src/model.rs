@@ -31,6 +31,16 @@ pub struct MmioAnswer {
     pub intx: Option<bool>,
 }
 
+/// What the device's own work between accesses did
+/// ([`FunctionModel::background`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Background {
+    /// Its state changed (the server saves it).
+    pub changed: bool,
+    /// Set the function's INTA to this level.
+    pub intx: Option<bool>,
+}
+
 /// The device behind the server's PCI function. Every method takes what
 /// the guest wrote and never fails on it: a value the device refuses ends
 /// in an error status of the device, not in an error of the server.
@@ -66,6 +76,15 @@ pub trait FunctionModel {
     fn mmio(&mut self, addr: u64, size: u32, write: Option<u64>) -> Option<MmioAnswer> {
         let _ = (addr, size, write);
         None
+    }
+
+    /// Work the device does on its own between the guest's accesses (the
+    /// virtio-gpu device answers fenced commands whose fences its renderer
+    /// retired). The server calls it after every wake-up, so it must not
+    /// block and should cost little when there is nothing to do: whether
+    /// its state changed (the server then saves it) and INTA's level.
+    fn background(&mut self) -> Background {
+        Background::default()
     }
 
     /// The device was detached from the guest's memory (the server

@@ -627,11 +627,26 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         let flow = match chan.wait(timeout)? {
             Wake::Event | Wake::Timeout => self.drain(Instant::now())?,
         };
+        if flow == Flow::Continue {
+            self.background();
+        }
         let now = Instant::now();
         if flow == Flow::Continue && self.xen_retry.due(now) {
             let _ = self.poll_xen_retry(now);
         }
         Ok(flow)
+    }
+
+    /// The device model's own work ([`FunctionModel::background`]: the
+    /// virtio-gpu device's fenced responses its renderer finished): INTA
+    /// follows it and a changed state is saved. [`Server::run_once`] calls
+    /// it after every wake-up.
+    pub fn background(&mut self) {
+        let b = self.func.background();
+        self.set_intx(b.intx);
+        if b.changed {
+            self.save_pci_state();
+        }
     }
 
     /// Read Xen's counters of the domain's RETRY answers and log what the

@@ -242,11 +242,32 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
     }
     let ctl = ControlSocket::bind(domid).map_err(at("control socket"))?;
 
+    // The renderer's socket, for virtio-gpu with a renderer: a duplicate
+    // of it also wakes the server, since its fence events finish kept
+    // responses (the model reads them in `background`). Taken here, before
+    // the device model that borrows the duplicate; used only below.
+    let (renderer_sock, renderer_wake) = match (&cfg.device, args.renderer_fd) {
+        (Device::VirtioGpu, Some(fd)) => {
+            let sock = take_inherited_fd(fd, Inherited::SeqpacketSocket)
+                .map(std::os::unix::net::UnixDatagram::from)
+                .map_err(at("renderer socket"))?;
+            let wake = sock
+                .try_clone()
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(at("renderer socket"))?;
+            (Some(sock), Some(wake))
+        }
+        _ => (None, None),
+    };
+
     // Stage: the ioreq server (create with RETRY, ioreq page + event
     // channels, PCI function, enable), undone by itself on failure.
     let mut pdm = XenDeviceModel::new(&dm, &fm, &xce, identity);
     pdm.add_wake_fd(sig_r.as_fd());
     pdm.add_wake_fd(ctl.as_fd());
+    if let Some(w) = renderer_wake.as_ref() {
+        pdm.add_wake_fd(w.as_fd());
+    }
     let hm = XenHostMem::new(privcmd, identity);
     let saved = if args.attach {
         crate::supervisor::read_pci_state(domid)
@@ -284,11 +305,8 @@ fn serve(args: &Args, cfg: &Config, libs: &XenLibs, reporter: &Reporter) -> Resu
             // and blobs go to it over the inherited socket (connected and
             // checked here, before the privilege drop; afterwards only
             // sendto/recvfrom on it, which the filter allows).
-            let (renderer, gcfg): (Box<dyn Renderer>, GpuConfig) = match args.renderer_fd {
-                Some(fd) => {
-                    let sock = take_inherited_fd(fd, Inherited::SeqpacketSocket)
-                        .map(std::os::unix::net::UnixDatagram::from)
-                        .map_err(at("renderer socket"))?;
+            let (renderer, gcfg): (Box<dyn Renderer>, GpuConfig) = match renderer_sock {
+                Some(sock) => {
                     let mut r = SocketRenderer::connect(sock).map_err(at("renderer"))?;
                     let ids: &[u32] = match cfg.virtio_gpu.backend {
                         RendererBackend::Venus => &[VENUS_CAPSET_ID],

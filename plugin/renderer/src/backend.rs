@@ -7,6 +7,7 @@
 //! at run time).
 
 use std::ffi::CString;
+use std::os::fd::RawFd;
 
 use tracing::warn;
 
@@ -83,12 +84,24 @@ pub fn dwords(cmds: &[u8]) -> Option<Vec<u32>> {
     })
 }
 
-/// The test capset's one command: store `value` at 32-bit word `word` of
-/// the blob of resource `resource_id` (four dwords: the command,
-/// `resource_id`, `word`, `value`).
+/// A test capset command: store `value` at 32-bit word `word` of the blob
+/// of resource `resource_id` (four dwords: the command, `resource_id`,
+/// `word`, `value`).
 pub const TEST_CMD_STORE: u32 = 1;
+/// A test capset command: hold back the retirement of the fences created
+/// on ring `ring` of this context from now on (four dwords: the command,
+/// `ring`, 0, 0), so that a test sees the device keep their responses. A
+/// test-only knob, as the capset is.
+pub const TEST_CMD_HOLD: u32 = 2;
+/// A test capset command: retire the fences held on ring `ring`, in order,
+/// and stop holding (four dwords: the command, `ring`, 0, 0).
+pub const TEST_CMD_RELEASE: u32 = 3;
 /// Dwords of a test capset command.
 pub const TEST_CMD_DWORDS: usize = 4;
+/// Rings a context has (as the device's `fence::MAX_RINGS`).
+pub const MAX_RINGS: u32 = gpu_hostmem_virtio_gpu::fence::MAX_RINGS;
+/// Most fences a test context holds back.
+pub const TEST_MAX_HELD: usize = 1024;
 
 /// A renderer backend. Errors are errnos for the device's reply.
 pub trait Backend {
@@ -118,6 +131,31 @@ pub trait Backend {
         cmds: &[u8],
         blobs: &mut dyn BlobLookup<Self::Blob>,
     ) -> Result<(), i32>;
+
+    /// Fence `fence_id` on ring `ring` (below [`MAX_RINGS`]) of `ctx`,
+    /// retired after the streams submitted before it; ids grow on each
+    /// ring (the caller checked). Reported by
+    /// [`Backend::retired_fences`]. A backend without fences refuses.
+    fn create_fence(
+        &mut self,
+        _ctx: &mut Self::Context,
+        _ring: u32,
+        _fence_id: u64,
+    ) -> Result<(), i32> {
+        Err(libc::EOPNOTSUPP)
+    }
+
+    /// The fences of `ctx` retired since the last call, as (ring, fence id),
+    /// in order on each ring (a later id retires the earlier ones).
+    fn retired_fences(&mut self, _ctx: &mut Self::Context) -> Vec<(u32, u64)> {
+        Vec::new()
+    }
+
+    /// An fd that becomes readable when `ctx` may have fences to retire
+    /// (owned by the backend, valid while `ctx` lives).
+    fn poll_fd(&self, _ctx: &Self::Context) -> Option<RawFd> {
+        None
+    }
 }
 
 /// The test-only capset ([`TEST_CAPSET_ID`]): blob_id 0 blobs are memfds
@@ -125,9 +163,18 @@ pub trait Backend {
 #[derive(Debug, Default)]
 pub struct TestBackend;
 
-/// A context of the test capset (nothing to hold).
-#[derive(Debug)]
-pub struct TestContext;
+/// A context of the test capset: its fences. Its commands run when
+/// submitted, so a fence retires at once, unless a HOLD of its ring holds
+/// it back until a RELEASE.
+#[derive(Debug, Default)]
+pub struct TestContext {
+    /// Rings whose fences are held (bit per ring).
+    held: u64,
+    /// Fences held, in creation order: (ring, id).
+    waiting: Vec<(u32, u64)>,
+    /// Fences retired, not reported yet.
+    retired: Vec<(u32, u64)>,
+}
 
 /// A blob of the test capset.
 #[derive(Debug)]
@@ -178,7 +225,7 @@ impl Backend for TestBackend {
         if capset != TEST_CAPSET_ID {
             return Err(libc::EINVAL);
         }
-        Ok(TestContext)
+        Ok(TestContext::default())
     }
 
     fn create_blob(&mut self, _ctx: &TestContext, args: &BlobArgs) -> Result<TestBlob, i32> {
@@ -212,12 +259,13 @@ impl Backend for TestBackend {
 
     fn unmap_blob(&mut self, _blob: &mut TestBlob) {}
 
-    /// [`TEST_CMD_STORE`] commands, checked all before any runs: a stream
-    /// that is not whole commands, an unknown command, resource or word
-    /// is refused (EINVAL) and changes nothing.
+    /// [`TEST_CMD_STORE`], [`TEST_CMD_HOLD`] and [`TEST_CMD_RELEASE`]
+    /// commands, checked all before any runs: a stream that is not whole
+    /// commands, an unknown command, resource, word or ring is refused
+    /// (EINVAL) and changes nothing.
     fn submit(
         &mut self,
-        _ctx: &mut TestContext,
+        ctx: &mut TestContext,
         cmds: &[u8],
         blobs: &mut dyn BlobLookup<TestBlob>,
     ) -> Result<(), i32> {
@@ -227,19 +275,57 @@ impl Backend for TestBackend {
         }
         let commands = words.chunks_exact(TEST_CMD_DWORDS);
         for c in commands.clone() {
-            let fits = blobs
-                .by_resource(c[1])
-                .is_some_and(|b| (c[2] as usize) < b.mem.words());
-            if c[0] != TEST_CMD_STORE || !fits {
+            let ok = match c[0] {
+                TEST_CMD_STORE => blobs
+                    .by_resource(c[1])
+                    .is_some_and(|b| (c[2] as usize) < b.mem.words()),
+                TEST_CMD_HOLD | TEST_CMD_RELEASE => c[1] < MAX_RINGS && c[2] == 0 && c[3] == 0,
+                _ => false,
+            };
+            if !ok {
                 return Err(libc::EINVAL);
             }
         }
         for c in commands {
-            if let Some(b) = blobs.by_resource(c[1]) {
-                b.mem.write(c[2] as usize, c[3]);
+            match c[0] {
+                TEST_CMD_HOLD => ctx.held |= 1 << c[1],
+                TEST_CMD_RELEASE => {
+                    ctx.held &= !(1 << c[1]);
+                    let (now, still): (Vec<_>, Vec<_>) = std::mem::take(&mut ctx.waiting)
+                        .into_iter()
+                        .partition(|(r, _)| *r == c[1]);
+                    ctx.waiting = still;
+                    ctx.retired.extend(now);
+                }
+                _ => {
+                    if let Some(b) = blobs.by_resource(c[1]) {
+                        b.mem.write(c[2] as usize, c[3]);
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Retired at once (the commands before it ran when submitted), or
+    /// held while its ring is.
+    fn create_fence(&mut self, ctx: &mut TestContext, ring: u32, fence_id: u64) -> Result<(), i32> {
+        if ring >= MAX_RINGS {
+            return Err(libc::EINVAL);
+        }
+        if ctx.held & (1 << ring) != 0 {
+            if ctx.waiting.len() >= TEST_MAX_HELD {
+                return Err(libc::ENOMEM);
+            }
+            ctx.waiting.push((ring, fence_id));
+        } else {
+            ctx.retired.push((ring, fence_id));
+        }
+        Ok(())
+    }
+
+    fn retired_fences(&mut self, ctx: &mut TestContext) -> Vec<(u32, u64)> {
+        std::mem::take(&mut ctx.retired)
     }
 }
 
@@ -261,5 +347,42 @@ mod tests {
         assert_eq!(b.capset(TEST_CAPSET_ID, 1), Ok(TEST_CAPSET_DATA.to_vec()));
         assert_eq!(b.capset(TEST_CAPSET_ID, 2), Err(libc::EINVAL));
         assert!(b.create_context(1, 4).is_err());
+    }
+
+    struct NoBlobs;
+    impl BlobLookup<TestBlob> for NoBlobs {
+        fn by_resource(&mut self, _: u32) -> Option<&mut TestBlob> {
+            None
+        }
+    }
+
+    fn cmd(c: [u32; 4]) -> Vec<u8> {
+        c.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn test_fences_retire_at_once_unless_their_ring_is_held() {
+        let mut b = TestBackend;
+        let mut c = b.create_context(1, TEST_CAPSET_ID).expect("context");
+        b.create_fence(&mut c, 0, 1).expect("fence");
+        assert_eq!(b.retired_fences(&mut c), [(0, 1)]);
+        b.submit(&mut c, &cmd([TEST_CMD_HOLD, 2, 0, 0]), &mut NoBlobs)
+            .expect("hold");
+        b.create_fence(&mut c, 2, 2).expect("fence");
+        b.create_fence(&mut c, 0, 3).expect("fence");
+        b.create_fence(&mut c, 2, 4).expect("fence");
+        assert_eq!(b.retired_fences(&mut c), [(0, 3)], "ring 2 held");
+        b.submit(&mut c, &cmd([TEST_CMD_RELEASE, 2, 0, 0]), &mut NoBlobs)
+            .expect("release");
+        assert_eq!(b.retired_fences(&mut c), [(2, 2), (2, 4)]);
+        // A ring out of range, or junk in the other words, runs nothing.
+        for bad in [
+            [TEST_CMD_HOLD, 64, 0, 0],
+            [TEST_CMD_RELEASE, 0, 1, 0],
+            [9, 0, 0, 0],
+        ] {
+            assert_eq!(b.submit(&mut c, &cmd(bad), &mut NoBlobs), Err(libc::EINVAL));
+        }
+        assert_eq!(b.create_fence(&mut c, 64, 5), Err(libc::EINVAL));
     }
 }

@@ -22,21 +22,33 @@
 //! The renderer checks again what the device already checked (its own
 //! limits, known handles, one mapping per blob), so a confused or
 //! compromised worker cannot make it register over itself.
+//!
+//! Fences (protocol version 5): CREATE_FENCE asks the backend for a fence
+//! on a context's ring; what the backend retires goes to the device as
+//! events on the same socket, after the reply to the request being served
+//! and whenever a context's fence fd (venus: the eventfd of
+//! `virgl_renderer_context_get_poll_fd`) becomes readable. The one thread
+//! waits for the socket and those fds at once ([`serve`]); while fences
+//! are outstanding it also polls every [`FENCE_POLL_MS`] ms, which is how
+//! virglrenderer notices a render worker that died (it retires that
+//! context's fences after 100 polls without progress).
 
 pub mod backend;
 pub mod memfd;
 pub mod sandbox;
 pub mod virgl;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 
 use tracing::{debug, info, warn};
 
+use gpu_hostmem_virtio_gpu::renderer::FenceRetired;
 use gpu_hostmem_virtio_gpu::renderer_proto::{
-    is_submittable, DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, MAX_SUBMIT_LEN, REQUEST_LEN,
-    VERSION,
+    encode_event, is_submittable, DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, MAX_SUBMIT_LEN,
+    REQUEST_LEN, VERSION,
 };
 use gpu_hostmem_xen::privcmd::HostmemRegister;
 use gpu_hostmem_xen::Privcmd;
@@ -183,8 +195,23 @@ pub struct RendererStats {
     pub stamped_pages: u64,
     /// Command streams run.
     pub submits: u64,
+    /// Fences created.
+    pub fences: u64,
+    /// Fence-retired events sent.
+    pub fence_events: u64,
     /// Requests refused.
     pub refused: u64,
+}
+
+/// How often the serving loop polls the contexts while fences are
+/// outstanding, in milliseconds.
+pub const FENCE_POLL_MS: i32 = 10;
+
+/// What the renderer asked and retired on one ring of a context.
+#[derive(Clone, Copy, Debug, Default)]
+struct RingFences {
+    asked: u64,
+    retired: u64,
 }
 
 /// The renderer's state: contexts and blobs of backend `B` (the test
@@ -199,6 +226,10 @@ pub struct RendererState<G: Registrar, B: Backend = TestBackend> {
     blobs: HashMap<u64, Blob<B::Blob>>,
     next: u64,
     bytes: u64,
+    /// Fences per (context, ring) of live contexts.
+    rings: BTreeMap<(u32, u32), RingFences>,
+    /// The device's reset generation each context's fences were asked in.
+    generations: HashMap<u32, u64>,
     stats: RendererStats,
 }
 
@@ -220,6 +251,8 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
             blobs: HashMap::new(),
             next: 0,
             bytes: 0,
+            rings: BTreeMap::new(),
+            generations: HashMap::new(),
             stats: RendererStats::default(),
         }
     }
@@ -293,6 +326,7 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
                     data = d;
                 }),
                 Op::Submit => self.submit(req.ctx_id, req.capset, cmds),
+                Op::CreateFence => self.create_fence(req),
             }
         };
         if let Err(errno) = r {
@@ -372,8 +406,82 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
     }
 
     fn destroy_context(&mut self, ctx: u32) -> Result<(), i32> {
-        // The backend's context goes with it (its drop).
+        // The backend's context goes with it (its drop), and its fences
+        // unreported: the device finishes them itself.
+        self.rings.retain(|&(c, _), _| c != ctx);
+        self.generations.remove(&ctx);
         self.contexts.remove(&ctx).map(|_| ()).ok_or(libc::ENOENT)
+    }
+
+    /// CREATE_FENCE: a live context of the request's capset, a ring below
+    /// [`backend::MAX_RINGS`], an id above the last one of that ring.
+    fn create_fence(&mut self, req: &Request) -> Result<(), i32> {
+        let (ctx, ring, id) = (req.ctx_id, req.resource_id, req.arg);
+        let c = match self.contexts.get_mut(&ctx) {
+            Some((cs, c)) if *cs == req.capset => c,
+            _ => return Err(libc::EINVAL),
+        };
+        if ring >= backend::MAX_RINGS {
+            return Err(libc::EINVAL);
+        }
+        if self.rings.get(&(ctx, ring)).is_some_and(|r| id <= r.asked) {
+            return Err(libc::EINVAL);
+        }
+        self.backend.create_fence(c, ring, id)?;
+        self.rings.entry((ctx, ring)).or_default().asked = id;
+        self.generations.insert(ctx, req.handle);
+        self.stats.fences += 1;
+        debug!(ctx, ring, fence = id, "fence created");
+        Ok(())
+    }
+
+    /// What the backend retired since the last call, one event per
+    /// (context, ring) with the newest id, tagged with the generation its
+    /// fences were asked in. Only ids this renderer asked for go out.
+    pub fn take_events(&mut self) -> Vec<FenceRetired> {
+        let mut newest: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+        for (&ctx, (_, c)) in self.contexts.iter_mut() {
+            for (ring, id) in self.backend.retired_fences(c) {
+                let e = newest.entry((ctx, ring)).or_default();
+                *e = (*e).max(id);
+            }
+        }
+        let mut out = Vec::new();
+        for ((ctx, ring), id) in newest {
+            let Some(r) = self.rings.get_mut(&(ctx, ring)) else {
+                continue;
+            };
+            if id > r.asked || id <= r.retired {
+                warn!(
+                    ctx,
+                    ring,
+                    fence = id,
+                    "backend retired a fence not outstanding"
+                );
+                continue;
+            }
+            r.retired = id;
+            out.push(FenceRetired {
+                ctx_id: ctx,
+                ring_idx: ring,
+                fence_id: id,
+                generation: self.generations.get(&ctx).copied().unwrap_or(0),
+            });
+        }
+        out
+    }
+
+    /// True while some fence was asked for and not retired yet.
+    pub fn fences_outstanding(&self) -> bool {
+        self.rings.values().any(|r| r.retired < r.asked)
+    }
+
+    /// The contexts' fence fds (the backend's).
+    pub fn poll_fds(&self) -> Vec<RawFd> {
+        self.contexts
+            .values()
+            .filter_map(|(_, c)| self.backend.poll_fd(c))
+            .collect()
     }
 
     fn create_blob(&mut self, req: &Request) -> Result<u64, i32> {
@@ -514,6 +622,8 @@ impl<G: Registrar, B: Backend> RendererState<G, B> {
         for h in hs {
             let _ = self.destroy_blob(h);
         }
+        self.rings.clear();
+        self.generations.clear();
         self.contexts.clear();
     }
 }
@@ -583,8 +693,82 @@ fn serve_loop<G: Registrar, B: Backend>(
     state: &mut RendererState<G, B>,
 ) -> Result<(), ServeError> {
     let mut buf = recv_buffer();
-    while serve_one_into(sock, state, &mut buf)? {}
+    loop {
+        send_events(sock, state)?;
+        let timeout = if state.fences_outstanding() {
+            FENCE_POLL_MS
+        } else {
+            -1
+        };
+        let mut fds = vec![sock.as_raw_fd()];
+        fds.extend(state.poll_fds());
+        let ready = wait_readable(&fds, timeout).map_err(|source| ServeError::Io {
+            op: "ppoll",
+            source,
+        })?;
+        // The contexts' fds are read by the backend when asked for its
+        // retired fences (`send_events`, next round).
+        if ready.first().copied().unwrap_or(false) && !serve_one_into(sock, state, &mut buf)? {
+            return Ok(());
+        }
+    }
+}
+
+/// Sends the device what the backend retired.
+fn send_events<G: Registrar, B: Backend>(
+    sock: &UnixDatagram,
+    state: &mut RendererState<G, B>,
+) -> Result<(), ServeError> {
+    for e in state.take_events() {
+        sock.send(&encode_event(&e))
+            .map_err(|source| ServeError::Io {
+                op: "send event",
+                source,
+            })?;
+        state.stats.fence_events += 1;
+    }
     Ok(())
+}
+
+/// Waits until one of `fds` is readable, hung up or failed, or
+/// `timeout_ms` passed (-1: no timeout); which ones. EINTR is no fd ready.
+fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ts = libc::timespec {
+        tv_sec: libc::time_t::from(timeout_ms.max(0) / 1000),
+        tv_nsec: libc::c_long::from(timeout_ms.max(0) % 1000) * 1_000_000,
+    };
+    let tsp: *const libc::timespec = if timeout_ms < 0 {
+        std::ptr::null()
+    } else {
+        &ts
+    };
+    // SAFETY: `p` is a live array of `p.len()` pollfd structs, `tsp` null
+    // or a live timespec, no signal mask; the fds are the caller's and
+    // stay open for the call.
+    let rc = unsafe {
+        libc::ppoll(
+            p.as_mut_ptr(),
+            p.len() as libc::nfds_t,
+            tsp,
+            std::ptr::null(),
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
 }
 
 /// One byte more than the longest request: a longer one is noticed
@@ -630,6 +814,9 @@ fn serve_one_into<G: Registrar, B: Backend>(
     };
     sock.send(&msg)
         .map_err(|source| ServeError::Io { op: "send", source })?;
+    // What the request retired goes out after its reply (the device asks
+    // for a fence before it can see it retired).
+    send_events(sock, state)?;
     Ok(true)
 }
 

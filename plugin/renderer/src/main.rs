@@ -97,6 +97,9 @@ fn serve_with<B: Backend>(
         registered = s.registered,
         unregistered = s.unregistered,
         stamped_pages = s.stamped_pages,
+        submits = s.submits,
+        fences = s.fences,
+        fence_events = s.fence_events,
         refused = s.refused,
         "done"
     );

@@ -57,9 +57,11 @@ impl FromStr for BackendKind {
     }
 }
 
-/// The calls every backend's loop makes.
+/// The calls every backend's loop makes (`ppoll`: the loop waits for the
+/// device's socket and the contexts' fence fds at once).
 pub fn allowed() -> Vec<libc::c_long> {
     vec![
+        libc::SYS_ppoll,
         libc::SYS_read,
         libc::SYS_write,
         libc::SYS_writev,
@@ -97,8 +99,20 @@ pub fn allowed() -> Vec<libc::c_long> {
 /// What the venus backend adds without conditions (measured; see the
 /// module's notes). `kill` and `waitid` come with conditions
 /// ([`Policy::venus`]).
+///
+/// For fences (read in virglrenderer 1.1's `proxy_context.c` and
+/// `virgl_util.c`, not measured with strace): with `THREAD_SYNC` each
+/// venus context makes an eventfd at creation (`eventfd(0, EFD_CLOEXEC |
+/// EFD_NONBLOCK)`, `eventfd2`), and a fence poll that sees no progress
+/// checks the render server's socket with `poll(fd, 1, 0)`
+/// (`proxy_socket_is_connected`; glibc's `poll` is `SYS_poll` on x86_64,
+/// `ppoll` elsewhere, which every backend allows).
 pub fn venus_allowed() -> Vec<libc::c_long> {
-    vec![libc::SYS_getsockopt, libc::SYS_lseek]
+    #[allow(unused_mut)] // x86_64 adds to it
+    let mut v = vec![libc::SYS_getsockopt, libc::SYS_lseek, libc::SYS_eventfd2];
+    #[cfg(target_arch = "x86_64")]
+    v.push(libc::SYS_poll);
+    v
 }
 
 /// A filter: the calls allowed, some only with given arguments.

@@ -15,12 +15,20 @@
 //! test (`tests/virgl.rs`) exercises capset info, contexts and a blob_id 0
 //! blob (venus's shm blob, a `vkr-shmem` memfd); a host-visible
 //! (OPAQUE) blob needs a venus command stream and is not exercised.
+//!
+//! Fences: the library is initialised with `THREAD_SYNC` and without
+//! `ASYNC_FENCE_CB`, so it starts no thread of its own for them: each
+//! venus context has an eventfd (`virgl_renderer_context_get_poll_fd`)
+//! the render server signals, the renderer's one thread polls it and calls
+//! `virgl_renderer_context_poll`, and the library reports retired fences
+//! through `write_context_fence` from inside that call, on this thread.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use libloading::Library;
 use tracing::{info, warn};
@@ -32,6 +40,8 @@ pub const SONAME: &str = "libvirglrenderer.so.1";
 /// `VIRTIO_GPU_CAPSET_VENUS`.
 pub const CAPSET_VENUS: u32 = 4;
 
+/// `VIRGL_RENDERER_THREAD_SYNC`: each context gets a fence eventfd.
+pub const FLAG_THREAD_SYNC: c_int = 1 << 1;
 /// `VIRGL_RENDERER_VENUS`.
 pub const FLAG_VENUS: c_int = 1 << 6;
 /// `VIRGL_RENDERER_NO_VIRGL`.
@@ -47,6 +57,10 @@ const BLOB_MEM_HOST3D: u32 = 2;
 const BLOB_FLAG_USE_MAPPABLE: u32 = 1;
 const BLOB_FD_TYPE_DMABUF: u32 = 1;
 const MAP_CACHE_MASK: u32 = 0x0f;
+/// `VIRGL_RENDERER_FENCE_FLAG_MERGEABLE`: the library may report only the
+/// newest of several retired fences of a ring (the device finishes every
+/// kept fence up to the id reported).
+const FENCE_FLAG_MERGEABLE: u32 = 1;
 
 /// A virglrenderer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +148,25 @@ struct CreateBlobArgs {
     num_iovs: u32,
 }
 
-/// Fences are not used yet (no command submission in this backend).
+/// Global (ctx0) fences are virgl's, not served (`NO_VIRGL`).
 unsafe extern "C" fn write_fence(_cookie: *mut c_void, _fence: u32) {}
+
+/// Fences the library retired, as (context, ring, fence id), until the
+/// backend takes them. The library calls back only from
+/// `virgl_renderer_context_poll`, on the thread that calls it.
+static RETIRED: Mutex<Vec<(u32, u32, u64)>> = Mutex::new(Vec::new());
+
+/// `write_context_fence`: a context's fence retired. Must not unwind into
+/// C: a poisoned lock is taken as it is.
+unsafe extern "C" fn write_context_fence(
+    _cookie: *mut c_void,
+    ctx_id: u32,
+    ring_idx: u32,
+    fence_id: u64,
+) {
+    let mut v = RETIRED.lock().unwrap_or_else(|p| p.into_inner());
+    v.push((ctx_id, ring_idx, fence_id));
+}
 
 /// libvirglrenderer and every symbol we use from it, resolved once; the
 /// prototypes are transcribed from virglrenderer 1.1's virglrenderer.h.
@@ -153,6 +184,9 @@ struct VirglLib {
     resource_get_map_info: unsafe extern "C" fn(u32, *mut u32) -> c_int,
     resource_export_blob: unsafe extern "C" fn(u32, *mut u32, *mut c_int) -> c_int,
     submit_cmd: unsafe extern "C" fn(*mut c_void, c_int, c_int) -> c_int,
+    context_create_fence: unsafe extern "C" fn(u32, u32, u32, u64) -> c_int,
+    context_poll: unsafe extern "C" fn(u32),
+    context_get_poll_fd: unsafe extern "C" fn(u32) -> c_int,
     // Declared last: dropped after the pointers above (plain pointers,
     // only called through `Virgl`, which owns this struct).
     _lib: Library,
@@ -197,6 +231,9 @@ impl VirglLib {
             resource_get_map_info: sym(&lib, name, "virgl_renderer_resource_get_map_info")?,
             resource_export_blob: sym(&lib, name, "virgl_renderer_resource_export_blob")?,
             submit_cmd: sym(&lib, name, "virgl_renderer_submit_cmd")?,
+            context_create_fence: sym(&lib, name, "virgl_renderer_context_create_fence")?,
+            context_poll: sym(&lib, name, "virgl_renderer_context_poll")?,
+            context_get_poll_fd: sym(&lib, name, "virgl_renderer_context_get_poll_fd")?,
             _lib: lib,
         })
     }
@@ -239,7 +276,7 @@ impl Virgl {
             destroy_gl_context: None,
             make_current: None,
             get_drm_fd: None,
-            write_context_fence: None,
+            write_context_fence: Some(write_context_fence),
             get_server_fd: None,
             get_egl_display: None,
         });
@@ -336,6 +373,39 @@ impl VirglContext {
     /// Its id.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// `virgl_renderer_context_create_fence(id, MERGEABLE, ring, fence_id)`:
+    /// a fence after the streams submitted so far.
+    pub fn create_fence(&mut self, ring: u32, fence_id: u64) -> Result<(), VirglError> {
+        // SAFETY: a context this handle created; plain integers.
+        let rc = unsafe {
+            (self.virgl.lib.context_create_fence)(self.id, FENCE_FLAG_MERGEABLE, ring, fence_id)
+        };
+        check("virgl_renderer_context_create_fence", rc)
+    }
+
+    /// `virgl_renderer_context_poll`, then the fences it retired, as
+    /// (ring, fence id). Reports of other contexts (none are expected:
+    /// the library reports from this call, for this context) are dropped.
+    pub fn poll_fences(&mut self) -> Vec<(u32, u64)> {
+        // SAFETY: a context this handle created; the library calls
+        // `write_context_fence` from inside, on this thread.
+        unsafe { (self.virgl.lib.context_poll)(self.id) };
+        let mut v = RETIRED.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *v)
+            .into_iter()
+            .filter(|&(c, _, _)| c == self.id)
+            .map(|(_, r, f)| (r, f))
+            .collect()
+    }
+
+    /// The fd that becomes readable when the render server retired
+    /// fences of this context (the library's; valid while it lives).
+    pub fn poll_fd(&self) -> Option<RawFd> {
+        // SAFETY: a context this handle created.
+        let fd = unsafe { (self.virgl.lib.context_get_poll_fd)(self.id) };
+        (fd >= 0).then_some(fd)
     }
 
     /// `virgl_renderer_submit_cmd`: the context runs (venus: queues to its
@@ -494,9 +564,13 @@ pub struct VirglBackend {
 }
 
 impl VirglBackend {
-    /// Loads `library` and initialises venus (render server, no virgl).
+    /// Loads `library` and initialises venus (render server, no virgl,
+    /// fence eventfds polled by the caller).
     pub fn new(library: &str) -> Result<Self, VirglError> {
-        let virgl = Virgl::init(library, FLAG_VENUS | FLAG_NO_VIRGL | FLAG_RENDER_SERVER)?;
+        let virgl = Virgl::init(
+            library,
+            FLAG_VENUS | FLAG_NO_VIRGL | FLAG_RENDER_SERVER | FLAG_THREAD_SYNC,
+        )?;
         Ok(VirglBackend { virgl })
     }
 
@@ -566,6 +640,26 @@ impl Backend for VirglBackend {
             warn!(%e, ctx = ctx.id(), bytes = cmds.len(), "venus submit");
             e.errno()
         })
+    }
+
+    fn create_fence(
+        &mut self,
+        ctx: &mut VirglContext,
+        ring: u32,
+        fence_id: u64,
+    ) -> Result<(), i32> {
+        ctx.create_fence(ring, fence_id).map_err(|e| {
+            warn!(%e, ctx = ctx.id(), ring, fence_id, "venus fence");
+            e.errno()
+        })
+    }
+
+    fn retired_fences(&mut self, ctx: &mut VirglContext) -> Vec<(u32, u64)> {
+        ctx.poll_fences()
+    }
+
+    fn poll_fd(&self, ctx: &VirglContext) -> Option<RawFd> {
+        ctx.poll_fd()
     }
 }
 

@@ -103,6 +103,29 @@ fn waitid(idtype: libc::idtype_t, pid: u32) -> libc::c_int {
     unsafe { libc::waitid(idtype, pid as libc::id_t, &mut info, libc::WEXITED) }
 }
 
+/// `ppoll` on `fd` for readability with a zero timeout (what the serving
+/// loop does, without waiting).
+fn ppoll_now(fd: libc::c_int) -> libc::c_int {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+    unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) }
+}
+
+/// `eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)`, as virglrenderer makes a
+/// venus context's fence fd.
+fn eventfd() -> libc::c_int {
+    // SAFETY: no pointers.
+    unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }
+}
+
 /// One case, in the child; never returns. Its children (stand-ins for the
 /// render server) die with it (PR_SET_PDEATHSIG), so none is waited for.
 #[allow(clippy::zombie_processes)]
@@ -116,6 +139,7 @@ fn run_case(case: &str) -> ! {
             assert_eq!(unsafe { libc::ftruncate(fd, 4096) }, 0);
             let v = vec![0u8; 1 << 20];
             drop(v);
+            assert_eq!(ppoll_now(fd), 1, "a memfd is readable");
             say("allowed calls returned");
             done()
         }
@@ -139,6 +163,12 @@ fn run_case(case: &str) -> ! {
             open_dev_null();
             done()
         }
+        "test-eventfd" => {
+            sandbox::enter(&Policy::test()).expect("filter");
+            say("BEFORE");
+            eventfd();
+            done()
+        }
         "venus-allowed" => {
             let server = sleeper();
             let fds = seqpacket_fds();
@@ -147,6 +177,19 @@ fn run_case(case: &str) -> ! {
                 .expect("filter");
             assert_eq!(lseek(fd), 0);
             assert_eq!(getsockopt_type(fds[0]), (0, libc::SOCK_SEQPACKET));
+            // Fences: a context's eventfd, the poll of the render server's
+            // socket without waiting (`proxy_socket_is_connected`), and
+            // the serving loop's ppoll.
+            let efd = eventfd();
+            assert!(efd >= 0, "eventfd");
+            let mut p = libc::pollfd {
+                fd: fds[0],
+                events: 0,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            assert_eq!(unsafe { libc::poll(&mut p, 1, 0) }, 0, "poll");
+            assert_eq!(ppoll_now(efd), 0, "ppoll");
             // virgl_renderer_cleanup: kill(server, SIGKILL), waitid(P_PID).
             assert_eq!(kill(server.id(), libc::SIGKILL), 0);
             assert_eq!(waitid(libc::P_PID, server.id()), 0);
@@ -245,6 +288,7 @@ fn each_filter_allows_its_calls_and_kills_on_the_rest() {
         "test-lseek",
         "test-getsockopt",
         "test-open",
+        "test-eventfd",
         "venus-kill-another",
         "venus-kill-other-signal",
         "venus-wait-any",

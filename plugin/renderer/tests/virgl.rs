@@ -254,6 +254,38 @@ fn device(
         "a Vulkan 1.1 or newer instance"
     );
     assert_eq!(b.stats().submits, 1);
+    // A fence after the stream on ring 0 (venus's CPU timeline, which the
+    // render worker retires when it reaches it): the library reports it
+    // from `virgl_renderer_context_poll`, which the renderer's loop calls
+    // when the context's eventfd is readable, and the renderer sends it as
+    // an event on the socket.
+    let t0 = std::time::Instant::now();
+    assert!(
+        b.create_fence(1, 0, 1, 7),
+        "CREATE_FENCE on ring 0 after the stream"
+    );
+    let mut got = Vec::new();
+    // Polled without sleeping: this thread is under the renderer's filter
+    // too, which has no clock_nanosleep.
+    while got.is_empty() && t0.elapsed() < std::time::Duration::from_secs(5) {
+        got = b.poll_events();
+        std::hint::spin_loop();
+    }
+    out.push(format!(
+        "fence 1 on ring 0 after the stream: events {got:?} after {:?}",
+        t0.elapsed()
+    ));
+    assert_eq!(
+        got,
+        [gpu_hostmem_virtio_gpu::renderer::FenceRetired {
+            ctx_id: 1,
+            ring_idx: 0,
+            fence_id: 1,
+            generation: 7
+        }],
+        "the fence retired, reported once"
+    );
+    assert!(!b.renderer_lost());
     assert_eq!(
         b.handle(&hdr(0x209, 0, &[7, 0]), no2d).0,
         resp::OK_NODATA,

@@ -26,7 +26,7 @@ use gpu_hostmem_virtio_gpu::layout::*;
 use gpu_hostmem_virtio_gpu::memory::{GuestMemory, MemError};
 use gpu_hostmem_virtio_gpu::model::GpuModel;
 use gpu_hostmem_virtio_gpu::renderer::{
-    BlobHandle, BlobRequest, MapCache, Renderer, RendererError,
+    BlobHandle, BlobRequest, FenceRetired, MapCache, Renderer, RendererError,
 };
 
 const MIB: u64 = 1 << 20;
@@ -874,4 +874,119 @@ fn a_mapped_blob_is_lent_on_fault_and_revoked_by_unref() {
     let (_, _, report) = vm.server.take().expect("server").shutdown();
     assert!(report.is_clean(), "{:?}", report.errors);
     assert_eq!(vm.sim.lent_pages(&vm.dom), 0);
+}
+
+/// A fence asked for: (ctx, ring, id, generation).
+type Asked = (u32, u32, u64, u64);
+
+/// A renderer that takes every stream and fence and reports a fence
+/// retired when the test says.
+#[derive(Debug, Clone, Default)]
+struct Fencing {
+    /// Fences asked for: (ctx, ring, id, generation).
+    asked: Rc<RefCell<Vec<Asked>>>,
+    /// Reports for the next poll.
+    events: Rc<RefCell<Vec<FenceRetired>>>,
+}
+
+impl Renderer for Fencing {
+    fn create_context(&mut self, _: u32, _: u32) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn destroy_context(&mut self, _: u32) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn create_blob(&mut self, r: BlobRequest) -> Result<BlobHandle, RendererError> {
+        Ok(BlobHandle(u64::from(r.resource_id)))
+    }
+    fn map_blob(&mut self, _: BlobHandle, _: u64) -> Result<MapCache, RendererError> {
+        Ok(MapCache::Cached)
+    }
+    fn unmap_blob(&mut self, _: BlobHandle) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn destroy_blob(&mut self, _: BlobHandle) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn capset(&mut self, _: u32, _: u32, _: u32) -> Result<Vec<u8>, RendererError> {
+        Ok(blob::TEST_CAPSET_DATA.to_vec())
+    }
+    fn submit(&mut self, _: u32, _: u32, _: &[u8]) -> Result<(), RendererError> {
+        Ok(())
+    }
+    fn create_fence(
+        &mut self,
+        ctx: u32,
+        _: u32,
+        ring: u32,
+        id: u64,
+        generation: u64,
+    ) -> Result<(), RendererError> {
+        self.asked.borrow_mut().push((ctx, ring, id, generation));
+        Ok(())
+    }
+    fn poll_events(&mut self) -> Vec<FenceRetired> {
+        std::mem::take(&mut *self.events.borrow_mut())
+    }
+}
+
+#[test]
+fn a_fenced_response_is_answered_by_the_server_when_the_renderer_retires_it() {
+    let fencing = Fencing::default();
+    let f = fencing.clone();
+    let mut vm = Vm::with(move |sim, dom, forgotten| {
+        let mem = SimGuestMemory {
+            sim: sim.clone(),
+            dom,
+            forgotten: forgotten.clone(),
+        };
+        GpuModel::with_renderer(
+            64 * MIB,
+            1,
+            mem,
+            GpuConfig::default().with_test_capset(),
+            Box::new(f),
+        )
+        .expect("model")
+    });
+    vm.probe();
+    let mut ctx = ctx_hdr(0x200, 1, &[4, TEST_CAPSET_ID]);
+    ctx.extend_from_slice(&[b'x'; 64]);
+    assert_eq!(vm.command(&ctx), Some(resp::OK_NODATA));
+    vm.r(ISR, 1);
+    assert!(!vm.intx());
+    // SUBMIT_3D with VIRTIO_GPU_FLAG_FENCE | INFO_RING_IDX, fence 9, ring 2.
+    let mut submit = ctx_hdr(0x207, 1, &[16, 0, 1, 5, 0, 7]);
+    submit[4] = 3;
+    submit[8..16].copy_from_slice(&9u64.to_le_bytes());
+    submit[20] = 2;
+    let rs = 0x10_1000 + 0x2000 * u64::from(vm.avail_idx[0] % SIZE);
+    assert_eq!(vm.command(&submit), None, "kept until its fence retires");
+    let (c, r, id, gen) = fencing.asked.borrow()[0];
+    assert_eq!((c, r, id), (1, 2, 9));
+    let saved = vm.saved.borrow().clone();
+    // Nothing retired: a wake-up of the server answers nothing.
+    vm.server.as_mut().expect("server").background();
+    assert_eq!(vm.ram_u16(RINGS[0] + 0x2002), vm.used_seen[0]);
+    assert!(!vm.intx());
+    fencing.events.borrow_mut().push(FenceRetired {
+        ctx_id: 1,
+        ring_idx: 2,
+        fence_id: 9,
+        generation: gen,
+    });
+    vm.server.as_mut().expect("server").background();
+    assert_eq!(
+        vm.ram_u16(RINGS[0] + 0x2002),
+        vm.used_seen[0].wrapping_add(1),
+        "the kept response went to the used ring"
+    );
+    assert_eq!(vm.ram_u32(rs), resp::OK_NODATA);
+    assert_eq!(vm.ram_u32(rs + 4), 3, "FENCE | INFO_RING_IDX");
+    assert_eq!(vm.ram_u32(rs + 8), 9, "fence id");
+    assert!(vm.intx(), "INTA raised through set_pci_intx_level");
+    assert_ne!(*vm.saved.borrow(), saved, "the new ring position is saved");
+    let st = vm.server.as_mut().expect("server").status(false);
+    let d = st.device.expect("summary");
+    assert!(d.contains("fences kept 0 (waiting 0, answered 1"), "{d}");
 }

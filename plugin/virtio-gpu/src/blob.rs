@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 use virtio_bindings::virtio_gpu as g;
 
 use crate::gpu2d::HDR_LEN;
-use crate::renderer::{BlobHandle, BlobRequest, Renderer, RendererError};
+use crate::renderer::{BlobHandle, BlobRequest, FenceRetired, Renderer, RendererError};
 use crate::renderer_proto::{MAX_CAPSET_SIZE, MAX_SUBMIT_LEN};
 
 /// The test-only capset (off by default): a context type served by
@@ -235,6 +235,35 @@ impl Blobs {
         &self.capsets
     }
 
+    /// True if context `ctx` exists.
+    pub fn has_context(&self, ctx: u32) -> bool {
+        self.contexts.contains_key(&ctx)
+    }
+
+    /// Asks the renderer for fence `fence_id` on ring `ring` of live
+    /// context `ctx`, after what was submitted to it
+    /// ([`Renderer::create_fence`]); true if it made it (a refusal is
+    /// counted as a renderer error).
+    pub fn create_fence(&mut self, ctx: u32, ring: u32, fence_id: u64, generation: u64) -> bool {
+        let Some(&capset) = self.contexts.get(&ctx) else {
+            return false;
+        };
+        let r = self
+            .renderer
+            .create_fence(ctx, capset, ring, fence_id, generation);
+        self.note(r, "create_fence").is_some()
+    }
+
+    /// The renderer's fence reports since the last call.
+    pub fn poll_events(&mut self) -> Vec<FenceRetired> {
+        self.renderer.poll_events()
+    }
+
+    /// True once the renderer is gone for good.
+    pub fn renderer_lost(&self) -> bool {
+        self.renderer.is_lost()
+    }
+
     /// True if `id` is a blob.
     pub fn contains(&self, id: u32) -> bool {
         self.blobs.contains_key(&id)
@@ -412,8 +441,8 @@ impl Blobs {
     /// [`MAX_SUBMIT_LEN`] bytes, all of them in the request (a stream cut
     /// short by the descriptors is refused, never passed on in part). An
     /// empty stream is done. What the stream means is the capset's: the
-    /// renderer's context runs it. The answer comes when the renderer took
-    /// it; a fence asked for is answered with it.
+    /// renderer's context runs it. The answer says the renderer took it;
+    /// a fence asked for is the engine's to keep ([`crate::fence`]).
     fn submit(&mut self, req: &[u8]) -> u32 {
         if req.len() < SUBMIT_LEN {
             return ERR_INVALID_PARAMETER;

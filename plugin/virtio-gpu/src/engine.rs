@@ -10,6 +10,14 @@
 //!
 //! Work per notification is bounded by the queue size: a driver cannot
 //! keep the server in one request forever.
+//!
+//! The response of a fenced command is kept until the work before it is
+//! done ([`crate::fence`]): the used ring is then out of order (the device
+//! does not offer `VIRTIO_F_IN_ORDER`). Kept responses leave when the
+//! renderer reports a fence retired ([`VirtioGpu::poll_renderer`], which
+//! the server calls when the renderer's socket is readable, and at every
+//! notification), when their context is destroyed, or when the renderer
+//! is lost; a reset drops them.
 
 use tracing::debug;
 
@@ -17,9 +25,10 @@ use gpu_hostmem_core::pci::PciError;
 
 use crate::blob::{is_blob_command, Blobs};
 use crate::device::{GpuConfig, GpuDevice, CONTROL_QUEUE, CURSOR_QUEUE};
+use crate::fence::{FenceStats, Fences, Refusal, Timeline};
 use crate::gpu2d::{resp, respond, Gpu2d, HDR_LEN, MAX_REQUEST_LEN};
 use crate::memory::GuestMemory;
-use crate::queue::{QueueError, SplitQueue};
+use crate::queue::{Chain, QueueError, SplitQueue};
 use crate::renderer::{NoRenderer, Renderer};
 use crate::transport::{QueueConfig, TransportState};
 use crate::{Action, ConfigChange, RestoreError, VirtioGpuFunctionState, VirtioGpuPci};
@@ -32,8 +41,16 @@ pub struct VirtioGpu {
     queues: Option<Vec<Option<SplitQueue>>>,
     gpu: Gpu2d,
     blobs: Blobs,
+    /// Responses of fenced commands, kept until their fence is done.
+    fences: Fences<(Chain, Vec<u8>)>,
     served: u64,
 }
+
+use virtio_bindings::virtio_gpu as vg;
+const SUBMIT_3D: u32 = vg::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SUBMIT_3D;
+const CTX_DESTROY: u32 = vg::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DESTROY;
+/// Response types from this one on are errors.
+const FIRST_ERROR: u32 = vg::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
 
 const CREATE_2D: u32 =
     virtio_bindings::virtio_gpu::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_2D;
@@ -89,6 +106,7 @@ impl VirtioGpu {
             queues: None,
             gpu,
             blobs,
+            fences: Fences::new(),
             served: 0,
         })
     }
@@ -106,6 +124,46 @@ impl VirtioGpu {
     /// Contexts and blobs.
     pub fn blobs(&self) -> &Blobs {
         &self.blobs
+    }
+
+    /// Kept fenced responses and what happened to fences.
+    pub fn fence_stats(&self) -> FenceStats {
+        self.fences.stats()
+    }
+
+    /// The reset generation fences are asked in.
+    pub fn fence_generation(&self) -> u64 {
+        self.fences.generation()
+    }
+
+    /// Takes the renderer's fence reports (without waiting) and answers
+    /// the kept responses that are done now; interrupts the driver if any
+    /// left and it wants to be. The server calls it when the renderer's
+    /// socket is readable.
+    pub fn poll_renderer(&mut self, mem: &mut impl GuestMemory) -> Action {
+        take_events(&mut self.blobs, &mut self.fences);
+        let Some(q) = self
+            .queues
+            .as_mut()
+            .and_then(|qs| qs.get_mut(usize::from(CONTROL_QUEUE)))
+            .and_then(Option::as_mut)
+        else {
+            return Action::default();
+        };
+        let r = push_ready(&mut self.fences, q, mem).and_then(|n| {
+            self.served += u64::from(n);
+            Ok(n > 0 && q.wants_interrupt(mem)?)
+        });
+        match r {
+            Ok(true) => self.pci.signal_used(),
+            Ok(false) => Action::default(),
+            Err(e) => {
+                debug!(%e, "control queue broke a rule: NEEDS_RESET");
+                self.queues = None;
+                self.fences.reset();
+                self.pci.device_error()
+            }
+        }
     }
 
     /// Requests answered since creation.
@@ -153,6 +211,9 @@ impl VirtioGpu {
             self.queues = None;
             self.gpu.reset();
             self.blobs.reset();
+            // Kept responses go unanswered (the driver reset the queues);
+            // events of the old generation are ignored from now on.
+            self.fences.reset();
         }
         if a.activated {
             let built = self.build_queues(None);
@@ -167,9 +228,13 @@ impl VirtioGpu {
         if let Some(q) = a.notify {
             out = merge(out, self.service(mem, q));
         }
-        // FAILED or NEEDS_RESET: the queues are no longer used.
+        // FAILED or NEEDS_RESET: the queues are no longer used, nor is
+        // anything kept for them.
         if !self.pci.transport().is_live() {
             self.queues = None;
+            if self.fences.kept() > 0 {
+                self.fences.reset();
+            }
         }
         out
     }
@@ -308,6 +373,7 @@ impl VirtioGpu {
             Err(e) => {
                 debug!(queue = index, %e, "queue broke a rule: NEEDS_RESET");
                 self.queues = None;
+                self.fences.reset();
                 self.pci.device_error()
             }
         }
@@ -328,33 +394,195 @@ impl VirtioGpu {
             .get(usize::from(index))
             .map_or(0, |c| c.size);
         let mut used = 0u32;
+        if index == CONTROL_QUEUE {
+            take_events(&mut self.blobs, &mut self.fences);
+        }
         for _ in 0..size {
             let Some(chain) = q.pop(mem)? else { break };
-            let written = match index {
+            let answered = match index {
                 CONTROL_QUEUE => {
                     // A request the device cannot read gets ERR_UNSPEC
                     // (its header, and so its fence, is unknown); a
                     // response it cannot write is returned empty. Only a
                     // broken ring stops the device.
-                    let resp = match chain.read_to_vec(mem, MAX_REQUEST_LEN) {
-                        Ok(req) => answer(&mut self.gpu, &mut self.blobs, mem, &req),
+                    match chain.read_to_vec(mem, MAX_REQUEST_LEN) {
+                        Ok(req) => control(
+                            &mut self.gpu,
+                            &mut self.blobs,
+                            &mut self.fences,
+                            mem,
+                            &req,
+                            chain,
+                        ),
                         Err(e) => {
                             debug!(%e, "request unreadable");
-                            respond(&[], resp::ERR_UNSPEC, &[])
+                            Some((chain, respond(&[], resp::ERR_UNSPEC, &[])))
                         }
-                    };
-                    chain.write_from(mem, &resp).unwrap_or(0)
+                    }
                 }
                 // Cursor updates need no answer: no display (headless).
-                CURSOR_QUEUE => 0,
-                _ => 0,
+                CURSOR_QUEUE => Some((chain, Vec::new())),
+                _ => Some((chain, Vec::new())),
+            };
+            let Some((chain, resp)) = answered else {
+                continue;
+            };
+            let written = if resp.is_empty() {
+                0
+            } else {
+                chain.write_from(mem, &resp).unwrap_or(0)
             };
             q.push_used(mem, chain.head, written)?;
             self.served += 1;
             used += 1;
         }
+        if index == CONTROL_QUEUE {
+            // What the commands above finished (a destroyed context, a
+            // done response behind nothing), and what the renderer retired
+            // meanwhile.
+            take_events(&mut self.blobs, &mut self.fences);
+            let n = push_ready(&mut self.fences, q, mem)?;
+            self.served += u64::from(n);
+            used += n;
+        }
         Ok(used > 0 && q.wants_interrupt(mem)?)
     }
+}
+
+/// The renderer's fence reports into the kept responses; a lost renderer
+/// ends every fence still waiting for it.
+fn take_events(blobs: &mut Blobs, fences: &mut Fences<(Chain, Vec<u8>)>) {
+    for e in blobs.poll_events() {
+        if !fences.retire(&e) {
+            debug!(?e, "renderer event dropped");
+        }
+    }
+    if blobs.renderer_lost() {
+        fences.renderer_lost();
+    }
+}
+
+/// Returns the kept responses that may leave to the used ring (those the
+/// renderer never ran are answered ERR_UNSPEC); how many.
+fn push_ready(
+    fences: &mut Fences<(Chain, Vec<u8>)>,
+    q: &mut SplitQueue,
+    mem: &mut impl GuestMemory,
+) -> Result<u32, QueueError> {
+    let mut n = 0;
+    for r in fences.take_ready() {
+        let (chain, mut resp) = r.item;
+        if r.ended {
+            if let Some(t) = resp.get_mut(0..4) {
+                t.copy_from_slice(&resp::ERR_UNSPEC.to_le_bytes());
+            }
+        }
+        let written = chain.write_from(mem, &resp).unwrap_or(0);
+        q.push_used(mem, chain.head, written)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The fence a request asks for: (timeline, context, ring, fence id).
+fn fence_of(req: &[u8]) -> Option<(Timeline, u32, u32, u64)> {
+    let word = |at: usize| {
+        req.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
+    };
+    if req.len() < HDR_LEN || word(4) & vg::VIRTIO_GPU_FLAG_FENCE == 0 {
+        return None;
+    }
+    let fence_id = req
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    let ctx = word(16);
+    if word(4) & vg::VIRTIO_GPU_FLAG_INFO_RING_IDX != 0 {
+        let ring = u32::from(req[20]);
+        Some((Timeline::Ring { ctx, ring }, ctx, ring, fence_id))
+    } else {
+        // Without a ring: Linux's one global timeline; the renderer's
+        // fence goes on the context's ring 0.
+        Some((Timeline::Global, ctx, 0, fence_id))
+    }
+}
+
+/// One control-queue request: its answer now (`Some`), or `None` if the
+/// response is kept with its chain until its fence is done.
+fn control(
+    gpu: &mut Gpu2d,
+    blobs: &mut Blobs,
+    fences: &mut Fences<(Chain, Vec<u8>)>,
+    mem: &mut impl GuestMemory,
+    req: &[u8],
+    chain: Chain,
+) -> Option<(Chain, Vec<u8>)> {
+    let ctx = req
+        .get(16..20)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    let live = blobs.has_context(ctx);
+    let Some((timeline, fctx, ring, fence_id)) = fence_of(req) else {
+        let r = answer(gpu, blobs, mem, req);
+        if live && !blobs.has_context(ctx) {
+            fences.context_gone(ctx);
+        }
+        return Some((chain, r));
+    };
+    // Kept responses count against their live context, or 0.
+    let owner = if live { fctx } else { 0 };
+    match fences.check(timeline, owner, fence_id) {
+        Err(Refusal::Full) => {
+            // Not run, answered at once without its fence: with it, Linux
+            // would signal the earlier fences of its timeline, which are
+            // not done. Its own fence signals with a later one.
+            debug!(ctx, fence_id, "fenced command over the bound: refused");
+            let mut r = respond(req, resp::ERR_OUT_OF_MEMORY, &[]);
+            if let Some(h) = r.get_mut(4..HDR_LEN) {
+                h.fill(0);
+            }
+            return Some((chain, r));
+        }
+        Err(why) => {
+            // Not run; answered with its fence once the earlier ones of
+            // its timeline are done.
+            debug!(ctx, fence_id, ?why, "fenced command refused");
+            let r = respond(req, resp::ERR_INVALID_PARAMETER, &[]);
+            fences.keep(timeline, owner, fence_id, None, (chain, r));
+            return None;
+        }
+        Ok(()) => {}
+    }
+    let mut r = answer(gpu, blobs, mem, req);
+    let ty = r
+        .get(0..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(resp::ERR_UNSPEC, u32::from_le_bytes);
+    let cmd = req
+        .get(0..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    let stream = req
+        .get(HDR_LEN..HDR_LEN + 4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    let mut waits = None;
+    if ty < FIRST_ERROR && cmd == SUBMIT_3D && stream > 0 && live {
+        // The renderer took the stream: the response waits for its fence.
+        fences.asking(fctx, ring, fence_id);
+        if blobs.create_fence(fctx, ring, fence_id, fences.generation()) {
+            waits = Some((fctx, ring));
+        } else if let Some(t) = r.get_mut(0..4) {
+            t.copy_from_slice(&resp::ERR_UNSPEC.to_le_bytes());
+        }
+    }
+    fences.keep(timeline, owner, fence_id, waits, (chain, r));
+    if cmd == CTX_DESTROY && live && !blobs.has_context(ctx) {
+        fences.context_gone(ctx);
+    }
+    None
 }
 
 /// Answers one control-queue request: contexts and blobs to [`Blobs`], the

@@ -11,6 +11,8 @@
 //!   DRIVER_OK, served on notification, dropped on reset.
 //! - [`gpu2d`]: the 2D commands of the control queue.
 //! - [`blob`]: contexts, capsets and host-visible blobs (stage 2).
+//! - [`fence`]: the responses of fenced commands, kept until their fence
+//!   is done.
 //! - [`renderer`]: what the device asks of the renderer process.
 //! - [`renderer_proto`]: the socket protocol to that process, and the
 //!   device's side of it.
@@ -33,6 +35,7 @@ pub mod blob;
 pub mod config_space;
 pub mod device;
 pub mod engine;
+pub mod fence;
 pub mod gpu2d;
 pub mod layout;
 pub mod memory;

@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use tracing::info;
 
-use gpu_hostmem_core::model::{FunctionModel, MmioAnswer, ModelChange};
+use gpu_hostmem_core::model::{Background, FunctionModel, MmioAnswer, ModelChange};
 use gpu_hostmem_core::pci::{PciError, PciFunction};
 
 use crate::device::GpuConfig;
@@ -136,6 +136,25 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
         })
     }
 
+    fn background(&mut self) -> Background {
+        // What the saved line holds that this can change: the ring
+        // positions (one more answered per used entry), the ISR and the
+        // status (NEEDS_RESET on a broken ring). Cheaper than comparing
+        // saved lines at every wake-up of the server.
+        let state = |d: &VirtioGpu| {
+            let t = d.pci().transport();
+            (d.served(), t.isr(), t.status())
+        };
+        let before = state(&self.dev);
+        let a = self.dev.poll_renderer(&mut self.mem);
+        self.note(&a);
+        let after = state(&self.dev);
+        Background {
+            changed: before != after,
+            intx: a.intx,
+        }
+    }
+
     fn release(&mut self) {
         self.mem.forget_mappings();
     }
@@ -143,11 +162,12 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
     fn summary(&self) -> Option<String> {
         let t = self.dev.pci().transport();
         let b = self.dev.blobs().stats();
+        let f = self.dev.fence_stats();
         let blobs = if self.dev.blobs().capsets().is_empty() {
             String::new()
         } else {
             format!(
-                ", contexts {}, blobs {} ({} bytes), mapped {} ({} bytes), submits {} ({} bytes), renderer errors {}",
+                ", contexts {}, blobs {} ({} bytes), mapped {} ({} bytes), submits {} ({} bytes), renderer errors {}, fences kept {} (waiting {}, answered {}, ended {}, events ignored {})",
                 b.contexts,
                 b.blobs,
                 b.bytes,
@@ -155,7 +175,12 @@ impl<M: GuestMemory> FunctionModel for GpuModel<M> {
                 b.mapped_bytes,
                 b.submits,
                 b.submitted_bytes,
-                b.renderer_errors
+                b.renderer_errors,
+                f.kept,
+                f.waiting,
+                f.answered,
+                f.ended,
+                f.ignored_events
             )
         };
         Some(format!(

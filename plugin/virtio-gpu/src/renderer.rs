@@ -96,6 +96,24 @@ impl RendererError {
     }
 }
 
+/// The renderer retired a fence: every fence of context `ctx_id`'s ring
+/// `ring_idx` up to `fence_id` is done (the commands before it ran, or
+/// the renderer gave up on them: retiring says nothing about success).
+/// `generation` is the one the device named when it asked for the fence
+/// ([`Renderer::create_fence`]), so that an event from before a device
+/// reset is not taken for a fence of the same ids after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FenceRetired {
+    /// The context.
+    pub ctx_id: u32,
+    /// Its ring (0 for the global timeline's fences).
+    pub ring_idx: u32,
+    /// The newest fence retired on that ring.
+    pub fence_id: u64,
+    /// The device's reset generation the fence was asked in.
+    pub generation: u64,
+}
+
 /// The renderer process, as the device drives it.
 pub trait Renderer: Debug {
     /// The guest made context `ctx_id` of `capset` (a capset the device
@@ -123,6 +141,39 @@ pub trait Renderer: Debug {
     /// [`crate::renderer_proto::MAX_SUBMIT_LEN`] bytes, of a live context
     /// (the device checked). What the stream means is the capset's.
     fn submit(&mut self, ctx_id: u32, capset: u32, cmds: &[u8]) -> Result<(), RendererError>;
+
+    /// Asks for fence `fence_id` on ring `ring_idx` (below
+    /// [`crate::fence::MAX_RINGS`]) of live context `ctx_id` of `capset`,
+    /// after the command streams submitted before it; the renderer
+    /// reports it retired later ([`Renderer::poll_events`]), tagged with
+    /// `generation`. Fence ids grow on each ring (the device checked).
+    /// A renderer without fences refuses (EOPNOTSUPP).
+    fn create_fence(
+        &mut self,
+        ctx_id: u32,
+        capset: u32,
+        ring_idx: u32,
+        fence_id: u64,
+        generation: u64,
+    ) -> Result<(), RendererError> {
+        let _ = (ctx_id, capset, ring_idx, fence_id, generation);
+        Err(RendererError::Refused {
+            op: "create_fence",
+            errno: EOPNOTSUPP,
+        })
+    }
+
+    /// The fences retired since the last call, without waiting (the
+    /// renderer's reports, as it sent them: the device checks each).
+    fn poll_events(&mut self) -> Vec<FenceRetired> {
+        Vec::new()
+    }
+
+    /// True once the renderer is gone for good (its connection broke):
+    /// no fence it was asked for will be reported.
+    fn is_lost(&self) -> bool {
+        false
+    }
 }
 
 /// No renderer: every request refused with EOPNOTSUPP. The device offers

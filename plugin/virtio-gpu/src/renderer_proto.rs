@@ -7,19 +7,20 @@
 //! ```text
 //! request (56 bytes, then data)         reply (32 bytes, then data)
 //!  0 u32 magic "GHRP"                     0 u32 magic "GHRP"
-//!  4 u16 version (4)                      4 u16 version (4)
+//!  4 u16 version (5)                      4 u16 version (5)
 //!  6 u16 op                               6 u16 op (the request's)
 //!  8 u32 ctx_id                           8 i32 errno (0: done)
 //! 12 u32 capset                          12 u32 map_info (MAP_BLOB),
 //!                                               max_version (CAPSET_INFO)
-//! 16 u32 resource_id                     16 u64 handle (CREATE_BLOB),
+//! 16 u32 resource_id, ring (CREATE_FENCE) 16 u64 handle (CREATE_BLOB),
 //!                                               max_size (CAPSET_INFO),
 //!                                               bytes of data (GET_CAPSET)
 //! 20 u32 0                               24 u64 seq (the request's)
-//! 24 u64 handle                          32 .. data (GET_CAPSET only)
+//! 24 u64 handle, generation (CREATE_FENCE) 32 .. data (GET_CAPSET only)
 //! 32 u64 blob_id
 //! 40 u64 size (CREATE_BLOB), window offset (MAP_BLOB),
-//!        version (GET_CAPSET) or bytes of data (SUBMIT)
+//!        version (GET_CAPSET), bytes of data (SUBMIT) or fence id
+//!        (CREATE_FENCE)
 //! 48 u64 seq
 //! 56 .. data (SUBMIT only)
 //! ```
@@ -28,6 +29,37 @@
 //! (`VIRTIO_GPU_CMD_SUBMIT_3D`) after the request: whole dwords, at most
 //! [`MAX_SUBMIT_LEN`] bytes, exactly `arg` of them; the only request with
 //! data. The reply says the renderer ran (venus: queued) it.
+//!
+//! CREATE_FENCE (version 5) asks for a fence on a context's ring after the
+//! streams submitted before it: `ctx_id`, `capset`, the ring in
+//! `resource_id` (below [`crate::fence::MAX_RINGS`]), the fence id in
+//! `arg`, the device's reset generation in `handle`. The reply says the
+//! fence exists, not that it retired. Retirement comes later as an
+//! **event**, the one message the renderer sends unasked:
+//!
+//! ```text
+//! event (32 bytes)
+//!  0 u32 magic "GHRE"
+//!  4 u16 version (5)
+//!  6 u16 kind (1: fence retired)
+//!  8 u32 ctx_id
+//! 12 u32 ring_idx
+//! 16 u64 fence_id (every fence of that ring up to it)
+//! 24 u64 generation (the request's `handle`)
+//! ```
+//!
+//! Events share the socket with replies (one socket, so the supervisor,
+//! the renderer's fds and the worker's filter stay as they are) and are
+//! told apart by their magic: while the device waits for a reply it takes
+//! the events that come before it and keeps them (at most
+//! [`MAX_PENDING_EVENTS`]: more is a flood, not the protocol); between
+//! requests it reads them without waiting ([`SocketRenderer`]'s
+//! `poll_events`, at most [`MAX_EVENTS_PER_POLL`] at a time, so a flood
+//! cannot keep the worker in one call). Replies still come one per
+//! request, in order. The renderer sends a fence's event only after the
+//! reply to its CREATE_FENCE, so the device never sees a retirement of a
+//! fence it has not asked for, except from a renderer that lies, whose
+//! events the device checks and drops ([`crate::fence`]).
 //!
 //! CAPSET_INFO asks the renderer's backend about `capset` (an unknown
 //! capset is EINVAL). GET_CAPSET (version 3) asks for its data at a
@@ -47,12 +79,26 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::renderer::{BlobHandle, BlobRequest, MapCache, Renderer, RendererError};
+use crate::renderer::{BlobHandle, BlobRequest, FenceRetired, MapCache, Renderer, RendererError};
 
 /// "GHRP", little endian.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"GHRP");
+/// "GHRE", little endian: an event.
+pub const EVENT_MAGIC: u32 = u32::from_le_bytes(*b"GHRE");
 /// The protocol version this side speaks.
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
+/// Bytes of an event.
+pub const EVENT_LEN: usize = 32;
+/// The one kind of event: a fence retired.
+pub const EVENT_FENCE_RETIRED: u16 = 1;
+/// Most events the device keeps while it waits for one reply. The
+/// renderer blocks when the socket is full, so what can come before a
+/// reply is what the socket holds (a few hundred messages); more is a
+/// renderer that is not speaking the protocol.
+pub const MAX_PENDING_EVENTS: usize = 8192;
+/// Most events the device reads in one `poll_events` (the rest stay in
+/// the socket, which stays readable, for the next).
+pub const MAX_EVENTS_PER_POLL: usize = 1024;
 /// Bytes of a request.
 pub const REQUEST_LEN: usize = 56;
 /// Bytes of a reply without data (every reply but GET_CAPSET's).
@@ -97,6 +143,8 @@ pub enum Op {
     GetCapset = 9,
     /// [`Renderer::submit`]: the request carries data.
     Submit = 10,
+    /// [`Renderer::create_fence`] (version 5).
+    CreateFence = 11,
 }
 
 impl Op {
@@ -113,6 +161,7 @@ impl Op {
             8 => Op::CapsetInfo,
             9 => Op::GetCapset,
             10 => Op::Submit,
+            11 => Op::CreateFence,
             _ => return None,
         })
     }
@@ -129,6 +178,7 @@ impl Op {
             Op::CapsetInfo => "capset_info",
             Op::GetCapset => "get_capset",
             Op::Submit => "submit",
+            Op::CreateFence => "create_fence",
         }
     }
 }
@@ -169,6 +219,14 @@ pub enum DecodeError {
     /// Unknown operation.
     #[error("unknown op {0}")]
     Op(u16),
+    /// An event of another version or an unknown kind.
+    #[error("event of version {version}, kind {kind}")]
+    Event {
+        /// Its version.
+        version: u16,
+        /// Its kind.
+        kind: u16,
+    },
     /// A message's data is not as long as it says.
     #[error("message says {said} bytes of data and carries {got}")]
     DataLength {
@@ -366,6 +424,46 @@ impl Reply {
     }
 }
 
+/// The wire form of a fence-retired event of this build's version.
+pub fn encode_event(e: &FenceRetired) -> [u8; EVENT_LEN] {
+    let mut b = [0u8; EVENT_LEN];
+    b[0..4].copy_from_slice(&EVENT_MAGIC.to_le_bytes());
+    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    b[6..8].copy_from_slice(&EVENT_FENCE_RETIRED.to_le_bytes());
+    b[8..12].copy_from_slice(&e.ctx_id.to_le_bytes());
+    b[12..16].copy_from_slice(&e.ring_idx.to_le_bytes());
+    b[16..24].copy_from_slice(&e.fence_id.to_le_bytes());
+    b[24..32].copy_from_slice(&e.generation.to_le_bytes());
+    b
+}
+
+/// True if `b` starts like an event (its magic), so it is not a reply.
+pub fn is_event(b: &[u8]) -> bool {
+    b.len() >= 4 && u32_at(b, 0) == EVENT_MAGIC
+}
+
+/// From the wire form of an event: exactly [`EVENT_LEN`] bytes, this
+/// build's version, a known kind.
+pub fn decode_event(b: &[u8]) -> Result<FenceRetired, DecodeError> {
+    if b.len() != EVENT_LEN {
+        return Err(DecodeError::Length(b.len()));
+    }
+    let magic = u32_at(b, 0);
+    if magic != EVENT_MAGIC {
+        return Err(DecodeError::Magic(magic));
+    }
+    let (version, kind) = (u16_at(b, 4), u16_at(b, 6));
+    if version != VERSION || kind != EVENT_FENCE_RETIRED {
+        return Err(DecodeError::Event { version, kind });
+    }
+    Ok(FenceRetired {
+        ctx_id: u32_at(b, 8),
+        ring_idx: u32_at(b, 12),
+        fence_id: u64_at(b, 16),
+        generation: u64_at(b, 24),
+    })
+}
+
 /// How long the device waits for a reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -377,6 +475,8 @@ pub struct SocketRenderer {
     sock: UnixDatagram,
     seq: u64,
     broken: bool,
+    /// Events that came before a reply, for the next `poll_events`.
+    events: Vec<FenceRetired>,
 }
 
 fn io_err(op: &'static str, kind: io::ErrorKind, what: String) -> RendererError {
@@ -401,6 +501,7 @@ impl SocketRenderer {
             sock,
             seq: 0,
             broken: false,
+            events: Vec::new(),
         };
         r.call(Op::Hello, |_| {})?;
         Ok(r)
@@ -428,6 +529,49 @@ impl SocketRenderer {
     /// True once a reply went wrong: nothing more is sent.
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Reads the events waiting in the socket without blocking (at most
+    /// [`MAX_EVENTS_PER_POLL`]); the end of the connection, a reply nobody
+    /// asked for or anything that is not an event breaks it for good.
+    fn drain_events(&mut self) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.sock.set_nonblocking(true) {
+            warn!(%e, "renderer socket: cannot read events without blocking");
+            return;
+        }
+        let mut buf = [0u8; EVENT_LEN + 1];
+        let mut why = None;
+        for _ in 0..MAX_EVENTS_PER_POLL {
+            match self.sock.recv(&mut buf) {
+                Ok(0) => {
+                    why = Some("renderer closed the connection".to_string());
+                    break;
+                }
+                Ok(n) => match decode_event(&buf[..n]) {
+                    Ok(e) => self.events.push(e),
+                    Err(e) => {
+                        why = Some(format!("unasked message: {e}"));
+                        break;
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    why = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.sock.set_nonblocking(false) {
+            why.get_or_insert(format!("cannot make the socket blocking again: {e}"));
+        }
+        if let Some(why) = why {
+            warn!(%why, "renderer connection broken");
+            self.broken = true;
+        }
     }
 
     fn call(&mut self, op: Op, fill: impl FnOnce(&mut Request)) -> Result<Reply, RendererError> {
@@ -489,16 +633,40 @@ impl SocketRenderer {
         // One byte more than the longest reply allowed: a longer message
         // is noticed (SOCK_SEQPACKET truncates it to the buffer).
         let expect = data.map_or(0, |d| d.min(MAX_CAPSET_SIZE) as usize);
-        let mut buf = vec![0u8; REPLY_LEN + expect + 1];
-        let n = self.sock.recv(&mut buf).map_err(io)?;
-        if n == 0 {
-            return Err(io_err(
-                name,
-                io::ErrorKind::UnexpectedEof,
-                "renderer closed the connection".into(),
-            ));
-        }
+        let mut buf = vec![0u8; REPLY_LEN.max(EVENT_LEN) + expect + 1];
         let bad = |e: DecodeError| io_err(name, io::ErrorKind::InvalidData, e.to_string());
+        // Events that come first are kept for `poll_events`; the whole
+        // wait stays bounded (each recv by the socket's timeout, all of
+        // them by the deadline), however the renderer trickles events.
+        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+        let n = loop {
+            if std::time::Instant::now() > deadline {
+                return Err(io_err(
+                    name,
+                    io::ErrorKind::TimedOut,
+                    "no reply within the timeout, only events".into(),
+                ));
+            }
+            let n = self.sock.recv(&mut buf).map_err(io)?;
+            if n == 0 {
+                return Err(io_err(
+                    name,
+                    io::ErrorKind::UnexpectedEof,
+                    "renderer closed the connection".into(),
+                ));
+            }
+            if !is_event(&buf[..n]) {
+                break n;
+            }
+            if self.events.len() >= MAX_PENDING_EVENTS {
+                return Err(io_err(
+                    name,
+                    io::ErrorKind::InvalidData,
+                    format!("more than {MAX_PENDING_EVENTS} events before a reply"),
+                ));
+            }
+            self.events.push(decode_event(&buf[..n]).map_err(bad)?);
+        };
         let (reply, body) = if data.is_some() {
             Reply::decode_with_data(&buf[..n]).map_err(bad)?
         } else {
@@ -628,6 +796,33 @@ impl Renderer for SocketRenderer {
             None,
         )
         .map(|_| ())
+    }
+
+    fn create_fence(
+        &mut self,
+        ctx_id: u32,
+        capset: u32,
+        ring_idx: u32,
+        fence_id: u64,
+        generation: u64,
+    ) -> Result<(), RendererError> {
+        self.call(Op::CreateFence, |r| {
+            r.ctx_id = ctx_id;
+            r.capset = capset;
+            r.resource_id = ring_idx;
+            r.arg = fence_id;
+            r.handle = generation;
+        })
+        .map(|_| ())
+    }
+
+    fn poll_events(&mut self) -> Vec<FenceRetired> {
+        self.drain_events();
+        std::mem::take(&mut self.events)
+    }
+
+    fn is_lost(&self) -> bool {
+        self.broken
     }
 }
 

@@ -395,9 +395,15 @@ fn bad_vcpu(op: &'static str) -> PlatformError {
 impl<'a> XenChannel<'a> {
     /// Also wakes [`IoreqChannel::wait`] (as [`Wake::Timeout`]) when `fd`
     /// becomes readable: the xenstore watch fd, a signal pipe. The caller
-    /// drains it.
+    /// drains it. An fd that hangs up or fails wakes it once and is
+    /// dropped.
     pub fn add_wake_fd(&mut self, fd: BorrowedFd<'a>) {
         self.wake_fds.push(fd);
+    }
+
+    /// How many wake fds the wait still watches.
+    pub fn wake_fd_count(&self) -> usize {
+        self.wake_fds.len()
     }
 
     /// The local event channel port of `vcpu`, once bound.
@@ -453,6 +459,21 @@ impl IoreqChannel for XenChannel<'_> {
                 Some(libc::EINTR) => Ok(Wake::Timeout),
                 e => Err(PlatformError::new("poll", Errno(e.unwrap_or(libc::EIO)))),
             };
+        }
+        // A wake fd whose other end is gone (the renderer's socket when
+        // the renderer died) would make every later poll return at once:
+        // it wakes this once, for its owner to see the end, and is left
+        // out from then on.
+        let hung = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL;
+        let dead: Vec<usize> = fds
+            .iter()
+            .skip(1)
+            .enumerate()
+            .filter(|(_, p)| p.revents & hung != 0)
+            .map(|(i, _)| i)
+            .collect();
+        for i in dead.into_iter().rev() {
+            self.wake_fds.remove(i);
         }
         if fds[0].revents == 0 {
             return Ok(Wake::Timeout);
