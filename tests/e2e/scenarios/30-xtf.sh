@@ -12,10 +12,15 @@
 # identically on the unpatched 4.20.4 hypervisor (docs/e2e.md, "XTF"): they
 # are reported with ok=1 and "test-bed limit" in the value, never hidden.
 # timeout: 3600
-source /usr/lib/gpu-hostmem/e2e/lib.sh
-xtf=/usr/lib/xtf
-classify=/usr/lib/gpu-hostmem/e2e/classify-failure
-map=/usr/lib/gpu-hostmem/e2e/xen-System.map
+# GH_XTF_TEST_ROOT: tests/e2e/test-xtf-batches runs this script on the host
+# with stubs of xtf-runner, xl and the classifier below that directory.
+root=${GH_XTF_TEST_ROOT:-}
+source "$root/usr/lib/gpu-hostmem/e2e/lib.sh"
+xtf=$root/usr/lib/xtf
+classify=$root/usr/lib/gpu-hostmem/e2e/classify-failure
+map=$root/usr/lib/gpu-hostmem/e2e/xen-System.map
+etc=$root/etc/gpu-hostmem
+w=${root:-/tmp}
 per_test=${GH_XTF_TEST_TIMEOUT:-40}
 
 # The CI subset (issue 16): selftest in every environment; the emulation
@@ -57,25 +62,25 @@ ci_not_run_envs=(hvm32pae)
 # (No process substitution here: dom0 has no /dev/fd.)
 sels=()
 not_run_envs=()
-if [ -r /etc/gpu-hostmem/xtf-selection ]; then
-    tr ';' '\n' </etc/gpu-hostmem/xtf-selection | sed '/^ *$/d' >/tmp/xtf-sels
-    mapfile -t sels </tmp/xtf-sels
+if [ -r "$etc/xtf-selection" ]; then
+    tr ';' '\n' <"$etc/xtf-selection" | sed '/^ *$/d' >"$w/xtf-sels"
+    mapfile -t sels <"$w/xtf-sels"
 else
     sels=("${ci_selection[@]}")
     not_run_envs=("${ci_not_run_envs[@]}")
 fi
 [ -x "$xtf/xtf-runner" ] || { result xtf-installed 0 "no $xtf/xtf-runner in dom0"; exit 1; }
 
-: >/tmp/xtf-list
+: >"$w/xtf-list"
 for s in "${sels[@]}"; do
     if [ "$s" = everything ]; then
         s="functional xsa special utility in-development"
     fi
     # shellcheck disable=SC2086 # a selection is several words
-    (cd "$xtf" && ./xtf-runner --list $s) >>/tmp/xtf-list
+    (cd "$xtf" && ./xtf-runner --list $s) >>"$w/xtf-list"
 done
-awk 'NF && !seen[$0]++' /tmp/xtf-list >/tmp/xtf-list.u
-mapfile -t list </tmp/xtf-list.u
+awk 'NF && !seen[$0]++' "$w/xtf-list" >"$w/xtf-list.u"
+mapfile -t list <"$w/xtf-list.u"
 echo "xtf: ${#list[@]} test instances: ${list[*]}"
 [ "${#list[@]}" -gt 0 ] || { result xtf-selection 0 "empty selection: ${sels[*]}"; exit 1; }
 
@@ -94,7 +99,7 @@ limit() {
 
 # run_one INSTANCE: one xtf-runner run of INSTANCE; its result (SUCCESS,
 # SKIP, FAILURE, ERROR, CRASH or "CRASH(timeout N s)"), seconds and output
-# go to /tmp/xtf-r/INSTANCE.{res,secs,out}.  Results come from xenconsoled's
+# go to $w/xtf-r/INSTANCE.{res,secs,out}.  Results come from xenconsoled's
 # log of the guest (dom0 runs it with --log=guest), not `xl console`: that
 # one races with xenconsoled for a PV guest ("Could not read tty from
 # store").
@@ -110,9 +115,9 @@ run_one() {
     [ "$rc" = 124 ] && res="CRASH(timeout ${per_test}s)"
     # Remove what a crashed test left behind.
     xl destroy "$t" >/dev/null 2>&1 || true
-    printf '%s\n' "$out" >"/tmp/xtf-r/$t.out"
-    gh_since "$t0" >"/tmp/xtf-r/$t.secs"
-    echo "$res" >"/tmp/xtf-r/$t.res"
+    printf '%s\n' "$out" >"$w/xtf-r/$t.out"
+    gh_since "$t0" >"$w/xtf-r/$t.secs"
+    echo "$res" >"$w/xtf-r/$t.res"
 }
 passed() { case "$1" in SUCCESS | SKIP) return 0 ;; esac; return 1; }
 
@@ -121,23 +126,23 @@ n_ok=0
 n_bad=0
 report() {
     local t=$1 res ok
-    res=$(cat "/tmp/xtf-r/$t.res")
+    res=$(cat "$w/xtf-r/$t.res")
     if passed "$res"; then
         ok=1
     else
         # Show what the test printed, for the log.
-        tail -n 25 "/tmp/xtf-r/$t.out" | sed "s/^/[$t] /"
+        tail -n 25 "$w/xtf-r/$t.out" | sed "s/^/[$t] /"
         if limit "${t#test-}" "$res"; then ok=1; res="$res (test-bed limit, same on unpatched 4.20.4)"; else ok=0; fi
     fi
-    result "xtf-$t" "$ok" "$res,$(cat "/tmp/xtf-r/$t.secs")s$2"
+    result "xtf-$t" "$ok" "$res,$(cat "$w/xtf-r/$t.secs")s$2"
     if [ "$ok" = 1 ]; then n_ok=$((n_ok + 1)); else n_bad=$((n_bad + 1)); fi
 }
 
 # signatures: the test bed's known faults (tests/e2e/classify-failure) in
 # Xen's log since the last `xl dmesg -c`, one per line.
 signatures() {
-    xl dmesg >/tmp/xtf-dmesg 2>&1 || true
-    "$classify" --map "$map" --list /tmp/xtf-dmesg || true
+    xl dmesg >"$w/xtf-dmesg" 2>&1 || true
+    "$classify" --map "$map" --list "$w/xtf-dmesg" || true
 }
 
 # alone INSTANCE NOTE: run INSTANCE by itself; a guest that died of a known
@@ -148,7 +153,7 @@ alone() {
     while :; do
         xl dmesg -c >/dev/null 2>&1 || true
         run_one "$t"
-        passed "$(cat "/tmp/xtf-r/$t.res")" && break
+        passed "$(cat "$w/xtf-r/$t.res")" && break
         sig=$(signatures)
         [ -n "$sig" ] && [ "$tries" -lt 2 ] || break
         tries=$((tries + 1))
@@ -169,8 +174,8 @@ alone() {
 # and its RESULT says "batch lost a guest to X".  With no known fault in
 # the batch, a result is final, as it is alone.
 jobs=${GH_XTF_JOBS:-4}
-rm -rf /tmp/xtf-r
-mkdir -p /tmp/xtf-r
+rm -rf "$w/xtf-r"
+mkdir -p "$w/xtf-r"
 run=()
 for t in "${list[@]}"; do
     skip=
@@ -196,7 +201,7 @@ while [ "$i" -lt "${#run[@]}" ]; do
     wait
     again=()
     for t in "${batch[@]}"; do
-        passed "$(cat "/tmp/xtf-r/$t.res")" || again+=("$t")
+        passed "$(cat "$w/xtf-r/$t.res")" || again+=("$t")
     done
     sig=
     [ "${#again[@]}" = 0 ] || sig=$(signatures)
@@ -214,5 +219,5 @@ while [ "$i" -lt "${#run[@]}" ]; do
     done
 done
 result xtf-summary "$([ "$n_bad" = 0 ] && echo 1 || echo 0)" \
-    "instances=${#list[@]},ok=$n_ok,failed=$n_bad,xen=$(cat /etc/gpu-hostmem/xen-version),$(gh_since "$t_all")s"
+    "instances=${#list[@]},ok=$n_ok,failed=$n_bad,xen=$(cat "$etc/xen-version" 2>/dev/null),$(gh_since "$t_all")s"
 exit "$GH_FAILED"
