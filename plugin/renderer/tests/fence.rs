@@ -37,14 +37,9 @@ fn seqpacket_pair() -> (UnixDatagram, UnixDatagram) {
 
 type Served = thread::JoinHandle<(Result<(), String>, RendererStats)>;
 
-/// The device with the test capset over a renderer serving in a thread.
-fn device() -> (Guest, Served) {
-    let (dev, ren) = seqpacket_pair();
-    let t = thread::spawn(move || {
-        let mut st = RendererState::new(FakeRegistrar::default(), RendererLimits::default());
-        let r = serve(&ren, &mut st).map_err(|e| e.to_string());
-        (r, st.stats())
-    });
+/// A guest of the device with the test capset, over the renderer at the
+/// other end of `dev` (not probed yet).
+fn guest_over(dev: UnixDatagram) -> Guest {
     let sr = SocketRenderer::connect(dev).expect("hello");
     let dev = VirtioGpu::with_renderer(
         256 << 20,
@@ -54,7 +49,18 @@ fn device() -> (Guest, Served) {
         Box::new(sr),
     )
     .expect("device");
-    let mut g = Guest::with(dev);
+    Guest::with(dev)
+}
+
+/// The device with the test capset over a renderer serving in a thread.
+fn device() -> (Guest, Served) {
+    let (dev, ren) = seqpacket_pair();
+    let t = thread::spawn(move || {
+        let mut st = RendererState::new(FakeRegistrar::default(), RendererLimits::default());
+        let r = serve(&ren, &mut st).map_err(|e| e.to_string());
+        (r, st.stats())
+    });
+    let mut g = guest_over(dev);
     assert!(g.probe().activated);
     (g, t)
 }
@@ -149,16 +155,7 @@ fn a_renderer_that_dies_with_kept_fences_ends_them() {
             }
         }
     });
-    let sr = SocketRenderer::connect(dev).expect("hello");
-    let dev = VirtioGpu::with_renderer(
-        256 << 20,
-        1,
-        GpuConfig::default().with_test_capset(),
-        1 << 20,
-        Box::new(sr),
-    )
-    .expect("device");
-    let mut g = Guest::with(dev);
+    let mut g = guest_over(dev);
     g.probe();
     g.command(&ctx_create(1, TEST_CAPSET_ID));
     g.command(&submit(1, None, &[TEST_CMD_HOLD, 0, 0, 0]));
