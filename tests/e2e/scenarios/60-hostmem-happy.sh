@@ -16,6 +16,9 @@
 # timeout: 1500
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
+# The guest with xl's default device set (the PV keyboard the other test
+# guests leave out: dom0/lib.sh, gh_guest_cfg), as a user's would have.
+export GH_GUEST_VKB=1
 
 name=hm-happy
 regions=(0:2M 0x400000:1M 0x1000000:4M 0x3000000:64k)
