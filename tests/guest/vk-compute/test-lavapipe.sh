@@ -123,7 +123,8 @@ for mib in 4 64; do
     words=$(sed -n 's/^RESULT name=vk-compute ok=1 value=0,words=\([0-9]*\).*/\1/p' "$l")
     c=0
     [ "$(cat "$W/size$mib.rc")" = 0 ] && [ "$(okof "$l" vk-compute)" = 1 ] && [ "$wrong" = 0 ] &&
-        [ "$words" = $((mib << 18)) ] && ! grep -q ' ok=0 ' "$l" || c=1
+        [ "$words" = $((mib << 18)) ] && grep -q '^RESULT name=vk-open ok=1 value=[0-9.]*,' "$l" &&
+        ! grep -q ' ok=0 ' "$l" || c=1
     check "lavapipe-${mib}mib" $c "wrong=$wrong of words=$words, exit $(cat "$W/size$mib.rc")"
 done
 

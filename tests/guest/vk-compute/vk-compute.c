@@ -852,6 +852,9 @@ int main(int argc, char **argv)
     if (load_loader(&vk) || open_device(&vk, (uint32_t)device, require_venus))
         goto out;
     t_open = now();
+    /* Printed at once: on venus under nested emulation this step alone
+     * takes seconds, and a run that fails later should still tell it. */
+    result("vk-open", 1, "%.3f,queue_family=%u", t_open - t0, vk.queue_family);
     if (bytes > vk.props.limits.maxStorageBufferRange) {
         result("vk-limits", 0, "size-%" PRIu64 "-above-maxStorageBufferRange-%u", bytes,
                vk.props.limits.maxStorageBufferRange);
