@@ -35,6 +35,9 @@ gh_since() { awk -v a="$1" -v b="$(gh_now)" 'BEGIN { printf "%.1f", b - a }'; }
 # test guest of TYPE hvm or pvh, booting the test kernel and initramfs and
 # running RUN (gh.run syntax: PROG[,ARG...]). The guest stays up after RUN
 # (gh.hold=1) until destroyed. Extra lines are appended to the config.
+# GH_GUEST_INITRD: the initramfs in $GH_GUEST_DIR (default initrd.gz, the
+# busybox guest; initrd-vk.gz adds the Vulkan root in a boot with a -vk
+# scenario, tests/e2e/run).
 # GH_GUEST_CMDLINE_EXTRA: words added to the guest kernel's command line
 # (default: /etc/gpu-hostmem/guest-cmdline-extra, from tests/e2e/run's
 # GPU_HOSTMEM_GUEST_CMDLINE_EXTRA).
@@ -48,7 +51,7 @@ gh_guest_cfg() {
         echo "memory = ${GH_GUEST_MEMORY:-256}"
         echo "vcpus = ${GH_GUEST_VCPUS:-1}"
         echo "kernel = \"$GH_GUEST_DIR/vmlinuz\""
-        echo "ramdisk = \"$GH_GUEST_DIR/initrd.gz\""
+        echo "ramdisk = \"$GH_GUEST_DIR/${GH_GUEST_INITRD:-initrd.gz}\""
         echo 'on_poweroff = "destroy"'
         echo 'on_reboot = "destroy"'
         echo 'on_crash = "destroy"'
