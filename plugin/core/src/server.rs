@@ -481,7 +481,8 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
     /// (the guest faults those pages in again; revoking is always safe).
     /// A request the dead process took but never answered (its slot left
     /// INPROCESS) is put back to READY, so the first [`Server::drain`]
-    /// answers it with the requests still READY. On failure nothing of the
+    /// answers it with the requests still READY; one it answered but did
+    /// not notify (IORESP_READY or IORESP_RETRY) is notified now. On failure nothing of the
     /// server is undone (a later attempt may succeed): the handles are
     /// returned with the error.
     /// A device with a register BAR has it routed again too, and its
@@ -537,13 +538,20 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
         }
         let nr_vcpus = chan.nr_vcpus();
         for vcpu in 0..nr_vcpus {
-            let r = chan.state(vcpu).and_then(|st| {
-                if st == STATE_IOREQ_INPROCESS {
+            let r = chan.state(vcpu).and_then(|st| match st {
+                STATE_IOREQ_INPROCESS => {
                     info!(%dom, vcpu, "re-attaching: answering the request the dead process took");
                     chan.set_state(vcpu, STATE_IOREQ_READY)
-                } else {
-                    Ok(())
                 }
+                // Answered, but the process died before it sent the event
+                // Xen waits for: send it, or the vCPU stays blocked in Xen
+                // for good. A second event for an answer Xen has already
+                // seen is harmless (its wait re-reads the state).
+                STATE_IORESP_READY | STATE_IORESP_RETRY => {
+                    info!(%dom, vcpu, "re-attaching: notifying the answer the dead process wrote");
+                    chan.notify(vcpu)
+                }
+                _ => Ok(()),
             });
             if let Err(e) = r {
                 drop(chan);

@@ -30,7 +30,9 @@
 use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
 use gpu_hostmem_core::config::{Config, Device, RendererBackend};
-use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
+use gpu_hostmem_core::ioreq::{
+    STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY, STATE_IORESP_RETRY,
+};
 use gpu_hostmem_core::limits::Tally;
 use gpu_hostmem_core::platform::{
     DeviceModel, DomainIdentity, HostMem, IoServId, IoreqChannel, RevokeRange,
@@ -1042,6 +1044,16 @@ fn fallback(
     g.hm.revoke(dom, RevokeRange::All)
         .map_err(|e| e.to_string())?;
     info!(%dom, "supervisor: fallback running: server disabled, pages revoked");
+    // An answer the last worker wrote but did not live to notify: Xen
+    // wakes the vCPU only on the event (as Server::attach_with does for a
+    // restarted worker).
+    for vcpu in 0..chan.nr_vcpus() {
+        let st = chan.state(vcpu).map_err(|e| e.to_string())?;
+        if st == STATE_IORESP_READY || st == STATE_IORESP_RETRY {
+            info!(%dom, vcpu, "supervisor: fallback notifying the answer the dead worker wrote");
+            chan.notify(vcpu).map_err(|e| e.to_string())?;
+        }
+    }
     let mut answered = Tally::default();
     while !stop.load(Ordering::Acquire) && g.dm.is_alive(dom).unwrap_or(true) {
         let _ = chan.wait(Some(Duration::from_millis(200)));

@@ -529,6 +529,17 @@ impl Sim {
         })
     }
 
+    /// Events the server processes sent to Xen on server `id` of `dom`
+    /// (`xenevtchn_notify`), so far; None if there is no such server.
+    pub fn notifications(&self, dom: &DomainIdentity, id: IoServId) -> Option<u64> {
+        let w = self.world.borrow();
+        w.domains
+            .get(&dom.domid)
+            .filter(|d| d.ident.uid == dom.uid)
+            .and_then(|d| d.servers.get(&id))
+            .map(|s| s.notifications)
+    }
+
     /// Applies `f` to `vcpu`'s slot in server `id` of `dom`; false if
     /// there is no such slot.
     fn with_slot_mut(

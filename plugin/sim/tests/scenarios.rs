@@ -1142,6 +1142,37 @@ fn restarted_server_reattaches_and_answers_the_request_in_flight() {
     }
 }
 
+/// Issue 16, never a hang: the server process is killed after it wrote
+/// its answer into the vCPU's slot (IORESP_READY, or IORESP_RETRY) but
+/// before it notified Xen. Xen wakes the vCPU only on that event, so the
+/// answer would wait there forever (seen on the test bed: 72's guest
+/// blocked in Xen after a worker kill, run 20261206-140457-10786). The
+/// process that attaches next must send it; the state stays for Xen to
+/// consume.
+#[test]
+fn restarted_server_notifies_an_answer_the_dead_process_wrote() {
+    use gpu_hostmem_core::ioreq::{STATE_IORESP_READY, STATE_IORESP_RETRY};
+    for state in [STATE_IORESP_READY, STATE_IORESP_RETRY] {
+        let (sim, mut g, saved) = restart_setup();
+        let ident = g.ident;
+        let servid = g.servid.expect("servid");
+        let cfg = test_config(64 * MIB, 64 * 1024, Limits::default());
+        assert!(sim.set_slot_state(&ident, servid, 0, state));
+        let before = sim.notifications(&ident, servid).expect("server");
+        drop(g.server.take()); // SIGKILL after complete, before notify
+        let server = reattach(&sim, ident, servid, cfg, &saved.borrow());
+        let after = sim.notifications(&ident, servid).expect("server");
+        assert_eq!(
+            after,
+            before + 1,
+            "state {state}: the answer the dead process wrote was not notified"
+        );
+        g.server = Some(server);
+        assert!(g.destroy_hook(&sim).is_clean());
+        sim.check_consistency().expect("consistent");
+    }
+}
+
 /// Issue 16, "the guest continues with correct data", for a write: the
 /// request in flight when the server process dies is a guest WRITE, seen
 /// by the dead process (slot INPROCESS) or not (READY). After the new
