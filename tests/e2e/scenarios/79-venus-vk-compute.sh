@@ -23,8 +23,8 @@
 # Failed before the renderer loaded the allocator at setup (runs
 # 20261206-132035-19763, -132656-32707, -133956-18557): the first
 # host-visible MAP_BLOB made virglrenderer load lavapipe into the renderer
-# under its seccomp filter, which killed it (SIGSYS); passed since (run
-# 20261206-142656-29541); docs/virtio-gpu.md, "Stage 3".
+# under its seccomp filter, which killed it (SIGSYS); passed since (runs
+# 20261206-142656-29541, -143510-6759); docs/virtio-gpu.md, "Stage 3".
 # VK_BAR_MIB (window, default 512), VK_GUEST_MIB (guest memory, default
 # 512), VK_GUEST_BOUND (the guest's bound on vk-compute, default 600 s),
 # VK_BW_ROUNDS (vk-compute -b: the bandwidth lines; default none, or what
