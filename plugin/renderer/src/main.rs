@@ -5,8 +5,8 @@
 //! the guest and narrowed to registering memory, with
 //! `GPU_HOSTMEM_UNIQUE_ID` and `GPU_HOSTMEM_DOMID`). It refuses to run as
 //! root: it needs no privilege beyond that file. `--backend venus` loads
-//! libvirglrenderer and initialises venus first (`virgl.rs`); `test`, the
-//! default, serves the test-only capset. Once set up it serves under its
+//! libvirglrenderer and initialises venus and its Vulkan allocator first
+//! (`virgl.rs`); `test`, the default, serves the test-only capset. Once set up it serves under its
 //! backend's seccomp filter (`sandbox.rs`).
 
 use std::os::fd::RawFd;
@@ -64,8 +64,9 @@ fn run() -> Result<(), String> {
     match kind {
         BackendKind::Test => serve_with(TestBackend, kind, reg, &sock, dom, unique_id),
         BackendKind::Venus => {
-            // Loaded and initialised (the render server forked) before the
-            // filter, which then allows only what serving needs.
+            // Loaded and initialised (the render server forked, the Vulkan
+            // allocator loaded) before the filter, which then allows only
+            // what serving needs.
             let b = VirglBackend::new(SONAME).map_err(|e| format!("venus backend: {e}"))?;
             serve_with(b, kind, reg, &sock, dom, unique_id)
         }

@@ -16,8 +16,13 @@
 //!   `virgl_renderer_init` (`proxy_server_destroy`), only for that pid and
 //!   that signal: the renderer runs as a user other processes may share
 //!   (nobody by default), so it may not signal or reap anything else.
-//!   Loading the library, `virgl_renderer_init` and the render server's
-//!   fork all happen before the filter.
+//!   Loading the library, `virgl_renderer_init`, the render server's fork
+//!   and the library's Vulkan allocator (its instance and device in this
+//!   process: the Vulkan loader's manifests, the driver, its threads; see
+//!   `virgl.rs`) all happen before the filter, which then covers the
+//!   driver's threads too. Mapping a host-visible (OPAQUE) blob under it
+//!   imports the blob's fd into that device: `fcntl` (dup), `lseek`,
+//!   `read`, `mmap` on lavapipe, none of them new here.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

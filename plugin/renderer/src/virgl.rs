@@ -13,8 +13,25 @@
 //! the exported fd is an OPAQUE memfd whose first page is the driver's
 //! header, and the pointer lies at its file offset 4096 (measured). The
 //! test (`tests/virgl.rs`) exercises capset info, contexts and a blob_id 0
-//! blob (venus's shm blob, a `vkr-shmem` memfd); a host-visible
-//! (OPAQUE) blob needs a venus command stream and is not exercised.
+//! blob (venus's shm blob, a `vkr-shmem` memfd); a host-visible (OPAQUE)
+//! blob needs a venus command stream and is exercised end to end only
+//! (79-venus-vk-compute).
+//!
+//! The Vulkan allocator: the library maps an OPAQUE blob through its
+//! `vkr_allocator`, which imports the blob's fd into a Vulkan device of
+//! its own in this process. 1.1 creates that instance and device lazily,
+//! on the first OPAQUE map (`vkr_allocator_resource_map` calls
+//! `vkr_allocator_init`, which is not exported): reading the Vulkan
+//! loader's manifests, loading the driver, starting the driver's threads,
+//! reading `/sys`, all of which the renderer's seccomp filter forbids. So
+//! [`VirglBackend::new`] makes the library initialise it during setup,
+//! before the filter ([`Virgl::load_vulkan_allocator`]): it imports a
+//! stand-in OPAQUE blob (a zeroed memfd page, `resource_import_blob`, no
+//! context involved) and maps it. The allocator initialises, then finds no
+//! device whose UUID matches the stand-in's (zero: it has no Vulkan
+//! information) and refuses the map; once initialised it stays so until
+//! `virgl_renderer_cleanup`. A real blob's map then only imports its fd
+//! (`dup`, `lseek`, `read`, `mmap` on lavapipe) and maps it.
 //!
 //! Fences: the library is initialised with `THREAD_SYNC` and without
 //! `ASYNC_FENCE_CB`, so it starts no thread of its own for them: each
@@ -24,7 +41,7 @@
 //! through `write_context_fence` from inside that call, on this thread.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +73,7 @@ const CONTEXT_FLAG_CAPSET_ID_MASK: u32 = 0xff;
 const BLOB_MEM_HOST3D: u32 = 2;
 const BLOB_FLAG_USE_MAPPABLE: u32 = 1;
 const BLOB_FD_TYPE_DMABUF: u32 = 1;
+const BLOB_FD_TYPE_OPAQUE: u32 = 2;
 const MAP_CACHE_MASK: u32 = 0x0f;
 /// `VIRGL_RENDERER_FENCE_FLAG_MERGEABLE`: the library may report only the
 /// newest of several retired fences of a ring (the device finishes every
@@ -148,6 +166,87 @@ struct CreateBlobArgs {
     num_iovs: u32,
 }
 
+/// `struct virgl_renderer_resource_import_blob_args`.
+#[repr(C)]
+struct ImportBlobArgs {
+    res_handle: u32,
+    blob_mem: u32,
+    fd_type: u32,
+    fd: c_int,
+    size: u64,
+}
+
+/// The resource id of [`Virgl::load_vulkan_allocator`]'s stand-in blob,
+/// which lives only during that call (before any guest request).
+pub const STAND_IN_RES_ID: u32 = u32::MAX;
+
+/// The environment the Vulkan driver is loaded with in this process
+/// ([`Virgl::load_vulkan_allocator`]): no on-disk shader cache (Mesa's
+/// would be made under `$HOME`, or the user's home directory, and be
+/// locked and pruned with calls the filter does not allow; the renderer's
+/// own device compiles nothing anyway).
+pub const ALLOCATOR_ENV: &[(&str, &str)] = &[("MESA_SHADER_CACHE_DISABLE", "true")];
+
+/// What mapping a stand-in OPAQUE blob gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StandInMap {
+    /// The library refused the map with this errno (`EINVAL`: no Vulkan
+    /// device of the allocator has the stand-in's UUID).
+    Refused(i32),
+    /// The library mapped it (then unmapped it): a Vulkan driver whose
+    /// device UUID is zero imported the zeroed page.
+    Mapped,
+}
+
+/// What [`Virgl::load_vulkan_allocator`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AllocatorLoad {
+    /// The stand-in's map.
+    pub map: StandInMap,
+    /// This process's threads before and after (`/proc/self/status`;
+    /// 0 when unreadable): the driver's own threads start here.
+    pub threads: (u32, u32),
+    /// Whether this process holds `/dev/udmabuf` afterwards (lavapipe
+    /// opens it where it can; the renderer only imports memory, but the
+    /// node should not be open to it).
+    pub udmabuf: bool,
+    /// How long it took (the device's hello waits for it: the renderer
+    /// answers once set up).
+    pub elapsed: std::time::Duration,
+}
+
+/// `Threads:` of `/proc/self/status`, 0 when unreadable.
+fn thread_count() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether one of this process's fds is `/dev/udmabuf`.
+fn holds_udmabuf() -> bool {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path())
+                    .map(|t| t == std::path::Path::new("/dev/udmabuf"))
+                    .unwrap_or(false)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// The errno of the last failed libc call.
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
 /// Global (ctx0) fences are virgl's, not served (`NO_VIRGL`).
 unsafe extern "C" fn write_fence(_cookie: *mut c_void, _fence: u32) {}
 
@@ -183,6 +282,7 @@ struct VirglLib {
     resource_unmap: unsafe extern "C" fn(u32) -> c_int,
     resource_get_map_info: unsafe extern "C" fn(u32, *mut u32) -> c_int,
     resource_export_blob: unsafe extern "C" fn(u32, *mut u32, *mut c_int) -> c_int,
+    resource_import_blob: unsafe extern "C" fn(*const ImportBlobArgs) -> c_int,
     submit_cmd: unsafe extern "C" fn(*mut c_void, c_int, c_int) -> c_int,
     context_create_fence: unsafe extern "C" fn(u32, u32, u32, u64) -> c_int,
     context_poll: unsafe extern "C" fn(u32),
@@ -230,6 +330,7 @@ impl VirglLib {
             resource_unmap: sym(&lib, name, "virgl_renderer_resource_unmap")?,
             resource_get_map_info: sym(&lib, name, "virgl_renderer_resource_get_map_info")?,
             resource_export_blob: sym(&lib, name, "virgl_renderer_resource_export_blob")?,
+            resource_import_blob: sym(&lib, name, "virgl_renderer_resource_import_blob")?,
             submit_cmd: sym(&lib, name, "virgl_renderer_submit_cmd")?,
             context_create_fence: sym(&lib, name, "virgl_renderer_context_create_fence")?,
             context_poll: sym(&lib, name, "virgl_renderer_context_poll")?,
@@ -326,6 +427,105 @@ impl Virgl {
         // capset has.
         unsafe { (self.lib.fill_caps)(capset, version, buf.as_mut_ptr().cast()) };
         Ok(buf)
+    }
+}
+
+impl Virgl {
+    /// Imports a zeroed memfd page as an OPAQUE `HOST3D` blob `res_id`,
+    /// maps it through the library, unmaps it if that worked, and
+    /// unreferences it. Mapping an OPAQUE blob goes through the library's
+    /// Vulkan allocator, which initialises on the first such map (see the
+    /// module's notes); the stand-in belongs to no Vulkan device, so the
+    /// allocator refuses it afterwards. Errors are those of making and
+    /// importing the stand-in; the map's answer is the [`StandInMap`].
+    pub fn map_stand_in_opaque(&self, res_id: u32) -> Result<StandInMap, VirglError> {
+        const SIZE: u64 = 4096;
+        // SAFETY: a NUL-terminated name; valid flags.
+        let fd = unsafe { libc::memfd_create(c"gpu-hostmem-stand-in".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(VirglError::Call {
+                op: "memfd_create(stand-in blob)",
+                errno: last_errno(),
+            });
+        }
+        // SAFETY: a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an fd of ours; a size that fits off_t.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), SIZE as libc::off_t) } < 0 {
+            return Err(VirglError::Call {
+                op: "ftruncate(stand-in blob)",
+                errno: last_errno(),
+            });
+        }
+        let args = ImportBlobArgs {
+            res_handle: res_id,
+            blob_mem: BLOB_MEM_HOST3D,
+            fd_type: BLOB_FD_TYPE_OPAQUE,
+            fd: fd.as_raw_fd(),
+            size: SIZE,
+        };
+        // SAFETY: a valid struct. Who owns the fd afterwards: 1.1's
+        // `virgl_renderer_resource_import_blob` returns -EINVAL from its
+        // argument checks with the fd untouched (ours to close); past
+        // them the library owns it: it closes it when the resource goes,
+        // or at once when it cannot make one (-ENOMEM).
+        let rc = unsafe { (self.lib.resource_import_blob)(&args) };
+        if rc == -libc::EINVAL {
+            drop(fd);
+        } else {
+            let _ = fd.into_raw_fd();
+        }
+        check("virgl_renderer_resource_import_blob", rc)?;
+        let (mut p, mut len) = (ptr::null_mut::<c_void>(), 0u64);
+        // SAFETY: the resource just imported; two valid out pointers.
+        let rc = unsafe { (self.lib.resource_map)(res_id, &mut p, &mut len) };
+        let map = match check("virgl_renderer_resource_map", rc) {
+            Ok(()) if !p.is_null() => {
+                // SAFETY: mapped just now, unmapped once.
+                unsafe { (self.lib.resource_unmap)(res_id) };
+                StandInMap::Mapped
+            }
+            Ok(()) => StandInMap::Refused(libc::EINVAL),
+            Err(e) => StandInMap::Refused(e.errno()),
+        };
+        // SAFETY: the resource imported above, unreferenced once (the
+        // library closes its fd).
+        unsafe { (self.lib.resource_unref)(res_id) };
+        Ok(map)
+    }
+
+    /// Has the library initialise its Vulkan allocator now, in this
+    /// process, with [`ALLOCATOR_ENV`] set: during setup, before the
+    /// seccomp filter (module notes). After [`Virgl::init`], which forks
+    /// the render server: the environment set here is this process's
+    /// only. It sets the environment, so call it while no other thread of
+    /// this process reads it (the renderer is single threaded until here:
+    /// the library starts no thread in `init`).
+    pub fn load_vulkan_allocator(&self) -> Result<AllocatorLoad, VirglError> {
+        for (k, v) in ALLOCATOR_ENV {
+            std::env::set_var(k, v);
+        }
+        let before = thread_count();
+        let t0 = std::time::Instant::now();
+        let map = self.map_stand_in_opaque(STAND_IN_RES_ID)?;
+        let load = AllocatorLoad {
+            map,
+            threads: (before, thread_count()),
+            udmabuf: holds_udmabuf(),
+            elapsed: t0.elapsed(),
+        };
+        info!(
+            map = ?load.map,
+            threads_before = load.threads.0,
+            threads_after = load.threads.1,
+            udmabuf = load.udmabuf,
+            ms = u64::try_from(load.elapsed.as_millis()).unwrap_or(u64::MAX),
+            "Vulkan allocator loaded before the filter"
+        );
+        if load.udmabuf {
+            warn!("the Vulkan driver holds /dev/udmabuf in the renderer: keep that node away from the renderer's user");
+        }
+        Ok(load)
     }
 }
 
@@ -561,17 +761,26 @@ impl Drop for VirglBlob {
 #[derive(Debug)]
 pub struct VirglBackend {
     virgl: Rc<Virgl>,
+    allocator: AllocatorLoad,
 }
 
 impl VirglBackend {
-    /// Loads `library` and initialises venus (render server, no virgl,
-    /// fence eventfds polled by the caller).
+    /// Loads `library`, initialises venus (render server, no virgl,
+    /// fence eventfds polled by the caller) and has it load its Vulkan
+    /// allocator ([`Virgl::load_vulkan_allocator`]): everything that must
+    /// happen before the filter.
     pub fn new(library: &str) -> Result<Self, VirglError> {
         let virgl = Virgl::init(
             library,
             FLAG_VENUS | FLAG_NO_VIRGL | FLAG_RENDER_SERVER | FLAG_THREAD_SYNC,
         )?;
-        Ok(VirglBackend { virgl })
+        let allocator = virgl.load_vulkan_allocator()?;
+        Ok(VirglBackend { virgl, allocator })
+    }
+
+    /// What loading the Vulkan allocator gave.
+    pub fn allocator(&self) -> AllocatorLoad {
+        self.allocator
     }
 
     /// The library.
@@ -673,6 +882,20 @@ mod tests {
         assert!(matches!(e, VirglError::Load { .. }));
         assert!(e.to_string().contains("libvirglrenderer-not-here.so.0"));
         assert_eq!(e.errno(), libc::ENODEV);
+    }
+
+    #[test]
+    fn import_args_are_laid_out_as_in_virglrenderer_h() {
+        // u32 res_handle, blob_mem, fd_type; int fd; u64 size.
+        assert_eq!(std::mem::size_of::<ImportBlobArgs>(), 24);
+        assert_eq!(std::mem::offset_of!(ImportBlobArgs, fd), 12);
+        assert_eq!(std::mem::offset_of!(ImportBlobArgs, size), 16);
+    }
+
+    #[test]
+    fn this_process_has_threads_and_no_udmabuf() {
+        assert!(thread_count() >= 1);
+        assert!(!holds_udmabuf());
     }
 
     #[test]

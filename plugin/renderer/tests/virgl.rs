@@ -17,25 +17,33 @@
 //! makes one. Run with `--ignored` and without `GH_VIRGL_ROOT`, it fails.
 //!
 //! Inside the root, one process: the library is loaded and venus
-//! initialised (the render server forked), the device's thread connects
-//! and the renderer answers its hello, then the renderer's venus filter
+//! initialised (the render server forked), its Vulkan allocator loaded
+//! (a stand-in OPAQUE blob mapped before the filter), the device's thread
+//! connects and the renderer answers its hello, then the renderer's venus filter
 //! goes on (every thread: the device's too) and everything else is served
 //! under it: capset info and data through the protocol and the device's
 //! GET_CAPSET_INFO/GET_CAPSET, a venus context, a blob_id 0 blob created,
 //! mapped and registered, a venus command stream (SUBMIT_3D) whose reply
 //! the render server writes into the blob, unmapped, unreferenced, the context destroyed,
-//! the library cleaned up (the render server killed and reaped). Last, a
-//! call outside the filter must kill the process.
+//! then, still under the filter, a second stand-in OPAQUE blob mapped
+//! (refused by the allocator loaded before the filter, where a first map
+//! under the filter would load the Vulkan driver and be killed), and the
+//! library cleaned up (its Vulkan allocator's device and instance
+//! destroyed, the render server killed and reaped). Last, a call outside
+//! the filter must kill the process.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use gpu_hostmem_renderer::sandbox::{self, children_of, BackendKind, Policy};
-use gpu_hostmem_renderer::virgl::{VirglBackend, CAPSET_VENUS, SONAME};
+use gpu_hostmem_renderer::virgl::{
+    StandInMap, VirglBackend, CAPSET_VENUS, SONAME, STAND_IN_RES_ID,
+};
 use gpu_hostmem_renderer::{serve, serve_one, RendererLimits, RendererState};
 use gpu_hostmem_virtio_gpu::blob::{resp as bresp, Blobs, CapsetOffer, TEST_CAPSET_ID};
 use gpu_hostmem_virtio_gpu::gpu2d::{resp, HDR_LEN};
@@ -402,15 +410,21 @@ fn binary() {
         .expect("stderr")
         .read_to_string(&mut err)
         .expect("stderr");
-    for l in err
-        .lines()
-        .filter(|l| l.contains("seccomp") || l.contains("done") || l.contains("virglrenderer"))
-    {
+    for l in err.lines().filter(|l| {
+        l.contains("seccomp")
+            || l.contains("done")
+            || l.contains("virglrenderer")
+            || l.contains("allocator")
+    }) {
         println!("binary: {l}");
     }
     assert!(status.success(), "{status}: {err}");
     assert!(
         err.contains("serving the device (seccomp filter on)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Vulkan allocator loaded before the filter map=Refused(22)"),
         "{err}"
     );
     let gone = !Path::new(&format!("/proc/{}", server[0])).exists();
@@ -424,12 +438,19 @@ fn binary() {
 /// What runs inside the root.
 fn inside() -> ! {
     binary();
-    // The renderer binary's setup for `--backend venus`: load the library
-    // and initialise venus (which forks the render server).
+    // The renderer binary's setup for `--backend venus`: load the library,
+    // initialise venus (which forks the render server) and its Vulkan
+    // allocator (a stand-in OPAQUE blob mapped: refused, as it belongs to
+    // no device, after the allocator made its instance and device here).
     let backend = match VirglBackend::new(SONAME) {
         Ok(b) => b,
         Err(e) => panic!("venus backend: {e}"),
     };
+    let load = backend.allocator();
+    println!("Vulkan allocator loaded before the filter: {load:?}");
+    assert_eq!(load.map, StandInMap::Refused(libc::EINVAL));
+    assert!(!load.udmabuf);
+    let virgl = Rc::clone(backend.virgl());
     match VirglBackend::new(SONAME) {
         Err(e) => {
             println!("a second venus backend: {e}");
@@ -464,7 +485,13 @@ fn inside() -> ! {
     sandbox::enter(&policy).expect("filter");
     let served = serve(&ren, &mut st);
     let stats = st.stats();
-    // virgl_renderer_cleanup under the filter: kill + waitid of the server.
+    // Under the filter: an OPAQUE map goes to the allocator loaded before
+    // it (the stand-in's is refused); had it not been loaded, this map
+    // would load it here and the filter would kill the process.
+    let late = virgl.map_stand_in_opaque(STAND_IN_RES_ID - 1);
+    drop(virgl);
+    // virgl_renderer_cleanup under the filter: the allocator's device and
+    // instance destroyed, kill + waitid of the server.
     drop(st);
     let lines = dev_thread.join();
     let mut o = std::io::stdout();
@@ -481,8 +508,11 @@ fn inside() -> ! {
             unsafe { libc::_exit(3) }
         }
     }
+    let _ = writeln!(o, "an OPAQUE stand-in mapped under the filter: {late:?}");
     let _ = writeln!(o, "renderer: {served:?}, {stats:?}; library cleaned up");
-    let ok = served.is_ok() && (stats.registered, stats.unregistered, stats.blobs) == (1, 1, 0);
+    let ok = served.is_ok()
+        && (stats.registered, stats.unregistered, stats.blobs) == (1, 1, 0)
+        && matches!(late, Ok(StandInMap::Refused(libc::EINVAL)));
     if !ok {
         let _ = o.flush();
         // SAFETY: _exit ends the process.
@@ -490,7 +520,7 @@ fn inside() -> ! {
     }
     let _ = writeln!(
         o,
-        "{MARKER}: venus capset, context and blob_id 0 under the renderer's filter"
+        "{MARKER}: venus capset, context, blob_id 0 and an OPAQUE map under the renderer's filter"
     );
     let _ = writeln!(o, "{FORBIDDEN}");
     let _ = o.flush();

@@ -16,15 +16,20 @@
 #     run by the host's render server on lavapipe, every word checked
 #     through the window; with VK_BW_ROUNDS also the bandwidth lines;
 #   - every RESULT line of the guest ok, its exit status 0;
-#   - the renderer alive until xl destroy, no refused system call (the
-#     worker's log, and the renderer not ended by SIGSYS), then the renderer
-#     and the render server gone, nothing lent.
-# Fails today (runs 20261206-132035-19763, -132656-32707): venus finds the device and the
-# first host-visible allocation becomes a blob, but its MAP_BLOB makes
-# virglrenderer load lavapipe into the renderer, whose seccomp filter kills
-# it (SIGSYS); docs/virtio-gpu.md, "Stage 3".
+#   - the renderer loaded virglrenderer's Vulkan allocator before its
+#     filter (its log line), alive until xl destroy, no refused system call
+#     (the worker's log, and the renderer not ended by SIGSYS), then the
+#     renderer and the render server gone, nothing lent.
+# Failed before the renderer loaded the allocator at setup (runs
+# 20261206-132035-19763, -132656-32707, -133956-18557): the first
+# host-visible MAP_BLOB made virglrenderer load lavapipe into the renderer
+# under its seccomp filter, which killed it (SIGSYS); passed since (runs
+# 20261206-142656-29541, -143510-6759); docs/virtio-gpu.md, "Stage 3".
 # VK_BAR_MIB (window, default 512), VK_GUEST_MIB (guest memory, default
-# 512), VK_GUEST_BOUND (the guest's bound on vk-compute, default 600 s).
+# 512), VK_GUEST_BOUND (the guest's bound on vk-compute, default 600 s),
+# VK_BW_ROUNDS (vk-compute -b: the bandwidth lines; default none, or what
+# /etc/gpu-hostmem/vk-bw-rounds says: tests/e2e/run writes it from
+# GPU_HOSTMEM_E2E_VK_BW_ROUNDS).
 # timeout: 1200
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
@@ -37,6 +42,7 @@ hm_device_config vk "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  b
 
 name=vg-vk
 mib=${VK_MIB:-64}
+VK_BW_ROUNDS=${VK_BW_ROUNDS:-$(cat /etc/gpu-hostmem/vk-bw-rounds 2>/dev/null)}
 run="vk-guest,${VK_GUEST_BOUND:-600},-v,-s,$mib${VK_BW_ROUNDS:+,-b,$VK_BW_ROUNDS}"
 hm_install || exit 1
 check vk-guest-initrd "$GH_GUEST_DIR/$GH_GUEST_INITRD" test -s "$GH_GUEST_DIR/$GH_GUEST_INITRD"
@@ -44,6 +50,7 @@ hm_create vk "$name" "$run" || exit 1
 dom=$HM_DOM wpid=$HM_WPID
 rpid=$(pgrep -P "$HM_IPID" -f 'gpu-hostmem-renderer --socket-fd 3 --backend venus' | head -n1)
 check vk-renderer "pid=${rpid:-none}" test -n "$rpid"
+log=/var/log/xen/gpu-hostmem-$dom.log
 
 xl unpause "$name"
 t=$(gh_now)
@@ -54,13 +61,18 @@ guest_ok() { gh_guest_result "$1" "$2" >/dev/null; }
 for r in vk-guest-modules vk-guest-render-node vk-device vk-memory vk-dispatch vk-compute; do
     check "guest-$r" "$(grep "^RESULT name=$r " "$out" | tail -n1 | sed 's/.* value=//')" guest_ok "$name" "$r"
 done
+# Timing and, when asked for, the bandwidth lines (measurement only).
+grep -E '^RESULT name=(vkbw-|vk-timing|vk-open)' "$out" | sed 's/^/[guest timing] /' || true
+# Logged by the renderer during its setup, before its filter and the guest's
+# first request.
+check vk-allocator-before-filter "$(grep -o 'Vulkan allocator loaded before the filter.*' "$log" | head -n1 | tr ' ' ',')" \
+    grep -q 'Vulkan allocator loaded before the filter' "$log"
 grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "$out" | tail -n1)
 check vk-guest-rc "rc=${grc:-none}" [ "${grc:-1}" = 0 ]
 
 echo "---- gpu-hostmem status $dom (guest done)"
 gpu-hostmem status "$dom" 2>&1 | sed 's/^/[status done] /'
-log=/var/log/xen/gpu-hostmem-$dom.log
-grep -E 'renderer|blob|virtio-gpu|seccomp|fence' "$log" | tail -n 40 | sed "s/^/[ioreqd $dom] /"
+grep -E 'renderer|blob|virtio-gpu|seccomp|fence|allocator' "$log" | tail -n 40 | sed "s/^/[ioreqd $dom] /"
 # Alive, not a zombie: the supervisor reaps a dead renderer only when its
 # worker stops.
 check vk-renderer-alive "pid=${rpid:-none},$(grep '^State:' "/proc/${rpid:-none}/status" 2>/dev/null | tr '\t' ' ')" \
