@@ -543,15 +543,11 @@ impl<D: DeviceModel, H: HostMem, F: FunctionModel> Server<D, H, F> {
                     info!(%dom, vcpu, "re-attaching: answering the request the dead process took");
                     chan.set_state(vcpu, STATE_IOREQ_READY)
                 }
-                // Answered, but the process died before it sent the event
-                // Xen waits for: send it, or the vCPU stays blocked in Xen
-                // for good. A second event for an answer Xen has already
-                // seen is harmless (its wait re-reads the state).
-                STATE_IORESP_READY | STATE_IORESP_RETRY => {
-                    info!(%dom, vcpu, "re-attaching: notifying the answer the dead process wrote");
-                    chan.notify(vcpu)
-                }
-                _ => Ok(()),
+                _ => notify_unsent_answer(&chan, vcpu, st).map(|sent| {
+                    if sent {
+                        info!(%dom, vcpu, "re-attaching: notified the answer the dead process wrote");
+                    }
+                }),
             });
             if let Err(e) = r {
                 drop(chan);
@@ -1722,6 +1718,25 @@ fn outside(run: Range<u64>, protect: &[Range<u64>]) -> Option<Range<u64>> {
 /// The GFNs of a byte range.
 fn gfns(r: &Range<u64>) -> Range<u64> {
     (r.start >> PAGE_SHIFT)..r.end.div_ceil(PAGE_SIZE)
+}
+
+/// For a slot in `state` on `vcpu`: if it holds an answer (IORESP_READY
+/// or IORESP_RETRY) that a process wrote but died before notifying, send
+/// the event Xen waits for, or the vCPU stays blocked in Xen for good. A
+/// second event for an answer Xen has already seen is harmless (its wait
+/// re-reads the state). Returns whether it sent one. Used by a restarted
+/// server ([`Server::attach_with`]) and by the supervisor's give-up
+/// fallback.
+pub fn notify_unsent_answer<C: IoreqChannel + ?Sized>(
+    chan: &C,
+    vcpu: u32,
+    state: u8,
+) -> PlatformResult<bool> {
+    if state != STATE_IORESP_READY && state != STATE_IORESP_RETRY {
+        return Ok(false);
+    }
+    chan.notify(vcpu)?;
+    Ok(true)
 }
 
 /// The guest-physical bytes a BAR request touches, `df` aware: element

@@ -30,9 +30,7 @@
 use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
 use gpu_hostmem_core::config::{Config, Device, RendererBackend};
-use gpu_hostmem_core::ioreq::{
-    STATE_IOREQ_INPROCESS, STATE_IOREQ_READY, STATE_IORESP_READY, STATE_IORESP_RETRY,
-};
+use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::limits::Tally;
 use gpu_hostmem_core::platform::{
     DeviceModel, DomainIdentity, HostMem, IoServId, IoreqChannel, RevokeRange,
@@ -1049,9 +1047,8 @@ fn fallback(
     // restarted worker).
     for vcpu in 0..chan.nr_vcpus() {
         let st = chan.state(vcpu).map_err(|e| e.to_string())?;
-        if st == STATE_IORESP_READY || st == STATE_IORESP_RETRY {
-            info!(%dom, vcpu, "supervisor: fallback notifying the answer the dead worker wrote");
-            chan.notify(vcpu).map_err(|e| e.to_string())?;
+        if server::notify_unsent_answer(&chan, vcpu, st).map_err(|e| e.to_string())? {
+            info!(%dom, vcpu, "supervisor: fallback notified the answer the dead worker wrote");
         }
     }
     let mut answered = Tally::default();
