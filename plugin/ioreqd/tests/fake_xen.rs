@@ -648,6 +648,44 @@ fn the_fallback_runs_on_handles_opened_at_start() {
     assert!(!r.record().exists(), "record removed; log:\n{log}");
 }
 
+/// A worker killed between writing its answer (IORESP_READY) and sending
+/// the event Xen waits on leaves its vCPU blocked in Xen for good (72's hang
+/// in session 19's CI). The give-up fallback sends that event, as a
+/// restarted worker does (the simulator's
+/// `restarted_server_notifies_an_answer_the_dead_process_wrote`). Here the
+/// fake's ioreq page shows such an answer in vCPU 0's slot from the
+/// fallback's mapping on.
+#[test]
+fn the_fallback_notifies_an_answer_the_dead_worker_wrote() {
+    let mut r = Run::start("fallback-unsent", 53, UUID, true);
+    r.wait_state("running");
+    kill_until_given_up(&r, || {
+        fs::write(r.dir.join("xs/.answer-unsent"), b"").expect("switch");
+    });
+    let t = Instant::now();
+    while !r.log().contains("fallback running") {
+        assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(r.child.id());
+    r.wait_exit();
+    let log = r.log();
+    let privcmd = fs::read_to_string(r.dir.join("privcmd.log")).unwrap_or_default();
+    // vCPU 0's remote port is 10, bound locally as 110 by the fake.
+    assert_eq!(
+        privcmd.matches("notify port=110").count(),
+        1,
+        "one event for the unsent answer: {privcmd}\nlog:\n{log}"
+    );
+    assert!(
+        log.contains("fallback notified the answer the dead worker wrote"),
+        "{log}"
+    );
+    assert!(!log.contains("fallback failed"), "{log}");
+    assert!(!privcmd.contains("shutdown"), "not crashed: {privcmd}");
+    assert!(!r.record().exists(), "record removed; log:\n{log}");
+}
+
 /// A fallback that cannot run (here: Xen refuses to disable the server)
 /// may leave a request unanswered, and its vCPU waiting for ever: the
 /// supervisor crashes the guest instead, says why, and cleans up.

@@ -13,7 +13,10 @@
  * Switches a test turns on by creating a file: FAKEXS_ROOT/.no-open makes
  * the device-model, foreign-memory, event-channel and xenctrl opens fail
  * (EMFILE); FAKEXS_ROOT/.fail-server-state makes
- * xendevicemodel_set_ioreq_server_state fail (EIO). */
+ * xendevicemodel_set_ioreq_server_state fail (EIO); FAKEXS_ROOT/.answer-unsent
+ * makes the ioreq page hold, in vCPU 0's slot, an answer (IORESP_READY)
+ * nobody notified, as a device model killed between the two leaves it, and
+ * xenevtchn_notify succeed, logged to FAKE_PRIVCMD_LOG ("notify port=P"). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdarg.h>
@@ -239,6 +242,8 @@ void *xenforeignmemory_map_resource(void *h, uint16_t d, unsigned t, unsigned id
         uint32_t port = 10 + i;
         memcpy(ioreq_page + 32 * i + 24, &port, 4);
     }
+    if (fake_switch(".answer-unsent"))
+        ioreq_page[30] = 3; /* vCPU 0: state STATE_IORESP_READY, flags 0 */
     *addr = ioreq_page;
     mapped++;
     return H;
@@ -294,7 +299,19 @@ int xenevtchn_close(void *h)
     return 0;
 }
 int xenevtchn_fd(void *h) { return evtchn_pipe[0]; }
-int xenevtchn_notify(void *h, uint32_t p) { FAIL(EBADF); }
+int xenevtchn_notify(void *h, uint32_t p)
+{
+    const char *log = getenv("FAKE_PRIVCMD_LOG");
+    FILE *f;
+    (void)h;
+    if (!fake_switch(".answer-unsent"))
+        FAIL(EBADF);
+    if (log && (f = fopen(log, "a"))) {
+        fprintf(f, "notify port=%u\n", p);
+        fclose(f);
+    }
+    return 0;
+}
 static int bound;
 int fake_bound(void) { return bound; }
 int xenevtchn_bind_interdomain(void *h, uint32_t d, uint32_t p)
