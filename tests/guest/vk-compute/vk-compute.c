@@ -5,7 +5,7 @@
  * lent through the gpu-hostmem window; on the build machine it runs on
  * lavapipe (test-lavapipe.sh). Nothing in it knows which.
  *
- *   vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]]
+ *   vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]] [-H SECONDS]
  *
  *   -v         require Mesa's venus driver (VK_DRIVER_ID_MESA_VENUS)
  *   -d INDEX   the physical device to use (default 0, the first)
@@ -14,6 +14,10 @@
  *              read and write bandwidth of the mapped memory against guest
  *              RAM (measurement only, no threshold; see bandwidth())
  *   -p PASSES  passes over the buffer per bandwidth sample (default 2)
+ *   -H SECONDS when everything passed, hold: print "vk-hold" and sleep
+ *              SECONDS with both buffers still allocated and mapped (their
+ *              blobs alive, their pages lent), then tear down as usual; so
+ *              that the test bed can destroy the guest while it holds them
  *
  * Creates an instance (apiVersion 1.2 where the loader has it, else 1.1),
  * picks the physical device, allocates two buffers of MIB MiB in memory
@@ -684,6 +688,30 @@ static double median_of(const double *v, int n, double *mn, double *mx, double *
     return n & 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
+/* The guest's CPU time so far (/proc/stat's "cpu" line, in clock ticks):
+ * all of it, and the part stolen from this guest's vCPUs by the hypervisor
+ * (Xen ran another domain's vCPU on the physical CPU meanwhile). -1 if
+ * unreadable. */
+static int cpu_ticks(uint64_t *total, uint64_t *steal)
+{
+    uint64_t v[8] = { 0 };
+    FILE *f = fopen("/proc/stat", "r");
+    int n, i;
+
+    if (!f)
+        return -1;
+    n = fscanf(f, "cpu %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+               " %" SCNu64 " %" SCNu64,
+               &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    for (*total = 0, i = 0; i < 8; i++)
+        *total += v[i];
+    *steal = v[7];
+    return 0;
+}
+
 static volatile uint64_t *bw_ram(uint64_t bytes)
 {
     uint64_t len = bytes + (2ULL << 20), i;
@@ -718,7 +746,9 @@ static int bandwidth(volatile uint64_t *mapped, uint64_t bytes, int rounds, int 
     static const int order[6][3] = {
         { 0, 1, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 0, 2, 1 }, { 2, 1, 0 }, { 1, 0, 2 },
     };
-    int r, k, op;
+    int r, k, op, have_ticks;
+    uint64_t total0 = 0, steal0 = 0, total1 = 0, steal1 = 0;
+    double t0;
 
     side[0] = (struct bw_side){ .name = "mapped", .p = mapped };
     side[1] = (struct bw_side){ .name = "ram4k", .p = bw_ram(bytes) };
@@ -728,6 +758,8 @@ static int bandwidth(volatile uint64_t *mapped, uint64_t bytes, int rounds, int 
         return -1;
     }
     result("vkbw-setup", 1, "%" PRIu64 ",rounds=%d,passes=%d", bytes, rounds, passes);
+    have_ticks = cpu_ticks(&total0, &steal0) == 0;
+    t0 = now();
     for (k = 0; k < 3; k++) {
         bw_pass(side[k].p, bytes, 1, 1, 2);
         bw_pass(side[k].p, bytes, 1, 0, 0);
@@ -741,6 +773,13 @@ static int bandwidth(volatile uint64_t *mapped, uint64_t bytes, int rounds, int 
             result("vkbw-sample", 1, "%d,side=%s,read_mibps=%.1f,write_mibps=%.1f", r, s->name,
                    s->rd[r], s->wr[r]);
         }
+    /* Time the hypervisor gave to other vCPUs while this one had work: a
+     * measure of contention inside the emulated machine (dom0's renderer,
+     * its render server), not of the host's. */
+    if (have_ticks && cpu_ticks(&total1, &steal1) == 0)
+        result("vkbw-cpu", 1, "%.1f,ticks=%" PRIu64 ",steal_ticks=%" PRIu64 ",steal_pct=%.1f",
+               now() - t0, total1 - total0, steal1 - steal0,
+               total1 > total0 ? 100.0 * (steal1 - steal0) / (total1 - total0) : 0.0);
     for (op = 0; op < 2; op++) {
         const char *opn = op ? "write" : "read";
         double mn, lo, hi;
@@ -793,7 +832,8 @@ static void teardown(struct vk *vk)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]]\n");
+    fprintf(stderr,
+            "usage: vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]] [-H SECONDS]\n");
     return 2;
 }
 
@@ -809,14 +849,14 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
 int main(int argc, char **argv)
 {
     struct vk vk = { 0 };
-    unsigned long mib = 64, device = 0, rounds = 0, passes = 2;
+    unsigned long mib = 64, device = 0, rounds = 0, passes = 2, hold = 0;
     int require_venus = 0, c;
     uint64_t bytes, bad_dst = 0, bad_src = 0, first_bad = UINT64_MAX;
     uint32_t words, i;
     double t0 = now(), t_open, t_alloc, t_write, t_dispatch = 0, t_check;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    while ((c = getopt(argc, argv, "vd:s:b:p:")) != -1) {
+    while ((c = getopt(argc, argv, "vd:s:b:p:H:")) != -1) {
         switch (c) {
         case 'v':
             require_venus = 1;
@@ -835,6 +875,10 @@ int main(int argc, char **argv)
             break;
         case 'p':
             if (parse_uint(optarg, 1, 1000, &passes))
+                return usage();
+            break;
+        case 'H':
+            if (parse_uint(optarg, 1, 86400, &hold))
                 return usage();
             break;
         default:
@@ -897,6 +941,13 @@ int main(int argc, char **argv)
            now() - t0, t_open - t0, t_alloc - t_open, t_write - t_alloc, t_dispatch, t_check);
     if (rounds && !failed)
         bandwidth((volatile uint64_t *)vk.dst.ptr, bytes, (int)rounds, (int)passes);
+    if (hold && !failed) {
+        /* Everything still allocated and mapped; the test bed destroys the
+         * guest now (79-venus-vk-compute). */
+        result("vk-hold", 1, "%lu,src=%p,dst=%p", hold, (void *)vk.src.ptr, (void *)vk.dst.ptr);
+        sleep((unsigned int)hold);
+        result("vk-hold-end", 1, "not-destroyed-after-%lus", hold);
+    }
 out:
     teardown(&vk);
     if (!failed && !vk.fence) /* stopped before the check without a RESULT line */
