@@ -62,6 +62,13 @@
 
 #include "transform.spv.h"
 
+/* Shared with the busybox guest's programs, from tests/guest/ (the builds
+ * copy them beside this file; in place: -I tests/guest): RESULT lines, and
+ * the bandwidth method of hostmem-guest's bwsuite, in MiB/s. */
+#include "guest-result.h"
+#define BW_UNIT 1048576.0
+#include "guest-bw.h"
+
 #ifndef VK_COMPUTE_MUTANT
 #define VK_COMPUTE_MUTANT 0
 #endif
@@ -70,34 +77,6 @@
 #define MAX_GROUPS 4096 /* the shader loops over the rest */
 #define MAX_MIB 1024 /* word indexes stay within 32 bits */
 #define FENCE_TIMEOUT_NS (600ull * 1000 * 1000 * 1000)
-#define BW_MAX_ROUNDS 256
-#define PAGE 4096
-
-/* Set by a failed result(): the program's exit status. */
-static int failed;
-
-static void result(const char *name, int ok, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void result(const char *name, int ok, const char *fmt, ...)
-{
-    va_list ap;
-    printf("RESULT name=%s ok=%d value=", name, ok);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    if (!ok)
-        failed = 1;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* The input pattern and the shader's transform, on the CPU. */
 static uint32_t pattern(uint32_t i)
@@ -619,75 +598,6 @@ static int run_shader(struct vk *vk, uint32_t words, double *seconds)
  * ("ram4kb", the A/A control: whatever separates it from ram4k is the
  * method's own error). MiB/s = 2^20 bytes per second.
  */
-struct bw_side {
-    const char *name;
-    volatile uint64_t *p;
-    double rd[BW_MAX_ROUNDS], wr[BW_MAX_ROUNDS];
-    double med[2], best[2];
-};
-
-static double bw_pass(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
-{
-    uint64_t i, sum = 0, n = bytes / 8;
-    double t0 = now(), dt;
-    int r;
-
-    for (r = 0; r < passes; r++)
-        for (i = 0; i < n; i++) {
-            if (write)
-                p[i] = i ^ seed;
-            else
-                sum += p[i];
-        }
-    dt = now() - t0;
-    if (sum == 42)
-        printf("#\n");
-    return (double)bytes * passes / dt / (1 << 20);
-}
-
-/* bw_pass, taken again (up to twice) when it reports above 1 TiB/s: a guest
- * clock glitch under nested emulation (seen by hostmem-guest), not a
- * measurement. */
-static double bw_sample(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
-{
-    double mibps = 0;
-    int again;
-
-    for (again = 0; again < 3; again++)
-        if ((mibps = bw_pass(p, bytes, passes, write, seed)) < (1 << 20))
-            break;
-    return mibps;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-/* Median of V[0..N) with its minimum, maximum and a distribution-free 95 %
- * interval (order statistics k and n + 1 - k, k = floor(n/2 - 0.98 sqrt(n)),
- * at least 1), as hostmem-guest's median_of. */
-static double median_of(const double *v, int n, double *mn, double *mx, double *lo, double *hi)
-{
-    double s[BW_MAX_ROUNDS], root = n;
-    int k, i;
-
-    for (i = 0; i < 32; i++)
-        root = (root + n / root) / 2;
-    k = (int)(n / 2.0 - 0.98 * root);
-    if (k < 1)
-        k = 1;
-    memcpy(s, v, n * sizeof(*v));
-    qsort(s, n, sizeof(*s), cmp_double);
-    *mn = s[0];
-    *mx = s[n - 1];
-    *lo = s[k - 1];
-    *hi = s[n - k];
-    return n & 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
 /* The guest's CPU time so far (/proc/stat's "cpu" line, in clock ticks):
  * all of it, and the part stolen from this guest's vCPUs by the hypervisor
  * (Xen ran another domain's vCPU on the physical CPU meanwhile). -1 if
@@ -710,20 +620,6 @@ static int cpu_ticks(uint64_t *total, uint64_t *steal)
         *total += v[i];
     *steal = v[7];
     return 0;
-}
-
-static volatile uint64_t *bw_ram(uint64_t bytes)
-{
-    uint64_t len = bytes + (2ULL << 20), i;
-    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-    if (p == MAP_FAILED)
-        return NULL;
-    p = (uint8_t *)(((uintptr_t)p + (2ULL << 20) - 1) & ~((2ULL << 20) - 1));
-    madvise(p, bytes, MADV_NOHUGEPAGE);
-    for (i = 0; i < bytes; i += PAGE)
-        p[i] = 1;
-    return (volatile uint64_t *)p;
 }
 
 static void bw_ratio(const char *op, const struct bw_side *a, const struct bw_side *b, int rounds,
