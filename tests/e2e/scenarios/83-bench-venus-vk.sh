@@ -29,11 +29,12 @@ name=vg-vk
 clog=$GH_CONSOLE_DIR/guest-$name.log
 out=/tmp/$name.out
 
-# snap: "UPTIME DOM0_BUSY DOM0_ALL RENDERER SERVER XEN_DOM0 XEN_GUEST FAULTS":
-# dom0's busy and all clock ticks (/proc/stat: every CPU of dom0, steal
-# counted as not busy), the ticks (utime+stime) of gpu-hostmem-renderer and
-# of the render servers, Xen's CPU seconds of dom0 and of the guest (xl
-# list), and the IOREQ server's fault count.
+# snap: "UPTIME DOM0_BUSY DOM0_ALL RENDERER SERVER IOREQD QEMU XEN_DOM0
+# XEN_GUEST FAULTS": dom0's busy and all clock ticks (/proc/stat: every CPU
+# of dom0, steal counted as not busy), the ticks (utime+stime) of
+# gpu-hostmem-renderer, of the render servers, of gpu-hostmem-ioreqd and of
+# the guests' QEMU, Xen's CPU seconds of dom0 and of the guest (xl list),
+# and the IOREQ server's fault count.
 ticks_of() {
     local p t=0
     for p in $(pgrep -f "$1"); do
@@ -48,6 +49,8 @@ snap() {
         "$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat)" \
         "$(ticks_of '^/usr/lib/gpu-hostmem/bin/gpu-hostmem-renderer')" \
         "$(ticks_of '^/usr/libexec/virgl_render_server')" \
+        "$(ticks_of 'gpu-hostmem-ioreqd')" \
+        "$(ticks_of 'qemu-system-i386')" \
         "$(xl list 2>/dev/null | awk '$1 == "Domain-0" { print $6 }')" \
         "$(xl list "$name" 2>/dev/null | awk 'NR == 2 { print $6 }')" \
         "$(hm_counter "${dom:-none}" bar_faults)"
@@ -98,15 +101,16 @@ grep '^RESULT name=vkbw-sample ' "$out" | sed 's/^RESULT name=vkbw-sample ok=1 v
 l=$(vkl vkbw-cpu)
 [ -n "$l" ] && bench "vk_guest_seconds=${l%% *} guest_ticks=$(kv "$l" ticks) guest_steal_ticks=$(kv "$l" steal_ticks) guest_steal_pct=$(kv "$l" steal_pct)"
 if [ -n "$a" ] && [ -n "$b" ]; then
-    read -r u0 db0 da0 r0 s0 xd0 xg0 f0 <<<"$a"
-    read -r u1 db1 da1 r1 s1 xd1 xg1 f1 <<<"$b"
+    read -r u0 db0 da0 r0 s0 i0 q0 xd0 xg0 f0 <<<"$a"
+    read -r u1 db1 da1 r1 s1 i1 q1 xd1 xg1 f1 <<<"$b"
     hz=$(getconf CLK_TCK)
     bench "$(awk -v u0="$u0" -v u1="$u1" -v db="$((db1 - db0))" -v da="$((da1 - da0))" \
-        -v r="$((r1 - r0))" -v s="$((s1 - s0))" -v hz="$hz" -v xd0="$xd0" -v xd1="$xd1" \
+        -v r="$((r1 - r0))" -v s="$((s1 - s0))" -v i="$((i1 - i0))" -v q="$((q1 - q0))" \
+        -v hz="$hz" -v xd0="$xd0" -v xd1="$xd1" \
         -v xg0="$xg0" -v xg1="$xg1" 'BEGIN {
             w = u1 - u0
-            printf "vk_during_rounds wall_s=%.1f dom0_busy_pct=%.1f renderer_cpu_s=%.2f render_server_cpu_s=%.2f xen_dom0_cpu_s=%.1f xen_guest_cpu_s=%.1f",
-                w, da > 0 ? 100 * db / da : 0, r / hz, s / hz, xd1 - xd0, xg1 - xg0 }')"
+            printf "vk_during_rounds wall_s=%.1f dom0_busy_pct=%.1f renderer_cpu_s=%.2f render_server_cpu_s=%.2f ioreqd_cpu_s=%.2f qemu_dm_cpu_s=%.2f xen_dom0_cpu_s=%.1f xen_guest_cpu_s=%.1f",
+                w, da > 0 ? 100 * db / da : 0, r / hz, s / hz, i / hz, q / hz, xd1 - xd0, xg1 - xg0 }')"
     bench "vk_faults_before_rounds=$f0 vk_faults_after_rounds=$f1"
 else
     bench "vk_during_rounds not-sampled"
