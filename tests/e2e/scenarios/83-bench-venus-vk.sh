@@ -103,14 +103,14 @@ l=$(vkl vkbw-cpu)
 if [ -n "$a" ] && [ -n "$b" ]; then
     read -r u0 db0 da0 r0 s0 i0 q0 xd0 xg0 f0 <<<"$a"
     read -r u1 db1 da1 r1 s1 i1 q1 xd1 xg1 f1 <<<"$b"
-    hz=$(getconf CLK_TCK)
+    hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
     bench "$(awk -v u0="$u0" -v u1="$u1" -v db="$((db1 - db0))" -v da="$((da1 - da0))" \
         -v r="$((r1 - r0))" -v s="$((s1 - s0))" -v i="$((i1 - i0))" -v q="$((q1 - q0))" \
         -v hz="$hz" -v xd0="$xd0" -v xd1="$xd1" \
         -v xg0="$xg0" -v xg1="$xg1" 'BEGIN {
             w = u1 - u0
             printf "vk_during_rounds wall_s=%.1f dom0_busy_pct=%.1f renderer_cpu_s=%.2f render_server_cpu_s=%.2f ioreqd_cpu_s=%.2f qemu_dm_cpu_s=%.2f xen_dom0_cpu_s=%.1f xen_guest_cpu_s=%.1f",
-                w, da > 0 ? 100 * db / da : 0, r / hz, s / hz, i / hz, q / hz, xd1 - xd0, xg1 - xg0 }')"
+                w, (da > 0 ? 100 * db / da : 0), r / hz, s / hz, i / hz, q / hz, xd1 - xd0, xg1 - xg0 }')"
     bench "vk_faults_before_rounds=$f0 vk_faults_after_rounds=$f1"
 else
     bench "vk_during_rounds not-sampled"
