@@ -55,11 +55,13 @@ snap() {
         "$(xl list "$name" 2>/dev/null | awk 'NR == 2 { print $6 }')" \
         "$(hm_counter "${dom:-none}" bar_faults)"
 }
-# wait_console REGEX SECONDS: the guest's console has a line matching REGEX.
+# wait_console REGEX SECONDS: the guest's console has a line matching REGEX;
+# fails at once when 79-venus-vk-compute ended (its guest lost, say).
 wait_console() {
     local end=$(($(date +%s) + $2))
     while [ "$(date +%s)" -lt "$end" ]; do
         [ -f "$clog" ] && tr -d '\r' <"$clog" | grep -q -- "$1" && return 0
+        kill -0 "$vpid" 2>/dev/null || return 1
         sleep 0.5
     done
     return 1
