@@ -93,6 +93,10 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
+/* The figures of bwsuite in MB/s (guest-bw.h). */
+#define BW_UNIT 1e6
+#include "guest-bw.h"
+
 #define PAGE 4096ULL
 
 static uint64_t pattern(uint64_t off)
@@ -140,14 +144,6 @@ static int find_device(unsigned long vendor, unsigned long device, char *out, si
     }
     closedir(d);
     return -1;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static volatile uint64_t *map_bar(const char *res, uint64_t *bar_size)
@@ -752,99 +748,6 @@ static int bench(volatile uint64_t *bar, uint64_t off, uint64_t size, int rounds
  * separates ram4kb from ram4k is the method's own error on this machine,
  * and a BAR/RAM ratio is only meaningful against it.
  */
-#define BW_MAX_ROUNDS 256
-
-struct bw_side {
-    const char *name;
-    volatile uint64_t *p;
-    double rd[BW_MAX_ROUNDS], wr[BW_MAX_ROUNDS];
-    double med[2], best[2]; /* per operation (0 read, 1 write), after the rounds */
-};
-
-static double bw_pass(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
-{
-    uint64_t i, sum = 0, n = bytes / 8;
-    double t0 = now(), dt;
-    int r;
-
-    for (r = 0; r < passes; r++)
-        for (i = 0; i < n; i++) {
-            if (write)
-                p[i] = i ^ seed;
-            else
-                sum += p[i];
-        }
-    dt = now() - t0;
-    if (sum == 42)
-        printf("#\n");
-    return (double)bytes * passes / dt / 1e6;
-}
-
-/*
- * bw_pass, taken again (up to twice) when it reports above 1 TB/s: a guest
- * clock glitch (seen once under nested emulation: CLOCK_MONOTONIC barely
- * advanced over 128 MiB of writes), not a measurement.
- */
-static double bw_sample(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
-{
-    double mbps = 0;
-    int again;
-
-    for (again = 0; again < 3; again++)
-        if ((mbps = bw_pass(p, bytes, passes, write, seed)) < 1e6)
-            break;
-    return mbps;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-/*
- * Median of V[0..N), with its minimum, maximum and a distribution-free 95 %
- * confidence interval of the median: the order statistics k and n + 1 - k
- * with k = floor(n / 2 - 0.98 sqrt(n)) (normal approximation of the
- * binomial; 1-based, at least 1).
- */
-static double median_of(const double *v, int n, double *mn, double *mx, double *lo, double *hi)
-{
-    double s[BW_MAX_ROUNDS], root = n;
-    int k, i;
-
-    for (i = 0; i < 32; i++) /* sqrt(n), without libm */
-        root = (root + n / root) / 2;
-    k = (int)(n / 2.0 - 0.98 * root);
-    if (k < 1)
-        k = 1;
-    memcpy(s, v, n * sizeof(*v));
-    qsort(s, n, sizeof(*s), cmp_double);
-    *mn = s[0];
-    *mx = s[n - 1];
-    *lo = s[k - 1];
-    *hi = s[n - k];
-    return n & 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
-/* Anonymous guest RAM of BYTES, 2 MiB aligned, populated by writing it, with
- * transparent huge pages forbidden so the guest maps it with 4 KiB entries
- * like the BAR. */
-static volatile uint64_t *bw_ram(uint64_t bytes)
-{
-    uint64_t len = bytes + (2ULL << 20), i;
-    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-    if (p == MAP_FAILED)
-        return NULL;
-    p = (uint8_t *)(((uintptr_t)p + (2ULL << 20) - 1) & ~((2ULL << 20) - 1));
-    madvise(p, bytes, MADV_NOHUGEPAGE);
-    for (i = 0; i < bytes; i += PAGE)
-        p[i] = 1;
-    return (volatile uint64_t *)p;
-}
-
 /* AnonHugePages of this process (kB), to show that no RAM side got THP. */
 static long anon_huge_kb(void)
 {

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * What the virtio-gpu guest programs (virtio-gpu-guest.c, virtio-gpu-blob.c)
- * share: RESULT lines, loading the unmodified virtio_gpu driver from
+ * share: RESULT lines (guest-result.h, shared with vk-compute), loading the unmodified virtio_gpu driver from
  * /lib/modules/gh, waiting for a DRM node, reading the kernel log and
  * VIRTGPU_GETPARAM. Each program includes it once (they are compiled alone,
  * tests/e2e/README.md); its content counts in the key of the test programs'
@@ -26,25 +26,10 @@
 #include <drm/drm.h>
 #include <drm/virtgpu_drm.h>
 
+#include "guest-result.h"
+
 #define MODDIR "/lib/modules/gh"
 
-/* Set by a failed result(): the program's exit status. */
-static int failed;
-
-static void result(const char *name, int ok, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void result(const char *name, int ok, const char *fmt, ...)
-{
-    va_list ap;
-    printf("RESULT name=%s ok=%d value=", name, ok);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    if (!ok)
-        failed = 1;
-}
 
 /* Loads virtio_gpu and its dependencies from MODDIR, in this order. */
 static int load_modules(void)

@@ -119,11 +119,12 @@ gh_guest_say() {
     printf '%s\n' "$2" >"$tty"
 }
 
-# gh_guest_wait NAME TIMEOUT: relay the guest's console (xenconsoled log)
-# prefixed with [NAME] until it prints GH-GUEST-DONE; the whole console is
-# kept in /tmp/NAME.out. Fails on timeout or if the domain disappears.
+# gh_guest_wait NAME TIMEOUT [REGEX]: relay the guest's console (xenconsoled
+# log) prefixed with [NAME] until it prints GH-GUEST-DONE, or a line matching
+# REGEX (grep) when given; the whole console so far is kept in
+# /tmp/NAME.out. Fails on timeout or if the domain disappears.
 gh_guest_wait() {
-    local name=$1 tmo=$2 log=$GH_CONSOLE_DIR/guest-$1.log n=0 end next
+    local name=$1 tmo=$2 re=${3:-^GH-GUEST-DONE} log=$GH_CONSOLE_DIR/guest-$1.log n=0 end next
     end=$(($(date +%s) + tmo))
     next=$(($(date +%s) + 60))
     : >"/tmp/$name.out"
@@ -136,7 +137,7 @@ gh_guest_wait() {
                 n=$total
             fi
         fi
-        grep -q '^GH-GUEST-DONE' "/tmp/$name.out" && return 0
+        grep -q -- "$re" "/tmp/$name.out" && return 0
         if ! xl domid "$name" >/dev/null 2>&1; then
             echo "guest $name is gone before it finished"
             return 1

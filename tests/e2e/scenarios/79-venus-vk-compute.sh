@@ -1,35 +1,48 @@
 #!/usr/bin/env bash
-# Scenario (issue 18, stage 3, first cut): Mesa's venus driver in the guest.
-# Not in tests/run's lists (docs/virtio-gpu.md, "Stage 3": what it showed).
-# Named so that no selection of tests/run matches it ("79-virtio-gpu-venus"
-# is a part of no other name), with "venus" (dom0 gets the venus product)
-# and "-vk" (the guest gets initrd-vk.gz: tests/e2e/build's guest-vk
-# product, trixie's Vulkan loader, Mesa's venus driver and vk-compute
-# appended to the busybox guest).
+# Scenario (issue 18, stage 3): Mesa's venus driver in the guest, on the
+# device of 79-virtio-gpu-venus. In CI's venus boot (tests/run's
+# E2E_VENUS_SCENARIOS, the debug hypervisor, dom0 with the venus product):
+# "tests/e2e/run 79-virtio-gpu-venus 79-venus-vk-compute".
+# Named so that no other selection of tests/run matches it ("79-virtio-gpu-
+# venus" is a part of no other name), with "venus" (dom0 gets the venus
+# product) and "-vk" (the guest gets initrd-vk.gz: tests/e2e/build's
+# guest-vk product, trixie's Vulkan loader, Mesa's venus driver and
+# vk-compute appended to the busybox guest).
 # With device: virtio-gpu, virtio_gpu.renderer and virtio_gpu.backend: venus
 # in /etc/xen/gpu-hostmem.yaml, as 79-virtio-gpu-venus:
 #   - the guest runs vk-guest (tests/guest/vk-compute/vk-guest.sh): it loads
-#     virtio_gpu, then vk-compute -v -s VK_MIB (default 64): a Vulkan
+#     virtio_gpu, then vk-compute -v -s VK_MIB (default 64) -H: a Vulkan
 #     instance on the venus driver (VK_DRIVER_ID_MESA_VENUS required), two
 #     HOST_VISIBLE|HOST_COHERENT buffers (blobs the renderer registers in
 #     the window), a pattern written through the window, the compute shader
 #     run by the host's render server on lavapipe, every word checked
-#     through the window; with VK_BW_ROUNDS also the bandwidth lines;
-#   - every RESULT line of the guest ok, its exit status 0;
+#     through the window; with VK_BW_ROUNDS also the bandwidth lines
+#     (83-bench-venus-vk); then, with every check passed, it holds its
+#     buffers (allocated, mapped, lent) and prints vk-hold;
+#   - every RESULT line of the guest ok, vk-hold printed;
+#   - held (vk-held): the device model holds at least the two buffers'
+#     blobs, the kernel (privcmd) counts their pages lent and at least two
+#     registrations, the IOREQ server's ledger agrees: the state that
+#     xl destroy must clean up, read with the same queries as after it;
 #   - the renderer loaded virglrenderer's Vulkan allocator before its
 #     filter (its log line), alive until xl destroy, no refused system call
-#     (the worker's log, and the renderer not ended by SIGSYS), then the
-#     renderer and the render server gone, nothing lent.
-# Failed before the renderer loaded the allocator at setup (runs
-# 20261206-132035-19763, -132656-32707, -133956-18557): the first
-# host-visible MAP_BLOB made virglrenderer load lavapipe into the renderer
-# under its seccomp filter, which killed it (SIGSYS); passed since (runs
-# 20261206-142656-29541, -143510-6759); docs/virtio-gpu.md, "Stage 3".
+#     (the worker's log, and the renderer not ended by SIGSYS);
+#   - xl destroy of the guest holding them, then: the domain, its ioreqd and
+#     its records gone (vg-vk-clean), the kernel's query answering 0 pages
+#     lent and 0 registrations for the domain (vk-destroyed-nothing-lent),
+#     the renderer gone, and with it every blob it held (vk-renderer-gone),
+#     not ended by SIGSYS, and the render server gone.
+# Session 19's two passes (runs 20261206-142656-29541, -143510-6759) let
+# the program tear down before the destroy, so nothing was lent when the
+# guest was destroyed: the hold makes xl destroy's clean-up carry the blobs
+# and the lent pages (docs/virtio-gpu.md, "Stage 3").
 # VK_BAR_MIB (window, default 512), VK_GUEST_MIB (guest memory, default
 # 512), VK_GUEST_BOUND (the guest's bound on vk-compute, default 600 s),
-# VK_BW_ROUNDS (vk-compute -b: the bandwidth lines; default none, or what
-# /etc/gpu-hostmem/vk-bw-rounds says: tests/e2e/run writes it from
-# GPU_HOSTMEM_E2E_VK_BW_ROUNDS).
+# VK_HOLD_S (how long vk-compute holds, default 300 s: the scenario
+# destroys the guest long before), VK_BW_ROUNDS (vk-compute -b: the
+# bandwidth lines; default none, or what /etc/gpu-hostmem/vk-bw-rounds
+# says: tests/e2e/run writes it from GPU_HOSTMEM_E2E_VK_BW_ROUNDS;
+# 83-bench-venus-vk sets it).
 # timeout: 1200
 set -u
 source "$(dirname "$0")/hostmem-common.sh"
@@ -43,7 +56,7 @@ hm_device_config vk "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  b
 name=vg-vk
 mib=${VK_MIB:-64}
 VK_BW_ROUNDS=${VK_BW_ROUNDS:-$(cat /etc/gpu-hostmem/vk-bw-rounds 2>/dev/null)}
-run="vk-guest,${VK_GUEST_BOUND:-600},-v,-s,$mib${VK_BW_ROUNDS:+,-b,$VK_BW_ROUNDS}"
+run="vk-guest,${VK_GUEST_BOUND:-600},-v,-s,$mib${VK_BW_ROUNDS:+,-b,$VK_BW_ROUNDS},-H,${VK_HOLD_S:-300}"
 hm_install || exit 1
 check vk-guest-initrd "$GH_GUEST_DIR/$GH_GUEST_INITRD" test -s "$GH_GUEST_DIR/$GH_GUEST_INITRD"
 hm_create vk "$name" "$run" || exit 1
@@ -52,13 +65,27 @@ rpid=$(pgrep -P "$HM_IPID" -f 'gpu-hostmem-renderer --socket-fd 3 --backend venu
 check vk-renderer "pid=${rpid:-none}" test -n "$rpid"
 log=/var/log/xen/gpu-hostmem-$dom.log
 
+# vk_kernel DOMID: "LENT REGISTRATIONS" as the kernel (privcmd) counts them
+# for DOMID through the CLI's query; empty if the query did not answer (a
+# missing answer is never read as 0).
+vk_kernel() {
+    local st lent regs
+    st=$(gpu-hostmem status "$1" 2>&1)
+    lent=$(printf '%s\n' "$st" | awk '/^kernel \(privcmd\):/ { s = 1; next } s && /^  lent pages/ { print $3; exit }')
+    regs=$(printf '%s\n' "$st" | awk '/^kernel \(privcmd\):/ { s = 1; next } s && /^  registrations/ { print $2; exit }')
+    case "$lent$regs" in '' | *[!0-9]*) return 0 ;; esac
+    [ -n "$lent" ] && [ -n "$regs" ] && echo "$lent $regs"
+}
+
 xl unpause "$name"
 t=$(gh_now)
-gh_guest_wait "$name" "${HM_GUEST_WAIT:-900}" || result vk-guest-run 0 "did-not-finish"
+# Until the program holds its buffers (or ends: a failed check, no hold).
+gh_guest_wait "$name" "${HM_GUEST_WAIT:-900}" '^RESULT name=vk-hold \|^GH-GUEST-DONE' ||
+    result vk-guest-run 0 "did-not-hold"
 result vk-guest-seconds 1 "$(gh_since "$t")"
 out=/tmp/$name.out
 guest_ok() { gh_guest_result "$1" "$2" >/dev/null; }
-for r in vk-guest-modules vk-guest-render-node vk-device vk-memory vk-dispatch vk-compute; do
+for r in vk-guest-modules vk-guest-render-node vk-device vk-memory vk-dispatch vk-compute vk-hold; do
     check "guest-$r" "$(grep "^RESULT name=$r " "$out" | tail -n1 | sed 's/.* value=//')" guest_ok "$name" "$r"
 done
 # Timing and, when asked for, the bandwidth lines (measurement only).
@@ -67,11 +94,30 @@ grep -E '^RESULT name=(vkbw-|vk-timing|vk-open)' "$out" | sed 's/^/[guest timing
 # first request.
 check vk-allocator-before-filter "$(grep -o 'Vulkan allocator loaded before the filter.*' "$log" | head -n1 | tr ' ' ',')" \
     grep -q 'Vulkan allocator loaded before the filter' "$log"
-grc=$(sed -n 's/^GH-GUEST-DONE rc=\([0-9]*\).*/\1/p' "$out" | tail -n1)
-check vk-guest-rc "rc=${grc:-none}" [ "${grc:-1}" = 0 ]
+# Every line the guest printed so far ok (vk-compute's exit status would be
+# 1 on any ok=0; it has not exited, it holds).
+check vk-guest-all-ok "$(grep -c '^RESULT .* ok=0' "$out") not ok" sh -c "! grep -q '^RESULT .* ok=0' '$out'"
 
-echo "---- gpu-hostmem status $dom (guest done)"
-gpu-hostmem status "$dom" 2>&1 | sed 's/^/[status done] /'
+# Held: what xl destroy has to clean up, read with the queries used after it.
+sleep 1
+echo "---- gpu-hostmem status $dom (guest holding its buffers)"
+st=$(gpu-hostmem status "$dom" 2>&1)
+printf '%s\n' "$st" | sed 's/^/[status held] /'
+model=$(printf '%s\n' "$st" | sed -n 's/^ *model *//p' | head -n1)
+hblobs=$(printf '%s' "$model" | sed -n 's/.* blobs \([0-9]*\) (\([0-9]*\) bytes).*/\1 \2/p')
+read -r kl kr <<<"$(vk_kernel "$dom")"
+read -r _ sl skl <<<"$(hm_server_view "$st")"
+# At least the two buffers' blobs and bytes in the device model, every
+# page of both lent (each was written and read whole) and registered in the
+# kernel, the server's ledger and its own kernel reading the same count.
+vk_held() {
+    local blobs=$1 bytes=$2
+    [ "$blobs" -ge 2 ] && [ "$bytes" -ge $((2 * mib << 20)) ] &&
+        [ "${kl:-0}" -ge $((2 * mib * 256)) ] && [ "${kr:-0}" -ge 2 ] &&
+        [ "${sl:-x}" = "${kl:-y}" ] && [ "${skl:-x}" = "${kl:-y}" ]
+}
+check vk-held "blobs=${hblobs% *},bytes=${hblobs#* },kernel_lent=${kl:-none},kernel_regs=${kr:-none},ledger=${sl:-none},server_kernel=${skl:-none}" \
+    vk_held ${hblobs:-0 0}
 grep -E 'renderer|blob|virtio-gpu|seccomp|fence|allocator' "$log" | tail -n 40 | sed "s/^/[ioreqd $dom] /"
 # Alive, not a zombie: the supervisor reaps a dead renderer only when its
 # worker stops.
@@ -81,6 +127,10 @@ check vk-no-call-refused "log" sh -c "! grep -q 'seccomp: system call' '$log'"
 check vk-worker-still-sandboxed "pid=${wpid:-none}" hm_sandboxed_ids "${wpid:-none}"
 
 hm_destroy_clean "$name"
+# The kernel's own count for the destroyed domain, answered (hm_gone, in
+# vg-vk-clean, takes an unanswered query for 0).
+read -r kl kr <<<"$(vk_kernel "$dom")"
+check vk-destroyed-nothing-lent "kernel_lent=${kl:-none},kernel_regs=${kr:-none}" [ "${kl:-x}" = 0 -a "${kr:-x}" = 0 ]
 check vk-renderer-gone "pid=${rpid:-none}" sh -c "[ -n '$rpid' ] && ! [ -d /proc/$rpid ]"
 # How the renderer ended (logged when the supervisor reaped it): not by its
 # seccomp filter.

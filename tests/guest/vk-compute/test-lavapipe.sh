@@ -49,7 +49,8 @@ if [ ! -e "$S/root.done" ] || [ "$(cat "$S/root.done")" != "$PKGS" ]; then
 fi
 rm -rf "$W"
 mkdir -p "$W"
-cp "$HERE"/vk-compute.c "$HERE"/transform.comp "$HERE"/transform.spv.h "$HERE"/gen-spirv.sh "$W"/
+cp "$HERE"/vk-compute.c "$HERE"/transform.comp "$HERE"/transform.spv.h "$HERE"/gen-spirv.sh \
+    "$HERE"/../guest-result.h "$HERE"/../guest-bw.h "$W"/
 
 # inroot TIMEOUT CMD: run CMD (a shell string) in the root, /mnt = $W, in
 # its own mount and PID namespaces (nothing it starts outlives it).

@@ -5,7 +5,7 @@
  * lent through the gpu-hostmem window; on the build machine it runs on
  * lavapipe (test-lavapipe.sh). Nothing in it knows which.
  *
- *   vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]]
+ *   vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]] [-H SECONDS]
  *
  *   -v         require Mesa's venus driver (VK_DRIVER_ID_MESA_VENUS)
  *   -d INDEX   the physical device to use (default 0, the first)
@@ -14,6 +14,10 @@
  *              read and write bandwidth of the mapped memory against guest
  *              RAM (measurement only, no threshold; see bandwidth())
  *   -p PASSES  passes over the buffer per bandwidth sample (default 2)
+ *   -H SECONDS when everything passed, hold: print "vk-hold" and sleep
+ *              SECONDS with both buffers still allocated and mapped (their
+ *              blobs alive, their pages lent), then tear down as usual; so
+ *              that the test bed can destroy the guest while it holds them
  *
  * Creates an instance (apiVersion 1.2 where the loader has it, else 1.1),
  * picks the physical device, allocates two buffers of MIB MiB in memory
@@ -58,6 +62,13 @@
 
 #include "transform.spv.h"
 
+/* Shared with the busybox guest's programs, from tests/guest/ (the builds
+ * copy them beside this file; in place: -I tests/guest): RESULT lines, and
+ * the bandwidth method of hostmem-guest's bwsuite, in MiB/s. */
+#include "guest-result.h"
+#define BW_UNIT 1048576.0
+#include "guest-bw.h"
+
 #ifndef VK_COMPUTE_MUTANT
 #define VK_COMPUTE_MUTANT 0
 #endif
@@ -66,34 +77,6 @@
 #define MAX_GROUPS 4096 /* the shader loops over the rest */
 #define MAX_MIB 1024 /* word indexes stay within 32 bits */
 #define FENCE_TIMEOUT_NS (600ull * 1000 * 1000 * 1000)
-#define BW_MAX_ROUNDS 256
-#define PAGE 4096
-
-/* Set by a failed result(): the program's exit status. */
-static int failed;
-
-static void result(const char *name, int ok, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void result(const char *name, int ok, const char *fmt, ...)
-{
-    va_list ap;
-    printf("RESULT name=%s ok=%d value=", name, ok);
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    if (!ok)
-        failed = 1;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* The input pattern and the shader's transform, on the CPU. */
 static uint32_t pattern(uint32_t i)
@@ -615,87 +598,28 @@ static int run_shader(struct vk *vk, uint32_t words, double *seconds)
  * ("ram4kb", the A/A control: whatever separates it from ram4k is the
  * method's own error). MiB/s = 2^20 bytes per second.
  */
-struct bw_side {
-    const char *name;
-    volatile uint64_t *p;
-    double rd[BW_MAX_ROUNDS], wr[BW_MAX_ROUNDS];
-    double med[2], best[2];
-};
-
-static double bw_pass(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
+/* The guest's CPU time so far (/proc/stat's "cpu" line, in clock ticks):
+ * all of it, and the part stolen from this guest's vCPUs by the hypervisor
+ * (Xen ran another domain's vCPU on the physical CPU meanwhile). -1 if
+ * unreadable. */
+static int cpu_ticks(uint64_t *total, uint64_t *steal)
 {
-    uint64_t i, sum = 0, n = bytes / 8;
-    double t0 = now(), dt;
-    int r;
+    uint64_t v[8] = { 0 };
+    FILE *f = fopen("/proc/stat", "r");
+    int n, i;
 
-    for (r = 0; r < passes; r++)
-        for (i = 0; i < n; i++) {
-            if (write)
-                p[i] = i ^ seed;
-            else
-                sum += p[i];
-        }
-    dt = now() - t0;
-    if (sum == 42)
-        printf("#\n");
-    return (double)bytes * passes / dt / (1 << 20);
-}
-
-/* bw_pass, taken again (up to twice) when it reports above 1 TiB/s: a guest
- * clock glitch under nested emulation (seen by hostmem-guest), not a
- * measurement. */
-static double bw_sample(volatile uint64_t *p, uint64_t bytes, int passes, int write, uint64_t seed)
-{
-    double mibps = 0;
-    int again;
-
-    for (again = 0; again < 3; again++)
-        if ((mibps = bw_pass(p, bytes, passes, write, seed)) < (1 << 20))
-            break;
-    return mibps;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-
-    return x < y ? -1 : x > y;
-}
-
-/* Median of V[0..N) with its minimum, maximum and a distribution-free 95 %
- * interval (order statistics k and n + 1 - k, k = floor(n/2 - 0.98 sqrt(n)),
- * at least 1), as hostmem-guest's median_of. */
-static double median_of(const double *v, int n, double *mn, double *mx, double *lo, double *hi)
-{
-    double s[BW_MAX_ROUNDS], root = n;
-    int k, i;
-
-    for (i = 0; i < 32; i++)
-        root = (root + n / root) / 2;
-    k = (int)(n / 2.0 - 0.98 * root);
-    if (k < 1)
-        k = 1;
-    memcpy(s, v, n * sizeof(*v));
-    qsort(s, n, sizeof(*s), cmp_double);
-    *mn = s[0];
-    *mx = s[n - 1];
-    *lo = s[k - 1];
-    *hi = s[n - k];
-    return n & 1 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-}
-
-static volatile uint64_t *bw_ram(uint64_t bytes)
-{
-    uint64_t len = bytes + (2ULL << 20), i;
-    uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-    if (p == MAP_FAILED)
-        return NULL;
-    p = (uint8_t *)(((uintptr_t)p + (2ULL << 20) - 1) & ~((2ULL << 20) - 1));
-    madvise(p, bytes, MADV_NOHUGEPAGE);
-    for (i = 0; i < bytes; i += PAGE)
-        p[i] = 1;
-    return (volatile uint64_t *)p;
+    if (!f)
+        return -1;
+    n = fscanf(f, "cpu %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64
+               " %" SCNu64 " %" SCNu64,
+               &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    for (*total = 0, i = 0; i < 8; i++)
+        *total += v[i];
+    *steal = v[7];
+    return 0;
 }
 
 static void bw_ratio(const char *op, const struct bw_side *a, const struct bw_side *b, int rounds,
@@ -718,7 +642,9 @@ static int bandwidth(volatile uint64_t *mapped, uint64_t bytes, int rounds, int 
     static const int order[6][3] = {
         { 0, 1, 2 }, { 1, 2, 0 }, { 2, 0, 1 }, { 0, 2, 1 }, { 2, 1, 0 }, { 1, 0, 2 },
     };
-    int r, k, op;
+    int r, k, op, have_ticks;
+    uint64_t total0 = 0, steal0 = 0, total1 = 0, steal1 = 0;
+    double t0;
 
     side[0] = (struct bw_side){ .name = "mapped", .p = mapped };
     side[1] = (struct bw_side){ .name = "ram4k", .p = bw_ram(bytes) };
@@ -728,6 +654,8 @@ static int bandwidth(volatile uint64_t *mapped, uint64_t bytes, int rounds, int 
         return -1;
     }
     result("vkbw-setup", 1, "%" PRIu64 ",rounds=%d,passes=%d", bytes, rounds, passes);
+    have_ticks = cpu_ticks(&total0, &steal0) == 0;
+    t0 = now();
     for (k = 0; k < 3; k++) {
         bw_pass(side[k].p, bytes, 1, 1, 2);
         bw_pass(side[k].p, bytes, 1, 0, 0);
@@ -741,6 +669,13 @@ static int bandwidth(volatile uint64_t *mapped, uint64_t bytes, int rounds, int 
             result("vkbw-sample", 1, "%d,side=%s,read_mibps=%.1f,write_mibps=%.1f", r, s->name,
                    s->rd[r], s->wr[r]);
         }
+    /* Time the hypervisor gave to other vCPUs while this one had work: a
+     * measure of contention inside the emulated machine (dom0's renderer,
+     * its render server), not of the host's. */
+    if (have_ticks && cpu_ticks(&total1, &steal1) == 0)
+        result("vkbw-cpu", 1, "%.1f,ticks=%" PRIu64 ",steal_ticks=%" PRIu64 ",steal_pct=%.1f",
+               now() - t0, total1 - total0, steal1 - steal0,
+               total1 > total0 ? 100.0 * (steal1 - steal0) / (total1 - total0) : 0.0);
     for (op = 0; op < 2; op++) {
         const char *opn = op ? "write" : "read";
         double mn, lo, hi;
@@ -793,7 +728,8 @@ static void teardown(struct vk *vk)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]]\n");
+    fprintf(stderr,
+            "usage: vk-compute [-v] [-d INDEX] [-s MIB] [-b ROUNDS [-p PASSES]] [-H SECONDS]\n");
     return 2;
 }
 
@@ -809,14 +745,14 @@ static int parse_uint(const char *s, unsigned long min, unsigned long max, unsig
 int main(int argc, char **argv)
 {
     struct vk vk = { 0 };
-    unsigned long mib = 64, device = 0, rounds = 0, passes = 2;
+    unsigned long mib = 64, device = 0, rounds = 0, passes = 2, hold = 0;
     int require_venus = 0, c;
     uint64_t bytes, bad_dst = 0, bad_src = 0, first_bad = UINT64_MAX;
     uint32_t words, i;
     double t0 = now(), t_open, t_alloc, t_write, t_dispatch = 0, t_check;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    while ((c = getopt(argc, argv, "vd:s:b:p:")) != -1) {
+    while ((c = getopt(argc, argv, "vd:s:b:p:H:")) != -1) {
         switch (c) {
         case 'v':
             require_venus = 1;
@@ -835,6 +771,10 @@ int main(int argc, char **argv)
             break;
         case 'p':
             if (parse_uint(optarg, 1, 1000, &passes))
+                return usage();
+            break;
+        case 'H':
+            if (parse_uint(optarg, 1, 86400, &hold))
                 return usage();
             break;
         default:
@@ -897,6 +837,13 @@ int main(int argc, char **argv)
            now() - t0, t_open - t0, t_alloc - t_open, t_write - t_alloc, t_dispatch, t_check);
     if (rounds && !failed)
         bandwidth((volatile uint64_t *)vk.dst.ptr, bytes, (int)rounds, (int)passes);
+    if (hold && !failed) {
+        /* Everything still allocated and mapped; the test bed destroys the
+         * guest now (79-venus-vk-compute). */
+        result("vk-hold", 1, "%lu,src=%p,dst=%p", hold, (void *)vk.src.ptr, (void *)vk.dst.ptr);
+        sleep((unsigned int)hold);
+        result("vk-hold-end", 1, "not-destroyed-after-%lus", hold);
+    }
 out:
     teardown(&vk);
     if (!failed && !vk.fence) /* stopped before the check without a RESULT line */
