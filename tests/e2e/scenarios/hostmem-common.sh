@@ -165,9 +165,13 @@ hm_gone() {
     if xenstore-exists "/local/domain/0/gpu-hostmem/$dom" 2>/dev/null; then
         echo "xenstore still has /local/domain/0/gpu-hostmem/$dom"; bad=1
     fi
+    # The kernel's own count, which must be answered: an unanswered query
+    # (no "kernel" object: the CLI or privcmd failed) proves nothing.
     j=$(hm_status_json "$dom")
     lent=$(printf '%s' "$j" | tr -d '\n' | sed -n 's/.*"kernel": *{ *"lent_pages": *\([0-9]*\).*/\1/p')
-    if [ "${lent:-0}" != 0 ]; then
+    if [ -z "$lent" ]; then
+        echo "no kernel count of pages lent to domain $dom: gpu-hostmem status --json said: $(printf '%s' "$j" | tr -d '\n' | cut -c1-300)"; bad=1
+    elif [ "$lent" != 0 ]; then
         echo "the kernel still counts $lent page(s) lent to domain $dom"; bad=1
     fi
     return "$bad"
