@@ -182,6 +182,16 @@ impl Run {
         }
     }
 
+    /// Waits until the daemon's log contains `needle`, at most `within`.
+    #[track_caller]
+    fn wait_log(&self, needle: &str, within: Duration) {
+        let t = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(t.elapsed() < within, "log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn wait_exit(&mut self) -> ExitStatus {
         let t = Instant::now();
         loop {
@@ -607,11 +617,7 @@ fn kill_until_given_up(r: &Run, before_last: impl FnOnce()) {
     }
     before_last();
     sigkill(w);
-    let t = Instant::now();
-    while !r.log().contains("giving up the IOREQ server") {
-        assert!(t.elapsed() < Duration::from_secs(15), "log:\n{}", r.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    r.wait_log("giving up the IOREQ server", Duration::from_secs(15));
 }
 
 /// Issue 16's fallback must not need anything it could fail to get when
@@ -626,11 +632,7 @@ fn the_fallback_runs_on_handles_opened_at_start() {
     kill_until_given_up(&r, || {
         fs::write(r.dir.join("xs/.no-open"), b"").expect("switch");
     });
-    let t = Instant::now();
-    while !r.log().contains("fallback running") {
-        assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    r.wait_log("fallback running", Duration::from_secs(10));
     assert!(
         r.child.try_wait().expect("wait").is_none(),
         "the supervisor stays and answers; log:\n{}",
@@ -662,11 +664,7 @@ fn the_fallback_notifies_an_answer_the_dead_worker_wrote() {
     kill_until_given_up(&r, || {
         fs::write(r.dir.join("xs/.answer-unsent"), b"").expect("switch");
     });
-    let t = Instant::now();
-    while !r.log().contains("fallback running") {
-        assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    r.wait_log("fallback running", Duration::from_secs(10));
     sigterm(r.child.id());
     r.wait_exit();
     let log = r.log();
@@ -812,11 +810,7 @@ fn the_worker_outlives_a_killed_supervisor_and_teardown_stops_it() {
 
     sigkill(sup);
     r.wait_exit();
-    let t = Instant::now();
-    while !r.log().contains("the supervisor is gone") {
-        assert!(t.elapsed() < Duration::from_secs(10), "log:\n{}", r.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    r.wait_log("the supervisor is gone", Duration::from_secs(10));
     assert!(
         gpu_hostmem_test_support::is_running(w),
         "the worker outlives its supervisor; log:\n{}",
