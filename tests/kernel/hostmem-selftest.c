@@ -39,6 +39,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <linux/dma-heap.h>
+#include <linux/udmabuf.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <sys/ioctl.h>
@@ -218,6 +221,7 @@ static uint64_t gfn_base = 0x100000;
 static unsigned int seconds = 5;
 static bool require_lend;
 static bool make_domain;
+static const char *bar_path;	/* --bar: a sysfs resource file to map */
 static int fd = -1;
 static int tests, failures;
 
@@ -576,14 +580,17 @@ static void test_memory_kinds(void)
 		munmap(m, 2 * pg);
 	}
 
-	/* VM_IO | VM_PFNMAP: /dev/mem (the first MiB is always allowed). */
-	f = open("/dev/mem", O_RDWR | O_SYNC);
+	/*
+	 * VM_IO without VM_PFNMAP: privcmd's hypercall buffers, kernel pages
+	 * Xen reads a raw hypercall's arguments from.
+	 */
+	f = open("/dev/xen/hypercall", O_RDWR | O_CLOEXEC);
 	m = f < 0 ? MAP_FAILED :
 	    mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
 	if (m == MAP_FAILED) {
-		skip("register-dev-mem", "cannot map /dev/mem");
+		skip("register-hypercall-buffer", "cannot map /dev/xen/hypercall");
 	} else {
-		expect("register-dev-mem", reg(m, pg, 0, 21), EACCES);
+		expect("register-hypercall-buffer", reg(m, pg, 0, 21), EACCES);
 		munmap(m, pg);
 	}
 	if (f >= 0)
@@ -1152,6 +1159,208 @@ static void test_lend_basic(void)
 	result("unregister-revokes", q.lent == 0 && q.nr == 0,
 	       "lent=%" PRIu64 " nr=%u", q.lent, q.nr);
 	munmap(m, 16 * pg);
+}
+
+/* A udmabuf of a sealed memfd of @pages pages, mapped shared; NULL if none. */
+static char *map_udmabuf(size_t pages, int *memfd, int *buf, const char **why)
+{
+	struct udmabuf_create c = { .flags = UDMABUF_FLAGS_CLOEXEC };
+	int dev = open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
+	char *m;
+
+	*memfd = *buf = -1;
+	*why = "no /dev/udmabuf";
+	if (dev < 0)
+		return NULL;
+	*why = "memfd";
+	*memfd = memfd_create("hostmem-udmabuf", MFD_ALLOW_SEALING);
+	if (*memfd < 0 || ftruncate(*memfd, pages * pg) ||
+	    fcntl(*memfd, F_ADD_SEALS, F_SEAL_SHRINK))
+		goto fail;
+	c.memfd = *memfd;
+	c.size = pages * pg;
+	*why = "UDMABUF_CREATE";
+	*buf = ioctl(dev, UDMABUF_CREATE, &c);
+	if (*buf < 0)
+		goto fail;
+	*why = "mmap of the udmabuf";
+	m = mmap(NULL, pages * pg, PROT_READ | PROT_WRITE, MAP_SHARED, *buf, 0);
+	if (m == MAP_FAILED)
+		goto fail;
+	close(dev);
+	return m;
+fail:
+	close(dev);
+	return NULL;
+}
+
+/*
+ * A memory BAR of a PCI device, mapped through sysfs (VM_IO|VM_PFNMAP):
+ * --bar's, or the first one found.
+ */
+static char *map_pci_bar(char *name, size_t len)
+{
+	DIR *d;
+	struct dirent *e;
+	char *m = NULL;
+
+	if (bar_path) {
+		int f = open(bar_path, O_RDWR | O_CLOEXEC);
+
+		snprintf(name, len, "%s", bar_path);
+		m = f < 0 ? MAP_FAILED :
+		    mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		if (f >= 0)
+			close(f);
+		return m == MAP_FAILED ? NULL : m;
+	}
+
+	d = opendir("/sys/bus/pci/devices");
+
+	while (d && !m && (e = readdir(d))) {
+		char path[300];
+		struct stat st;
+
+		if (e->d_name[0] == '.')
+			continue;
+		for (int bar = 0; bar < 6 && !m; bar++) {
+			int f;
+
+			snprintf(path, sizeof(path),
+				 "/sys/bus/pci/devices/%s/resource%d",
+				 e->d_name, bar);
+			f = open(path, O_RDWR | O_CLOEXEC);
+			if (f < 0)
+				continue;
+			if (!fstat(f, &st) && st.st_size >= pg) {
+				m = mmap(NULL, pg, PROT_READ | PROT_WRITE,
+					 MAP_SHARED, f, 0);
+				if (m == MAP_FAILED)
+					m = NULL;
+				else
+					snprintf(name, len, "%s/resource%d",
+						 e->d_name, bar);
+			}
+			close(f);
+		}
+	}
+	if (d)
+		closedir(d);
+	return m;
+}
+
+/*
+ * VM_PFNMAP mappings, as a renderer gets its dma-bufs: the RAM behind them
+ * is lent and revoked like anonymous memory; anything that is not reference
+ * counted RAM is refused.
+ */
+static void test_lend_pfnmap(void)
+{
+	struct dma_heap_allocation_data a = {
+		.len = 64 * pg, .fd_flags = O_RDWR | O_CLOEXEC,
+	};
+	int memfd, buf, heap;
+	const char *why;
+	char name[300];
+	uint32_t n = 0;
+	char *m;
+	int rc;
+
+	/* udmabuf: a memfd's pages inserted with vmf_insert_pfn(). */
+	m = map_udmabuf(32, &memfd, &buf, &why);
+	if (!m) {
+		result("lend-udmabuf", false, "%s: %s", why, strerror(errno));
+	} else {
+		fill(m, 32, 7);
+		expect("register-udmabuf", reg(m, 32 * pg, 0, 60), 0);
+		rc = lend(0, gfn_base, 32, &n);
+		query();
+		result("lend-udmabuf", rc == 0 && n == 32 && q.lent == 32,
+		       "rc=%s nr_lent=%u lent=%" PRIu64, ename(rc), n, q.lent);
+		/* Closing the dma-buf fd keeps the mapping, and the pages. */
+		close(buf);
+		close(memfd);
+		query();
+		result("udmabuf-fd-close-keeps", q.lent == 32,
+		       "lent=%" PRIu64, q.lent);
+		munmap(m + 16 * pg, 16 * pg);
+		query();
+		result("udmabuf-munmap-revokes", q.lent == 16,
+		       "lent=%" PRIu64, q.lent);
+		rc = lend(16 * pg, gfn_base + 16, 16, &n);
+		expect("lend-udmabuf-unmapped-fails", rc, EFAULT);
+		expect("unregister-udmabuf", unreg(60), 0);
+		query();
+		result("udmabuf-unregister-revokes", q.lent == 0,
+		       "lent=%" PRIu64, q.lent);
+		munmap(m, 16 * pg);
+	}
+
+	/* The system dma-heap: compound pages, remap_pfn_range() (VM_IO too). */
+	heap = open("/dev/dma_heap/system", O_RDONLY | O_CLOEXEC);
+	if (heap < 0 || ioctl(heap, DMA_HEAP_IOCTL_ALLOC, &a)) {
+		result("lend-dma-heap", false, "%s: %s",
+		       heap < 0 ? "open" : "DMA_HEAP_IOCTL_ALLOC",
+		       strerror(errno));
+	} else {
+		m = mmap(NULL, 64 * pg, PROT_READ | PROT_WRITE, MAP_SHARED,
+			 a.fd, 0);
+		if (m == MAP_FAILED) {
+			result("lend-dma-heap", false, "mmap: %s",
+			       strerror(errno));
+		} else {
+			fill(m, 64, 8);
+			expect("register-dma-heap", reg(m, 64 * pg, 0, 61), 0);
+			rc = lend(0, gfn_base, 64, &n);
+			query();
+			result("lend-dma-heap", rc == 0 && n == 64 &&
+			       q.lent == 64, "rc=%s nr_lent=%u lent=%" PRIu64,
+			       ename(rc), n, q.lent);
+			munmap(m, 64 * pg);
+			query();
+			result("dma-heap-munmap-revokes", q.lent == 0,
+			       "lent=%" PRIu64, q.lent);
+			unreg(61);
+		}
+		close(a.fd);
+	}
+	if (heap >= 0)
+		close(heap);
+
+	/* /dev/mem's first MiB: reserved pages, never lent. */
+	buf = open("/dev/mem", O_RDWR | O_SYNC | O_CLOEXEC);
+	m = buf < 0 ? MAP_FAILED :
+	    mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED, buf, 0);
+	if (m == MAP_FAILED) {
+		skip("lend-dev-mem-refused", "cannot map /dev/mem");
+	} else {
+		expect("register-dev-mem", reg(m, pg, 0, 62), 0);
+		rc = lend(0, gfn_base, 1, &n);
+		query();
+		result("lend-dev-mem-refused", rc == EACCES && q.lent == 0,
+		       "rc=%s lent=%" PRIu64, ename(rc), q.lent);
+		unreg(62);
+		munmap(m, pg);
+	}
+	if (buf >= 0)
+		close(buf);
+
+	/* A PCI BAR: MMIO, no struct page (what a GPU's VRAM would be). */
+	m = map_pci_bar(name, sizeof(name));
+	if (!m && bar_path) {
+		result("lend-pci-bar-refused", false, "cannot map %s: %s",
+		       bar_path, strerror(errno));
+	} else if (!m) {
+		skip("lend-pci-bar-refused", "no PCI memory BAR to map");
+	} else {
+		expect("register-pci-bar", reg(m, pg, 0, 63), 0);
+		rc = lend(0, gfn_base, 1, &n);
+		query();
+		result("lend-pci-bar-refused", rc == EACCES && q.lent == 0,
+		       "%s rc=%s lent=%" PRIu64, name, ename(rc), q.lent);
+		unreg(63);
+		munmap(m, pg);
+	}
 }
 
 static void test_lend_owner_exit(void)
@@ -1765,6 +1974,7 @@ static void test_lending(void)
 	test_relend_after_revoke();
 	test_lend_unclaimed();
 	test_lend_basic();
+	test_lend_pfnmap();
 	test_lend_owner_exit();
 	test_lend_fd_close();
 	test_lend_stress();
@@ -1790,9 +2000,12 @@ int main(int argc, char **argv)
 			make_domain = true;
 		} else if (!strcmp(argv[i], "--require-lend")) {
 			require_lend = true;
+		} else if (!strcmp(argv[i], "--bar") && i + 1 < argc) {
+			bar_path = argv[++i];
 		} else {
 			fprintf(stderr, "usage: %s [--dom N] [--gfn G] "
-				"[--seconds S] [--make-domain] [--require-lend]\n", argv[0]);
+				"[--seconds S] [--make-domain] [--require-lend] "
+				"[--bar SYSFS_RESOURCE]\n", argv[0]);
 			return 2;
 		}
 	}

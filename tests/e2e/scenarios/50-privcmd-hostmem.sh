@@ -25,6 +25,9 @@
 #                         4 GiB, above a small guest's RAM)
 #   HOSTMEM_REQUIRE_LEND  1: fail, rather than skip, when lending cannot run
 #   HOSTMEM_SECONDS       duration of the concurrent stress (default 5)
+#   HOSTMEM_BAR           a PCI memory BAR's sysfs resource file that lends
+#                         must refuse (MMIO); default: the memory BAR of the
+#                         test bed's ivshmem device (tests/e2e/run, DOM0_BAR)
 set -u
 # result: dom0/lib.sh.
 # shellcheck source=../dom0/lib.sh
@@ -75,6 +78,21 @@ else
 fi
 [ -n "${HOSTMEM_GUEST_GFN:-}" ] && set -- "$@" --gfn "$HOSTMEM_GUEST_GFN"
 [ "${HOSTMEM_REQUIRE_LEND:-0}" = 1 ] && set -- "$@" --require-lend
+# The test bed gives dom0 an ivshmem device (1af4:1110) whose BAR2 stands in
+# for a GPU's VRAM; the selftest then must map it (no SKIP).
+bar=${HOSTMEM_BAR:-}
+if [ -z "$bar" ]; then
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor" 2>/dev/null):$(cat "$d/device" 2>/dev/null)" = 0x1af4:0x1110 ] &&
+            bar=$d/resource2 && break
+    done
+fi
+if [ -n "$bar" ]; then
+    set -- "$@" --bar "$bar"
+else
+    result privcmd-hostmem-mmio-bar 0 "no-ivshmem-device"
+    fail=1
+fi
 
 dmesg_before=$(dmesg 2>/dev/null | wc -l)
 out=/tmp/privcmd-selftest.$$
