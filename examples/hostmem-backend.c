@@ -7,8 +7,8 @@
  * buffers mapped into its address space.  Here the "GPU memory" is shared
  * anonymous memory filled with a pattern the guest can check.
  *
- *   hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE [-r OFFSET:SIZE]...
- *                   [-t SECONDS]
+ *   hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE[:udmabuf]
+ *                   [-r OFFSET:SIZE[:udmabuf]]... [-t SECONDS]
  *
  * UNIQUE_ID names the instance of DOMID the memory is for: Xen's unique id
  * of the guest (XEN_DOMCTL_get_domain_state), which gpu-hostmem-ioreqd
@@ -16,7 +16,11 @@
  * reused once its guest is gone; the unique id never is, so the memory can
  * never be lent to a later guest that happens to get the same domid.
  *
- * OFFSET and SIZE take k/M/G suffixes and must be page aligned.  The backend
+ * OFFSET and SIZE take k/M/G suffixes and must be page aligned.  A region
+ * is shared anonymous memory, or with ":udmabuf" a dma-buf mapped as a
+ * renderer maps the buffers its GPU driver exports: a memfd made into a
+ * udmabuf (/dev/udmabuf), whose mapping is VM_PFNMAP, like TTM's and the
+ * GEM shmem helpers'.  The backend
  *   1. takes the privcmd fd it was given in GPU_HOSTMEM_PRIVCMD_FD (started
  *      by "gpu-hostmem backend", which opens /dev/xen/privcmd, restricts it
  *      to DOMID and narrows it to registering memory: this process can then
@@ -51,6 +55,7 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/udmabuf.h>
 
 #include "privcmd-hostmem.h"
 
@@ -62,6 +67,7 @@ struct region {
     uint64_t size;
     uint32_t id;
     uint64_t *mem;
+    int udmabuf;        /* a udmabuf's mapping, not anonymous memory */
     int registered;
 };
 
@@ -109,9 +115,14 @@ static int parse_size(const char *s, uint64_t *out)
 static int parse_region(const char *arg, struct region *r)
 {
     const char *colon = strchr(arg, ':');
+    const char *kind;
 
     if (!colon || parse_size(arg, &r->offset) || parse_size(colon + 1, &r->size))
         return -1;
+    kind = strchr(colon + 1, ':');
+    if (kind && strcmp(kind + 1, "udmabuf"))
+        return -1;
+    r->udmabuf = kind != NULL;
     if (!r->size || (r->offset | r->size) & (PAGE_SIZE_4K - 1))
         return -1;
     return 0;
@@ -120,7 +131,8 @@ static int parse_region(const char *arg, struct region *r)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE [-r ...] [-t SECONDS]\n"
+            "usage: hostmem-backend -d DOMID -u UNIQUE_ID -r OFFSET:SIZE[:udmabuf] [-r ...]\n"
+            "                       [-t SECONDS]\n"
             "       (-u from GPU_HOSTMEM_UNIQUE_ID and the privcmd fd from\n"
             "        GPU_HOSTMEM_PRIVCMD_FD when started by gpu-hostmem backend)\n");
     exit(2);
@@ -167,6 +179,42 @@ static unsigned long stamped_pages(const struct region *r)
 }
 
 /*
+ * SIZE bytes of new memory for @r: shared anonymous memory, or a udmabuf of
+ * a sealed memfd, mapped (the mapping keeps both alive once their fds are
+ * closed).  MAP_FAILED with errno on failure.
+ */
+static uint64_t *map_memory(const struct region *r)
+{
+    struct udmabuf_create c = { .flags = UDMABUF_FLAGS_CLOEXEC };
+    int dev, memfd, buf, err;
+    void *mem = MAP_FAILED;
+
+    if (!r->udmabuf)
+        return mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+    dev = open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
+    if (dev < 0)
+        return MAP_FAILED;
+    memfd = memfd_create("hostmem-backend", MFD_ALLOW_SEALING | MFD_CLOEXEC);
+    buf = -1;
+    if (memfd >= 0 && !ftruncate(memfd, r->size) && !fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK)) {
+        c.memfd = memfd;
+        c.size = r->size;
+        buf = ioctl(dev, UDMABUF_CREATE, &c);
+        if (buf >= 0)
+            mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED, buf, 0);
+    }
+    err = errno;
+    if (buf >= 0)
+        close(buf);
+    if (memfd >= 0)
+        close(memfd);
+    close(dev);
+    errno = err;
+    return mem;
+}
+
+/*
  * Replaces a region's memory, as a backend does when it moves or frees a
  * buffer: new memory is filled with pattern ^ REPLACED, then moved over the
  * old mapping in one mremap().  The kernel's MMU notifier sees the old pages
@@ -188,7 +236,7 @@ static int replace_region(struct region *r, double *move_ms)
     struct timespec t0;
     uint64_t *mem, w;
 
-    mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    mem = map_memory(r);
     if (mem == MAP_FAILED)
         return -1;
     for (w = 0; w < r->size / 8; w++)
@@ -277,10 +325,11 @@ int main(int argc, char **argv)
         struct privcmd_hostmem_register reg;
         uint64_t w;
 
-        r->mem = mmap(NULL, r->size, PROT_READ | PROT_WRITE,
-                      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        r->mem = map_memory(r);
         if (r->mem == MAP_FAILED) {
-            perror("backend: mmap");
+            fprintf(stderr, "backend: map %s memory of id=%u: %s\n",
+                    r->udmabuf ? "udmabuf" : "anonymous", r->id, strerror(errno));
+            r->mem = NULL;
             rc = 1;
             goto out;
         }
@@ -301,8 +350,8 @@ int main(int argc, char **argv)
             goto out;
         }
         r->registered = 1;
-        printf("backend: registered id=%u offset=0x%" PRIx64 " size=0x%" PRIx64 " dom=%u\n",
-               r->id, r->offset, r->size, dom);
+        printf("backend: registered id=%u offset=0x%" PRIx64 " size=0x%" PRIx64 " dom=%u%s\n",
+               r->id, r->offset, r->size, dom, r->udmabuf ? " (udmabuf)" : "");
     }
     printf("READY\n");
     fflush(stdout);

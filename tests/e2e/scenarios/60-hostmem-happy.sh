@@ -6,7 +6,8 @@
 #     nobody with a privcmd fd narrowed to registering memory for the guest
 #     (no other Xen right: checked with fd-privilege), registers four
 #     regions of its own memory for that domid, filled with a per-offset
-#     pattern;
+#     pattern; the third is a dma-buf (a memfd's udmabuf) mapped VM_PFNMAP,
+#     as a renderer maps what a GPU driver exports (kernel-patches 0009);
 #   - xl unpause: the guest (tests/guest/hostmem-guest check) maps the BAR
 #     through sysfs, reads the pattern of every region and stamps each page;
 #   - the backend sees the guest's writes in its own memory (SIGUSR1 report);
@@ -21,7 +22,7 @@ source "$(dirname "$0")/hostmem-common.sh"
 export GH_GUEST_VKB=1
 
 name=hm-happy
-regions=(0:2M 0x400000:1M 0x1000000:4M 0x3000000:64k)
+regions=(0:2M 0x400000:1M 0x1000000:4M:udmabuf 0x3000000:64k)
 gargs="0,0x200000,0x400000,0x100000,0x1000000,0x400000,0x3000000,0x10000"
 
 hm_install || exit 1
@@ -42,6 +43,9 @@ wpid=$(hm_worker "$ipid")
 check hm-ioreqd-worker-sandboxed "pid=${wpid:-none}" hm_sandboxed "${wpid:-none}"
 
 bout=/tmp/$name.backend
+# /dev/udmabuf is root's alone here; distributions give it to a group (kvm)
+# that a renderer's user is in. The backend runs as nobody.
+chgrp nogroup /dev/udmabuf && chmod 0660 /dev/udmabuf
 if HM_BACKEND_USER=nobody hm_backend "$dom" "$bout" "${regions[@]}"; then
     result hm-backend-ready 1 "pid=$HM_BPID,regions=${#regions[@]}"
 else
@@ -59,6 +63,15 @@ backend_narrow() {
     [ "${PIPESTATUS[0]}" = 0 ] && grep -q 'narrowed privcmd fd' "$bout"
 }
 check hm-backend-fd-narrowed "pid=$bpid" backend_narrow
+# The udmabuf region is what privcmd refused before 0009: a VM_PFNMAP
+# mapping ("pf" in smaps' VmFlags) of a dma-buf.
+pfnmap_regions() {
+    awk '/^[0-9a-f]+-[0-9a-f]+ / { dmabuf = ($0 ~ /dmabuf/) }
+         /^VmFlags:/ && dmabuf && / pf( |$)/ { n++ } END { print n + 0 }' "/proc/$bpid/smaps"
+}
+npf=$(pfnmap_regions)
+udmabuf_registered() { [ "$npf" = 1 ] && grep -q 'registered id=3 .*(udmabuf)' "$bout"; }
+check hm-backend-udmabuf-pfnmap "pfnmap-dmabuf-mappings=$npf" udmabuf_registered
 
 xl unpause "$name"
 t=$(gh_now)
