@@ -158,10 +158,13 @@ gh_cfg() {
 }
 
 # gh_xl_fails PATTERN CMD...: CMD must fail and print PATTERN (grep -E).
+# Its output is left in $GH_XL_OUT for further checks.
+GH_XL_OUT=
 gh_xl_fails() {
     local pat=$1 out rc=0
     shift
     out=$(timeout 180 "$@" 2>&1) || rc=$?
+    GH_XL_OUT=$out
     printf '%s\n' "$out" | sed 's/^/    | /' >&2
     [ "$rc" -ne 0 ] || fail "'$*' succeeded, expected a failure"
     [ "$rc" -ne 124 ] || fail "'$*' timed out"
