@@ -60,8 +60,9 @@ check_case() {
 
 # check_waited WHAT: the xl create of check_case waited for the whole
 # $start_timeout and not for the 30 s default, which would take at least
-# 30 s: at most 25 s in all, as a case that fails at once takes about 3 s
-# here, creation and destruction of the half-built domain included.
+# 30 s: at most 25 s in all.  Here a case that fails at once takes about
+# 3 s, creation and destruction of the half-built domain included, and
+# these two 8-12 s with 5 s (33-37 s with the 30 s default).
 check_waited() {
     [ "$dt_ms" -ge $((start_timeout * 1000)) ] ||
         fail "$1: xl create failed after $dt_ms ms, before the $start_timeout s timeout"
