@@ -31,7 +31,7 @@
 #     dma-bufs; the renderer logged at least two 64 MiB blobs mapped with
 #     fd_type "dmabuf", and holds at least two 64 MiB dma-buf mappings that
 #     are VM_PFNMAP ("pf" in smaps' VmFlags), which privcmd lends since
-#     kernel-patches 0009 (before it, every lend of them failed);
+#     kernel-patches 0009 (before it, privcmd refused to register them);
 #     with VK_BLOBS=opaque (or /etc/gpu-hostmem/vk-blobs, written by
 #     tests/e2e/run from GPU_HOSTMEM_E2E_VK_BLOBS) the renderer gets no
 #     group and the node stays root's, so the blobs must be lavapipe's
