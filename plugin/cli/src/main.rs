@@ -146,9 +146,14 @@ fn check_config(file: &std::path::Path) -> Result<String, String> {
     let vg = &cfg.virtio_gpu;
     let renderer = match &vg.renderer {
         Some(p) => format!(
-            ", renderer {} as {}{}, backend {}",
+            ", renderer {} as {}{}{}, backend {}",
             p.display(),
             vg.renderer_user,
+            if vg.renderer_groups.is_empty() {
+                String::new()
+            } else {
+                format!(" with groups {}", vg.renderer_groups.join(","))
+            },
             if vg.test_capset {
                 ", test capset offered"
             } else {
@@ -520,6 +525,16 @@ mod tests {
         .expect("write");
         let ok = check_config(&venus).expect("valid");
         assert!(ok.contains("as nobody, backend venus"), "{ok}");
+        std::fs::write(
+            &venus,
+            "device: virtio-gpu\nvirtio_gpu:\n  renderer: /r\n  renderer_groups: [kvm, render]\n  backend: venus\n",
+        )
+        .expect("write");
+        let ok = check_config(&venus).expect("valid");
+        assert!(
+            ok.contains("as nobody with groups kvm,render, backend venus"),
+            "{ok}"
+        );
         std::fs::write(
             &bad,
             "device: virtio-gpu\nvirtio_gpu:\n  renderer: /r\n  backend: venu\n",

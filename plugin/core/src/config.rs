@@ -152,6 +152,11 @@ pub struct VirtioGpuConfig {
     pub renderer: Option<PathBuf>,
     /// The user the renderer runs as (a name or `UID:GID`, never root).
     pub renderer_user: String,
+    /// Supplementary groups of the renderer (names or numbers, never 0),
+    /// in place of none: what gives it (and the render server it forks)
+    /// the devices a Vulkan driver opens, such as `/dev/udmabuf` (trixie:
+    /// group `kvm`) or a GPU's render node (group `render`).
+    pub renderer_groups: Vec<String>,
     /// Offer the test-only capset (a context type whose blobs are plain
     /// renderer memory with a pattern), for the end-to-end test. Off by
     /// default; needs `renderer` and the test backend.
@@ -165,6 +170,7 @@ impl Default for VirtioGpuConfig {
         VirtioGpuConfig {
             renderer: None,
             renderer_user: "nobody".into(),
+            renderer_groups: Vec::new(),
             test_capset: false,
             backend: RendererBackend::Test,
         }
@@ -463,6 +469,15 @@ impl Config {
                  beyond the privcmd file it is handed",
             ));
         }
+        if let Some(g) = vg
+            .renderer_groups
+            .iter()
+            .find(|g| g.as_str() == "root" || g.as_str() == "0" || g.is_empty())
+        {
+            return Err(parse_err(&format!(
+                "virtio_gpu.renderer_groups: {g:?}: not the root group, nor an empty name"
+            )));
+        }
         if self.subsystem_id > 0xffff {
             return Err(err("subsystem_id", self.subsystem_id, "0x0000 .. 0xffff"));
         }
@@ -694,6 +709,10 @@ mod tests {
             .expect("venus");
         assert_eq!(v.virtio_gpu.backend, RendererBackend::Venus);
         assert_eq!(v.virtio_gpu.backend.name(), "venus");
+        assert!(v.virtio_gpu.renderer_groups.is_empty(), "none by default");
+        let g = parse("device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  renderer_groups: [kvm, \"993\"]\n")
+            .expect("groups");
+        assert_eq!(g.virtio_gpu.renderer_groups, ["kvm", "993"]);
         for (bad, why) in [
             (
                 "virtio_gpu:\n  test_capset: false\n  renderer: /bin/r\n",
@@ -714,6 +733,14 @@ mod tests {
             (
                 "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  renderer_user: \"0:0\"\n",
                 "must not be root",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  renderer_groups: [kvm, root]\n",
+                "renderer_groups: \"root\"",
+            ),
+            (
+                "device: virtio-gpu\nvirtio_gpu:\n  renderer: /bin/r\n  renderer_groups: [\"0\"]\n",
+                "renderer_groups: \"0\"",
             ),
             (
                 "device: virtio-gpu\nvirtio_gpu:\n  backend: venus\n",

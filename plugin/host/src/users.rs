@@ -47,6 +47,46 @@ pub fn lookup_user(name: &str) -> Option<(libc::uid_t, libc::gid_t)> {
     (rc == 0 && !out.is_null()).then_some((pw.pw_uid, pw.pw_gid))
 }
 
+/// The gids of `groups` (names or numbers), for a process's supplementary
+/// groups; gid 0 and unknown names are refused.
+pub fn resolve_groups(groups: &[String]) -> Result<Vec<libc::gid_t>, String> {
+    groups
+        .iter()
+        .map(|g| {
+            let gid = match g.parse::<libc::gid_t>() {
+                Ok(n) => n,
+                Err(_) => lookup_group(g).ok_or_else(|| format!("group {g:?}: no such group"))?,
+            };
+            if gid == 0 {
+                return Err(format!("group {g:?}: must not be gid 0"));
+            }
+            Ok(gid)
+        })
+        .collect()
+}
+
+/// The gid of the group `name`, if there is one.
+pub fn lookup_group(name: &str) -> Option<libc::gid_t> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: `group` is a plain C struct of integers and pointers, for
+    // which all-zero bytes are a valid value.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 65536];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as for getpwnam_r in `lookup_user`: live locals and a live
+    // buffer of `buf.len()` bytes, whose strings we do not read.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut gr,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    (rc == 0 && !out.is_null()).then_some(gr.gr_gid)
+}
+
 fn unsafe_zeroed_passwd() -> libc::passwd {
     // SAFETY: `passwd` is a plain C struct of integers and pointers, for
     // which all-zero bytes (NULL pointers, zero ids) are a valid value.
@@ -80,4 +120,23 @@ pub fn drop_to(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), String> {
         return Err(format!("capabilities left after the drop: {cap_eff:?}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_by_name_or_number_never_root() {
+        assert_eq!(lookup_group("root"), Some(0));
+        assert_eq!(
+            resolve_groups(&["65534".into(), "4242".into()]),
+            Ok(vec![65534, 4242])
+        );
+        assert_eq!(resolve_groups(&[]), Ok(vec![]));
+        for bad in ["root", "0", "no-such-group-gpu-hostmem"] {
+            let e = resolve_groups(&["65534".into(), bad.into()]).expect_err(bad);
+            assert!(e.contains(bad), "{e}");
+        }
+    }
 }

@@ -227,14 +227,22 @@ impl Drop for RendererProcess {
 /// file restricted to the guest and narrowed to registering memory (what
 /// `gpu-hostmem backend` hands a backend), logging with filter `log`.
 /// Returns it and the worker's end of the socket.
+/// Whom the renderer runs as: `virtio_gpu.renderer_user` and
+/// `renderer_groups`.
+struct RendererUser<'a> {
+    user: &'a str,
+    groups: &'a [String],
+}
+
 fn spawn_renderer(
     path: &std::path::Path,
-    user: &str,
+    who: &RendererUser<'_>,
     backend: RendererBackend,
     dom: &DomainIdentity,
     log: &str,
 ) -> io::Result<(RendererProcess, OwnedFd)> {
     let other = |e: String| io::Error::other(e);
+    let user = who.user;
     let (uid, gid) = gpu_hostmem_host::users::resolve(user)
         .map_err(other)?
         .ok_or_else(|| {
@@ -242,6 +250,15 @@ fn spawn_renderer(
                 "renderer_user {user:?}: the renderer never runs as root"
             ))
         })?;
+    // Its supplementary groups (none unless configured: the devices a
+    // Vulkan driver opens, /dev/udmabuf or a render node), resolved before
+    // the fork.
+    let groups = gpu_hostmem_host::users::resolve_groups(who.groups)
+        .map_err(|e| other(format!("renderer_groups: {e}")))?;
+    // Only root has groups to drop (a supervisor under test may not be
+    // root; it then cannot give groups either, and setgroups says so).
+    // SAFETY: geteuid cannot fail.
+    let set_groups = !groups.is_empty() || unsafe { libc::geteuid() } == 0;
     let mut fds = [0i32; 2];
     // SAFETY: socketpair writes two new fds into `fds`.
     if unsafe {
@@ -276,16 +293,24 @@ fn spawn_renderer(
         .env("GPU_HOSTMEM_UNIQUE_ID", dom.unique_id().to_string())
         .env("GPU_HOSTMEM_DOMID", dom.domid.to_string())
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .uid(uid)
-        .gid(gid);
+        .stdout(std::process::Stdio::null());
     cmd.env(crate::logging::LOG_ENV, log);
-    // SAFETY: runs in the forked child before exec, after std dropped the
-    // groups and set the gid and uid (so every capability is gone);
-    // prctl, fcntl, dup2 and close are async-signal-safe and allocate
-    // nothing; both fds are open in the child (close-on-exec only).
+    // SAFETY: runs in the forked child before exec. It drops the ids
+    // first, as std's uid()/gid() would, but with the configured
+    // supplementary groups where std can only drop them all (its
+    // `groups()` is unstable): setgroups, setresgid, setresuid (real,
+    // effective and saved, so every capability is gone), then prctl,
+    // fcntl, dup2 and close; all async-signal-safe, allocating nothing
+    // (`groups` was made before the fork); both fds are open in the child
+    // (close-on-exec only).
     unsafe {
         cmd.pre_exec(move || {
+            if (set_groups && libc::setgroups(groups.len(), groups.as_ptr()) < 0)
+                || libc::setresgid(gid, gid, gid) < 0
+                || libc::setresuid(uid, uid, uid) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -738,7 +763,11 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         let renderer = match (cfg.device, &cfg.virtio_gpu.renderer) {
             (Device::VirtioGpu, Some(path)) => {
                 let vg = &cfg.virtio_gpu;
-                match spawn_renderer(path, &vg.renderer_user, vg.backend, &dom, &log) {
+                let user = RendererUser {
+                    user: &vg.renderer_user,
+                    groups: &vg.renderer_groups,
+                };
+                match spawn_renderer(path, &user, vg.backend, &dom, &log) {
                     Ok((p, end)) => {
                         info!(%dom, renderer = p.child.id(), path = %path.display(), "supervisor: renderer started");
                         Some((p, end))

@@ -917,8 +917,15 @@ fn starts_a_renderer_for_each_worker_when_configured() {
     } else {
         format!("{uid}:{gid}")
     };
+    // As root, a supplementary group of its own (what gives a renderer
+    // /dev/udmabuf or a render node) and nothing else.
+    let groups = if uid == 0 {
+        "  renderer_groups: [\"4242\"]\n"
+    } else {
+        ""
+    };
     let cfg = format!(
-        "device: virtio-gpu\nvirtio_gpu:\n  renderer: {}\n  renderer_user: \"{user}\"\n  test_capset: true\n",
+        "device: virtio-gpu\nvirtio_gpu:\n  renderer: {}\n  renderer_user: \"{user}\"\n{groups}  test_capset: true\n",
         renderer.display()
     );
     let mut r = Run::start_config("vgpu-renderer", 49, UUID, true, &[], &cfg);
@@ -941,6 +948,11 @@ fn starts_a_renderer_for_each_worker_when_configured() {
         assert!(
             !status_field(ren, "Uid:").starts_with("0"),
             "renderer runs as nobody"
+        );
+        assert_eq!(
+            status_field(ren, "Groups:"),
+            "4242",
+            "its configured group only"
         );
     }
     assert_eq!(status_field(ren, "NoNewPrivs:"), "1");

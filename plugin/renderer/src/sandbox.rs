@@ -22,7 +22,12 @@
 //!   `virgl.rs`) all happen before the filter, which then covers the
 //!   driver's threads too. Mapping a host-visible (OPAQUE) blob under it
 //!   imports the blob's fd into that device: `fcntl` (dup), `lseek`,
-//!   `read`, `mmap` on lavapipe, none of them new here.
+//!   `read`, `mmap` on lavapipe, none of them new here. A DMABUF blob
+//!   (lavapipe with `/dev/udmabuf`, or a GPU driver's buffer) needs nothing
+//!   new either: the library dups the fd to export it (`fcntl`), maps it
+//!   with `mmap(fd, 0)` and unmaps it with `munmap` (virglrenderer 1.1's
+//!   `virgl_renderer_resource_map`); no dma-buf or udmabuf ioctl is made
+//!   in this process (the render server's worker makes the udmabufs).
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -10,8 +10,12 @@
 //!
 //! A blob's memory is what `virgl_renderer_resource_map` returns in this
 //! process, and nothing else: for a venus host-visible blob on lavapipe
-//! the exported fd is an OPAQUE memfd whose first page is the driver's
-//! header, and the pointer lies at its file offset 4096 (measured). The
+//! that cannot open `/dev/udmabuf` the exported fd is an OPAQUE memfd
+//! whose first page is the driver's header, and the pointer lies at its
+//! file offset 4096 (measured); where it can (the renderer's user in the
+//! node's group, as with a real GPU's buffers) the blob is a DMABUF, which
+//! the library maps from offset 0 (`VM_PFNMAP`, lent by privcmd since
+//! kernel-patches 0009). The
 //! test (`tests/virgl.rs`) exercises capset info, contexts and a blob_id 0
 //! blob (venus's shm blob, a `vkr-shmem` memfd); a host-visible (OPAQUE)
 //! blob needs a venus command stream and is exercised end to end only
@@ -74,6 +78,7 @@ const BLOB_MEM_HOST3D: u32 = 2;
 const BLOB_FLAG_USE_MAPPABLE: u32 = 1;
 const BLOB_FD_TYPE_DMABUF: u32 = 1;
 const BLOB_FD_TYPE_OPAQUE: u32 = 2;
+const BLOB_FD_TYPE_SHM: u32 = 3;
 const MAP_CACHE_MASK: u32 = 0x0f;
 /// `VIRGL_RENDERER_FENCE_FLAG_MERGEABLE`: the library may report only the
 /// newest of several retired fences of a ring (the device finishes every
@@ -207,8 +212,9 @@ pub struct AllocatorLoad {
     /// 0 when unreadable): the driver's own threads start here.
     pub threads: (u32, u32),
     /// Whether this process holds `/dev/udmabuf` afterwards (lavapipe
-    /// opens it where it can; the renderer only imports memory, but the
-    /// node should not be open to it).
+    /// opens it where it can: then the render server, which runs as the
+    /// same user, exports host-visible blobs as dma-bufs; the renderer
+    /// itself only maps them).
     pub udmabuf: bool,
     /// How long it took (the device's hello waits for it: the renderer
     /// answers once set up).
@@ -238,6 +244,16 @@ fn holds_udmabuf() -> bool {
             })
         })
         .unwrap_or(false)
+}
+
+/// `VIRGL_RENDERER_BLOB_FD_TYPE_*` by name, for the log.
+fn fd_type_name(fd_type: u32) -> &'static str {
+    match fd_type {
+        BLOB_FD_TYPE_DMABUF => "dmabuf",
+        BLOB_FD_TYPE_OPAQUE => "opaque",
+        BLOB_FD_TYPE_SHM => "shm",
+        _ => "unknown",
+    }
 }
 
 /// The errno of the last failed libc call.
@@ -522,9 +538,6 @@ impl Virgl {
             ms = u64::try_from(load.elapsed.as_millis()).unwrap_or(u64::MAX),
             "Vulkan allocator loaded before the filter"
         );
-        if load.udmabuf {
-            warn!("the Vulkan driver holds /dev/udmabuf in the renderer: keep that node away from the renderer's user");
-        }
         Ok(load)
     }
 }
@@ -701,18 +714,19 @@ impl VirglBlob {
 
     /// Maps the blob in this process through the library and says where
     /// (the pointer to register; never the exported fd's offset 0).
+    ///
+    /// Every kind of blob is mapped: SHM and DMABUF by the library's own
+    /// `mmap(fd, 0)` of exactly the blob's size, OPAQUE through its Vulkan
+    /// allocator. A dma-buf's mapping (a udmabuf's, a GPU driver's buffer
+    /// object) is `VM_PFNMAP`, which privcmd lends when the frames are RAM
+    /// (kernel-patches 0009); what it still refuses (`VM_MIXEDMAP`, `VM_IO`
+    /// without `VM_PFNMAP`, MMIO such as a GPU's VRAM) is refused by the
+    /// register ioctl or at the first lend, with EACCES, not guessed here.
     pub fn map(&mut self) -> Result<BlobMapping, VirglError> {
         if let Some(m) = self.mapped {
             return Ok(m);
         }
-        // A dma-buf's mapping is VM_PFNMAP, which privcmd refuses: say so
-        // here rather than as EACCES from the register ioctl.
-        if self.export_fd_type()? == BLOB_FD_TYPE_DMABUF {
-            return Err(VirglError::Call {
-                op: "map a dma-buf blob",
-                errno: libc::EOPNOTSUPP,
-            });
-        }
+        let fd_type = self.export_fd_type()?;
         let mut map_info = 0u32;
         // SAFETY: one valid out pointer.
         let rc = unsafe { (self.virgl.lib.resource_get_map_info)(self.res_id, &mut map_info) };
@@ -727,6 +741,16 @@ impl VirglBlob {
             len,
             map_info: map_info & MAP_CACHE_MASK,
         };
+        // The kind of memory, for the operator (and 79-venus-vk-compute,
+        // which checks that lavapipe with /dev/udmabuf gives dma-bufs).
+        info!(
+            res = self.res_id,
+            fd_type = fd_type_name(fd_type),
+            addr = format_args!("{:#x}", m.addr),
+            len = m.len,
+            map_info = m.map_info,
+            "venus blob mapped"
+        );
         self.mapped = Some(m);
         Ok(m)
     }

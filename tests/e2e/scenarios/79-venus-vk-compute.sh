@@ -24,6 +24,21 @@
 #     blobs, the kernel (privcmd) counts their pages lent and at least two
 #     registrations, the IOREQ server's ledger agrees: the state that
 #     xl destroy must clean up, read with the same queries as after it;
+#   - the blobs are dma-bufs, as a real GPU's are (vk-blobs-dmabuf): dom0's
+#     /dev/udmabuf is given to group kvm, mode 0660, as trixie's udev does,
+#     and the renderer gets kvm through virtio_gpu.renderer_groups, so
+#     lavapipe in the render server exports host-visible memory as udmabuf
+#     dma-bufs; the renderer logged at least two 64 MiB blobs mapped with
+#     fd_type "dmabuf", and holds at least two 64 MiB dma-buf mappings that
+#     are VM_PFNMAP ("pf" in smaps' VmFlags), which privcmd lends since
+#     kernel-patches 0009 (before it, privcmd refused to register them);
+#     with VK_BLOBS=opaque (or /etc/gpu-hostmem/vk-blobs, written by
+#     tests/e2e/run from GPU_HOSTMEM_E2E_VK_BLOBS) the renderer gets no
+#     group and the node stays root's, so the blobs must be lavapipe's
+#     OPAQUE memfds (vk-blobs-opaque: at least two buffer-sized opaque
+#     maps logged, no dma-buf one, no VM_PFNMAP dma-buf VMA); the line
+#     "vk-blobs-dmabuf would be ..." then shows what the dma-buf check
+#     says of memfds;
 #   - the renderer loaded virglrenderer's Vulkan allocator before its
 #     filter (its log line), alive until xl destroy, no refused system call
 #     (the worker's log, and the renderer not ended by SIGSYS);
@@ -36,7 +51,7 @@
 # the program tear down before the destroy, so nothing was lent when the
 # guest was destroyed: the hold makes xl destroy's clean-up carry the blobs
 # and the lent pages (docs/virtio-gpu.md, "Stage 3").
-# VK_BAR_MIB (window, default 512), VK_GUEST_MIB (guest memory, default
+# VK_BLOBS (dmabuf, the default, or opaque: above), VK_BAR_MIB (window, default 512), VK_GUEST_MIB (guest memory, default
 # 512), VK_GUEST_BOUND (the guest's bound on vk-compute, default 600 s),
 # VK_HOLD_S (how long vk-compute holds, default 300 s: the scenario
 # destroys the guest long before), VK_BW_ROUNDS (vk-compute -b: the
@@ -50,8 +65,28 @@ renderer=/usr/lib/gpu-hostmem/bin/gpu-hostmem-renderer
 HM_BAR_MIB=${VK_BAR_MIB:-512}
 GH_GUEST_MEMORY=${VK_GUEST_MIB:-512}
 GH_GUEST_INITRD=initrd-vk.gz
-hm_device_config vk "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  backend: venus\n" \
-    "renderer, venus" "renderer $renderer as nobody, backend venus"
+# The operator's way to dma-buf blobs on a machine without a GPU: the node
+# in a group (trixie's udev rule: KERNEL=="udmabuf", GROUP="kvm"; nothing
+# runs udev in this dom0, so the scenario does what the rule would) and
+# that group among the renderer's.
+VK_BLOBS=${VK_BLOBS:-$(cat /etc/gpu-hostmem/vk-blobs 2>/dev/null)}
+VK_BLOBS=${VK_BLOBS:-dmabuf}
+if [ "$VK_BLOBS" = opaque ]; then
+    # As before kernel-patches 0009: the node root's alone (as this dom0
+    # boots), the renderer without a supplementary group.
+    udmabuf_node() { chown root:root /dev/udmabuf && chmod 0600 /dev/udmabuf; }
+    check vk-udmabuf-node "was=$(stat -c %G:%a /dev/udmabuf 2>&1 | tr ' ' ','),now=root:600" udmabuf_node
+    hm_device_config vk "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  backend: venus\n" \
+        "renderer, venus" "renderer $renderer as nobody, backend venus"
+else
+    udmabuf_node() {
+        chgrp kvm /dev/udmabuf && chmod 0660 /dev/udmabuf &&
+            [ "$(stat -c %G:%a /dev/udmabuf)" = kvm:660 ]
+    }
+    check vk-udmabuf-node "was=$(stat -c %G:%a /dev/udmabuf 2>&1 | tr ' ' ','),now=kvm:660" udmabuf_node
+    hm_device_config vk "device: virtio-gpu\nvirtio_gpu:\n  renderer: $renderer\n  renderer_groups: [kvm]\n  backend: venus\n" \
+        "renderer, venus, groups kvm" "renderer $renderer as nobody with groups kvm, backend venus"
+fi
 
 name=vg-vk
 mib=${VK_MIB:-64}
@@ -119,6 +154,39 @@ vk_held() {
 check vk-held "blobs=${hblobs% *},bytes=${hblobs#* },kernel_lent=${kl:-none},kernel_regs=${kr:-none},ledger=${sl:-none},server_kernel=${skl:-none}" \
     vk_held ${hblobs:-0 0}
 grep -E 'renderer|blob|virtio-gpu|seccomp|fence|allocator' "$log" | tail -n 40 | sed "s/^/[ioreqd $dom] /"
+# dma-bufs, not memfds: the renderer's own word (its map log line names
+# the fd type virglrenderer exported) and the kernel's (the mappings it
+# registered are VM_PFNMAP dma-buf mappings).
+kvm_gid=$(getent group kvm | cut -d: -f3)
+rgroups=$(grep '^Groups:' "/proc/${rpid:-none}/status" 2>/dev/null | cut -f2 | tr -d ' ')
+ndmabuf_log=$(grep 'venus blob mapped' "$log" | grep 'fd_type="\?dmabuf' | grep -c "len=$((mib << 20))")
+nmemfd_log=$(grep 'venus blob mapped' "$log" | grep -c 'fd_type="\?opaque')
+nmemfd_big=$(grep 'venus blob mapped' "$log" | grep 'fd_type="\?opaque' | grep -c "len=$((mib << 20))")
+# VMAs of the renderer of at least the buffer's size that map a dma-buf
+# with VM_PFNMAP.
+npfnmap=$(awk -v kib=$((mib << 10)) '
+    /^[0-9a-f]+-[0-9a-f]+ / { dmabuf = ($0 ~ /dmabuf/); big = 0; next }
+    /^Size:/ { big = ($2 >= kib) }
+    /^VmFlags:/ && dmabuf && big && / pf( |$)/ { n++ }
+    END { print n + 0 }' "/proc/${rpid:-none}/smaps" 2>/dev/null)
+blobs_dmabuf() {
+    [ "$rgroups" = "$kvm_gid" ] && [ "$ndmabuf_log" -ge 2 ] && [ "$nmemfd_log" = 0 ] &&
+        [ "${npfnmap:-0}" -ge 2 ]
+}
+blobs_what="renderer_groups=${rgroups:-none},kvm=${kvm_gid:-none},dmabuf_maps_logged=$ndmabuf_log,opaque_maps_logged=$nmemfd_log,pfnmap_dmabuf_vmas=${npfnmap:-none}"
+if [ "$VK_BLOBS" = opaque ]; then
+    blobs_opaque() {
+        [ -z "$rgroups" ] && [ "$nmemfd_big" -ge 2 ] && [ "$(grep 'venus blob mapped' "$log" | grep -c 'fd_type="\?dmabuf')" = 0 ] &&
+            [ "${npfnmap:-x}" = 0 ]
+    }
+    check vk-blobs-opaque "$blobs_what" blobs_opaque
+    if blobs_dmabuf; then would=pass; else would=fail; fi
+    echo "vk-blobs-dmabuf would $would on these blobs"
+else
+    check vk-blobs-dmabuf "$blobs_what" blobs_dmabuf
+fi
+grep 'venus blob mapped' "$log" | sed "s/^/[renderer $dom] /" | tail -n 8
+grep dmabuf "/proc/${rpid:-none}/maps" 2>/dev/null | sed "s/^/[renderer maps] /" | head -n 12
 # Alive, not a zombie: the supervisor reaps a dead renderer only when its
 # worker stops.
 check vk-renderer-alive "pid=${rpid:-none},$(grep '^State:' "/proc/${rpid:-none}/status" 2>/dev/null | tr '\t' ' ')" \
