@@ -1363,6 +1363,61 @@ static void test_lend_pfnmap(void)
 	}
 }
 
+/*
+ * RAM mapped as TTM maps a buffer (tests/kernel/pfnmap-test.c): one block
+ * allocated without __GFP_COMP, so the pages after the first have no
+ * reference count, mapped VM_PFNMAP | VM_IO; the driver's eviction zaps
+ * the mapping and moves the buffer to a new block.
+ */
+#define GH_PFNMAP_EVICT _IO('G', 1)
+static void test_lend_unreferenced(void)
+{
+	int f = open("/dev/gh-pfnmap-test", O_RDWR | O_CLOEXEC);
+	uint64_t first;
+	uint32_t n = 0;
+	char *m;
+	int rc;
+
+	if (f < 0) {
+		skip("lend-unreferenced-pages", "no /dev/gh-pfnmap-test "
+		     "(modprobe gh-pfnmap-test)");
+		return;
+	}
+	m = mmap(NULL, 8 * pg, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+	if (m == MAP_FAILED) {
+		result("lend-unreferenced-pages", false, "mmap: %s",
+		       strerror(errno));
+		close(f);
+		return;
+	}
+	first = *(volatile uint64_t *)(m + 7 * pg);
+	expect("register-unreferenced", reg(m, 8 * pg, 0, 64), 0);
+	rc = lend(0, gfn_base, 8, &n);
+	query();
+	result("lend-unreferenced-pages", rc == 0 && n == 8 && q.lent == 8,
+	       "rc=%s nr_lent=%u lent=%" PRIu64 " generation=%" PRIu64,
+	       ename(rc), n, q.lent, first);
+
+	/* The driver moves the buffer: its zap revokes every lent page. */
+	rc = ioctl(f, GH_PFNMAP_EVICT) ? errno : 0;
+	query();
+	result("unreferenced-evict-revokes", rc == 0 && q.lent == 0,
+	       "evict=%s lent=%" PRIu64, ename(rc), q.lent);
+	rc = lend(0, gfn_base, 8, &n);
+	query();
+	result("relend-after-evict", rc == 0 && n == 8 && q.lent == 8 &&
+	       *(volatile uint64_t *)(m + 7 * pg) == first + 1,
+	       "rc=%s nr_lent=%u lent=%" PRIu64 " generation=%" PRIu64,
+	       ename(rc), n, q.lent, *(volatile uint64_t *)(m + 7 * pg));
+
+	munmap(m, 8 * pg);
+	query();
+	result("unreferenced-munmap-revokes", q.lent == 0,
+	       "lent=%" PRIu64, q.lent);
+	unreg(64);
+	close(f);
+}
+
 static void test_lend_owner_exit(void)
 {
 	int ready[2], done[2];
@@ -1975,6 +2030,7 @@ static void test_lending(void)
 	test_lend_unclaimed();
 	test_lend_basic();
 	test_lend_pfnmap();
+	test_lend_unreferenced();
 	test_lend_owner_exit();
 	test_lend_fd_close();
 	test_lend_stress();

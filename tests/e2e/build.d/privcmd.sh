@@ -38,11 +38,21 @@ done
 grep -q '^#define CONFIG_MMU_NOTIFIER 1' "$kdir/include/generated/autoconf.h" ||
     echo "warning: the kernel has no CONFIG_MMU_NOTIFIER"
 
+# The selftest's test-only module (tests/kernel/pfnmap-test.c), if given:
+# RAM mapped as TTM maps it.
+testmods=
+if [ -f "$src/gh-pfnmap-test.c" ]; then
+    mkdir -p "$mod/pfnmap-test"
+    cp "$src/gh-pfnmap-test.c" "$mod/pfnmap-test/"
+    echo 'obj-m := gh-pfnmap-test.o' >"$mod/pfnmap-test/Kbuild"
+    testmods=pfnmap-test/
+fi
+
 cat >"$mod/Kbuild" <<KBUILD
 # Patched headers before the kernel's own (NOSTDINC_FLAGS precedes LINUXINCLUDE).
 NOSTDINC_FLAGS := -I$mod/include/uapi -I$mod/include \$(NOSTDINC_FLAGS)
 ccflags-y += $defs
-obj-m := xen-privcmd.o xenfs/
+obj-m := xen-privcmd.o xenfs/ $testmods
 xen-privcmd-y := privcmd.o privcmd-buf.o
 KBUILD
 make -C "$kdir" M="$mod" -j"$jobs" modules 2>&1 | tee "$mod/make.log"

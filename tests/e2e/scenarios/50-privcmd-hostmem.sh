@@ -94,6 +94,9 @@ else
     fail=1
 fi
 
+# RAM mapped as TTM maps it (tests/kernel/pfnmap-test.c, test bed only).
+modprobe gh-pfnmap-test || result privcmd-hostmem-pfnmap-test-module 0 "modprobe-failed"
+
 dmesg_before=$(dmesg 2>/dev/null | wc -l)
 out=/tmp/privcmd-selftest.$$
 "$bin" "$@" >"$out" 2>&1
@@ -102,7 +105,6 @@ cat "$out"
 
 # A domain made by the selftest must be gone, even if the selftest died.
 made=$(sed -n 's/^# made HVM domain \([0-9]*\)$/\1/p' "$out")
-rm -f "$out"
 if [ -n "$made" ] && command -v xl >/dev/null 2>&1; then
     if xl list "$made" >/dev/null 2>&1; then
         xl destroy "$made" >/dev/null 2>&1
@@ -113,6 +115,14 @@ if [ -n "$made" ] && command -v xl >/dev/null 2>&1; then
     fi
 fi
 result privcmd-hostmem-selftest "$([ $rc = 0 ] && echo 1 || echo 0)" "exit:$rc"
+# The test module is in every test bed: its case must have run, not SKIPped.
+if grep -q '^ok [0-9]* - lend-unreferenced-pages$' "$out"; then
+    result privcmd-hostmem-unreferenced-ran 1 -
+else
+    result privcmd-hostmem-unreferenced-ran 0 "$(grep -- '- lend-unreferenced-pages' "$out")"
+    fail=1
+fi
+rm -f "$out"
 [ $rc = 0 ] || fail=1
 
 # The kernel must not have complained while the selftest ran.
