@@ -29,7 +29,7 @@
 
 use crate::report::{Budget, Lines, Report, REPORT_FD};
 use crate::Args;
-use gpu_hostmem_core::config::{Config, Device, RendererBackend};
+use gpu_hostmem_core::config::{Config, Device, VirtioGpuConfig};
 use gpu_hostmem_core::ioreq::{STATE_IOREQ_INPROCESS, STATE_IOREQ_READY};
 use gpu_hostmem_core::limits::Tally;
 use gpu_hostmem_core::platform::{
@@ -222,27 +222,20 @@ impl Drop for RendererProcess {
     }
 }
 
-/// Starts the renderer of `dom` as the configured user, with no
-/// capability and no_new_privs, holding only its socket end and a privcmd
-/// file restricted to the guest and narrowed to registering memory (what
-/// `gpu-hostmem backend` hands a backend), logging with filter `log`.
-/// Returns it and the worker's end of the socket.
-/// Whom the renderer runs as: `virtio_gpu.renderer_user` and
-/// `renderer_groups`.
-struct RendererUser<'a> {
-    user: &'a str,
-    groups: &'a [String],
-}
-
+/// Starts the renderer `path` of `dom` as `vg` configures it (user,
+/// supplementary groups, backend), with no capability and no_new_privs,
+/// holding only its socket end and a privcmd file restricted to the guest
+/// and narrowed to registering memory (what `gpu-hostmem backend` hands a
+/// backend), logging with filter `log`. Returns it and the worker's end of
+/// the socket.
 fn spawn_renderer(
     path: &std::path::Path,
-    who: &RendererUser<'_>,
-    backend: RendererBackend,
+    vg: &VirtioGpuConfig,
     dom: &DomainIdentity,
     log: &str,
 ) -> io::Result<(RendererProcess, OwnedFd)> {
     let other = |e: String| io::Error::other(e);
-    let user = who.user;
+    let user = &vg.renderer_user;
     let (uid, gid) = gpu_hostmem_host::users::resolve(user)
         .map_err(other)?
         .ok_or_else(|| {
@@ -253,7 +246,7 @@ fn spawn_renderer(
     // Its supplementary groups (none unless configured: the devices a
     // Vulkan driver opens, /dev/udmabuf or a render node), resolved before
     // the fork.
-    let groups = gpu_hostmem_host::users::resolve_groups(who.groups)
+    let groups = gpu_hostmem_host::users::resolve_groups(&vg.renderer_groups)
         .map_err(|e| other(format!("renderer_groups: {e}")))?;
     // Only root has groups to drop (a supervisor under test may not be
     // root; it then cannot give groups either, and setgroups says so).
@@ -287,7 +280,7 @@ fn spawn_renderer(
     cmd.arg("--socket-fd")
         .arg(RENDERER_SOCKET_FD.to_string())
         .arg("--backend")
-        .arg(backend.name())
+        .arg(vg.backend.name())
         .env_clear()
         .env("GPU_HOSTMEM_PRIVCMD_FD", RENDERER_PRIVCMD_FD.to_string())
         .env("GPU_HOSTMEM_UNIQUE_ID", dom.unique_id().to_string())
@@ -763,11 +756,7 @@ pub fn run(args: &Args, cfg: &Config) -> ExitCode {
         let renderer = match (cfg.device, &cfg.virtio_gpu.renderer) {
             (Device::VirtioGpu, Some(path)) => {
                 let vg = &cfg.virtio_gpu;
-                let user = RendererUser {
-                    user: &vg.renderer_user,
-                    groups: &vg.renderer_groups,
-                };
-                match spawn_renderer(path, &user, vg.backend, &dom, &log) {
+                match spawn_renderer(path, vg, &dom, &log) {
                     Ok((p, end)) => {
                         info!(%dom, renderer = p.child.id(), path = %path.display(), "supervisor: renderer started");
                         Some((p, end))

@@ -713,7 +713,8 @@ impl VirglBlob {
     }
 
     /// Maps the blob in this process through the library and says where
-    /// (the pointer to register; never the exported fd's offset 0).
+    /// (the pointer to register, which for an OPAQUE blob is not the
+    /// exported fd's offset 0).
     ///
     /// Every kind of blob is mapped: SHM and DMABUF by the library's own
     /// `mmap(fd, 0)` of exactly the blob's size, OPAQUE through its Vulkan
