@@ -1250,6 +1250,29 @@ static char *map_pci_bar(char *name, size_t len)
 }
 
 /*
+ * The page mapped at @m (one page, unmapped here) registers as @id but is
+ * never lent: "register-@what" and "lend-@what-refused" (EACCES, nothing
+ * lent), the result naming @where if not empty.
+ */
+static void expect_lend_refused(const char *what, const char *where, char *m,
+				uint32_t id)
+{
+	char reg_name[64], lend_name[64];
+	uint32_t n = 0;
+	int rc;
+
+	snprintf(reg_name, sizeof(reg_name), "register-%s", what);
+	snprintf(lend_name, sizeof(lend_name), "lend-%s-refused", what);
+	expect(reg_name, reg(m, pg, 0, id), 0);
+	rc = lend(0, gfn_base, 1, &n);
+	query();
+	result(lend_name, rc == EACCES && q.lent == 0, "%s%src=%s lent=%" PRIu64,
+	       where, *where ? " " : "", ename(rc), q.lent);
+	unreg(id);
+	munmap(m, pg);
+}
+
+/*
  * VM_PFNMAP mappings, as a renderer gets its dma-bufs: the RAM behind them
  * is lent and revoked like anonymous memory; anything that is not reference
  * counted RAM is refused.
@@ -1334,13 +1357,7 @@ static void test_lend_pfnmap(void)
 	if (m == MAP_FAILED) {
 		skip("lend-dev-mem-refused", "cannot map /dev/mem");
 	} else {
-		expect("register-dev-mem", reg(m, pg, 0, 62), 0);
-		rc = lend(0, gfn_base, 1, &n);
-		query();
-		result("lend-dev-mem-refused", rc == EACCES && q.lent == 0,
-		       "rc=%s lent=%" PRIu64, ename(rc), q.lent);
-		unreg(62);
-		munmap(m, pg);
+		expect_lend_refused("dev-mem", "", m, 62);
 	}
 	if (buf >= 0)
 		close(buf);
@@ -1353,13 +1370,7 @@ static void test_lend_pfnmap(void)
 	} else if (!m) {
 		skip("lend-pci-bar-refused", "no PCI memory BAR to map");
 	} else {
-		expect("register-pci-bar", reg(m, pg, 0, 63), 0);
-		rc = lend(0, gfn_base, 1, &n);
-		query();
-		result("lend-pci-bar-refused", rc == EACCES && q.lent == 0,
-		       "%s rc=%s lent=%" PRIu64, name, ename(rc), q.lent);
-		unreg(63);
-		munmap(m, pg);
+		expect_lend_refused("pci-bar", name, m, 63);
 	}
 }
 

@@ -65,11 +65,7 @@ backend_narrow() {
 check hm-backend-fd-narrowed "pid=$bpid" backend_narrow
 # The udmabuf region is what privcmd refused before 0009: a VM_PFNMAP
 # mapping ("pf" in smaps' VmFlags) of a dma-buf.
-pfnmap_regions() {
-    awk '/^[0-9a-f]+-[0-9a-f]+ / { dmabuf = ($0 ~ /dmabuf/) }
-         /^VmFlags:/ && dmabuf && / pf( |$)/ { n++ } END { print n + 0 }' "/proc/$bpid/smaps"
-}
-npf=$(pfnmap_regions)
+npf=$(hm_pfnmap_dmabufs "$bpid")
 udmabuf_registered() { [ "$npf" = 1 ] && grep -q 'registered id=3 .*(udmabuf)' "$bout"; }
 check hm-backend-udmabuf-pfnmap "pfnmap-dmabuf-mappings=$npf" udmabuf_registered
 

@@ -159,16 +159,14 @@ grep -E 'renderer|blob|virtio-gpu|seccomp|fence|allocator' "$log" | tail -n 40 |
 # registered are VM_PFNMAP dma-buf mappings).
 kvm_gid=$(getent group kvm | cut -d: -f3)
 rgroups=$(grep '^Groups:' "/proc/${rpid:-none}/status" 2>/dev/null | cut -f2 | tr -d ' ')
-ndmabuf_log=$(grep 'venus blob mapped' "$log" | grep 'fd_type="\?dmabuf' | grep -c "len=$((mib << 20))")
-nmemfd_log=$(grep 'venus blob mapped' "$log" | grep -c 'fd_type="\?opaque')
-nmemfd_big=$(grep 'venus blob mapped' "$log" | grep 'fd_type="\?opaque' | grep -c "len=$((mib << 20))")
+mapped=$(grep 'venus blob mapped' "$log")
+ndmabuf_all=$(printf '%s\n' "$mapped" | grep -c 'fd_type="\?dmabuf')
+ndmabuf_log=$(printf '%s\n' "$mapped" | grep 'fd_type="\?dmabuf' | grep -c "len=$((mib << 20))")
+nmemfd_log=$(printf '%s\n' "$mapped" | grep -c 'fd_type="\?opaque')
+nmemfd_big=$(printf '%s\n' "$mapped" | grep 'fd_type="\?opaque' | grep -c "len=$((mib << 20))")
 # VMAs of the renderer of at least the buffer's size that map a dma-buf
 # with VM_PFNMAP.
-npfnmap=$(awk -v kib=$((mib << 10)) '
-    /^[0-9a-f]+-[0-9a-f]+ / { dmabuf = ($0 ~ /dmabuf/); big = 0; next }
-    /^Size:/ { big = ($2 >= kib) }
-    /^VmFlags:/ && dmabuf && big && / pf( |$)/ { n++ }
-    END { print n + 0 }' "/proc/${rpid:-none}/smaps" 2>/dev/null)
+npfnmap=$(hm_pfnmap_dmabufs "${rpid:-none}" $((mib << 10)))
 blobs_dmabuf() {
     [ "$rgroups" = "$kvm_gid" ] && [ "$ndmabuf_log" -ge 2 ] && [ "$nmemfd_log" = 0 ] &&
         [ "${npfnmap:-0}" -ge 2 ]
@@ -176,7 +174,7 @@ blobs_dmabuf() {
 blobs_what="renderer_groups=${rgroups:-none},kvm=${kvm_gid:-none},dmabuf_maps_logged=$ndmabuf_log,opaque_maps_logged=$nmemfd_log,pfnmap_dmabuf_vmas=${npfnmap:-none}"
 if [ "$VK_BLOBS" = opaque ]; then
     blobs_opaque() {
-        [ -z "$rgroups" ] && [ "$nmemfd_big" -ge 2 ] && [ "$(grep 'venus blob mapped' "$log" | grep -c 'fd_type="\?dmabuf')" = 0 ] &&
+        [ -z "$rgroups" ] && [ "$nmemfd_big" -ge 2 ] && [ "$ndmabuf_all" = 0 ] &&
             [ "${npfnmap:-x}" = 0 ]
     }
     check vk-blobs-opaque "$blobs_what" blobs_opaque
@@ -185,7 +183,7 @@ if [ "$VK_BLOBS" = opaque ]; then
 else
     check vk-blobs-dmabuf "$blobs_what" blobs_dmabuf
 fi
-grep 'venus blob mapped' "$log" | sed "s/^/[renderer $dom] /" | tail -n 8
+printf '%s\n' "$mapped" | sed "s/^/[renderer $dom] /" | tail -n 8
 grep dmabuf "/proc/${rpid:-none}/maps" 2>/dev/null | sed "s/^/[renderer maps] /" | head -n 12
 # Alive, not a zombie: the supervisor reaps a dead renderer only when its
 # worker stops.

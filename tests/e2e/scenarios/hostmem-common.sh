@@ -257,6 +257,18 @@ hm_kernel_regions() {
     gpu-hostmem status "$1" 2>/dev/null | awk '/^kernel/ { s = 1 } s && /^  registrations/ { print $2; exit }'
 }
 
+# hm_pfnmap_dmabufs PID [MIN_KIB]: how many of PID's mappings of a dma-buf
+# (of at least MIN_KIB) are VM_PFNMAP ("pf" in smaps' VmFlags), what
+# privcmd lends since kernel-patches 0009; empty if PID's smaps is
+# unreadable.
+hm_pfnmap_dmabufs() {
+    awk -v kib="${2:-0}" '
+        /^[0-9a-f]+-[0-9a-f]+ / { dmabuf = ($0 ~ /dmabuf/); big = 0; next }
+        /^Size:/ { big = ($2 >= kib) }
+        /^VmFlags:/ && dmabuf && big && / pf( |$)/ { n++ }
+        END { print n + 0 }' "/proc/$1/smaps" 2>/dev/null
+}
+
 # hm_server_view STATUS_TEXT: "REGISTRATIONS LEDGER KERNEL" as the IOREQ
 # server reports them in one `gpu-hostmem status DOMID` text: the
 # registrations it lists and its "lent pages L (ledger), K (kernel)" line
