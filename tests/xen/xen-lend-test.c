@@ -1103,6 +1103,53 @@ static int not_opted_in(uint16_t dom)
     return failures ? 1 : 0;
 }
 
+/*
+ * --inspect D: the probe guest's page, read through dom0's foreign mapping
+ * (also of a crashed guest kept with on_crash = "preserve"): whether its
+ * code is the image it was booted with, and its loop's counters.  One line,
+ * "INSPECT d=D code=intact|CHANGED|SCRUBBED ...": SCRUBBED when the whole
+ * code range holds a debug hypervisor's scrub byte (0xc2), i.e. a page
+ * nobody wrote since it was freed.
+ */
+static int inspect_probe(uint16_t dom)
+{
+    static uint8_t img[PAGE_SIZE];
+    const volatile uint8_t *a;
+    unsigned int i, diff = 0, first = 0, scrub = 0;
+    char hex[3 * 24 + 1] = "";
+
+    if ( build_guest(img, false) )
+        return 1;
+    a = (const volatile uint8_t *)map_page_of(dom, GUEST_BASE >> 12,
+                                              PROT_READ);
+    if ( !a )
+    {
+        printf("INSPECT d=%u code=unmappable\n", dom);
+        return 1;
+    }
+    for ( i = GUEST_CODE; i < GUEST_RESULT; i++ )
+    {
+        if ( a[i] != img[i] && !diff++ )
+            first = i;
+        scrub += a[i] == 0xc2;
+    }
+    if ( diff )
+        for ( i = 0; i < 24 && first + i < PAGE_SIZE; i++ )
+            snprintf(hex + 3 * i, 4, "%02x%s", a[first + i],
+                     i < 23 ? "." : "");
+    printf("INSPECT d=%u code=%s differ=%u first=%#x bytes=%s result=%#x "
+           "counter=%u ones=%u ptr=%#x\n", dom,
+           !diff ? "intact" :
+           scrub == GUEST_RESULT - GUEST_CODE ? "SCRUBBED" : "CHANGED",
+           diff, first, diff ? hex : "-",
+           ((const volatile uint32_t *)a)[GUEST_RESULT / 4],
+           ((const volatile uint32_t *)a)[GUEST_COUNTER / 4],
+           ((const volatile uint32_t *)a)[GUEST_ONES / 4],
+           ((const volatile uint32_t *)a)[GUEST_PROBE_PTR / 4]);
+    X.fm_unmap(fm, (void *)a, 1);
+    return diff ? 3 : 0;
+}
+
 /* ------------------------------------------------------------- grants */
 
 /*
@@ -2562,6 +2609,7 @@ int main(int argc, char **argv)
     uint16_t dom = 0;
     uint64_t gfn = 0x30000;
     bool have_dom = false, destroy = true, opt_in_test = false;
+    bool inspect = false;
     unsigned long limit = 0;
     long driver = -1, third = -1, other = -1;
     unsigned long frames_ul[NR_PAGES + 1];
@@ -2590,6 +2638,8 @@ int main(int argc, char **argv)
             destroy = false;
         else if ( !strcmp(argv[i], "--no-opt-in") )
             opt_in_test = true;
+        else if ( !strcmp(argv[i], "--inspect") )
+            inspect = true;
         else if ( !strcmp(argv[i], "--driver") && i + 1 < argc )
             driver = strtol(argv[++i], NULL, 0);
         else if ( !strcmp(argv[i], "--third") && i + 1 < argc )
@@ -2611,7 +2661,8 @@ int main(int argc, char **argv)
         else
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --write-agent "
-                    "FILE | --dom D [--gfn G] [--no-destroy] | --dom P "
+                    "FILE | --dom D [--gfn G] [--no-destroy] | --dom D "
+                    "--no-opt-in | --dom D --inspect | --dom P "
                     "--driver D --third C [--race-rounds N] | --dom V "
                     "--dying-other O "
                     "[--third C]\n",
@@ -2639,6 +2690,8 @@ int main(int argc, char **argv)
     load_libs();
     uid = unique_id_of(dom);
 
+    if ( inspect )
+        return inspect_probe(dom);
     if ( opt_in_test )
         return not_opted_in(dom);
     if ( limit )
