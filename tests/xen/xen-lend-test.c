@@ -55,6 +55,10 @@
  *       retry-not-opted-in: a server created without
  *       XEN_DMOP_IOREQ_SERVER_RETRY answers RETRY: Xen treats it as any
  *       unknown state, as before the series (the guest is crashed)
+ *   xen-lend-test --dom D --inspect | --inspect-agent
+ *       after a guest's death (on_crash = "preserve"): whether its page
+ *       still holds the probe's (the agent's) code, one "INSPECT" line;
+ *       exits 3 if it does not
  *
  * Checks (one "RESULT name=... ok=0|1 value=..." line each):
  *   lend             dom0 lends its own pages at free guest frames
@@ -1104,21 +1108,26 @@ static int not_opted_in(uint16_t dom)
 }
 
 /*
- * --inspect D: the probe guest's page, read through dom0's foreign mapping
- * (also of a crashed guest kept with on_crash = "preserve"): whether its
- * code is the image it was booted with, and its loop's counters.  One line,
- * "INSPECT d=D code=intact|CHANGED|SCRUBBED ...": SCRUBBED when the whole
- * code range holds a debug hypervisor's scrub byte (0xc2), i.e. a page
- * nobody wrote since it was freed.
+ * --inspect D (the probe's image) or --inspect-agent D (the agent's): the
+ * guest's page, read through dom0's foreign mapping (also of a crashed
+ * guest kept with on_crash = "preserve"): whether its code is the image it
+ * was booted with, and its data words.  One line, "INSPECT d=D
+ * code=intact|CHANGED|SCRUBBED ...": SCRUBBED when the whole code range
+ * holds a debug hypervisor's scrub byte (0xc2), a page nobody wrote since
+ * it was freed.  Intact code in a guest that died at a wrong RIP says the
+ * vCPU ran something else than its memory; anything else, that the memory
+ * was not (or no longer) the guest's.
  */
-static int inspect_probe(uint16_t dom)
+static int inspect_guest(uint16_t dom, bool is_agent)
 {
     static uint8_t img[PAGE_SIZE];
+    const unsigned int end = is_agent ? AGENT_CMD_SEQ : GUEST_RESULT;
     const volatile uint8_t *a;
+    const volatile uint32_t *w;
     unsigned int i, diff = 0, first = 0, scrub = 0;
     char hex[3 * 24 + 1] = "";
 
-    if ( build_guest(img, false) )
+    if ( build_guest(img, is_agent) )
         return 1;
     a = (const volatile uint8_t *)map_page_of(dom, GUEST_BASE >> 12,
                                               PROT_READ);
@@ -1127,7 +1136,8 @@ static int inspect_probe(uint16_t dom)
         printf("INSPECT d=%u code=unmappable\n", dom);
         return 1;
     }
-    for ( i = GUEST_CODE; i < GUEST_RESULT; i++ )
+    w = (const volatile uint32_t *)a;
+    for ( i = GUEST_CODE; i < end; i++ )
     {
         if ( a[i] != img[i] && !diff++ )
             first = i;
@@ -1137,15 +1147,17 @@ static int inspect_probe(uint16_t dom)
         for ( i = 0; i < 24 && first + i < PAGE_SIZE; i++ )
             snprintf(hex + 3 * i, 4, "%02x%s", a[first + i],
                      i < 23 ? "." : "");
-    printf("INSPECT d=%u code=%s differ=%u first=%#x bytes=%s result=%#x "
-           "counter=%u ones=%u ptr=%#x\n", dom,
-           !diff ? "intact" :
-           scrub == GUEST_RESULT - GUEST_CODE ? "SCRUBBED" : "CHANGED",
-           diff, first, diff ? hex : "-",
-           ((const volatile uint32_t *)a)[GUEST_RESULT / 4],
-           ((const volatile uint32_t *)a)[GUEST_COUNTER / 4],
-           ((const volatile uint32_t *)a)[GUEST_ONES / 4],
-           ((const volatile uint32_t *)a)[GUEST_PROBE_PTR / 4]);
+    printf("INSPECT d=%u image=%s code=%s differ=%u first=%#x bytes=%s ", dom,
+           is_agent ? "agent" : "probe",
+           !diff ? "intact" : scrub == end - GUEST_CODE ? "SCRUBBED" : "CHANGED",
+           diff, first, diff ? hex : "-");
+    if ( is_agent )
+        printf("cmd=%u ack=%u rc=%#x repeats=%u\n", w[AGENT_CMD_SEQ / 4],
+               w[AGENT_ACK_SEQ / 4], w[AGENT_RC / 4], w[AGENT_REPEATS / 4]);
+    else
+        printf("result=%#x counter=%u ones=%u ptr=%#x\n", w[GUEST_RESULT / 4],
+               w[GUEST_COUNTER / 4], w[GUEST_ONES / 4],
+               w[GUEST_PROBE_PTR / 4]);
     X.fm_unmap(fm, (void *)a, 1);
     return diff ? 3 : 0;
 }
@@ -2609,7 +2621,7 @@ int main(int argc, char **argv)
     uint16_t dom = 0;
     uint64_t gfn = 0x30000;
     bool have_dom = false, destroy = true, opt_in_test = false;
-    bool inspect = false;
+    int inspect = 0;
     unsigned long limit = 0;
     long driver = -1, third = -1, other = -1;
     unsigned long frames_ul[NR_PAGES + 1];
@@ -2639,7 +2651,9 @@ int main(int argc, char **argv)
         else if ( !strcmp(argv[i], "--no-opt-in") )
             opt_in_test = true;
         else if ( !strcmp(argv[i], "--inspect") )
-            inspect = true;
+            inspect = 1;
+        else if ( !strcmp(argv[i], "--inspect-agent") )
+            inspect = 2;
         else if ( !strcmp(argv[i], "--driver") && i + 1 < argc )
             driver = strtol(argv[++i], NULL, 0);
         else if ( !strcmp(argv[i], "--third") && i + 1 < argc )
@@ -2662,7 +2676,7 @@ int main(int argc, char **argv)
         {
             fprintf(stderr, "usage: %s --write-guest FILE | --write-agent "
                     "FILE | --dom D [--gfn G] [--no-destroy] | --dom D "
-                    "--no-opt-in | --dom D --inspect | --dom P "
+                    "--no-opt-in | --dom D --inspect[-agent] | --dom P "
                     "--driver D --third C [--race-rounds N] | --dom V "
                     "--dying-other O "
                     "[--third C]\n",
@@ -2691,7 +2705,7 @@ int main(int argc, char **argv)
     uid = unique_id_of(dom);
 
     if ( inspect )
-        return inspect_probe(dom);
+        return inspect_guest(dom, inspect == 2);
     if ( opt_in_test )
         return not_opted_in(dom);
     if ( limit )

@@ -50,6 +50,7 @@ xen_cmdline=$(xl info 2>/dev/null | sed -n 's/^xen_commandline *: *//p')
 log "rounds=$n xen_cmdline=$xen_cmdline"
 
 for g in b p; do
+    # A triple fault is a reboot to Xen (SHUTDOWN_reboot): P keeps both.
     crash=destroy
     [ $g = p ] && crash=preserve
     cat >"$work/guest-$g.cfg" <<EOF
@@ -59,14 +60,37 @@ kernel = "$work/guest.elf"
 memory = 128
 vcpus = 1
 on_crash = "$crash"
+on_reboot = "$crash"
 EOF
 done
 
-declare -A rounds=([crash]=0 [clean]=0) lost=([crash]=0 [clean]=0)
+# Control: --inspect must tell images apart.  An agent guest (40's other
+# image) is not the probe (CHANGED) and is the agent (intact).
+"$bin" --write-agent "$work/agent.elf" || { result probe-after-crash 0 cannot-write-agent; exit 1; }
+sed -e "s/^name = .*/name = \"$name-a\"/" -e "s|^kernel = .*|kernel = \"$work/agent.elf\"|" \
+    "$work/guest-p.cfg" >"$work/guest-a.cfg"
+if timeout 120 xl create "$work/guest-a.cfg" >/dev/null 2>&1; then
+    a=$(xl domid "$name-a")
+    as_probe=$("$bin" --dom "$a" --inspect 2>&1)
+    as_agent=$("$bin" --dom "$a" --inspect-agent 2>&1)
+    xl destroy "$name-a" >/dev/null 2>&1
+    log "control: $as_probe / $as_agent"
+    printf '%s\n' "$as_probe" | grep -q 'code=CHANGED' &&
+        printf '%s\n' "$as_agent" | grep -q 'code=intact' ||
+        { result probe-after-crash-inspect-control 0 "$as_probe / $as_agent"; exit 1; }
+    result probe-after-crash-inspect-control 1 "agent-as-probe=CHANGED,agent-as-agent=intact"
+else
+    result probe-after-crash-inspect-control 0 agent-not-created
+    exit 1
+fi
+
+declare -A rounds=([crash]=0 [clean]=0) lost=([crash]=0 [clean]=0) lost_a=([crash]=0 [clean]=0)
 setup_fail=0
 for i in $(seq 1 "$n"); do
     kind=crash
     [ $((i % 2)) = 0 ] && kind=clean
+    xl destroy "$name-b" >/dev/null 2>&1
+    xl destroy "$name-p" >/dev/null 2>&1
     xl dmesg -c >/dev/null 2>&1
     if ! timeout 120 xl create "$work/guest-b.cfg" >"$work/create-b.log" 2>&1; then
         log "round $i: B not created"; sed 's/^/    | /' "$work/create-b.log" >&2
@@ -78,7 +102,7 @@ for i in $(seq 1 "$n"); do
         out=$("$bin" --dom "$b" --no-opt-in 2>&1)
         # B must have crashed (40 checks that); a B lost otherwise is no
         # round of this experiment.
-        if ! printf '%s\n' "$out" | grep -q 'name=retry-not-opted-in ok=1'; then
+        if ! printf '%s\n' "$out" | grep -q 'name=xen-retry-not-opted-in ok=1'; then
             log "round $i: B (d$b) did not crash as expected: $out"
             setup_fail=$((setup_fail + 1))
         fi
@@ -98,8 +122,14 @@ for i in $(seq 1 "$n"); do
     if [[ "$state" == *c* ]] || ! printf '%s\n' "$insp" | grep -q 'code=intact' ||
         [ "${counter:-0}" = 0 ]; then
         lost[$kind]=$((lost[$kind] + 1))
-        echo "round $i ($kind, B d$b, P d$p): P LOST state=$state $insp"
-        xl dmesg | grep -E "d$p|Triple|MMIO emulation|\(XEN\) +[re][a-z]{2}:" | tail -n 30 | sed 's/^/    xen| /'
+        # Signature A: the dump of P's vCPU holds Xen's own state.
+        sig=other
+        if xl dmesg | grep -A16 "d${p}v0 Triple fault" | grep -q 'cs: e008'; then
+            sig=A
+            lost_a[$kind]=$((lost_a[$kind] + 1))
+        fi
+        echo "round $i ($kind, B d$b, P d$p): P LOST ($sig) state=$state $insp"
+        xl dmesg | grep -vE 'HVM (restore )?d[0-9]+' | tail -n 30 | sed 's/^/    xen| /'
     else
         echo "round $i ($kind, B d$b, P d$p): ok $insp"
     fi
@@ -110,5 +140,5 @@ done
 ok=1
 [ "${lost[crash]}" = 0 ] && [ "${lost[clean]}" = 0 ] && [ "$setup_fail" = 0 ] || ok=0
 result probe-after-crash "$ok" \
-    "crash_rounds=${rounds[crash]},crash_lost=${lost[crash]},clean_rounds=${rounds[clean]},clean_lost=${lost[clean]},setup_failures=$setup_fail,xen=$(cat /etc/gpu-hostmem/xen-version)"
+    "crash_rounds=${rounds[crash]},crash_lost=${lost[crash]},crash_lost_A=${lost_a[crash]},clean_rounds=${rounds[clean]},clean_lost=${lost[clean]},clean_lost_A=${lost_a[clean]},setup_failures=$setup_fail,xen=$(cat /etc/gpu-hostmem/xen-version)"
 [ "$ok" = 1 ]
