@@ -1108,6 +1108,44 @@ static int not_opted_in(uint16_t dom)
 }
 
 /*
+ * A guest's page against the image it was booted with (the probe's or the
+ * agent's), over its code (GUEST_CODE up to the first data word): how many
+ * bytes differ, the first that does, 24 bytes from there in hex, and
+ * whether the whole range holds a debug hypervisor's scrub byte (0xc2), a
+ * page nobody wrote since it was freed.  Returns -1 if the image cannot be
+ * built.
+ */
+struct code_check {
+    unsigned int diff, first;
+    bool scrubbed;
+    char hex[3 * 24 + 1];
+};
+
+static int check_code(const volatile uint8_t *a, bool is_agent,
+                      struct code_check *c)
+{
+    static uint8_t img[PAGE_SIZE];
+    const unsigned int end = is_agent ? AGENT_CMD_SEQ : GUEST_RESULT;
+    unsigned int i, scrub = 0;
+
+    memset(c, 0, sizeof(*c));
+    if ( build_guest(img, is_agent) )
+        return -1;
+    for ( i = GUEST_CODE; i < end; i++ )
+    {
+        if ( a[i] != img[i] && !c->diff++ )
+            c->first = i;
+        scrub += a[i] == 0xc2;
+    }
+    c->scrubbed = scrub == end - GUEST_CODE;
+    if ( c->diff )
+        for ( i = 0; i < 24 && c->first + i < PAGE_SIZE; i++ )
+            snprintf(c->hex + 3 * i, 4, "%02x%s", a[c->first + i],
+                     i < 23 ? "." : "");
+    return 0;
+}
+
+/*
  * --inspect D (the probe's image) or --inspect-agent D (the agent's): the
  * guest's page, read through dom0's foreign mapping (also of a crashed
  * guest kept with on_crash = "preserve"): whether its code is the image it
@@ -1120,15 +1158,10 @@ static int not_opted_in(uint16_t dom)
  */
 static int inspect_guest(uint16_t dom, bool is_agent)
 {
-    static uint8_t img[PAGE_SIZE];
-    const unsigned int end = is_agent ? AGENT_CMD_SEQ : GUEST_RESULT;
     const volatile uint8_t *a;
     const volatile uint32_t *w;
-    unsigned int i, diff = 0, first = 0, scrub = 0;
-    char hex[3 * 24 + 1] = "";
+    struct code_check c;
 
-    if ( build_guest(img, is_agent) )
-        return 1;
     a = (const volatile uint8_t *)map_page_of(dom, GUEST_BASE >> 12,
                                               PROT_READ);
     if ( !a )
@@ -1136,21 +1169,16 @@ static int inspect_guest(uint16_t dom, bool is_agent)
         printf("INSPECT d=%u code=unmappable\n", dom);
         return 1;
     }
-    w = (const volatile uint32_t *)a;
-    for ( i = GUEST_CODE; i < end; i++ )
+    if ( check_code(a, is_agent, &c) )
     {
-        if ( a[i] != img[i] && !diff++ )
-            first = i;
-        scrub += a[i] == 0xc2;
+        X.fm_unmap(fm, (void *)a, 1);
+        return 1;
     }
-    if ( diff )
-        for ( i = 0; i < 24 && first + i < PAGE_SIZE; i++ )
-            snprintf(hex + 3 * i, 4, "%02x%s", a[first + i],
-                     i < 23 ? "." : "");
+    w = (const volatile uint32_t *)a;
     printf("INSPECT d=%u image=%s code=%s differ=%u first=%#x bytes=%s ", dom,
            is_agent ? "agent" : "probe",
-           !diff ? "intact" : scrub == end - GUEST_CODE ? "SCRUBBED" : "CHANGED",
-           diff, first, diff ? hex : "-");
+           !c.diff ? "intact" : c.scrubbed ? "SCRUBBED" : "CHANGED",
+           c.diff, c.first, c.diff ? c.hex : "-");
     if ( is_agent )
         printf("cmd=%u ack=%u rc=%#x repeats=%u\n", w[AGENT_CMD_SEQ / 4],
                w[AGENT_ACK_SEQ / 4], w[AGENT_RC / 4], w[AGENT_REPEATS / 4]);
@@ -1159,7 +1187,7 @@ static int inspect_guest(uint16_t dom, bool is_agent)
                w[GUEST_COUNTER / 4], w[GUEST_ONES / 4],
                w[GUEST_PROBE_PTR / 4]);
     X.fm_unmap(fm, (void *)a, 1);
-    return diff ? 3 : 0;
+    return c.diff ? 3 : 0;
 }
 
 /* ------------------------------------------------------------- grants */
@@ -2314,23 +2342,14 @@ static bool race_canary_intact(const volatile uint8_t *p)
  */
 static void agent_post_mortem(const char *check, uint16_t d)
 {
-    static uint8_t img[PAGE_SIZE];
-    const volatile uint8_t *a = (const volatile uint8_t *)agent;
-    unsigned int i, diff = 0, first = 0;
-    char hex[3 * 24 + 1] = "";
+    struct code_check c;
 
-    if ( !a || build_guest(img, true) )
+    if ( !agent || check_code((const volatile uint8_t *)agent, true, &c) )
         return;
-    for ( i = GUEST_CODE; i < AGENT_CMD_SEQ; i++ )
-        if ( a[i] != img[i] && !diff++ )
-            first = i;
-    if ( diff )
-        for ( i = 0; i < 24 && first + i < PAGE_SIZE; i++ )
-            snprintf(hex + 3 * i, 4, "%02x%s", a[first + i],
-                     i < 23 ? "." : "");
     printf("[%s] agent d%u post-mortem: code %s (%u bytes differ%s%s, "
            "first at %#x), cmd=%u ack=%u rc=%#x repeats=%u\n", check, d,
-           diff ? "CHANGED" : "intact", diff, diff ? ": " : "", hex, first,
+           c.diff ? "CHANGED" : "intact", c.diff, c.diff ? ": " : "", c.hex,
+           c.first,
            agent[AGENT_CMD_SEQ / 4], agent[AGENT_ACK_SEQ / 4],
            agent[AGENT_RC / 4], agent[AGENT_REPEATS / 4]);
     fflush(stdout);

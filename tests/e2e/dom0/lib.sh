@@ -190,6 +190,25 @@ gh_clean() {
     return "$bad"
 }
 
+# gh_xen_lend_test: the path of tests/xen/xen-lend-test.c's binary
+# ($XEN_LEND_TEST, else searched in PATH, /usr/local/bin, /opt/gpu-hostmem/bin,
+# /root); nothing if it is not installed (40 and 41 use it).
+gh_xen_lend_test() {
+    local p
+    if [ -n "${XEN_LEND_TEST:-}" ]; then
+        echo "$XEN_LEND_TEST"
+        return
+    fi
+    for p in "$(command -v xen-lend-test 2>/dev/null)" \
+        /usr/local/bin/xen-lend-test /opt/gpu-hostmem/bin/xen-lend-test \
+        /root/xen-lend-test; do
+        if [ -n "$p" ] && [ -x "$p" ]; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
 # gh_wait_gone NAME SECONDS: wait until the domain is gone from xl list
 # (the only definition: the 20-libxl-* scenarios use it too).
 gh_wait_gone() {

@@ -47,21 +47,6 @@ fail=0
 source /usr/lib/gpu-hostmem/e2e/lib.sh || exit 1
 log() { printf '[40-xen-lend] %s\n' "$*" >&2; }
 
-find_bin() {
-    if [ -n "${XEN_LEND_TEST:-}" ]; then
-        echo "$XEN_LEND_TEST"
-        return
-    fi
-    for p in "$(command -v xen-lend-test 2>/dev/null)" \
-        /usr/local/bin/xen-lend-test /opt/gpu-hostmem/bin/xen-lend-test \
-        /root/xen-lend-test; do
-        if [ -n "$p" ] && [ -x "$p" ]; then
-            echo "$p"
-            return
-        fi
-    done
-}
-
 cleanup() {
     xl destroy "$name" >/dev/null 2>&1
     xl destroy "$name-b" >/dev/null 2>&1
@@ -73,7 +58,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bin=$(find_bin)
+bin=$(gh_xen_lend_test)
 if [ -z "$bin" ]; then
     result xen-lend 0 test-binary-not-installed
     exit 1

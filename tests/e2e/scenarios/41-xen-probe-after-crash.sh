@@ -20,8 +20,8 @@
 #   clean  B runs its loop (reads answered by Xen, no server) and is
 #          destroyed by `xl destroy`.
 # If only crash rounds lose P, the crash's teardown is the suspect; if both
-# do, the emulator.  Boot Xen with GPU_HOSTMEM_XEN_CMDLINE_EXTRA=asid=0 (a
-# TLB flush on every VMRUN) to test the emulator's explanation.
+# do, the emulator.  A lost P is also classified (tests/e2e/classify-
+# failure on Xen's log: the test bed's known faults A-D, or "other").
 # Rounds: /etc/gpu-hostmem/boot-loop-count if present, else 20.
 # timeout: 1800
 set -u
@@ -37,10 +37,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bin=$(command -v xen-lend-test || true)
-for p in /usr/local/bin/xen-lend-test /opt/gpu-hostmem/bin/xen-lend-test /root/xen-lend-test; do
-    [ -n "$bin" ] || { [ -x "$p" ] && bin=$p; }
-done
+bin=$(gh_xen_lend_test)
 [ -n "$bin" ] || { result probe-after-crash 0 test-binary-not-installed; exit 1; }
 "$bin" --write-guest "$work/guest.elf" || { result probe-after-crash 0 cannot-write-guest; exit 1; }
 
@@ -84,7 +81,7 @@ else
     exit 1
 fi
 
-declare -A rounds=([crash]=0 [clean]=0) lost=([crash]=0 [clean]=0) lost_a=([crash]=0 [clean]=0)
+declare -A rounds=([crash]=0 [clean]=0) lost=([crash]=0 [clean]=0) lost_known=([crash]=0 [clean]=0)
 setup_fail=0
 for i in $(seq 1 "$n"); do
     kind=crash
@@ -108,7 +105,7 @@ for i in $(seq 1 "$n"); do
         fi
     fi
     xl destroy "$name-b" >/dev/null 2>&1
-    for _ in $(seq 1 50); do xl domid "$name-b" >/dev/null 2>&1 || break; sleep 0.1; done
+    gh_wait_gone "$name-b" 5
     if ! timeout 120 xl create "$work/guest-p.cfg" >"$work/create-p.log" 2>&1; then
         log "round $i: P not created"; sed 's/^/    | /' "$work/create-p.log" >&2
         setup_fail=$((setup_fail + 1)); continue
@@ -122,11 +119,14 @@ for i in $(seq 1 "$n"); do
     if [[ "$state" == *c* ]] || ! printf '%s\n' "$insp" | grep -q 'code=intact' ||
         [ "${counter:-0}" = 0 ]; then
         lost[$kind]=$((lost[$kind] + 1))
-        # Signature A: the dump of P's vCPU holds Xen's own state.
-        sig=other
-        if xl dmesg | grep -A16 "d${p}v0 Triple fault" | grep -q 'cs: e008'; then
-            sig=A
-            lost_a[$kind]=$((lost_a[$kind] + 1))
+        # A known test-bed fault of P's vCPU, if any.
+        xl dmesg >"$work/dmesg" 2>&1
+        sig=$(/usr/lib/gpu-hostmem/e2e/classify-failure --map /usr/lib/gpu-hostmem/e2e/xen-System.map \
+            --list "$work/dmesg" | awk -v v="d${p}v0" '$2 == v { print $1; exit }')
+        if [ -n "$sig" ]; then
+            lost_known[$kind]=$((lost_known[$kind] + 1))
+        else
+            sig=other
         fi
         echo "round $i ($kind, B d$b, P d$p): P LOST ($sig) state=$state $insp"
         xl dmesg | grep -vE 'HVM (restore )?d[0-9]+' | tail -n 30 | sed 's/^/    xen| /'
@@ -134,11 +134,11 @@ for i in $(seq 1 "$n"); do
         echo "round $i ($kind, B d$b, P d$p): ok $insp"
     fi
     xl destroy "$name-p" >/dev/null 2>&1
-    for _ in $(seq 1 50); do xl domid "$name-p" >/dev/null 2>&1 || break; sleep 0.1; done
+    gh_wait_gone "$name-p" 5
 done
 
 ok=1
 [ "${lost[crash]}" = 0 ] && [ "${lost[clean]}" = 0 ] && [ "$setup_fail" = 0 ] || ok=0
 result probe-after-crash "$ok" \
-    "crash_rounds=${rounds[crash]},crash_lost=${lost[crash]},crash_lost_A=${lost_a[crash]},clean_rounds=${rounds[clean]},clean_lost=${lost[clean]},clean_lost_A=${lost_a[clean]},setup_failures=$setup_fail,xen=$(cat /etc/gpu-hostmem/xen-version)"
+    "crash_rounds=${rounds[crash]},crash_lost=${lost[crash]},crash_lost_known=${lost_known[crash]},clean_rounds=${rounds[clean]},clean_lost=${lost[clean]},clean_lost_known=${lost_known[clean]},setup_failures=$setup_fail,xen=$(cat /etc/gpu-hostmem/xen-version)"
 [ "$ok" = 1 ]
