@@ -248,3 +248,36 @@ gh_guest_cycle() {
     check "$name-clean" "domid=$domid" gh_clean "$domid"
     return "$GH_FAILED"
 }
+
+# gh_other_domains: "DOMID(NAME,STATE)" of every domain but dom0, one per
+# line. A domain whose xenstore entries are gone (its destruction was cut
+# short, or it is dying) shows as "(null)": xl cannot name it any more.
+gh_other_domains() {
+    xl list 2>/dev/null | awk 'NR > 1 && $2 != 0 { print $2 "(" $1 "," $5 ")" }'
+}
+
+# gh_reap_domains SECONDS: wait up to SECONDS for every domain but dom0 to
+# be gone (a destroyed domain lingers while Xen frees its memory), then
+# destroy by domid what is left (by domid: a "(null)" domain cannot be
+# destroyed by name) and wait as long again. Prints what was left, one per
+# line. Returns 0 if nothing was left, 1 if something was and is now gone,
+# 2 if something survived its destruction. For the scenario runner (init)
+# and 30-xtf, whose xtf-runner instances can be cut by their time bound in
+# the middle of xl's own teardown of their guest.
+gh_reap_domains() {
+    local secs=$1 left d i
+    for i in $(seq 1 $((secs * 2))); do
+        left=$(gh_other_domains)
+        [ -n "$left" ] || return 0
+        sleep 0.5
+    done
+    echo "$left"
+    for d in $(printf '%s\n' "$left" | cut -d'(' -f1); do
+        timeout 60 xl destroy "$d" >/dev/null 2>&1 || true
+    done
+    for i in $(seq 1 $((secs * 2))); do
+        [ -n "$(gh_other_domains)" ] || return 1
+        sleep 0.5
+    done
+    return 2
+}
