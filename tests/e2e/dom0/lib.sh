@@ -259,11 +259,12 @@ gh_other_domains() {
 # gh_reap_domains SECONDS: wait up to SECONDS for every domain but dom0 to
 # be gone (a destroyed domain lingers while Xen frees its memory), then
 # destroy by domid what is left (by domid: a "(null)" domain cannot be
-# destroyed by name) and wait as long again. Prints what was left, one per
-# line. Returns 0 if nothing was left, 1 if something was and is now gone,
-# 2 if something survived its destruction. For the scenario runner (init)
-# and 30-xtf, whose xtf-runner instances can be cut by their time bound in
-# the middle of xl's own teardown of their guest.
+# destroyed by name) and wait as long again. Returns 0 if nothing was left;
+# otherwise prints one line, "WHAT WAS LEFT; destroyed by domid" with
+# ", some survive it: WHAT" if some did, and returns 1 (all gone) or 2
+# (some survive). For the scenario runner (init) and 30-xtf, whose
+# xtf-runner instances can be cut by their time bound in the middle of
+# xl's own teardown of their guest.
 gh_reap_domains() {
     local secs=$1 left d i
     for i in $(seq 1 $((secs * 2))); do
@@ -271,13 +272,14 @@ gh_reap_domains() {
         [ -n "$left" ] || return 0
         sleep 0.5
     done
-    echo "$left"
     for d in $(printf '%s\n' "$left" | cut -d'(' -f1); do
         timeout 60 xl destroy "$d" >/dev/null 2>&1 || true
     done
+    printf '%s; destroyed by domid' "$(printf '%s' "$left" | tr '\n' ' ')"
     for i in $(seq 1 $((secs * 2))); do
-        [ -n "$(gh_other_domains)" ] || return 1
+        [ -n "$(gh_other_domains)" ] || { echo; return 1; }
         sleep 0.5
     done
+    echo ", some survive it: $(gh_other_domains | tr '\n' ' ')"
     return 2
 }

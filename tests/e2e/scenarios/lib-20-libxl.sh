@@ -187,7 +187,7 @@ gh_uuid() {
 # No domain but dom0, and no xenstore state of another domain left behind.
 gh_assert_only_dom0() {
     local doms ld lx
-    doms=$(xl list | awk 'NR > 1 && $2 != 0 { print $1 "(" $2 ")" }')
+    doms=$(gh_other_domains | tr '\n' ' ')
     [ -z "$doms" ] || fail "domains left behind: $doms"
     ld=$(xenstore-list /local/domain 2>/dev/null | grep -vx 0 || true)
     [ -z "$ld" ] || fail "xenstore /local/domain still has: $ld"
