@@ -53,8 +53,16 @@ gh_guest_cfg() {
         echo "kernel = \"$GH_GUEST_DIR/vmlinuz\""
         echo "ramdisk = \"$GH_GUEST_DIR/${GH_GUEST_INITRD:-initrd.gz}\""
         echo 'on_poweroff = "destroy"'
-        echo 'on_reboot = "destroy"'
-        echo 'on_crash = "destroy"'
+        # A guest that dies (a triple fault is a reboot to Xen) is kept for
+        # dom0's post-mortem watcher, which looks at it and destroys it
+        # (gh_postmortem_running); without the watcher, destroyed at once.
+        if gh_postmortem_running; then
+            echo 'on_reboot = "preserve"'
+            echo 'on_crash = "preserve"'
+        else
+            echo 'on_reboot = "destroy"'
+            echo 'on_crash = "destroy"'
+        fi
         # No RDTSC exits: the emulated CPU has no invariant TSC, so Xen
         # would emulate the guest's TSC, and the test bed's nested SVM
         # (docs/status.md, "Test-bed bug") kills guests right after such
@@ -93,7 +101,35 @@ gh_guest_cfg() {
         # xl.cfg lines for every guest, last so they win.
         if [ -r /etc/gpu-hostmem/guest-cfg-extra ]; then cat /etc/gpu-hostmem/guest-cfg-extra; fi
     } >"$cfg"
+    gh_postmortem_register "$name" "$cfg"
     echo "$cfg"
+}
+
+# The post-mortem watcher (tests/xen/xen-postmortem.c, started by dom0's
+# init): a test guest that Xen shuts down for reboot, crash or watchdog,
+# kept by "preserve" in its config, is walked (its vCPU's view of the IDT,
+# redone in memory: one "POSTMORTEM d=DOMID name=NAME ... verdict=..."
+# line on the console and in $GH_POSTMORTEM_LOG) and destroyed. Only the
+# guests named in $GH_POSTMORTEM_NAMES: a config that asks for something
+# else on reboot or crash (restart, destroy) is left to xl.
+GH_POSTMORTEM_NAMES=/run/gh-postmortem-names
+GH_POSTMORTEM_LOG=/run/gh-postmortem.log
+GH_POSTMORTEM_PID=/run/gh-postmortem.pid
+gh_postmortem_running() {
+    [ -s "$GH_POSTMORTEM_PID" ] && kill -0 "$(cat "$GH_POSTMORTEM_PID")" 2>/dev/null
+}
+
+# gh_postmortem_register NAME CFG: list NAME for the watcher if CFG's last
+# on_reboot and on_crash settings (xl takes the last) are both "preserve";
+# otherwise make sure it is not listed (a name used again).
+gh_postmortem_register() {
+    local name=$1 cfg=$2 actions
+    [ -f "$GH_POSTMORTEM_NAMES" ] || return 0
+    actions=$(sed -n 's/^ *\(on_reboot\|on_crash\) *= *"\([a-z-]*\)".*/\1 \2/p' "$cfg" |
+        awk '{ a[$1] = $2 } END { print a["on_reboot"] "," a["on_crash"] }')
+    grep -vxF -- "$name" "$GH_POSTMORTEM_NAMES" >"$GH_POSTMORTEM_NAMES.new" || true
+    [ "$actions" = "preserve,preserve" ] && echo "$name" >>"$GH_POSTMORTEM_NAMES.new"
+    mv "$GH_POSTMORTEM_NAMES.new" "$GH_POSTMORTEM_NAMES"
 }
 
 # gh_guest_create NAME: xl create /tmp/NAME.cfg (bounded), prints the domid.
