@@ -9,21 +9,22 @@
  * tables), or the emulated CPU saw something memory does not hold (the
  * emulator's nested paging, docs/testbed-fault.md).  This program tells
  * them apart after the fact: the guest is kept (on_reboot / on_crash =
- * "preserve": a triple fault is a reboot to Xen), its vCPU 0 context read
+ * "preserve": a triple fault is a reboot to Xen), its vCPUs' contexts read
  * from Xen (the state saved when it died), and the walk the CPU would make
  * from CR3 to the IDT's #DF and #PF gates redone through dom0's foreign
  * mappings of the guest's RAM.
  *
  *   xen-postmortem --walk DOMID [NAME]
- *       one line "POSTMORTEM d=DOMID name=NAME ... verdict=V" for a paused
- *       or shut-down HVM guest; V is "idt-readable" (every level present,
- *       every table a RAM frame below 4 GiB, the #DF gate present) or
- *       "idt-unreadable" (with the first broken step); exit status 0, 3
- *       (unreadable) or 1 (could not look)
+ *       one line "POSTMORTEM d=DOMID v=VCPU name=NAME ... verdict=V" per
+ *       vCPU of a paused or shut-down HVM guest; V is "idt-readable"
+ *       (every level present, every table a RAM frame below 4 GiB, the
+ *       #DF gate present) or "idt-unreadable" (with the first broken
+ *       step); exit status 0, 3 (some vCPU unreadable) or 1 (could not
+ *       look)
  *   xen-postmortem --watch NAMES-FILE [LOG]
- *       every 0.3 s, any domain Xen has shut down for reboot, crash or
- *       watchdog whose name is a line of NAMES-FILE (test guests whose
- *       config says "preserve" for those, tests/e2e/dom0/lib.sh) is
+ *       every second, any domain Xen has shut down for reboot, crash or
+ *       watchdog whose last line in NAMES-FILE is "NAME 1" (test guests
+ *       whose config says "preserve" for those, tests/e2e/dom0/lib.sh) is
  *       walked as above, then destroyed with `xl destroy`: for the
  *       scenarios the guest went away as with "destroy", a moment later.
  *       Its lines go to stdout and are appended to LOG.  Runs until killed.
@@ -31,8 +32,9 @@
  * Only what a 64-bit guest with 4-level paging needs (the test guests'
  * kernels); anything else is reported, not walked.  No header of Xen's is
  * needed: the two records used (struct hvm_hw_cpu, HVM save type 2, and
- * struct xen_domctl_getdomaininfo) are part of Xen's stable tools ABI and
- * their layout is given below, checked by size against Xen's.
+ * struct xen_domctl_getdomaininfo) are part of Xen's tools ABI; their
+ * layout is copied below, with the sizes and offsets Xen 4.20's headers
+ * give them asserted.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -106,10 +108,7 @@ _Static_assert(sizeof(struct dominfo) == 112, "struct dominfo");
 #define PAGE_SHIFT 12
 #define PAGE_SIZE  (1UL << PAGE_SHIFT)
 #define PTE_P   (1ULL << 0)
-#define PTE_RW  (1ULL << 1)
-#define PTE_US  (1ULL << 2)
 #define PTE_PS  (1ULL << 7)
-#define PTE_NX  (1ULL << 63)
 #define PTE_ADDR 0x000ffffffffff000ULL
 #define CR0_PG  (1ULL << 31)
 #define CR4_PAE (1ULL << 5)
@@ -219,7 +218,7 @@ static int read_gpa(uint16_t dom, uint64_t gpa, void *out, size_t len)
 }
 
 struct walk {
-    char steps[512];            /* "l4=gfn:flags l3=..." */
+    char steps[512];            /* "pml4[I]@GFN=ENTRY pdpt[I]@..." */
     char broken[160];           /* first broken step, or "" */
     uint64_t gpa;               /* the translation, if not broken */
 };
@@ -332,27 +331,20 @@ static void gate(uint16_t dom, uint64_t cr3, uint64_t idt, unsigned int vec,
              (unsigned int)(g[0] >> 32) & 7, handler, w.steps);
 }
 
-/* --walk: one POSTMORTEM line; 0 readable, 3 unreadable, 1 no look. */
-static int postmortem(uint16_t dom, const char *name)
+/* One vCPU's POSTMORTEM line; 0 readable, 3 unreadable, 1 no look. */
+static int postmortem_vcpu(uint16_t dom, unsigned int vcpu, const char *name,
+                           unsigned int shutdown)
 {
     struct hvm_hw_cpu c;
-    struct dominfo di;
     char df[900], pf[900];
     bool df_ok = false, pf_ok = false;
     const char *why = NULL;
 
-    memset(&di, 0, sizeof(di));
-    if ( X.xc_getinfo_single(xch, dom, &di) || di.domain != dom )
-    {
-        say("POSTMORTEM d=%u name=%s verdict=no-domain (%s)\n", dom, name,
-               strerror(errno));
-        return 1;
-    }
     memset(&c, 0, sizeof(c));
-    if ( X.xc_hvm_partial(xch, dom, HVM_SAVE_CODE_CPU, 0, &c, sizeof(c)) )
+    if ( X.xc_hvm_partial(xch, dom, HVM_SAVE_CODE_CPU, vcpu, &c, sizeof(c)) )
     {
-        say("POSTMORTEM d=%u name=%s verdict=no-context (%s)\n", dom, name,
-               strerror(errno));
+        say("POSTMORTEM d=%u v=%u name=%s verdict=no-context (%s)\n", dom,
+            vcpu, name, strerror(errno));
         return 1;
     }
     if ( !(c.cr0 & CR0_PG) || !(c.cr4 & CR4_PAE) || !(c.msr_efer & EFER_LMA) )
@@ -361,10 +353,10 @@ static int postmortem(uint16_t dom, const char *name)
         why = "5-level paging";
     if ( why )
     {
-        say("POSTMORTEM d=%u name=%s rip=%04x:%016" PRIx64
-               " cr0=%#" PRIx64 " cr4=%#" PRIx64 " efer=%#" PRIx64
-               " verdict=not-walked (%s)\n", dom, name, c.cs_sel, c.rip,
-               c.cr0, c.cr4, c.msr_efer, why);
+        say("POSTMORTEM d=%u v=%u name=%s shutdown=%u rip=%04x:%016" PRIx64
+            " cr0=%#" PRIx64 " cr4=%#" PRIx64 " efer=%#" PRIx64
+            " verdict=not-walked (%s)\n", dom, vcpu, name, shutdown, c.cs_sel,
+            c.rip, c.cr0, c.cr4, c.msr_efer, why);
         return 1;
     }
     if ( c.idtr_limit < 8 * 16 + 15 )
@@ -377,14 +369,40 @@ static int postmortem(uint16_t dom, const char *name)
                  c.idtr_limit);
     else
         gate(dom, c.cr3, c.idtr_base, 14, pf, sizeof(pf), &pf_ok);
-    say("POSTMORTEM d=%u name=%s shutdown=%u rip=%04x:%016" PRIx64
-           " cr2=%016" PRIx64 " cr3=%#" PRIx64 " idt=%016" PRIx64 "/%#x"
-           " verdict=%s; %s; %s\n", dom, name,
-           (di.flags & DOMINF_SHUTDOWN) ? DOMINF_SHUTDOWN_REASON(di.flags)
-                                        : 255,
-           c.cs_sel, c.rip, c.cr2, c.cr3, c.idtr_base, c.idtr_limit,
-           df_ok ? "idt-readable" : "idt-unreadable", df, pf);
+    say("POSTMORTEM d=%u v=%u name=%s shutdown=%u rip=%04x:%016" PRIx64
+        " cr2=%016" PRIx64 " cr3=%#" PRIx64 " idt=%016" PRIx64 "/%#x"
+        " verdict=%s; %s; %s\n", dom, vcpu, name, shutdown, c.cs_sel, c.rip,
+        c.cr2, c.cr3, c.idtr_base, c.idtr_limit,
+        df_ok ? "idt-readable" : "idt-unreadable", df, pf);
     return df_ok ? 0 : 3;
+}
+
+/*
+ * --walk: one POSTMORTEM line per vCPU (Xen's dump names the one that
+ * died); the worst status of them: 1 could not look, 3 unreadable, else 0.
+ */
+static int postmortem(uint16_t dom, const char *name)
+{
+    struct dominfo di;
+    unsigned int v, shutdown;
+    int rc, worst = 0;
+
+    memset(&di, 0, sizeof(di));
+    if ( X.xc_getinfo_single(xch, dom, &di) || di.domain != dom )
+    {
+        say("POSTMORTEM d=%u name=%s verdict=no-domain (%s)\n", dom, name,
+            strerror(errno));
+        return 1;
+    }
+    shutdown = (di.flags & DOMINF_SHUTDOWN) ? DOMINF_SHUTDOWN_REASON(di.flags)
+                                            : 255;
+    for ( v = 0; v <= di.max_vcpu_id && v < 128; v++ )
+    {
+        rc = postmortem_vcpu(dom, v, name, shutdown);
+        if ( rc == 1 || (rc == 3 && worst != 1) )
+            worst = rc;
+    }
+    return worst;
 }
 
 /* The name Xen's toolstack gave @dom (xl domname), or "". */
@@ -403,19 +421,19 @@ static void domname(uint16_t dom, char *out, size_t size)
     pclose(p);
 }
 
+/* Whether the last line for @name in @names is "NAME 1". */
 static bool listed(const char *names, const char *name)
 {
     char line[256];
+    size_t n = strlen(name);
     bool found = false;
     FILE *f;
 
-    if ( !name[0] || !(f = fopen(names, "r")) )
+    if ( !n || !(f = fopen(names, "r")) )
         return false;
-    while ( !found && fgets(line, sizeof(line), f) )
-    {
-        line[strcspn(line, "\n")] = 0;
-        found = !strcmp(line, name);
-    }
+    while ( fgets(line, sizeof(line), f) )
+        if ( !strncmp(line, name, n) && line[n] == ' ' )
+            found = line[n + 1] == '1';
     fclose(f);
     return found;
 }
@@ -437,13 +455,15 @@ static bool was_seen(uint16_t dom)
 
 static int watch(const char *names)
 {
-    static struct dominfo di[256];
-    const struct timespec tick = { 0, 300 * 1000 * 1000 };
+    /* Test beds run a few guests at once; a poll costs dom0 a hypercall
+     * with a bounce buffer of this array, so both are kept small. */
+    static struct dominfo di[64];
+    const struct timespec tick = { 1, 0 };
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     for ( ;; )
     {
-        int n = X.xc_getinfolist(xch, 1, 256, di), i;
+        int n = X.xc_getinfolist(xch, 1, 64, di), i;
         unsigned int k, kept = 0;
 
         /* A domid seen again after it was gone is another domain. */

@@ -119,17 +119,22 @@ gh_postmortem_running() {
     [ -s "$GH_POSTMORTEM_PID" ] && kill -0 "$(cat "$GH_POSTMORTEM_PID")" 2>/dev/null
 }
 
-# gh_postmortem_register NAME CFG: list NAME for the watcher if CFG's last
-# on_reboot and on_crash settings (xl takes the last) are both "preserve";
-# otherwise make sure it is not listed (a name used again).
+# gh_postmortem_register NAME CFG: tell the watcher whether guest NAME is
+# its to look at: "NAME 1" if CFG's last on_reboot and on_crash settings
+# (xl takes the last) are both "preserve", else "NAME 0" (a name used
+# again with another action). One line appended (atomic, so guests
+# configured at once do not lose each other's); the last line for a name
+# counts.
 gh_postmortem_register() {
     local name=$1 cfg=$2 actions
     [ -f "$GH_POSTMORTEM_NAMES" ] || return 0
     actions=$(sed -n 's/^ *\(on_reboot\|on_crash\) *= *"\([a-z-]*\)".*/\1 \2/p' "$cfg" |
         awk '{ a[$1] = $2 } END { print a["on_reboot"] "," a["on_crash"] }')
-    grep -vxF -- "$name" "$GH_POSTMORTEM_NAMES" >"$GH_POSTMORTEM_NAMES.new" || true
-    [ "$actions" = "preserve,preserve" ] && echo "$name" >>"$GH_POSTMORTEM_NAMES.new"
-    mv "$GH_POSTMORTEM_NAMES.new" "$GH_POSTMORTEM_NAMES"
+    if [ "$actions" = "preserve,preserve" ]; then
+        echo "$name 1" >>"$GH_POSTMORTEM_NAMES"
+    else
+        echo "$name 0" >>"$GH_POSTMORTEM_NAMES"
+    fi
 }
 
 # gh_guest_create NAME: xl create /tmp/NAME.cfg (bounded), prints the domid.

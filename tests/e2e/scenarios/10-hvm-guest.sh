@@ -28,7 +28,8 @@ fi
 result pm-watcher-running 1 "pid=$(cat "$GH_POSTMORTEM_PID")"
 GH_GUEST_CMDLINE_EXTRA="$(cat /etc/gpu-hostmem/guest-cmdline-extra 2>/dev/null) reboot=t" \
     gh_guest_cfg "$name" hvm reboot,-d,10,-f >/dev/null
-check pm-guest-registered "$(grep -cxF "$name" "$GH_POSTMORTEM_NAMES")" grep -qxF "$name" "$GH_POSTMORTEM_NAMES"
+check pm-guest-registered "$(grep "^$name " "$GH_POSTMORTEM_NAMES" | tail -n1)" \
+    [ "$(grep "^$name " "$GH_POSTMORTEM_NAMES" | tail -n1)" = "$name 1" ]
 if ! domid=$(gh_guest_create "$name"); then
     result pm-create 0 "xl create failed"
     exit "$GH_FAILED"
@@ -48,7 +49,7 @@ else
 fi
 # The triple fault, 10 s after the program started: kept, walked, destroyed.
 gh_wait_gone "$name" 120
-dead=$(grep "^POSTMORTEM d=$domid name=$name " "$GH_POSTMORTEM_LOG")
+dead=$(grep -E "^POSTMORTEM d=$domid (v=0 )?name=$name " "$GH_POSTMORTEM_LOG")
 echo "$dead"
 check pm-dead-walked "$(printf '%s' "$dead" | head -n1 | grep -o 'shutdown=[0-9]* .*verdict=[a-z-]*' | cut -c1-60)" \
     grep -q "shutdown=1 .* verdict=idt-unreadable; gate8: beyond the IDT's limit 0;" <<<"$dead"
@@ -56,4 +57,8 @@ check pm-dead-destroyed "$(printf '%s' "$dead" | tail -n1 | cut -c1-80)" \
     grep -q "destroyed (xl destroy: 0)" <<<"$dead"
 sleep 1
 check pm-clean "domid=$domid" gh_clean "$domid"
+# What the watcher costs dom0 (it polls Xen every second): its CPU time so
+# far, in clock ticks (utime, stime), beside dom0's uptime.
+pid=$(cat "$GH_POSTMORTEM_PID")
+echo "post-mortem watcher $pid: utime+stime $(awk '{ print $14 "+" $15 }' "/proc/$pid/stat") ticks of $(getconf CLK_TCK)/s after $(cut -d' ' -f1 /proc/uptime) s of uptime"
 exit "$GH_FAILED"
