@@ -239,14 +239,14 @@ static void add(char *buf, size_t size, const char *fmt, ...)
 
 /*
  * The CPU's walk for a supervisor read of @va under @cr3 (4-level paging):
- * each table must be a mappable RAM frame of the guest below 4 GiB (the
- * test guests' RAM; the BAR lending touches only frames above 4 GiB), each
- * entry present.  Records every step.
+ * each table, and the page reached, must be a frame of the guest below
+ * 4 GiB (the test guests' RAM; the BAR lending touches only frames above
+ * 4 GiB), each table mappable, each entry present.  Records every step.
  */
 static void walk_va(uint16_t dom, uint64_t cr3, uint64_t va, struct walk *w)
 {
     static const char *const lvl[] = { "pt", "pd", "pdpt", "pml4" };
-    uint64_t table = cr3 & PTE_ADDR;
+    uint64_t table = cr3 & PTE_ADDR, gpa = 0;
     int level, rc;
 
     memset(w, 0, sizeof(*w));
@@ -283,12 +283,19 @@ static void walk_va(uint16_t dom, uint64_t cr3, uint64_t va, struct walk *w)
         {
             uint64_t span = 1ULL << (PAGE_SHIFT + 9 * level);
 
-            w->gpa = (e & PTE_ADDR & ~(span - 1)) | (va & (span - 1));
-            return;
+            gpa = (e & PTE_ADDR & ~(span - 1)) | (va & (span - 1));
+            break;
         }
         table = e & PTE_ADDR;
+        gpa = table | (va & (PAGE_SIZE - 1));
     }
-    w->gpa = table | (va & (PAGE_SIZE - 1));
+    if ( gpa >= (1ULL << 32) )
+    {
+        snprintf(w->broken, sizeof(w->broken),
+                 "page at gpa %#" PRIx64 " is not below 4 GiB", gpa);
+        return;
+    }
+    w->gpa = gpa;
 }
 
 /* An IDT gate (16 bytes in long mode), decoded. */
@@ -304,12 +311,6 @@ static void gate(uint16_t dom, uint64_t cr3, uint64_t idt, unsigned int vec,
     if ( w.broken[0] )
     {
         snprintf(out, size, "gate%u: %s (walk: %s)", vec, w.broken, w.steps);
-        return;
-    }
-    if ( (w.gpa >> PAGE_SHIFT) >= (1ULL << 20) )
-    {
-        snprintf(out, size, "gate%u: at gpa %#" PRIx64 ", not below 4 GiB",
-                 vec, w.gpa);
         return;
     }
     rc = read_gpa(dom, w.gpa, g, sizeof(g));

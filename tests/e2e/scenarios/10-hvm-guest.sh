@@ -28,8 +28,8 @@ fi
 result pm-watcher-running 1 "pid=$(cat "$GH_POSTMORTEM_PID")"
 GH_GUEST_CMDLINE_EXTRA="$(cat /etc/gpu-hostmem/guest-cmdline-extra 2>/dev/null) reboot=t" \
     gh_guest_cfg "$name" hvm reboot,-d,10,-f >/dev/null
-check pm-guest-registered "$(grep "^$name " "$GH_POSTMORTEM_NAMES" | tail -n1)" \
-    [ "$(grep "^$name " "$GH_POSTMORTEM_NAMES" | tail -n1)" = "$name 1" ]
+reg=$(grep "^$name " "$GH_POSTMORTEM_NAMES" | tail -n1)
+check pm-guest-registered "$reg" [ "$reg" = "$name 1" ]
 if ! domid=$(gh_guest_create "$name"); then
     result pm-create 0 "xl create failed"
     exit "$GH_FAILED"
