@@ -47,8 +47,8 @@ use tracing::{debug, info, warn};
 
 use gpu_hostmem_virtio_gpu::renderer::FenceRetired;
 use gpu_hostmem_virtio_gpu::renderer_proto::{
-    encode_event, is_submittable, DecodeError, Op, Reply, Request, MAX_CAPSET_SIZE, MAX_SUBMIT_LEN,
-    REQUEST_LEN, VERSION,
+    encode_event, is_submittable, retry_interrupted, DecodeError, Op, Reply, Request,
+    MAX_CAPSET_SIZE, MAX_SUBMIT_LEN, REQUEST_LEN, VERSION,
 };
 use gpu_hostmem_xen::privcmd::HostmemRegister;
 use gpu_hostmem_xen::Privcmd;
@@ -720,11 +720,10 @@ fn send_events<G: Registrar, B: Backend>(
     state: &mut RendererState<G, B>,
 ) -> Result<(), ServeError> {
     for e in state.take_events() {
-        sock.send(&encode_event(&e))
-            .map_err(|source| ServeError::Io {
-                op: "send event",
-                source,
-            })?;
+        retry_interrupted(|| sock.send(&encode_event(&e))).map_err(|source| ServeError::Io {
+            op: "send event",
+            source,
+        })?;
         state.stats.fence_events += 1;
     }
     Ok(())
@@ -812,7 +811,7 @@ fn serve_one_into<G: Registrar, B: Backend>(
     } else {
         reply.encode().to_vec()
     };
-    sock.send(&msg)
+    retry_interrupted(|| sock.send(&msg))
         .map_err(|source| ServeError::Io { op: "send", source })?;
     // What the request retired goes out after its reply (the device asks
     // for a fence before it can see it retired).

@@ -376,6 +376,70 @@ fn a_renderer_that_dies_or_lies_breaks_the_connection_for_good() {
     assert!(sr.is_broken());
 }
 
+static SIGNALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A signal reaching the device while it waits for a reply (a handler
+/// installed with SA_RESTART, as signal-hook's are: the socket's timeout
+/// makes the wait end in EINTR anyway, signal(7)) is no answer: the device
+/// waits on and the connection stays. A stop and continue of the process
+/// (a debugger, a cgroup freezer) ends the wait the same way; stop 33's
+/// CI lost the connection so.
+#[test]
+fn a_signal_while_the_device_waits_is_not_a_broken_connection() {
+    // SAFETY: a zeroed sigaction with a handler of the right signature
+    // that only touches an atomic, SA_RESTART, an empty mask; SIGUSR1 is
+    // sent to this test's thread only, and nothing else in these tests
+    // uses it.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = count_signal as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    // SAFETY: pthread_self cannot fail.
+    let me = unsafe { libc::pthread_self() } as u64;
+    let (dev, ren) = seqpacket_pair();
+    let t = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        // Both requests (the hello and a context) are answered only after
+        // the device was signalled, many times, while it waited.
+        for _ in 0..2 {
+            let n = ren.recv(&mut buf).expect("request");
+            let req = Request::decode(&buf[..n]).expect("request");
+            for _ in 0..20 {
+                // SAFETY: `me` is the test's thread, alive: it waits for
+                // this reply.
+                let rc = unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+                assert_eq!(rc, 0);
+                thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let ok = Reply {
+                version: VERSION,
+                op: req.op,
+                errno: 0,
+                map_info: 0,
+                handle: 0,
+                seq: req.seq,
+            };
+            ren.send(&ok.encode()).expect("reply");
+        }
+        let _ = ren.recv(&mut buf);
+    });
+    let before = SIGNALS.load(std::sync::atomic::Ordering::Relaxed);
+    let mut sr = SocketRenderer::connect(dev).expect("hello, signalled while waiting");
+    sr.create_context(1, TEST_CAPSET_ID)
+        .expect("a context, signalled while waiting");
+    assert!(!sr.is_broken());
+    let got = SIGNALS.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(got >= 40, "{got} signals reached the device's thread");
+    drop(sr);
+    t.join().expect("renderer");
+}
+
 #[test]
 fn the_renderer_answers_capset_info_from_its_backend() {
     let (dev, served) = renderer(FakeRegistrar::default());

@@ -479,6 +479,18 @@ pub struct SocketRenderer {
     events: Vec<FenceRetired>,
 }
 
+/// `f` again while it fails with EINTR: a signal, or a stop and continue,
+/// ends a send or receive on a socket with a timeout in EINTR even under
+/// SA_RESTART (signal(7)); that is no answer from the other side.
+pub fn retry_interrupted<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 fn io_err(op: &'static str, kind: io::ErrorKind, what: String) -> RendererError {
     RendererError::Io {
         op,
@@ -622,7 +634,7 @@ impl SocketRenderer {
         } else {
             req.encode().to_vec()
         };
-        let n = self.sock.send(&msg).map_err(io)?;
+        let n = retry_interrupted(|| self.sock.send(&msg)).map_err(io)?;
         if n != msg.len() {
             return Err(io_err(
                 name,
@@ -647,7 +659,13 @@ impl SocketRenderer {
                     "no reply within the timeout, only events".into(),
                 ));
             }
-            let n = self.sock.recv(&mut buf).map_err(io)?;
+            // A signal, or a stop and continue, ends a wait on a socket
+            // with a timeout in EINTR even under SA_RESTART (signal(7)):
+            // wait again, within the deadline.
+            let n = match self.sock.recv(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => r.map_err(io)?,
+            };
             if n == 0 {
                 return Err(io_err(
                     name,
