@@ -385,9 +385,10 @@ extern "C" fn count_signal(_: libc::c_int) {
 /// A signal reaching the device while it waits for a reply (a handler
 /// installed with SA_RESTART, as signal-hook's are: the socket's timeout
 /// makes the wait end in EINTR anyway, signal(7)) is no answer: the device
-/// waits on and the connection stays. A stop and continue of the process
-/// (a debugger, a cgroup freezer) ends the wait the same way; stop 33's
-/// CI lost the connection so.
+/// waits on and the connection stays. SIGSTOP and SIGCONT, or a cgroup
+/// freezer's freeze and thaw, end such a wait in EINTR too, with no handler
+/// at all (both seen with a small C program on the test machine); stop
+/// 33's CI lost its connection to one of these, which one is not known.
 #[test]
 fn a_signal_while_the_device_waits_is_not_a_broken_connection() {
     // SAFETY: a zeroed sigaction with a handler of the right signature
