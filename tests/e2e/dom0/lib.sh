@@ -111,7 +111,10 @@ gh_guest_cfg() {
 # redone in memory: one "POSTMORTEM d=DOMID name=NAME ... verdict=..."
 # line on the console and in $GH_POSTMORTEM_LOG) and destroyed. Only the
 # guests named in $GH_POSTMORTEM_NAMES: a config that asks for something
-# else on reboot or crash (restart, destroy) is left to xl.
+# else on reboot or crash (restart, destroy) is left to xl. Each of those
+# is announced once while it lives ("POSTMORTEM d=DOMID name=NAME
+# watched"): tests/e2e/classify-failure then takes a triple fault of it for
+# the emulator's only with a post-mortem that agrees.
 GH_POSTMORTEM_NAMES=/run/gh-postmortem-names
 GH_POSTMORTEM_LOG=/run/gh-postmortem.log
 GH_POSTMORTEM_PID=/run/gh-postmortem.pid

@@ -9,7 +9,8 @@
 # a present gate to the kernel's handler (the positive control: a walk of
 # the wrong fields or frames would not). After the triple fault: the guest
 # is kept, walked (verdict idt-unreadable, the IDT's limit 0) and destroyed
-# by the watcher, and nothing is left.
+# by the watcher, and nothing is left; the watcher announced it while it
+# lived.
 # timeout: 900
 source /usr/lib/gpu-hostmem/e2e/lib.sh
 # xl's default device set, PV keyboard included (dom0/lib.sh, gh_guest_cfg).
@@ -49,8 +50,13 @@ else
 fi
 # The triple fault, 10 s after the program started: kept, walked, destroyed.
 gh_wait_gone "$name" 120
-dead=$(grep -E "^POSTMORTEM d=$domid (v=0 )?name=$name " "$GH_POSTMORTEM_LOG")
-echo "$dead"
+log=$(grep -E "^POSTMORTEM d=$domid (v=0 )?name=$name " "$GH_POSTMORTEM_LOG")
+echo "$log"
+# Announced while it lived (the classifier then asks a B of it for its
+# post-mortem), before anything about its death.
+check pm-announced "$(head -n1 <<<"$log")" \
+    [ "$(head -n1 <<<"$log")" = "POSTMORTEM d=$domid name=$name watched" ]
+dead=$(grep -v ' watched$' <<<"$log")
 check pm-dead-walked "$(printf '%s' "$dead" | head -n1 | grep -o 'shutdown=[0-9]* .*verdict=[a-z-]*' | cut -c1-60)" \
     grep -q "shutdown=1 .* verdict=idt-unreadable; gate8: beyond the IDT's limit 0;" <<<"$dead"
 check pm-dead-destroyed "$(printf '%s' "$dead" | tail -n1 | cut -c1-80)" \
