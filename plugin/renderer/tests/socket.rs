@@ -430,13 +430,21 @@ fn a_signal_while_the_device_waits_is_not_a_broken_connection() {
         }
         let _ = ren.recv(&mut buf);
     });
-    let before = SIGNALS.load(std::sync::atomic::Ordering::Relaxed);
+    // Each wait must have been signalled: twenty signals are sent during
+    // it, of which a loaded machine may merge some (a standard signal
+    // pending twice is delivered once: CI counted 39 of 40 once).
+    let count = || SIGNALS.load(std::sync::atomic::Ordering::Relaxed);
+    let before = count();
     let mut sr = SocketRenderer::connect(dev).expect("hello, signalled while waiting");
+    let hello = count() - before;
     sr.create_context(1, TEST_CAPSET_ID)
         .expect("a context, signalled while waiting");
+    let context = count() - before - hello;
     assert!(!sr.is_broken());
-    let got = SIGNALS.load(std::sync::atomic::Ordering::Relaxed) - before;
-    assert!(got >= 40, "{got} signals reached the device's thread");
+    assert!(
+        hello >= 1 && context >= 1,
+        "signals reached the device's thread: {hello} in the hello's wait, {context} in the context's"
+    );
     drop(sr);
     t.join().expect("renderer");
 }
