@@ -314,14 +314,7 @@ fn scripted(after: Option<fn(Request) -> Reply>) -> SocketRenderer {
             Request::decode(&buf[..n]).expect("request")
         };
         let hello = next();
-        let ok = Reply {
-            version: VERSION,
-            op: hello.op,
-            errno: 0,
-            map_info: 0,
-            handle: 0,
-            seq: hello.seq,
-        };
+        let ok = ok_reply(hello);
         ren.send(&ok.encode()).expect("reply");
         if let Some(f) = after {
             let req = next();
@@ -418,14 +411,7 @@ fn a_signal_while_the_device_waits_is_not_a_broken_connection() {
                 assert_eq!(rc, 0);
                 thread::sleep(std::time::Duration::from_millis(5));
             }
-            let ok = Reply {
-                version: VERSION,
-                op: req.op,
-                errno: 0,
-                map_info: 0,
-                handle: 0,
-                seq: req.seq,
-            };
+            let ok = ok_reply(req);
             ren.send(&ok.encode()).expect("reply");
         }
         let _ = ren.recv(&mut buf);
@@ -483,14 +469,7 @@ fn scripted_raw(after: fn(Request) -> Vec<u8>) -> SocketRenderer {
             Request::decode(&buf[..n]).expect("request")
         };
         let hello = next();
-        let ok = Reply {
-            version: VERSION,
-            op: hello.op,
-            errno: 0,
-            map_info: 0,
-            handle: 0,
-            seq: hello.seq,
-        };
+        let ok = ok_reply(hello);
         ren.send(&ok.encode()).expect("reply");
         let req = next();
         ren.send(&after(req)).expect("reply");
