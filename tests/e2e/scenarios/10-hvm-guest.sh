@@ -50,6 +50,12 @@ else
 fi
 # The triple fault, 10 s after the program started: kept, walked, destroyed.
 gh_wait_gone "$name" 120
+# The watcher logs "destroyed" when its `xl destroy` has returned, which
+# is after the domain is gone: wait for that line too (up to 30 s).
+for _ in $(seq 1 60); do
+    grep -q "^POSTMORTEM d=$domid name=$name destroyed " "$GH_POSTMORTEM_LOG" && break
+    sleep 0.5
+done
 log=$(grep -E "^POSTMORTEM d=$domid (v=0 )?name=$name " "$GH_POSTMORTEM_LOG")
 echo "$log"
 # Announced while it lived (the classifier then asks a B of it for its
