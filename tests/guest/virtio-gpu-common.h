@@ -31,15 +31,21 @@
 #define MODDIR "/lib/modules/gh"
 
 
-/* Loads virtio_gpu and its dependencies from MODDIR, in this order. */
+/* Loads virtio_gpu and its dependencies from MODDIR, in this order. The
+ * first is optional: a module in the test guest kernel (tests/e2e/guest/
+ * kernel.config: DRM=m selects it as a module), built into the trixie
+ * kernel, so absent from MODDIR there. */
 static int load_modules(void)
 {
-    static const char *const mods[] = {"virtio_dma_buf", "drm", "drm_kms_helper",
-                                       "drm_shmem_helper", "virtio-gpu"};
+    static const char *const mods[] = {"drm_panel_orientation_quirks", "virtio_dma_buf", "drm",
+                                       "drm_kms_helper", "drm_shmem_helper", "virtio-gpu"};
     char path[128];
+    int loaded = 0;
     for (size_t i = 0; i < sizeof(mods) / sizeof(mods[0]); i++) {
         snprintf(path, sizeof(path), MODDIR "/%s.ko", mods[i]);
         int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && i == 0 && errno == ENOENT)
+            continue;
         if (fd < 0) {
             result("guest-modules", 0, "open-%s-errno-%d", mods[i], errno);
             return -1;
@@ -51,8 +57,9 @@ static int load_modules(void)
             result("guest-modules", 0, "load-%s-errno-%d", mods[i], e);
             return -1;
         }
+        loaded++;
     }
-    result("guest-modules", 1, "5");
+    result("guest-modules", 1, "%d", loaded);
     return 0;
 }
 
